@@ -1,0 +1,249 @@
+//! An in-memory backlog store: bounded, fast, and gone when the process ends.
+//!
+//! For tests, benchmarks and pipelines that accept losing the backlog on a
+//! crash. Invariants: holds at most `max_records` records and `max_bytes`
+//! bytes (in flight included); never drops a record (a full store answers
+//! [`BacklogError::Full`]); hands records out in order, passing over those
+//! whose not-before time has not come.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{BacklogDepth, BacklogError, BacklogRecord, BacklogStore, RecordId, StoredRecord};
+
+/// Limits of a [`MemoryBacklog`].
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryLimits {
+    /// The most records held at once.
+    pub max_records: u64,
+    /// The most message bytes held at once.
+    pub max_bytes: u64,
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        MemoryLimits {
+            max_records: 10_000_000,
+            max_bytes: 4 << 30,
+        }
+    }
+}
+
+/// The in-memory backlog store.
+pub struct MemoryBacklog {
+    limits: MemoryLimits,
+    state: Mutex<State>,
+    records: AtomicU64,
+    in_flight: AtomicU64,
+    bytes: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: RecordId,
+    queue: VecDeque<StoredRecord>,
+    /// Records passed over for their not-before time, soonest first.
+    deferred: BinaryHeap<Reverse<(i64, RecordId)>>,
+    deferred_records: HashMap<RecordId, StoredRecord>,
+    in_flight_sizes: HashMap<RecordId, u64>,
+}
+
+impl MemoryBacklog {
+    /// An empty store with these limits.
+    pub fn new(limits: MemoryLimits) -> MemoryBacklog {
+        MemoryBacklog {
+            limits,
+            state: Mutex::new(State::default()),
+            records: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Default for MemoryBacklog {
+    fn default() -> Self {
+        MemoryBacklog::new(MemoryLimits::default())
+    }
+}
+
+fn size_of(record: &BacklogRecord) -> u64 {
+    record.message.size_bytes() as u64
+}
+
+#[async_trait]
+impl BacklogStore for MemoryBacklog {
+    async fn append(&self, records: &[BacklogRecord]) -> Result<(), BacklogError> {
+        let mut state = self.state.lock();
+        let mut count = self.records.load(Ordering::Relaxed);
+        let mut bytes = self.bytes.load(Ordering::Relaxed);
+        let mut result = Ok(());
+        for (stored, record) in records.iter().enumerate() {
+            let size = size_of(record);
+            if count + 1 > self.limits.max_records || bytes + size > self.limits.max_bytes {
+                result = Err(BacklogError::Full { stored });
+                break;
+            }
+            let id = state.next_id;
+            state.next_id += 1;
+            state.queue.push_back(StoredRecord {
+                id,
+                record: record.clone(),
+            });
+            count += 1;
+            bytes += size;
+        }
+        self.records.store(count, Ordering::Relaxed);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        result
+    }
+
+    async fn retry(&self, records: &[StoredRecord]) -> Result<(), BacklogError> {
+        let mut state = self.state.lock();
+        let mut n = 0;
+        for r in records {
+            if state.in_flight_sizes.remove(&r.id).is_some() {
+                n += 1;
+                state.deferred.push(Reverse((r.record.not_before_ms, r.id)));
+                state.deferred_records.insert(r.id, r.clone());
+            }
+        }
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn take_ready(&self, max: usize, now_ms: i64) -> Result<Vec<StoredRecord>, BacklogError> {
+        let mut state = self.state.lock();
+        let mut out = Vec::with_capacity(max.min(state.queue.len() + state.deferred.len()));
+        while out.len() < max {
+            match state.deferred.peek() {
+                Some(Reverse((not_before, id))) if *not_before <= now_ms => {
+                    let id = *id;
+                    state.deferred.pop();
+                    if let Some(r) = state.deferred_records.remove(&id) {
+                        out.push(r);
+                    }
+                }
+                _ => break,
+            }
+        }
+        while out.len() < max {
+            let Some(r) = state.queue.pop_front() else {
+                break;
+            };
+            if r.record.not_before_ms > now_ms {
+                state.deferred.push(Reverse((r.record.not_before_ms, r.id)));
+                state.deferred_records.insert(r.id, r);
+            } else {
+                out.push(r);
+            }
+        }
+        for r in &out {
+            state.in_flight_sizes.insert(r.id, size_of(&r.record));
+        }
+        self.in_flight
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    async fn release(&self, ids: &[RecordId]) -> Result<(), BacklogError> {
+        let mut state = self.state.lock();
+        let (mut n, mut bytes) = (0, 0);
+        for id in ids {
+            if let Some(size) = state.in_flight_sizes.remove(id) {
+                n += 1;
+                bytes += size;
+            }
+        }
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
+        self.records.fetch_sub(n, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn depth(&self) -> BacklogDepth {
+        BacklogDepth {
+            records: self.records.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            ..BacklogDepth::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn record(id: &str, not_before_ms: i64) -> BacklogRecord {
+        BacklogRecord {
+            message: Message::new("/p/d/thing/lifecycle", id, 0, &b"{}"[..]).unwrap(),
+            attempts: 0,
+            not_before_ms,
+        }
+    }
+
+    fn ids(records: &[StoredRecord]) -> Vec<&str> {
+        records
+            .iter()
+            .map(|r| r.record.message.message_id())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn hands_out_in_order_passing_over_deferred_records() {
+        let store = MemoryBacklog::default();
+        store
+            .append(&[record("a", 0), record("b", 100), record("c", 0)])
+            .await
+            .unwrap();
+        let first = store.take_ready(10, 50).await.unwrap();
+        assert_eq!(ids(&first), ["a", "c"]);
+        assert!(store.take_ready(10, 99).await.unwrap().is_empty());
+        let later = store.take_ready(10, 100).await.unwrap();
+        assert_eq!(ids(&later), ["b"]);
+        assert_eq!(store.depth().in_flight, 3);
+        let all: Vec<_> = first.iter().chain(&later).map(|r| r.id).collect();
+        store.release(&all).await.unwrap();
+        assert_eq!(store.depth(), BacklogDepth::default());
+    }
+
+    #[tokio::test]
+    async fn a_full_store_returns_what_it_could_not_take() {
+        let store = MemoryBacklog::new(MemoryLimits {
+            max_records: 2,
+            max_bytes: u64::MAX,
+        });
+        let err = store
+            .append(&[record("a", 0), record("b", 0), record("c", 0)])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BacklogError::Full { stored: 2 }), "{err:?}");
+        let taken = store.take_ready(1, 0).await.unwrap();
+        store.release(&[taken[0].id]).await.unwrap();
+        store.append(&[record("c", 0)]).await.unwrap();
+        assert_eq!(store.depth().records, 2);
+    }
+
+    #[tokio::test]
+    async fn retried_records_wait_for_their_backoff_and_keep_their_room() {
+        let store = MemoryBacklog::new(MemoryLimits {
+            max_records: 1,
+            max_bytes: u64::MAX,
+        });
+        store.append(&[record("a", 0)]).await.unwrap();
+        let mut taken = store.take_ready(1, 0).await.unwrap();
+        taken[0].record.attempts = 1;
+        taken[0].record.not_before_ms = 1_000;
+        store.retry(&taken).await.unwrap();
+        assert!(store.take_ready(1, 999).await.unwrap().is_empty());
+        let again = store.take_ready(1, 1_000).await.unwrap();
+        assert_eq!(again[0].record.attempts, 1);
+        assert_eq!(store.depth().records, 1);
+    }
+}

@@ -1,0 +1,198 @@
+//! Counters and latency histograms: what the status line, the summary and
+//! the benchmarks report.
+//!
+//! Invariants: counters only grow; the live latency histogram records the
+//! time from receipt to successful delivery of every live message, in
+//! microseconds; snapshots never block delivery for longer than a copy.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::backlog::BacklogDepth;
+
+/// Latencies above this are clamped (one hour, in microseconds).
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// A live-latency histogram, recorded per batch under one short lock.
+pub struct LatencyRecorder {
+    histograms: Mutex<Histograms>,
+}
+
+struct Histograms {
+    total: Histogram<u64>,
+    interval: Histogram<u64>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts; failure is impossible.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).unwrap_or_else(|_| {
+        Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"))
+    })
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        LatencyRecorder {
+            histograms: Mutex::new(Histograms {
+                total: new_histogram(),
+                interval: new_histogram(),
+            }),
+        }
+    }
+}
+
+impl LatencyRecorder {
+    /// Records the latency of each message received at `received`, as of `now`.
+    pub fn record_batch(&self, now: Instant, received: impl Iterator<Item = Instant>) {
+        let mut h = self.histograms.lock();
+        for r in received {
+            let us = (now.saturating_duration_since(r).as_micros() as u64).clamp(1, MAX_LATENCY_US);
+            h.total.saturating_record(us);
+            h.interval.saturating_record(us);
+        }
+    }
+
+    /// Percentiles over the whole run.
+    pub fn total(&self) -> LatencySummary {
+        LatencySummary::of(&self.histograms.lock().total)
+    }
+
+    /// Percentiles since the last call, and a fresh interval.
+    pub fn take_interval(&self) -> LatencySummary {
+        let mut h = self.histograms.lock();
+        let s = LatencySummary::of(&h.interval);
+        h.interval.reset();
+        s
+    }
+
+    /// A copy of the whole-run histogram (to merge groups or plot).
+    pub fn total_histogram(&self) -> Histogram<u64> {
+        self.histograms.lock().total.clone()
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Messages measured.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// The slowest.
+    pub max: f64,
+}
+
+impl LatencySummary {
+    /// Percentiles of a microsecond histogram, in milliseconds.
+    pub fn of(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        LatencySummary {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.50)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// One group's counters.
+#[derive(Default)]
+pub struct GroupStats {
+    /// Messages routed to this group.
+    pub admitted: AtomicU64,
+    /// Messages delivered from the live lane.
+    pub delivered_live: AtomicU64,
+    /// Messages delivered from the backlog lane.
+    pub delivered_backlog: AtomicU64,
+    /// Messages sent to the backlog because they were stale.
+    pub diverted_stale: AtomicU64,
+    /// Messages sent to the backlog because the live lane was full.
+    pub diverted_full: AtomicU64,
+    /// Messages sent to the backlog after a failed delivery.
+    pub diverted_failed: AtomicU64,
+    /// Messages of failed delivery attempts.
+    pub failed_attempts: AtomicU64,
+    /// Messages this group made dead letters.
+    pub dead_letters: AtomicU64,
+    /// Times the backlog was found full (backpressure episodes).
+    pub backlog_full: AtomicU64,
+    /// Live latency from receipt to delivery.
+    pub live_latency: LatencyRecorder,
+}
+
+/// Adds one to a counter.
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Reads a counter.
+pub(crate) fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// The engine's own counters (before any group).
+#[derive(Default)]
+pub struct EngineStats {
+    /// Messages (and malformed items) handed to the engine by sources.
+    pub ingested: AtomicU64,
+    /// Messages no group's filter matched (counted, then acknowledged).
+    pub unrouted: AtomicU64,
+    /// Malformed or oversize input recorded as dead letters at ingest.
+    pub dead_letters: AtomicU64,
+}
+
+/// A point-in-time view of one group, for status lines and summaries.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupSnapshot {
+    /// The group's name.
+    pub name: String,
+    /// Messages routed to the group.
+    pub admitted: u64,
+    /// Messages in the live lane now.
+    pub live_depth: u64,
+    /// The backlog store's depth now.
+    #[serde(skip)]
+    pub backlog: BacklogDepth,
+    /// Records in the backlog now.
+    pub backlog_depth: u64,
+    /// Messages delivered from the live lane so far.
+    pub delivered_live: u64,
+    /// Messages delivered from the backlog so far.
+    pub delivered_backlog: u64,
+    /// Messages sent to the backlog because they were stale.
+    pub diverted_stale: u64,
+    /// Messages sent to the backlog because the live lane was full.
+    pub diverted_full: u64,
+    /// Messages sent to the backlog after a failed delivery.
+    pub diverted_failed: u64,
+    /// Messages of failed delivery attempts.
+    pub failed_attempts: u64,
+    /// Dead letters made by this group.
+    pub dead_letter: u64,
+    /// Backpressure episodes (backlog full).
+    pub backlog_full: u64,
+    /// Records the backlog dropped (`drop_oldest`), expired or found corrupt.
+    pub backlog_lost: BacklogLoss,
+    /// Live latency over the whole run.
+    pub live_latency_ms: LatencySummary,
+}
+
+/// Records a backlog store gave up, by cause: every one is counted.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct BacklogLoss {
+    /// Dropped to make room, because `drop_oldest` was configured.
+    pub dropped: u64,
+    /// Expired past `max_age`.
+    pub expired: u64,
+    /// Found corrupt and skipped.
+    pub corrupt: u64,
+}

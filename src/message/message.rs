@@ -1,0 +1,226 @@
+//! The message type that flows through laneway.
+//!
+//! Invariants: a [`Message`] is immutable once built; cloning it is one
+//! reference-count increment, so fan-out to many groups copies no bytes; its
+//! kind and parts always agree with its topic.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Kind, TopicParts, classify};
+
+/// The longest topic accepted; longer ones are malformed input, not messages.
+pub const MAX_TOPIC_LEN: usize = 4096;
+
+/// Why a message could not be built from its fields.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// The topic was missing or empty: nothing can be routed without it.
+    #[error("message has no topic")]
+    MissingTopic,
+    /// The topic is longer than [`MAX_TOPIC_LEN`].
+    #[error("topic is {0} bytes, longer than the {MAX_TOPIC_LEN}-byte limit")]
+    TopicTooLong(usize),
+}
+
+/// One device message: topic, message id, generate time and payload.
+///
+/// Routing needs only the three header fields; the payload is carried as
+/// shared bytes and parsed only when a group asks for JSON validation (and
+/// then once, whatever the number of groups).
+#[derive(Clone)]
+pub struct Message {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    topic: Box<str>,
+    message_id: Box<str>,
+    generate_time_ms: i64,
+    parts: TopicParts,
+    payload: Bytes,
+    received_at: Instant,
+    payload_is_json: OnceLock<bool>,
+}
+
+impl Message {
+    /// Builds a message, classifying its topic. `received_at` is now: live
+    /// latency is measured from the moment laneway got the message.
+    pub fn new(
+        topic: impl Into<Box<str>>,
+        message_id: impl Into<Box<str>>,
+        generate_time_ms: i64,
+        payload: impl Into<Bytes>,
+    ) -> Result<Message, MessageError> {
+        Self::received(topic, message_id, generate_time_ms, payload, Instant::now())
+    }
+
+    /// Like [`Message::new`], with the instant the message was received given
+    /// explicitly (sources that stamp a whole batch at once, and tests).
+    pub fn received(
+        topic: impl Into<Box<str>>,
+        message_id: impl Into<Box<str>>,
+        generate_time_ms: i64,
+        payload: impl Into<Bytes>,
+        received_at: Instant,
+    ) -> Result<Message, MessageError> {
+        let topic = topic.into();
+        if topic.is_empty() {
+            return Err(MessageError::MissingTopic);
+        }
+        if topic.len() > MAX_TOPIC_LEN {
+            return Err(MessageError::TopicTooLong(topic.len()));
+        }
+        let parts = classify(&topic);
+        Ok(Message {
+            inner: Arc::new(Inner {
+                topic,
+                message_id: message_id.into(),
+                generate_time_ms,
+                parts,
+                payload: payload.into(),
+                received_at,
+                payload_is_json: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// The platform topic the message was published on.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The platform's message id (unique per message, used for dedup downstream).
+    pub fn message_id(&self) -> &str {
+        &self.inner.message_id
+    }
+
+    /// When the device message was generated, in epoch milliseconds.
+    pub fn generate_time_ms(&self) -> i64 {
+        self.inner.generate_time_ms
+    }
+
+    /// The kind the topic names.
+    pub fn kind(&self) -> Kind {
+        self.inner.parts.kind
+    }
+
+    /// The product key from the topic, when the topic carries one.
+    pub fn product_key(&self) -> Option<&str> {
+        self.part(&self.inner.parts.product_key)
+    }
+
+    /// The device name from the topic, when the topic carries one.
+    pub fn device_name(&self) -> Option<&str> {
+        self.part(&self.inner.parts.device_name)
+    }
+
+    /// The event identifier, for [`Kind::Event`] messages.
+    pub fn event_identifier(&self) -> Option<&str> {
+        self.part(&self.inner.parts.event_identifier)
+    }
+
+    /// The body bytes (JSON from the platform, but not checked unless asked).
+    pub fn payload(&self) -> &Bytes {
+        &self.inner.payload
+    }
+
+    /// When laneway received the message (the start of its live latency).
+    pub fn received_at(&self) -> Instant {
+        self.inner.received_at
+    }
+
+    /// The message's age at `now_ms` (epoch milliseconds), from its generate time.
+    pub fn age_ms(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(self.inner.generate_time_ms)
+    }
+
+    /// Whether the payload parses as JSON. Parsed at most once per message,
+    /// however many groups ask.
+    pub fn payload_is_json(&self) -> bool {
+        *self.inner.payload_is_json.get_or_init(|| {
+            let mut scratch = self.inner.payload.to_vec();
+            simd_json::to_tape(&mut scratch).is_ok()
+        })
+    }
+
+    /// Bytes this message occupies in memory, roughly (for capacity accounting).
+    pub fn size_bytes(&self) -> usize {
+        self.inner.topic.len() + self.inner.message_id.len() + self.inner.payload.len() + 64
+    }
+
+    fn part(&self, range: &Option<std::ops::Range<usize>>) -> Option<&str> {
+        range.as_ref().map(|r| &self.inner.topic[r.clone()])
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("topic", &self.topic())
+            .field("message_id", &self.message_id())
+            .field("generate_time_ms", &self.generate_time_ms())
+            .field("kind", &self.kind())
+            .field("payload_len", &self.payload().len())
+            .finish()
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit of `generateTime`.
+pub fn now_epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_shares_the_payload() {
+        let m = Message::new("/pk/dn/thing/lifecycle", "1", 5, Bytes::from_static(b"{}")).unwrap();
+        let c = m.clone();
+        assert_eq!(m.payload().as_ptr(), c.payload().as_ptr());
+        assert_eq!(c.product_key(), Some("pk"));
+        assert_eq!(c.device_name(), Some("dn"));
+    }
+
+    #[test]
+    fn empty_and_huge_topics_are_rejected() {
+        assert_eq!(
+            Message::new("", "1", 0, Bytes::new()).unwrap_err(),
+            MessageError::MissingTopic
+        );
+        let long = "/".repeat(MAX_TOPIC_LEN + 1);
+        assert!(matches!(
+            Message::new(long, "1", 0, Bytes::new()),
+            Err(MessageError::TopicTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn json_validation_is_cached_and_correct() {
+        let good = Message::new(
+            "/a/b/thing/lifecycle",
+            "1",
+            0,
+            Bytes::from_static(b"{\"a\":1}"),
+        )
+        .unwrap();
+        let bad = Message::new(
+            "/a/b/thing/lifecycle",
+            "2",
+            0,
+            Bytes::from_static(b"{\"a\":"),
+        )
+        .unwrap();
+        assert!(good.payload_is_json());
+        assert!(good.payload_is_json());
+        assert!(!bad.payload_is_json());
+    }
+}

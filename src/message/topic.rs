@@ -1,0 +1,183 @@
+//! Topic classification: kind, product key, device name and event identifier
+//! from the topic string alone, without touching the body.
+//!
+//! Invariant: [`classify`] never fails and never allocates; the parts it
+//! returns are byte ranges into the topic it was given.
+
+use std::ops::Range;
+
+use super::Kind;
+
+/// What a topic says about its message. Ranges index into the topic string.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicParts {
+    /// The kind the topic pattern names.
+    pub kind: Kind,
+    /// Where the product key sits in the topic, when the pattern has one.
+    pub product_key: Option<Range<usize>>,
+    /// Where the device name sits in the topic, when the pattern has one.
+    pub device_name: Option<Range<usize>>,
+    /// Where an event's identifier sits (only for [`Kind::Event`]).
+    pub event_identifier: Option<Range<usize>>,
+}
+
+/// Classifies a topic into its kind and parts.
+///
+/// Patterns (pk = product key, dn = device name):
+/// `/{pk}/{dn}/thing/event/property/post`, `/{pk}/{dn}/thing/event/{id}/post`,
+/// `/as/mqtt/status/{pk}/{dn}`, `/{pk}/{dn}/thing/lifecycle`,
+/// `/{pk}/{dn}/thing/topo/lifecycle`, `/{pk}/{dn}/thing/list/found`.
+/// Anything else, including empty segments, is [`Kind::Other`]; an `other`
+/// topic of the form `/{pk}/{dn}/...` still reports its product and device so
+/// that product filters work on it.
+pub fn classify(topic: &str) -> TopicParts {
+    let Some(rest) = topic.strip_prefix('/') else {
+        return TopicParts::default();
+    };
+    let mut segments: [Range<usize>; 8] = Default::default();
+    let mut count = 0;
+    let mut start = 1;
+    for (i, b) in rest.bytes().enumerate() {
+        if b == b'/' {
+            if count == segments.len() {
+                return TopicParts::default();
+            }
+            segments[count] = start..i + 1;
+            count += 1;
+            start = i + 2;
+        }
+    }
+    if count == segments.len() {
+        return TopicParts::default();
+    }
+    segments[count] = start..topic.len();
+    count += 1;
+    let segs = &segments[..count];
+    if segs.iter().any(|r| r.is_empty()) {
+        return TopicParts::default();
+    }
+    let text = |i: usize| &topic[segs[i].clone()];
+    let with = |kind, event_identifier| TopicParts {
+        kind,
+        product_key: Some(segs[0].clone()),
+        device_name: Some(segs[1].clone()),
+        event_identifier,
+    };
+
+    if count == 5 && text(0) == "as" && text(1) == "mqtt" && text(2) == "status" {
+        return TopicParts {
+            kind: Kind::Status,
+            product_key: Some(segs[3].clone()),
+            device_name: Some(segs[4].clone()),
+            event_identifier: None,
+        };
+    }
+    if count < 3 || text(2) != "thing" {
+        return if count >= 3 {
+            with(Kind::Other, None)
+        } else {
+            TopicParts::default()
+        };
+    }
+    match (count, text(3)) {
+        (6, "event") if text(5) == "post" => {
+            if text(4) == "property" {
+                with(Kind::Property, None)
+            } else {
+                with(Kind::Event, Some(segs[4].clone()))
+            }
+        }
+        (4, "lifecycle") => with(Kind::Lifecycle, None),
+        (5, "topo") if text(4) == "lifecycle" => with(Kind::Topology, None),
+        (5, "list") if text(4) == "found" => with(Kind::Found, None),
+        _ => with(Kind::Other, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(topic: &str) -> (Kind, Option<&str>, Option<&str>, Option<&str>) {
+        let p = classify(topic);
+        let get = |r: Option<Range<usize>>| r.map(|r| &topic[r]);
+        (
+            p.kind,
+            get(p.product_key),
+            get(p.device_name),
+            get(p.event_identifier),
+        )
+    }
+
+    #[test]
+    fn every_pattern_classifies_with_its_parts() {
+        assert_eq!(
+            parts("/pk1/dev1/thing/event/property/post"),
+            (Kind::Property, Some("pk1"), Some("dev1"), None)
+        );
+        assert_eq!(
+            parts("/pk1/dev1/thing/event/overload_alarm/post"),
+            (
+                Kind::Event,
+                Some("pk1"),
+                Some("dev1"),
+                Some("overload_alarm")
+            )
+        );
+        assert_eq!(
+            parts("/as/mqtt/status/pk1/dev1"),
+            (Kind::Status, Some("pk1"), Some("dev1"), None)
+        );
+        assert_eq!(
+            parts("/pk1/dev1/thing/lifecycle"),
+            (Kind::Lifecycle, Some("pk1"), Some("dev1"), None)
+        );
+        assert_eq!(
+            parts("/pk1/dev1/thing/topo/lifecycle"),
+            (Kind::Topology, Some("pk1"), Some("dev1"), None)
+        );
+        assert_eq!(
+            parts("/pk1/dev1/thing/list/found"),
+            (Kind::Found, Some("pk1"), Some("dev1"), None)
+        );
+    }
+
+    #[test]
+    fn odd_topics_are_other_and_never_panic() {
+        for topic in [
+            "",
+            "/",
+            "//",
+            "no-leading-slash/thing/lifecycle",
+            "/pk//thing/lifecycle",
+            "/pk/dn/thing/event/property/post/",
+            "/pk/dn/thing/event//post",
+            "/as/mqtt/status/pk",
+            "/as/mqtt/status/pk/dn/extra",
+            "/a/b/c/d/e/f/g/h/i/j/k",
+            "/pk/dn",
+            "/pk/dn/thing/event/x/get",
+            "/pk/dn/thing/topo/change",
+            "/ü/ñ/thing/lifecycle/ü",
+        ] {
+            assert_eq!(classify(topic).kind, Kind::Other, "{topic:?}");
+        }
+    }
+
+    #[test]
+    fn other_topics_keep_product_and_device_when_shaped_like_a_device_topic() {
+        assert_eq!(
+            parts("/pk1/dev1/thing/service/reboot"),
+            (Kind::Other, Some("pk1"), Some("dev1"), None)
+        );
+        assert_eq!(parts("/sys/x").1, None);
+    }
+
+    #[test]
+    fn unicode_device_names_are_sliced_on_char_boundaries() {
+        assert_eq!(
+            parts("/产品/设备/thing/lifecycle"),
+            (Kind::Lifecycle, Some("产品"), Some("设备"), None)
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! Rust handlers for library users, and the simulated handler of the
+//! embedded default and the load scenarios.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Delivery, DeliveryError, Sink};
+
+/// A sink made from an async closure called once per message, in batch order.
+///
+/// Built with [`handler_fn`]. A message whose closure returns `Err` fails
+/// alone: the rest of the batch still counts as delivered.
+pub struct HandlerFn<F> {
+    f: F,
+}
+
+/// Wraps an async closure `Fn(Delivery) -> Result<(), String>` as a sink.
+///
+/// ```
+/// use laneway::sink::{handler_fn, Delivery};
+/// let sink = handler_fn(|d: Delivery| async move {
+///     println!("{} {}", d.message.kind(), d.message.message_id());
+///     Ok::<(), String>(())
+/// });
+/// # let _ = sink;
+/// ```
+pub fn handler_fn<F, Fut>(f: F) -> HandlerFn<F>
+where
+    F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    HandlerFn { f }
+}
+
+#[async_trait]
+impl<F, Fut> Sink for HandlerFn<F>
+where
+    F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
+        let mut failed = Vec::new();
+        let mut reason = String::new();
+        for (i, d) in batch.iter().enumerate() {
+            if let Err(e) = (self.f)(d.clone()).await {
+                failed.push(i);
+                reason = e;
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(DeliveryError::some(reason, failed))
+        }
+    }
+}
+
+/// A stand-in for business logic: spends a fixed time per message (sleeping,
+/// as an I/O-bound handler would) and can be paused to simulate an outage.
+///
+/// The cost is paid per batch (`cost × batch length`, one sleep), so a slow
+/// handler does not also cost timer wake-ups per message.
+#[derive(Debug, Clone)]
+pub struct SimulatedHandler {
+    cost_per_message: Duration,
+    down: Arc<AtomicBool>,
+}
+
+impl SimulatedHandler {
+    /// A handler that spends `cost_per_message` on each message.
+    pub fn new(cost_per_message: Duration) -> SimulatedHandler {
+        SimulatedHandler {
+            cost_per_message,
+            down: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A switch that takes the handler down (`true`: every delivery fails
+    /// after a short wait, as a dead downstream would) and brings it back.
+    pub fn outage_switch(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.down)
+    }
+}
+
+#[async_trait]
+impl Sink for SimulatedHandler {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
+        if self.down.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            return Err(DeliveryError::all("handler is down (simulated outage)"));
+        }
+        let cost = self.cost_per_message * batch.len() as u32;
+        if !cost.is_zero() {
+            tokio::time::sleep(cost).await;
+        }
+        Ok(())
+    }
+}

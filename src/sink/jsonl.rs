@@ -1,0 +1,89 @@
+//! JSONL output: one envelope per line to a file or to stdout.
+//!
+//! Invariant: a batch is reported delivered only after its lines were
+//! written and flushed (and, for a file, fsync'd when `sync` is on), so a
+//! crash after the ack cannot lose them.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::fs::{File, OpenOptions};
+use tokio::io::{AsyncWrite, AsyncWriteExt, Stdout};
+use tokio::sync::Mutex;
+
+use super::{Delivery, DeliveryError, Sink};
+use crate::message::write_envelope;
+
+/// Writes delivered messages as JSONL envelopes.
+pub struct JsonlSink {
+    out: Mutex<Output>,
+    sync: bool,
+    label: String,
+}
+
+enum Output {
+    File(File),
+    Stdout(Stdout),
+}
+
+impl JsonlSink {
+    /// Appends to `path` (created if missing). With `sync`, every batch is
+    /// fsync'd before it counts as delivered.
+    pub async fn file(path: &Path, sync: bool) -> std::io::Result<JsonlSink> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        Ok(JsonlSink {
+            out: Mutex::new(Output::File(file)),
+            sync,
+            label: PathBuf::from(path).display().to_string(),
+        })
+    }
+
+    /// Writes to standard output.
+    pub fn stdout() -> JsonlSink {
+        JsonlSink {
+            out: Mutex::new(Output::Stdout(tokio::io::stdout())),
+            sync: false,
+            label: "stdout".into(),
+        }
+    }
+}
+
+async fn write_all(out: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(bytes).await?;
+    out.flush().await
+}
+
+#[async_trait]
+impl Sink for JsonlSink {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
+        let mut lines = Vec::with_capacity(batch.len() * 256);
+        for d in batch {
+            write_envelope(&mut lines, &d.message);
+        }
+        let mut out = self.out.lock().await;
+        let result = match &mut *out {
+            Output::File(f) => {
+                let r = write_all(f, &lines).await;
+                match r {
+                    Ok(()) if self.sync => f.sync_data().await,
+                    other => other,
+                }
+            }
+            Output::Stdout(s) => write_all(s, &lines).await,
+        };
+        result.map_err(|e| DeliveryError::all(format!("writing to {}: {e}", self.label)))
+    }
+
+    async fn close(&self) -> Result<(), DeliveryError> {
+        let mut out = self.out.lock().await;
+        let result = match &mut *out {
+            Output::File(f) => f.sync_all().await,
+            Output::Stdout(s) => s.flush().await,
+        };
+        result.map_err(|e| DeliveryError::all(format!("closing {}: {e}", self.label)))
+    }
+}

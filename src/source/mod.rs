@@ -1,0 +1,62 @@
+//! Where messages come from: the [`Source`] trait and the sources laneway
+//! ships (the device simulator, JSONL files and stdin).
+//!
+//! A source reads batches, registers each with its own
+//! [`AckTracker`](crate::ack::AckTracker) when its origin wants acks, and hands
+//! them to [`Ingest::submit`](crate::engine::Ingest::submit). It stops reading
+//! when `stop` is raised, and settles its last acks once `drained` is raised
+//! (every group has finished with what it submitted).
+
+pub mod jsonl;
+pub mod simulator;
+
+use async_trait::async_trait;
+
+use crate::engine::Ingest;
+use crate::signal::Signal;
+
+pub use jsonl::JsonlSource;
+pub use simulator::{Simulator, SimulatorConfig};
+
+/// What a source gets from the engine when it starts.
+pub struct SourceContext {
+    /// Where to hand batches.
+    pub ingest: Ingest,
+    /// Raised when the source must stop reading (shutdown).
+    pub stop: Signal,
+    /// Raised when the engine has finished with everything submitted: the
+    /// last acks can be settled and connections closed.
+    pub drained: Signal,
+}
+
+/// A failure that ends a source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Reading failed.
+    #[error("{origin}: {source}")]
+    Io {
+        /// The file, queue or stream being read.
+        origin: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source could not reach or use its origin.
+    #[error("{origin}: {message}")]
+    Origin {
+        /// The file, queue or stream being read.
+        origin: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A stream of messages into the engine.
+#[async_trait]
+pub trait Source: Send + 'static {
+    /// A short name for logs and reports (a path, a queue, "simulator").
+    fn name(&self) -> String;
+
+    /// Reads until the origin is exhausted or `ctx.stop` is raised.
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError>;
+}
