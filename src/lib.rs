@@ -18,6 +18,8 @@
 
 pub mod ack;
 pub mod backlog;
+pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod lane;
 pub mod message;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{BacklogSpec, SinkSpec};
+
 /// How one consumer group takes, schedules and retries its messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,6 +48,11 @@ pub struct GroupConfig {
     pub delivery_timeout: Duration,
     /// Check that each payload is JSON; a payload that is not becomes a dead letter.
     pub validate_json: bool,
+    /// Where the group delivers, when it is built from a config file
+    /// ([`EngineBuilder::group`](super::EngineBuilder::group) takes a sink object instead).
+    pub sink: SinkSpec,
+    /// Which backlog store the group uses, when it is built from a config file.
+    pub backlog: BacklogSpec,
 }
 
 impl Default for GroupConfig {
@@ -65,6 +72,8 @@ impl Default for GroupConfig {
             retry_max: Duration::from_secs(60),
             delivery_timeout: Duration::from_secs(30),
             validate_json: true,
+            sink: SinkSpec::default(),
+            backlog: BacklogSpec::default(),
         }
     }
 }

@@ -24,6 +24,8 @@ use crate::message::{Kind, Message, now_epoch_ms};
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimulatorConfig {
+    /// Which lane its messages take (in a config file).
+    pub lane: crate::engine::LanePolicy,
     /// Products in the fleet (each with its own product key).
     pub products: usize,
     /// Devices per product.
@@ -53,6 +55,7 @@ pub struct SimulatorConfig {
 impl Default for SimulatorConfig {
     fn default() -> Self {
         SimulatorConfig {
+            lane: crate::engine::LanePolicy::Auto,
             products: 3,
             devices: 100,
             rate: 10_000.0,

@@ -1,0 +1,47 @@
+//! The `laneway` command line: argument parsing and one module per command.
+//! Commands return an exit code; they print errors themselves, naming the
+//! file, line or knob at fault.
+
+mod check_config;
+mod run;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// laneway: a backlog-aware dispatcher for IoT server-side subscriptions.
+///
+/// Messages flow from a source (simulator, JSONL, AMQP) to consumer groups.
+/// Each group serves its live lane first and drains its durable backlog
+/// beside it, so a consumer back from an outage is real-time again at once.
+#[derive(Debug, Parser)]
+#[command(name = "laneway", version, propagate_version = true)]
+pub struct Cli {
+    /// Log more (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the dispatcher: the embedded default (simulator → two groups), or a config file.
+    Run(run::RunArgs),
+    /// Check a config file and report the first error with its line and column.
+    CheckConfig(check_config::CheckConfigArgs),
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub async fn execute(self) -> ExitCode {
+        match self.command {
+            Command::Run(args) => run::run(args).await,
+            Command::CheckConfig(args) => check_config::check_config(args),
+        }
+    }
+}

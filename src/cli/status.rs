@@ -1,0 +1,104 @@
+//! The per-interval status line of `laneway run`.
+
+use std::fmt::Write as _;
+
+use crate::engine::{GroupSnapshot, LatencySummary, Monitor, RunSummary};
+
+/// Remembers the previous snapshot so each line shows rates, not totals.
+pub struct StatusLine {
+    previous: Vec<GroupSnapshot>,
+    at: std::time::Instant,
+}
+
+impl StatusLine {
+    pub fn new(monitor: &Monitor) -> StatusLine {
+        StatusLine {
+            previous: monitor.groups(),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// One line: per group, lane depths, delivered/s from each lane, and
+    /// live latency over the interval.
+    pub fn next(&mut self, monitor: &Monitor, elapsed_s: f64) -> String {
+        let now = std::time::Instant::now();
+        let dt = now.duration_since(self.at).as_secs_f64().max(1e-3);
+        let groups = monitor.groups();
+        let latencies = monitor.interval_latencies();
+        let mut line = format!("[{elapsed_s:6.1}s]");
+        for ((g, p), lat) in groups.iter().zip(&self.previous).zip(latencies) {
+            let live_rate = (g.delivered_live - p.delivered_live) as f64 / dt;
+            let backlog_rate = (g.delivered_backlog - p.delivered_backlog) as f64 / dt;
+            let _ = write!(
+                line,
+                "{}{}: live {} backlog {} | {}/s live {}/s backlog | p50 {} p99 {}",
+                if line.ends_with(']') { " " } else { " || " },
+                g.name,
+                g.live_depth,
+                g.backlog_depth,
+                human(live_rate),
+                human(backlog_rate),
+                ms(lat, |l| l.p50),
+                ms(lat, |l| l.p99),
+            );
+            if g.dead_letter > 0 {
+                let _ = write!(line, " dead {}", g.dead_letter);
+            }
+        }
+        self.previous = groups;
+        self.at = now;
+        line
+    }
+}
+
+fn ms(l: LatencySummary, pick: impl Fn(&LatencySummary) -> f64) -> String {
+    if l.count == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}ms", pick(&l))
+    }
+}
+
+/// 12345.6 → "12.3k".
+pub fn human(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// The end-of-run summary for people.
+pub fn summary_text(s: &RunSummary) -> String {
+    let mut out = format!(
+        "summary: {:.1}s, ingested {}, delivered {} (live {}, backlog {}), dead letters {}, unrouted {}, live latency p50 {:.2}ms p99 {:.2}ms max {:.2}ms\n",
+        s.elapsed_s,
+        s.ingested,
+        s.delivered,
+        s.delivered_live,
+        s.delivered_backlog,
+        s.dead_letter,
+        s.unrouted,
+        s.live_latency_ms.p50,
+        s.live_latency_ms.p99,
+        s.live_latency_ms.max,
+    );
+    for g in &s.groups {
+        let _ = writeln!(
+            out,
+            "  {}: admitted {}, delivered live {} backlog {}, to backlog: stale {} full {} failed {}, dead {}, left in backlog {}",
+            g.name,
+            g.admitted,
+            g.delivered_live,
+            g.delivered_backlog,
+            g.diverted_stale,
+            g.diverted_full,
+            g.diverted_failed,
+            g.dead_letter,
+            g.backlog_depth,
+        );
+    }
+    out
+}

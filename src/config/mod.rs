@@ -1,0 +1,290 @@
+//! `laneway.toml`: what a run is made of (sources, groups with their lanes,
+//! scheduler knobs, sinks and backlogs), and how it becomes an engine.
+//!
+//! Invariants: every knob has a default; an unknown key or a wrong type is
+//! an error naming its line and column; a config that loads also builds
+//! (semantic checks run at load time, not halfway through start-up).
+
+mod spec;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backlog::{BacklogStore, MemoryBacklog, MemoryLimits};
+use crate::engine::{DeadLetters, EngineBuilder, EngineOptions, GroupConfig};
+use crate::sink::{JsonlSink, NullSink, SimulatedHandler, Sink};
+use crate::source::jsonl::JsonlInput;
+use crate::source::{JsonlSource, Simulator};
+
+pub use spec::{BacklogSpec, JsonlSpec, SinkSpec, SourceSpec};
+
+/// The embedded default: what `laneway run` does with no `--config`. It is
+/// the shipped `laneway.example.toml`, so the two can never disagree.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../laneway.example.toml");
+
+/// A whole config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where backlogs and dead letters live.
+    pub data_dir: PathBuf,
+    /// How often `run` prints a status line.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+    /// Payloads larger than this are dead letters.
+    pub max_message_bytes: usize,
+    /// How long shutdown waits for in-flight work.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The dead-letter file (default: `dead-letters.jsonl` in `data_dir`).
+    pub dead_letters: Option<PathBuf>,
+    /// Where messages come from.
+    pub sources: Vec<SourceSpec>,
+    /// The consumer groups.
+    pub groups: Vec<GroupConfig>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        let engine = EngineOptions::default();
+        FileConfig {
+            data_dir: PathBuf::from("laneway-data"),
+            status_interval: Duration::from_secs(1),
+            max_message_bytes: engine.max_message_bytes,
+            shutdown_grace: engine.shutdown_grace,
+            dead_letters: None,
+            sources: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// Why a config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for laneway; the message has line and column.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file parses, but a value is not usable.
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// 1-based line of the group (or 1 when the problem is file-wide).
+        line: usize,
+        /// What is wrong, naming the knob.
+        message: String,
+    },
+    /// Something the config names could not be opened.
+    #[error("{0}")]
+    Build(String),
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// The line where `[[groups]]` entry number `index` starts.
+fn group_line(text: &str, index: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with("[[groups]]"))
+        .nth(index)
+        .map_or(1, |(i, _)| i + 1)
+}
+
+impl FileConfig {
+    /// Parses and checks a config; `path` is only used in messages.
+    pub fn parse(text: &str, path: &str) -> Result<FileConfig, ConfigError> {
+        let config: FileConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            ConfigError::Parse {
+                path: path.to_string(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        let invalid = |line, message| ConfigError::Invalid {
+            path: path.to_string(),
+            line,
+            message,
+        };
+        if config.groups.is_empty() {
+            return Err(invalid(
+                1,
+                "no [[groups]]: at least one consumer group is needed".into(),
+            ));
+        }
+        for (i, g) in config.groups.iter().enumerate() {
+            g.validate().map_err(|m| invalid(group_line(text, i), m))?;
+            if config.groups[..i].iter().any(|o| o.name == g.name) {
+                return Err(invalid(
+                    group_line(text, i),
+                    format!("two groups are named {:?}", g.name),
+                ));
+            }
+        }
+        if config.max_message_bytes == 0 {
+            return Err(invalid(1, "max_message_bytes must be at least 1".into()));
+        }
+        Ok(config)
+    }
+
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> FileConfig {
+        // The shipped file is checked by a test; failing here is a build defect.
+        Self::parse(EMBEDDED_DEFAULT, "laneway.example.toml")
+            .unwrap_or_else(|e| unreachable!("the embedded laneway.example.toml is invalid: {e}"))
+    }
+
+    /// Engine options from the file's top-level knobs.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            max_message_bytes: self.max_message_bytes,
+            shutdown_grace: self.shutdown_grace,
+            ..EngineOptions::default()
+        }
+    }
+
+    /// Opens everything the config names and returns the engine builder,
+    /// plus the switches of simulated handlers (to stage outages).
+    pub async fn build(&self) -> Result<EngineBuilder, ConfigError> {
+        let dead_path = self
+            .dead_letters
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("dead-letters.jsonl"));
+        let dead = DeadLetters::to_file(&dead_path).map_err(|e| {
+            ConfigError::Build(format!("dead-letter file {}: {e}", dead_path.display()))
+        })?;
+        let mut builder = EngineBuilder::default()
+            .dead_letters(dead)
+            .options(self.engine_options());
+        for group in &self.groups {
+            let sink = build_sink(&group.sink).await?;
+            let store = self.build_backlog(group)?;
+            builder = builder.group_with(group.clone(), sink, Some(store));
+        }
+        for source in &self.sources {
+            builder = match source {
+                SourceSpec::Simulator(sim) => builder.source(Simulator::new(sim.clone()), sim.lane),
+                SourceSpec::Jsonl(spec) => {
+                    let input = if spec.path.as_os_str() == "-" {
+                        JsonlInput::Stdin
+                    } else {
+                        JsonlInput::File(spec.path.clone())
+                    };
+                    // A line may carry a payload up to the limit plus its envelope.
+                    let max_line = self.max_message_bytes.saturating_mul(2).max(64 * 1024);
+                    builder.source(JsonlSource::new(input, max_line), spec.lane)
+                }
+            };
+        }
+        Ok(builder)
+    }
+
+    fn build_backlog(&self, group: &GroupConfig) -> Result<Arc<dyn BacklogStore>, ConfigError> {
+        Ok(match &group.backlog {
+            BacklogSpec::Memory {
+                max_records,
+                max_bytes,
+            } => Arc::new(MemoryBacklog::new(MemoryLimits {
+                max_records: *max_records,
+                max_bytes: *max_bytes,
+            })),
+        })
+    }
+}
+
+async fn build_sink(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
+    Ok(match spec {
+        SinkSpec::Simulated { cost } => Arc::new(SimulatedHandler::new(*cost)),
+        SinkSpec::Null => Arc::new(NullSink),
+        SinkSpec::Stdout => Arc::new(JsonlSink::stdout()),
+        SinkSpec::Jsonl { path, sync } => Arc::new(
+            JsonlSink::file(path, *sync)
+                .await
+                .map_err(|e| ConfigError::Build(format!("sink file {}: {e}", path.display())))?,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_parses() {
+        let c = FileConfig::embedded();
+        assert_eq!(c.groups.len(), 2);
+        assert_eq!(c.groups[1].name, "alarms");
+        assert_eq!(c.sources.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_their_line() {
+        let text = "[[groups]]\nname = \"a\"\nslots = 2\nslotz = 3\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:4:"), "{err}");
+        assert!(err.contains("slotz"), "{err}");
+
+        let text = "[[groups]]\nname = \"a\"\n\nlive_capacity = \"many\"\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:4:"), "{err}");
+
+        let text =
+            "[[sources]]\ntype = \"simulator\"\nrate = 5\nratez = 1\n[[groups]]\nname = \"a\"\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("ratez"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_group_line_and_knob() {
+        let text = "[[groups]]\nname = \"a\"\n\n[[groups]]\nname = \"b\"\nbacklog_share = 2.0\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:4:"), "{err}");
+        assert!(err.contains("backlog_share"), "{err}");
+    }
+
+    #[test]
+    fn nested_tables_reject_unknown_keys() {
+        let text =
+            "[[groups]]\nname = \"a\"\nsink = { type = \"jsonl\", path = \"x\", colour = 1 }\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+}

@@ -1,0 +1,103 @@
+//! The pieces of a config file that name objects to build: sources, sinks
+//! and backlog stores. Pure data; [`super::build`] turns them into objects.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::LanePolicy;
+use crate::source::SimulatorConfig;
+
+/// One `[[sources]]` entry; `type` says which kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceSpec {
+    /// The device simulator.
+    Simulator(SimulatorConfig),
+    /// JSONL envelopes from a file, or from stdin with `path = "-"`.
+    Jsonl(JsonlSpec),
+}
+
+/// A JSONL source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSpec {
+    /// Which lane its messages take.
+    #[serde(default)]
+    pub lane: LanePolicy,
+    /// The file to read; `-` reads standard input.
+    pub path: PathBuf,
+}
+
+/// A group's `sink` table; `type` says which kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkSpec {
+    /// A stand-in for business logic that spends `cost` per message.
+    Simulated {
+        /// Time spent per message.
+        #[serde(with = "humantime_serde", default = "default_cost")]
+        cost: Duration,
+    },
+    /// Accept and discard (benchmarks).
+    Null,
+    /// JSONL envelopes on standard output.
+    Stdout,
+    /// JSONL envelopes appended to a file.
+    Jsonl {
+        /// The file to append to.
+        path: PathBuf,
+        /// fsync every batch before it counts as delivered.
+        #[serde(default = "yes")]
+        sync: bool,
+    },
+}
+
+fn default_cost() -> Duration {
+    Duration::from_micros(50)
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for SinkSpec {
+    fn default() -> Self {
+        SinkSpec::Simulated {
+            cost: default_cost(),
+        }
+    }
+}
+
+/// A group's `backlog` table; `store` says which kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "store", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BacklogSpec {
+    /// In memory: fast, bounded, lost with the process.
+    Memory {
+        /// The most records held.
+        #[serde(default = "default_memory_records")]
+        max_records: u64,
+        /// The most bytes held.
+        #[serde(default = "default_memory_bytes")]
+        max_bytes: u64,
+    },
+}
+
+fn default_memory_records() -> u64 {
+    crate::backlog::MemoryLimits::default().max_records
+}
+
+fn default_memory_bytes() -> u64 {
+    crate::backlog::MemoryLimits::default().max_bytes
+}
+
+impl Default for BacklogSpec {
+    fn default() -> Self {
+        BacklogSpec::Memory {
+            max_records: default_memory_records(),
+            max_bytes: default_memory_bytes(),
+        }
+    }
+}
