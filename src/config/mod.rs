@@ -252,7 +252,7 @@ mod tests {
         let c = FileConfig::embedded();
         assert_eq!(c.groups.len(), 2);
         assert_eq!(c.groups[1].name, "alarms");
-        assert_eq!(c.sources.len(), 1);
+        assert_eq!(c.sources.len(), 2);
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub(crate) struct Group {
     slots: Arc<Semaphore>,
     /// Records queued for or inside the backlog writer, not yet stored.
     writing: AtomicUsize,
+    /// Backlog deliveries in flight (the scheduler keeps one slot from them).
+    backlog_in_flight: AtomicUsize,
+    /// Deliveries in flight, both lanes.
+    delivering: AtomicUsize,
 }
 
 /// The receiving end of a group's backlog writer, started by [`Group::run`].
@@ -100,6 +104,8 @@ impl Group {
             writer_tx,
             backlog_appended: Notify::new(),
             writing: AtomicUsize::new(0),
+            backlog_in_flight: AtomicUsize::new(0),
+            delivering: AtomicUsize::new(0),
             config,
         };
         Ok((Arc::new(group), WriterQueue(writer_rx)))
@@ -312,8 +318,12 @@ impl Group {
     /// Fills delivery slots until `stop` is raised.
     async fn dispatch(self: &Arc<Self>, stop: &Signal) {
         let window = self.config.batch_size * self.config.slots * 2;
-        let mut scheduler =
-            Scheduler::new(self.config.backlog_share, self.config.backlog_rate, window);
+        let mut scheduler = Scheduler::new(
+            self.config.backlog_share,
+            self.config.backlog_rate,
+            window,
+            self.config.slots,
+        );
         let mut backlog_quiet_until: Option<Instant> = None;
         loop {
             let permit = tokio::select! {
@@ -331,7 +341,8 @@ impl Group {
                 let now = Instant::now();
                 let backlog_ready =
                     backlog_quiet_until.is_none_or(|t| now >= t) && self.store.has_waiting();
-                match scheduler.pick(!self.live.is_empty(), backlog_ready, now) {
+                let in_flight = self.backlog_in_flight.load(Ordering::Acquire);
+                match scheduler.pick(!self.live.is_empty(), backlog_ready, in_flight, now) {
                     Pick::Live => {
                         let batch = self.live.pop_batch(self.config.batch_size);
                         if !batch.is_empty() {
@@ -344,6 +355,7 @@ impl Group {
                         match self.store.take_ready(max, now_epoch_ms()).await {
                             Ok(records) if !records.is_empty() => {
                                 scheduler.took(Lane::Backlog, records.len());
+                                self.backlog_in_flight.fetch_add(1, Ordering::AcqRel);
                                 break Work::Backlog(records);
                             }
                             Ok(_) => backlog_quiet_until = Some(now + BACKLOG_RECHECK),
@@ -370,6 +382,7 @@ impl Group {
                 }
             };
             let group = Arc::clone(self);
+            self.delivering.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(group.deliver(work, permit));
         }
     }
@@ -377,8 +390,12 @@ impl Group {
     async fn deliver(self: Arc<Self>, work: Work, permit: OwnedSemaphorePermit) {
         match work {
             Work::Live(items) => self.deliver_live(items).await,
-            Work::Backlog(records) => self.deliver_backlog(records).await,
+            Work::Backlog(records) => {
+                self.deliver_backlog(records).await;
+                self.backlog_in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
         }
+        self.delivering.fetch_sub(1, Ordering::AcqRel);
         drop(permit);
     }
 
@@ -603,7 +620,7 @@ impl Group {
     pub fn is_idle(&self) -> bool {
         self.live.is_empty()
             && self.store.depth().records == 0
-            && self.slots.available_permits() == self.config.slots
+            && self.delivering.load(Ordering::Acquire) == 0
             && self.writing.load(Ordering::Acquire) == 0
     }
 

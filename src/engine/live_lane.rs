@@ -12,18 +12,22 @@ use crate::message::Message;
 
 /// A fresh message waiting for delivery, with its share of the source ack.
 #[derive(Debug)]
-pub(crate) struct LiveItem {
+pub struct LiveItem {
+    /// The message.
     pub message: Message,
+    /// Completed when the message is delivered or durably moved elsewhere.
     pub ack: AckRef,
 }
 
-/// A bounded ring plus a wake-up for the group's dispatcher.
-pub(crate) struct LiveLane {
+/// A bounded ring plus a wake-up for the group's dispatcher. Public so that
+/// benchmarks and embedders can measure it; the engine owns one per group.
+pub struct LiveLane {
     ring: ArrayQueue<LiveItem>,
     arrived: Notify,
 }
 
 impl LiveLane {
+    /// A lane holding at most `capacity` items.
     pub fn new(capacity: usize) -> LiveLane {
         LiveLane {
             ring: ArrayQueue::new(capacity.max(1)),
@@ -58,10 +62,12 @@ impl LiveLane {
         out
     }
 
+    /// Items waiting now.
     pub fn len(&self) -> usize {
         self.ring.len()
     }
 
+    /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.ring.is_empty()
     }

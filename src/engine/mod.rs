@@ -16,7 +16,7 @@ mod config;
 mod dead_letter;
 mod filter;
 mod group;
-mod live_lane;
+pub mod live_lane;
 pub mod scheduler;
 mod stats;
 
@@ -73,6 +73,13 @@ impl Default for EngineOptions {
     }
 }
 
+/// What the builder holds for one group until `build`.
+struct GroupParts {
+    config: GroupConfig,
+    sink: Arc<dyn Sink>,
+    backlog: Option<Arc<dyn BacklogStore>>,
+}
+
 /// Builds an [`Engine`]: groups with their sinks and backlog stores,
 /// sources, and options. Every knob has a documented default.
 ///
@@ -89,7 +96,7 @@ impl Default for EngineOptions {
 /// ```
 #[derive(Default)]
 pub struct EngineBuilder {
-    groups: Vec<(GroupConfig, Arc<dyn Sink>, Option<Arc<dyn BacklogStore>>)>,
+    groups: Vec<GroupParts>,
     sources: Vec<(Box<dyn Source>, LanePolicy)>,
     dead_letters: Option<Arc<DeadLetters>>,
     options: EngineOptions,
@@ -109,7 +116,11 @@ impl EngineBuilder {
         sink: Arc<dyn Sink>,
         backlog: Option<Arc<dyn BacklogStore>>,
     ) -> Self {
-        self.groups.push((config, sink, backlog));
+        self.groups.push(GroupParts {
+            config,
+            sink,
+            backlog,
+        });
         self
     }
 
@@ -147,7 +158,12 @@ impl EngineBuilder {
         let dead = self.dead_letters.unwrap_or_else(DeadLetters::in_memory);
         let mut groups = Vec::new();
         let mut writers = Vec::new();
-        for (config, sink, backlog) in self.groups {
+        for GroupParts {
+            config,
+            sink,
+            backlog,
+        } in self.groups
+        {
             if groups.iter().any(|g: &Arc<Group>| g.name() == config.name) {
                 return Err(EngineError::Config(format!(
                     "two groups are named {:?}",
@@ -293,6 +309,16 @@ impl Monitor {
     /// Every group's counters and depths now.
     pub fn groups(&self) -> Vec<GroupSnapshot> {
         self.router.groups.iter().map(|g| g.snapshot()).collect()
+    }
+
+    /// Deliveries so far over every group and lane: cheap (counters only),
+    /// for polling loops.
+    pub fn delivered(&self) -> u64 {
+        self.router
+            .groups
+            .iter()
+            .map(|g| read(&g.stats.delivered_live) + read(&g.stats.delivered_backlog))
+            .sum()
     }
 
     /// Live latency per group since the previous call (for per-second status lines).

@@ -9,7 +9,10 @@
 //!   bounded window, so a long quiet spell of one lane earns the other no
 //!   burst afterwards, and the split does not flap batch to batch);
 //! - with live idle the backlog takes every slot (work-conserving), never
-//!   more than `backlog_rate` messages per second when a rate is set.
+//!   more than `backlog_rate` messages per second when a rate is set;
+//! - while live traffic is flowing (seen within [`LIVE_QUIET`]), the backlog
+//!   never holds the last free slot: a fresh message always finds a slot
+//!   free or about to be, so its wait does not grow with the backlog.
 //!
 //! The scheduler is plain state: no clocks of its own, no I/O, so its
 //! promises are tested directly.
@@ -36,6 +39,9 @@ pub enum Pick {
 /// wakes it sooner.
 pub const IDLE_WAIT: Duration = Duration::from_millis(250);
 
+/// Live traffic seen this recently keeps one slot out of the backlog's reach.
+pub const LIVE_QUIET: Duration = Duration::from_millis(200);
+
 /// One group's scheduling state.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -46,33 +52,55 @@ pub struct Scheduler {
     credit_limit: f64,
     bucket: Option<TokenBucket>,
     last_pick_competed: bool,
+    slots: usize,
+    live_seen_at: Option<Instant>,
 }
 
 impl Scheduler {
-    /// A scheduler guaranteeing the backlog `share` of deliveries, with an
-    /// optional rate ceiling; `window` is the hysteresis in messages (a few
-    /// batches' worth is right).
-    pub fn new(share: f64, rate: Option<f64>, window: usize) -> Scheduler {
+    /// A scheduler for `slots` delivery slots guaranteeing the backlog
+    /// `share` of deliveries, with an optional rate ceiling; `window` is the
+    /// hysteresis in messages (a few batches' worth is right).
+    pub fn new(share: f64, rate: Option<f64>, window: usize, slots: usize) -> Scheduler {
         Scheduler {
             share: share.clamp(0.0, 1.0),
             credit: 0.0,
             credit_limit: window.max(1) as f64,
             bucket: rate.map(TokenBucket::new),
             last_pick_competed: false,
+            slots: slots.max(1),
+            live_seen_at: None,
         }
     }
 
-    /// Decides the next batch's lane from which lanes have work.
-    pub fn pick(&mut self, live_ready: bool, backlog_ready: bool, now: Instant) -> Pick {
+    /// Decides the next batch's lane from which lanes have work and how many
+    /// backlog deliveries are in flight already.
+    pub fn pick(
+        &mut self,
+        live_ready: bool,
+        backlog_ready: bool,
+        backlog_in_flight: usize,
+        now: Instant,
+    ) -> Pick {
+        if live_ready {
+            self.live_seen_at = Some(now);
+        }
         let allowance = match &mut self.bucket {
             Some(bucket) => bucket.available(now),
             None => usize::MAX,
         };
-        let backlog_can = backlog_ready && allowance >= 1;
+        // The last free slot stays live's while live traffic is flowing.
+        let live_recent = self
+            .live_seen_at
+            .map(|t| now.saturating_duration_since(t))
+            .filter(|since| *since < LIVE_QUIET);
+        let last_slot = self.slots > 1 && backlog_in_flight + 1 >= self.slots;
+        let reserved = last_slot && live_recent.is_some();
+        let backlog_can = backlog_ready && allowance >= 1 && !reserved;
         self.last_pick_competed = live_ready && backlog_can;
         match (live_ready, backlog_can) {
-            (false, false) => Pick::Wait(match (&self.bucket, backlog_ready) {
-                (Some(bucket), true) => bucket.time_to_one(),
+            (false, false) => Pick::Wait(match (&self.bucket, backlog_ready, live_recent) {
+                (_, true, Some(since)) if reserved => LIVE_QUIET - since,
+                (Some(bucket), true, _) => bucket.time_to_one(),
                 _ => IDLE_WAIT,
             }),
             (true, false) => Pick::Live,
@@ -148,11 +176,11 @@ mod tests {
     /// Runs `picks` decisions with both lanes always ready and batches of
     /// `batch`, returning the backlog's share of messages taken.
     fn saturated_share(share: f64, batch: usize, picks: usize) -> f64 {
-        let mut s = Scheduler::new(share, None, batch * 8);
+        let mut s = Scheduler::new(share, None, batch * 8, 4);
         let now = Instant::now();
         let (mut live, mut backlog) = (0usize, 0usize);
         for _ in 0..picks {
-            match s.pick(true, true, now) {
+            match s.pick(true, true, 0, now) {
                 Pick::Live => {
                     s.took(Lane::Live, batch);
                     live += batch;
@@ -188,26 +216,29 @@ mod tests {
 
     #[test]
     fn live_idle_gives_the_backlog_every_slot() {
-        let mut s = Scheduler::new(0.2, None, 1024);
+        let mut s = Scheduler::new(0.2, None, 1024, 4);
         let now = Instant::now();
-        for _ in 0..1000 {
-            assert_eq!(s.pick(false, true, now), Pick::Backlog { max: usize::MAX });
+        for in_flight in 0..4 {
+            assert_eq!(
+                s.pick(false, true, in_flight, now),
+                Pick::Backlog { max: usize::MAX }
+            );
             s.took(Lane::Backlog, 256);
         }
     }
 
     #[test]
     fn a_long_backlog_only_spell_earns_no_starvation_of_live_after() {
-        let mut s = Scheduler::new(0.2, None, 512);
+        let mut s = Scheduler::new(0.2, None, 512, 4);
         let now = Instant::now();
         for _ in 0..10_000 {
-            let _ = s.pick(false, true, now);
+            let _ = s.pick(false, true, 0, now);
             s.took(Lane::Backlog, 256);
         }
         // Live returns: the backlog still gets its share within a few batches.
         let mut backlog_turns = 0;
         for _ in 0..20 {
-            match s.pick(true, true, now) {
+            match s.pick(true, true, 0, now) {
                 Pick::Backlog { .. } => {
                     backlog_turns += 1;
                     s.took(Lane::Backlog, 64);
@@ -220,14 +251,14 @@ mod tests {
 
     #[test]
     fn the_rate_ceiling_caps_backlog_throughput() {
-        let mut s = Scheduler::new(0.2, Some(1000.0), 1024);
+        let mut s = Scheduler::new(0.2, Some(1000.0), 1024, 4);
         let start = Instant::now();
         let mut taken = 0usize;
         // One simulated second in 1 ms steps, live idle, backlog always ready.
         for ms in 0..=1000u64 {
             let now = start + Duration::from_millis(ms);
             loop {
-                match s.pick(false, true, now) {
+                match s.pick(false, true, 0, now) {
                     Pick::Backlog { max } => {
                         let n = max.min(256);
                         s.took(Lane::Backlog, n);
@@ -247,8 +278,42 @@ mod tests {
 
     #[test]
     fn nothing_ready_waits() {
-        let mut s = Scheduler::new(0.2, None, 64);
-        assert_eq!(s.pick(false, false, Instant::now()), Pick::Wait(IDLE_WAIT));
-        assert_eq!(s.pick(true, false, Instant::now()), Pick::Live);
+        let mut s = Scheduler::new(0.2, None, 64, 4);
+        assert_eq!(
+            s.pick(false, false, 0, Instant::now()),
+            Pick::Wait(IDLE_WAIT)
+        );
+        assert_eq!(s.pick(true, false, 0, Instant::now()), Pick::Live);
+    }
+
+    #[test]
+    fn flowing_live_traffic_keeps_the_last_slot_from_the_backlog() {
+        let mut s = Scheduler::new(0.2, None, 64, 4);
+        let t0 = Instant::now();
+        assert_eq!(s.pick(true, true, 0, t0), Pick::Live);
+        s.took(Lane::Live, 1);
+        // Live just went empty; three backlog deliveries are in flight.
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(
+            s.pick(false, true, 2, t1),
+            Pick::Backlog { max: usize::MAX }
+        );
+        match s.pick(false, true, 3, t1) {
+            Pick::Wait(d) => assert!(d <= LIVE_QUIET && d > Duration::ZERO, "{d:?}"),
+            other => panic!("the last slot must wait for live, got {other:?}"),
+        }
+        // Once live has been quiet for a while, the backlog may take it.
+        let t2 = t0 + LIVE_QUIET + Duration::from_millis(1);
+        assert_eq!(
+            s.pick(false, true, 3, t2),
+            Pick::Backlog { max: usize::MAX }
+        );
+        // A single-slot group cannot reserve anything.
+        let mut one = Scheduler::new(0.2, None, 64, 1);
+        let _ = one.pick(true, false, 0, t0);
+        assert_eq!(
+            one.pick(false, true, 0, t1),
+            Pick::Backlog { max: usize::MAX }
+        );
     }
 }

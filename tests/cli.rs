@@ -1,0 +1,118 @@
+//! The `laneway` program as a user meets it: the embedded default run with
+//! its JSON summary, check-config errors with line numbers, and --help.
+
+use std::process::Command;
+
+use simd_json::prelude::*;
+
+fn laneway() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_laneway"))
+}
+
+#[test]
+fn the_embedded_default_runs_and_ends_with_a_json_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = laneway()
+        .args(["run", "--duration", "3s", "--json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let status_lines = stderr
+        .lines()
+        .filter(|l| l.starts_with('[') && l.contains("all: live"))
+        .count();
+    assert!(status_lines >= 2, "one status line a second:\n{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut last = stdout
+        .lines()
+        .last()
+        .expect("a summary line")
+        .as_bytes()
+        .to_vec();
+    let summary = simd_json::to_owned_value(&mut last).unwrap();
+    let field = |k: &str| {
+        summary
+            .get(k)
+            .and_then(|v| v.as_u64())
+            .unwrap_or_else(|| panic!("no {k} in {stdout}"))
+    };
+    assert!(field("delivered") > 0);
+    assert!(field("delivered_live") > 0);
+    assert!(
+        field("delivered_backlog") > 0,
+        "the default's burst overflows the live lanes: {stdout}"
+    );
+    let _ = field("dead_letter");
+    let _ = field("unrouted");
+    let latency = summary.get("live_latency_ms").expect("latency");
+    assert!(latency.get("p50").and_then(|v| v.as_f64()).is_some());
+    assert!(latency.get("p99").and_then(|v| v.as_f64()).is_some());
+}
+
+#[test]
+fn check_config_names_the_line_of_an_unknown_key_or_a_wrong_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_key = dir.path().join("bad-key.toml");
+    std::fs::write(
+        &bad_key,
+        "[[groups]]\nname = \"a\"\n\nslots = 2\nlive_capacty = 5\n",
+    )
+    .unwrap();
+    let out = laneway()
+        .args(["check-config"])
+        .arg(&bad_key)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("bad-key.toml:5:"), "{stderr}");
+    assert!(stderr.contains("live_capacty"), "{stderr}");
+
+    let bad_type = dir.path().join("bad-type.toml");
+    std::fs::write(&bad_type, "[[groups]]\nname = \"a\"\nslots = \"four\"\n").unwrap();
+    let out = laneway()
+        .args(["check-config"])
+        .arg(&bad_type)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("bad-type.toml:3:"), "{stderr}");
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/laneway.example.toml");
+    let out = laneway().args(["check-config", example]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let out = laneway()
+        .args(["run", "--config", "/nonexistent/laneway.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("/nonexistent/laneway.toml"), "{stderr}");
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = laneway().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for command in ["run", "check-config"] {
+        assert!(text.contains(command), "{text}");
+    }
+    let out = laneway().args(["run", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("--duration") && text.contains("--json"),
+        "{text}"
+    );
+}

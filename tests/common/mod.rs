@@ -1,0 +1,163 @@
+//! Helpers shared by the integration tests: sinks that record what they are
+//! given, and a way to run an engine until a condition holds.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use laneway::engine::{Engine, Monitor, RunSummary};
+use laneway::lane::Lane;
+use laneway::sink::{Delivery, DeliveryError, Sink};
+use parking_lot::Mutex;
+
+/// One delivery attempt as a sink saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub id: String,
+    pub lane: Lane,
+    pub attempts: u32,
+    pub at: Instant,
+    pub ok: bool,
+}
+
+/// A sink that records every attempt, optionally fails some, and can be
+/// gated shut (deliveries wait until the gate opens).
+#[derive(Clone)]
+pub struct RecordingSink {
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync>,
+    cost: Duration,
+    gate_open: Arc<AtomicBool>,
+    in_flight: Arc<[AtomicUsize; 2]>,
+    pub max_in_flight: Arc<[AtomicUsize; 2]>,
+}
+
+impl RecordingSink {
+    pub fn new() -> RecordingSink {
+        RecordingSink {
+            seen: Arc::default(),
+            fail: Arc::new(|_| false),
+            cost: Duration::ZERO,
+            gate_open: Arc::new(AtomicBool::new(true)),
+            in_flight: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
+            max_in_flight: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
+        }
+    }
+
+    /// Fails the deliveries for which `fail` returns true.
+    pub fn failing(mut self, fail: impl Fn(&Delivery) -> bool + Send + Sync + 'static) -> Self {
+        self.fail = Arc::new(fail);
+        self
+    }
+
+    /// Spends `cost` per message (one sleep per batch).
+    pub fn with_cost(mut self, cost: Duration) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// Starts with the gate shut: deliveries wait for [`RecordingSink::open`].
+    pub fn gated(self) -> Self {
+        self.gate_open.store(false, Ordering::SeqCst);
+        self
+    }
+
+    pub fn open(&self) {
+        self.gate_open.store(true, Ordering::SeqCst);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().clone()
+    }
+
+    /// Successful deliveries per message id.
+    pub fn delivered_counts(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for s in self.seen.lock().iter().filter(|s| s.ok) {
+            *counts.entry(s.id.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+fn lane_index(lane: Lane) -> usize {
+    match lane {
+        Lane::Live => 0,
+        Lane::Backlog => 1,
+    }
+}
+
+#[async_trait]
+impl Sink for RecordingSink {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
+        while !self.gate_open.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let lane = lane_index(batch[0].lane);
+        let now_in_flight = self.in_flight[lane].fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight[lane].fetch_max(now_in_flight, Ordering::SeqCst);
+        if !self.cost.is_zero() {
+            tokio::time::sleep(self.cost * batch.len() as u32).await;
+        }
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        {
+            let mut seen = self.seen.lock();
+            for (i, d) in batch.iter().enumerate() {
+                let ok = !(self.fail)(d);
+                if !ok {
+                    failed.push(i);
+                }
+                seen.push(Seen {
+                    id: d.message.message_id().to_string(),
+                    lane: d.lane,
+                    attempts: d.attempts,
+                    at: now,
+                    ok,
+                });
+            }
+        }
+        self.in_flight[lane].fetch_sub(1, Ordering::SeqCst);
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(DeliveryError::some(
+                "recording sink was told to fail",
+                failed,
+            ))
+        }
+    }
+}
+
+/// Runs `engine` in the background; returns its monitor and a function that
+/// stops it and yields the summary.
+pub fn spawn_engine(
+    engine: Engine,
+) -> (
+    Monitor,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<RunSummary>,
+) {
+    let monitor = engine.monitor();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(engine.run(async move {
+        let _ = stop_rx.await;
+    }));
+    (monitor, stop_tx, task)
+}
+
+/// Polls `condition` every few milliseconds until it holds or `limit` passes.
+pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    condition()
+}

@@ -1,0 +1,219 @@
+//! Fan-out, filters, unrouted counting and malformed input, through a real
+//! engine.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{RecordingSink, spawn_engine, wait_until};
+use laneway::ack::AckRef;
+use laneway::engine::{Engine, GroupConfig, Incoming, LanePolicy};
+use laneway::message::{Message, now_epoch_ms};
+use laneway::source::JsonlSource;
+use laneway::source::jsonl::JsonlInput;
+
+fn message(topic: &str, id: &str) -> Incoming {
+    Incoming::Message(
+        Message::new(topic, id, now_epoch_ms(), Bytes::from_static(b"{\"v\":1}")).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_matching_group_gets_its_own_copy_and_unmatched_are_counted() {
+    let p1 = RecordingSink::new();
+    let alarms = RecordingSink::new();
+    let engine = Engine::builder()
+        .group(
+            GroupConfig {
+                products: vec!["pk1".into()],
+                ..GroupConfig::named("p1")
+            },
+            p1.clone(),
+        )
+        .group(
+            GroupConfig {
+                kinds: vec!["event".into(), "status".into()],
+                ..GroupConfig::named("alarms")
+            },
+            alarms.clone(),
+        )
+        .build()
+        .unwrap();
+    let ingest = engine.ingest(LanePolicy::Auto);
+    let (monitor, stop, task) = spawn_engine(engine);
+    ingest
+        .submit(
+            vec![
+                message("/pk1/d1/thing/event/property/post", "p1-only"),
+                message("/pk1/d1/thing/event/alarm/post", "both"),
+                message("/as/mqtt/status/pk2/d2", "alarms-only"),
+                message("/pk2/d2/thing/event/property/post", "nobody"),
+                message("/sys/other", "nobody-2"),
+            ],
+            AckRef::none(),
+        )
+        .await;
+    assert!(wait_until(Duration::from_secs(5), || monitor.summary().delivered == 4).await);
+    stop.send(()).unwrap();
+    let summary = task.await.unwrap();
+
+    let mut got_p1: Vec<_> = p1.delivered_counts().into_keys().collect();
+    got_p1.sort();
+    let mut got_alarms: Vec<_> = alarms.delivered_counts().into_keys().collect();
+    got_alarms.sort();
+    assert_eq!(got_p1, ["both", "p1-only"]);
+    assert_eq!(got_alarms, ["alarms-only", "both"]);
+    assert_eq!(summary.unrouted, 2);
+    assert_eq!(summary.ingested, 5);
+    assert_eq!(summary.delivered, 4);
+    assert_eq!(summary.delivered_live, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_lines_and_bodies_become_dead_letters_and_nothing_else_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut f = std::fs::File::create(&input).unwrap();
+    let good = |i: usize| {
+        format!(
+            r#"{{"topic":"/pk/d{i}/thing/event/property/post","messageId":"good-{i}","generateTime":{},"payload":{{"i":{i}}}}}"#,
+            now_epoch_ms()
+        )
+    };
+    let mut expected_good = Vec::new();
+    for i in 0..50 {
+        writeln!(f, "{}", good(i)).unwrap();
+        expected_good.push(format!("good-{i}"));
+    }
+    writeln!(f, "{{this is not json").unwrap(); // line 51
+    writeln!(f, r#"{{"messageId":"x","generateTime":1,"payload":{{}}}}"#).unwrap(); // line 52: no topic
+    writeln!(f).unwrap(); // line 53: blank, ignored
+    writeln!(
+        f,
+        r#"{{"topic":"/pk/d/thing/lifecycle","messageId":"big","generateTime":1,"payload":"{}"}}"#,
+        "x".repeat(5000)
+    )
+    .unwrap(); // line 54: too long
+    for i in 50..100 {
+        writeln!(f, "{}", good(i)).unwrap();
+        expected_good.push(format!("good-{i}"));
+    }
+    drop(f);
+
+    let sink = RecordingSink::new();
+    let engine = Engine::builder()
+        .group(GroupConfig::named("all"), sink.clone())
+        .source(
+            JsonlSource::new(JsonlInput::File(input.clone()), 4096),
+            LanePolicy::Auto,
+        )
+        .build()
+        .unwrap();
+    let dead = engine.dead_letters();
+    let ingest = engine.ingest(LanePolicy::Auto);
+    // A message whose body is not JSON, submitted directly.
+    ingest
+        .submit(
+            vec![Incoming::Message(
+                Message::new(
+                    "/pk/d/thing/lifecycle",
+                    "not-json-body",
+                    now_epoch_ms(),
+                    Bytes::from_static(b"<xml/>"),
+                )
+                .unwrap(),
+            )],
+            AckRef::none(),
+        )
+        .await;
+    let summary = tokio::time::timeout(Duration::from_secs(20), engine.run(std::future::pending()))
+        .await
+        .expect("the run ends when the file is done and the group is idle");
+
+    let delivered = sink.delivered_counts();
+    for id in &expected_good {
+        assert_eq!(delivered.get(id), Some(&1), "{id}");
+    }
+    assert_eq!(delivered.len(), 100);
+    let letters = dead.recent();
+    let reasons: Vec<(Option<String>, String)> = letters
+        .iter()
+        .map(|l| (l.origin.clone(), l.reason.clone()))
+        .collect();
+    assert_eq!(letters.len(), 4, "{reasons:?}");
+    let origin = |n: usize| Some(format!("{}:{n}", input.display()));
+    assert!(
+        reasons
+            .iter()
+            .any(|(o, r)| *o == origin(51) && r.contains("not valid JSON")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(o, r)| *o == origin(52) && r.contains("\"topic\"")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(o, r)| *o == origin(54) && r.contains("longer than 4096")),
+        "{reasons:?}"
+    );
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.message_id.as_deref() == Some("not-json-body")
+                && l.reason.contains("not valid JSON")),
+        "{reasons:?}"
+    );
+    assert_eq!(summary.dead_letter, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_payloads_are_dead_letters_at_ingest() {
+    let sink = RecordingSink::new();
+    let engine = Engine::builder()
+        .group(GroupConfig::named("all"), sink.clone())
+        .options(laneway::engine::EngineOptions {
+            max_message_bytes: 100,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let dead = engine.dead_letters();
+    let ingest = engine.ingest(LanePolicy::Auto);
+    let (monitor, stop, task) = spawn_engine(engine);
+    let big = format!("{{\"x\":\"{}\"}}", "y".repeat(200));
+    ingest
+        .submit(
+            vec![
+                Incoming::Message(
+                    Message::new(
+                        "/pk/d/thing/lifecycle",
+                        "big",
+                        now_epoch_ms(),
+                        Bytes::from(big),
+                    )
+                    .unwrap(),
+                ),
+                message("/pk/d/thing/lifecycle", "small"),
+            ],
+            AckRef::none(),
+        )
+        .await;
+    assert!(wait_until(Duration::from_secs(5), || monitor.summary().delivered == 1).await);
+    stop.send(()).unwrap();
+    let summary = task.await.unwrap();
+    assert_eq!(summary.dead_letter, 1);
+    let letters = dead.recent();
+    assert_eq!(letters[0].message_id.as_deref(), Some("big"));
+    assert!(
+        letters[0].reason.starts_with("oversize"),
+        "{}",
+        letters[0].reason
+    );
+    assert!(sink.delivered_counts().contains_key("small"));
+}
