@@ -13,7 +13,9 @@ use laneway::source::{Simulator, SimulatorConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
 
     let alarms_seen = Arc::new(AtomicU64::new(0));
     let seen = Arc::clone(&alarms_seen);

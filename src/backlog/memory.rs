@@ -1,8 +1,9 @@
 //! An in-memory backlog store: bounded, fast, and gone when the process ends.
 //!
 //! For tests, benchmarks and pipelines that accept losing the backlog on a
-//! crash. Invariants: holds at most `max_records` records and `max_bytes`
-//! bytes (in flight included); never drops a record (a full store answers
+//! crash. Invariants: holds at most `max_records` records (in flight
+//! included) and `max_bytes` bytes of records waiting (in flight records are
+//! in the sink's hands, bounded by the group's slots); never drops a record (a full store answers
 //! [`BacklogError::Full`]); hands records out in order, passing over those
 //! whose not-before time has not come.
 
@@ -49,7 +50,6 @@ struct State {
     /// Records passed over for their not-before time, soonest first.
     deferred: BinaryHeap<Reverse<(i64, RecordId)>>,
     deferred_records: HashMap<RecordId, StoredRecord>,
-    in_flight_sizes: HashMap<RecordId, u64>,
 }
 
 impl MemoryBacklog {
@@ -79,8 +79,11 @@ fn size_of(record: &BacklogRecord) -> u64 {
 impl BacklogStore for MemoryBacklog {
     async fn append(&self, records: &[BacklogRecord]) -> Result<(), BacklogError> {
         let mut state = self.state.lock();
-        let mut count = self.records.load(Ordering::Relaxed);
-        let mut bytes = self.bytes.load(Ordering::Relaxed);
+        let (count_before, bytes_before) = (
+            self.records.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        );
+        let (mut count, mut bytes) = (count_before, bytes_before);
         let mut result = Ok(());
         for (stored, record) in records.iter().enumerate() {
             let size = size_of(record);
@@ -97,22 +100,26 @@ impl BacklogStore for MemoryBacklog {
             count += 1;
             bytes += size;
         }
-        self.records.store(count, Ordering::Relaxed);
-        self.bytes.store(bytes, Ordering::Relaxed);
+        // Deltas, not stores: take_ready and retry adjust the counters
+        // outside the lock.
+        self.records
+            .fetch_add(count - count_before, Ordering::Relaxed);
+        self.bytes
+            .fetch_add(bytes - bytes_before, Ordering::Relaxed);
         result
     }
 
     async fn retry(&self, records: &[StoredRecord]) -> Result<(), BacklogError> {
         let mut state = self.state.lock();
-        let mut n = 0;
         for r in records {
-            if state.in_flight_sizes.remove(&r.id).is_some() {
-                n += 1;
-                state.deferred.push(Reverse((r.record.not_before_ms, r.id)));
-                state.deferred_records.insert(r.id, r.clone());
-            }
+            state.deferred.push(Reverse((r.record.not_before_ms, r.id)));
+            state.deferred_records.insert(r.id, r.clone());
         }
-        self.in_flight.fetch_sub(n, Ordering::Relaxed);
+        drop(state);
+        let bytes: u64 = records.iter().map(|r| size_of(&r.record)).sum();
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.in_flight
+            .fetch_sub(records.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -142,26 +149,19 @@ impl BacklogStore for MemoryBacklog {
                 out.push(r);
             }
         }
-        for r in &out {
-            state.in_flight_sizes.insert(r.id, size_of(&r.record));
-        }
+        drop(state);
+        let bytes: u64 = out.iter().map(|r| size_of(&r.record)).sum();
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
         self.in_flight
             .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 
     async fn release(&self, ids: &[RecordId]) -> Result<(), BacklogError> {
-        let mut state = self.state.lock();
-        let (mut n, mut bytes) = (0, 0);
-        for id in ids {
-            if let Some(size) = state.in_flight_sizes.remove(id) {
-                n += 1;
-                bytes += size;
-            }
-        }
+        // The engine releases each handed-out record exactly once.
+        let n = ids.len() as u64;
         self.in_flight.fetch_sub(n, Ordering::Relaxed);
         self.records.fetch_sub(n, Ordering::Relaxed);
-        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(())
     }
 

@@ -430,63 +430,62 @@ impl Group {
     }
 
     async fn deliver_live(&self, items: Vec<LiveItem>) {
-        let mut pending: Vec<(LiveItem, u32)> = items.into_iter().map(|i| (i, 0)).collect();
-        loop {
-            let batch: Vec<Delivery> = pending
-                .iter()
-                .map(|(i, attempts)| Delivery {
-                    message: i.message.clone(),
-                    attempts: *attempts,
+        let (mut batch, mut acks): (Vec<Delivery>, Vec<AckRef>) = items
+            .into_iter()
+            .map(|i| {
+                let delivery = Delivery {
+                    message: i.message,
+                    attempts: 0,
                     lane: Lane::Live,
-                })
-                .collect();
-            let failures = Self::failures(self.call_sink(&batch).await, batch.len());
-            let now = Instant::now();
-            let mut failed = vec![None; pending.len()];
-            for (i, reason, permanent) in failures {
+                };
+                (delivery, i.ack)
+            })
+            .unzip();
+        loop {
+            let outcome = self.call_sink(&batch).await;
+            if outcome.is_ok() {
+                self.settle_live(&batch, acks);
+                return;
+            }
+            let mut failed = vec![None; batch.len()];
+            for (i, reason, permanent) in Self::failures(outcome, batch.len()) {
                 failed[i] = Some((reason, permanent));
             }
-            let mut delivered = Vec::with_capacity(pending.len());
-            let mut retry = Vec::new();
+            let (mut delivered, mut delivered_acks) = (Vec::new(), Vec::new());
+            let (mut retry, mut retry_acks) = (Vec::new(), Vec::new());
             let mut dead = Vec::new();
-            for ((item, attempts), failure) in pending.into_iter().zip(failed) {
+            for ((mut d, ack), failure) in batch.into_iter().zip(acks).zip(failed) {
                 match failure {
-                    None => delivered.push(item),
+                    None => {
+                        delivered.push(d);
+                        delivered_acks.push(ack);
+                    }
                     Some((reason, permanent)) => {
-                        let attempts = attempts + 1;
-                        if permanent || attempts >= self.config.max_attempts {
-                            dead.push((item, attempts, reason, permanent));
+                        d.attempts += 1;
+                        if permanent || d.attempts >= self.config.max_attempts {
+                            dead.push((d.message, ack, d.attempts, reason, permanent));
                         } else {
-                            retry.push((item, attempts));
+                            retry.push(d);
+                            retry_acks.push(ack);
                         }
                     }
                 }
             }
-            self.stats
-                .live_latency
-                .record_batch(now, delivered.iter().map(|i| i.message.received_at()));
-            bump(&self.stats.delivered_live, delivered.len() as u64);
-            delivered.into_iter().for_each(|i| i.ack.complete());
-            self.bury(
-                dead.into_iter()
-                    .map(|(i, a, r, p)| (i.message, i.ack, a, r, p))
-                    .collect(),
-            )
-            .await;
+            self.settle_live(&delivered, delivered_acks);
+            self.bury(dead).await;
             if retry.is_empty() {
                 return;
             }
             bump(&self.stats.failed_attempts, retry.len() as u64);
             // Retry from the backlog, with backoff; what does not fit there
             // stays in this slot and is retried here after the same backoff.
-            let not_before = now_epoch_ms();
+            let now_ms = now_epoch_ms();
             let records: Vec<BacklogRecord> = retry
                 .iter()
-                .map(|(i, attempts)| BacklogRecord {
-                    message: i.message.clone(),
-                    attempts: *attempts,
-                    not_before_ms: not_before
-                        + self.config.retry_delay(*attempts).as_millis() as i64,
+                .map(|d| BacklogRecord {
+                    message: d.message.clone(),
+                    attempts: d.attempts,
+                    not_before_ms: now_ms + self.config.retry_delay(d.attempts).as_millis() as i64,
                 })
                 .collect();
             let stored = match self.store.append(&records).await {
@@ -497,19 +496,34 @@ impl Group {
                     0
                 }
             };
-            let mut rest = retry.split_off(stored);
             bump(&self.stats.diverted_failed, stored as u64);
-            retry.into_iter().for_each(|(i, _)| i.ack.complete());
+            let rest_acks = retry_acks.split_off(stored);
+            retry_acks.into_iter().for_each(AckRef::complete);
             if stored > 0 {
                 self.backlog_appended.notify_one();
             }
+            let rest = retry.split_off(stored);
             if rest.is_empty() {
                 return;
             }
-            let attempts = rest.iter().map(|(_, a)| *a).max().unwrap_or(1);
+            let attempts = rest.iter().map(|d| d.attempts).max().unwrap_or(1);
             tokio::time::sleep(self.config.retry_delay(attempts)).await;
-            pending = std::mem::take(&mut rest);
+            batch = rest;
+            acks = rest_acks;
         }
+    }
+
+    /// Counts and acknowledges delivered live messages, recording their latency.
+    fn settle_live(&self, delivered: &[Delivery], acks: Vec<AckRef>) {
+        if delivered.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.stats
+            .live_latency
+            .record_batch(now, delivered.iter().map(|d| d.message.received_at()));
+        bump(&self.stats.delivered_live, delivered.len() as u64);
+        acks.into_iter().for_each(AckRef::complete);
     }
 
     async fn deliver_backlog(&self, mut records: Vec<StoredRecord>) {
