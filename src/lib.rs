@@ -18,6 +18,7 @@
 
 pub mod ack;
 pub mod backlog;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;

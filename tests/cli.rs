@@ -116,3 +116,78 @@ fn help_explains_the_commands() {
         "{text}"
     );
 }
+
+#[test]
+fn a_short_outage_scenario_reports_both_modes_and_draws_a_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let svg = dir.path().join("out.svg");
+    let out = laneway()
+        .args([
+            "bench",
+            "--scenario",
+            "outage",
+            "--mode",
+            "both",
+            "--rate",
+            "2000",
+            "--before",
+            "300ms",
+            "--outage",
+            "700ms",
+            "--max-run",
+            "20s",
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("time to real-time ms") && table.contains("fifo/laneway"),
+        "{table}"
+    );
+
+    let mut bytes = std::fs::read(&json).unwrap();
+    let report = simd_json::to_owned_value(&mut bytes).unwrap();
+    let modes = report
+        .get("modes")
+        .and_then(|m| m.as_array())
+        .expect("modes");
+    let names: Vec<_> = modes
+        .iter()
+        .filter_map(|m| m.get("mode").and_then(|v| v.as_str()))
+        .collect();
+    assert_eq!(names, ["laneway", "fifo"]);
+    for m in modes {
+        for field in [
+            "scenario",
+            "throughput_msgs_per_s",
+            "live_latency_ms",
+            "time_to_realtime_ms",
+            "backlog_peak",
+            "backlog_drain_ms",
+            "phases",
+        ] {
+            assert!(m.get(field).is_some(), "{field} missing");
+        }
+        let phases = m.get("phases").unwrap();
+        for p in ["1_before", "2_outage", "3_recovery"] {
+            assert!(phases.get(p).is_some(), "phase {p} missing");
+        }
+        assert!(
+            m.get("throughput_msgs_per_s")
+                .and_then(|v| v.as_f64())
+                .unwrap()
+                > 0.0
+        );
+    }
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("<polyline"), "the plot has lines");
+}

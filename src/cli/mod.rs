@@ -2,6 +2,7 @@
 //! Commands return an exit code; they print errors themselves, naming the
 //! file, line or knob at fault.
 
+mod bench;
 mod check_config;
 mod run;
 mod status;
@@ -34,6 +35,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check a config file and report the first error with its line and column.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Run a load scenario (steady, outage, flood) against a FIFO baseline.
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
@@ -42,6 +45,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => run::run(args).await,
             Command::CheckConfig(args) => check_config::check_config(args),
+            Command::Bench(args) => bench::bench(args).await,
         }
     }
 }

@@ -63,12 +63,21 @@ where
 /// as an I/O-bound handler would) and can be paused to simulate an outage.
 ///
 /// The cost is paid per batch (`cost × batch length`, one sleep), so a slow
-/// handler does not also cost timer wake-ups per message.
+/// handler does not also cost timer wake-ups per message. With
+/// [`SimulatedHandler::with_servers`] it models a service of `n` servers
+/// exactly: each batch runs on the earliest-free server's own clock, so the
+/// timer's millisecond rounding does not add up and the capacity is
+/// `n / cost` messages per second, as the load scenarios assume.
 #[derive(Debug, Clone)]
 pub struct SimulatedHandler {
     cost_per_message: Duration,
     down: Arc<AtomicBool>,
+    servers: Option<Arc<parking_lot::Mutex<Vec<tokio::time::Instant>>>>,
 }
+
+/// How far a server's clock may lag behind real time and still count (so a
+/// late wake-up is made up by the next batch, but idle time is not banked).
+const CATCH_UP: Duration = Duration::from_millis(2);
 
 impl SimulatedHandler {
     /// A handler that spends `cost_per_message` on each message.
@@ -76,7 +85,23 @@ impl SimulatedHandler {
         SimulatedHandler {
             cost_per_message,
             down: Arc::new(AtomicBool::new(false)),
+            servers: None,
         }
+    }
+
+    /// A handler of `servers` servers, each spending `cost_per_message` per message.
+    pub fn with_servers(cost_per_message: Duration, servers: usize) -> SimulatedHandler {
+        let now = tokio::time::Instant::now();
+        SimulatedHandler {
+            servers: Some(Arc::new(parking_lot::Mutex::new(vec![now; servers.max(1)]))),
+            ..SimulatedHandler::new(cost_per_message)
+        }
+    }
+
+    /// Messages per second this handler can take, when it has servers.
+    pub fn capacity(&self) -> Option<f64> {
+        let servers = self.servers.as_ref()?.lock().len();
+        Some(servers as f64 / self.cost_per_message.as_secs_f64().max(1e-9))
     }
 
     /// A switch that takes the handler down (`true`: every delivery fails
@@ -94,9 +119,26 @@ impl Sink for SimulatedHandler {
             return Err(DeliveryError::all("handler is down (simulated outage)"));
         }
         let cost = self.cost_per_message * batch.len() as u32;
-        if !cost.is_zero() {
-            tokio::time::sleep(cost).await;
+        if cost.is_zero() {
+            return Ok(());
         }
+        let now = tokio::time::Instant::now();
+        let deadline = match &self.servers {
+            None => now + cost,
+            Some(servers) => {
+                let mut servers = servers.lock();
+                let earliest = servers.iter_mut().min();
+                match earliest {
+                    Some(free_at) => {
+                        let floor = now.checked_sub(CATCH_UP).unwrap_or(now);
+                        *free_at = (*free_at).max(floor) + cost;
+                        *free_at
+                    }
+                    None => now + cost,
+                }
+            }
+        };
+        tokio::time::sleep_until(deadline).await;
         Ok(())
     }
 }

@@ -1,0 +1,88 @@
+//! `laneway bench`: load scenarios that show live-first scheduling under an
+//! outage and a flood, against a FIFO baseline, in process and reproducibly.
+//! Latencies come from HDR histograms; the handler's cost per message is a
+//! knob, so the scenarios measure scheduling, not the machine.
+
+pub mod fifo;
+pub mod scenario;
+pub mod svg;
+pub mod timeline;
+
+use std::fmt::Write as _;
+
+pub use scenario::{BacklogKind, BenchOptions, Mode, ModeReport, Scenario, run_mode};
+
+/// A scenario's result in every mode that ran, as `--json` writes it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// The knobs the run used.
+    pub options: BenchOptions,
+    /// One report per mode.
+    pub modes: Vec<ModeReport>,
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "never".into(), |v| format!("{v:.1}"))
+}
+
+fn ratio(fifo: Option<f64>, laneway: Option<f64>) -> String {
+    match (fifo, laneway) {
+        (Some(f), Some(l)) if l > 0.0 => format!("{:.1}×", f / l),
+        _ => "-".into(),
+    }
+}
+
+impl BenchReport {
+    /// The side-by-side table printed on stdout.
+    pub fn table(&self) -> String {
+        let o = &self.options;
+        let mut out = format!(
+            "scenario {:?}: handler {} slots × {:?}/msg (capacity {:.0} msgs/s), live traffic {:.0} msgs/s, backlog_share {}\n",
+            o.scenario,
+            o.slots,
+            o.cost,
+            o.capacity(),
+            o.rate,
+            o.backlog_share
+        );
+        let find = |m: Mode| self.modes.iter().find(|r| r.mode == m);
+        let (lw, ff) = (find(Mode::Laneway), find(Mode::Fifo));
+        let _ = writeln!(
+            out,
+            "{:<34}{:>14}{:>14}{:>14}",
+            "", "laneway", "fifo", "fifo/laneway"
+        );
+        let mut row = |name: &str, f: &dyn Fn(&ModeReport) -> Option<f64>| {
+            let l = lw.and_then(f);
+            let x = ff.and_then(f);
+            let _ = writeln!(
+                out,
+                "{name:<34}{:>14}{:>14}{:>14}",
+                ms(l),
+                ms(x),
+                ratio(x, l)
+            );
+        };
+        row("throughput msgs/s", &|r| Some(r.throughput_msgs_per_s));
+        row("live latency p50 ms", &|r| Some(r.live_latency_ms.p50));
+        row("live latency p99 ms", &|r| Some(r.live_latency_ms.p99));
+        row("live latency max ms", &|r| Some(r.live_latency_ms.max));
+        row("time to real-time ms", &|r| r.time_to_realtime_ms);
+        row("backlog peak", &|r| Some(r.backlog_peak as f64));
+        row("backlog drain ms", &|r| r.backlog_drain_ms);
+        row("drain rate msgs/s", &|r| r.drain_rate_msgs_per_s);
+        let phases: Vec<String> = lw
+            .or(ff)
+            .map(|r| r.phases.keys().cloned().collect())
+            .unwrap_or_default();
+        for p in phases {
+            let get = |r: &ModeReport| r.phases.get(&p).map(|x| x.live_latency_ms.p99);
+            row(&format!("{p}: live p99 ms"), &get);
+            let live = |r: &ModeReport| r.phases.get(&p).map(|x| x.delivered_live as f64);
+            row(&format!("{p}: delivered live"), &live);
+            let backlog = |r: &ModeReport| r.phases.get(&p).map(|x| x.delivered_backlog as f64);
+            row(&format!("{p}: delivered backlog"), &backlog);
+        }
+        out
+    }
+}

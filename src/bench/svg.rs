@@ -1,0 +1,293 @@
+//! The scenario plot: live latency (log scale) and per-lane delivery rate
+//! over time, laneway and FIFO on one page, as a self-contained SVG.
+//!
+//! Invariant: the output is a complete, valid SVG document whatever the
+//! data (empty series, missing windows, zero rates).
+
+use std::fmt::Write as _;
+
+use super::scenario::{Mode, ModeReport};
+
+const WIDTH: f64 = 960.0;
+const PANEL_H: f64 = 260.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+const TOP: f64 = 50.0;
+const GAP: f64 = 60.0;
+
+/// Colours per series: laneway live, laneway backlog, FIFO.
+const LANEWAY: &str = "#1f77b4";
+const BACKLOG: &str = "#ff7f0e";
+const FIFO: &str = "#d62728";
+
+struct Panel {
+    top: f64,
+    t_max: f64,
+}
+
+impl Panel {
+    fn x(&self, t: f64) -> f64 {
+        LEFT + (WIDTH - LEFT - RIGHT) * (t / self.t_max.max(1e-9)).clamp(0.0, 1.0)
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn polyline(out: &mut String, points: &[(f64, f64)], colour: &str, dashed: bool) {
+    if points.is_empty() {
+        return;
+    }
+    let _ = write!(
+        out,
+        r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5""#
+    );
+    if dashed {
+        out.push_str(r#" stroke-dasharray="5,3""#);
+    }
+    out.push_str(r#" points=""#);
+    for (x, y) in points {
+        let _ = write!(out, "{x:.1},{y:.1} ");
+    }
+    out.push_str("\"/>\n");
+}
+
+fn frame(out: &mut String, p: &Panel, title: &str, y_label: &str) {
+    let bottom = p.top + PANEL_H;
+    let _ = writeln!(
+        out,
+        r##"<rect x="{LEFT}" y="{}" width="{}" height="{PANEL_H}" fill="none" stroke="#999"/>"##,
+        p.top,
+        WIDTH - LEFT - RIGHT
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold">{}</text>"#,
+        p.top - 8.0,
+        escape(title)
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="16" y="{}" font-size="12" transform="rotate(-90 16 {})" text-anchor="middle">{}</text>"#,
+        p.top + PANEL_H / 2.0,
+        p.top + PANEL_H / 2.0,
+        escape(y_label)
+    );
+    let step = nice_step(p.t_max / 8.0);
+    let mut t = 0.0;
+    while t <= p.t_max + 1e-9 {
+        let x = p.x(t);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x:.1}" y1="{bottom}" x2="{x:.1}" y2="{}" stroke="#eee"/>"##,
+            p.top
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{x:.1}" y="{}" font-size="11" text-anchor="middle">{t:.0}s</text>"#,
+            bottom + 14.0
+        );
+        t += step;
+    }
+}
+
+fn nice_step(raw: f64) -> f64 {
+    let raw = raw.max(1e-9);
+    let mag = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag)
+}
+
+fn colour(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Laneway => LANEWAY,
+        Mode::Fifo => FIFO,
+    }
+}
+
+/// Draws the reports (one per mode) of one scenario.
+pub fn render(title: &str, reports: &[ModeReport], threshold_ms: f64) -> String {
+    let t_max = reports
+        .iter()
+        .flat_map(|r| r.timeline.last().map(|p| p.t_s))
+        .fold(1.0, f64::max);
+    let height = TOP + 2.0 * PANEL_H + GAP + 70.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">"#
+    );
+    out.push_str(r#"<rect width="100%" height="100%" fill="white"/>"#);
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="24" font-size="16" text-anchor="middle">{}</text>"#,
+        WIDTH / 2.0,
+        escape(title)
+    );
+
+    // Panel 1: live p99 per 100 ms window, log scale from 0.1 ms to 100 s.
+    let lat = Panel { top: TOP, t_max };
+    frame(
+        &mut out,
+        &lat,
+        "live latency p99 per 100 ms window (log scale)",
+        "milliseconds",
+    );
+    let (lo, hi) = (0.1f64.log10(), 100_000f64.log10());
+    let y_lat = |ms: f64| {
+        lat.top + PANEL_H * (1.0 - (ms.max(0.1).log10() - lo) / (hi - lo)).clamp(0.0, 1.0)
+    };
+    for decade in [0.1, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0] {
+        let y = y_lat(decade);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/>"##,
+            WIDTH - RIGHT
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{:.1}" font-size="11" text-anchor="end">{decade}</text>"#,
+            LEFT - 4.0,
+            y + 4.0
+        );
+    }
+    let y = y_lat(threshold_ms);
+    let _ = writeln!(
+        out,
+        r##"<line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#2ca02c" stroke-dasharray="2,2"/>"##,
+        WIDTH - RIGHT
+    );
+    for r in reports {
+        // A window without live deliveries breaks the line: no invented values.
+        let mut run = Vec::new();
+        for p in &r.timeline {
+            match p.live_p99_ms {
+                Some(ms) => run.push((lat.x(p.t_s), y_lat(ms))),
+                None => {
+                    polyline(&mut out, &run, colour(r.mode), false);
+                    run.clear();
+                }
+            }
+        }
+        polyline(&mut out, &run, colour(r.mode), false);
+    }
+
+    // Panel 2: deliveries per second by lane.
+    let rate = Panel {
+        top: TOP + PANEL_H + GAP,
+        t_max,
+    };
+    frame(
+        &mut out,
+        &rate,
+        "deliveries per second by lane",
+        "messages / s",
+    );
+    let r_max = reports
+        .iter()
+        .flat_map(|r| r.timeline.iter().map(|p| p.live_per_s.max(p.backlog_per_s)))
+        .fold(1.0, f64::max);
+    let r_step = nice_step(r_max / 5.0);
+    let r_top = (r_max / r_step).ceil() * r_step;
+    let y_rate = |v: f64| rate.top + PANEL_H * (1.0 - v / r_top);
+    let mut v = 0.0;
+    while v <= r_top + 1e-9 {
+        let y = y_rate(v);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/>"##,
+            WIDTH - RIGHT
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"#,
+            LEFT - 4.0,
+            y + 4.0,
+            short(v)
+        );
+        v += r_step;
+    }
+    for r in reports {
+        let live: Vec<_> = r
+            .timeline
+            .iter()
+            .map(|p| (rate.x(p.t_s), y_rate(p.live_per_s)))
+            .collect();
+        polyline(&mut out, &live, colour(r.mode), false);
+        if r.mode == Mode::Laneway {
+            let backlog: Vec<_> = r
+                .timeline
+                .iter()
+                .map(|p| (rate.x(p.t_s), y_rate(p.backlog_per_s)))
+                .collect();
+            polyline(&mut out, &backlog, BACKLOG, true);
+        }
+    }
+
+    // Outage markers on both panels.
+    if let Some((down, up)) = reports.iter().find_map(|r| r.outage_s) {
+        for p in [&lat, &rate] {
+            let (x0, x1) = (p.x(down), p.x(up));
+            let _ = writeln!(
+                out,
+                r##"<rect x="{x0:.1}" y="{}" width="{:.1}" height="{PANEL_H}" fill="#888" fill-opacity="0.12"/>"##,
+                p.top,
+                (x1 - x0).max(0.0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{}" font-size="11">handler down</text>"#,
+            lat.x(down) + 4.0,
+            lat.top + 14.0
+        );
+    }
+
+    // Legend.
+    let ly = rate.top + PANEL_H + 40.0;
+    let legend = [
+        (LANEWAY, false, "laneway live lane"),
+        (BACKLOG, true, "laneway backlog lane"),
+        (FIFO, false, "FIFO (one lane)"),
+        ("#2ca02c", true, "real-time threshold"),
+    ];
+    let mut x = LEFT;
+    for (c, dashed, label) in legend {
+        let dash = if dashed {
+            r#" stroke-dasharray="5,3""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            r#"<line x1="{x}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="2"{dash}/>"#,
+            x + 24.0
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" font-size="12">{label}</text>"#,
+            x + 30.0,
+            ly + 4.0
+        );
+        x += 200.0;
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn short(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}

@@ -1,0 +1,171 @@
+//! `laneway bench`: run a load scenario in laneway mode, FIFO mode or both,
+//! print the side-by-side table, and optionally write JSON and an SVG plot.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::bench::svg::render;
+use crate::bench::{BacklogKind, BenchOptions, BenchReport, Mode, Scenario, run_mode};
+
+/// Which modes to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeChoice {
+    /// laneway only.
+    Laneway,
+    /// The FIFO baseline only.
+    Fifo,
+    /// Both, one after the other, same traffic and handler.
+    Both,
+}
+
+/// Arguments of `bench`. Unset knobs take the scenario's defaults.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// steady: load below capacity; outage: the handler stops and returns;
+    /// flood: a million stale messages waiting at start.
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// Which consumer(s) to run.
+    #[arg(long, value_enum, default_value = "both")]
+    pub mode: ModeChoice,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw live latency and per-lane rates over time here (SVG).
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Live traffic, messages per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Handler cost per message (simulated work), e.g. 100us.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub cost: Option<Duration>,
+    /// Delivery slots (the handler gets as many servers).
+    #[arg(long)]
+    pub slots: Option<usize>,
+    /// Messages per delivery.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// The backlog's guaranteed share of deliveries.
+    #[arg(long)]
+    pub backlog_share: Option<f64>,
+    /// Live lane capacity.
+    #[arg(long)]
+    pub live_capacity: Option<usize>,
+    /// steady: how long to run.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// outage: traffic before the handler goes down.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub before: Option<Duration>,
+    /// outage: how long the handler stays down.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub outage: Option<Duration>,
+    /// flood: stale messages waiting at start.
+    #[arg(long)]
+    pub pile: Option<u64>,
+    /// Live latency under this counts as real time.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub threshold: Option<Duration>,
+    /// Upper bound on each mode's run.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_run: Option<Duration>,
+    /// The backlog store laneway mode uses.
+    #[arg(long, value_enum)]
+    pub backlog: Option<BacklogKind>,
+    /// Where a disk backlog lives (emptied before each run).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn options(&self) -> Result<BenchOptions, String> {
+        let mut o = BenchOptions::defaults(self.scenario);
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { o.$field = v; } )* };
+        }
+        take!(
+            rate,
+            cost,
+            slots,
+            batch,
+            backlog_share,
+            live_capacity,
+            duration,
+            before,
+            outage,
+            pile,
+            threshold,
+            max_run,
+            backlog,
+            data_dir
+        );
+        if o.slots == 0 || o.batch == 0 || o.live_capacity == 0 {
+            return Err("--slots, --batch and --live-capacity must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&o.backlog_share) {
+            return Err("--backlog-share must be between 0 and 1".into());
+        }
+        if o.rate.is_nan() || o.rate < 0.0 {
+            return Err("--rate must be zero or more".into());
+        }
+        Ok(o)
+    }
+}
+
+pub async fn bench(args: BenchArgs) -> ExitCode {
+    let options = match args.options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let modes: &[Mode] = match args.mode {
+        ModeChoice::Laneway => &[Mode::Laneway],
+        ModeChoice::Fifo => &[Mode::Fifo],
+        ModeChoice::Both => &[Mode::Laneway, Mode::Fifo],
+    };
+    let progress = |line: &str| eprintln!("bench: {line}");
+    let mut reports = Vec::new();
+    for &mode in modes {
+        match run_mode(&options, mode, &progress).await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("error: {mode:?} run failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let report = BenchReport {
+        options: options.clone(),
+        modes: reports,
+    };
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let written = simd_json::to_string_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|text| std::fs::write(path, text + "\n").map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "laneway vs FIFO — {:?}: {} slots × {:?}/msg, live {:.0} msgs/s",
+            options.scenario, options.slots, options.cost, options.rate
+        );
+        let svg = render(
+            &title,
+            &report.modes,
+            options.threshold.as_secs_f64() * 1000.0,
+        );
+        if let Err(e) = std::fs::write(path, svg) {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
