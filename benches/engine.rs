@@ -62,14 +62,16 @@ fn live_lane(c: &mut Criterion) {
     let lane = LiveLane::new(10_000);
     let mut g = c.benchmark_group("live_lane");
     g.throughput(Throughput::Elements(messages.len() as u64));
-    g.bench_function("push_256_pop_batch", |b| {
+    g.bench_function("push_batch_256_pop_batch", |b| {
         b.iter(|| {
-            for m in &messages {
-                let _ = lane.push(LiveItem {
+            let items = messages
+                .iter()
+                .map(|m| LiveItem {
                     message: m.clone(),
                     ack: AckRef::none(),
-                });
-            }
+                })
+                .collect();
+            black_box(lane.push_batch(items));
             black_box(lane.pop_batch(256));
         })
     });

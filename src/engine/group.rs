@@ -127,7 +127,7 @@ impl Group {
             acks: Vec::new(),
         };
         let mut invalid = Vec::new();
-        let mut pushed_live = false;
+        let mut live = Vec::with_capacity(messages.len());
         for message in messages {
             if self.config.validate_json && !message.payload_is_json() {
                 invalid.push(DeadLetter::for_message(
@@ -143,30 +143,28 @@ impl Group {
                 LanePolicy::Live => true,
                 LanePolicy::Backlog => false,
             };
-            let item = LiveItem {
-                message,
-                ack: ack.clone(),
-            };
-            let item = if fresh {
-                match self.live.push(item) {
-                    Ok(()) => {
-                        pushed_live = true;
-                        continue;
-                    }
-                    Err(item) => {
-                        bump(&self.stats.diverted_full, 1);
-                        item
-                    }
-                }
+            if fresh {
+                live.push(LiveItem {
+                    message,
+                    ack: ack.clone(),
+                });
             } else {
                 bump(&self.stats.diverted_stale, 1);
-                item
-            };
-            to_backlog.records.push(BacklogRecord::fresh(item.message));
-            to_backlog.acks.push(item.ack);
+                to_backlog.records.push(BacklogRecord::fresh(message));
+                to_backlog.acks.push(ack.clone());
+            }
         }
-        if pushed_live {
-            self.live.wake();
+        if !live.is_empty() {
+            let offered = live.len();
+            let overflow = self.live.push_batch(live);
+            if overflow.len() < offered {
+                self.live.wake();
+            }
+            bump(&self.stats.diverted_full, overflow.len() as u64);
+            for item in overflow {
+                to_backlog.records.push(BacklogRecord::fresh(item.message));
+                to_backlog.acks.push(item.ack);
+            }
         }
         if !invalid.is_empty() {
             bump(&self.stats.dead_letters, invalid.len() as u64);

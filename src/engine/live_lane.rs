@@ -1,10 +1,15 @@
-//! The live lane: a bounded lock-free ring of fresh messages for one group.
+//! The live lane: a bounded queue of fresh messages for one group.
 //!
-//! Invariants: it never holds more than its capacity (a push into a full
-//! lane hands the item back, which is the "push limited" signal that sends a
-//! message to the backlog); each item carries the source ack it must settle.
+//! Invariants: it never holds more than its capacity (what does not fit is
+//! handed back, which is the "push limited" signal that sends a message to
+//! the backlog); items leave in the order they came; each item carries the
+//! source ack it must settle. Items move in and out in batches, one short
+//! lock per batch, and the depth is readable without the lock.
 
-use crossbeam_queue::ArrayQueue;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::ack::AckRef;
@@ -19,25 +24,36 @@ pub struct LiveItem {
     pub ack: AckRef,
 }
 
-/// A bounded ring plus a wake-up for the group's dispatcher. Public so that
+/// A bounded queue plus a wake-up for the group's dispatcher. Public so that
 /// benchmarks and embedders can measure it; the engine owns one per group.
 pub struct LiveLane {
-    ring: ArrayQueue<LiveItem>,
+    queue: Mutex<VecDeque<LiveItem>>,
+    capacity: usize,
+    len: AtomicUsize,
     arrived: Notify,
 }
 
 impl LiveLane {
     /// A lane holding at most `capacity` items.
     pub fn new(capacity: usize) -> LiveLane {
+        let capacity = capacity.max(1);
         LiveLane {
-            ring: ArrayQueue::new(capacity.max(1)),
+            queue: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+            capacity,
+            len: AtomicUsize::new(0),
             arrived: Notify::new(),
         }
     }
 
-    /// Pushes an item, or hands it back when the lane is full.
-    pub fn push(&self, item: LiveItem) -> Result<(), LiveItem> {
-        self.ring.push(item)
+    /// Appends as many items as fit, in order; returns those that did not.
+    pub fn push_batch(&self, items: Vec<LiveItem>) -> Vec<LiveItem> {
+        let mut queue = self.queue.lock();
+        let room = self.capacity.saturating_sub(queue.len());
+        let mut items = items.into_iter();
+        queue.extend(items.by_ref().take(room));
+        self.len.store(queue.len(), Ordering::Release);
+        drop(queue);
+        items.collect()
     }
 
     /// Wakes the dispatcher after a run of pushes.
@@ -52,23 +68,20 @@ impl LiveLane {
 
     /// Takes up to `max` items, oldest first.
     pub fn pop_batch(&self, max: usize) -> Vec<LiveItem> {
-        let mut out = Vec::with_capacity(max.min(self.ring.len()));
-        while out.len() < max {
-            match self.ring.pop() {
-                Some(item) => out.push(item),
-                None => break,
-            }
-        }
+        let mut queue = self.queue.lock();
+        let n = queue.len().min(max);
+        let out: Vec<LiveItem> = queue.drain(..n).collect();
+        self.len.store(queue.len(), Ordering::Release);
         out
     }
 
     /// Items waiting now.
     pub fn len(&self) -> usize {
-        self.ring.len()
+        self.len.load(Ordering::Acquire)
     }
 
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.ring.is_empty()
+        self.len() == 0
     }
 }
