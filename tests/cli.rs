@@ -191,3 +191,25 @@ fn a_short_outage_scenario_reports_both_modes_and_draws_a_plot() {
     assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("<polyline"), "the plot has lines");
 }
+
+#[test]
+fn ctrl_c_stops_a_run_gracefully_with_its_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = laneway()
+        .args(["run", "--json"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(stderr.contains("stopping"), "{stderr}");
+    assert!(stderr.contains("summary:"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.trim_end().lines().last().is_some_and(|l| l.starts_with("{\"elapsed_s\"")), "{stdout}");
+}
