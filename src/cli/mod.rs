@@ -2,6 +2,7 @@
 //! Commands return an exit code; they print errors themselves, naming the
 //! file, line or knob at fault.
 
+mod backlog;
 mod check_config;
 mod run;
 mod status;
@@ -34,6 +35,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check a config file and report the first error with its line and column.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Look at a disk backlog directory: `inspect` summarises, `verify` checks every checksum.
+    Backlog(backlog::BacklogArgs),
 }
 
 impl Cli {
@@ -42,6 +45,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => run::run(args).await,
             Command::CheckConfig(args) => check_config::check_config(args),
+            Command::Backlog(args) => backlog::backlog(args),
         }
     }
 }
