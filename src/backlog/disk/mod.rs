@@ -80,8 +80,9 @@ pub struct DiskBacklogConfig {
     pub max_age: Option<Duration>,
     /// What a full store does (default `backpressure`).
     pub when_full: WhenFull,
-    /// How long the writer waits for more appends before an fsync (default
-    /// 2 ms; appends arriving while an fsync runs join the next one anyway).
+    /// How long the writer waits for more appends before an fsync while
+    /// fewer than `commit_max_bytes / 8` are gathered (default 2 ms; appends
+    /// arriving while an fsync runs join the next one anyway).
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// The most bytes one group commit gathers (default 8 MiB).

@@ -17,7 +17,7 @@ use std::fs::File;
 
 use super::format::{BodyView, FRAME_HEADER_LEN, FrameHeader};
 use super::segment::{SegmentReader, Step, read_at_most};
-use super::state::{Gone, InFlight, Shared};
+use super::state::{Gone, IdHash, InFlight, Shared};
 use super::writer::Loc;
 use crate::backlog::{BacklogError, StoredRecord};
 
@@ -39,7 +39,7 @@ pub struct Reader {
     next_seq: u64,
     deferred: BinaryHeap<Reverse<Deferred>>,
     /// Retried records already in `deferred` that the reader has not reached.
-    indexed: HashSet<u64>,
+    indexed: HashSet<u64, IdHash>,
     /// The highest id read sequentially.
     last_read_id: u64,
     file_cache: Option<(u64, File)>,

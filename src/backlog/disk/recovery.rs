@@ -85,7 +85,7 @@ pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
     };
     report.ledger = ledger_state;
     let released = ledger.released;
-    let files = list_segments(dir).map_err(io_err(format!("listing {}", dir.display())))?;
+    let files = list_segments(dir).map_err(|e| io_err(format!("listing {}", dir.display()))(e))?;
     report.segments = files.len() as u64;
     let mut segments = BTreeMap::new();
     let mut max_id = 0u64;
@@ -94,7 +94,7 @@ pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
     for (i, (seq, path)) in files.into_iter().enumerate() {
         let last = i + 1 == count;
         let mut reader = SegmentReader::open(&path, None, 1 << 20, max_body)
-            .map_err(io_err(format!("opening {}", path.display())))?;
+            .map_err(|e| io_err(format!("opening {}", path.display()))(e))?;
         let first_id = match &reader.header {
             Ok(h) => {
                 next_from_headers = next_from_headers.max(h.first_id);
@@ -112,7 +112,7 @@ pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
                     // A segment whose creation was cut short: nothing in it.
                     tracing::warn!(segment = %path.display(), error = %e, "removing a segment whose creation was interrupted");
                     std::fs::remove_file(&path)
-                        .map_err(io_err(format!("removing {}", path.display())))?;
+                        .map_err(|e| io_err(format!("removing {}", path.display()))(e))?;
                     report.cut += 1;
                     report.cut_bytes += reader.limit();
                     report.segments -= 1;
@@ -134,7 +134,7 @@ pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
         loop {
             match reader
                 .next_step()
-                .map_err(io_err(format!("reading {}", path.display())))?
+                .map_err(|e| io_err(format!("reading {}", path.display()))(e))?
             {
                 Step::Record { id, total, .. } => {
                     max_id = max_id.max(id);
@@ -161,10 +161,10 @@ pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
                         let f = OpenOptions::new()
                             .write(true)
                             .open(&path)
-                            .map_err(io_err(format!("opening {}", path.display())))?;
+                            .map_err(|e| io_err(format!("opening {}", path.display()))(e))?;
                         f.set_len(offset)
                             .and_then(|()| f.sync_all())
-                            .map_err(io_err(format!("truncating {}", path.display())))?;
+                            .map_err(|e| io_err(format!("truncating {}", path.display()))(e))?;
                         report.cut_bytes += len;
                         meta.end = offset;
                     }

@@ -11,6 +11,7 @@
 //!   first id, and no id that was not released.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -58,10 +59,37 @@ pub struct Index {
     /// Released ids (see the module invariants).
     pub released: RangeSet,
     /// Records handed out and not released, by id.
-    pub in_flight: HashMap<u64, InFlight>,
+    pub in_flight: HashMap<u64, InFlight, IdHash>,
     /// Releases happened since the ledger was last saved.
     pub ledger_dirty: bool,
 }
+
+/// A hasher for record ids: they are unique integers chosen by the store,
+/// not by anyone who could aim for collisions, so a multiply is enough (and
+/// much cheaper than SipHash on the hand-out/release path).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ self.0)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+}
+
+/// Builds [`IdHasher`]s.
+pub type IdHash = BuildHasherDefault<IdHasher>;
 
 /// Why a stored record stops being owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -181,8 +181,12 @@ impl Writer {
             if control.is_none() {
                 let deadline = Instant::now() + cfg.commit_interval;
                 let mut bytes = jobs.iter().map(|j| j.frames.len() as u64).sum::<u64>();
+                // Waiting only pays while the batch is small: a big one
+                // already amortises its fsync, and waiting would only delay
+                // a caller that has nothing more to send until answered.
+                let linger_below = cfg.commit_max_bytes / 8;
                 while bytes < cfg.commit_max_bytes {
-                    let next = if cfg.commit_interval.is_zero() {
+                    let next = if cfg.commit_interval.is_zero() || bytes >= linger_below {
                         rx.try_recv().ok()
                     } else {
                         rx.recv_deadline(deadline).ok()
