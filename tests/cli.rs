@@ -203,7 +203,10 @@ fn ctrl_c_stops_a_run_gracefully_with_its_summary() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -211,5 +214,12 @@ fn ctrl_c_stops_a_run_gracefully_with_its_summary() {
     assert!(stderr.contains("stopping"), "{stderr}");
     assert!(stderr.contains("summary:"), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.trim_end().lines().last().is_some_and(|l| l.starts_with("{\"elapsed_s\"")), "{stdout}");
+    assert!(
+        stdout
+            .trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("{\"elapsed_s\"")),
+        "{stdout}"
+    );
 }

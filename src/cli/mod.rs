@@ -2,6 +2,7 @@
 //! Commands return an exit code; they print errors themselves, naming the
 //! file, line or knob at fault.
 
+mod backlog;
 mod bench;
 mod check_config;
 mod run;
@@ -37,6 +38,8 @@ pub enum Command {
     CheckConfig(check_config::CheckConfigArgs),
     /// Run a load scenario (steady, outage, flood) against a FIFO baseline.
     Bench(bench::BenchArgs),
+    /// Look at a disk backlog directory: `inspect` summarises, `verify` checks every checksum.
+    Backlog(backlog::BacklogArgs),
 }
 
 impl Cli {
@@ -46,6 +49,7 @@ impl Cli {
             Command::Run(args) => run::run(args).await,
             Command::CheckConfig(args) => check_config::check_config(args),
             Command::Bench(args) => bench::bench(args).await,
+            Command::Backlog(args) => backlog::backlog(args),
         }
     }
 }

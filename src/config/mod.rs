@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backlog::{BacklogStore, MemoryBacklog, MemoryLimits};
+use crate::backlog::{BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
 use crate::engine::{DeadLetters, EngineBuilder, EngineOptions, GroupConfig};
 use crate::sink::{JsonlSink, NullSink, SimulatedHandler, Sink};
 use crate::source::jsonl::JsonlInput;
@@ -143,6 +143,20 @@ impl FileConfig {
         }
         for (i, g) in config.groups.iter().enumerate() {
             g.validate().map_err(|m| invalid(group_line(text, i), m))?;
+            if let BacklogSpec::Disk(d) = &g.backlog {
+                d.validate().map_err(|m| {
+                    invalid(group_line(text, i), format!("group {:?}: {m}", g.name))
+                })?;
+                if d.max_payload_bytes() < config.max_message_bytes {
+                    return Err(invalid(
+                        group_line(text, i),
+                        format!(
+                            "group {:?}: backlog.segment_bytes ({}) is too small for max_message_bytes ({}): a record never spans two segments",
+                            g.name, d.segment_bytes, config.max_message_bytes
+                        ),
+                    ));
+                }
+            }
             if config.groups[..i].iter().any(|o| o.name == g.name) {
                 return Err(invalid(
                     group_line(text, i),
@@ -196,7 +210,7 @@ impl FileConfig {
             .options(self.engine_options());
         for group in &self.groups {
             let sink = build_sink(&group.sink).await?;
-            let store = self.build_backlog(group)?;
+            let store = self.build_backlog(group).await?;
             builder = builder.group_with(group.clone(), sink, Some(store));
         }
         for source in &self.sources {
@@ -217,8 +231,37 @@ impl FileConfig {
         Ok(builder)
     }
 
-    fn build_backlog(&self, group: &GroupConfig) -> Result<Arc<dyn BacklogStore>, ConfigError> {
+    /// Where a group's disk backlog lives: its `dir`, or
+    /// `<data_dir>/backlog/<group name>`.
+    pub fn backlog_dir(&self, group: &GroupConfig) -> Option<PathBuf> {
+        match &group.backlog {
+            BacklogSpec::Disk(c) => Some(
+                c.dir
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("backlog").join(&group.name)),
+            ),
+            BacklogSpec::Memory { .. } => None,
+        }
+    }
+
+    async fn build_backlog(
+        &self,
+        group: &GroupConfig,
+    ) -> Result<Arc<dyn BacklogStore>, ConfigError> {
         Ok(match &group.backlog {
+            BacklogSpec::Disk(config) => {
+                let dir = self.backlog_dir(group).unwrap_or_default();
+                let config = config.clone();
+                let name = group.name.clone();
+                // Recovery reads the whole backlog: keep it off the runtime.
+                let opened = tokio::task::spawn_blocking(move || {
+                    DiskBacklog::open(&dir, config)
+                        .map_err(|e| format!("group {name:?}: backlog {}: {e}", dir.display()))
+                })
+                .await
+                .map_err(|e| ConfigError::Build(format!("opening a backlog: {e}")))?;
+                Arc::new(opened.map_err(ConfigError::Build)?)
+            }
             BacklogSpec::Memory {
                 max_records,
                 max_bytes,
@@ -253,6 +296,11 @@ mod tests {
         assert_eq!(c.groups.len(), 2);
         assert_eq!(c.groups[1].name, "alarms");
         assert_eq!(c.sources.len(), 2);
+        assert!(
+            c.groups
+                .iter()
+                .all(|g| matches!(g.backlog, BacklogSpec::Disk(_)))
+        );
     }
 
     #[test]
@@ -278,6 +326,28 @@ mod tests {
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
         assert!(err.starts_with("t.toml:4:"), "{err}");
         assert!(err.contains("backlog_share"), "{err}");
+    }
+
+    #[test]
+    fn the_disk_backlog_is_the_default_and_its_knobs_parse() {
+        let c = FileConfig::parse("[[groups]]\nname = \"a\"\n", "t.toml").unwrap();
+        assert_eq!(c.groups[0].backlog, BacklogSpec::Disk(Default::default()));
+        assert_eq!(
+            c.backlog_dir(&c.groups[0]),
+            Some(PathBuf::from("laneway-data/backlog/a"))
+        );
+        let text = "[[groups]]\nname = \"a\"\nbacklog = { store = \"disk\", dir = \"/x\", max_age = \"1h\", when_full = \"drop_oldest\" }\n";
+        let c = FileConfig::parse(text, "t.toml").unwrap();
+        assert_eq!(c.backlog_dir(&c.groups[0]), Some(PathBuf::from("/x")));
+        let text = "[[groups]]\nname = \"a\"\nbacklog = { store = \"disk\", max_bites = 1 }\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("max_bites"), "{err}");
+        let text =
+            "[[groups]]\nname = \"a\"\nbacklog = { store = \"disk\", segment_bytes = 65536 }\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("segment_bytes"), "{err}");
+        let text = "[[groups]]\nname = \"a\"\nbacklog = { store = \"memory\" }\n";
+        assert!(FileConfig::parse(text, "t.toml").is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backlog::DiskBacklogConfig;
 use crate::engine::LanePolicy;
 use crate::source::SimulatorConfig;
 
@@ -70,11 +71,14 @@ impl Default for SinkSpec {
     }
 }
 
-/// A group's `backlog` table; `store` says which kind.
+/// A group's `backlog` table; `store` says which kind (`disk` by default).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "store", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BacklogSpec {
-    /// In memory: fast, bounded, lost with the process.
+    /// On disk, durable: survives crashes; the default, because the
+    /// backlog is where undeliverable messages wait and none may be lost.
+    Disk(DiskBacklogConfig),
+    /// In memory: fast, bounded, lost with the process (tests, benchmarks).
     Memory {
         /// The most records held.
         #[serde(default = "default_memory_records")]
@@ -95,9 +99,6 @@ fn default_memory_bytes() -> u64 {
 
 impl Default for BacklogSpec {
     fn default() -> Self {
-        BacklogSpec::Memory {
-            max_records: default_memory_records(),
-            max_bytes: default_memory_bytes(),
-        }
+        BacklogSpec::Disk(DiskBacklogConfig::default())
     }
 }

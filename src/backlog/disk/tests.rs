@@ -1,0 +1,318 @@
+//! Unit tests of the disk store's semantics (the trait contract, capacity,
+//! expiry, restarts). Damage and crash tests live in `tests/`.
+
+use std::time::Duration;
+
+use super::*;
+use crate::message::Message;
+
+fn record(id: &str, not_before_ms: i64) -> BacklogRecord {
+    BacklogRecord {
+        message: Message::new("/p/d/thing/event/property/post", id, 0, &b"{\"t\":1}"[..]).unwrap(),
+        attempts: 0,
+        not_before_ms,
+    }
+}
+
+fn small() -> DiskBacklogConfig {
+    DiskBacklogConfig {
+        segment_bytes: 4096,
+        commit_interval: Duration::ZERO,
+        ..DiskBacklogConfig::default()
+    }
+}
+
+fn ids(records: &[StoredRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r.record.message.message_id().to_string())
+        .collect()
+}
+
+async fn drain(store: &DiskBacklog, now: i64) -> Vec<StoredRecord> {
+    let mut all = Vec::new();
+    loop {
+        let got = store.take_ready(1000, now).await.unwrap();
+        if got.is_empty() {
+            return all;
+        }
+        all.extend(got);
+    }
+}
+
+#[tokio::test]
+async fn records_come_out_in_order_across_segments_and_segments_go_when_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskBacklog::open(dir.path(), small()).unwrap();
+    let batch: Vec<_> = (0..300).map(|i| record(&format!("m{i:04}"), 0)).collect();
+    store.append(&batch[..100]).await.unwrap();
+    store.append(&batch[100..]).await.unwrap();
+    assert!(store.segment_count() > 5, "{}", store.segment_count());
+    assert_eq!(store.depth().records, 300);
+    let out = drain(&store, 0).await;
+    let expected: Vec<_> = (0..300).map(|i| format!("m{i:04}")).collect();
+    assert_eq!(ids(&out), expected);
+    assert_eq!(store.depth().in_flight, 300);
+    let all: Vec<_> = out.iter().map(|r| r.id).collect();
+    store.release(&all).await.unwrap();
+    assert_eq!(store.depth().records, 0);
+    assert_eq!(store.depth().bytes, 0);
+    store.checkpoint().await.unwrap();
+    // Housekeeping deletes every sealed segment; the active one stays.
+    for _ in 0..100 {
+        if store.segment_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.segment_count(), 1);
+    let files = segment::list_segments(dir.path()).unwrap();
+    assert_eq!(files.len(), 1);
+}
+
+#[tokio::test]
+async fn records_not_yet_due_are_passed_over_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskBacklog::open(dir.path(), small()).unwrap();
+    store
+        .append(&[record("a", 0), record("b", 100), record("c", 0)])
+        .await
+        .unwrap();
+    let first = store.take_ready(10, 50).await.unwrap();
+    assert_eq!(ids(&first), ["a", "c"]);
+    assert!(store.take_ready(10, 99).await.unwrap().is_empty());
+    assert!(store.has_waiting());
+    let later = store.take_ready(10, 100).await.unwrap();
+    assert_eq!(ids(&later), ["b"]);
+    assert_eq!(store.depth().in_flight, 3);
+    let all: Vec<_> = first.iter().chain(&later).map(|r| r.id).collect();
+    store.release(&all).await.unwrap();
+    assert_eq!(store.depth().records, 0);
+    assert!(!store.has_waiting());
+}
+
+#[tokio::test]
+async fn retries_keep_their_attempts_and_backoff_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DiskBacklogConfig {
+        max_records: Some(1),
+        ..small()
+    };
+    {
+        let store = DiskBacklog::open(dir.path(), cfg.clone()).unwrap();
+        store.append(&[record("a", 0)]).await.unwrap();
+        let mut taken = store.take_ready(1, 0).await.unwrap();
+        taken[0].record.attempts = 1;
+        taken[0].record.not_before_ms = 1_000;
+        // A full store (max_records = 1) still takes the retry.
+        store.retry(&taken).await.unwrap();
+        assert_eq!(store.depth().records, 1);
+        assert_eq!(store.depth().in_flight, 0);
+        assert!(store.take_ready(1, 999).await.unwrap().is_empty());
+        let again = store.take_ready(1, 1_000).await.unwrap();
+        assert_eq!(again[0].record.attempts, 1);
+        assert_ne!(again[0].id, taken[0].id);
+        store.close().await.unwrap();
+    }
+    let store = DiskBacklog::open(dir.path(), cfg).unwrap();
+    assert_eq!(store.recovery().records, 1);
+    assert!(store.take_ready(1, 999).await.unwrap().is_empty());
+    let r = store.take_ready(1, 1_000).await.unwrap();
+    assert_eq!(ids(&r), ["a"]);
+    assert_eq!(
+        (r[0].record.attempts, r[0].record.not_before_ms),
+        (1, 1_000)
+    );
+}
+
+#[tokio::test]
+async fn a_restart_brings_back_what_was_not_released() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = DiskBacklog::open(dir.path(), small()).unwrap();
+        let batch: Vec<_> = (0..50).map(|i| record(&format!("m{i:02}"), 0)).collect();
+        store.append(&batch).await.unwrap();
+        let out = store.take_ready(20, 0).await.unwrap();
+        // Release the even ones; the odd ones were in flight at the "crash".
+        let even: Vec<_> = out.iter().step_by(2).map(|r| r.id).collect();
+        store.release(&even).await.unwrap();
+        store.checkpoint().await.unwrap();
+    }
+    let store = DiskBacklog::open(dir.path(), small()).unwrap();
+    assert_eq!(store.recovery().records, 40);
+    assert_eq!(store.recovery().released, 10);
+    let out = drain(&store, 0).await;
+    let mut expected: Vec<_> = (1..20).step_by(2).map(|i| format!("m{i:02}")).collect();
+    expected.extend((20..50).map(|i| format!("m{i:02}")));
+    assert_eq!(ids(&out), expected);
+    // New ids continue above the old ones.
+    store.append(&[record("new", 0)]).await.unwrap();
+    let new = drain(&store, 0).await;
+    assert!(new[0].id > out.iter().map(|r| r.id).max().unwrap());
+}
+
+#[tokio::test]
+async fn a_full_store_applies_backpressure_and_takes_more_once_room_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskBacklog::open(
+        dir.path(),
+        DiskBacklogConfig {
+            max_records: Some(3),
+            ..small()
+        },
+    )
+    .unwrap();
+    let err = store
+        .append(&[
+            record("a", 0),
+            record("b", 0),
+            record("c", 0),
+            record("d", 0),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BacklogError::Full { stored: 3 }), "{err:?}");
+    assert!(matches!(
+        store.append(&[record("d", 0)]).await,
+        Err(BacklogError::Full { stored: 0 })
+    ));
+    assert_eq!(store.depth().dropped, 0);
+    let one = store.take_ready(1, 0).await.unwrap();
+    store.release(&[one[0].id]).await.unwrap();
+    store.append(&[record("d", 0)]).await.unwrap();
+    let rest = drain(&store, 0).await;
+    assert_eq!(ids(&rest), ["b", "c", "d"]);
+}
+
+#[tokio::test]
+async fn max_bytes_counts_record_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskBacklog::open(
+        dir.path(),
+        DiskBacklogConfig {
+            max_bytes: 1000,
+            ..small()
+        },
+    )
+    .unwrap();
+    let batch: Vec<_> = (0..100).map(|i| record(&format!("{i}"), 0)).collect();
+    let Err(BacklogError::Full { stored }) = store.append(&batch).await else {
+        panic!("expected a full store");
+    };
+    assert!(stored > 0 && stored < 100, "{stored}");
+    assert!(store.depth().bytes <= 1000);
+}
+
+#[tokio::test]
+async fn drop_oldest_makes_room_and_counts_every_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskBacklog::open(
+        dir.path(),
+        DiskBacklogConfig {
+            max_records: Some(10),
+            when_full: WhenFull::DropOldest,
+            ..small()
+        },
+    )
+    .unwrap();
+    let batch: Vec<_> = (0..25).map(|i| record(&format!("m{i:02}"), 0)).collect();
+    store.append(&batch).await.unwrap();
+    assert_eq!(store.depth().records, 10);
+    assert_eq!(store.depth().dropped, 15);
+    let out = drain(&store, 0).await;
+    let expected: Vec<_> = (15..25).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(ids(&out), expected);
+}
+
+#[tokio::test]
+async fn drop_oldest_never_drops_records_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskBacklog::open(
+        dir.path(),
+        DiskBacklogConfig {
+            max_records: Some(4),
+            when_full: WhenFull::DropOldest,
+            ..small()
+        },
+    )
+    .unwrap();
+    let batch: Vec<_> = (0..4).map(|i| record(&format!("m{i}"), 0)).collect();
+    store.append(&batch).await.unwrap();
+    let taken = store.take_ready(4, 0).await.unwrap();
+    let err = store.append(&[record("x", 0)]).await.unwrap_err();
+    assert!(matches!(err, BacklogError::Full { stored: 0 }), "{err:?}");
+    assert_eq!(store.depth().dropped, 0);
+    store.release(&[taken[0].id]).await.unwrap();
+    store.append(&[record("x", 0)]).await.unwrap();
+}
+
+#[tokio::test]
+async fn records_older_than_max_age_expire_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskBacklog::open(
+        dir.path(),
+        DiskBacklogConfig {
+            max_age: Some(Duration::from_millis(300)),
+            ledger_interval: Duration::from_millis(20),
+            ..small()
+        },
+    )
+    .unwrap();
+    let batch: Vec<_> = (0..20).map(|i| record(&format!("m{i}"), 0)).collect();
+    store.append(&batch).await.unwrap();
+    // Read-time expiry: a reader far in the future finds them all too old.
+    let future = now_epoch_ms() + 10_000;
+    assert!(store.take_ready(100, future).await.unwrap().is_empty());
+    assert_eq!(store.depth().expired, 20);
+    assert_eq!(store.depth().records, 0);
+    // Housekeeping expiry: nobody reads, the writer expires them.
+    store.append(&batch).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.depth().records > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.depth().expired, 40);
+    assert_eq!(store.depth().records, 0);
+}
+
+#[tokio::test]
+async fn a_second_opener_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = DiskBacklog::open(dir.path(), small()).unwrap();
+    let Err(err) = DiskBacklog::open(dir.path(), small()) else {
+        panic!("the second open succeeded");
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("in use by process"), "{msg}");
+    assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+}
+
+#[tokio::test]
+async fn a_closed_store_refuses_work_and_the_directory_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskBacklog::open(dir.path(), small()).unwrap();
+    store.append(&[record("a", 0)]).await.unwrap();
+    store.close().await.unwrap();
+    assert!(store.append(&[record("b", 0)]).await.is_err());
+    drop(store);
+    let store = DiskBacklog::open(dir.path(), small()).unwrap();
+    assert_eq!(store.depth().records, 1);
+}
+
+#[test]
+fn config_parses_with_defaults_and_rejects_unknown_knobs() {
+    let c: DiskBacklogConfig =
+        toml::from_str("max_age = \"7days\"\nwhen_full = \"drop_oldest\"\n").unwrap();
+    assert_eq!(c.max_age, Some(Duration::from_secs(7 * 86400)));
+    assert_eq!(c.when_full, WhenFull::DropOldest);
+    assert_eq!(c.segment_bytes, DiskBacklogConfig::default().segment_bytes);
+    assert!(toml::from_str::<DiskBacklogConfig>("segment_size = 1").is_err());
+    assert!(
+        DiskBacklogConfig {
+            segment_bytes: 10,
+            ..DiskBacklogConfig::default()
+        }
+        .validate()
+        .is_err()
+    );
+}

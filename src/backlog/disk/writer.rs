@@ -1,0 +1,655 @@
+//! The writer thread: group commit, segment rotation, capacity, and the
+//! housekeeping that frees disk (expiry, drops, deleting released segments,
+//! saving the ledger).
+//!
+//! Invariants:
+//! - an append is answered only after the fsync covering its records; a
+//!   record is published to readers (index, counters) only after that fsync;
+//! - a failed write or fsync is rolled back (the segment is truncated to its
+//!   durable end and unpublished ids are reused), so a full disk never leaves
+//!   a torn record behind, and ids stay dense within a segment;
+//! - a record never spans two segments; the active segment is never deleted
+//!   (its header keeps the next id known even when everything is released);
+//! - a segment is deleted only when sealed and holding no owed record.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tokio::sync::oneshot;
+
+use super::WhenFull;
+use super::format::{BodyView, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, seal_frame};
+use super::ledger::Ledger;
+use super::segment::{SegmentReader, Step, create_segment, segment_path};
+use super::state::{Gone, SegMeta, Shared};
+use crate::backlog::BacklogError;
+use crate::message::now_epoch_ms;
+
+/// Where a stored record sits (returned for retried records, so the reader
+/// can find them again without scanning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    /// Record id.
+    pub id: u64,
+    /// Segment.
+    pub seq: u64,
+    /// Frame offset.
+    pub offset: u64,
+    /// Frame size.
+    pub total: u64,
+    /// Not before.
+    pub not_before_ms: i64,
+}
+
+/// What an append achieved.
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// Where each stored record went (only when asked for).
+    pub locs: Vec<Loc>,
+}
+
+/// Work for the writer thread.
+pub enum Request {
+    /// Store encoded frames (ids and checksums are filled in here).
+    Append {
+        /// The frames, back to back.
+        frames: Vec<u8>,
+        /// Each frame's size and not-before time.
+        sizes: Vec<(u64, i64)>,
+        /// Ignore capacity (retries re-store records already counted).
+        bypass: bool,
+        /// Report each record's location.
+        want_locs: bool,
+        /// The answer.
+        reply: oneshot::Sender<Result<Appended, BacklogError>>,
+    },
+    /// Save the ledger now.
+    Checkpoint(oneshot::Sender<Result<(), BacklogError>>),
+    /// Save everything and stop.
+    Close(oneshot::Sender<Result<(), BacklogError>>),
+}
+
+struct Job {
+    frames: Vec<u8>,
+    sizes: Vec<(u64, i64)>,
+    bypass: bool,
+    want_locs: bool,
+    reply: oneshot::Sender<Result<Appended, BacklogError>>,
+    /// Records of this job durably stored so far.
+    stored: usize,
+    /// The job stopped at a full store at record `stored`.
+    full: bool,
+    error: Option<BacklogError>,
+    locs: Vec<Loc>,
+}
+
+/// A record written to the buffer, not yet durable.
+struct PendingRec {
+    job: usize,
+    id: u64,
+    offset: u64,
+    total: u64,
+    not_before_ms: i64,
+}
+
+/// The writer thread's state.
+pub struct Writer {
+    shared: Arc<Shared>,
+    file: File,
+    seq: u64,
+    /// Durable end of the active segment.
+    end: u64,
+    next_id: u64,
+    buf: Vec<u8>,
+    pending: Vec<PendingRec>,
+    pending_bytes: u64,
+    head: Option<(u64, SegmentReader)>,
+    /// The head scan resumes at the first segment at or after this one.
+    head_hint: u64,
+    last_ledger_save: Instant,
+    disk_full: bool,
+}
+
+fn is_space_error(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || e.kind() == io::ErrorKind::FileTooLarge
+        || matches!(e.raw_os_error(), Some(28 | 27 | 122))
+}
+
+enum CycleError {
+    Full,
+    Io(String, io::Error),
+}
+
+impl Writer {
+    /// A writer appending to segment `seq` (already in the index) from `end`.
+    pub fn new(shared: Arc<Shared>, seq: u64, end: u64, next_id: u64) -> io::Result<Writer> {
+        let path = segment_path(&shared.dir, seq);
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Writer {
+            shared,
+            file,
+            seq,
+            end,
+            next_id,
+            buf: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            head: None,
+            head_hint: 0,
+            last_ledger_save: Instant::now(),
+            disk_full: false,
+        })
+    }
+
+    /// Runs until the store closes (or is dropped).
+    pub fn run(mut self, rx: Receiver<Request>) {
+        let cfg = self.shared.config.clone();
+        let tick = cfg
+            .ledger_interval
+            .clamp(Duration::from_millis(5), Duration::from_secs(1));
+        loop {
+            let first = match rx.recv_timeout(tick) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.housekeeping(false);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.housekeeping(true);
+                    return;
+                }
+            };
+            let mut jobs = Vec::new();
+            let mut control = None;
+            match first {
+                Request::Append {
+                    frames,
+                    sizes,
+                    bypass,
+                    want_locs,
+                    reply,
+                } => jobs.push(Job::new(frames, sizes, bypass, want_locs, reply)),
+                other => control = Some(other),
+            }
+            if control.is_none() {
+                let deadline = Instant::now() + cfg.commit_interval;
+                let mut bytes = jobs.iter().map(|j| j.frames.len() as u64).sum::<u64>();
+                // Waiting only pays while the batch is small: a big one
+                // already amortises its fsync, and waiting would only delay
+                // a caller that has nothing more to send until answered.
+                let linger_below = cfg.commit_max_bytes / 8;
+                while bytes < cfg.commit_max_bytes {
+                    let next = if cfg.commit_interval.is_zero() || bytes >= linger_below {
+                        rx.try_recv().ok()
+                    } else {
+                        rx.recv_deadline(deadline).ok()
+                    };
+                    match next {
+                        Some(Request::Append {
+                            frames,
+                            sizes,
+                            bypass,
+                            want_locs,
+                            reply,
+                        }) => {
+                            bytes += frames.len() as u64;
+                            jobs.push(Job::new(frames, sizes, bypass, want_locs, reply));
+                        }
+                        Some(other) => {
+                            control = Some(other);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            if !jobs.is_empty() {
+                self.commit(jobs);
+            }
+            match control {
+                Some(Request::Checkpoint(reply)) => {
+                    let _ = reply.send(self.save_ledger());
+                }
+                Some(Request::Close(reply)) => {
+                    self.housekeeping(true);
+                    let _ = reply.send(self.save_ledger());
+                    return;
+                }
+                _ => self.housekeeping(false),
+            }
+        }
+    }
+
+    /// One group commit over `jobs`.
+    fn commit(&mut self, mut jobs: Vec<Job>) {
+        let cfg = self.shared.config.clone();
+        let now = now_epoch_ms();
+        let mut failure: Option<CycleError> = None;
+        'jobs: for j in 0..jobs.len() {
+            let mut at = 0usize;
+            for k in 0..jobs[j].sizes.len() {
+                let (total, not_before_ms) = jobs[j].sizes[k];
+                if !jobs[j].bypass && !self.has_room(total) {
+                    if cfg.when_full == WhenFull::DropOldest {
+                        // Records of this cycle may be the oldest left:
+                        // make them durable first so they can be dropped.
+                        if let Err(e) = self.flush(&mut jobs) {
+                            failure = Some(e);
+                            break 'jobs;
+                        }
+                        self.make_room(total);
+                    }
+                    if !self.has_room(total) {
+                        jobs[j].full = true;
+                        continue 'jobs;
+                    }
+                }
+                if self.end + self.buf.len() as u64 + total > cfg.segment_bytes
+                    && let Err(e) = self.flush(&mut jobs).and_then(|()| self.rotate(now))
+                {
+                    failure = Some(e);
+                    break 'jobs;
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                let start = self.buf.len();
+                self.buf
+                    .extend_from_slice(&jobs[j].frames[at..at + total as usize]);
+                seal_frame(&mut self.buf[start..], id);
+                self.pending.push(PendingRec {
+                    job: j,
+                    id,
+                    offset: self.end + start as u64,
+                    total,
+                    not_before_ms,
+                });
+                at += total as usize;
+                self.pending_bytes += total;
+            }
+        }
+        if failure.is_none()
+            && let Err(e) = self.flush(&mut jobs)
+        {
+            failure = Some(e);
+        }
+        match failure {
+            None => {
+                if self.disk_full {
+                    self.disk_full = false;
+                    tracing::info!(dir = %self.shared.dir.display(), "backlog disk has room again");
+                }
+            }
+            Some(CycleError::Full) => {
+                for job in &mut jobs {
+                    job.full |= job.stored < job.sizes.len() && !job.bypass;
+                    if job.bypass && job.stored < job.sizes.len() {
+                        job.error = Some(BacklogError::Io {
+                            action: "storing a retry (disk full)".into(),
+                            source: io::Error::from(io::ErrorKind::StorageFull),
+                        });
+                    }
+                }
+            }
+            Some(CycleError::Io(action, e)) => {
+                for job in &mut jobs {
+                    if job.stored < job.sizes.len() {
+                        job.error = Some(BacklogError::Io {
+                            action: action.clone(),
+                            source: io::Error::new(e.kind(), e.to_string()),
+                        });
+                    }
+                }
+            }
+        }
+        for job in jobs {
+            let result = if let Some(e) = job.error {
+                Err(e)
+            } else if job.full && job.stored < job.sizes.len() {
+                Err(BacklogError::Full { stored: job.stored })
+            } else {
+                Ok(Appended { locs: job.locs })
+            };
+            let _ = job.reply.send(result);
+        }
+    }
+
+    fn has_room(&self, total: u64) -> bool {
+        room(
+            &self.shared,
+            self.pending.len() as u64,
+            self.pending_bytes,
+            total,
+        )
+    }
+
+    /// Writes and fsyncs the buffer, then publishes its records.
+    fn flush(&mut self, jobs: &mut [Job]) -> Result<(), CycleError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let written = self
+            .file
+            .write_all_at(&self.buf, self.end)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            let first_unpublished = self.pending.first().map_or(self.next_id, |p| p.id);
+            self.rollback(first_unpublished);
+            return Err(self.classify(e, "writing"));
+        }
+        let added_bytes = self.buf.len() as u64;
+        let added = self.pending.len() as u64;
+        self.end += added_bytes;
+        {
+            let mut idx = self.shared.index.lock();
+            if let Some(seg) = idx.segments.get_mut(&self.seq) {
+                seg.end = self.end;
+                seg.live += added;
+                seg.live_bytes += added_bytes;
+            }
+            self.shared
+                .counters
+                .records
+                .fetch_add(added, Ordering::Relaxed);
+            self.shared
+                .counters
+                .bytes
+                .fetch_add(added_bytes, Ordering::Relaxed);
+        }
+        for p in self.pending.drain(..) {
+            let job = &mut jobs[p.job];
+            job.stored += 1;
+            if job.want_locs {
+                job.locs.push(Loc {
+                    id: p.id,
+                    seq: self.seq,
+                    offset: p.offset,
+                    total: p.total,
+                    not_before_ms: p.not_before_ms,
+                });
+            }
+        }
+        self.buf.clear();
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    fn rollback(&mut self, first_unpublished: u64) {
+        self.buf.clear();
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.next_id = first_unpublished;
+        if let Err(e) = self.file.set_len(self.end) {
+            tracing::error!(segment = %segment_path(&self.shared.dir, self.seq).display(), error = %e, "cannot cut a failed write back; it will be cut at the next start");
+        }
+    }
+
+    fn classify(&mut self, e: io::Error, what: &str) -> CycleError {
+        if is_space_error(&e) {
+            if !self.disk_full {
+                self.disk_full = true;
+                tracing::error!(dir = %self.shared.dir.display(), error = %e, "backlog disk is full: holding new messages (backpressure) until space frees");
+            }
+            CycleError::Full
+        } else {
+            let action = format!(
+                "{what} {}",
+                segment_path(&self.shared.dir, self.seq).display()
+            );
+            tracing::error!(error = %e, "backlog {action} failed");
+            CycleError::Io(action, e)
+        }
+    }
+
+    /// Seals the active segment and starts the next one.
+    fn rotate(&mut self, now: i64) -> Result<(), CycleError> {
+        let seq = self.seq + 1;
+        let file = match create_segment(&self.shared.dir, seq, self.next_id, now) {
+            Ok(f) => f,
+            Err(e) => return Err(self.classify(e, "creating the segment after")),
+        };
+        let mut idx = self.shared.index.lock();
+        if let Some(old) = idx.segments.get_mut(&self.seq) {
+            old.sealed = true;
+            old.end = self.end;
+        }
+        idx.segments.insert(
+            seq,
+            SegMeta {
+                path: segment_path(&self.shared.dir, seq),
+                first_id: self.next_id,
+                end: SEGMENT_HEADER_LEN,
+                ..SegMeta::default()
+            },
+        );
+        drop(idx);
+        self.seq = seq;
+        self.file = file;
+        self.end = SEGMENT_HEADER_LEN;
+        Ok(())
+    }
+
+    /// Drops owed records from the head until `need` more bytes fit.
+    fn make_room(&mut self, need: u64) {
+        let before = self.shared.counters.dropped.load(Ordering::Relaxed);
+        let mut this = HeadScan::Drop { need };
+        self.scan_head(&mut this);
+        let dropped = self.shared.counters.dropped.load(Ordering::Relaxed) - before;
+        if dropped > 0 {
+            tracing::warn!(dir = %self.shared.dir.display(), dropped, "backlog full: dropped the oldest records (when_full = \"drop_oldest\")");
+        }
+    }
+
+    /// Walks owed records from the head of the log, discarding per `scan`.
+    fn scan_head(&mut self, scan: &mut HeadScan) {
+        let shared = Arc::clone(&self.shared);
+        let max_body = shared.config.max_body();
+        let (pending_records, pending_bytes) = (self.pending.len() as u64, self.pending_bytes);
+        loop {
+            if self.head.is_none() {
+                let idx = shared.index.lock();
+                let Some((&seq, seg)) = idx.segments.range(self.head_hint..).next() else {
+                    return;
+                };
+                let (path, end) = (seg.path.clone(), seg.end);
+                drop(idx);
+                match SegmentReader::open(&path, Some(end), 256 * 1024, max_body) {
+                    Ok(r) => self.head = Some((seq, r)),
+                    Err(e) => {
+                        tracing::warn!(segment = %path.display(), error = %e, "cannot read the backlog head");
+                        return;
+                    }
+                }
+            }
+            let Some((seq, reader)) = self.head.as_mut() else {
+                return;
+            };
+            let seq = *seq;
+            let step = match reader.next_step() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the backlog head");
+                    self.head = None;
+                    return;
+                }
+            };
+            match step {
+                Step::Record { id, offset, total } => {
+                    let frame = reader.frame();
+                    let body = &frame[FRAME_HEADER_LEN..];
+                    let appended_ms = BodyView::parse(body).map_or(0, |b| b.appended_ms);
+                    let mut idx = shared.index.lock();
+                    if !idx.owed(seq, id) {
+                        continue;
+                    }
+                    let why = match scan {
+                        HeadScan::Drop { need } => {
+                            if room(&shared, pending_records, pending_bytes, *need) {
+                                drop(idx);
+                                reader.seek(offset, id - 1);
+                                return;
+                            }
+                            Gone::Dropped
+                        }
+                        HeadScan::Expire { before_ms } => {
+                            if appended_ms >= *before_ms {
+                                drop(idx);
+                                reader.seek(offset, id - 1);
+                                return;
+                            }
+                            Gone::Expired
+                        }
+                    };
+                    idx.forget(&shared.counters, seq, id, total, why);
+                }
+                Step::Corrupt { .. } | Step::Tail { .. } => {}
+                Step::End => {
+                    let idx = shared.index.lock();
+                    let next = idx.segments.range(seq + 1..).next().map(|(&s, _)| s);
+                    match idx.segments.get(&seq) {
+                        Some(seg) if !seg.sealed || seg.end > reader.limit() => {
+                            let end = seg.end;
+                            drop(idx);
+                            if end > reader.limit() {
+                                reader.extend_limit(end);
+                                continue;
+                            }
+                            return;
+                        }
+                        _ => {
+                            drop(idx);
+                            let Some(next) = next else {
+                                return;
+                            };
+                            self.head_hint = next;
+                            self.head = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Expiry, segment deletion, and (when due or `force`d) the ledger.
+    fn housekeeping(&mut self, force: bool) {
+        if let Some(max_age) = self.shared.config.max_age {
+            let before_ms = now_epoch_ms() - max_age.as_millis() as i64;
+            let before = self.shared.counters.expired.load(Ordering::Relaxed);
+            self.scan_head(&mut HeadScan::Expire { before_ms });
+            let expired = self.shared.counters.expired.load(Ordering::Relaxed) - before;
+            if expired > 0 {
+                tracing::warn!(dir = %self.shared.dir.display(), expired, "backlog records older than max_age expired");
+            }
+        }
+        self.delete_released_segments();
+        let due = self.last_ledger_save.elapsed() >= self.shared.config.ledger_interval;
+        if (force || (due && self.shared.index.lock().ledger_dirty))
+            && let Err(e) = self.save_ledger()
+        {
+            tracing::warn!(error = %e, "saving the backlog ledger failed; will retry");
+        }
+    }
+
+    fn delete_released_segments(&mut self) {
+        let doomed: Vec<(u64, std::path::PathBuf)> = {
+            let idx = self.shared.index.lock();
+            idx.segments
+                .iter()
+                .filter(|(_, s)| s.sealed && s.live == 0 && s.in_flight == 0)
+                .map(|(&seq, s)| (seq, s.path.clone()))
+                .collect()
+        };
+        if doomed.is_empty() {
+            return;
+        }
+        let mut removed = Vec::new();
+        for (seq, path) in doomed {
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(seq),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => removed.push(seq),
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), error = %e, "cannot delete a released segment")
+                }
+            }
+        }
+        let mut idx = self.shared.index.lock();
+        for seq in &removed {
+            idx.segments.remove(seq);
+        }
+        if let Some(first) = idx.segments.values().next().map(|s| s.first_id) {
+            idx.released.prune_below(first);
+        }
+        idx.ledger_dirty = true;
+        drop(idx);
+        if self
+            .head
+            .as_ref()
+            .is_some_and(|(seq, _)| removed.contains(seq))
+        {
+            self.head = None;
+        }
+        tracing::debug!(dir = %self.shared.dir.display(), count = removed.len(), "deleted released backlog segments");
+    }
+
+    fn save_ledger(&mut self) -> Result<(), BacklogError> {
+        let ledger = {
+            let mut idx = self.shared.index.lock();
+            idx.ledger_dirty = false;
+            Ledger {
+                next_id: self.next_id,
+                released: idx.released.clone(),
+            }
+        };
+        self.last_ledger_save = Instant::now();
+        ledger.save(&self.shared.dir).map_err(|source| {
+            self.shared.index.lock().ledger_dirty = true;
+            BacklogError::Io {
+                action: format!("saving the ledger in {}", self.shared.dir.display()),
+                source,
+            }
+        })
+    }
+}
+
+/// Whether `total` more bytes (one more record) fit, counting what this
+/// cycle has written but not yet published.
+fn room(shared: &Shared, pending_records: u64, pending_bytes: u64, total: u64) -> bool {
+    let cfg = &shared.config;
+    let c = &shared.counters;
+    let records = c.records.load(Ordering::Relaxed) + pending_records;
+    let bytes = c.bytes.load(Ordering::Relaxed) + pending_bytes;
+    bytes + total <= cfg.max_bytes && cfg.max_records.is_none_or(|m| records < m)
+}
+
+enum HeadScan {
+    Drop { need: u64 },
+    Expire { before_ms: i64 },
+}
+
+impl Job {
+    fn new(
+        frames: Vec<u8>,
+        sizes: Vec<(u64, i64)>,
+        bypass: bool,
+        want_locs: bool,
+        reply: oneshot::Sender<Result<Appended, BacklogError>>,
+    ) -> Job {
+        Job {
+            frames,
+            sizes,
+            bypass,
+            want_locs,
+            reply,
+            stored: 0,
+            full: false,
+            error: None,
+            locs: Vec::new(),
+        }
+    }
+}

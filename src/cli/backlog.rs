@@ -1,0 +1,162 @@
+//! `laneway backlog inspect DIR` and `laneway backlog verify DIR`: look at a
+//! disk backlog without opening it (safe beside the running process).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::backlog::disk::{Inspection, Verification, inspect_dir, verify_dir};
+
+/// Arguments of `backlog`.
+#[derive(Debug, clap::Args)]
+pub struct BacklogArgs {
+    /// What to do with the backlog directory.
+    #[command(subcommand)]
+    pub action: BacklogAction,
+}
+
+/// The `backlog` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum BacklogAction {
+    /// Summarise a backlog: records, bytes, segments, oldest/newest age, kinds.
+    Inspect(DirArgs),
+    /// Check every record's checksum; exit non-zero if any record is damaged.
+    Verify(DirArgs),
+}
+
+/// A backlog directory and the output format.
+#[derive(Debug, clap::Args)]
+pub struct DirArgs {
+    /// The backlog directory (for example laneway-data/backlog/all).
+    pub dir: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a `backlog` subcommand.
+pub fn backlog(args: BacklogArgs) -> ExitCode {
+    match args.action {
+        BacklogAction::Inspect(a) => match inspect_dir(&a.dir) {
+            Ok(i) => print(a.json, &i, inspect_text(&i), ExitCode::SUCCESS),
+            Err(e) => fail(&e),
+        },
+        BacklogAction::Verify(a) => match verify_dir(&a.dir) {
+            Ok(v) => {
+                let code = if v.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
+                print(a.json, &v, verify_text(&v), code)
+            }
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+fn print(json: bool, value: &impl serde::Serialize, text: String, code: ExitCode) -> ExitCode {
+    if json {
+        match simd_json::to_string(value) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("error: cannot encode the report: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{text}");
+    }
+    code
+}
+
+fn age(ms: Option<i64>) -> String {
+    ms.map_or("-".into(), |ms| {
+        humantime::format_duration(std::time::Duration::from_millis(
+            ms.max(0) as u64 / 1000 * 1000,
+        ))
+        .to_string()
+    })
+}
+
+fn inspect_text(i: &Inspection) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: {} records waiting, {} bytes, {} segment{} ({} bytes on disk){}",
+        i.dir,
+        i.records,
+        i.bytes,
+        i.segment_count,
+        if i.segment_count == 1 { "" } else { "s" },
+        i.disk_bytes,
+        if i.in_use {
+            ", in use by a running process"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  oldest {} old, newest {} old; {} retried; {} released awaiting deletion; ledger {}",
+        age(i.oldest_age_ms),
+        age(i.newest_age_ms),
+        i.retried,
+        i.released,
+        i.ledger
+    );
+    if i.corrupt > 0 || i.tail_bytes > 0 {
+        let _ = writeln!(
+            s,
+            "  damaged: {} corrupt, {} bytes of unusable tail (run `laneway backlog verify` for where)",
+            i.corrupt, i.tail_bytes
+        );
+    }
+    if !i.kinds.is_empty() {
+        let kinds: Vec<String> = i.kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(s, "  kinds: {}", kinds.join(", "));
+    }
+    for seg in &i.segments {
+        let _ = writeln!(
+            s,
+            "  {}: {} bytes, {} records, {} waiting",
+            seg.file, seg.bytes, seg.records, seg.owed
+        );
+    }
+    s
+}
+
+fn verify_text(v: &Verification) -> String {
+    let mut s = String::new();
+    for c in &v.corrupt {
+        let _ = writeln!(
+            s,
+            "{}: offset {}: {} ({} bytes)",
+            c.segment, c.offset, c.problem, c.len
+        );
+    }
+    if let Some(t) = &v.torn_tail {
+        let _ = writeln!(
+            s,
+            "{}: offset {}: {} ({} bytes; cut on the next open, not damage)",
+            t.segment, t.offset, t.problem, t.len
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{}: {} records in {} segment{} checked, {} damaged; ledger {}: {}",
+        v.dir,
+        v.records,
+        v.segments,
+        if v.segments == 1 { "" } else { "s" },
+        v.corrupt.len(),
+        v.ledger,
+        if v.ok { "ok" } else { "CORRUPT" }
+    );
+    s
+}
