@@ -17,6 +17,10 @@ use laneway::message::{Message, classify, now_epoch_ms, parse_envelope, write_en
 use laneway::sink::NullSink;
 use laneway::source::simulator::Fleet;
 
+/// The allocator the `laneway` program uses, so the numbers match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Messages per end-to-end iteration.
 const N: usize = 200_000;
 

@@ -12,6 +12,10 @@ use laneway::message::now_epoch_ms;
 use laneway::sink::NullSink;
 use laneway::source::simulator::Fleet;
 
+/// The allocator the `laneway` program uses, so the numbers match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = std::env::args()

@@ -6,6 +6,13 @@ use clap::Parser;
 use laneway::cli::Cli;
 use tracing_subscriber::EnvFilter;
 
+/// Messages are allocated by the thread that reads them and freed by the
+/// one that delivers them; mimalloc handles that cross-thread pattern
+/// without the long consolidation pauses glibc's allocator can take after a
+/// large backlog is freed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.verbose {

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::fifo::FifoConsumer;
 use super::timeline::{MeasuredSink, PhaseReport, Timeline, WINDOW, Window, phase, window_p99_ms};
 use crate::ack::AckRef;
-use crate::backlog::{BacklogRecord, BacklogStore, MemoryBacklog};
+use crate::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, MemoryBacklog};
 use crate::engine::{Engine, GroupConfig, Incoming, LanePolicy, LatencySummary, Monitor};
 use crate::message::{Message, now_epoch_ms};
 use crate::sink::{SimulatedHandler, Sink};
@@ -48,6 +48,8 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BacklogKind {
+    /// The durable disk store, fsync and all (the default, as in production).
+    Disk,
     /// The in-memory store.
     Memory,
 }
@@ -114,7 +116,7 @@ impl BenchOptions {
             threshold: Duration::from_millis(100),
             tail: Duration::from_secs(2),
             max_run: Duration::from_secs(50),
-            backlog: BacklogKind::Memory,
+            backlog: BacklogKind::Disk,
             data_dir: PathBuf::from("laneway-data/bench"),
         };
         match scenario {
@@ -223,12 +225,31 @@ fn pile(n: u64) -> Vec<Message> {
     (0..n).map(|_| fleet.next_message(old)).collect()
 }
 
+/// The backlog directory of a disk run (emptied before and after it).
+fn bench_dir(opts: &BenchOptions) -> PathBuf {
+    opts.data_dir
+        .join(format!("{:?}", opts.scenario).to_lowercase())
+}
+
 async fn build_store(
     opts: &BenchOptions,
     pile: Vec<Message>,
 ) -> Result<Arc<dyn BacklogStore>, String> {
     let store: Arc<dyn BacklogStore> = match opts.backlog {
         BacklogKind::Memory => Arc::new(MemoryBacklog::default()),
+        BacklogKind::Disk => {
+            let dir = bench_dir(opts);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| format!("emptying {}: {e}", dir.display()))?;
+            }
+            let opened = tokio::task::spawn_blocking(move || {
+                DiskBacklog::open(&dir, DiskBacklogConfig::default())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            Arc::new(opened.map_err(|e| e.to_string())?)
+        }
     };
     let records: Vec<BacklogRecord> = pile.into_iter().map(BacklogRecord::fresh).collect();
     for chunk in records.chunks(16_384) {
@@ -236,6 +257,19 @@ async fn build_store(
             .append(chunk)
             .await
             .map_err(|e| format!("pre-loading the backlog: {e}"))?;
+    }
+    if opts.backlog == BacklogKind::Disk && !records.is_empty() {
+        // The story is a consumer starting with a pile on disk: close the
+        // store and open it again, recovery and all, before the clock starts.
+        store.close().await.map_err(|e| e.to_string())?;
+        drop(store);
+        let dir = bench_dir(opts);
+        let opened = tokio::task::spawn_blocking(move || {
+            DiskBacklog::open(&dir, DiskBacklogConfig::default())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        return Ok(Arc::new(opened.map_err(|e| e.to_string())?));
     }
     Ok(store)
 }
@@ -430,6 +464,10 @@ pub async fn run_mode(
     }
     for w in workers {
         w.abort();
+    }
+    if mode == Mode::Laneway && opts.backlog == BacklogKind::Disk {
+        // The engine closed the store; the directory is scratch.
+        let _ = std::fs::remove_dir_all(bench_dir(opts));
     }
 
     let windows = timeline.windows();

@@ -20,6 +20,7 @@ use super::config::GroupConfig;
 use super::dead_letter::{DeadLetter, DeadLetters};
 use super::filter::Filter;
 use super::live_lane::{LiveItem, LiveLane};
+use super::read_ahead::ReadAhead;
 use super::scheduler::{Pick, Scheduler};
 use super::stats::{BacklogLoss, GroupSnapshot, GroupStats, bump, read};
 use crate::ack::AckRef;
@@ -46,9 +47,6 @@ pub enum LanePolicy {
 const WRITER_QUEUE: usize = 64;
 /// The most records the writer hands the store in one append.
 const WRITE_BATCH: usize = 8192;
-/// After the backlog had nothing ready, how long before looking again
-/// (new appends wake the dispatcher sooner).
-const BACKLOG_RECHECK: Duration = Duration::from_millis(20);
 
 struct PendingWrite {
     records: Vec<BacklogRecord>,
@@ -70,7 +68,9 @@ pub(crate) struct Group {
     pub stats: GroupStats,
     dead: Arc<DeadLetters>,
     writer_tx: mpsc::Sender<PendingWrite>,
-    backlog_appended: Notify,
+    /// Notified when the backlog store got new records (wakes the read-ahead).
+    backlog_appended: Arc<Notify>,
+    read_ahead: Arc<ReadAhead>,
     slots: Arc<Semaphore>,
     /// Records queued for or inside the backlog writer, not yet stored.
     writing: AtomicUsize,
@@ -102,7 +102,8 @@ impl Group {
             stats: GroupStats::default(),
             dead,
             writer_tx,
-            backlog_appended: Notify::new(),
+            backlog_appended: Arc::new(Notify::new()),
+            read_ahead: Arc::new(ReadAhead::new(config.batch_size * config.slots)),
             writing: AtomicUsize::new(0),
             backlog_in_flight: AtomicUsize::new(0),
             delivering: AtomicUsize::new(0),
@@ -194,7 +195,14 @@ impl Group {
     pub async fn run(self: Arc<Self>, writer: WriterQueue, stop: Signal, grace: Duration) {
         let (close_writer, writer_closing) = crate::signal::signal();
         let writer_task = tokio::spawn(Arc::clone(&self).run_writer(writer.0, writer_closing));
+        let read_ahead_task = tokio::spawn(Arc::clone(&self.read_ahead).fill(
+            Arc::clone(&self.store),
+            Arc::clone(&self.backlog_appended),
+            stop.clone(),
+            self.name().to_string(),
+        ));
         self.dispatch(&stop).await;
+        let _ = read_ahead_task.await;
         let all_slots = self.config.slots as u32;
         if tokio::time::timeout(grace, self.slots.acquire_many(all_slots))
             .await
@@ -204,6 +212,9 @@ impl Group {
                 group = self.name(),
                 "deliveries still in flight after the shutdown grace period; their messages stay unacknowledged"
             );
+        }
+        if let Err(e) = self.read_ahead.give_back(self.store.as_ref()).await {
+            tracing::error!(group = self.name(), error = %e, "returning read-ahead records to the backlog failed; they come back after a restart");
         }
         let leftovers = self.live.pop_batch(usize::MAX);
         if !leftovers.is_empty() {
@@ -322,7 +333,6 @@ impl Group {
             window,
             self.config.slots,
         );
-        let mut backlog_quiet_until: Option<Instant> = None;
         loop {
             let permit = tokio::select! {
                 biased;
@@ -337,8 +347,7 @@ impl Group {
                     return;
                 }
                 let now = Instant::now();
-                let backlog_ready =
-                    backlog_quiet_until.is_none_or(|t| now >= t) && self.store.has_waiting();
+                let backlog_ready = !self.read_ahead.is_empty();
                 let in_flight = self.backlog_in_flight.load(Ordering::Acquire);
                 match scheduler.pick(!self.live.is_empty(), backlog_ready, in_flight, now) {
                     Pick::Live => {
@@ -349,30 +358,17 @@ impl Group {
                         }
                     }
                     Pick::Backlog { max } => {
-                        let max = max.min(self.config.batch_size);
-                        match self.store.take_ready(max, now_epoch_ms()).await {
-                            Ok(records) if !records.is_empty() => {
-                                scheduler.took(Lane::Backlog, records.len());
-                                self.backlog_in_flight.fetch_add(1, Ordering::AcqRel);
-                                break Work::Backlog(records);
-                            }
-                            Ok(_) => backlog_quiet_until = Some(now + BACKLOG_RECHECK),
-                            Err(e) => {
-                                tracing::error!(group = self.name(), error = %e, "reading the backlog failed");
-                                backlog_quiet_until = Some(now + Duration::from_secs(1));
-                            }
+                        let records = self.read_ahead.take(max.min(self.config.batch_size));
+                        if !records.is_empty() {
+                            scheduler.took(Lane::Backlog, records.len());
+                            self.backlog_in_flight.fetch_add(1, Ordering::AcqRel);
+                            break Work::Backlog(records);
                         }
                     }
                     Pick::Wait(wait) => {
-                        let wait = match backlog_quiet_until {
-                            Some(t) if self.store.has_waiting() => {
-                                wait.min(t.saturating_duration_since(now))
-                            }
-                            _ => wait,
-                        };
                         tokio::select! {
                             _ = self.live.arrived() => {}
-                            _ = self.backlog_appended.notified() => backlog_quiet_until = None,
+                            _ = self.read_ahead.filled.notified() => {}
                             _ = tokio::time::sleep(wait) => {}
                             _ = stop.raised() => return,
                         }

@@ -17,6 +17,7 @@ mod dead_letter;
 mod filter;
 mod group;
 pub mod live_lane;
+mod read_ahead;
 pub mod scheduler;
 mod stats;
 
