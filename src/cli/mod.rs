@@ -4,6 +4,7 @@
 
 mod check_config;
 mod run;
+mod simulate;
 mod status;
 
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check a config file and report the first error with its line and column.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Publish the simulated fleet to an AMQP exchange, with confirms, printing the rate.
+    Simulate(simulate::SimulateArgs),
 }
 
 impl Cli {
@@ -42,6 +45,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => run::run(args).await,
             Command::CheckConfig(args) => check_config::check_config(args),
+            Command::Simulate(args) => simulate::simulate(args).await,
         }
     }
 }

@@ -74,6 +74,9 @@ pub(crate) struct Group {
     slots: Arc<Semaphore>,
     /// Records queued for or inside the backlog writer, not yet stored.
     writing: AtomicUsize,
+    /// Deliveries running (the dispatcher holds a slot permit while it
+    /// waits for work, so free permits cannot tell idleness).
+    delivering: AtomicUsize,
 }
 
 /// The receiving end of a group's backlog writer, started by [`Group::run`].
@@ -100,6 +103,7 @@ impl Group {
             writer_tx,
             backlog_appended: Notify::new(),
             writing: AtomicUsize::new(0),
+            delivering: AtomicUsize::new(0),
             config,
         };
         Ok((Arc::new(group), WriterQueue(writer_rx)))
@@ -370,6 +374,7 @@ impl Group {
                 }
             };
             let group = Arc::clone(self);
+            self.delivering.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(group.deliver(work, permit));
         }
     }
@@ -379,6 +384,7 @@ impl Group {
             Work::Live(items) => self.deliver_live(items).await,
             Work::Backlog(records) => self.deliver_backlog(records).await,
         }
+        self.delivering.fetch_sub(1, Ordering::AcqRel);
         drop(permit);
     }
 
@@ -603,7 +609,7 @@ impl Group {
     pub fn is_idle(&self) -> bool {
         self.live.is_empty()
             && self.store.depth().records == 0
-            && self.slots.available_permits() == self.config.slots
+            && self.delivering.load(Ordering::Acquire) == 0
             && self.writing.load(Ordering::Acquire) == 0
     }
 

@@ -89,6 +89,7 @@ impl Default for EngineOptions {
 /// ```
 #[derive(Default)]
 pub struct EngineBuilder {
+    #[allow(clippy::type_complexity)]
     groups: Vec<(GroupConfig, Arc<dyn Sink>, Option<Arc<dyn BacklogStore>>)>,
     sources: Vec<(Box<dyn Source>, LanePolicy)>,
     dead_letters: Option<Arc<DeadLetters>>,

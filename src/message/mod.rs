@@ -3,6 +3,7 @@
 
 mod envelope;
 mod kind;
+#[allow(clippy::module_inception)]
 mod message;
 mod topic;
 
