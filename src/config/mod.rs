@@ -336,6 +336,13 @@ mod tests {
     }
 
     #[test]
+    fn the_amqp_example_parses() {
+        let c = FileConfig::parse(include_str!("../../examples/amqp.toml"), "amqp.toml").unwrap();
+        assert!(matches!(c.sources[0], SourceSpec::Amqp(_)));
+        assert!(matches!(c.groups[1].sink, SinkSpec::Amqp(_)));
+    }
+
+    #[test]
     fn nested_tables_reject_unknown_keys() {
         let text =
             "[[groups]]\nname = \"a\"\nsink = { type = \"jsonl\", path = \"x\", colour = 1 }\n";

@@ -173,3 +173,24 @@ pub fn ids_in_jsonl(path: &std::path::Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// An AMQP source config for `queue` on the test broker.
+pub fn source_config(queue: &str) -> laneway::amqp::AmqpSourceConfig {
+    laneway::amqp::AmqpSourceConfig {
+        url: Some(url()),
+        queues: vec![queue.to_string()],
+        ..laneway::amqp::AmqpSourceConfig::default()
+    }
+}
+
+/// Waits (polling) until `check` holds, or panics with `what` after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
