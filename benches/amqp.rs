@@ -7,8 +7,11 @@
 //!
 //! `cargo bench --bench amqp` prints a Markdown table (the one in
 //! docs/benchmarks.md). `LANEWAY_BENCH_MESSAGES` sets the count (default
-//! 100000). Each consumer reads its own queue; all three queues are bound to
-//! one exchange, so they hold the very same messages.
+//! 100000). Each run reads its own queue; every queue is bound to one
+//! exchange, so they all hold the very same messages. The tuned consumer and
+//! laneway run three times each, interleaved (the broker and the machine are
+//! shared, so their speed drifts), and the median is reported; the naive
+//! consumer runs once.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -134,7 +137,11 @@ async fn main() {
         .unwrap_or(100_000);
     let tag = format!("laneway-bench.{}", std::process::id());
     let exchange = format!("{tag}.x");
-    let queues = ["tuned", "naive", "laneway"].map(|k| format!("{tag}.{k}"));
+    const ROUNDS: usize = 3;
+    let queues: Vec<String> = (0..ROUNDS)
+        .flat_map(|i| [format!("{tag}.tuned.{i}"), format!("{tag}.laneway.{i}")])
+        .chain([format!("{tag}.naive")])
+        .collect();
     let (conn, ch) = channel().await;
     ch.exchange_declare(
         exchange.as_str().into(),
@@ -168,7 +175,10 @@ async fn main() {
         .await
         .unwrap();
     }
-    eprintln!("publishing {n} simulated messages to 3 queues ...");
+    eprintln!(
+        "publishing {n} simulated messages to {} queues ...",
+        queues.len()
+    );
     let status = Command::new(env!("CARGO_BIN_EXE_laneway"))
         .args([
             "simulate",
@@ -183,12 +193,20 @@ async fn main() {
         .expect("run laneway simulate");
     assert!(status.success(), "simulate failed");
 
-    eprintln!("tuned ...");
-    let tuned = plain(&queues[0], n, 1000, 250).await;
+    let mut tuned = Vec::new();
+    let mut lanes = Vec::new();
+    for i in 0..ROUNDS {
+        eprintln!("round {i}: tuned ...");
+        tuned.push(plain(&queues[2 * i], n, 1000, 250).await);
+        eprintln!("round {i}: laneway ...");
+        lanes.push(laneway_consumer(&queues[2 * i + 1], n).await);
+    }
+    eprintln!("tuned runs {tuned:?}, laneway runs {lanes:?}");
     eprintln!("naive ...");
-    let naive = plain(&queues[1], n, 1, 1).await;
-    eprintln!("laneway ...");
-    let lane = laneway_consumer(&queues[2], n).await;
+    let naive = plain(&queues[2 * ROUNDS], n, 1, 1).await;
+    tuned.sort();
+    lanes.sort();
+    let (tuned, lane) = (tuned[ROUNDS / 2], lanes[ROUNDS / 2]);
 
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!("| consumer | messages | seconds | msgs/s | laneway ÷ this |");

@@ -250,18 +250,25 @@ enum SessionEnd {
 /// The ack state shared by a session's consume loop and its ack task.
 struct Acks {
     tracker: Arc<AckTracker>,
-    /// Per registered batch, in sequence order: its sequence number and last delivery tag.
-    tags: Mutex<VecDeque<(u64, u64)>>,
+    /// Per registered batch, in sequence order: its sequence number and last
+    /// delivery tag; and the last tag acknowledged.
+    tags: Mutex<(VecDeque<(u64, u64)>, u64)>,
     /// Serialises flushes, so acks go out in increasing tag order.
     flushing: tokio::sync::Mutex<()>,
+    /// A flush that is not forced waits until this many deliveries are done
+    /// (fewer ack frames: less work for the broker), while a periodic forced
+    /// flush bounds how long a done delivery waits for its ack.
+    min_batch: u64,
 }
 
 impl Acks {
-    fn new() -> Arc<Acks> {
+    fn new(prefetch: u16) -> Arc<Acks> {
         Arc::new(Acks {
             tracker: AckTracker::new(),
-            tags: Mutex::new(VecDeque::new()),
+            tags: Mutex::new((VecDeque::new(), 0)),
             flushing: tokio::sync::Mutex::new(()),
+            // A quarter of the window: the broker keeps three quarters flowing.
+            min_batch: u64::from(prefetch / 4).max(1),
         })
     }
 
@@ -269,34 +276,38 @@ impl Acks {
     fn register(&self, last_tag: u64) -> AckRef {
         let ack = self.tracker.register();
         if let Some(seq) = ack.seq() {
-            self.tags.lock().push_back((seq, last_tag));
+            self.tags.lock().0.push_back((seq, last_tag));
         }
         ack
     }
 
-    /// Acks everything below the watermark with one `multiple` ack.
-    async fn flush(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    /// Acks everything below the watermark with one `multiple` ack; unless
+    /// `force`, only once at least `min_batch` deliveries are waiting for it.
+    async fn flush(&self, channel: &Channel, force: bool) -> Result<(), lapin::Error> {
         let _one_at_a_time = self.flushing.lock().await;
         let watermark = self.tracker.watermark();
         let last = {
-            let mut tags = self.tags.lock();
-            let mut last = None;
-            while tags.front().is_some_and(|(seq, _)| *seq < watermark) {
-                last = tags.pop_front().map(|(_, tag)| tag);
+            let mut state = self.tags.lock();
+            let (tags, acked) = &mut *state;
+            let done = tags.iter().take_while(|(seq, _)| *seq < watermark).count();
+            let Some(&(_, tag)) = done.checked_sub(1).and_then(|i| tags.get(i)) else {
+                return Ok(());
+            };
+            if !force && tag.saturating_sub(*acked) < self.min_batch {
+                return Ok(());
             }
-            last
+            tags.drain(..done);
+            *acked = tag;
+            tag
         };
-        if let Some(tag) = last {
-            channel
-                .basic_ack(tag, BasicAckOptions { multiple: true })
-                .await?;
-        }
-        Ok(())
+        channel
+            .basic_ack(last, BasicAckOptions { multiple: true })
+            .await
     }
 
     /// Whether every registered batch is acknowledged.
     fn all_acked(&self) -> bool {
-        self.tracker.outstanding() == 0 && self.tags.lock().is_empty()
+        self.tracker.outstanding() == 0 && self.tags.lock().0.is_empty()
     }
 }
 
@@ -440,7 +451,7 @@ impl QueueConsumer {
             Err(end) => return end,
         };
         tracing::info!(queue = %self.queue, broker = %self.url, prefetch = self.config.prefetch, "consuming");
-        let acks = Acks::new();
+        let acks = Acks::new(self.config.prefetch);
         let (end_acks, acks_end) = crate::signal::signal();
         let (fail_acks, acks_failed) = crate::signal::signal();
         let ack_task = tokio::spawn(ack_loop(
@@ -473,7 +484,7 @@ impl QueueConsumer {
         end_acks.fire();
         let _ = ack_task.await;
         if matches!(end, SessionEnd::Stopped | SessionEnd::Idle) {
-            if let Err(e) = acks.flush(&channel).await {
+            if let Err(e) = acks.flush(&channel, true).await {
                 tracing::warn!(queue = %self.queue, error = %AmqpError::new(&self.url, "final ack", e),
                     "final ack failed; those messages will be redelivered");
             }
@@ -580,13 +591,15 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// `failed` and ends when an ack fails (the channel is gone) or the tracker
 /// is stuck.
 async fn ack_loop(acks: Arc<Acks>, channel: Channel, end: Signal, failed: Trigger) {
+    let mut tick = tokio::time::interval(ACK_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let force = tokio::select! {
             _ = end.raised() => return,
-            _ = acks.tracker.changed() => {}
-            _ = tokio::time::sleep(ACK_TICK) => {}
-        }
-        if let Err(e) = acks.flush(&channel).await {
+            _ = acks.tracker.changed() => false,
+            _ = tick.tick() => true,
+        };
+        if let Err(e) = acks.flush(&channel, force).await {
             tracing::warn!(error = %e, "ack failed; the session will restart");
             failed.fire();
             return;
