@@ -433,7 +433,7 @@ impl Sink for AmqpSink {
                 )
                 .await
             {
-                Ok(confirm) => pending.push((i, key, permit, confirm)),
+                Ok(confirm) => pending.push((i, permit, confirm)),
                 Err(e) => {
                     let e = AmqpError::new(&self.url, "publishing", e);
                     outcome.failed.push((i, format!("push failed: {e}")));
@@ -442,14 +442,16 @@ impl Sink for AmqpSink {
             }
         }
         let deadline = Instant::now() + self.config.confirm_timeout;
-        for (i, key, permit, confirm) in pending {
+        for (i, permit, confirm) in pending {
             // A timeout still polls the confirm once, so late ones are seen.
             match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
                 Ok(Ok(Confirmation::Ack(Some(returned)))) => outcome.unroutable.push((
                     i,
+                    // One reason covers the batch's unroutable messages, so
+                    // it names no single routing key.
                     format!(
-                        "unroutable: {} {} (exchange {}, routing key {key})",
+                        "unroutable: {} {} (exchange {}: no queue is bound for the message's routing key)",
                         returned.reply_code, returned.reply_text, self.config.exchange
                     ),
                 )),
