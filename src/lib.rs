@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod ack;
+pub mod amqp;
 pub mod backlog;
 pub mod bench;
 pub mod cli;

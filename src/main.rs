@@ -22,6 +22,12 @@ fn main() -> ExitCode {
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // The AMQP transport traces its connection URI, password included, at
+    // trace level: cap it, whatever RUST_LOG asks, so no password is logged.
+    let filter = match "amq_protocol_tcp=debug".parse() {
+        Ok(cap) => filter.add_directive(cap),
+        Err(_) => filter,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -6,6 +6,7 @@ mod backlog;
 mod bench;
 mod check_config;
 mod run;
+mod simulate;
 mod status;
 
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Look at a disk backlog directory: `inspect` summarises, `verify` checks every checksum.
     Backlog(backlog::BacklogArgs),
+    /// Publish the simulated fleet to an AMQP exchange, with confirms, printing the rate.
+    Simulate(simulate::SimulateArgs),
 }
 
 impl Cli {
@@ -50,6 +53,7 @@ impl Cli {
             Command::CheckConfig(args) => check_config::check_config(args),
             Command::Bench(args) => bench::bench(args).await,
             Command::Backlog(args) => backlog::backlog(args),
+            Command::Simulate(args) => simulate::simulate(args).await,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::amqp::{AmqpSink, AmqpSource};
 use crate::backlog::{BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
 use crate::engine::{DeadLetters, EngineBuilder, EngineOptions, GroupConfig};
 use crate::sink::{JsonlSink, NullSink, SimulatedHandler, Sink};
@@ -111,9 +112,14 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// The line where `[[groups]]` entry number `index` starts.
 fn group_line(text: &str, index: usize) -> usize {
+    table_line(text, "[[groups]]", index)
+}
+
+/// The line where the array-of-tables entry `header` number `index` starts.
+fn table_line(text: &str, header: &str, index: usize) -> usize {
     text.lines()
         .enumerate()
-        .filter(|(_, l)| l.trim_start().starts_with("[[groups]]"))
+        .filter(|(_, l)| l.trim_start().starts_with(header))
         .nth(index)
         .map_or(1, |(i, _)| i + 1)
 }
@@ -157,11 +163,29 @@ impl FileConfig {
                     ));
                 }
             }
+            if let SinkSpec::Amqp(sink) = &g.sink {
+                sink.validate().map_err(|e| {
+                    invalid(
+                        group_line(text, i),
+                        format!("group {:?}: amqp sink: {e}", g.name),
+                    )
+                })?;
+            }
             if config.groups[..i].iter().any(|o| o.name == g.name) {
                 return Err(invalid(
                     group_line(text, i),
                     format!("two groups are named {:?}", g.name),
                 ));
+            }
+        }
+        for (i, source) in config.sources.iter().enumerate() {
+            if let SourceSpec::Amqp(spec) = source {
+                spec.validate().map_err(|e| {
+                    invalid(
+                        table_line(text, "[[sources]]", i),
+                        format!("amqp source: {e}"),
+                    )
+                })?;
             }
         }
         if config.max_message_bytes == 0 {
@@ -226,6 +250,11 @@ impl FileConfig {
                     let max_line = self.max_message_bytes.saturating_mul(2).max(64 * 1024);
                     builder.source(JsonlSource::new(input, max_line), spec.lane)
                 }
+                SourceSpec::Amqp(spec) => {
+                    let source = AmqpSource::new(spec.clone())
+                        .map_err(|e| ConfigError::Build(format!("amqp source: {e}")))?;
+                    builder.source(source, spec.lane)
+                }
             };
         }
         Ok(builder)
@@ -282,6 +311,10 @@ async fn build_sink(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
             JsonlSink::file(path, *sync)
                 .await
                 .map_err(|e| ConfigError::Build(format!("sink file {}: {e}", path.display())))?,
+        ),
+        SinkSpec::Amqp(spec) => Arc::new(
+            AmqpSink::new(spec.clone())
+                .map_err(|e| ConfigError::Build(format!("amqp sink: {e}")))?,
         ),
     })
 }
@@ -348,6 +381,35 @@ mod tests {
         assert!(err.contains("segment_bytes"), "{err}");
         let text = "[[groups]]\nname = \"a\"\nbacklog = { store = \"memory\" }\n";
         assert!(FileConfig::parse(text, "t.toml").is_ok());
+    }
+
+    #[test]
+    fn amqp_sources_and_sinks_parse_and_are_checked() {
+        let text = "[[sources]]\ntype = \"amqp\"\nurl = \"amqp://u:pw@h:5672/%2f\"\nqueues = [\"q\"]\nprefetch = 50\n\
+                    [[groups]]\nname = \"a\"\nsink = { type = \"amqp\", url = \"amqp://u:pw@h/\", exchange = \"x\" }\n";
+        let c = FileConfig::parse(text, "t.toml").unwrap();
+        let SourceSpec::Amqp(s) = &c.sources[0] else {
+            panic!("not amqp")
+        };
+        assert_eq!((s.prefetch, s.batch), (50, 256));
+        assert!(!format!("{c:?}").contains("pw"));
+
+        let text =
+            "[[groups]]\nname = \"a\"\n\n[[sources]]\ntype = \"amqp\"\nurl = \"amqp://h/\"\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:4:"), "{err}");
+        assert!(err.contains("queues"), "{err}");
+
+        let text = "[[groups]]\nname = \"a\"\nsink = { type = \"amqp\", url = \"amqp://h/\", exchange = \"x\", routing_key = \"{colour}\" }\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn the_amqp_example_parses() {
+        let c = FileConfig::parse(include_str!("../../examples/amqp.toml"), "amqp.toml").unwrap();
+        assert!(matches!(c.sources[0], SourceSpec::Amqp(_)));
+        assert!(matches!(c.groups[1].sink, SinkSpec::Amqp(_)));
     }
 
     #[test]

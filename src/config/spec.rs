@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::amqp::{AmqpSinkConfig, AmqpSourceConfig};
 use crate::backlog::DiskBacklogConfig;
 use crate::engine::LanePolicy;
 use crate::source::SimulatorConfig;
@@ -18,6 +19,8 @@ pub enum SourceSpec {
     Simulator(SimulatorConfig),
     /// JSONL envelopes from a file, or from stdin with `path = "-"`.
     Jsonl(JsonlSpec),
+    /// AMQP queues on a broker (RabbitMQ), consumed with manual acks.
+    Amqp(AmqpSourceConfig),
 }
 
 /// A JSONL source.
@@ -53,6 +56,8 @@ pub enum SinkSpec {
         #[serde(default = "yes")]
         sync: bool,
     },
+    /// Publish to an AMQP exchange with publisher confirms.
+    Amqp(AmqpSinkConfig),
 }
 
 fn default_cost() -> Duration {

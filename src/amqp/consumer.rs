@@ -1,0 +1,615 @@
+//! The AMQP source: consumes one or more queues with manual acks.
+//!
+//! Each queue gets its own connection, channel, `basic_qos` prefetch and
+//! consumer, and its own [`AckTracker`]. Deliveries are handed to the engine
+//! in batches (what the client has buffered, up to `batch`); each batch is
+//! registered with the tracker and remembered with its last delivery tag.
+//! An ack task follows the tracker's watermark and sends one
+//! `basic_ack(tag, multiple = true)` per advance.
+//!
+//! Invariants:
+//! - an ack covers only delivery tags whose every message the engine has
+//!   finished with (delivered, durably in a backlog, or durably a dead
+//!   letter): `multiple` is only ever used up to the contiguous watermark;
+//! - acks on one channel go out in increasing tag order, from one task at a
+//!   time (an ack for an unknown or repeated tag would close the channel);
+//! - when the connection or channel drops, or a batch is abandoned (the
+//!   tracker is stuck), the session ends: its tracker is dropped, unacked
+//!   messages return to the queue and come back as redeliveries through a
+//!   new session with a new tracker. Duplicates are bounded by the prefetch
+//!   window, since that is all the broker had handed out unacked;
+//! - on shutdown the consumer is cancelled first, nothing more is submitted,
+//!   the last acks are sent once the engine has drained, and the channel and
+//!   connection are closed (anything unacked returns to the queue).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, ExchangeKind};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::connect::{AmqpError, Backoff, connect_with_retry};
+use super::headers;
+use super::url::{BrokerUrl, UrlError};
+use crate::ack::{AckRef, AckTracker};
+use crate::engine::{Incoming, Ingest, LanePolicy};
+use crate::signal::{Signal, Trigger};
+use crate::source::{Source, SourceContext, SourceError};
+
+/// How often the ack task looks at the watermark even without a wake-up.
+const ACK_TICK: Duration = Duration::from_millis(20);
+
+/// An `[[sources]]` entry of `type = "amqp"`: which queues to consume and how.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSourceConfig {
+    /// Which lane its messages take: `auto` (fresh → live, stale → backlog),
+    /// `live`, or `backlog` (a separate accumulation queue). Default `auto`.
+    pub lane: LanePolicy,
+    /// The broker URL (`amqp://` or `amqps://`, credentials included). When
+    /// absent, the variable named by `url_env` is read. Never printed whole.
+    pub url: Option<String>,
+    /// The environment variable holding the URL when `url` is absent.
+    /// Default: `AMQP_URL`, and when that is unset too,
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url_env: Option<String>,
+    /// The queues to consume (at least one).
+    pub queues: Vec<String>,
+    /// Declare the queues (durable) and the exchange if they do not exist.
+    /// `false`: use existing ones, and fail if one is missing. Default `true`.
+    pub declare: bool,
+    /// An exchange to bind every queue to (declared as a durable topic
+    /// exchange when `declare` is on). Default: none.
+    pub exchange: Option<String>,
+    /// The binding key used with `exchange`. Default `#` (everything).
+    pub binding_key: String,
+    /// Unacknowledged deliveries the broker may hand each consumer
+    /// (`basic_qos`). Also the bound on duplicates after a reconnect.
+    /// Default 1000.
+    pub prefetch: u16,
+    /// The most deliveries handed to the engine in one batch. Default 256.
+    pub batch: usize,
+    /// The first wait before reconnecting; it doubles. Default 500ms.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// The longest wait between reconnect attempts. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Finish once no delivery has arrived for this long and everything
+    /// consumed is acknowledged (drain a queue, then exit). Default: never.
+    #[serde(with = "humantime_serde")]
+    pub idle_exit: Option<Duration>,
+}
+
+impl Default for AmqpSourceConfig {
+    fn default() -> Self {
+        AmqpSourceConfig {
+            lane: LanePolicy::Auto,
+            url: None,
+            url_env: None,
+            queues: Vec::new(),
+            declare: true,
+            exchange: None,
+            binding_key: "#".into(),
+            prefetch: 1000,
+            batch: 256,
+            reconnect_initial: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            idle_exit: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for AmqpSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSourceConfig")
+            .field("lane", &self.lane)
+            .field("url", &self.url.as_deref().map(super::url::redact))
+            .field("url_env", &self.url_env)
+            .field("queues", &self.queues)
+            .field("declare", &self.declare)
+            .field("exchange", &self.exchange)
+            .field("binding_key", &self.binding_key)
+            .field("prefetch", &self.prefetch)
+            .field("batch", &self.batch)
+            .field("reconnect_initial", &self.reconnect_initial)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("idle_exit", &self.idle_exit)
+            .finish()
+    }
+}
+
+/// Why an AMQP source or sink configuration cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AmqpConfigError {
+    /// The URL is missing or invalid.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// A knob is wrong; the text names it.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Checks that `name` fits an AMQP short string (queue, exchange, key).
+pub(crate) fn short(knob: &str, name: &str) -> Result<ShortString, AmqpConfigError> {
+    ShortString::try_new(name.to_string())
+        .map_err(|_| AmqpConfigError::Invalid(format!("{knob} {name:?} is longer than 255 bytes")))
+}
+
+impl AmqpSourceConfig {
+    /// Checks the knobs and resolves the URL.
+    pub fn validate(&self) -> Result<BrokerUrl, AmqpConfigError> {
+        let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())?;
+        if self.queues.is_empty() {
+            return Err(AmqpConfigError::Invalid(
+                "an amqp source needs at least one entry in queues".into(),
+            ));
+        }
+        for q in &self.queues {
+            if q.is_empty() {
+                return Err(AmqpConfigError::Invalid(
+                    "queues: a queue name is empty".into(),
+                ));
+            }
+            short("queues:", q)?;
+        }
+        if let Some(x) = &self.exchange {
+            short("exchange", x)?;
+        }
+        short("binding_key", &self.binding_key)?;
+        if self.prefetch == 0 {
+            return Err(AmqpConfigError::Invalid(
+                "prefetch must be at least 1".into(),
+            ));
+        }
+        if self.batch == 0 {
+            return Err(AmqpConfigError::Invalid("batch must be at least 1".into()));
+        }
+        Ok(url)
+    }
+}
+
+/// Consumes AMQP queues into the engine; see the module docs.
+pub struct AmqpSource {
+    config: AmqpSourceConfig,
+    url: BrokerUrl,
+}
+
+impl AmqpSource {
+    /// A source for this configuration (checked, URL resolved; nothing connects yet).
+    pub fn new(config: AmqpSourceConfig) -> Result<AmqpSource, AmqpConfigError> {
+        let url = config.validate()?;
+        Ok(AmqpSource { config, url })
+    }
+
+    /// The lane policy its messages take.
+    pub fn lane(&self) -> LanePolicy {
+        self.config.lane
+    }
+}
+
+#[async_trait]
+impl Source for AmqpSource {
+    fn name(&self) -> String {
+        format!("amqp {} queue {}", self.url, self.config.queues.join(","))
+    }
+
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError> {
+        let config = Arc::new(self.config);
+        let mut tasks = tokio::task::JoinSet::new();
+        for queue in config.queues.clone() {
+            let consumer = QueueConsumer {
+                config: Arc::clone(&config),
+                url: self.url.clone(),
+                queue,
+                ingest: ctx.ingest.clone(),
+                stop: ctx.stop.clone(),
+                drained: ctx.drained.clone(),
+            };
+            tasks.spawn(consumer.run());
+        }
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined.unwrap_or_else(|e| {
+                Err(SourceError::Origin {
+                    origin: format!("amqp {}", self.url),
+                    message: format!("a queue consumer task failed: {e}"),
+                })
+            });
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// How a session on one connection ended.
+enum SessionEnd {
+    /// Shut down gracefully on `stop`.
+    Stopped,
+    /// Finished after `idle_exit` with everything acknowledged.
+    Idle,
+    /// The connection or channel dropped, or the tracker got stuck: start over.
+    Lost(String),
+    /// A configuration problem the broker reported (missing queue, mismatched
+    /// arguments, refused access): retrying cannot fix it.
+    Fatal(String),
+}
+
+/// The ack state shared by a session's consume loop and its ack task.
+struct Acks {
+    tracker: Arc<AckTracker>,
+    /// Per registered batch, in sequence order: its sequence number and last
+    /// delivery tag; and the last tag acknowledged.
+    tags: Mutex<(VecDeque<(u64, u64)>, u64)>,
+    /// Serialises flushes, so acks go out in increasing tag order.
+    flushing: tokio::sync::Mutex<()>,
+    /// A flush that is not forced waits until this many deliveries are done
+    /// (fewer ack frames: less work for the broker), while a periodic forced
+    /// flush bounds how long a done delivery waits for its ack.
+    min_batch: u64,
+}
+
+impl Acks {
+    fn new(prefetch: u16) -> Arc<Acks> {
+        Arc::new(Acks {
+            tracker: AckTracker::new(),
+            tags: Mutex::new((VecDeque::new(), 0)),
+            flushing: tokio::sync::Mutex::new(()),
+            // A quarter of the window: the broker keeps three quarters flowing.
+            min_batch: u64::from(prefetch / 4).max(1),
+        })
+    }
+
+    /// Registers a batch ending at `last_tag`; the reference goes to the engine.
+    fn register(&self, last_tag: u64) -> AckRef {
+        let ack = self.tracker.register();
+        if let Some(seq) = ack.seq() {
+            self.tags.lock().0.push_back((seq, last_tag));
+        }
+        ack
+    }
+
+    /// Acks everything below the watermark with one `multiple` ack; unless
+    /// `force`, only once at least `min_batch` deliveries are waiting for it.
+    async fn flush(&self, channel: &Channel, force: bool) -> Result<(), lapin::Error> {
+        let _one_at_a_time = self.flushing.lock().await;
+        let watermark = self.tracker.watermark();
+        let last = {
+            let mut state = self.tags.lock();
+            let (tags, acked) = &mut *state;
+            let done = tags.iter().take_while(|(seq, _)| *seq < watermark).count();
+            let Some(&(_, tag)) = done.checked_sub(1).and_then(|i| tags.get(i)) else {
+                return Ok(());
+            };
+            if !force && tag.saturating_sub(*acked) < self.min_batch {
+                return Ok(());
+            }
+            tags.drain(..done);
+            *acked = tag;
+            tag
+        };
+        channel
+            .basic_ack(last, BasicAckOptions { multiple: true })
+            .await
+    }
+
+    /// Whether every registered batch is acknowledged.
+    fn all_acked(&self) -> bool {
+        self.tracker.outstanding() == 0 && self.tags.lock().0.is_empty()
+    }
+}
+
+/// One queue's consumer, reconnecting until stopped.
+struct QueueConsumer {
+    config: Arc<AmqpSourceConfig>,
+    url: BrokerUrl,
+    queue: String,
+    ingest: Ingest,
+    stop: Signal,
+    drained: Signal,
+}
+
+impl QueueConsumer {
+    fn origin(&self) -> String {
+        format!("amqp {} queue {}", self.url, self.queue)
+    }
+
+    async fn run(self) -> Result<(), SourceError> {
+        let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
+        let name = format!("laneway source {}", self.queue);
+        let mut sessions = 0u64;
+        loop {
+            let Some(conn) = connect_with_retry(&self.url, &name, &mut backoff, &self.stop).await
+            else {
+                return Ok(());
+            };
+            sessions += 1;
+            if sessions > 1 {
+                tracing::info!(queue = %self.queue, broker = %self.url, "reconnected");
+            }
+            let end = self.session(&conn, sessions).await;
+            // Closing may fail when the connection is already gone; nothing to do then.
+            let _ = conn.close(200, "laneway closing".into()).await;
+            match end {
+                SessionEnd::Stopped | SessionEnd::Idle => return Ok(()),
+                SessionEnd::Fatal(message) => {
+                    return Err(SourceError::Origin {
+                        origin: self.origin(),
+                        message,
+                    });
+                }
+                SessionEnd::Lost(why) => {
+                    if self.stop.is_raised() {
+                        return Ok(());
+                    }
+                    let wait = backoff.next_delay();
+                    tracing::warn!(queue = %self.queue, broker = %self.url, reason = %why, retry_in = ?wait,
+                        "consumer session lost; unacknowledged messages will be redelivered");
+                    tokio::select! {
+                        _ = self.stop.raised() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Declares what is configured and starts consuming.
+    async fn setup(
+        &self,
+        conn: &Connection,
+        session: u64,
+    ) -> Result<(Channel, lapin::Consumer, ShortString), SessionEnd> {
+        let lost = |what: &str, e: lapin::Error| {
+            let text = AmqpError::new(&self.url, what, &e).to_string();
+            if e.is_amqp_soft_error() {
+                SessionEnd::Fatal(text)
+            } else {
+                SessionEnd::Lost(text)
+            }
+        };
+        let c = &self.config;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| lost("opening a channel", e))?;
+        channel
+            .basic_qos(c.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| lost("setting the prefetch", e))?;
+        let queue = ShortString::from(self.queue.as_str());
+        channel
+            .queue_declare(
+                queue.clone(),
+                QueueDeclareOptions {
+                    durable: true,
+                    passive: !c.declare,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| lost(&format!("declaring queue {}", self.queue), e))?;
+        if let Some(exchange) = &c.exchange {
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        passive: !c.declare,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| lost(&format!("declaring exchange {exchange}"), e))?;
+            channel
+                .queue_bind(
+                    queue.clone(),
+                    exchange.as_str().into(),
+                    c.binding_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| lost(&format!("binding queue {} to {exchange}", self.queue), e))?;
+        }
+        let tag = ShortString::try_new(format!(
+            "laneway-{}-{}-{session}",
+            std::process::id(),
+            crate::message::now_epoch_ms()
+        ))
+        .unwrap_or_default();
+        let consumer = channel
+            .basic_consume(
+                queue,
+                tag.clone(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| lost(&format!("consuming queue {}", self.queue), e))?;
+        Ok((channel, consumer, tag))
+    }
+
+    async fn session(&self, conn: &Connection, session: u64) -> SessionEnd {
+        let (channel, mut consumer, tag) = match self.setup(conn, session).await {
+            Ok(parts) => parts,
+            Err(end) => return end,
+        };
+        tracing::info!(queue = %self.queue, broker = %self.url, prefetch = self.config.prefetch, "consuming");
+        let acks = Acks::new(self.config.prefetch);
+        let (end_acks, acks_end) = crate::signal::signal();
+        let (fail_acks, acks_failed) = crate::signal::signal();
+        let ack_task = tokio::spawn(ack_loop(
+            Arc::clone(&acks),
+            channel.clone(),
+            acks_end,
+            fail_acks,
+        ));
+        let end = self.consume(&mut consumer, &acks, &acks_failed).await;
+        let end = match end {
+            SessionEnd::Stopped | SessionEnd::Idle => {
+                // Stop taking deliveries; what the client buffered but never
+                // submitted is unacked and returns to the queue at close.
+                if let Err(e) = channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await
+                {
+                    tracing::warn!(queue = %self.queue, error = %AmqpError::new(&self.url, "cancelling", e), "cancel failed");
+                }
+                match end {
+                    SessionEnd::Idle => self.settle_idle(&acks, &acks_failed).await,
+                    _ => {
+                        self.drained.raised().await;
+                        SessionEnd::Stopped
+                    }
+                }
+            }
+            other => other,
+        };
+        end_acks.fire();
+        let _ = ack_task.await;
+        if matches!(end, SessionEnd::Stopped | SessionEnd::Idle) {
+            if let Err(e) = acks.flush(&channel, true).await {
+                tracing::warn!(queue = %self.queue, error = %AmqpError::new(&self.url, "final ack", e),
+                    "final ack failed; those messages will be redelivered");
+            }
+            if !acks.all_acked() {
+                tracing::info!(queue = %self.queue, batches = acks.tracker.outstanding(),
+                    "closing with unfinished batches; they return to the queue");
+            }
+            let _ = channel.close(200, "laneway closing".into()).await;
+        }
+        end
+    }
+
+    /// Reads deliveries until stopped, idle, or the session is lost.
+    async fn consume(
+        &self,
+        consumer: &mut lapin::Consumer,
+        acks: &Acks,
+        acks_failed: &Signal,
+    ) -> SessionEnd {
+        let max_batch = self.config.batch;
+        let idle_for = self.config.idle_exit;
+        let mut idle_at = idle_for.map(|d| Instant::now() + d);
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.stop.raised() => return SessionEnd::Stopped,
+                _ = acks_failed.raised() => return SessionEnd::Lost("acknowledgements stopped".into()),
+                _ = sleep_until_opt(idle_at) => return SessionEnd::Idle,
+                next = consumer.next() => next,
+            };
+            let first = match next {
+                None => return SessionEnd::Lost("the broker cancelled the consumer".into()),
+                Some(Err(e)) => {
+                    return SessionEnd::Lost(AmqpError::new(&self.url, "consuming", e).to_string());
+                }
+                Some(Ok(d)) => d,
+            };
+            let mut deliveries = vec![first];
+            let mut broken = None;
+            while deliveries.len() < max_batch {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(d))) => deliveries.push(d),
+                    Some(Some(Err(e))) => {
+                        broken = Some(AmqpError::new(&self.url, "consuming", e).to_string());
+                        break;
+                    }
+                    Some(None) => {
+                        broken = Some("the broker cancelled the consumer".into());
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let last_tag = deliveries.last().map_or(0, |d| d.delivery_tag);
+            let batch: Vec<Incoming> = deliveries
+                .into_iter()
+                .map(|d| {
+                    let tag = d.delivery_tag;
+                    headers::to_incoming(&d.properties, d.data, || {
+                        format!("amqp queue {} delivery {tag}", self.queue)
+                    })
+                })
+                .collect();
+            let ack = acks.register(last_tag);
+            self.ingest.submit(batch, ack).await;
+            if let Some(why) = broken {
+                return SessionEnd::Lost(why);
+            }
+            if let Some(d) = idle_for {
+                idle_at = Some(Instant::now() + d);
+            }
+        }
+    }
+
+    /// After `idle_exit`: waits until everything consumed is acknowledged.
+    async fn settle_idle(&self, acks: &Acks, acks_failed: &Signal) -> SessionEnd {
+        loop {
+            if acks.all_acked() {
+                tracing::info!(queue = %self.queue, "queue idle and everything acknowledged; finishing");
+                return SessionEnd::Idle;
+            }
+            if acks.tracker.is_stuck() || acks_failed.is_raised() {
+                return SessionEnd::Lost("acknowledgements stopped while finishing".into());
+            }
+            tokio::select! {
+                _ = self.stop.raised() => {
+                    self.drained.raised().await;
+                    return SessionEnd::Stopped;
+                }
+                _ = tokio::time::sleep(ACK_TICK) => {}
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Follows the watermark and acks; ends when told (`end`), or raises
+/// `failed` and ends when an ack fails (the channel is gone) or the tracker
+/// is stuck.
+async fn ack_loop(acks: Arc<Acks>, channel: Channel, end: Signal, failed: Trigger) {
+    let mut tick = tokio::time::interval(ACK_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let force = tokio::select! {
+            _ = end.raised() => return,
+            _ = acks.tracker.changed() => false,
+            _ = tick.tick() => true,
+        };
+        if let Err(e) = acks.flush(&channel, force).await {
+            tracing::warn!(error = %e, "ack failed; the session will restart");
+            failed.fire();
+            return;
+        }
+        if acks.tracker.is_stuck() {
+            tracing::warn!(
+                "a batch was abandoned; restarting the session so its messages are redelivered"
+            );
+            failed.fire();
+            return;
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Reading the platform's fields from an AMQP message, and writing them.
+//!
+//! The platform puts `topic`, `messageId` and `generateTime` (epoch
+//! milliseconds) in the application headers. When a header is missing, the
+//! standard properties stand in: `message_id` for the id and `timestamp` for
+//! the generate time.
+//!
+//! Invariants: a delivery without a usable topic never becomes a message: it
+//! is malformed input with a reason (a dead letter); a delivery without any
+//! generate time is stamped with its receipt time (it counts as fresh); a
+//! missing id is the empty string, never an invented one.
+
+use bytes::Bytes;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+use crate::engine::Incoming;
+use crate::message::{Message, now_epoch_ms};
+
+/// The header carrying the platform topic.
+pub const TOPIC: &str = "topic";
+/// The header carrying the platform message id.
+pub const MESSAGE_ID: &str = "messageId";
+/// The header carrying the generate time, epoch milliseconds.
+pub const GENERATE_TIME: &str = "generateTime";
+
+/// Turns one delivery into what the engine ingests: a message, or malformed
+/// input when it has no usable topic; `origin` (such as `queue q delivery
+/// 17`) is only computed for malformed input.
+pub fn to_incoming(
+    properties: &BasicProperties,
+    body: Vec<u8>,
+    origin: impl FnOnce() -> String,
+) -> Incoming {
+    let headers = properties.headers().as_ref();
+    let topic = match headers.and_then(|h| h.inner().get(TOPIC)) {
+        None => {
+            return malformed(
+                body,
+                origin,
+                "no topic: the message has no `topic` header".into(),
+            );
+        }
+        Some(value) => match text(value) {
+            Some(t) => t,
+            None => {
+                return malformed(
+                    body,
+                    origin,
+                    format!(
+                        "unusable topic: the `topic` header is {}, not UTF-8 text",
+                        type_name(value)
+                    ),
+                );
+            }
+        },
+    };
+    let message_id = headers
+        .and_then(|h| h.inner().get(MESSAGE_ID))
+        .and_then(|v| text(v).or_else(|| integer(v).map(|i| i.to_string())))
+        .or_else(|| {
+            properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_string())
+        })
+        .unwrap_or_default();
+    let generate_time_ms = headers
+        .and_then(|h| h.inner().get(GENERATE_TIME))
+        .and_then(|v| integer(v).or_else(|| text(v).and_then(|t| t.trim().parse().ok())))
+        .or_else(|| properties.timestamp().map(timestamp_ms))
+        .unwrap_or_else(now_epoch_ms);
+    let body = Bytes::from(body);
+    // Cloning `Bytes` shares the buffer: the dead letter path costs no copy.
+    match Message::new(topic, message_id, generate_time_ms, body.clone()) {
+        Ok(m) => Incoming::Message(m),
+        Err(e) => malformed(body, origin, format!("unusable topic: {e}")),
+    }
+}
+
+fn malformed(body: impl Into<Bytes>, origin: impl FnOnce() -> String, reason: String) -> Incoming {
+    Incoming::Malformed {
+        raw: body.into(),
+        origin: origin(),
+        reason,
+    }
+}
+
+/// The standard `timestamp` property is seconds by the AMQP spec, but many
+/// publishers put milliseconds there: a value too large to be seconds
+/// (after the year 5138) is read as milliseconds.
+fn timestamp_ms(ts: u64) -> i64 {
+    const SECONDS_LIMIT: u64 = 100_000_000_000;
+    let ms = if ts >= SECONDS_LIMIT {
+        ts
+    } else {
+        ts.saturating_mul(1000)
+    };
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_string),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        AMQPValue::ByteArray(b) => std::str::from_utf8(b.as_slice()).ok().map(str::to_string),
+        _ => None,
+    }
+}
+
+fn integer(value: &AMQPValue) -> Option<i64> {
+    match *value {
+        AMQPValue::ShortShortInt(i) => Some(i.into()),
+        AMQPValue::ShortShortUInt(i) => Some(i.into()),
+        AMQPValue::ShortInt(i) => Some(i.into()),
+        AMQPValue::ShortUInt(i) => Some(i.into()),
+        AMQPValue::LongInt(i) => Some(i.into()),
+        AMQPValue::LongUInt(i) => Some(i.into()),
+        AMQPValue::LongLongInt(i) => Some(i),
+        AMQPValue::Timestamp(t) => i64::try_from(t).ok(),
+        AMQPValue::Double(d) if d.is_finite() => Some(d as i64),
+        AMQPValue::Float(f) if f.is_finite() => Some(f as i64),
+        _ => None,
+    }
+}
+
+fn type_name(value: &AMQPValue) -> String {
+    format!("{:?}", value.get_type())
+}
+
+/// The properties the platform (and so laneway's sink and simulator) puts on
+/// a message: the three headers, the standard `message_id` and `timestamp`,
+/// a JSON content type, and, when `persistent`, delivery mode 2.
+pub fn properties(
+    topic: &str,
+    message_id: &str,
+    generate_time_ms: i64,
+    persistent: bool,
+) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(TOPIC.into(), AMQPValue::LongString(LongString::from(topic)));
+    headers.insert(
+        MESSAGE_ID.into(),
+        AMQPValue::LongString(LongString::from(message_id)),
+    );
+    headers.insert(
+        GENERATE_TIME.into(),
+        AMQPValue::LongLongInt(generate_time_ms),
+    );
+    let mut props = BasicProperties::default()
+        .with_headers(headers)
+        .with_content_type(ShortString::from("application/json"))
+        .with_timestamp((generate_time_ms.max(0) / 1000) as u64);
+    if let Ok(id) = ShortString::try_new(message_id) {
+        props = props.with_message_id(id);
+    }
+    if persistent {
+        props = props.with_delivery_mode(2);
+    }
+    props
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props_with(headers: &[(&str, AMQPValue)]) -> BasicProperties {
+        let mut table = FieldTable::default();
+        for (k, v) in headers {
+            table.insert((*k).into(), v.clone());
+        }
+        BasicProperties::default().with_headers(table)
+    }
+
+    #[test]
+    fn written_properties_read_back() {
+        let p = properties(
+            "/pk/dn/thing/event/property/post",
+            "42",
+            1_700_000_000_123,
+            true,
+        );
+        let Incoming::Message(m) = to_incoming(&p, b"{}".to_vec(), || "q".into()) else {
+            panic!("not a message")
+        };
+        assert_eq!(m.topic(), "/pk/dn/thing/event/property/post");
+        assert_eq!(m.message_id(), "42");
+        assert_eq!(m.generate_time_ms(), 1_700_000_000_123);
+        assert_eq!(p.delivery_mode(), &Some(2));
+    }
+
+    #[test]
+    fn standard_properties_stand_in_for_missing_headers() {
+        let p = props_with(&[(
+            "topic",
+            AMQPValue::ShortString("/a/b/thing/lifecycle".into()),
+        )])
+        .with_message_id("m-1".into())
+        .with_timestamp(1_700_000_000);
+        let Incoming::Message(m) = to_incoming(&p, b"{}".to_vec(), || "q".into()) else {
+            panic!("not a message")
+        };
+        assert_eq!(m.message_id(), "m-1");
+        assert_eq!(m.generate_time_ms(), 1_700_000_000_000);
+        // A millisecond timestamp is recognised as such.
+        let p = p.with_timestamp(1_700_000_000_555);
+        let Incoming::Message(m) = to_incoming(&p, b"{}".to_vec(), || "q".into()) else {
+            panic!("not a message")
+        };
+        assert_eq!(m.generate_time_ms(), 1_700_000_000_555);
+    }
+
+    #[test]
+    fn numeric_ids_and_textual_times_are_accepted() {
+        let p = props_with(&[
+            (
+                "topic",
+                AMQPValue::LongString("/a/b/thing/lifecycle".into()),
+            ),
+            ("messageId", AMQPValue::LongLongInt(7)),
+            (
+                "generateTime",
+                AMQPValue::LongString("1700000000001".into()),
+            ),
+        ]);
+        let Incoming::Message(m) = to_incoming(&p, b"{}".to_vec(), || "q".into()) else {
+            panic!("not a message")
+        };
+        assert_eq!(
+            (m.message_id(), m.generate_time_ms()),
+            ("7", 1_700_000_000_001)
+        );
+    }
+
+    #[test]
+    fn no_usable_topic_is_malformed_with_a_reason() {
+        for (p, want) in [
+            (BasicProperties::default(), "no topic"),
+            (
+                props_with(&[("topic", AMQPValue::LongLongInt(3))]),
+                "unusable topic",
+            ),
+            (
+                props_with(&[("topic", AMQPValue::LongString("".into()))]),
+                "unusable topic",
+            ),
+            (
+                props_with(&[("topic", AMQPValue::LongString(vec![0xff, 0xfe].into()))]),
+                "unusable topic",
+            ),
+        ] {
+            match to_incoming(&p, b"x".to_vec(), || "queue q".into()) {
+                Incoming::Malformed {
+                    reason,
+                    origin,
+                    raw,
+                } => {
+                    assert!(reason.starts_with(want), "{reason}");
+                    assert_eq!(origin, "queue q");
+                    assert_eq!(&raw[..], b"x");
+                }
+                Incoming::Message(m) => panic!("accepted {m:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! AMQP 0-9-1 (RabbitMQ) through `lapin`: a source that consumes queues
+//! with manual, batched acks, a sink that publishes with publisher
+//! confirms, and the pieces they share.
+//!
+//! - [`url`]: broker URLs from the config or the environment, always shown
+//!   with the password redacted;
+//! - [`headers`]: the platform's `topic` / `messageId` / `generateTime`
+//!   headers, read (with fallbacks) and written;
+//! - [`connect`]: connections, reconnect backoff and redacted errors;
+//! - [`consumer`]: the source, [`AmqpSource`];
+//! - [`publisher`]: the sink, [`AmqpSink`].
+//!
+//! Invariant across the module: no text it logs or returns contains a
+//! broker password.
+
+pub mod connect;
+pub mod consumer;
+pub mod headers;
+pub mod publisher;
+pub mod url;
+
+pub use connect::{AmqpError, Backoff};
+pub use consumer::{AmqpConfigError, AmqpSource, AmqpSourceConfig};
+pub use publisher::{AmqpSink, AmqpSinkConfig, RoutingKey};
+pub use url::BrokerUrl;

@@ -1,0 +1,535 @@
+//! The AMQP sink: publishes a group's deliveries to an exchange with
+//! publisher confirms.
+//!
+//! Outcomes per message, as the engine sees them:
+//! - confirmed (`ack`) → delivered;
+//! - "push limited": the broker refused it (`nack`, for example a queue
+//!   declared with `x-overflow: reject-publish` that is full) or the
+//!   in-flight window was full → a retryable failure: the group keeps it in
+//!   its backlog and retries it with backoff, while new messages go live;
+//! - "push failed": no connection, a publish error, or no confirm within
+//!   `confirm_timeout` → retryable as well; the channel is dropped and
+//!   reopened (with backoff) on a later delivery;
+//! - unroutable (returned by the broker under `mandatory`) or a routing key
+//!   that cannot be built → permanent: a dead letter with the reason.
+//!
+//! Invariants: `Ok` is returned only when every message of the batch was
+//! confirmed by the broker; the in-flight window counts published,
+//! unconfirmed messages across every concurrent delivery; a batch that mixes
+//! retryable and permanent failures reports them all as retryable (a
+//! permanent one fails alone on its next attempt, and is then buried), so a
+//! retryable failure is never buried by mistake.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Confirmation, Connection, ExchangeKind};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::connect::{AmqpError, Backoff, connect};
+use super::consumer::{AmqpConfigError, short};
+use super::headers;
+use super::url::BrokerUrl;
+use crate::message::Message;
+use crate::sink::{Delivery, DeliveryError, Sink};
+
+/// A group's `sink` table with `type = "amqp"`: where and how to publish.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSinkConfig {
+    /// The broker URL (`amqp://` or `amqps://`). When absent, the variable
+    /// named by `url_env` is read. Never printed whole.
+    pub url: Option<String>,
+    /// The environment variable holding the URL when `url` is absent.
+    /// Default: `AMQP_URL`, then `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url_env: Option<String>,
+    /// The exchange to publish to (required).
+    pub exchange: String,
+    /// Declare the exchange (durable, `topic`) if it does not exist.
+    /// `false`: it must exist. Default `true`.
+    pub declare_exchange: bool,
+    /// The routing key, from the placeholders `{kind}`, `{product}`,
+    /// `{device}` (`_` when the topic has none; dots inside a value become
+    /// `_`). Default `{kind}.{product}.{device}`.
+    pub routing_key: String,
+    /// Publish persistent messages (delivery mode 2). Default `true`.
+    pub persistent: bool,
+    /// Publish `mandatory`: a message no queue is bound for comes back and
+    /// becomes a dead letter ("unroutable"). Default `true`.
+    pub mandatory: bool,
+    /// Published but unconfirmed messages allowed at once, over every
+    /// delivery slot of the group; past it a message is "push limited" and
+    /// waits in the backlog. Default 10000.
+    pub max_in_flight: usize,
+    /// A publish not confirmed within this long has failed ("push failed").
+    /// Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// The first wait before reconnecting after a failure; it doubles.
+    /// Default 500ms.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// The longest wait between reconnect attempts. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+impl Default for AmqpSinkConfig {
+    fn default() -> Self {
+        AmqpSinkConfig {
+            url: None,
+            url_env: None,
+            exchange: String::new(),
+            declare_exchange: true,
+            routing_key: "{kind}.{product}.{device}".into(),
+            persistent: true,
+            mandatory: true,
+            max_in_flight: 10_000,
+            confirm_timeout: Duration::from_secs(10),
+            reconnect_initial: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl std::fmt::Debug for AmqpSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSinkConfig")
+            .field("url", &self.url.as_deref().map(super::url::redact))
+            .field("url_env", &self.url_env)
+            .field("exchange", &self.exchange)
+            .field("declare_exchange", &self.declare_exchange)
+            .field("routing_key", &self.routing_key)
+            .field("persistent", &self.persistent)
+            .field("mandatory", &self.mandatory)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("confirm_timeout", &self.confirm_timeout)
+            .field("reconnect_initial", &self.reconnect_initial)
+            .field("reconnect_max", &self.reconnect_max)
+            .finish()
+    }
+}
+
+/// One piece of a routing-key template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyPart {
+    Text(String),
+    Kind,
+    Product,
+    Device,
+}
+
+/// A parsed routing-key template such as `{kind}.{product}.{device}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingKey(Vec<KeyPart>);
+
+impl RoutingKey {
+    /// Parses a template; unknown placeholders are an error naming them.
+    pub fn parse(template: &str) -> Result<RoutingKey, AmqpConfigError> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(KeyPart::Text(rest[..open].to_string()));
+            }
+            let Some(close) = rest[open..].find('}') else {
+                return Err(AmqpConfigError::Invalid(format!(
+                    "routing_key {template:?}: unclosed '{{'"
+                )));
+            };
+            let name = &rest[open + 1..open + close];
+            parts.push(match name {
+                "kind" => KeyPart::Kind,
+                "product" => KeyPart::Product,
+                "device" => KeyPart::Device,
+                other => {
+                    return Err(AmqpConfigError::Invalid(format!(
+                        "routing_key {template:?}: unknown placeholder {{{other}}} (use kind, product, device)"
+                    )));
+                }
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(KeyPart::Text(rest.to_string()));
+        }
+        Ok(RoutingKey(parts))
+    }
+
+    /// The key for `message`.
+    pub fn render(&self, message: &Message) -> String {
+        let mut key = String::with_capacity(64);
+        let push = |key: &mut String, value: Option<&str>| match value {
+            Some(v) if !v.is_empty() => {
+                key.extend(v.chars().map(|c| if c == '.' { '_' } else { c }))
+            }
+            _ => key.push('_'),
+        };
+        for part in &self.0 {
+            match part {
+                KeyPart::Text(t) => key.push_str(t),
+                KeyPart::Kind => {
+                    let _ = write!(key, "{}", message.kind());
+                }
+                KeyPart::Product => push(&mut key, message.product_key()),
+                KeyPart::Device => push(&mut key, message.device_name()),
+            }
+        }
+        key
+    }
+}
+
+impl AmqpSinkConfig {
+    /// Checks the knobs and resolves the URL.
+    pub fn validate(&self) -> Result<(BrokerUrl, RoutingKey), AmqpConfigError> {
+        let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())?;
+        if self.exchange.is_empty() {
+            return Err(AmqpConfigError::Invalid(
+                "an amqp sink needs an exchange".into(),
+            ));
+        }
+        short("exchange", &self.exchange)?;
+        if self.max_in_flight == 0 {
+            return Err(AmqpConfigError::Invalid(
+                "max_in_flight must be at least 1".into(),
+            ));
+        }
+        if self.confirm_timeout.is_zero() {
+            return Err(AmqpConfigError::Invalid(
+                "confirm_timeout must be longer than zero".into(),
+            ));
+        }
+        Ok((url, RoutingKey::parse(&self.routing_key)?))
+    }
+}
+
+/// The open connection and its confirm-mode channel.
+struct Link {
+    connection: Connection,
+    channel: Channel,
+}
+
+/// The connection state behind the sink's lock.
+struct LinkState {
+    link: Option<Link>,
+    backoff: Backoff,
+    /// No new connection attempt before this (after a failure).
+    not_before: Option<Instant>,
+}
+
+/// Publishes deliveries to an exchange with confirms; see the module docs.
+pub struct AmqpSink {
+    config: AmqpSinkConfig,
+    url: BrokerUrl,
+    key: RoutingKey,
+    exchange: ShortString,
+    window: Arc<Semaphore>,
+    state: tokio::sync::Mutex<LinkState>,
+}
+
+impl AmqpSink {
+    /// A sink for this configuration; it connects on the first delivery.
+    pub fn new(config: AmqpSinkConfig) -> Result<AmqpSink, AmqpConfigError> {
+        let (url, key) = config.validate()?;
+        let exchange = short("exchange", &config.exchange)?;
+        Ok(AmqpSink {
+            window: Arc::new(Semaphore::new(config.max_in_flight)),
+            state: tokio::sync::Mutex::new(LinkState {
+                link: None,
+                backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
+                not_before: None,
+            }),
+            exchange,
+            url,
+            key,
+            config,
+        })
+    }
+
+    /// A channel in confirm mode, connecting first when needed.
+    async fn channel(&self) -> Result<Channel, String> {
+        let mut state = self.state.lock().await;
+        if let Some(link) = &state.link {
+            if link.channel.status().connected() && link.connection.status().connected() {
+                return Ok(link.channel.clone());
+            }
+            state.link = None;
+        }
+        if let Some(t) = state.not_before
+            && Instant::now() < t
+        {
+            return Err(format!(
+                "push failed: no connection to {} (reconnecting)",
+                self.url
+            ));
+        }
+        match self.open().await {
+            Ok(link) => {
+                let channel = link.channel.clone();
+                state.link = Some(link);
+                state.backoff.reset();
+                state.not_before = None;
+                tracing::info!(broker = %self.url, exchange = %self.config.exchange, "sink connected");
+                Ok(channel)
+            }
+            Err(e) => {
+                let wait = state.backoff.next_delay();
+                state.not_before = Some(Instant::now() + wait);
+                tracing::warn!(error = %e, retry_in = ?wait, "sink cannot reach the broker");
+                Err(format!("push failed: {e}"))
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<Link, AmqpError> {
+        let connection = connect(&self.url, "laneway sink").await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::new(&self.url, "opening a channel", e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| AmqpError::new(&self.url, "enabling publisher confirms", e))?;
+        channel
+            .exchange_declare(
+                self.exchange.clone(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    passive: !self.config.declare_exchange,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                AmqpError::new(
+                    &self.url,
+                    &format!("declaring exchange {}", self.config.exchange),
+                    e,
+                )
+            })?;
+        Ok(Link {
+            connection,
+            channel,
+        })
+    }
+
+    /// Drops the link after a failure, so the next delivery reconnects.
+    async fn reset(&self, why: &str) {
+        let mut state = self.state.lock().await;
+        if let Some(link) = state.link.take() {
+            tracing::warn!(broker = %self.url, reason = why, "dropping the sink's channel");
+            tokio::spawn(async move {
+                let _ = link.connection.close(200, "laneway resetting".into()).await;
+            });
+        }
+    }
+}
+
+/// What became of each message of a batch.
+#[derive(Default)]
+struct Outcome {
+    limited_window: Vec<usize>,
+    nacked: Vec<usize>,
+    failed: Vec<(usize, String)>,
+    unroutable: Vec<(usize, String)>,
+}
+
+impl Outcome {
+    fn into_result(self) -> Result<(), DeliveryError> {
+        let retryable = self.limited_window.len() + self.nacked.len() + self.failed.len();
+        if retryable > 0 {
+            let mut reason = String::new();
+            if !self.nacked.is_empty() {
+                let _ = write!(
+                    reason,
+                    "push limited: the broker refused {} (nack; a queue may be full)",
+                    self.nacked.len()
+                );
+            }
+            if !self.limited_window.is_empty() {
+                let sep = if reason.is_empty() { "" } else { "; " };
+                let _ = write!(
+                    reason,
+                    "{sep}push limited: {} over the in-flight window",
+                    self.limited_window.len()
+                );
+            }
+            if let Some((_, why)) = self.failed.first() {
+                let sep = if reason.is_empty() { "" } else { "; " };
+                let _ = write!(reason, "{sep}{why}");
+            }
+            let mut idx: Vec<usize> = self
+                .limited_window
+                .into_iter()
+                .chain(self.nacked)
+                .chain(self.failed.into_iter().map(|(i, _)| i))
+                .chain(self.unroutable.into_iter().map(|(i, _)| i))
+                .collect();
+            idx.sort_unstable();
+            return Err(DeliveryError::some(reason, idx));
+        }
+        if let Some((_, why)) = self.unroutable.first() {
+            let why = why.clone();
+            let idx = self.unroutable.into_iter().map(|(i, _)| i).collect();
+            return Err(DeliveryError::some(why, idx).permanent());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for AmqpSink {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
+        let channel = self.channel().await.map_err(DeliveryError::all)?;
+        let options = BasicPublishOptions {
+            mandatory: self.config.mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let mut outcome = Outcome::default();
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut broken = None;
+        for (i, d) in batch.iter().enumerate() {
+            if broken.is_some() {
+                outcome
+                    .failed
+                    .push((i, "push failed: the channel broke".into()));
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&self.window).try_acquire_owned() else {
+                outcome.limited_window.push(i);
+                continue;
+            };
+            let m = &d.message;
+            let key = self.key.render(m);
+            let Ok(key) = ShortString::try_new(key) else {
+                outcome.unroutable.push((
+                    i,
+                    "unroutable: the routing key is longer than 255 bytes".into(),
+                ));
+                continue;
+            };
+            let props = headers::properties(
+                m.topic(),
+                m.message_id(),
+                m.generate_time_ms(),
+                self.config.persistent,
+            );
+            match channel
+                .basic_publish(
+                    self.exchange.clone(),
+                    key.clone(),
+                    options,
+                    m.payload(),
+                    props,
+                )
+                .await
+            {
+                Ok(confirm) => pending.push((i, permit, confirm)),
+                Err(e) => {
+                    let e = AmqpError::new(&self.url, "publishing", e);
+                    outcome.failed.push((i, format!("push failed: {e}")));
+                    broken = Some(e.to_string());
+                }
+            }
+        }
+        let deadline = Instant::now() + self.config.confirm_timeout;
+        for (i, permit, confirm) in pending {
+            // A timeout still polls the confirm once, so late ones are seen.
+            match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
+                Ok(Ok(Confirmation::Ack(Some(returned)))) => outcome.unroutable.push((
+                    i,
+                    // One reason covers the batch's unroutable messages, so
+                    // it names no single routing key.
+                    format!(
+                        "unroutable: {} {} (exchange {}: no queue is bound for the message's routing key)",
+                        returned.reply_code, returned.reply_text, self.config.exchange
+                    ),
+                )),
+                Ok(Ok(Confirmation::Nack(_))) => outcome.nacked.push(i),
+                Ok(Err(e)) => {
+                    let e = AmqpError::new(&self.url, "waiting for a confirm", e);
+                    outcome.failed.push((i, format!("push failed: {e}")));
+                    broken.get_or_insert(e.to_string());
+                }
+                Err(_) => {
+                    outcome.failed.push((
+                        i,
+                        format!(
+                            "push failed: no confirm within {:?}",
+                            self.config.confirm_timeout
+                        ),
+                    ));
+                    broken.get_or_insert_with(|| "confirm timeout".into());
+                }
+            }
+            drop(permit);
+        }
+        if let Some(why) = broken {
+            self.reset(&why).await;
+        }
+        outcome.into_result()
+    }
+
+    async fn close(&self) -> Result<(), DeliveryError> {
+        let mut state = self.state.lock().await;
+        if let Some(link) = state.link.take() {
+            let _ = link.channel.close(200, "laneway closing".into()).await;
+            let _ = link.connection.close(200, "laneway closing".into()).await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn routing_keys_are_built_from_the_message() {
+        let key = RoutingKey::parse("{kind}.{product}.{device}").unwrap();
+        let m = Message::new(
+            "/a1pk/dev.1/thing/event/property/post",
+            "1",
+            0,
+            Bytes::new(),
+        )
+        .unwrap();
+        assert_eq!(key.render(&m), "property.a1pk.dev_1");
+        let key = RoutingKey::parse("iot.{kind}").unwrap();
+        assert_eq!(key.render(&m), "iot.property");
+        assert!(RoutingKey::parse("{colour}").is_err());
+        assert!(RoutingKey::parse("{kind").is_err());
+    }
+
+    #[test]
+    fn mixed_failures_are_all_retryable_and_pure_unroutable_is_permanent() {
+        let mixed = Outcome {
+            nacked: vec![2],
+            unroutable: vec![(0, "unroutable".into())],
+            ..Outcome::default()
+        };
+        let e = mixed.into_result().unwrap_err();
+        assert!(!e.permanent);
+        assert_eq!(e.failed, Some(vec![0, 2]));
+        assert!(e.reason.starts_with("push limited"), "{}", e.reason);
+        let only = Outcome {
+            unroutable: vec![(1, "unroutable: 312 NO_ROUTE".into())],
+            ..Outcome::default()
+        };
+        let e = only.into_result().unwrap_err();
+        assert!(e.permanent);
+        assert_eq!(e.failed, Some(vec![1]));
+        assert!(Outcome::default().into_result().is_ok());
+    }
+}

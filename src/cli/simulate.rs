@@ -1,0 +1,300 @@
+//! `laneway simulate --amqp URL --exchange X`: the device simulator as a
+//! publisher, with the platform's headers and publisher confirms. It is
+//! also the load generator of the AMQP tests and benchmarks.
+//!
+//! Invariants: a message counts as sent only once the broker confirmed it;
+//! the exit code is non-zero when any message was refused, returned
+//! unroutable or left unconfirmed; the URL is only ever shown redacted.
+
+use std::collections::VecDeque;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Confirmation, ExchangeKind, PublisherConfirm};
+
+use super::status::human;
+use crate::amqp::{AmqpError, BrokerUrl, RoutingKey, connect::connect, headers};
+use crate::message::now_epoch_ms;
+use crate::source::simulator::Fleet;
+
+/// Arguments of `simulate`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("limit").args(["count", "duration"])))]
+pub struct SimulateArgs {
+    /// The broker URL (amqp:// or amqps://); default: $AMQP_URL, then
+    /// amqp://guest:guest@127.0.0.1:5672/%2f. Shown redacted.
+    #[arg(long, value_name = "URL")]
+    pub amqp: Option<String>,
+
+    /// The exchange to publish to (declared as a durable topic exchange).
+    #[arg(long)]
+    pub exchange: String,
+
+    /// A durable queue to declare and bind to the exchange with `#`, so
+    /// nothing published is lost before a consumer starts; default: a queue
+    /// named like the exchange.
+    #[arg(long, conflicts_with = "no_queue")]
+    pub queue: Option<String>,
+
+    /// Declare and bind no queue (something else consumes the exchange).
+    #[arg(long)]
+    pub no_queue: bool,
+
+    /// Messages per second (0: as fast as confirms allow).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Devices per product.
+    #[arg(long, default_value_t = 100)]
+    pub devices: usize,
+
+    /// Products in the fleet.
+    #[arg(long, default_value_t = 3)]
+    pub products: usize,
+
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+
+    /// Stop after this long (for example 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Stamp messages this far in the past (a stale pile), for example 1h.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub age: Duration,
+
+    /// Unconfirmed messages allowed in flight.
+    #[arg(long, default_value_t = 4096)]
+    pub in_flight: usize,
+
+    /// The routing-key template ({kind}, {product}, {device}).
+    #[arg(long, default_value = "{kind}.{product}.{device}")]
+    pub routing_key: String,
+
+    /// Seed for the fleet and the message mix.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+
+    /// Publish transient messages (default: persistent).
+    #[arg(long)]
+    pub transient: bool,
+
+    /// No progress lines.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Default)]
+struct Counts {
+    published: u64,
+    confirmed: u64,
+    nacked: u64,
+    unroutable: u64,
+}
+
+pub async fn simulate(args: SimulateArgs) -> ExitCode {
+    match publish(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Publishes; `Ok(false)` when some message was not confirmed.
+async fn publish(args: SimulateArgs) -> Result<bool, String> {
+    let url = BrokerUrl::resolve(args.amqp.as_deref(), None).map_err(|e| e.to_string())?;
+    let key = RoutingKey::parse(&args.routing_key).map_err(|e| e.to_string())?;
+    let exchange = ShortString::try_new(args.exchange.clone())
+        .map_err(|_| "--exchange is longer than 255 bytes".to_string())?;
+    let conn = connect(&url, "laneway simulate")
+        .await
+        .map_err(|e| e.to_string())?;
+    let err = |what: &str| {
+        let url = url.clone();
+        let what = what.to_string();
+        move |e: lapin::Error| AmqpError::new(&url, &what, e).to_string()
+    };
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(err("opening a channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(err("enabling confirms"))?;
+    channel
+        .exchange_declare(
+            exchange.clone(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err("declaring the exchange"))?;
+    if !args.no_queue {
+        let queue = args.queue.clone().unwrap_or_else(|| args.exchange.clone());
+        let queue = ShortString::try_new(queue)
+            .map_err(|_| "--queue is longer than 255 bytes".to_string())?;
+        channel
+            .queue_declare(
+                queue.clone(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err("declaring the queue"))?;
+        channel
+            .queue_bind(
+                queue,
+                exchange.clone(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err("binding the queue"))?;
+    }
+    if !args.quiet {
+        eprintln!(
+            "simulate: publishing to {url} exchange {} ({} products x {} devices{})",
+            args.exchange,
+            args.products,
+            args.devices,
+            match (args.count, args.duration) {
+                (Some(n), _) => format!(", {n} messages"),
+                (_, Some(d)) => format!(", for {d:?}"),
+                _ => ", until Ctrl-C".into(),
+            }
+        );
+    }
+    let mut fleet = Fleet::new(args.products, args.devices, args.seed);
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let age_ms = args.age.as_millis() as i64;
+    let window = args.in_flight.max(1);
+    let mut in_flight: VecDeque<PublisherConfirm> = VecDeque::with_capacity(window);
+    let mut counts = Counts::default();
+    let start = Instant::now();
+    let mut last_report = (start, 0u64);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut failure = None;
+    loop {
+        if args.count.is_some_and(|n| counts.published >= n)
+            || args.duration.is_some_and(|d| start.elapsed() >= d)
+        {
+            break;
+        }
+        if args.rate > 0.0 {
+            let due = (start.elapsed().as_secs_f64() * args.rate) as u64;
+            if counts.published >= due {
+                let next = Duration::from_secs_f64((counts.published + 1) as f64 / args.rate);
+                let wait = next
+                    .saturating_sub(start.elapsed())
+                    .max(Duration::from_millis(1));
+                tokio::select! {
+                    _ = &mut ctrl_c => break,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+        }
+        if in_flight.len() >= window
+            && let Some(confirm) = in_flight.pop_front()
+            && let Err(e) = settle(confirm, &mut counts).await
+        {
+            failure = Some(AmqpError::new(&url, "waiting for a confirm", e).to_string());
+            break;
+        }
+        let m = fleet.next_message(now_epoch_ms() - age_ms);
+        let Ok(routing_key) = ShortString::try_new(key.render(&m)) else {
+            return Err("a routing key is longer than 255 bytes".into());
+        };
+        let props = headers::properties(
+            m.topic(),
+            m.message_id(),
+            m.generate_time_ms(),
+            !args.transient,
+        );
+        match channel
+            .basic_publish(exchange.clone(), routing_key, options, m.payload(), props)
+            .await
+        {
+            Ok(confirm) => in_flight.push_back(confirm),
+            Err(e) => {
+                failure = Some(AmqpError::new(&url, "publishing", e).to_string());
+                break;
+            }
+        }
+        counts.published += 1;
+        if !args.quiet && last_report.0.elapsed() >= Duration::from_secs(1) {
+            let now = Instant::now();
+            let rate = (counts.confirmed - last_report.1) as f64
+                / now.duration_since(last_report.0).as_secs_f64();
+            eprintln!(
+                "[{:6.1}s] published {} confirmed {} | {}/s",
+                start.elapsed().as_secs_f64(),
+                counts.published,
+                counts.confirmed,
+                human(rate)
+            );
+            last_report = (now, counts.confirmed);
+        }
+    }
+    while let Some(confirm) = in_flight.pop_front() {
+        if let Err(e) = settle(confirm, &mut counts).await {
+            failure.get_or_insert(AmqpError::new(&url, "waiting for a confirm", e).to_string());
+            break;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let _ = channel.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    let ok = failure.is_none()
+        && counts.nacked == 0
+        && counts.unroutable == 0
+        && counts.confirmed == counts.published;
+    eprintln!(
+        "simulate: published {}, confirmed {}, nacked {}, unroutable {} in {elapsed:.1}s ({}/s)",
+        counts.published,
+        counts.confirmed,
+        counts.nacked,
+        counts.unroutable,
+        human(counts.confirmed as f64 / elapsed.max(1e-9))
+    );
+    if counts.unroutable > 0 {
+        eprintln!(
+            "simulate: {} messages were unroutable: bind a queue to exchange {}",
+            counts.unroutable, args.exchange
+        );
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(ok)
+}
+
+async fn settle(confirm: PublisherConfirm, counts: &mut Counts) -> Result<(), lapin::Error> {
+    match confirm.await? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => counts.confirmed += 1,
+        Confirmation::Ack(Some(_)) => counts.unroutable += 1,
+        Confirmation::Nack(_) => counts.nacked += 1,
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Shared helpers of the RabbitMQ tests: the broker URL, unique names, the
+//! broker lock, and small publishing and inspection helpers.
+//!
+//! Every test uses its own queue and exchange names, so tests sharing one
+//! broker never see each other's messages. The broker-restart test takes
+//! [`broker_lock`] exclusively; every other RabbitMQ test takes it shared,
+//! so a restart never happens under them.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+/// The broker the tests use: `AMQP_URL`, or the local default.
+pub fn url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A name no other test (or run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("laneway-test.{prefix}.{}.{nanos}", std::process::id())
+}
+
+/// Holds the broker lock while alive.
+pub struct BrokerLock(File);
+
+/// Takes the broker lock: shared for ordinary tests, exclusive for the
+/// test that restarts the broker.
+pub fn broker_lock(exclusive: bool) -> BrokerLock {
+    let path = std::env::temp_dir().join("laneway-rabbitmq-tests.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .expect("open the broker lock file");
+    if exclusive {
+        file.lock().expect("lock the broker exclusively");
+    } else {
+        file.lock_shared().expect("lock the broker shared");
+    }
+    BrokerLock(file)
+}
+
+/// A connection for the test itself (publishing, inspecting).
+pub async fn connection() -> Connection {
+    let mut last = None;
+    for _ in 0..50 {
+        match Connection::connect(&url(), ConnectionProperties::default()).await {
+            Ok(c) => return c,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "RabbitMQ is not answering at {}: {last:?}",
+        laneway::amqp::url::redact(&url())
+    );
+}
+
+/// A channel in confirm mode.
+pub async fn confirm_channel(conn: &Connection) -> Channel {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm_select");
+    ch
+}
+
+/// Declares a durable queue with `args`.
+pub async fn declare_queue(ch: &Channel, name: &str, args: FieldTable) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .expect("queue_declare");
+}
+
+/// Messages ready in a queue (not counting unacknowledged ones).
+pub async fn ready(ch: &Channel, name: &str) -> u32 {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive queue_declare")
+    .message_count()
+}
+
+/// Publishes one raw message to the default exchange (straight to `queue`)
+/// and waits for its confirm.
+pub async fn publish_raw(ch: &Channel, queue: &str, body: &[u8], props: BasicProperties) {
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack(), "the broker refused a test message");
+}
+
+/// Deletes what a test declared (best effort).
+pub async fn cleanup(ch: &Channel, queues: &[&str], exchanges: &[&str]) {
+    for q in queues {
+        let _ = ch
+            .queue_delete((*q).into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in exchanges {
+        let _ = ch
+            .exchange_delete((*x).into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+/// Runs `laneway simulate` to publish `count` messages to `exchange`, with
+/// a queue of the same name bound to it. Extra arguments are appended.
+pub fn simulate(exchange: &str, count: u64, extra: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_laneway"))
+        .args(["simulate", "--amqp", &url(), "--exchange", exchange, "-q"])
+        .args(["--count", &count.to_string()])
+        .args(extra)
+        .output()
+        .expect("run laneway simulate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "simulate failed: {stderr}");
+    assert!(
+        stderr.contains(&format!("confirmed {count},")),
+        "simulate did not confirm every message: {stderr}"
+    );
+    assert!(
+        !stderr.contains("guest:guest"),
+        "simulate printed the password: {stderr}"
+    );
+}
+
+/// The `messageId`s of a JSONL file of envelopes.
+pub fn ids_in_jsonl(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let key = "\"messageId\":\"";
+            let start = l.find(key).expect("a messageId in every line") + key.len();
+            let end = l[start..].find('"').expect("a closed messageId") + start;
+            l[start..end].to_string()
+        })
+        .collect()
+}
+
+/// An AMQP source config for `queue` on the test broker.
+pub fn source_config(queue: &str) -> laneway::amqp::AmqpSourceConfig {
+    laneway::amqp::AmqpSourceConfig {
+        url: Some(url()),
+        queues: vec![queue.to_string()],
+        ..laneway::amqp::AmqpSourceConfig::default()
+    }
+}
+
+/// Waits (polling) until `check` holds, or panics with `what` after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

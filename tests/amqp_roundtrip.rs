@@ -1,0 +1,75 @@
+//! Round trip through the real binary and a real RabbitMQ: `laneway
+//! simulate` publishes 100,000 messages, `laneway run` consumes the queue
+//! into a JSONL file; every message id arrives, none twice.
+
+mod amqp_common;
+
+use std::collections::HashSet;
+use std::process::Command;
+
+use amqp_common::*;
+
+const COUNT: u64 = 100_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_arrives_exactly_once_in_a_failure_free_run() {
+    let _lock = broker_lock(false);
+    let name = unique("roundtrip");
+    simulate(&name, COUNT, &[]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let config = dir.path().join("laneway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+data_dir = "{data}"
+[[sources]]
+type = "amqp"
+url_env = "LANEWAY_TEST_AMQP_URL"
+queues = ["{name}"]
+exchange = "{name}"
+idle_exit = "2s"
+
+[[groups]]
+name = "all"
+sink = {{ type = "jsonl", path = "{out}", sync = false }}
+"#,
+            data = dir.path().join("data").display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_laneway"))
+        .args(["run", "--json", "-q", "--config"])
+        .arg(&config)
+        .env("LANEWAY_TEST_AMQP_URL", url())
+        .output()
+        .expect("run laneway");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "laneway run failed: {stderr}");
+    assert!(
+        !stderr.contains("guest:guest"),
+        "a password was printed: {stderr}"
+    );
+    let summary = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        summary.contains(&format!("\"delivered\":{COUNT},")),
+        "{summary}"
+    );
+
+    let ids = ids_in_jsonl(&out);
+    let unique_ids: HashSet<&String> = ids.iter().collect();
+    assert_eq!(
+        unique_ids.len() as u64,
+        COUNT,
+        "every message id is present"
+    );
+    assert_eq!(ids.len() as u64, COUNT, "no message id twice");
+
+    let conn = connection().await;
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(ready(&ch, &name).await, 0, "everything was acknowledged");
+    cleanup(&ch, &[&name], &[&name]).await;
+}

@@ -1,0 +1,244 @@
+//! The AMQP sink against a real RabbitMQ, with a group queue declared
+//! `x-max-length` + `x-overflow: reject-publish` and no consumer: the
+//! broker nacks what does not fit ("push limited"), laneway keeps those
+//! messages in the group's backlog; once a consumer runs again, fresh
+//! messages reach it first while the backlog drains beside them, and in
+//! the end every message arrived. Also: an unroutable message (no queue
+//! bound for its routing key) is a dead letter with the reason.
+
+mod amqp_common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amqp_common::*;
+use futures_util::StreamExt;
+use laneway::amqp::{AmqpSink, AmqpSinkConfig};
+use laneway::engine::{DeadLetters, Engine, GroupConfig, Incoming, LanePolicy};
+use laneway::source::simulator::Fleet;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use parking_lot::Mutex;
+
+const MAX_LENGTH: i64 = 100;
+const OLD: usize = 1_500;
+const NEW: usize = 300;
+
+fn sink_group(name: &str, exchange: &str) -> (GroupConfig, AmqpSink) {
+    let sink = AmqpSink::new(AmqpSinkConfig {
+        url: Some(url()),
+        exchange: exchange.to_string(),
+        ..AmqpSinkConfig::default()
+    })
+    .unwrap();
+    let group = GroupConfig {
+        // Push-limited messages are retried from the backlog until they fit.
+        max_attempts: 100_000,
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_millis(300),
+        // The degraded mode: the backlog drains at a bounded rate.
+        backlog_rate: Some(400.0),
+        batch_size: 50,
+        ..GroupConfig::named(name)
+    };
+    (group, sink)
+}
+
+fn messages(fleet: &mut Fleet, n: usize) -> (Vec<Incoming>, Vec<String>) {
+    let now = laneway::message::now_epoch_ms();
+    let ms: Vec<_> = (0..n).map(|_| fleet.next_message(now)).collect();
+    let ids = ms.iter().map(|m| m.message_id().to_string()).collect();
+    (ms.into_iter().map(Incoming::Message).collect(), ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_limited_messages_wait_in_the_backlog_and_fresh_ones_go_first_on_recovery() {
+    let _lock = broker_lock(false);
+    let exchange = unique("sink");
+    let queue = exchange.clone();
+    let conn = connection().await;
+    let ch = confirm_channel(&conn).await;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(MAX_LENGTH));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    declare_queue(&ch, &queue, args).await;
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    let (group, sink) = sink_group("push", &exchange);
+    let engine = Engine::builder().group(group, sink).build().unwrap();
+    let monitor = engine.monitor();
+    let ingest = engine.ingest(LanePolicy::Auto);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(engine.run(async {
+        let _ = stop_rx.await;
+    }));
+    let mut fleet = Fleet::new(2, 50, 11);
+    let (old, old_ids) = messages(&mut fleet, OLD);
+    ingest.submit(old, laneway::ack::AckRef::none()).await;
+
+    // The consumer is stopped: the queue fills, the rest is nacked and waits in the backlog.
+    eventually(
+        Duration::from_secs(60),
+        "the queue to fill and the backlog to hold the rest",
+        || {
+            let g = &monitor.groups()[0];
+            g.backlog_depth as usize >= OLD - MAX_LENGTH as usize
+        },
+    )
+    .await;
+    assert_eq!(ready(&ch, &queue).await as i64, MAX_LENGTH);
+    assert!(
+        monitor.groups()[0].failed_attempts > 0,
+        "the broker refused (nack) what did not fit"
+    );
+
+    // The consumer runs again; fresh messages are published right away.
+    let arrivals = Arc::new(Mutex::new(Vec::<(String, Instant)>::new()));
+    let consumer_ch = conn.create_channel().await.unwrap();
+    let mut consumer = consumer_ch
+        .basic_consume(
+            queue.as_str().into(),
+            "test-consumer".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let sink_arrivals = Arc::clone(&arrivals);
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let id = d
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| match h.inner().get("messageId") {
+                    Some(AMQPValue::LongString(s)) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            sink_arrivals.lock().push((id, Instant::now()));
+        }
+    });
+    let (new, new_ids) = messages(&mut fleet, NEW);
+    ingest.submit(new, laneway::ack::AckRef::none()).await;
+
+    let total = old_ids.len() + NEW;
+    let a = Arc::clone(&arrivals);
+    eventually(
+        Duration::from_secs(120),
+        "every message to arrive",
+        move || {
+            a.lock()
+                .iter()
+                .map(|(id, _)| id)
+                .collect::<HashSet<_>>()
+                .len()
+                >= total
+        },
+    )
+    .await;
+    let _ = stop_tx.send(());
+    run.await.unwrap();
+
+    let arrivals = arrivals.lock().clone();
+    let arrived: HashSet<&String> = arrivals.iter().map(|(id, _)| id).collect();
+    for id in old_ids.iter().chain(&new_ids) {
+        assert!(arrived.contains(id), "message {id} never arrived");
+    }
+    let new_set: HashSet<&String> = new_ids.iter().collect();
+    let pos = |want_new: bool| {
+        arrivals
+            .iter()
+            .enumerate()
+            .filter(|(_, (id, _))| new_set.contains(id) == want_new)
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>()
+    };
+    let (new_pos, old_pos) = (pos(true), pos(false));
+    let last_new = *new_pos.last().unwrap();
+    let last_old = *old_pos.last().unwrap();
+    let old_after_last_new = old_pos.iter().filter(|&&p| p > last_new).count();
+    eprintln!(
+        "arrivals {}: last fresh at {last_new}, last backlog at {last_old}, {old_after_last_new} backlog messages after the last fresh one",
+        arrivals.len()
+    );
+    assert!(
+        last_new < last_old,
+        "fresh messages reached the consumer before the backlog had drained"
+    );
+    assert!(
+        old_after_last_new * 2 > old_ids.len(),
+        "most of the backlog drained after every fresh message had arrived ({old_after_last_new} of {})",
+        old_ids.len()
+    );
+    cleanup(&ch, &[&queue], &[&exchange]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_messages_are_dead_letters_with_the_reason() {
+    let _lock = broker_lock(false);
+    let exchange = unique("unroutable");
+    let (group, sink) = sink_group("nowhere", &exchange);
+    let dead = DeadLetters::in_memory();
+    let engine = Engine::builder()
+        .group(group, sink)
+        .dead_letters(Arc::clone(&dead))
+        .build()
+        .unwrap();
+    let monitor = engine.monitor();
+    let ingest = engine.ingest(LanePolicy::Auto);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(engine.run(async {
+        let _ = stop_rx.await;
+    }));
+    let mut fleet = Fleet::new(1, 5, 3);
+    let (batch, _) = messages(&mut fleet, 20);
+    ingest.submit(batch, laneway::ack::AckRef::none()).await;
+    eventually(Duration::from_secs(30), "20 dead letters", || {
+        monitor.groups()[0].dead_letter == 20
+    })
+    .await;
+    let _ = stop_tx.send(());
+    run.await.unwrap();
+    let letters = dead.recent();
+    assert_eq!(letters.len(), 20);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.reason.contains("unroutable") && l.reason.contains("NO_ROUTE")),
+        "{:?}",
+        letters[0].reason
+    );
+    assert_eq!(monitor.groups()[0].delivered_live, 0);
+    let conn = connection().await;
+    let ch = conn.create_channel().await.unwrap();
+    cleanup(&ch, &[], &[&exchange]).await;
+}
