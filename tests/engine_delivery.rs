@@ -230,3 +230,61 @@ async fn a_source_batch_is_acknowledged_only_when_every_group_settled_it() {
     stop.send(()).unwrap();
     let _ = task.await.unwrap();
 }
+
+/// A sink that refuses ("push limited") its first `refusals` batches.
+struct RefusingSink {
+    refusals: AtomicU64,
+    inner: RecordingSink,
+}
+
+#[async_trait::async_trait]
+impl laneway::sink::Sink for RefusingSink {
+    async fn deliver(
+        &self,
+        batch: &[laneway::sink::Delivery],
+    ) -> Result<(), laneway::sink::DeliveryError> {
+        if self
+            .refusals
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(laneway::sink::DeliveryError::all("push limited: queue full").limited());
+        }
+        self.inner.deliver(batch).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_limited_refusals_wait_in_the_backlog_without_using_up_attempts() {
+    let recording = RecordingSink::new();
+    let sink = RefusingSink {
+        refusals: AtomicU64::new(6),
+        inner: recording.clone(),
+    };
+    let config = GroupConfig {
+        max_attempts: 2,
+        retry_initial: Duration::from_millis(10),
+        ..GroupConfig::named("g")
+    };
+    let engine = Engine::builder().group(config, sink).build().unwrap();
+    let ingest = engine.ingest(LanePolicy::Auto);
+    let (monitor, stop, task) = spawn_engine(engine);
+    ingest
+        .submit(vec![msg("a"), msg("b")], laneway::ack::AckRef::none())
+        .await;
+    assert!(wait_until(Duration::from_secs(10), || monitor.delivered() == 2).await);
+    stop.send(()).unwrap();
+    let summary = task.await.unwrap();
+    assert_eq!(
+        summary.dead_letter, 0,
+        "six refusals with max_attempts = 2: none is a dead letter"
+    );
+    assert_eq!(
+        summary.delivered_backlog, 2,
+        "refused messages are delivered from the backlog"
+    );
+    assert!(
+        recording.seen().iter().all(|s| s.attempts == 0),
+        "refusals used up no attempt"
+    );
+}

@@ -346,6 +346,9 @@ struct Outcome {
 impl Outcome {
     fn into_result(self) -> Result<(), DeliveryError> {
         let retryable = self.limited_window.len() + self.nacked.len() + self.failed.len();
+        // Only refusals (nacks, a full window) are "push limited"; any other
+        // failure in the batch makes the whole retry count as an attempt.
+        let only_refused = self.failed.is_empty() && self.unroutable.is_empty();
         if retryable > 0 {
             let mut reason = String::new();
             if !self.nacked.is_empty() {
@@ -375,7 +378,8 @@ impl Outcome {
                 .chain(self.unroutable.into_iter().map(|(i, _)| i))
                 .collect();
             idx.sort_unstable();
-            return Err(DeliveryError::some(reason, idx));
+            let error = DeliveryError::some(reason, idx);
+            return Err(if only_refused { error.limited() } else { error });
         }
         if let Some((_, why)) = self.unroutable.first() {
             let why = why.clone();

@@ -48,6 +48,23 @@ const WRITER_QUEUE: usize = 64;
 /// The most records the writer hands the store in one append.
 const WRITE_BATCH: usize = 8192;
 
+/// Why one message of a batch was not delivered.
+#[derive(Debug, Clone)]
+struct Failure {
+    reason: String,
+    kind: FailureKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    /// May succeed later: retried with backoff, counted against `max_attempts`.
+    Retry,
+    /// Push limited: retried after `retry_initial`, not counted.
+    Limited,
+    /// Never succeeds: a dead letter at once.
+    Permanent,
+}
+
 struct PendingWrite {
     records: Vec<BacklogRecord>,
     acks: Vec<AckRef>,
@@ -403,23 +420,46 @@ impl Group {
         }
     }
 
-    /// Splits a batch outcome into per-message failures: `(index, reason, permanent)`.
-    fn failures(outcome: Result<(), DeliveryError>, len: usize) -> Vec<(usize, String, bool)> {
-        match outcome {
-            Ok(()) => Vec::new(),
-            Err(e) => match e.failed {
-                None => (0..len)
-                    .map(|i| (i, e.reason.clone(), e.permanent))
-                    .collect(),
-                Some(mut idx) => {
-                    idx.sort_unstable();
-                    idx.dedup();
-                    idx.into_iter()
-                        .filter(|&i| i < len)
-                        .map(|i| (i, e.reason.clone(), e.permanent))
-                        .collect()
+    /// Spreads a batch outcome over its messages: `None` for delivered.
+    fn failures(outcome: Result<(), DeliveryError>, len: usize) -> Vec<Option<Failure>> {
+        let mut failed = vec![None; len];
+        if let Err(e) = outcome {
+            let kind = if e.permanent {
+                FailureKind::Permanent
+            } else if e.limited {
+                FailureKind::Limited
+            } else {
+                FailureKind::Retry
+            };
+            let failure = Failure {
+                reason: e.reason,
+                kind,
+            };
+            match e.failed {
+                None => failed.fill(Some(failure)),
+                Some(idx) => {
+                    for i in idx.into_iter().filter(|&i| i < len) {
+                        failed[i] = Some(failure.clone());
+                    }
                 }
-            },
+            }
+        }
+        failed
+    }
+
+    /// Whether a failed message is done for: it becomes a dead letter.
+    /// Counts the attempt unless the failure was "push limited".
+    fn spend_attempt(&self, attempts: &mut u32, failure: &Failure) -> bool {
+        match failure.kind {
+            FailureKind::Permanent => {
+                *attempts += 1;
+                true
+            }
+            FailureKind::Limited => false,
+            FailureKind::Retry => {
+                *attempts += 1;
+                *attempts >= self.config.max_attempts
+            }
         }
     }
 
@@ -441,10 +481,7 @@ impl Group {
                 self.settle_live(&batch, acks);
                 return;
             }
-            let mut failed = vec![None; batch.len()];
-            for (i, reason, permanent) in Self::failures(outcome, batch.len()) {
-                failed[i] = Some((reason, permanent));
-            }
+            let failed = Self::failures(outcome, batch.len());
             let (mut delivered, mut delivered_acks) = (Vec::new(), Vec::new());
             let (mut retry, mut retry_acks) = (Vec::new(), Vec::new());
             let mut dead = Vec::new();
@@ -454,10 +491,9 @@ impl Group {
                         delivered.push(d);
                         delivered_acks.push(ack);
                     }
-                    Some((reason, permanent)) => {
-                        d.attempts += 1;
-                        if permanent || d.attempts >= self.config.max_attempts {
-                            dead.push((d.message, ack, d.attempts, reason, permanent));
+                    Some(failure) => {
+                        if self.spend_attempt(&mut d.attempts, &failure) {
+                            dead.push((d.message, ack, d.attempts, failure));
                         } else {
                             retry.push(d);
                             retry_acks.push(ack);
@@ -529,11 +565,7 @@ impl Group {
                 lane: Lane::Backlog,
             })
             .collect();
-        let failures = Self::failures(self.call_sink(&batch).await, batch.len());
-        let mut failed = vec![None; records.len()];
-        for (i, reason, permanent) in failures {
-            failed[i] = Some((reason, permanent));
-        }
+        let failed = Self::failures(self.call_sink(&batch).await, batch.len());
         let now_ms = now_epoch_ms();
         let mut release = Vec::with_capacity(records.len());
         let mut retry = Vec::new();
@@ -541,10 +573,9 @@ impl Group {
         for (mut r, failure) in records.drain(..).zip(failed) {
             match failure {
                 None => release.push(r.id),
-                Some((reason, permanent)) => {
-                    r.record.attempts += 1;
-                    if permanent || r.record.attempts >= self.config.max_attempts {
-                        dead.push((r, reason, permanent));
+                Some(failure) => {
+                    if self.spend_attempt(&mut r.record.attempts, &failure) {
+                        dead.push((r, failure));
                     } else {
                         r.record.not_before_ms =
                             now_ms + self.config.retry_delay(r.record.attempts).as_millis() as i64;
@@ -563,14 +594,8 @@ impl Group {
             let ids: Vec<_> = dead.iter().map(|(r, ..)| r.id).collect();
             self.bury(
                 dead.into_iter()
-                    .map(|(r, reason, p)| {
-                        (
-                            r.record.message,
-                            AckRef::none(),
-                            r.record.attempts,
-                            reason,
-                            p,
-                        )
+                    .map(|(r, failure)| {
+                        (r.record.message, AckRef::none(), r.record.attempts, failure)
                     })
                     .collect(),
             )
@@ -586,7 +611,7 @@ impl Group {
     }
 
     /// Records dead letters, then settles their acks.
-    async fn bury(&self, dead: Vec<(Message, AckRef, u32, String, bool)>) {
+    async fn bury(&self, dead: Vec<(Message, AckRef, u32, Failure)>) {
         if dead.is_empty() {
             return;
         }
@@ -594,9 +619,9 @@ impl Group {
         let mut acks = Vec::with_capacity(dead.len());
         let letters = dead
             .into_iter()
-            .map(|(message, ack, attempts, reason, permanent)| {
+            .map(|(message, ack, attempts, Failure { reason, kind })| {
                 acks.push(ack);
-                let why = if permanent {
+                let why = if kind == FailureKind::Permanent {
                     format!("delivery failed permanently: {reason}")
                 } else {
                     format!("delivery failed {attempts} times; last error: {reason}")

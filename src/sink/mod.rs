@@ -37,6 +37,11 @@ pub struct DeliveryError {
     /// A failure that retrying cannot fix (for example an unroutable
     /// message): those go straight to the dead letters.
     pub permanent: bool,
+    /// "Push limited": the destination is fine but refuses more for now (a
+    /// full queue's nack, a full in-flight window). The messages wait in the
+    /// backlog and are retried after `retry_initial` without using up an
+    /// attempt, so a consumer that stays away for long loses nothing.
+    pub limited: bool,
 }
 
 impl DeliveryError {
@@ -46,6 +51,7 @@ impl DeliveryError {
             reason: reason.into(),
             failed: None,
             permanent: false,
+            limited: false,
         }
     }
 
@@ -55,12 +61,19 @@ impl DeliveryError {
             reason: reason.into(),
             failed: Some(failed),
             permanent: false,
+            limited: false,
         }
     }
 
     /// Marks the failure as one no retry can fix.
     pub fn permanent(mut self) -> DeliveryError {
         self.permanent = true;
+        self
+    }
+
+    /// Marks the failure as "push limited" (see [`DeliveryError::limited`]).
+    pub fn limited(mut self) -> DeliveryError {
+        self.limited = true;
         self
     }
 }
