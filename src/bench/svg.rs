@@ -94,6 +94,21 @@ fn frame(out: &mut String, p: &Panel, title: &str, y_label: &str) {
     }
 }
 
+/// A horizontal grid line at `y` with its label on the left axis.
+fn y_grid(out: &mut String, y: f64, label: &str) {
+    let _ = writeln!(
+        out,
+        r##"<line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/>"##,
+        WIDTH - RIGHT
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{:.1}" font-size="11" text-anchor="end">{label}</text>"#,
+        LEFT - 4.0,
+        y + 4.0
+    );
+}
+
 fn nice_step(raw: f64) -> f64 {
     let raw = raw.max(1e-9);
     let mag = 10f64.powf(raw.log10().floor());
@@ -145,18 +160,7 @@ pub fn render(title: &str, reports: &[ModeReport], threshold_ms: f64) -> String 
         lat.top + PANEL_H * (1.0 - (ms.max(0.1).log10() - lo) / (hi - lo)).clamp(0.0, 1.0)
     };
     for decade in [0.1, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0] {
-        let y = y_lat(decade);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/>"##,
-            WIDTH - RIGHT
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="{:.1}" font-size="11" text-anchor="end">{decade}</text>"#,
-            LEFT - 4.0,
-            y + 4.0
-        );
+        y_grid(&mut out, y_lat(decade), &decade.to_string());
     }
     let y = y_lat(threshold_ms);
     let _ = writeln!(
@@ -199,19 +203,7 @@ pub fn render(title: &str, reports: &[ModeReport], threshold_ms: f64) -> String 
     let y_rate = |v: f64| rate.top + PANEL_H * (1.0 - v / r_top);
     let mut v = 0.0;
     while v <= r_top + 1e-9 {
-        let y = y_rate(v);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/>"##,
-            WIDTH - RIGHT
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"#,
-            LEFT - 4.0,
-            y + 4.0,
-            short(v)
-        );
+        y_grid(&mut out, y_rate(v), &short(v));
         v += r_step;
     }
     for r in reports {
