@@ -13,28 +13,23 @@
 //! shared, so their speed drifts), and the median is reported; the naive
 //! consumer runs once.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use laneway::amqp::{AmqpSource, AmqpSourceConfig};
 use laneway::engine::{Engine, GroupConfig, LanePolicy};
 use laneway::sink::NullSink;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection};
 
-fn url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+#[path = "../tests/amqp_common/mod.rs"]
+mod amqp_common;
+
+use amqp_common::{bind_all, declare_exchange, declare_queue, simulate, url};
 
 async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(&url(), ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ is answering");
+    let conn = amqp_common::connection().await;
     let ch = conn.create_channel().await.expect("a channel");
     (conn, ch)
 }
@@ -137,55 +132,16 @@ async fn main() {
         .chain([format!("{tag}.naive")])
         .collect();
     let (conn, ch) = channel().await;
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_exchange(&ch, &exchange).await;
     for q in &queues {
-        ch.queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_bind(
-            q.as_str().into(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare_queue(&ch, q, FieldTable::default()).await;
+        bind_all(&ch, q, &exchange).await;
     }
     eprintln!(
         "publishing {n} simulated messages to {} queues ...",
         queues.len()
     );
-    let status = Command::new(env!("CARGO_BIN_EXE_laneway"))
-        .args([
-            "simulate",
-            "--amqp",
-            &url(),
-            "--exchange",
-            &exchange,
-            "--no-queue",
-        ])
-        .args(["--count", &n.to_string(), "--transient", "-q"])
-        .status()
-        .expect("run laneway simulate");
-    assert!(status.success(), "simulate failed");
+    simulate(&exchange, n, &["--no-queue", "--transient"]);
 
     let mut tuned = Vec::new();
     let mut lanes = Vec::new();
@@ -217,13 +173,7 @@ async fn main() {
             rate(lane) / rate(d)
         );
     }
-    for q in &queues {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = ch
-        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
+    let names: Vec<&str> = queues.iter().map(String::as_str).collect();
+    amqp_common::cleanup(&ch, &names, &[&exchange]).await;
     let _ = conn.close(200, "done".into()).await;
 }

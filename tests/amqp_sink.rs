@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use laneway::amqp::{AmqpSink, AmqpSinkConfig};
 use laneway::engine::{DeadLetters, Engine, GroupConfig, Incoming, LanePolicy};
 use laneway::source::simulator::Fleet;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
 
@@ -66,26 +66,8 @@ async fn push_limited_messages_wait_in_the_backlog_and_fresh_ones_go_first_on_re
         AMQPValue::LongString("reject-publish".into()),
     );
     declare_queue(&ch, &queue, args).await;
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        lapin::options::ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue.as_str().into(),
-        exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_exchange(&ch, &exchange).await;
+    bind_all(&ch, &queue, &exchange).await;
 
     let (group, sink) = sink_group("push", &exchange);
     let engine = Engine::builder().group(group, sink).build().unwrap();

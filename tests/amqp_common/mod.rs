@@ -12,11 +12,11 @@ use std::fs::File;
 use std::time::Duration;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 /// The broker the tests use: `AMQP_URL`, or the local default.
 pub fn url() -> String {
@@ -90,6 +90,34 @@ pub async fn declare_queue(ch: &Channel, name: &str, args: FieldTable) {
     )
     .await
     .expect("queue_declare");
+}
+
+/// Declares a durable topic exchange.
+pub async fn declare_exchange(ch: &Channel, name: &str) {
+    ch.exchange_declare(
+        name.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange_declare");
+}
+
+/// Binds `queue` to `exchange` for every routing key.
+pub async fn bind_all(ch: &Channel, queue: &str, exchange: &str) {
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue_bind");
 }
 
 /// Messages ready in a queue (not counting unacknowledged ones).
