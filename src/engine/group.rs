@@ -663,7 +663,6 @@ impl Group {
             name: self.config.name.clone(),
             admitted: read(&self.stats.admitted),
             live_depth: self.live.len() as u64,
-            backlog,
             backlog_depth: backlog.records,
             delivered_live: read(&self.stats.delivered_live),
             delivered_backlog: read(&self.stats.delivered_backlog),

@@ -226,14 +226,6 @@ impl Ingest {
     pub async fn submit(&self, batch: Vec<Incoming>, ack: AckRef) {
         self.router.route(batch, ack, self.policy).await
     }
-
-    /// The same handle with another lane policy.
-    pub fn with_policy(&self, policy: LanePolicy) -> Ingest {
-        Ingest {
-            router: Arc::clone(&self.router),
-            policy,
-        }
-    }
 }
 
 struct Router {

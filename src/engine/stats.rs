@@ -12,8 +12,6 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::backlog::BacklogDepth;
-
 /// Latencies above this are clamped (one hour, in microseconds).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
@@ -166,9 +164,6 @@ pub struct GroupSnapshot {
     pub admitted: u64,
     /// Messages in the live lane now.
     pub live_depth: u64,
-    /// The backlog store's depth now.
-    #[serde(skip)]
-    pub backlog: BacklogDepth,
     /// Records in the backlog now.
     pub backlog_depth: u64,
     /// Messages delivered from the live lane so far.

@@ -98,12 +98,6 @@ impl SimulatedHandler {
         }
     }
 
-    /// Messages per second this handler can take, when it has servers.
-    pub fn capacity(&self) -> Option<f64> {
-        let servers = self.servers.as_ref()?.lock().len();
-        Some(servers as f64 / self.cost_per_message.as_secs_f64().max(1e-9))
-    }
-
     /// A switch that takes the handler down (`true`: every delivery fails
     /// after a short wait, as a dead downstream would) and brings it back.
     pub fn outage_switch(&self) -> Arc<AtomicBool> {

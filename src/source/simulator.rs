@@ -122,11 +122,6 @@ impl Fleet {
         }
     }
 
-    /// The product keys of the fleet (not counting the gateway product).
-    pub fn product_keys(&self) -> &[String] {
-        &self.products
-    }
-
     /// The next message, generated at `generate_time_ms`.
     pub fn next_message(&mut self, generate_time_ms: i64) -> Message {
         let (topic, id, body) = self.next_parts(generate_time_ms);
