@@ -166,6 +166,17 @@ impl FrameHeader {
         frame_len(self.body_len)
     }
 
+    /// The record body inside `frame` (the whole frame, header first):
+    /// exactly `body_len` bytes, never the alignment padding behind them.
+    /// `None` when `frame` is too short to hold it.
+    ///
+    /// This is the only way the store reads a body out of a frame: a
+    /// payload runs to the end of its body, so a body slice that kept the
+    /// padding would hand the padding out as payload bytes.
+    pub fn body<'a>(&self, frame: &'a [u8]) -> Option<&'a [u8]> {
+        frame.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN.checked_add(self.body_len)?)
+    }
+
     /// Whether the checksum matches `frame` (the whole frame, header first).
     pub fn checksum_ok(&self, frame: &[u8]) -> bool {
         frame.len() >= FRAME_HEADER_LEN + self.body_len

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::format::{BodyView, FORMAT_VERSION, FRAME_HEADER_LEN};
+use super::format::{BodyView, FORMAT_VERSION};
 use super::ledger::{Ledger, LedgerError, RangeSet};
 use super::lock::LOCK_FILE;
 use super::segment::{SegmentReader, Step, list_segments};
@@ -201,7 +201,7 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
                     s.owed += 1;
                     out.records += 1;
                     out.bytes += total;
-                    match BodyView::parse(&r.frame()[FRAME_HEADER_LEN..]) {
+                    match BodyView::parse(r.body()) {
                         Ok(b) => {
                             oldest = oldest.min(b.appended_ms);
                             newest = newest.max(b.appended_ms);
@@ -267,15 +267,14 @@ pub fn verify_dir(dir: &Path) -> Result<Verification, InspectError> {
         }
         loop {
             match r.next_step().map_err(io(&path))? {
-                Step::Record { .. } => {
+                Step::Record { offset, total, .. } => {
                     out.records += 1;
-                    if let Err(e) = BodyView::parse(&r.frame()[FRAME_HEADER_LEN..])
-                        .and_then(|b| b.record().map(|_| ()))
+                    if let Err(e) = BodyView::parse(r.body()).and_then(|b| b.record().map(|_| ()))
                     {
                         out.corrupt.push(CorruptRecord {
                             segment: file.clone(),
-                            offset: r.position() - r.frame().len() as u64,
-                            len: r.frame().len() as u64,
+                            offset,
+                            len: total,
                             problem: e.to_string(),
                         });
                     }

@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::fs::File;
 
-use super::format::{BodyView, FRAME_HEADER_LEN, FrameHeader};
+use super::format::{BodyView, FrameHeader};
 use super::segment::{SegmentReader, Step, read_at_most};
 use super::state::{Gone, IdHash, InFlight, Shared};
 use super::writer::Loc;
@@ -101,10 +101,9 @@ impl Reader {
                     if self.indexed.remove(&id) {
                         continue;
                     }
-                    let frame = reader.frame();
                     let outcome = decide(
                         shared,
-                        &frame[FRAME_HEADER_LEN..],
+                        reader.body(),
                         seq,
                         id,
                         total,
@@ -261,19 +260,22 @@ impl Reader {
             source,
         })?;
         let h = FrameHeader::read(&frame);
-        if got < frame.len() || h.id != d.id || h.total() != d.total || !h.checksum_ok(&frame) {
+        let body = h.body(&frame).filter(|_| {
+            got == frame.len() && h.id == d.id && h.total() == d.total && h.checksum_ok(&frame)
+        });
+        let Some(body) = body else {
             tracing::warn!(segment = %path.display(), offset = d.offset, "a deferred backlog record is damaged");
             shared
                 .index
                 .lock()
                 .forget(&shared.counters, d.seq, d.id, d.total, Gone::Corrupt);
             return Ok(None);
-        }
+        };
         // Its time has come: deciding again only checks expiry and ownership.
         let now_ms = now_ms.max(d.not_before_ms);
         match decide(
             shared,
-            &frame[FRAME_HEADER_LEN..],
+            body,
             d.seq,
             d.id,
             d.total,

@@ -126,7 +126,8 @@ pub struct SegmentReader {
     last_id: u64,
     chunk: usize,
     max_body: usize,
-    frame_at: (u64, u64),
+    /// The last record's frame: offset and header.
+    frame_at: (u64, FrameHeader),
 }
 
 impl SegmentReader {
@@ -156,13 +157,15 @@ impl SegmentReader {
             last_id,
             chunk: chunk.max(64 * 1024),
             max_body,
-            frame_at: (0, 0),
+            frame_at: (
+                0,
+                FrameHeader {
+                    body_len: 0,
+                    crc: 0,
+                    id: 0,
+                },
+            ),
         })
-    }
-
-    /// Where the next frame is read.
-    pub fn position(&self) -> u64 {
-        self.pos
     }
 
     /// The readable end.
@@ -182,11 +185,16 @@ impl SegmentReader {
         self.last_id = last_id;
     }
 
-    /// The bytes of the frame returned by the last [`Step::Record`].
-    pub fn frame(&self) -> &[u8] {
-        let (off, total) = self.frame_at;
+    /// The body of the record returned by the last [`Step::Record`]:
+    /// exactly the bytes that were appended, without the frame's header or
+    /// its alignment padding.
+    pub fn body(&self) -> &[u8] {
+        let (off, header) = self.frame_at;
         let start = (off - self.buf_off) as usize;
-        &self.buf[start..start + total as usize]
+        self.buf
+            .get(start..)
+            .and_then(|frame| header.body(frame))
+            .unwrap_or_default()
     }
 
     /// Makes `[from, to)` (clamped to the limit) available in the buffer;
@@ -250,7 +258,7 @@ impl SegmentReader {
         if let Some(h) = self.valid_at(pos, u64::MAX)? {
             self.pos = pos + h.total();
             self.last_id = h.id;
-            self.frame_at = (pos, h.total());
+            self.frame_at = (pos, h);
             return Ok(Step::Record {
                 id: h.id,
                 offset: pos,

@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
 use super::WhenFull;
-use super::format::{BodyView, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, seal_frame};
+use super::format::{BodyView, SEGMENT_HEADER_LEN, seal_frame};
 use super::ledger::Ledger;
 use super::segment::{SegmentReader, Step, create_segment, segment_path};
 use super::state::{Gone, SegMeta, Shared};
@@ -481,9 +481,7 @@ impl Writer {
             };
             match step {
                 Step::Record { id, offset, total } => {
-                    let frame = reader.frame();
-                    let body = &frame[FRAME_HEADER_LEN..];
-                    let appended_ms = BodyView::parse(body).map_or(0, |b| b.appended_ms);
+                    let appended_ms = BodyView::parse(reader.body()).map_or(0, |b| b.appended_ms);
                     let mut idx = shared.index.lock();
                     if !idx.owed(seq, id) {
                         continue;
