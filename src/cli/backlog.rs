@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::backlog::disk::{Inspection, Verification, inspect_dir, verify_dir};
+use crate::backlog::disk::{
+    DamageKind, Inspection, LedgerState, Verification, inspect_dir, verify_dir,
+};
 
 /// Arguments of `backlog`.
 #[derive(Debug, clap::Args)]
@@ -110,11 +112,11 @@ fn inspect_text(i: &Inspection) -> String {
         i.released,
         i.ledger
     );
-    if i.corrupt > 0 || i.tail_bytes > 0 {
+    if i.corrupt > 0 || i.lost > 0 || i.tail_bytes > 0 {
         let _ = writeln!(
             s,
-            "  damaged: {} corrupt, {} bytes of unusable tail (run `laneway backlog verify` for where)",
-            i.corrupt, i.tail_bytes
+            "  damaged: {} records lost, {} damaged places, {} bytes of unusable tail (run `laneway backlog verify` for where)",
+            i.lost, i.corrupt, i.tail_bytes
         );
     }
     if !i.kinds.is_empty() {
@@ -133,30 +135,64 @@ fn inspect_text(i: &Inspection) -> String {
 
 fn verify_text(v: &Verification) -> String {
     let mut s = String::new();
-    for c in &v.corrupt {
+    for d in &v.damage {
+        let note = match d.kind {
+            DamageKind::TornTail | DamageKind::Interrupted => "; cut on the next open, not damage",
+            _ => "",
+        };
         let _ = writeln!(
             s,
-            "{}: offset {}: {} ({} bytes)",
-            c.segment, c.offset, c.problem, c.len
+            "{}: offset {}: {} ({} bytes{note})",
+            d.segment, d.offset, d.problem, d.len
         );
     }
-    if let Some(t) = &v.torn_tail {
+    if v.lost > 0 {
+        let ranges: Vec<String> = v
+            .lost_ids
+            .iter()
+            .map(|(a, b)| {
+                if b - a == 1 {
+                    a.to_string()
+                } else {
+                    format!("{a}..={}", b - 1)
+                }
+            })
+            .collect();
+        let more = if (v.lost_ids.iter().map(|(a, b)| b - a).sum::<u64>()) < v.lost {
+            ", ..."
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "{}: offset {}: {} ({} bytes; cut on the next open, not damage)",
-            t.segment, t.offset, t.problem, t.len
+            "{}: {} records lost (ids {}{more})",
+            v.dir,
+            v.lost,
+            ranges.join(", ")
         );
     }
+    let ledger = match &v.ledger {
+        LedgerState::Loaded => "loaded".to_string(),
+        LedgerState::Missing => "missing (released records will be delivered again)".to_string(),
+        LedgerState::Damaged(why) => format!("DAMAGED ({why})"),
+    };
+    let damaged = v
+        .damage
+        .iter()
+        .filter(|d| !matches!(d.kind, DamageKind::TornTail | DamageKind::Interrupted))
+        .count();
     let _ = writeln!(
         s,
-        "{}: {} records in {} segment{} checked, {} damaged; ledger {}: {}",
+        "{}: {} records in {} segment{} checked, {} lost, {} damaged place{}; ledger {}; {}",
         v.dir,
         v.records,
         v.segments,
         if v.segments == 1 { "" } else { "s" },
-        v.corrupt.len(),
-        v.ledger,
-        if v.ok { "ok" } else { "CORRUPT" }
+        v.lost,
+        damaged,
+        if damaged == 1 { "" } else { "s" },
+        ledger,
+        if v.ok { "ok" } else { "DAMAGED" }
     );
     s
 }

@@ -307,6 +307,11 @@ impl Group {
     async fn store_durably(&self, mut records: Vec<BacklogRecord>, mut acks: Vec<AckRef>) {
         let mut delay = Duration::from_millis(2);
         let mut reported_full = false;
+        // While the store cannot take them, say so again now and then, so a
+        // run that waits on a full disk never looks like a silent hang.
+        let mut last_said = std::time::Instant::now();
+        let remind = Duration::from_secs(10);
+        let mut failing = false;
         while !records.is_empty() {
             match self.store.append(&records).await {
                 Ok(()) => {
@@ -318,16 +323,28 @@ impl Group {
                     acks.drain(..stored).for_each(AckRef::complete);
                     if !reported_full {
                         reported_full = true;
+                        last_said = std::time::Instant::now();
                         bump(&self.stats.backlog_full, 1);
                         tracing::warn!(
                             group = self.name(),
                             waiting = records.len(),
                             "backlog is full: holding messages and pausing intake until room frees"
                         );
+                    } else if !records.is_empty() && last_said.elapsed() >= remind {
+                        last_said = std::time::Instant::now();
+                        tracing::warn!(
+                            group = self.name(),
+                            waiting = records.len(),
+                            "backlog still full: messages held, intake paused; room frees as the backlog drains"
+                        );
                     }
                 }
                 Err(e) => {
-                    tracing::error!(group = self.name(), error = %e, "backlog append failed; retrying");
+                    if !failing || last_said.elapsed() >= remind {
+                        failing = true;
+                        last_said = std::time::Instant::now();
+                        tracing::error!(group = self.name(), error = %e, waiting = records.len(), "backlog append failed; retrying");
+                    }
                 }
             }
             self.backlog_appended.notify_one();

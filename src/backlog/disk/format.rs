@@ -86,19 +86,25 @@ impl SegmentHeader {
         h
     }
 
-    /// Reads a header, checking magic, version and checksum.
+    /// Reads a header, checking checksum, magic and version, in that order.
+    ///
+    /// The checksum comes first so that damage is told from a newer format:
+    /// a flipped bit in the version byte fails the checksum and reads as
+    /// damage (that segment's header only), while a header whose checksum
+    /// holds and whose version differs really was written by another
+    /// version of the format.
     pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, FormatError> {
         if bytes.len() < SEGMENT_HEADER_LEN as usize {
             return Err(FormatError::ShortHeader);
+        }
+        if crc32c::crc32c(&bytes[0..60]) != le_u32(bytes, 60) {
+            return Err(FormatError::HeaderChecksum);
         }
         if bytes[0..8] != SEGMENT_MAGIC {
             return Err(FormatError::BadMagic);
         }
         if bytes[8] != FORMAT_VERSION {
             return Err(FormatError::UnsupportedVersion(bytes[8]));
-        }
-        if crc32c::crc32c(&bytes[0..60]) != le_u32(bytes, 60) {
-            return Err(FormatError::HeaderChecksum);
         }
         Ok(SegmentHeader {
             seq: le_u64(bytes, 16),
@@ -322,19 +328,39 @@ mod tests {
         };
         let bytes = h.encode();
         assert_eq!(SegmentHeader::decode(&bytes).unwrap(), h);
+        // A newer version, written whole (its checksum holds).
         let mut v = bytes;
         v[8] = 9;
+        let crc = crc32c::crc32c(&v[0..60]);
+        v[60..64].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             SegmentHeader::decode(&v),
             Err(FormatError::UnsupportedVersion(9))
         );
-        let mut c = bytes;
-        c[20] ^= 1;
-        assert_eq!(SegmentHeader::decode(&c), Err(FormatError::HeaderChecksum));
+        // Any flipped bit anywhere in the header, the version byte
+        // included, is damage, never "another version".
+        for byte in 0..SEGMENT_HEADER_LEN as usize {
+            for bit in 0..8 {
+                let mut c = bytes;
+                c[byte] ^= 1 << bit;
+                assert_eq!(
+                    SegmentHeader::decode(&c),
+                    Err(FormatError::HeaderChecksum),
+                    "byte {byte} bit {bit}"
+                );
+            }
+        }
+        // Zeros are damage too (the checksum of zeros is not zero).
         assert_eq!(
             SegmentHeader::decode(&[0u8; 64]),
-            Err(FormatError::BadMagic)
+            Err(FormatError::HeaderChecksum)
         );
+        // A whole header with the wrong magic is not a laneway segment.
+        let mut m = bytes;
+        m[0] = b'X';
+        let crc = crc32c::crc32c(&m[0..60]);
+        m[60..64].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&m), Err(FormatError::BadMagic));
         assert_eq!(
             SegmentHeader::decode(&[0u8; 3]),
             Err(FormatError::ShortHeader)

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::audit::{AuditError, Damage, DamageKind, LedgerState, audit};
 use super::format::{BodyView, FORMAT_VERSION};
 use super::ledger::{Ledger, LedgerError, RangeSet};
 use super::lock::LOCK_FILE;
@@ -49,8 +50,10 @@ pub struct Inspection {
     pub bytes: u64,
     /// Valid records already released (awaiting segment deletion).
     pub released: u64,
-    /// Damaged records or spans.
+    /// Damaged places (headers, spans, tails that are not a torn write).
     pub corrupt: u64,
+    /// Records lost to damage (ids assigned, neither on disk nor released).
+    pub lost: u64,
     /// Bytes of unusable tails (cut on the next open).
     pub tail_bytes: u64,
     /// Segment files.
@@ -69,20 +72,8 @@ pub struct Inspection {
     pub segments: Vec<SegmentSummary>,
 }
 
-/// One damaged place found by `verify`.
-#[derive(Debug, Clone, Serialize)]
-pub struct CorruptRecord {
-    /// The segment file.
-    pub segment: String,
-    /// Byte offset of the damage.
-    pub offset: u64,
-    /// Bytes affected.
-    pub len: u64,
-    /// What is wrong.
-    pub problem: String,
-}
-
-/// What `verify` reports.
+/// What `verify` reports: the same audit recovery runs, plus a decode of
+/// every record body.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verification {
     /// The directory.
@@ -91,14 +82,17 @@ pub struct Verification {
     pub segments: u64,
     /// Valid records (every checksum checked).
     pub records: u64,
-    /// Damaged records, spans and headers.
-    pub corrupt: Vec<CorruptRecord>,
-    /// A torn tail of the last segment (an interrupted write: it is cut on
-    /// the next open and is not damage).
-    pub torn_tail: Option<CorruptRecord>,
-    /// The ledger's state: `loaded`, `missing` or a description of damage.
-    pub ledger: String,
-    /// True when nothing is damaged.
+    /// Records lost: ids that were assigned but are neither on disk nor
+    /// released (a deleted or truncated segment, a damaged span).
+    pub lost: u64,
+    /// The first lost id ranges, `[start, end)`.
+    pub lost_ids: Vec<(u64, u64)>,
+    /// Every damaged place (a torn tail of the last segment is listed too,
+    /// but it held writes that were never acknowledged and is not damage).
+    pub damage: Vec<Damage>,
+    /// The ledger's state.
+    pub ledger: LedgerState,
+    /// True when nothing is damaged or lost, the ledger included.
     pub ok: bool,
 }
 
@@ -117,6 +111,19 @@ pub enum InspectError {
     /// The directory holds no backlog.
     #[error("{0}: no backlog segments here (expected files like 00000000000000000001.seg)")]
     Empty(String),
+    /// A segment written whole by another format version.
+    #[error("{0}")]
+    Version(String),
+}
+
+fn from_audit(e: AuditError) -> InspectError {
+    match e {
+        AuditError::Io { action, source } => InspectError::Io {
+            path: action,
+            source,
+        },
+        AuditError::Version { .. } => InspectError::Version(e.to_string()),
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InspectError + '_ {
@@ -166,6 +173,7 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
         bytes: 0,
         released: 0,
         corrupt: 0,
+        lost: 0,
         tail_bytes: 0,
         segment_count: segs.len() as u64,
         disk_bytes: 0,
@@ -187,9 +195,6 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
             owed: 0,
         };
         out.disk_bytes += r.limit();
-        if r.header.is_err() {
-            out.corrupt += 1;
-        }
         loop {
             match r.next_step().map_err(io(&path))? {
                 Step::Record { id, total, .. } => {
@@ -201,32 +206,32 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
                     s.owed += 1;
                     out.records += 1;
                     out.bytes += total;
-                    match BodyView::parse(r.body()) {
-                        Ok(b) => {
-                            oldest = oldest.min(b.appended_ms);
-                            newest = newest.max(b.appended_ms);
-                            if b.attempts > 0 {
-                                out.retried += 1;
-                            }
-                            let kind = std::str::from_utf8(b.topic)
-                                .map_or("other", |t| classify(t).kind.as_str());
-                            *out.kinds.entry(kind.to_string()).or_default() += 1;
+                    if let Ok(b) = BodyView::parse(r.body()) {
+                        oldest = oldest.min(b.appended_ms);
+                        newest = newest.max(b.appended_ms);
+                        if b.attempts > 0 {
+                            out.retried += 1;
                         }
-                        Err(_) => out.corrupt += 1,
+                        let kind = std::str::from_utf8(b.topic)
+                            .map_or("other", |t| classify(t).kind.as_str());
+                        *out.kinds.entry(kind.to_string()).or_default() += 1;
                     }
                 }
-                Step::Corrupt { .. } => out.corrupt += 1,
-                Step::Tail { len, torn, .. } => {
-                    if !torn {
-                        out.corrupt += 1;
-                    }
-                    out.tail_bytes += len;
-                }
+                Step::Corrupt { .. } => {}
+                Step::Tail { len, .. } => out.tail_bytes += len,
                 Step::End => break,
             }
         }
         out.segments.push(s);
     }
+    // Damage and losses as recovery would count them.
+    let found = audit(dir, u32::MAX as usize, false).map_err(from_audit)?;
+    out.lost = found.lost;
+    out.corrupt = found
+        .damage
+        .iter()
+        .filter(|d| !matches!(d.kind, DamageKind::TornTail | DamageKind::Interrupted))
+        .count() as u64;
     if out.records > 0 {
         out.oldest_age_ms = Some(now - oldest);
         out.newest_age_ms = Some(now - newest);
@@ -234,78 +239,19 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
     Ok(out)
 }
 
-/// Checks every checksum in `dir`.
+/// Checks every checksum in `dir`, accounts for every record id and checks
+/// the ledger; changes nothing.
 pub fn verify_dir(dir: &Path) -> Result<Verification, InspectError> {
-    let segs = segments_of(dir)?;
-    let ledger = match Ledger::load(dir) {
-        Ok(_) => "loaded".to_string(),
-        Err(LedgerError::Missing) => "missing".to_string(),
-        Err(e) => e.to_string(),
-    };
-    let mut out = Verification {
+    segments_of(dir)?;
+    let found = audit(dir, u32::MAX as usize, true).map_err(from_audit)?;
+    Ok(Verification {
         dir: dir.display().to_string(),
-        segments: segs.len() as u64,
-        records: 0,
-        corrupt: Vec::new(),
-        torn_tail: None,
-        ledger,
-        ok: true,
-    };
-    let count = segs.len();
-    for (i, (_, path)) in segs.into_iter().enumerate() {
-        let last = i + 1 == count;
-        let file = path.display().to_string();
-        let mut r =
-            SegmentReader::open(&path, None, 1 << 20, u32::MAX as usize).map_err(io(&path))?;
-        if let Err(e) = &r.header {
-            out.corrupt.push(CorruptRecord {
-                segment: file.clone(),
-                offset: 0,
-                len: super::format::SEGMENT_HEADER_LEN,
-                problem: format!("segment header: {e}"),
-            });
-        }
-        loop {
-            match r.next_step().map_err(io(&path))? {
-                Step::Record { offset, total, .. } => {
-                    out.records += 1;
-                    if let Err(e) = BodyView::parse(r.body()).and_then(|b| b.record().map(|_| ()))
-                    {
-                        out.corrupt.push(CorruptRecord {
-                            segment: file.clone(),
-                            offset,
-                            len: total,
-                            problem: e.to_string(),
-                        });
-                    }
-                }
-                Step::Corrupt { offset, len } => out.corrupt.push(CorruptRecord {
-                    segment: file.clone(),
-                    offset,
-                    len,
-                    problem: "checksum mismatch (record skipped)".into(),
-                }),
-                Step::Tail { offset, len, torn } => {
-                    let c = CorruptRecord {
-                        segment: file.clone(),
-                        offset,
-                        len,
-                        problem: if torn {
-                            "torn tail (an interrupted write)".into()
-                        } else {
-                            "checksum mismatch at the end of the segment".into()
-                        },
-                    };
-                    if torn && last {
-                        out.torn_tail = Some(c);
-                    } else {
-                        out.corrupt.push(c);
-                    }
-                }
-                Step::End => break,
-            }
-        }
-    }
-    out.ok = out.corrupt.is_empty();
-    Ok(out)
+        segments: found.segment_files,
+        records: found.valid,
+        lost: found.lost,
+        lost_ids: found.lost_ids.clone(),
+        ok: !found.is_damaged(),
+        ledger: found.ledger.clone().unwrap_or(LedgerState::Missing),
+        damage: found.damage,
+    })
 }

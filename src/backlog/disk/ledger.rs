@@ -11,19 +11,25 @@
 //!   or damaged ledger only makes released records come back (duplicates);
 //! - `next_id` in a saved ledger is above every id it names, so a restart
 //!   never reuses an id the ledger calls released;
-//! - the file is replaced atomically (write a temporary file, fsync, rename),
-//!   and carries a CRC32C; a ledger that fails its check is ignored.
+//! - `head` is the first id of the oldest segment when the ledger was saved:
+//!   ids from `head` to `next_id` were all assigned, so recovery can count
+//!   exactly the records that went missing (a deleted or truncated segment);
+//! - the file is replaced atomically (write a temporary file, fsync, rename,
+//!   fsync the directory), is readable by its owner only, and carries a
+//!   CRC32C; a ledger that fails its check is ignored and reported.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
+
+use super::segment::{private_file, sync_dir};
 
 /// The ledger's file name in a backlog directory.
 pub const LEDGER_FILE: &str = "ledger";
 const LEDGER_TMP: &str = "ledger.tmp";
 const LEDGER_MAGIC: [u8; 8] = *b"LNWYLDG\0";
-const LEDGER_VERSION: u8 = 1;
+/// The version written; version 1 (no `head`) is still read.
+const LEDGER_VERSION: u8 = 2;
 
 /// A set of ids stored as disjoint half-open ranges `[start, end)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,6 +96,27 @@ impl RangeSet {
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.ranges.iter().map(|(&s, &e)| (s, e))
     }
+
+    /// The ranges of `[start, end)` that the set does not hold, in order.
+    pub fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut at = start;
+        // A range that begins below `start` may still cover it.
+        let first = self.ranges.range(..=start).next_back().map(|(&s, _)| s);
+        for (s, e) in self.ranges.range(first.unwrap_or(start)..end) {
+            if *s > at {
+                out.push((at, (*s).min(end)));
+            }
+            at = at.max(*e);
+            if at >= end {
+                break;
+            }
+        }
+        if at < end {
+            out.push((at, end));
+        }
+        out
+    }
 }
 
 /// What a ledger file holds.
@@ -97,6 +124,9 @@ impl RangeSet {
 pub struct Ledger {
     /// The next id to assign (above every id ever assigned when saved).
     pub next_id: u64,
+    /// The first id of the oldest segment when saved (`None` in a version 1
+    /// ledger): every id from here to `next_id` was assigned.
+    pub head: Option<u64>,
     /// Released ids.
     pub released: RangeSet,
 }
@@ -123,6 +153,7 @@ impl Ledger {
         b.push(LEDGER_VERSION);
         b.extend_from_slice(&[0u8; 7]);
         b.extend_from_slice(&self.next_id.to_le_bytes());
+        b.extend_from_slice(&self.head.unwrap_or(self.next_id).to_le_bytes());
         b.extend_from_slice(&(self.released.len() as u64).to_le_bytes());
         for (s, e) in self.released.iter() {
             b.extend_from_slice(&s.to_le_bytes());
@@ -145,28 +176,39 @@ impl Ledger {
         if body[0..8] != LEDGER_MAGIC {
             return Err(LedgerError::Damaged("bad magic"));
         }
-        if body[8] != LEDGER_VERSION {
-            return Err(LedgerError::Damaged("unsupported version"));
-        }
         let u64_at = |at: usize| {
             let mut a = [0u8; 8];
             a.copy_from_slice(&body[at..at + 8]);
             u64::from_le_bytes(a)
         };
         let next_id = u64_at(16);
-        let n = u64_at(24);
-        if (body.len() as u64 - 32) != n.saturating_mul(16) {
+        // Version 2 put `head` before the range count.
+        let (head, ranges_at) = match body[8] {
+            1 => (None, 32),
+            2 if body.len() >= 40 => (Some(u64_at(24)), 40),
+            2 => return Err(LedgerError::Damaged("too short")),
+            _ => return Err(LedgerError::Damaged("unsupported version")),
+        };
+        if head.is_some_and(|h| h > next_id) {
+            return Err(LedgerError::Damaged("head is above next_id"));
+        }
+        let n = u64_at(ranges_at - 8);
+        if (body.len() - ranges_at) as u64 != n.saturating_mul(16) {
             return Err(LedgerError::Damaged("range count does not match its size"));
         }
         let mut released = RangeSet::default();
         for i in 0..n as usize {
-            let (s, e) = (u64_at(32 + i * 16), u64_at(40 + i * 16));
+            let (s, e) = (u64_at(ranges_at + i * 16), u64_at(ranges_at + 8 + i * 16));
             if e > next_id {
                 return Err(LedgerError::Damaged("a released range is above next_id"));
             }
             released.insert_range(s, e);
         }
-        Ok(Ledger { next_id, released })
+        Ok(Ledger {
+            next_id,
+            head,
+            released,
+        })
     }
 
     /// Loads the ledger of `dir`.
@@ -178,14 +220,16 @@ impl Ledger {
         }
     }
 
-    /// Replaces the ledger of `dir` atomically.
+    /// Replaces the ledger of `dir` atomically and durably: once this
+    /// returns, a crash brings back this ledger or a later one.
     pub fn save(&self, dir: &Path) -> io::Result<()> {
         let tmp = dir.join(LEDGER_TMP);
-        let mut f = File::create(&tmp)?;
+        let mut f = private_file(&tmp)?;
         f.write_all(&self.encode())?;
         f.sync_data()?;
         drop(f);
-        std::fs::rename(&tmp, dir.join(LEDGER_FILE))
+        std::fs::rename(&tmp, dir.join(LEDGER_FILE))?;
+        sync_dir(dir)
     }
 }
 
@@ -207,8 +251,12 @@ mod tests {
         assert_eq!(s.len(), 2);
         s.prune_below(4);
         assert_eq!(s.iter().collect::<Vec<_>>(), [(4, 8), (10, 11)]);
+        assert_eq!(s.gaps(0, 12), [(0, 4), (8, 10), (11, 12)]);
+        assert_eq!(s.gaps(5, 7), []);
+        assert_eq!(s.gaps(6, 11), [(8, 10)]);
         s.prune_below(100);
         assert_eq!(s.len(), 0);
+        assert_eq!(s.gaps(3, 5), [(3, 5)]);
     }
 
     #[test]
@@ -220,6 +268,7 @@ mod tests {
         ));
         let mut l = Ledger {
             next_id: 50,
+            head: Some(2),
             ..Ledger::default()
         };
         l.released.insert_range(3, 9);
@@ -233,5 +282,22 @@ mod tests {
             Err(LedgerError::Damaged(_))
         ));
         assert!(Ledger::decode(&bytes[..10]).is_err());
+    }
+
+    #[test]
+    fn a_version_1_ledger_still_loads_without_a_head() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&LEDGER_MAGIC);
+        b.push(1);
+        b.extend_from_slice(&[0u8; 7]);
+        b.extend_from_slice(&9u64.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&3u64.to_le_bytes());
+        b.extend_from_slice(&5u64.to_le_bytes());
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        let l = Ledger::decode(&b).unwrap();
+        assert_eq!((l.next_id, l.head), (9, None));
+        assert!(l.released.contains(3) && l.released.contains(4) && !l.released.contains(5));
     }
 }

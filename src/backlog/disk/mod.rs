@@ -17,7 +17,9 @@
 //!   `read_chunk_bytes`, `max_deferred`), not by the size of the backlog;
 //! - one process at a time: a lock file guards the directory.
 
+mod audit;
 mod format;
+mod fs;
 mod inspect;
 mod ledger;
 mod lock;
@@ -40,8 +42,10 @@ use tokio::sync::oneshot;
 
 use super::{BacklogDepth, BacklogError, BacklogRecord, BacklogStore, RecordId, StoredRecord};
 use crate::message::now_epoch_ms;
+pub use audit::{Damage, DamageKind, LedgerState};
+pub use fs::{Filesystem, RealFilesystem, SegmentFile};
 pub use inspect::{
-    CorruptRecord, InspectError, Inspection, SegmentSummary, Verification, inspect_dir, verify_dir,
+    InspectError, Inspection, SegmentSummary, Verification, inspect_dir, verify_dir,
 };
 use lock::DirLock;
 use reader::Reader;
@@ -173,8 +177,19 @@ impl DiskBacklog {
     /// previous run left. Blocks while recovering: call it at start-up, off
     /// the async runtime for large backlogs.
     pub fn open(dir: &Path, config: DiskBacklogConfig) -> Result<DiskBacklog, BacklogError> {
+        DiskBacklog::open_with(dir, config, Arc::new(RealFilesystem))
+    }
+
+    /// Opens the backlog in `dir` with the writer's file operations going
+    /// through `fs`: the seam that fault-injection tests use to make writes,
+    /// fsyncs and segment creation fail as real disks do.
+    pub fn open_with(
+        dir: &Path,
+        config: DiskBacklogConfig,
+        fs: Arc<dyn Filesystem>,
+    ) -> Result<DiskBacklog, BacklogError> {
         config.validate().map_err(BacklogError::Unavailable)?;
-        std::fs::create_dir_all(dir).map_err(|source| BacklogError::Io {
+        segment::private_dir(dir).map_err(|source| BacklogError::Io {
             action: format!("creating the backlog directory {}", dir.display()),
             source,
         })?;
@@ -187,26 +202,34 @@ impl DiskBacklog {
             records = report.records,
             bytes = report.bytes,
             released = report.released,
-            corrupt = report.corrupt,
+            lost = report.lost,
+            damaged = report.damaged,
             cut = report.cut,
             cut_bytes = report.cut_bytes,
+            quarantined = report.quarantined,
             ledger = report.ledger,
             took_ms = report.took.as_secs_f64() * 1e3,
             "backlog recovered"
         );
-        if report.corrupt > 0 || report.cut > 0 {
-            tracing::warn!(dir = %dir.display(), corrupt = report.corrupt, cut = report.cut, "backlog recovery skipped damaged data; the rest is intact");
+        if report.lost > 0 || report.damaged > 0 || report.quarantined > 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                lost = report.lost,
+                lost_ids = ?report.lost_ids,
+                damaged = report.damaged,
+                quarantined = report.quarantined,
+                "backlog recovery found damage: the records named were lost, the rest is intact"
+            );
         }
         let active = match recovered.segments.iter().next_back() {
             Some((&seq, s)) => (seq, s.end),
             None => {
                 let seq = 1;
-                segment::create_segment(dir, seq, recovered.next_id, now_epoch_ms()).map_err(
-                    |source| BacklogError::Io {
-                        action: format!("creating the first segment in {}", dir.display()),
-                        source,
-                    },
-                )?;
+                segment::create_segment(fs.as_ref(), dir, seq, recovered.next_id, now_epoch_ms())
+                    .map_err(|source| BacklogError::Io {
+                    action: format!("creating the first segment in {}", dir.display()),
+                    source,
+                })?;
                 recovered.segments.insert(
                     seq,
                     state::SegMeta {
@@ -222,17 +245,20 @@ impl DiskBacklog {
         let counters = Counters::default();
         counters.records.store(report.records, Ordering::Relaxed);
         counters.bytes.store(report.bytes, Ordering::Relaxed);
-        counters.corrupt.store(report.corrupt, Ordering::Relaxed);
+        counters.corrupt.store(report.lost, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             config,
             index: Mutex::new(Index {
                 segments: recovered.segments,
                 released: recovered.released,
+                // Losses just counted are settled in the next ledger.
+                ledger_dirty: report.lost > 0,
                 ..Index::default()
             }),
             counters,
             closed: AtomicBool::new(false),
+            fs,
         });
         let writer = Writer::new(Arc::clone(&shared), active.0, active.1, recovered.next_id)
             .map_err(|source| BacklogError::Io {

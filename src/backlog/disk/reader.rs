@@ -35,6 +35,8 @@ struct Deferred {
 #[derive(Default)]
 pub struct Reader {
     cur: Option<(u64, SegmentReader)>,
+    /// The generation of the segment `cur` reads (see `SegMeta::generation`).
+    cur_generation: u64,
     /// The next segment to read is the first at or after this one.
     next_seq: u64,
     deferred: BinaryHeap<Reverse<Deferred>>,
@@ -157,7 +159,10 @@ impl Reader {
         let (seq, path, end) = {
             let idx = shared.index.lock();
             match idx.segments.range(self.next_seq..).next() {
-                Some((&seq, s)) => (seq, s.path.clone(), s.end),
+                Some((&seq, s)) => {
+                    self.cur_generation = s.generation;
+                    (seq, s.path.clone(), s.end)
+                }
                 None => return Ok(false),
             }
         };
@@ -191,6 +196,13 @@ impl Reader {
             self.next_seq = seq + 1;
             return Ok(true);
         };
+        if seg.generation != self.cur_generation {
+            // Recycled in place since it was opened: read it afresh.
+            drop(idx);
+            self.cur = None;
+            self.next_seq = seq;
+            return Ok(true);
+        }
         if seg.end > reader.limit() {
             reader.extend_limit(seg.end);
             return Ok(true);
@@ -273,15 +285,7 @@ impl Reader {
         };
         // Its time has come: deciding again only checks expiry and ownership.
         let now_ms = now_ms.max(d.not_before_ms);
-        match decide(
-            shared,
-            body,
-            d.seq,
-            d.id,
-            d.total,
-            now_ms,
-            0,
-        ) {
+        match decide(shared, body, d.seq, d.id, d.total, now_ms, 0) {
             Decision::Hand(r) => Ok(Some(r)),
             _ => Ok(None),
         }

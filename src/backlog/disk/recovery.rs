@@ -1,35 +1,39 @@
-//! Start-up recovery: from the ledger and the segments, rebuild what the
-//! store owes, repairing what a crash or a bad disk left behind.
+//! Start-up recovery: audit the directory (see [`super::audit`]), then
+//! repair what a crash or a bad disk left behind, and report it.
 //!
 //! Invariants:
-//! - recovery never refuses to start because of damaged records: a record
-//!   that fails its checksum is skipped and counted, a torn tail of the last
-//!   segment is cut off (truncated) and counted, a missing or damaged ledger
-//!   is rebuilt from the segments (released records then come back: at
-//!   least once, never lost);
-//! - only a segment from a newer format version stops the store from opening
-//!   (reading it could misinterpret data that is not damaged);
-//! - memory used is one read chunk plus one entry per segment, whatever the
-//!   size of the backlog;
-//! - the next id is above every id in the segments and in the ledger.
+//! - recovery never refuses to start because of damage: a damaged record,
+//!   span or header costs the records in it, each counted (and named by id
+//!   range); a missing or damaged ledger is rebuilt from the segments
+//!   (released records then come back: at least once, never lost);
+//! - only a segment written whole by another format version stops the
+//!   store from opening (reading it could misread data that is not damaged);
+//! - repairs: the last segment's unusable tail is cut (truncated), a last
+//!   segment whose creation was cut short is removed, and a segment whose
+//!   ids repeat an earlier one's is moved to `quarantine/` for an operator;
+//!   nothing else is written;
+//! - the next id is above every id in the segments, their headers and the
+//!   ledger.
 
-use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::format::{FormatError, SEGMENT_HEADER_LEN};
-use super::ledger::{Ledger, LedgerError, RangeSet};
-use super::segment::{SegmentReader, Step, list_segments};
+use super::audit::{AuditError, DamageKind, audit};
+use super::ledger::RangeSet;
+use super::segment::{private_dir, sync_dir};
 use super::state::SegMeta;
 use crate::backlog::BacklogError;
+
+/// The folder inside a backlog directory where duplicate segments are put.
+pub const QUARANTINE_DIR: &str = "quarantine";
 
 /// What recovery found; logged at start-up and kept by the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RecoveryReport {
-    /// Segment files found.
+    /// Segment files found (quarantined ones included).
     pub segments: u64,
     /// Records owed (valid and not released).
     pub records: u64,
@@ -37,12 +41,18 @@ pub struct RecoveryReport {
     pub bytes: u64,
     /// Valid records the ledger says were released already.
     pub released: u64,
-    /// Damaged records (or damaged spans) skipped.
-    pub corrupt: u64,
-    /// Torn tails cut off.
+    /// Records lost to damage: assigned ids neither on disk nor released.
+    pub lost: u64,
+    /// The first lost id ranges, `[start, end)` (the count above is exact).
+    pub lost_ids: Vec<(u64, u64)>,
+    /// Damaged places (headers, spans, tails) skipped.
+    pub damaged: u64,
+    /// Torn tails cut off (writes a crash cut short: never acknowledged).
     pub cut: u64,
     /// Bytes cut off.
     pub cut_bytes: u64,
+    /// Segment files moved to `quarantine/` (their ids repeat earlier ones).
+    pub quarantined: u64,
     /// How the ledger was: `loaded`, `missing` or `damaged` (the last two
     /// mean it was rebuilt from the segments).
     pub ledger: &'static str,
@@ -58,7 +68,7 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// The recovered state, ready to run.
 pub struct Recovered {
     /// The segments (the last one is the active one and is not sealed).
-    pub segments: BTreeMap<u64, SegMeta>,
+    pub segments: std::collections::BTreeMap<u64, SegMeta>,
     /// Released ids.
     pub released: RangeSet,
     /// The next id to assign.
@@ -74,120 +84,70 @@ fn io_err(action: String) -> impl FnOnce(std::io::Error) -> BacklogError {
 /// Recovers the backlog in `dir` (which exists and is locked by the caller).
 pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
     let started = Instant::now();
-    let mut report = RecoveryReport::default();
-    let (ledger, ledger_state) = match Ledger::load(dir) {
-        Ok(l) => (l, "loaded"),
-        Err(LedgerError::Missing) => (Ledger::default(), "missing"),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "backlog ledger unusable; rebuilding it from the segments (released records will be delivered again)");
-            (Ledger::default(), "damaged")
-        }
-    };
-    report.ledger = ledger_state;
-    let released = ledger.released;
-    let files = list_segments(dir).map_err(|e| io_err(format!("listing {}", dir.display()))(e))?;
-    report.segments = files.len() as u64;
-    let mut segments = BTreeMap::new();
-    let mut max_id = 0u64;
-    let mut next_from_headers = 0u64;
-    let count = files.len();
-    for (i, (seq, path)) in files.into_iter().enumerate() {
-        let last = i + 1 == count;
-        let mut reader = SegmentReader::open(&path, None, 1 << 20, max_body)
-            .map_err(|e| io_err(format!("opening {}", path.display()))(e))?;
-        let first_id = match &reader.header {
-            Ok(h) => {
-                next_from_headers = next_from_headers.max(h.first_id);
-                h.first_id
-            }
-            Err(FormatError::UnsupportedVersion(v)) => {
-                return Err(BacklogError::Unavailable(format!(
-                    "{}: {}",
-                    path.display(),
-                    FormatError::UnsupportedVersion(*v)
-                )));
-            }
-            Err(e) => {
-                if last && reader.limit() <= SEGMENT_HEADER_LEN {
-                    // A segment whose creation was cut short: nothing in it.
-                    tracing::warn!(segment = %path.display(), error = %e, "removing a segment whose creation was interrupted");
-                    std::fs::remove_file(&path)
-                        .map_err(|e| io_err(format!("removing {}", path.display()))(e))?;
-                    report.cut += 1;
-                    report.cut_bytes += reader.limit();
-                    report.segments -= 1;
-                    continue;
-                }
-                tracing::warn!(segment = %path.display(), error = %e, "segment header is damaged; reading its records anyway");
-                report.corrupt += 1;
-                reader.seek(SEGMENT_HEADER_LEN, max_id);
-                max_id + 1
-            }
-        };
-        let mut meta = SegMeta {
-            path: path.clone(),
-            first_id,
-            end: reader.limit(),
-            sealed: !last,
-            ..SegMeta::default()
-        };
-        loop {
-            match reader
-                .next_step()
-                .map_err(|e| io_err(format!("reading {}", path.display()))(e))?
-            {
-                Step::Record { id, total, .. } => {
-                    max_id = max_id.max(id);
-                    if released.contains(id) {
-                        report.released += 1;
-                    } else {
-                        meta.live += 1;
-                        meta.live_bytes += total;
-                    }
-                }
-                Step::Corrupt { offset, len } => {
-                    tracing::warn!(segment = %path.display(), offset, len, "skipping a damaged record");
-                    report.corrupt += 1;
-                }
-                Step::Tail { offset, len, torn } => {
-                    if torn {
-                        report.cut += 1;
-                    } else {
-                        tracing::warn!(segment = %path.display(), offset, len, "damaged record at the end of a segment");
-                        report.corrupt += 1;
-                    }
-                    if last {
-                        tracing::warn!(segment = %path.display(), offset, len, torn, "cutting the unusable tail of the last segment");
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .map_err(|e| io_err(format!("opening {}", path.display()))(e))?;
-                        f.set_len(offset)
-                            .and_then(|()| f.sync_all())
-                            .map_err(|e| io_err(format!("truncating {}", path.display()))(e))?;
-                        report.cut_bytes += len;
-                        meta.end = offset;
-                    }
-                }
-                Step::End => break,
-            }
-        }
-        report.records += meta.live;
-        report.bytes += meta.live_bytes;
-        segments.insert(seq, meta);
+    let found = audit(dir, max_body, false).map_err(|e| match e {
+        AuditError::Io { action, source } => BacklogError::Io { action, source },
+        AuditError::Version { .. } => BacklogError::Unavailable(e.to_string()),
+    })?;
+    for d in &found.damage {
+        tracing::warn!(segment = %d.segment, offset = d.offset, len = d.len, kind = ?d.kind, "{}", d.problem);
     }
-    let next_id = ledger.next_id.max(max_id + 1).max(next_from_headers).max(1);
-    let mut released = released;
-    if let Some(first) = segments.values().next() {
-        released.prune_below(first.first_id);
-    } else {
-        released = RangeSet::default();
+    let mut report = RecoveryReport {
+        segments: found.segment_files,
+        records: found.owed,
+        bytes: found.owed_bytes,
+        released: found.released_found,
+        lost: found.lost,
+        lost_ids: found.lost_ids.clone(),
+        damaged: found
+            .damage
+            .iter()
+            .filter(|d| !matches!(d.kind, DamageKind::TornTail | DamageKind::Interrupted))
+            .count() as u64,
+        ledger: match found.ledger {
+            Some(super::audit::LedgerState::Loaded) => "loaded",
+            Some(super::audit::LedgerState::Missing) | None => "missing",
+            Some(super::audit::LedgerState::Damaged(_)) => "damaged",
+        },
+        ..RecoveryReport::default()
+    };
+    if let Some(path) = &found.interrupted {
+        tracing::warn!(segment = %path.display(), "removing a segment whose creation was interrupted");
+        std::fs::remove_file(path).map_err(io_err(format!("removing {}", path.display())))?;
+        report.cut += 1;
+    }
+    if let Some((path, offset, len)) = &found.cut_at {
+        tracing::warn!(segment = %path.display(), offset, len, "cutting the unusable tail of the last segment");
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        f.set_len(*offset)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err(format!("truncating {}", path.display())))?;
+        if found.damage.iter().any(|d| d.kind == DamageKind::TornTail) {
+            report.cut += 1;
+        }
+        report.cut_bytes += len;
+    }
+    if !found.duplicates.is_empty() {
+        let quarantine = dir.join(QUARANTINE_DIR);
+        private_dir(&quarantine).map_err(io_err(format!("creating {}", quarantine.display())))?;
+        for path in &found.duplicates {
+            let Some(name) = path.file_name() else {
+                continue;
+            };
+            let to = quarantine.join(name);
+            tracing::warn!(segment = %path.display(), to = %to.display(), "moving a segment whose ids repeat an earlier segment's to quarantine");
+            std::fs::rename(path, &to).map_err(io_err(format!("moving {}", path.display())))?;
+            report.quarantined += 1;
+        }
+        sync_dir(dir).map_err(io_err(format!("syncing {}", dir.display())))?;
     }
     report.took = started.elapsed();
     Ok(Recovered {
-        segments,
-        released,
-        next_id,
+        segments: found.segments,
+        released: found.released,
+        next_id: found.next_id,
         report,
     })
 }

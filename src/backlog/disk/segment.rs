@@ -11,13 +11,14 @@
 //!   the damaged span instead of giving up on the segment.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::format::{
     FRAME_ALIGN, FRAME_HEADER_LEN, FormatError, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader,
 };
+use super::fs::{Filesystem, SegmentFile, write_all_at};
 
 /// The file name extension of segments.
 pub const SEGMENT_EXT: &str = "seg";
@@ -54,29 +55,49 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates segment `seq` whose first record will be `first_id`, durably.
-pub fn create_segment(dir: &Path, seq: u64, first_id: u64, now_ms: i64) -> io::Result<File> {
-    let path = segment_path(dir, seq);
-    let mut file = OpenOptions::new()
-        .read(true)
+/// Creates (or truncates) a file only its owner can read: backlog files hold
+/// customers' device data, whatever the process's umask.
+pub fn private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .write(true)
-        .create_new(true)
-        .open(&path)?;
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Creates `dir` and its missing parents, each only its owner can enter.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates segment `seq` whose first record will be `first_id`, durably:
+/// the header and the directory entry are fsync'd before it returns.
+pub fn create_segment(
+    fs: &dyn Filesystem,
+    dir: &Path,
+    seq: u64,
+    first_id: u64,
+    now_ms: i64,
+) -> io::Result<Box<dyn SegmentFile>> {
+    let path = segment_path(dir, seq);
+    let file = fs.create_new(&path)?;
     let header = SegmentHeader {
         seq,
         first_id,
         created_ms: now_ms,
     };
-    let written = file
-        .write_all(&header.encode())
-        .and_then(|()| file.sync_all());
+    let written = write_all_at(file.as_ref(), &header.encode(), 0).and_then(|()| file.sync_data());
     if let Err(e) = written {
         // Leave no header-less file behind (a full disk, typically).
         drop(file);
-        let _ = std::fs::remove_file(&path);
+        let _ = fs.remove_file(&path);
         return Err(e);
     }
-    sync_dir(dir)?;
+    fs.sync_dir(dir)?;
     Ok(file)
 }
 
@@ -339,7 +360,8 @@ mod tests {
     use crate::message::Message;
 
     fn write_segment(dir: &Path, ids: std::ops::Range<u64>) -> (PathBuf, Vec<u64>) {
-        let mut file = create_segment(dir, 1, ids.start, 0).unwrap();
+        let file =
+            create_segment(&crate::backlog::disk::RealFilesystem, dir, 1, ids.start, 0).unwrap();
         let mut buf = Vec::new();
         let mut offsets = Vec::new();
         for id in ids {
@@ -351,7 +373,7 @@ mod tests {
             encode_frame(&mut buf, &r, 0);
             seal_frame(&mut buf[start..], id);
         }
-        file.write_all(&buf).unwrap();
+        write_all_at(file.as_ref(), &buf, SEGMENT_HEADER_LEN).unwrap();
         (segment_path(dir, 1), offsets)
     }
 

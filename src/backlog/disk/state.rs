@@ -13,11 +13,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use super::DiskBacklogConfig;
+use super::fs::Filesystem;
 use super::ledger::RangeSet;
 use crate::backlog::BacklogDepth;
 
@@ -38,6 +40,9 @@ pub struct SegMeta {
     pub live_bytes: u64,
     /// Of those, handed out now.
     pub in_flight: u64,
+    /// Bumped each time the (active) segment is recycled in place on a full
+    /// disk: a reader that opened an older generation must reopen it.
+    pub generation: u64,
 }
 
 /// A handed-out record.
@@ -154,6 +159,8 @@ pub struct Shared {
     pub counters: Counters,
     /// Set once `close` ran: the store takes no more work.
     pub closed: AtomicBool,
+    /// The writer's file operations (the real file system, or a test's).
+    pub fs: Arc<dyn Filesystem>,
 }
 
 impl Index {
@@ -207,8 +214,10 @@ impl Index {
     }
 
     /// Whether a record read from `seq` is still owed and not handed out.
+    /// A record below its segment's first id is a leftover of a segment
+    /// recycled since it was read, never owed.
     pub fn owed(&self, seq: u64, id: u64) -> bool {
-        self.segments.contains_key(&seq)
+        self.segments.get(&seq).is_some_and(|s| id >= s.first_id)
             && !self.released.contains(id)
             && !self.in_flight.contains_key(&id)
     }

@@ -10,11 +10,15 @@
 //!   a torn record behind, and ids stay dense within a segment;
 //! - a record never spans two segments; the active segment is never deleted
 //!   (its header keeps the next id known even when everything is released);
-//! - a segment is deleted only when sealed and holding no owed record.
+//! - a segment is deleted only when sealed and holding no owed record, and
+//!   only after a ledger naming its records released (and the log's head)
+//!   is durable, so recovery can tell a deleted segment from a lost one;
+//! - on a full disk, an active segment holding no owed record is recycled
+//!   in place (the ledger saved, its header rewritten to start at the next
+//!   id, its records cut), so space held only by released records is always
+//!   reclaimed and a full disk always recovers once records are delivered.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -23,7 +27,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
 use super::WhenFull;
-use super::format::{BodyView, SEGMENT_HEADER_LEN, seal_frame};
+use super::format::{BodyView, SEGMENT_HEADER_LEN, SegmentHeader, seal_frame};
+use super::fs::{SegmentFile, write_all_at};
 use super::ledger::Ledger;
 use super::segment::{SegmentReader, Step, create_segment, segment_path};
 use super::state::{Gone, SegMeta, Shared};
@@ -100,7 +105,7 @@ struct PendingRec {
 /// The writer thread's state.
 pub struct Writer {
     shared: Arc<Shared>,
-    file: File,
+    file: Box<dyn SegmentFile>,
     seq: u64,
     /// Durable end of the active segment.
     end: u64,
@@ -113,7 +118,13 @@ pub struct Writer {
     head_hint: u64,
     last_ledger_save: Instant,
     disk_full: bool,
+    /// When a full disk was last reported (it is reported again every
+    /// [`FULL_REMINDER`] while it lasts).
+    full_said: Instant,
 }
+
+/// How often a disk that stays full is reported again.
+const FULL_REMINDER: Duration = Duration::from_secs(10);
 
 fn is_space_error(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::StorageFull
@@ -131,7 +142,7 @@ impl Writer {
     /// A writer appending to segment `seq` (already in the index) from `end`.
     pub fn new(shared: Arc<Shared>, seq: u64, end: u64, next_id: u64) -> io::Result<Writer> {
         let path = segment_path(&shared.dir, seq);
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let file = shared.fs.open(&path)?;
         Ok(Writer {
             shared,
             file,
@@ -145,6 +156,7 @@ impl Writer {
             head_hint: 0,
             last_ledger_save: Instant::now(),
             disk_full: false,
+            full_said: Instant::now(),
         })
     }
 
@@ -334,9 +346,7 @@ impl Writer {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let written = self
-            .file
-            .write_all_at(&self.buf, self.end)
+        let written = write_all_at(self.file.as_ref(), &self.buf, self.end)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             let first_unpublished = self.pending.first().map_or(self.next_id, |p| p.id);
@@ -394,6 +404,7 @@ impl Writer {
         if is_space_error(&e) {
             if !self.disk_full {
                 self.disk_full = true;
+                self.full_said = Instant::now();
                 tracing::error!(dir = %self.shared.dir.display(), error = %e, "backlog disk is full: holding new messages (backpressure) until space frees");
             }
             CycleError::Full
@@ -410,7 +421,8 @@ impl Writer {
     /// Seals the active segment and starts the next one.
     fn rotate(&mut self, now: i64) -> Result<(), CycleError> {
         let seq = self.seq + 1;
-        let file = match create_segment(&self.shared.dir, seq, self.next_id, now) {
+        let fs = Arc::clone(&self.shared.fs);
+        let file = match create_segment(fs.as_ref(), &self.shared.dir, seq, self.next_id, now) {
             Ok(f) => f,
             Err(e) => return Err(self.classify(e, "creating the segment after")),
         };
@@ -546,6 +558,19 @@ impl Writer {
             }
         }
         self.delete_released_segments();
+        if self.disk_full {
+            self.recycle_idle_active_segment();
+            if self.disk_full && self.full_said.elapsed() >= FULL_REMINDER {
+                self.full_said = Instant::now();
+                let depth = self.shared.counters.depth();
+                tracing::warn!(
+                    dir = %self.shared.dir.display(),
+                    owed = depth.records,
+                    owed_bytes = depth.bytes,
+                    "backlog disk still full: new messages wait at the source; space frees as owed records are delivered"
+                );
+            }
+        }
         let due = self.last_ledger_save.elapsed() >= self.shared.config.ledger_interval;
         if (force || (due && self.shared.index.lock().ledger_dirty))
             && let Err(e) = self.save_ledger()
@@ -566,9 +591,17 @@ impl Writer {
         if doomed.is_empty() {
             return;
         }
+        // The ledger must say these records were released before they
+        // vanish, or recovery would count them as lost.
+        if self.shared.index.lock().ledger_dirty
+            && let Err(e) = self.save_ledger()
+        {
+            tracing::warn!(error = %e, "saving the backlog ledger before deleting segments failed; will retry");
+            return;
+        }
         let mut removed = Vec::new();
         for (seq, path) in doomed {
-            match std::fs::remove_file(&path) {
+            match self.shared.fs.remove_file(&path) {
                 Ok(()) => removed.push(seq),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => removed.push(seq),
                 Err(e) => {
@@ -595,12 +628,70 @@ impl Writer {
         tracing::debug!(dir = %self.shared.dir.display(), count = removed.len(), "deleted released backlog segments");
     }
 
+    /// On a full disk, reclaims the active segment when every record in it
+    /// is gone (delivered, dropped or expired): it cannot be deleted (it
+    /// carries the next id) nor appended to (no room), so it is started
+    /// afresh in place. Order matters for a crash in between: the ledger
+    /// first (the records are known released), then the header (the next id
+    /// is known), then the cut that frees the space.
+    fn recycle_idle_active_segment(&mut self) {
+        let idle = {
+            let idx = self.shared.index.lock();
+            idx.segments
+                .get(&self.seq)
+                .is_some_and(|s| s.live == 0 && s.in_flight == 0)
+        };
+        if !idle || self.end <= SEGMENT_HEADER_LEN || !self.pending.is_empty() {
+            return;
+        }
+        let path = segment_path(&self.shared.dir, self.seq);
+        let saved = self.save_ledger();
+        let header = SegmentHeader {
+            seq: self.seq,
+            first_id: self.next_id,
+            created_ms: now_epoch_ms(),
+        };
+        let result = write_all_at(self.file.as_ref(), &header.encode(), 0)
+            .and_then(|()| self.file.sync_data())
+            .and_then(|()| self.file.set_len(SEGMENT_HEADER_LEN))
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = result {
+            tracing::warn!(segment = %path.display(), error = %e, "cannot recycle the fully delivered active backlog segment; will retry");
+            return;
+        }
+        let freed = self.end - SEGMENT_HEADER_LEN;
+        self.end = SEGMENT_HEADER_LEN;
+        {
+            let mut idx = self.shared.index.lock();
+            if let Some(seg) = idx.segments.get_mut(&self.seq) {
+                seg.first_id = self.next_id;
+                seg.end = SEGMENT_HEADER_LEN;
+                seg.live_bytes = 0;
+                seg.generation += 1;
+            }
+            if let Some(first) = idx.segments.values().next().map(|s| s.first_id) {
+                idx.released.prune_below(first);
+            }
+            idx.ledger_dirty = true;
+        }
+        if self.head.as_ref().is_some_and(|(seq, _)| *seq == self.seq) {
+            self.head = None;
+        }
+        if saved.is_err() {
+            // The space is free now: the ledger fits.
+            let _ = self.save_ledger();
+        }
+        self.disk_full = false;
+        tracing::info!(segment = %path.display(), freed_bytes = freed, "backlog disk full: recycled the fully delivered active segment; taking messages again");
+    }
+
     fn save_ledger(&mut self) -> Result<(), BacklogError> {
         let ledger = {
             let mut idx = self.shared.index.lock();
             idx.ledger_dirty = false;
             Ledger {
                 next_id: self.next_id,
+                head: idx.segments.values().next().map(|s| s.first_id),
                 released: idx.released.clone(),
             }
         };
