@@ -370,3 +370,37 @@ async fn payloads_of_every_length_come_back_byte_for_byte() {
     let store = DiskBacklog::open(dir.path(), small()).unwrap();
     same(&drain(&store, 10).await);
 }
+
+/// Backlog files hold customers' device data: readable by their owner only,
+/// whatever the umask.
+#[tokio::test]
+async fn files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("data/backlog/g");
+    let store = DiskBacklog::open(&dir, small()).unwrap();
+    let batch: Vec<_> = (0..100).map(|i| record(&format!("m{i}"), 0)).collect();
+    store.append(&batch).await.unwrap();
+    let out = drain(&store, 0).await;
+    store
+        .release(&out.iter().map(|r| r.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for d in [
+        top.path().join("data"),
+        top.path().join("data/backlog"),
+        dir.clone(),
+    ] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+        files += 1;
+    }
+    assert!(files >= 3, "segments, ledger and lock");
+    assert!(dir.join("ledger").exists());
+}
