@@ -1,5 +1,8 @@
-//! Unit tests of the disk store's semantics (the trait contract, capacity,
-//! expiry, restarts). Damage and crash tests live in `tests/`.
+//! Unit tests of what is particular to the disk store (segments, capacity
+//! in bytes, drop-oldest, expiry, restarts, the lock, file modes). The
+//! store contract itself is tested for every store by
+//! `tests/backlog_conformance.rs`; damage, faults and crashes live in
+//! `tests/` too.
 
 use std::time::Duration;
 
@@ -71,27 +74,6 @@ async fn records_come_out_in_order_across_segments_and_segments_go_when_released
 }
 
 #[tokio::test]
-async fn records_not_yet_due_are_passed_over_and_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = DiskBacklog::open(dir.path(), small()).unwrap();
-    store
-        .append(&[record("a", 0), record("b", 100), record("c", 0)])
-        .await
-        .unwrap();
-    let first = store.take_ready(10, 50).await.unwrap();
-    assert_eq!(ids(&first), ["a", "c"]);
-    assert!(store.take_ready(10, 99).await.unwrap().is_empty());
-    assert!(store.has_waiting());
-    let later = store.take_ready(10, 100).await.unwrap();
-    assert_eq!(ids(&later), ["b"]);
-    assert_eq!(store.depth().in_flight, 3);
-    let all: Vec<_> = first.iter().chain(&later).map(|r| r.id).collect();
-    store.release(&all).await.unwrap();
-    assert_eq!(store.depth().records, 0);
-    assert!(!store.has_waiting());
-}
-
-#[tokio::test]
 async fn retries_keep_their_attempts_and_backoff_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = DiskBacklogConfig {
@@ -149,39 +131,6 @@ async fn a_restart_brings_back_what_was_not_released() {
     store.append(&[record("new", 0)]).await.unwrap();
     let new = drain(&store, 0).await;
     assert!(new[0].id > out.iter().map(|r| r.id).max().unwrap());
-}
-
-#[tokio::test]
-async fn a_full_store_applies_backpressure_and_takes_more_once_room_frees() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = DiskBacklog::open(
-        dir.path(),
-        DiskBacklogConfig {
-            max_records: Some(3),
-            ..small()
-        },
-    )
-    .unwrap();
-    let err = store
-        .append(&[
-            record("a", 0),
-            record("b", 0),
-            record("c", 0),
-            record("d", 0),
-        ])
-        .await
-        .unwrap_err();
-    assert!(matches!(err, BacklogError::Full { stored: 3 }), "{err:?}");
-    assert!(matches!(
-        store.append(&[record("d", 0)]).await,
-        Err(BacklogError::Full { stored: 0 })
-    ));
-    assert_eq!(store.depth().dropped, 0);
-    let one = store.take_ready(1, 0).await.unwrap();
-    store.release(&[one[0].id]).await.unwrap();
-    store.append(&[record("d", 0)]).await.unwrap();
-    let rest = drain(&store, 0).await;
-    assert_eq!(ids(&rest), ["b", "c", "d"]);
 }
 
 #[tokio::test]
