@@ -162,10 +162,18 @@ pub enum AuditError {
     },
 }
 
+/// An I/O error with what was being done, formatted only when there is an
+/// error (reading runs once per record).
+fn io_error(action: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> AuditError {
+    move |source| AuditError::Io {
+        action: action(),
+        source,
+    }
+}
+
 /// Audits `dir`; `check_bodies` also decodes every record body (for
 /// `verify`; recovery leaves that to the reader).
 pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, AuditError> {
-    let io = |action: String| move |source| AuditError::Io { action, source };
     let mut out = Audit::default();
     let ledger = match Ledger::load(dir) {
         Ok(l) => {
@@ -181,7 +189,7 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
             Ledger::default()
         }
     };
-    let files = list_segments(dir).map_err(io(format!("listing {}", dir.display())))?;
+    let files = list_segments(dir).map_err(io_error(|| format!("listing {}", dir.display())))?;
     out.segment_files = files.len() as u64;
     // Ids seen valid, as ranges; the run being extended is kept apart so a
     // healthy log costs one comparison per record, not a map update.
@@ -199,7 +207,7 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
         let last = i + 1 == count;
         let name = path.display().to_string();
         let mut reader = SegmentReader::open(&path, None, 1 << 20, max_body)
-            .map_err(io(format!("opening {name}")))?;
+            .map_err(io_error(|| format!("opening {name}")))?;
         let header_first = match &reader.header {
             Ok(h) => {
                 if h.first_id <= max_id {
@@ -260,7 +268,10 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
             ..SegMeta::default()
         };
         loop {
-            match reader.next_step().map_err(io(format!("reading {name}")))? {
+            match reader
+                .next_step()
+                .map_err(io_error(|| format!("reading {name}")))?
+            {
                 Step::Record { id, offset, total } => {
                     max_id = max_id.max(id);
                     lower(&mut first_id, id);
