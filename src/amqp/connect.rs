@@ -186,6 +186,7 @@ impl Backoff {
 /// The host name is resolved first, so that a name that does not resolve
 /// is told apart ([`Failure::UnknownHost`]) from a broker that is down.
 pub async fn connect(url: &BrokerUrl, name: &str) -> Result<Connection, AmqpError> {
+    tracing::trace!(broker = %url, connection = name, "connecting to the broker");
     if let Err(e) = tokio::net::lookup_host((url.host(), url.port())).await {
         return Err(AmqpError::with_failure(
             url,

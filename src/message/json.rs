@@ -239,12 +239,7 @@ pub(crate) fn decode_string(literal: &[u8], offset: usize) -> Result<String, Jso
         } else {
             u32::from(unit)
         };
-        let c = char::from_u32(code).ok_or(err(
-            i,
-            JsonProblem::LoneSurrogate {
-                unit: unit & 0xFFFF,
-            },
-        ))?;
+        let c = char::from_u32(code).ok_or(err(i, JsonProblem::LoneSurrogate { unit }))?;
         let mut buf = [0u8; 4];
         out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
     }
