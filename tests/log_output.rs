@@ -71,3 +71,47 @@ fn a_terminal_gets_colour_unless_no_color_is_set() {
     let empty = run_on_a_terminal(Some("")).unwrap();
     assert!(empty.contains(&ESC));
 }
+
+#[test]
+fn json_log_lines_are_one_object_each() {
+    use simd_json::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_laneway"))
+        .args([
+            "run",
+            "-q",
+            "-v",
+            "--log-format",
+            "json",
+            "--duration",
+            "2s",
+            "--data-dir",
+            "data",
+        ])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines.is_empty(), "no log line at all");
+    for line in lines {
+        let mut bytes = line.as_bytes().to_vec();
+        let value = simd_json::to_owned_value(&mut bytes)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for key in ["timestamp", "level", "target"] {
+            assert!(
+                value.get(key).and_then(|v| v.as_str()).is_some(),
+                "{key}: {line}"
+            );
+        }
+        let message = value.get("fields").and_then(|f| f.get("message"));
+        assert!(message.and_then(|m| m.as_str()).is_some(), "{line}");
+    }
+    assert!(text.contains(r#""level":"INFO""#), "{text}");
+}

@@ -27,6 +27,11 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// How log lines are written to stderr: `text`, or `json` (one object
+    /// per line; add -q to `run` to keep status lines out of the stream).
+    #[arg(long, value_enum, default_value_t = logging::LogFormat::Text, global = true)]
+    pub log_format: logging::LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
