@@ -1,16 +1,93 @@
 //! Connecting to the broker, and reconnecting with backoff.
 //!
 //! Invariants: every error that leaves this module is redacted (it names the
-//! broker by its redacted URL and has any quoted password scrubbed); a
-//! reconnect loop waits between attempts, doubling from `initial` to `max`,
-//! and gives up only when told to stop.
+//! broker by its redacted URL and has any quoted password scrubbed) and says
+//! whether retrying can help ([`Failure`]); a reconnect loop waits between
+//! attempts, doubling from `initial` to `max`, logs each retry at WARN, and
+//! gives up only when told to stop or when the failure is fatal (refused
+//! credentials, a missing virtual host, a host name that does not resolve).
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties, ErrorKind};
 
 use super::url::BrokerUrl;
 use crate::signal::Signal;
+
+/// What kind of failure the broker (or the network) reported: whether a
+/// retry can help, and if not, what the user has to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// Anything a retry may cure: a refused or dropped connection, a broker
+    /// restarting or shutting down (`CONNECTION_FORCED`), a timeout.
+    Transient,
+    /// The broker refused the login (`ACCESS_REFUSED` at connection): wrong
+    /// user name or password.
+    LoginRefused,
+    /// The virtual host does not exist, or the user may not use it
+    /// (`NOT_ALLOWED` at connection).
+    VhostNotAllowed,
+    /// The broker's host name does not resolve.
+    UnknownHost,
+    /// A queue or exchange does not exist (`NOT_FOUND`).
+    NotFound,
+    /// The user may not use a queue or exchange (`ACCESS_REFUSED` on a channel).
+    AccessRefused,
+    /// The broker refused a declaration or another request outright
+    /// (`PRECONDITION_FAILED`, `RESOURCE_LOCKED`, an invalid path, ...).
+    Refused,
+}
+
+impl Failure {
+    /// Whether retrying cannot help: the configuration or the broker's
+    /// set-up has to change first.
+    pub fn is_fatal(self) -> bool {
+        !matches!(self, Failure::Transient)
+    }
+
+    /// Classifies a client-library error. `at_login` tells an error during
+    /// the connection handshake (where `ACCESS_REFUSED` means bad
+    /// credentials) from one on a channel (where it means a forbidden queue).
+    pub fn of(error: &lapin::Error, at_login: bool) -> Failure {
+        let ErrorKind::ProtocolError(e) = error.kind() else {
+            return match error.kind() {
+                ErrorKind::AuthProviderError(_) => Failure::LoginRefused,
+                ErrorKind::InvalidProtocolVersion(_) => Failure::Refused,
+                _ => Failure::Transient,
+            };
+        };
+        // Reply codes from the AMQP 0-9-1 specification.
+        match e.get_id() {
+            403 if at_login => Failure::LoginRefused,
+            403 => Failure::AccessRefused,
+            530 if at_login => Failure::VhostNotAllowed,
+            404 => Failure::NotFound,
+            402 | 405 | 406 | 530 | 540 => Failure::Refused,
+            _ => Failure::Transient,
+        }
+    }
+
+    /// What the user should know, in a few words (empty for transient failures).
+    fn advice(self, url: &BrokerUrl) -> String {
+        match self {
+            Failure::Transient => String::new(),
+            Failure::LoginRefused => format!(
+                "login refused for user {:?}: check the user name and password",
+                url.user()
+            ),
+            Failure::VhostNotAllowed => format!(
+                "virtual host {:?} does not exist or user {:?} may not use it",
+                url.vhost(),
+                url.user()
+            ),
+            Failure::UnknownHost => format!("host {:?} does not resolve", url.host()),
+            Failure::NotFound => "it does not exist (create it, or set declare = true)".into(),
+            Failure::AccessRefused => format!("user {:?} may not use it", url.user()),
+            Failure::Refused => "the broker refused it".into(),
+        }
+    }
+}
 
 /// A failure talking to the broker, with the URL redacted.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -18,17 +95,57 @@ use crate::signal::Signal;
 pub struct AmqpError {
     /// The broker, as its redacted URL.
     pub broker: String,
+    /// Whether a retry can help.
+    pub failure: Failure,
     /// What failed and why.
     pub message: String,
 }
 
 impl AmqpError {
-    /// An error about `what` on `url`, from a client-library error.
+    /// An error about `what` on `url`, from any error text; counted as
+    /// transient.
     pub fn new(url: &BrokerUrl, what: &str, error: impl std::fmt::Display) -> AmqpError {
         AmqpError {
             broker: url.redacted().to_string(),
+            failure: Failure::Transient,
             message: url.scrub(&format!("{what}: {error}")),
         }
+    }
+
+    /// An error about `what` on `url` from the client library, classified
+    /// (see [`Failure::of`]); a fatal one leads with what to fix.
+    pub fn classify(
+        url: &BrokerUrl,
+        what: &str,
+        error: &lapin::Error,
+        at_login: bool,
+    ) -> AmqpError {
+        let failure = Failure::of(error, at_login);
+        Self::with_failure(url, what, failure, error)
+    }
+
+    fn with_failure(
+        url: &BrokerUrl,
+        what: &str,
+        failure: Failure,
+        error: impl std::fmt::Display,
+    ) -> AmqpError {
+        let advice = failure.advice(url);
+        let message = if advice.is_empty() {
+            format!("{what}: {error}")
+        } else {
+            format!("{what}: {advice} ({error})")
+        };
+        AmqpError {
+            broker: url.redacted().to_string(),
+            failure,
+            message: url.scrub(&message),
+        }
+    }
+
+    /// Whether retrying cannot help.
+    pub fn is_fatal(&self) -> bool {
+        self.failure.is_fatal()
     }
 }
 
@@ -65,39 +182,67 @@ impl Backoff {
 }
 
 /// Opens one connection. `name` shows in the broker's management UI.
+///
+/// The host name is resolved first, so that a name that does not resolve
+/// is told apart ([`Failure::UnknownHost`]) from a broker that is down.
 pub async fn connect(url: &BrokerUrl, name: &str) -> Result<Connection, AmqpError> {
+    tracing::trace!(broker = %url, connection = name, "connecting to the broker");
+    if let Err(e) = tokio::net::lookup_host((url.host(), url.port())).await {
+        return Err(AmqpError::with_failure(
+            url,
+            "connecting",
+            Failure::UnknownHost,
+            e,
+        ));
+    }
     let props = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url.secret(), props)
         .await
-        .map_err(|e| AmqpError::new(url, "connecting", e))
+        .map_err(|e| AmqpError::classify(url, "connecting", &e, true))
 }
 
-/// Connects, retrying with `backoff` until it works; `None` once `stop` is raised.
+/// Connects, retrying with `backoff` until it works: `Ok(None)` once `stop`
+/// is raised, `Err` on a fatal failure. A host name that does not resolve
+/// is fatal only while `first` (no connection has worked yet: a typo in the
+/// configuration); later it is a DNS blip, retried like a refused connection.
+/// `who` names the source or sink in the WARN line of each retry.
 pub async fn connect_with_retry(
     url: &BrokerUrl,
     name: &str,
+    who: &str,
     backoff: &mut Backoff,
     stop: &Signal,
-) -> Option<Connection> {
+    first: bool,
+) -> Result<Option<Connection>, AmqpError> {
+    let mut attempt_no = 0u32;
     loop {
         if stop.is_raised() {
-            return None;
+            return Ok(None);
         }
         let attempt = tokio::select! {
             biased;
-            _ = stop.raised() => return None,
+            _ = stop.raised() => return Ok(None),
             c = connect(url, name) => c,
         };
+        attempt_no += 1;
         match attempt {
             Ok(conn) => {
                 backoff.reset();
-                return Some(conn);
+                return Ok(Some(conn));
+            }
+            Err(e) if e.is_fatal() && (first || e.failure != Failure::UnknownHost) => {
+                return Err(e);
             }
             Err(e) => {
                 let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?wait, "broker connection failed");
+                tracing::warn!(
+                    source = %who,
+                    error = %e,
+                    attempt = attempt_no,
+                    "broker connection failed; retrying in {wait:?}"
+                );
                 tokio::select! {
-                    _ = stop.raised() => return None,
+                    _ = stop.raised() => return Ok(None),
                     _ = tokio::time::sleep(wait) => {}
                 }
             }

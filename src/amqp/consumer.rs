@@ -218,7 +218,6 @@ impl Source for AmqpSource {
             };
             tasks.spawn(consumer.run());
         }
-        let mut first_error = None;
         while let Some(joined) = tasks.join_next().await {
             let result = joined.unwrap_or_else(|e| {
                 Err(SourceError::Origin {
@@ -227,10 +226,14 @@ impl Source for AmqpSource {
                 })
             });
             if let Err(e) = result {
-                first_error.get_or_insert(e);
+                // Report at once: the engine then stops the run, and the
+                // other queues' consumers (left running) shut down as usual
+                // on the stop signal.
+                tasks.detach_all();
+                return Err(e);
             }
         }
-        first_error.map_or(Ok(()), Err)
+        Ok(())
     }
 }
 
@@ -330,10 +333,26 @@ impl QueueConsumer {
         let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
         let name = format!("laneway source {}", self.queue);
         let mut sessions = 0u64;
+        let who = self.origin();
         loop {
-            let Some(conn) = connect_with_retry(&self.url, &name, &mut backoff, &self.stop).await
-            else {
-                return Ok(());
+            let connected = connect_with_retry(
+                &self.url,
+                &name,
+                &who,
+                &mut backoff,
+                &self.stop,
+                sessions == 0,
+            )
+            .await;
+            let conn = match connected {
+                Ok(Some(conn)) => conn,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    return Err(SourceError::Origin {
+                        origin: who,
+                        message: e.message,
+                    });
+                }
             };
             sessions += 1;
             if sessions > 1 {
@@ -355,8 +374,8 @@ impl QueueConsumer {
                         return Ok(());
                     }
                     let wait = backoff.next_delay();
-                    tracing::warn!(queue = %self.queue, broker = %self.url, reason = %why, retry_in = ?wait,
-                        "consumer session lost; unacknowledged messages will be redelivered");
+                    tracing::warn!(source = %who, reason = %why,
+                        "consumer session lost; retrying in {wait:?}; unacknowledged messages will be redelivered");
                     tokio::select! {
                         _ = self.stop.raised() => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}
@@ -373,11 +392,12 @@ impl QueueConsumer {
         session: u64,
     ) -> Result<(Channel, lapin::Consumer, ShortString), SessionEnd> {
         let lost = |what: &str, e: lapin::Error| {
-            let text = AmqpError::new(&self.url, what, &e).to_string();
-            if e.is_amqp_soft_error() {
-                SessionEnd::Fatal(text)
+            let error = AmqpError::classify(&self.url, what, &e, false);
+            if error.is_fatal() {
+                // The origin (broker and queue) is added by the caller.
+                SessionEnd::Fatal(error.message)
             } else {
-                SessionEnd::Lost(text)
+                SessionEnd::Lost(error.to_string())
             }
         };
         let c = &self.config;

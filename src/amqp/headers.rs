@@ -259,7 +259,9 @@ mod tests {
                     assert_eq!(origin, "queue q");
                     assert_eq!(&raw[..], b"x");
                 }
-                Incoming::Message(m) => panic!("accepted {m:?}"),
+                Incoming::Message(m) | Incoming::MessageAt { message: m, .. } => {
+                    panic!("accepted {m:?}")
+                }
             }
         }
     }

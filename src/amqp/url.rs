@@ -40,13 +40,31 @@ pub struct BrokerUrl {
     raw: String,
     redacted: String,
     tls: bool,
+    user: String,
+    host: String,
+    port: u16,
+    vhost: String,
 }
 
 impl BrokerUrl {
     /// Parses and checks a URL (`amqp://` or `amqps://`).
+    ///
+    /// A password must be percent-encoded: one holding an unescaped `/`,
+    /// `?` or `#` would end the URL's authority early and be read as a host,
+    /// port or path, so such a URL is refused (and shown with everything up
+    /// to its last `@` redacted).
     pub fn parse(raw: &str) -> Result<BrokerUrl, UrlError> {
         let raw = raw.trim();
         let redacted = redact(raw);
+        if ambiguous_userinfo(raw) {
+            return Err(UrlError::Invalid {
+                redacted,
+                reason: "an '@' follows the host part: percent-encode '/', '?', '#' and '@' \
+                         in the user name and password (%2F, %3F, %23, %40), and '@' in the \
+                         virtual host"
+                    .into(),
+            });
+        }
         let uri = AMQPUri::from_str(raw).map_err(|reason| UrlError::Invalid {
             redacted: redacted.clone(),
             // The parser's message may quote the URL; keep only what is safe.
@@ -56,7 +74,31 @@ impl BrokerUrl {
             raw: raw.to_string(),
             redacted,
             tls: uri.scheme == AMQPScheme::AMQPS,
+            user: uri.authority.userinfo.username,
+            host: uri.authority.host,
+            port: uri.authority.port,
+            vhost: uri.vhost,
         })
+    }
+
+    /// The user name the URL logs in with (not a secret: shown in errors).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The broker's host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The broker's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The virtual host, decoded (`/` for `%2f`).
+    pub fn vhost(&self) -> &str {
+        &self.vhost
     }
 
     /// Resolves the URL of a source or sink: `url` when given, else the
@@ -110,47 +152,86 @@ impl fmt::Debug for BrokerUrl {
 
 /// The URL with the password of its user-info part replaced by `***`;
 /// anything that does not look like a URL with credentials is returned as is.
+///
+/// When an `@` appears after the host part (a password holding an
+/// unescaped `/`, `?` or `#` looks like that), everything from the first
+/// `:` of the user info up to the last `@` is taken as the password: when
+/// in doubt, too much is hidden rather than too little.
 pub fn redact(raw: &str) -> String {
-    let Some(scheme_end) = raw.find("://") else {
+    let Some((scheme, user, _password, after)) = split_userinfo(raw) else {
         return raw.to_string();
+    };
+    format!("{scheme}://{user}:***@{after}")
+}
+
+/// Splits `scheme://user:password@rest` at the user info:
+/// `(scheme, user, password, rest)`.
+fn split_userinfo(raw: &str) -> Option<(&str, &str, &str, &str)> {
+    let scheme_end = raw.find("://")?;
+    let rest = &raw[scheme_end + 3..];
+    // The user info ends at the last '@' (a password may hold '@', '/', '?'
+    // or '#' unescaped; an '@' in the path is rare and then over-redacted).
+    let at = rest.rfind('@')?;
+    let userinfo = &rest[..at];
+    let colon = userinfo.find(':')?;
+    Some((
+        &raw[..scheme_end],
+        &userinfo[..colon],
+        &userinfo[colon + 1..],
+        &rest[at + 1..],
+    ))
+}
+
+/// Whether the user info cannot be told from the rest: an `@` after the
+/// first `/`, `?` or `#` that follows the scheme, with a `:` before it.
+fn ambiguous_userinfo(raw: &str) -> bool {
+    let Some(scheme_end) = raw.find("://") else {
+        return false;
     };
     let rest = &raw[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    // The user-info ends at the last '@' of the authority (a password may hold '@' unescaped).
-    let Some(at) = authority.rfind('@') else {
-        return raw.to_string();
-    };
-    let userinfo = &authority[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => &userinfo[..colon],
-        None => return raw.to_string(),
-    };
-    format!(
-        "{}://{}:***@{}{}",
-        &raw[..scheme_end],
-        user,
-        &authority[at + 1..],
-        &rest[authority_end..]
-    )
+    rest[authority_end..].contains('@') && split_userinfo(raw).is_some()
 }
 
-/// Replaces the raw URL and its password in a message by the redacted URL.
+/// Replaces the raw URL and its password (as written and percent-decoded)
+/// in a message by their redacted forms.
 fn scrub(message: &str, raw: &str, redacted: &str) -> String {
     let mut out = message.replace(raw, redacted);
-    if let Some(password) = password_of(raw)
+    if let Some((_, _, password, _)) = split_userinfo(raw)
         && !password.is_empty()
     {
         out = out.replace(password, "***");
+        let decoded = percent_decode(password);
+        if !decoded.is_empty() {
+            out = out.replace(&decoded, "***");
+        }
     }
     out
 }
 
-fn password_of(raw: &str) -> Option<&str> {
-    let rest = &raw[raw.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    Some(&userinfo[userinfo.find(':')? + 1..])
+/// `%XX` sequences decoded (lossily); used only to find a password's
+/// decoded form in text.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -187,6 +268,46 @@ mod tests {
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("u:***@host"), "{err}");
+    }
+
+    #[test]
+    fn passwords_with_unescaped_delimiters_never_show() {
+        for (url, password) in [
+            ("amqp://app:Qx7/Zk9@rabbit:5672/%2f", "Qx7/Zk9"),
+            ("amqp://app:Qx7?Zk9@rabbit:5672/%2f", "Qx7?Zk9"),
+            ("amqp://app:Qx7#Zk9@rabbit:5672/%2f", "Qx7#Zk9"),
+            ("amqp://app:123#456@rabbit:5672/%2f", "123#456"),
+            ("amqp://app:123?456@rabbit/", "123?456"),
+            ("amqp://app:Qx7/Zk9?Wm4#Jv2@rabbit/vh", "Qx7/Zk9?Wm4#Jv2"),
+            ("amqps://app:Qx7@Zk9/Wm4#Jv2@rabbit/", "Qx7@Zk9/Wm4#Jv2"),
+            ("amqp://app:%2FQx7%40Zk9@rabbit/", "%2FQx7%40Zk9"),
+        ] {
+            let pieces: Vec<&str> = password
+                .split(['/', '?', '#', '@', '%'])
+                .filter(|p| p.len() >= 3)
+                .collect();
+            assert!(!pieces.is_empty());
+            let shown = match BrokerUrl::parse(url) {
+                Ok(u) => format!("{u} {u:?} {}", u.scrub(&format!("x {url} {password}"))),
+                Err(e) => format!("{e} {e:?}"),
+            };
+            for piece in &pieces {
+                assert!(!shown.contains(piece), "{url}: {shown}");
+            }
+            assert!(shown.contains("app:***@"), "{url}: {shown}");
+            assert!(!redact(url).contains(password), "{url}");
+        }
+        let err = BrokerUrl::parse("amqp://app:Qx7/Zk9@rabbit/")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("percent-encode"), "{err}");
+        let ok = BrokerUrl::parse("amqp://app:pa%2Fss@rabbit:5673/v").unwrap();
+        assert_eq!(
+            (ok.user(), ok.host(), ok.port(), ok.vhost()),
+            ("app", "rabbit", 5673, "v")
+        );
+        let scrubbed = ok.scrub("the password pa/ss leaked");
+        assert!(!scrubbed.contains("pa/ss"), "{scrubbed}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod backlog;
 mod bench;
 mod check_config;
+pub mod logging;
 mod run;
 mod simulate;
 mod status;
@@ -21,9 +22,15 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "laneway", version, propagate_version = true)]
 pub struct Cli {
-    /// Log more (-v: info, -vv: debug). RUST_LOG overrides.
+    /// Log more (-v: info, -vv: debug). RUST_LOG overrides; the AMQP client
+    /// library's own logs stay off at every level (they print credentials).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// How log lines are written to stderr: `text`, or `json` (one object
+    /// per line; add -q to `run` to keep status lines out of the stream).
+    #[arg(long, value_enum, default_value_t = logging::LogFormat::Text, global = true)]
+    pub log_format: logging::LogFormat,
 
     /// What to do.
     #[command(subcommand)]

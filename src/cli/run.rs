@@ -8,6 +8,12 @@ use super::status::{StatusLine, summary_text};
 use crate::config::FileConfig;
 
 /// Arguments of `run`.
+///
+/// Exit status: 0 when the run ends normally (Ctrl-C, `--duration`, finite
+/// sources exhausted); 1 when the config cannot be used or a source fails
+/// for good (a missing input file or queue, refused credentials, a missing
+/// virtual host, an unknown broker host), with one `error:` line on stderr
+/// naming the source; 130 on a second Ctrl-C.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// A config file (see laneway.example.toml); without it, the embedded
@@ -116,6 +122,13 @@ pub async fn run(args: RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+    // Last, so that it is the line a user sees: one per failed source.
+    for failure in &summary.failures {
+        eprintln!("error: source failed, run stopped: {}", failure.error);
+    }
+    if summary.failed() {
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }

@@ -88,12 +88,15 @@ pub enum ConfigError {
         message: String,
     },
     /// The file parses, but a value is not usable.
-    #[error("{path}:{line}: {message}")]
+    #[error("{path}:{line}:{column}: {message}")]
     Invalid {
         /// The file.
         path: String,
-        /// 1-based line of the group (or 1 when the problem is file-wide).
+        /// 1-based line of the offending key when it can be found, else of
+        /// its group (or 1 when the problem is file-wide).
         line: usize,
+        /// 1-based column of the offending key (1 when only the line is known).
+        column: usize,
         /// What is wrong, naming the knob.
         message: String,
     },
@@ -113,6 +116,120 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// The line where `[[groups]]` entry number `index` starts.
 fn group_line(text: &str, index: usize) -> usize {
     table_line(text, "[[groups]]", index)
+}
+
+/// One step of a path into the document: a key, or an index into an array
+/// (of tables).
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// 1-based line and column of the last key of `path` that the document
+/// has (so a missing key falls back to its table's position); `None` when
+/// not even the first step is there.
+fn key_position(text: &str, path: &[Step<'_>]) -> Option<(usize, usize)> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut table: Option<&DeTable<'_>> = Some(doc.get_ref());
+    let mut current: Option<&toml::Spanned<DeValue<'_>>> = None;
+    let mut found = None;
+    for step in path {
+        match *step {
+            Step::Key(key) => {
+                let Some(t) = table else { break };
+                let Some((k, v)) = t.iter().find(|(k, _)| k.get_ref().as_ref() == key) else {
+                    break;
+                };
+                found = Some(k.span());
+                current = Some(v);
+            }
+            Step::Index(i) => {
+                let Some(DeValue::Array(items)) = current.map(|v| v.get_ref()) else {
+                    break;
+                };
+                let Some(item) = items.get(i) else { break };
+                found = Some(item.span());
+                current = Some(item);
+            }
+        }
+        table = match current.map(|v| v.get_ref()) {
+            Some(DeValue::Table(t)) => Some(t),
+            _ => None,
+        };
+    }
+    found.map(|span| line_col(text, span.start))
+}
+
+/// Knobs of a group whose validation errors name them as `group "x": knob ...`.
+const GROUP_KNOBS: [&str; 9] = [
+    "live_capacity",
+    "slots",
+    "batch_size",
+    "backlog_share",
+    "backlog_rate",
+    "max_attempts",
+    "delivery_timeout",
+    "kinds",
+    "products",
+];
+
+/// Why a group name cannot be used: it names the group's backlog directory
+/// (`<data_dir>/backlog/<name>`), so it must be one plain path component.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupNameError {
+    /// The name is empty.
+    #[error("a group needs a non-empty name")]
+    Empty,
+    /// `.` or `..`: the directory would be the backlog root or its parent.
+    #[error(
+        "group name {0:?} is not allowed: it would name the backlog directory itself or its parent"
+    )]
+    Dots(String),
+    /// A path separator, a NUL or another control character.
+    #[error(
+        "group name {name:?} holds {what}: a name must be one plain path component (letters, digits, '-', '_', '.', ...)"
+    )]
+    BadCharacter {
+        /// The name as given.
+        name: String,
+        /// Which character, in words.
+        what: &'static str,
+    },
+    /// Longer than a file name may be.
+    #[error("group name is {0} bytes long; at most 255 are allowed (it names a directory)")]
+    TooLong(usize),
+}
+
+/// Checks that a group name is safe as a single directory name.
+pub fn check_group_name(name: &str) -> Result<(), GroupNameError> {
+    if name.is_empty() {
+        return Err(GroupNameError::Empty);
+    }
+    if name == "." || name == ".." {
+        return Err(GroupNameError::Dots(name.to_string()));
+    }
+    let bad = |what| {
+        Err(GroupNameError::BadCharacter {
+            name: name.to_string(),
+            what,
+        })
+    };
+    for c in name.chars() {
+        match c {
+            '/' => return bad("a '/'"),
+            '\\' => return bad("a '\\'"),
+            '\0' => return bad("a NUL character"),
+            c if c.is_control() => return bad("a control character"),
+            _ => {}
+        }
+    }
+    if name.len() > 255 {
+        return Err(GroupNameError::TooLong(name.len()));
+    }
+    Ok(())
 }
 
 /// The line where the array-of-tables entry `header` number `index` starts.
@@ -139,7 +256,20 @@ impl FileConfig {
         let invalid = |line, message| ConfigError::Invalid {
             path: path.to_string(),
             line,
+            column: 1,
             message,
+        };
+        // At the key `knob` of group `i` (nested keys after a '.'), else at the group.
+        let at_key = |i: usize, knob: &str, message: String| {
+            let mut steps = vec![Step::Key("groups"), Step::Index(i)];
+            steps.extend(knob.split('.').map(Step::Key));
+            let (line, column) = key_position(text, &steps).unwrap_or((group_line(text, i), 1));
+            ConfigError::Invalid {
+                path: path.to_string(),
+                line,
+                column,
+                message,
+            }
         };
         if config.groups.is_empty() {
             return Err(invalid(
@@ -148,7 +278,39 @@ impl FileConfig {
             ));
         }
         for (i, g) in config.groups.iter().enumerate() {
-            g.validate().map_err(|m| invalid(group_line(text, i), m))?;
+            check_group_name(&g.name).map_err(|e| at_key(i, "name", e.to_string()))?;
+            g.validate().map_err(|m| {
+                let prefix = format!("group {:?}: ", g.name);
+                let knob = GROUP_KNOBS
+                    .iter()
+                    .find(|k| {
+                        m.strip_prefix(&prefix)
+                            .is_some_and(|rest| rest.starts_with(*k))
+                    })
+                    .or_else(|| GROUP_KNOBS.iter().find(|k| m.contains(*k)));
+                match knob {
+                    Some(knob) => at_key(i, knob, m),
+                    None => invalid(group_line(text, i), m),
+                }
+            })?;
+            if let BacklogSpec::Memory {
+                max_records,
+                max_bytes,
+            } = &g.backlog
+            {
+                for (knob, value) in [("max_records", max_records), ("max_bytes", max_bytes)] {
+                    if *value == 0 {
+                        return Err(at_key(
+                            i,
+                            &format!("backlog.{knob}"),
+                            format!(
+                                "group {:?}: backlog.{knob} must be at least 1 (a memory backlog that can hold nothing would stop the group at its first diverted message)",
+                                g.name
+                            ),
+                        ));
+                    }
+                }
+            }
             if let BacklogSpec::Disk(d) = &g.backlog {
                 d.validate().map_err(|m| {
                     invalid(group_line(text, i), format!("group {:?}: {m}", g.name))
@@ -357,7 +519,7 @@ mod tests {
     fn semantic_errors_name_the_group_line_and_knob() {
         let text = "[[groups]]\nname = \"a\"\n\n[[groups]]\nname = \"b\"\nbacklog_share = 2.0\n";
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
-        assert!(err.starts_with("t.toml:4:"), "{err}");
+        assert!(err.starts_with("t.toml:6:1:"), "{err}");
         assert!(err.contains("backlog_share"), "{err}");
     }
 
@@ -418,5 +580,65 @@ mod tests {
             "[[groups]]\nname = \"a\"\nsink = { type = \"jsonl\", path = \"x\", colour = 1 }\n";
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn unsafe_group_names_are_refused_at_the_name_key() {
+        for name in [
+            "../../escape",
+            "..",
+            ".",
+            "a/b",
+            "/",
+            "",
+            "a\\b",
+            "tab\there",
+            "nul\u{0}",
+        ] {
+            let quoted = toml::Value::String(name.to_string()).to_string();
+            let text =
+                format!("[[groups]]\nname = \"ok\"\n\n[[groups]]\nslots = 2\n  name = {quoted}\n");
+            let err = FileConfig::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(err.starts_with("t.toml:6:3: "), "{name:?}: {err}");
+            assert!(
+                err.contains("group name") || err.contains("non-empty"),
+                "{name:?}: {err}"
+            );
+        }
+        let long = "x".repeat(256);
+        let err = FileConfig::parse(&format!("[[groups]]\nname = \"{long}\"\n"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("255"), "{err}");
+        for name in ["alarms", "a.b", "产品-1", "x_y", "...", "a..b"] {
+            let text =
+                format!("[[groups]]\nname = \"{name}\"\nbacklog = {{ store = \"memory\" }}\n");
+            assert!(FileConfig::parse(&text, "t.toml").is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_memory_backlog_that_holds_nothing_is_refused_at_its_key() {
+        let text = "[[groups]]\nname = \"a\"\nbacklog = { store = \"memory\", max_records = 0 }\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:3:31: "), "{err}");
+        assert!(
+            err.contains("backlog.max_records must be at least 1"),
+            "{err}"
+        );
+
+        let text =
+            "[[groups]]\nname = \"a\"\n\n[groups.backlog]\nstore = \"memory\"\nmax_bytes = 0\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:6:1: "), "{err}");
+        assert!(err.contains("backlog.max_bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_knob_error_points_at_its_key() {
+        let text = "# c\n\n[[groups]]\nname = \"a\"\nslots = 2\n\nbacklog_share = 1.5\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:7:1: "), "{err}");
+        assert!(err.contains("backlog_share"), "{err}");
     }
 }

@@ -3,11 +3,13 @@
 //! Invariants: a dead letter is written (and fsync'd, for a file) before the
 //! source is acknowledged for it; nothing reaches the dead letters without a
 //! reason; the most recent ones stay readable in memory for library users
-//! and tests.
+//! and tests; the file is readable by its owner only (0600, its directories
+//! 0700 when laneway creates them), since it holds customer device data.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -100,12 +102,26 @@ impl DeadLetters {
         })
     }
 
-    /// Dead letters appended to a JSONL file (created with its directory).
+    /// Dead letters appended to a JSONL file, created 0600 (directories
+    /// it has to create, 0700). A file that already exists with wider
+    /// permissions is narrowed to 0600; existing directories are left as
+    /// they are (they may be shared on purpose).
     pub fn to_file(path: &Path) -> std::io::Result<Arc<DeadLetters>> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        let permissions = file.metadata()?.permissions();
+        if permissions.mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
         Ok(Arc::new(DeadLetters {
             file: Some((path.to_path_buf(), Mutex::new(file))),
             recent: Mutex::new(VecDeque::new()),
@@ -174,5 +190,30 @@ impl DeadLetters {
     /// The most recent dead letters (up to ten thousand), oldest first.
     pub fn recent(&self) -> Vec<DeadLetter> {
         self.recent.lock().iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_file_is_0600_and_new_directories_0700() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("data/dead/letters.jsonl");
+        let _dead = DeadLetters::to_file(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&tmp.path().join("data/dead")), 0o700);
+        assert_eq!(mode(&tmp.path().join("data")), 0o700);
+
+        let open = tmp.path().join("open.jsonl");
+        std::fs::write(&open, b"").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _dead = DeadLetters::to_file(&open).unwrap();
+        assert_eq!(mode(&open), 0o600);
     }
 }

@@ -148,12 +148,12 @@ impl Group {
         let mut live = Vec::with_capacity(messages.len());
         for message in messages {
             if self.config.validate_json && !message.payload_is_json() {
-                invalid.push(DeadLetter::for_message(
-                    &message,
-                    self.name(),
-                    0,
-                    "payload is not valid JSON",
-                ));
+                // Only on this rare path: say what is wrong and where.
+                let reason = match crate::message::json::validate(message.payload()) {
+                    Err(e) => format!("payload is not valid JSON: {e}"),
+                    Ok(()) => "payload is not valid JSON".to_string(),
+                };
+                invalid.push(DeadLetter::for_message(&message, self.name(), 0, reason));
                 continue;
             }
             let fresh = match policy {

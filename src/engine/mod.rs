@@ -179,6 +179,7 @@ impl EngineBuilder {
         }
         let router = Arc::new(Router {
             groups: groups.clone(),
+            failures: Arc::default(),
             stats: EngineStats::default(),
             dead: Arc::clone(&dead),
             max_message_bytes: self.options.max_message_bytes,
@@ -199,6 +200,14 @@ impl EngineBuilder {
 pub enum Incoming {
     /// A message to route.
     Message(Message),
+    /// A message with the line its source read it from, so that a dead
+    /// letter at ingest (an oversize payload) names `source:line`.
+    MessageAt {
+        /// The message.
+        message: Message,
+        /// Its 1-based line in the source's input.
+        line: u64,
+    },
     /// Input that is not a message; it becomes a dead letter with this reason.
     Malformed {
         /// The raw bytes as read.
@@ -215,6 +224,8 @@ pub enum Incoming {
 pub struct Ingest {
     router: Arc<Router>,
     policy: LanePolicy,
+    /// The source's name, for dead letters at ingest.
+    source: Arc<str>,
 }
 
 impl Ingest {
@@ -224,26 +235,31 @@ impl Ingest {
     /// reference for the batch; it is completed once the batch is routed, so
     /// the batch is acknowledged when the groups settle their shares.
     pub async fn submit(&self, batch: Vec<Incoming>, ack: AckRef) {
-        self.router.route(batch, ack, self.policy).await
+        self.router
+            .route(batch, ack, self.policy, &self.source)
+            .await
     }
 }
 
 struct Router {
     groups: Vec<Arc<Group>>,
+    /// Sources that ended with an error, in the order they failed.
+    failures: Arc<parking_lot::Mutex<Vec<SourceFailure>>>,
     stats: EngineStats,
     dead: Arc<DeadLetters>,
     max_message_bytes: usize,
 }
 
 impl Router {
-    async fn route(&self, batch: Vec<Incoming>, ack: AckRef, policy: LanePolicy) {
+    async fn route(&self, batch: Vec<Incoming>, ack: AckRef, policy: LanePolicy, source: &str) {
         bump(&self.stats.ingested, batch.len() as u64);
         let mut per_group: Vec<Vec<Message>> = vec![Vec::new(); self.groups.len()];
         let mut dead = Vec::new();
         let mut unrouted = 0;
         for item in batch {
-            let message = match item {
-                Incoming::Message(m) => m,
+            let (message, line) = match item {
+                Incoming::Message(m) => (m, None),
+                Incoming::MessageAt { message, line } => (message, Some(line)),
                 Incoming::Malformed {
                     raw,
                     origin,
@@ -259,7 +275,11 @@ impl Router {
                     message.payload().len(),
                     self.max_message_bytes
                 );
-                let mut letter = DeadLetter::for_input(message.payload(), "ingest", reason);
+                let origin = match line {
+                    Some(line) => format!("{source}:{line}"),
+                    None => source.to_string(),
+                };
+                let mut letter = DeadLetter::for_input(message.payload(), origin, reason);
                 letter.topic = Some(message.topic().to_string());
                 letter.message_id = Some(message.message_id().to_string());
                 dead.push(letter);
@@ -351,6 +371,7 @@ impl Monitor {
             unrouted: read(&stats.unrouted),
             live_latency_ms: merged.as_ref().map(LatencySummary::of).unwrap_or_default(),
             groups,
+            failures: self.router.failures.lock().clone(),
         }
     }
 }
@@ -376,6 +397,27 @@ pub struct RunSummary {
     pub live_latency_ms: LatencySummary,
     /// Per-group detail.
     pub groups: Vec<GroupSnapshot>,
+    /// Sources that failed for good (a missing file or queue, refused
+    /// credentials, ...): each failure stops the run, and a run with any
+    /// is a failed run (`laneway run` exits 1). Empty when all went well.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<SourceFailure>,
+}
+
+impl RunSummary {
+    /// Whether the run ended because a source failed.
+    pub fn failed(&self) -> bool {
+        !self.failures.is_empty()
+    }
+}
+
+/// A source that ended with an error, which stopped the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceFailure {
+    /// The source's name (a path, a queue with its redacted broker URL).
+    pub source: String,
+    /// Why it failed; never holds a password.
+    pub error: String,
 }
 
 /// A built engine, ready to run.
@@ -408,6 +450,7 @@ impl Engine {
         Ingest {
             router: Arc::clone(&self.router),
             policy,
+            source: Arc::from("ingest"),
         }
     }
 
@@ -418,7 +461,9 @@ impl Engine {
 
     /// Runs until `shutdown` resolves (or, with `finish_when_drained` and at
     /// least one source, until every source has ended and every group is
-    /// idle), then shuts down gracefully and returns the summary.
+    /// idle, or until a source fails), then shuts down gracefully and
+    /// returns the summary. A source that returns an error stops the run:
+    /// the summary lists it in [`RunSummary::failures`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> RunSummary {
         let monitor = self.monitor();
         let (stop_groups, groups_stop) = signal();
@@ -437,20 +482,33 @@ impl Engine {
 
         let has_sources = !self.sources.is_empty();
         let mut source_tasks = Vec::new();
+        let (fail_trigger, failed) = signal();
         for (source, policy) in self.sources {
             let name = source.name();
             let ctx = SourceContext {
                 ingest: Ingest {
                     router: Arc::clone(&self.router),
                     policy,
+                    source: Arc::from(name.as_str()),
                 },
                 stop: sources_stop.clone(),
                 drained: drained.clone(),
             };
+            let failures = Arc::clone(&self.router.failures);
+            let fail_trigger = fail_trigger.clone();
             source_tasks.push(tokio::spawn(async move {
                 match source.run(ctx).await {
                     Ok(()) => tracing::info!(source = %name, "source finished"),
-                    Err(e) => tracing::error!(source = %name, error = %e, "source failed"),
+                    Err(e) => {
+                        // Reported once, by whoever runs the engine (the
+                        // summary carries it); here only for the record.
+                        tracing::info!(source = %name, error = %e, "source failed; stopping the run");
+                        failures.lock().push(SourceFailure {
+                            source: name,
+                            error: e.to_string(),
+                        });
+                        fail_trigger.fire();
+                    }
                 }
             }));
         }
@@ -463,6 +521,7 @@ impl Engine {
         tokio::select! {
             _ = shutdown => tracing::info!("shutting down"),
             _ = finished => tracing::info!("sources finished and every group is idle"),
+            _ = failed.raised() => tracing::info!("a source failed; shutting down"),
         }
 
         stop_sources.fire();

@@ -138,12 +138,16 @@ impl Message {
         now_ms.saturating_sub(self.inner.generate_time_ms)
     }
 
-    /// Whether the payload parses as JSON. Parsed at most once per message,
-    /// however many groups ask.
+    /// Whether the payload is JSON (any size of number included). Checked at
+    /// most once per message, however many groups ask.
     pub fn payload_is_json(&self) -> bool {
         *self.inner.payload_is_json.get_or_init(|| {
+            // The vectorised parser answers the common case fast; it refuses
+            // some valid JSON (integers beyond 64 bits), so its "no" is
+            // checked again by the strict scanner, which has no such limit.
             let mut scratch = self.inner.payload.to_vec();
             simd_json::to_tape(&mut scratch).is_ok()
+                || super::json::validate(&self.inner.payload).is_ok()
         })
     }
 
@@ -222,5 +226,13 @@ mod tests {
         assert!(good.payload_is_json());
         assert!(good.payload_is_json());
         assert!(!bad.payload_is_json());
+        let big = Message::new(
+            "/a/b/thing/lifecycle",
+            "3",
+            0,
+            Bytes::from_static(b"{\"n\":123456789012345678901234567890}"),
+        )
+        .unwrap();
+        assert!(big.payload_is_json());
     }
 }

@@ -3,10 +3,12 @@
 
 mod device_message;
 mod envelope;
+pub mod json;
 mod kind;
 mod topic;
 
 pub use device_message::{MAX_TOPIC_LEN, Message, MessageError, now_epoch_ms};
 pub use envelope::{EnvelopeError, parse_envelope, write_envelope, write_json_string};
+pub use json::{JsonError, JsonProblem};
 pub use kind::{Kind, UnknownKind};
 pub use topic::{TopicParts, classify};

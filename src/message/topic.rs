@@ -30,7 +30,35 @@ pub struct TopicParts {
 /// Anything else, including empty segments, is [`Kind::Other`]; an `other`
 /// topic of the form `/{pk}/{dn}/...` still reports its product and device so
 /// that product filters work on it.
+///
+/// Devices publish to the same topics with a `/sys` prefix
+/// (`/sys/{pk}/{dn}/thing/event/property/post`); such a topic classifies
+/// like the one without it, with its ranges still indexing the full topic.
+/// A product key that is itself named `sys` keeps working: the prefix is
+/// only taken off when that gives a known pattern, or a device-shaped topic
+/// where keeping it would not.
 pub fn classify(topic: &str) -> TopicParts {
+    const PREFIX: &str = "/sys";
+    let plain = classify_plain(topic);
+    let Some(rest) = topic.strip_prefix(PREFIX).filter(|r| r.starts_with('/')) else {
+        return plain;
+    };
+    let inner = classify_plain(rest);
+    let use_inner =
+        inner.kind != Kind::Other || (plain.kind == Kind::Other && inner.product_key.is_some());
+    if !use_inner {
+        return plain;
+    }
+    let shift = |r: Option<Range<usize>>| r.map(|r| r.start + PREFIX.len()..r.end + PREFIX.len());
+    TopicParts {
+        kind: inner.kind,
+        product_key: shift(inner.product_key),
+        device_name: shift(inner.device_name),
+        event_identifier: shift(inner.event_identifier),
+    }
+}
+
+fn classify_plain(topic: &str) -> TopicParts {
     let Some(rest) = topic.strip_prefix('/') else {
         return TopicParts::default();
     };
@@ -171,6 +199,49 @@ mod tests {
             (Kind::Other, Some("pk1"), Some("dev1"), None)
         );
         assert_eq!(parts("/sys/x").1, None);
+    }
+
+    #[test]
+    fn the_sys_prefix_classifies_like_the_topic_without_it() {
+        for (topic, expected) in [
+            (
+                "/sys/pk1/dev1/thing/event/property/post",
+                (Kind::Property, Some("pk1"), Some("dev1"), None),
+            ),
+            (
+                "/sys/pk1/dev1/thing/event/alarm/post",
+                (Kind::Event, Some("pk1"), Some("dev1"), Some("alarm")),
+            ),
+            (
+                "/sys/pk1/dev1/thing/lifecycle",
+                (Kind::Lifecycle, Some("pk1"), Some("dev1"), None),
+            ),
+            (
+                "/sys/pk1/dev1/thing/topo/lifecycle",
+                (Kind::Topology, Some("pk1"), Some("dev1"), None),
+            ),
+            (
+                "/sys/pk1/dev1/thing/list/found",
+                (Kind::Found, Some("pk1"), Some("dev1"), None),
+            ),
+            (
+                "/sys/pk1/dev1/thing/service/reboot",
+                (Kind::Other, Some("pk1"), Some("dev1"), None),
+            ),
+            // A product named "sys" is still a product.
+            (
+                "/sys/dev1/thing/lifecycle",
+                (Kind::Lifecycle, Some("sys"), Some("dev1"), None),
+            ),
+        ] {
+            assert_eq!(parts(topic), expected, "{topic}");
+        }
+        assert_eq!(classify("/sys").kind, Kind::Other);
+        assert_eq!(classify("/sys/").kind, Kind::Other);
+        assert_eq!(
+            classify("/system/dev1/thing/lifecycle").kind,
+            Kind::Lifecycle
+        );
     }
 
     #[test]

@@ -132,7 +132,10 @@ impl Source for JsonlSource {
                     }
                 } else {
                     match parse_envelope(text) {
-                        Ok(m) => Incoming::Message(m),
+                        Ok(message) => Incoming::MessageAt {
+                            message,
+                            line: line_no,
+                        },
                         Err(e) => Incoming::Malformed {
                             raw: Bytes::copy_from_slice(text),
                             origin: format!("{label}:{line_no}"),

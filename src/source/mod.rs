@@ -29,7 +29,10 @@ pub struct SourceContext {
     pub drained: Signal,
 }
 
-/// A failure that ends a source.
+/// A failure that ends a source, and with it the run: return one only for
+/// what retrying cannot fix (a missing file or queue, refused credentials,
+/// an unknown host); ride out transient trouble (a broker restarting, a
+/// refused connection) with a backoff, logging each retry at WARN.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// Reading failed.
@@ -57,6 +60,8 @@ pub trait Source: Send + 'static {
     /// A short name for logs and reports (a path, a queue, "simulator").
     fn name(&self) -> String;
 
-    /// Reads until the origin is exhausted or `ctx.stop` is raised.
+    /// Reads until the origin is exhausted or `ctx.stop` is raised. An
+    /// error stops the whole run (see [`SourceError`]) and makes it a failed
+    /// run ([`RunSummary::failures`](crate::engine::RunSummary::failures)).
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError>;
 }

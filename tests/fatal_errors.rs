@@ -1,0 +1,228 @@
+//! Fatal source errors end `laneway run` with exit status 1 and one clear
+//! `error:` line naming the source (never a password); transient ones are
+//! retried with a WARN line per retry. Runs the real binary against the
+//! real RabbitMQ on 127.0.0.1:5672 (or `AMQP_HOST_PORT`).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a run may take before the test calls it hung.
+const HANG: Duration = Duration::from_secs(90);
+
+fn broker() -> String {
+    std::env::var("AMQP_HOST_PORT").unwrap_or_else(|_| "127.0.0.1:5672".into())
+}
+
+/// A unique suffix for queue, user and vhost names.
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("laneway-{tag}-{}-{nanos}", std::process::id())
+}
+
+/// Runs `laneway run -q -c laneway.toml` in `dir` with `toml` as the config
+/// and waits for it to exit (killing it and failing after [`HANG`]).
+fn run_config(dir: &Path, toml: &str) -> Output {
+    std::fs::write(dir.join("laneway.toml"), toml).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_laneway"))
+        .args(["run", "-q", "-c", "laneway.toml", "--data-dir", "data"])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(HANG) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("laneway run did not exit within {HANG:?}");
+        }
+    }
+}
+
+/// The run failed with status 1 and exactly one `error:` line, which holds
+/// every one of `needles`; returns that line.
+fn assert_fatal(out: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "stderr:\n{stderr}");
+    for needle in needles {
+        assert!(
+            errors[0].contains(needle),
+            "{needle:?} missing in {:?}",
+            errors[0]
+        );
+    }
+    errors[0].to_string()
+}
+
+fn amqp_config(url: &str, queue: &str, declare: bool) -> String {
+    format!(
+        "[[sources]]\ntype = \"amqp\"\nurl = \"{url}\"\nqueues = [\"{queue}\"]\ndeclare = {declare}\n\
+         reconnect_initial = \"100ms\"\n\n[[groups]]\nname = \"all\"\nsink = {{ type = \"null\" }}\n\
+         backlog = {{ store = \"memory\" }}\n"
+    )
+}
+
+fn rabbitmqctl(args: &[&str]) -> bool {
+    Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_missing_jsonl_file_exits_1_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_config(
+        dir.path(),
+        "[[sources]]\ntype = \"jsonl\"\npath = \"no-such-input.jsonl\"\n\n\
+         [[groups]]\nname = \"all\"\nsink = { type = \"null\" }\n",
+    );
+    assert_fatal(&out, &["no-such-input.jsonl", "No such file"]);
+}
+
+#[test]
+fn a_missing_queue_with_declare_false_exits_1_naming_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = unique("missing");
+    let url = format!("amqp://guest:guest@{}/%2f", broker());
+    let out = run_config(dir.path(), &amqp_config(&url, &queue, false));
+    assert_fatal(&out, &[&queue, "does not exist", "guest:***@"]);
+}
+
+#[test]
+fn a_wrong_password_exits_1_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = "Wr0ng-Pa55-Zq81";
+    let url = format!("amqp://guest:{password}@{}/%2f", broker());
+    let out = run_config(dir.path(), &amqp_config(&url, "laneway-never-used", true));
+    assert_fatal(&out, &["login refused for user \"guest\"", "guest:***@"]);
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(!String::from_utf8_lossy(stream).contains("Pa55"));
+    }
+}
+
+#[test]
+fn a_missing_vhost_exits_1_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let vhost = unique("no-vhost");
+    let url = format!("amqp://guest:guest@{}/{vhost}", broker());
+    let out = run_config(dir.path(), &amqp_config(&url, "laneway-never-used", true));
+    assert_fatal(&out, &["virtual host", &vhost]);
+}
+
+#[test]
+fn an_unknown_host_exits_1_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "amqp://guest:guest@no-such-host.invalid:5672/%2f";
+    let out = run_config(dir.path(), &amqp_config(url, "laneway-never-used", true));
+    assert_fatal(&out, &["no-such-host.invalid", "does not resolve"]);
+}
+
+#[test]
+fn a_forbidden_queue_exits_1_naming_the_user() {
+    let user = unique("forbidden");
+    let password = "Forb1dden-Pw-Kx42";
+    if !rabbitmqctl(&["add_user", &user, password]) {
+        eprintln!("skipped: rabbitmqctl cannot add a user here");
+        return;
+    }
+    // The user may log in to "/" but configure, write and read nothing.
+    assert!(rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        "/",
+        &user,
+        "^$",
+        "^$",
+        "^$"
+    ]));
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("amqp://{user}:{password}@{}/%2f", broker());
+    let out = run_config(dir.path(), &amqp_config(&url, &unique("q"), true));
+    rabbitmqctl(&["delete_user", &user]);
+    assert_fatal(&out, &[&format!("user {user:?} may not use it")]);
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(!String::from_utf8_lossy(stream).contains("Kx42"));
+    }
+}
+
+#[test]
+fn a_refused_connection_is_retried_with_a_warning_and_ctrl_c_still_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1 on the loopback: nothing listens there, the connection is refused.
+    let config = amqp_config("amqp://guest:guest@127.0.0.1:1/%2f", "q", true);
+    std::fs::write(dir.path().join("laneway.toml"), config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_laneway"))
+        .args(["run", "-q", "-c", "laneway.toml", "--data-dir", "data"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Readiness: the second retry's WARN line (so it did retry, not give up).
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(HANG) {
+            Ok(line) => {
+                let second = line.contains("WARN") && line.contains("attempt=2");
+                seen.push(line);
+                if second {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "no second retry warning; stderr so far:\n{}",
+                    seen.join("\n")
+                );
+            }
+        }
+    }
+    let warn = seen.last().unwrap();
+    assert!(warn.contains("retrying in"), "{warn}");
+    assert!(warn.contains("Connection refused"), "{warn}");
+    assert!(warn.contains("queue q"), "{warn}");
+    assert!(child.try_wait().unwrap().is_none(), "it gave up: {seen:?}");
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let rest: Vec<String> = rx.iter().collect();
+    assert!(
+        !rest.iter().chain(&seen).any(|l| l.starts_with("error:")),
+        "{seen:?} {rest:?}"
+    );
+}
