@@ -248,7 +248,10 @@ impl FileConfig {
                     };
                     // A line may carry a payload up to the limit plus its envelope.
                     let max_line = self.max_message_bytes.saturating_mul(2).max(64 * 1024);
-                    builder.source(JsonlSource::new(input, max_line), spec.lane)
+                    // A file source resumes where the last run was done.
+                    let source = JsonlSource::new(input, max_line)
+                        .checkpoint_in(self.data_dir.join("sources"));
+                    builder.source(source, spec.lane)
                 }
                 SourceSpec::Amqp(spec) => {
                     let source = AmqpSource::new(spec.clone())
