@@ -30,7 +30,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../laneway.example.toml");
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
-    /// Where backlogs and dead letters live.
+    /// Where backlogs, dead letters and JSONL file checkpoints live.
     pub data_dir: PathBuf,
     /// How often `run` prints a status line.
     #[serde(with = "humantime_serde")]
