@@ -390,12 +390,19 @@ impl JsonlSource {
         // The end of the last line a registered batch covers.
         let mut covered = start;
         let mut batch = Vec::with_capacity(BATCH);
-        let submit = |batch: Vec<Incoming>, end: Position| {
+        // A submission still waiting on backpressure once the engine has
+        // drained (a shutdown with full backlogs) can never be admitted:
+        // give it up. Its reference is dropped, so its batch is abandoned and
+        // never covered by the checkpoint: read again next run, not lost.
+        let submit = async |batch: Vec<Incoming>, end: Position| -> bool {
             let ack = match progress {
                 Some(p) => p.register(end),
                 None => AckRef::none(),
             };
-            ctx.ingest.submit(batch, ack)
+            tokio::select! {
+                () = ctx.ingest.submit(batch, ack) => true,
+                () = ctx.drained.raised() => false,
+            }
         };
         loop {
             let next = tokio::select! {
@@ -432,12 +439,17 @@ impl JsonlSource {
             }
             // Hand over a full batch, or whatever is there when input pauses.
             if batch.len() >= BATCH || (!batch.is_empty() && reader.buffer().is_empty()) {
-                submit(std::mem::take(&mut batch), pos).await;
+                if !submit(std::mem::take(&mut batch), pos).await {
+                    tracing::warn!(source = %label, line = pos.line,
+                        "shut down while waiting for room; the rest is read again next run");
+                    return Ok(());
+                }
                 covered = pos;
             }
         }
         if !batch.is_empty() {
-            submit(batch, pos).await;
+            // Given up or not, nothing follows it.
+            let _ = submit(batch, pos).await;
         } else if let Some(p) = progress.filter(|_| pos != covered) {
             // Blank lines after the last batch: done as soon as read.
             p.register(pos).complete();
