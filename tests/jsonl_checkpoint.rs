@@ -46,15 +46,16 @@ fn write_input(path: &Path) -> Vec<Vec<u8>> {
 
 /// A config of one group writing to `output`. `bounded`: the backlog holds
 /// at most 300 records, so reading is held back by backpressure and a kill
-/// lands while the file is half read.
+/// lands while the file is half read (and a stop gives up what cannot be
+/// stored after 1 s).
 fn write_config(path: &Path, data: &Path, input: &Path, output: &Path, bounded: bool) {
-    let backlog = if bounded {
-        "{ store = \"disk\", max_records = 300 }"
+    let (backlog, grace) = if bounded {
+        ("{ store = \"disk\", max_records = 300 }", "1s")
     } else {
-        "{ store = \"disk\" }"
+        ("{ store = \"disk\" }", "10s")
     };
     let text = format!(
-        "data_dir = {data:?}\n\
+        "data_dir = {data:?}\nshutdown_grace = \"{grace}\"\n\
          [[sources]]\ntype = \"jsonl\"\npath = {input:?}\n\
          [[groups]]\nname = \"g\"\nslots = 2\nbatch_size = 50\nlive_capacity = 200\n\
          sink = {{ type = \"jsonl\", path = {output:?}, sync = true }}\n\
@@ -280,17 +281,21 @@ fn a_finished_run_then_a_run_over_the_grown_file_reads_only_the_new_lines() {
     assert_eq!(count_lines(&out3), 0);
 }
 
+fn interrupt(child: &Child) {
+    let sent = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
 #[test]
 fn a_stopped_run_resumes_at_its_checkpoint() {
     let s = setup();
     let (mut first, out1) = s.start(1, false);
     s.wait_for_lines(&mut first, &out1, 2_000);
-    let sent = Command::new("kill")
-        .arg("-INT")
-        .arg(first.id().to_string())
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    interrupt(&first);
     let first = first.wait_with_output().unwrap();
     assert!(
         first.status.success(),
@@ -316,6 +321,32 @@ fn a_stopped_run_resumes_at_its_checkpoint() {
         repeats, 0,
         "{repeats} lines delivered twice over a stop at line {checkpoint}"
     );
+}
+
+#[test]
+fn a_stop_with_full_backlogs_gives_up_what_it_cannot_store_and_reads_it_again() {
+    let s = setup();
+    let (mut first, out1) = s.start(1, true);
+    s.wait_for_lines(&mut first, &out1, 2_000);
+    interrupt(&first);
+    let first = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("a source did not finish"),
+        "the source hung on the full backlog: {stderr}"
+    );
+    let checkpoint = s.checkpoint_lines();
+    assert!(
+        (checkpoint as u64) < ingested(&first.stdout),
+        "the batches waiting for room were not done, yet the checkpoint covers them"
+    );
+
+    let (read2, out2) = s.run_to_end(2);
+    assert_eq!(read2, (N - checkpoint) as u64);
+    let (per_run, torn) = s.delivered(&[out1, out2]);
+    assert_eq!(torn, 0);
+    s.assert_none_missing(&per_run);
 }
 
 #[test]
