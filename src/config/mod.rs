@@ -30,7 +30,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../laneway.example.toml");
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
-    /// Where backlogs and dead letters live.
+    /// Where backlogs, dead letters and JSONL file checkpoints live.
     pub data_dir: PathBuf,
     /// How often `run` prints a status line.
     #[serde(with = "humantime_serde")]
@@ -410,7 +410,10 @@ impl FileConfig {
                     };
                     // A line may carry a payload up to the limit plus its envelope.
                     let max_line = self.max_message_bytes.saturating_mul(2).max(64 * 1024);
-                    builder.source(JsonlSource::new(input, max_line), spec.lane)
+                    // A file source resumes where the last run was done.
+                    let source = JsonlSource::new(input, max_line)
+                        .checkpoint_in(self.data_dir.join("sources"));
+                    builder.source(source, spec.lane)
                 }
                 SourceSpec::Amqp(spec) => {
                     let source = AmqpSource::new(spec.clone())

@@ -1,23 +1,54 @@
 //! JSONL input from a file or stdin: one envelope per line.
 //!
-//! Invariants: a malformed line becomes a dead letter naming its file and
-//! line number and the run goes on; a line longer than the limit is never
-//! held in memory whole (its first bytes are kept for the dead letter, the
-//! rest is skipped); blank lines are ignored.
+//! A file source remembers how far it is done. Each batch it hands to the
+//! engine is registered with an [`AckTracker`]; the batch's end offset is
+//! done once every group has delivered its messages, holds them durably in
+//! its backlog, or has recorded them as dead letters. A checkpoint of the
+//! contiguous done offset (see [`super::checkpoint`]) is written every
+//! [`CHECKPOINT_EVERY`] while it moves, and once more when the source ends;
+//! a restart resumes there. Lines past the checkpoint that were already
+//! delivered before a crash are delivered again (at least once, never lost).
+//!
+//! Standard input cannot be read twice: lines read from stdin and not yet
+//! done when the process is killed are lost. A graceful stop (Ctrl-C,
+//! `--duration`, end of input) loses nothing: the engine moves what the
+//! live lanes hold to the backlog before it exits.
+//!
+//! Invariants: the checkpoint never passes a line that is not done; a last
+//! line without its newline is read but never covered by the checkpoint (the
+//! file may still be growing), so it is read again after a restart; a
+//! checkpoint written for another file (truncated below the offset, its
+//! first bytes or the bytes before the offset changed) is reported with a
+//! warning and the file is read from line 1; a malformed line becomes a dead
+//! letter naming its file and line number and the run goes on; a line longer
+//! than the limit is never held in memory whole (its first bytes are kept for
+//! the dead letter, the rest is skipped); blank lines are ignored.
 
-use std::path::PathBuf;
+use std::collections::VecDeque;
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
+use super::checkpoint::{self, Checkpoint, CheckpointError, Position, Verdict};
 use super::{Source, SourceContext, SourceError};
-use crate::ack::AckRef;
+use crate::ack::{AckRef, AckTracker};
 use crate::engine::Incoming;
 use crate::message::parse_envelope;
+use crate::signal::{Signal, Trigger};
 
 /// Lines handed to the engine per batch (fewer when input pauses).
 const BATCH: usize = 256;
+
+/// How often a file source's checkpoint is written while its done offset
+/// moves: a restart after a crash reads again at most what was done in
+/// this long, plus what was in flight.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// Where the lines come from.
 #[derive(Debug, Clone)]
@@ -32,14 +63,36 @@ pub enum JsonlInput {
 pub struct JsonlSource {
     input: JsonlInput,
     max_line_bytes: usize,
+    checkpoint_dir: Option<PathBuf>,
 }
 
 impl JsonlSource {
-    /// A source reading `input`; lines longer than `max_line_bytes` are dead letters.
+    /// A source reading `input`; lines longer than `max_line_bytes` are dead
+    /// letters. It keeps no checkpoint until [`JsonlSource::checkpoint_in`]
+    /// says where (`laneway run` always does).
     pub fn new(input: JsonlInput, max_line_bytes: usize) -> JsonlSource {
         JsonlSource {
             input,
             max_line_bytes: max_line_bytes.max(64),
+            checkpoint_dir: None,
+        }
+    }
+
+    /// Keeps a file source's checkpoint in `dir` (created 0700 when first
+    /// written), so a restart resumes where the last run was done. Stdin
+    /// keeps none: it cannot be read again.
+    pub fn checkpoint_in(mut self, dir: impl Into<PathBuf>) -> JsonlSource {
+        self.checkpoint_dir = Some(dir.into());
+        self
+    }
+
+    /// Where this source's checkpoint is kept, if it keeps one.
+    pub fn checkpoint_path(&self) -> Option<PathBuf> {
+        match (&self.input, &self.checkpoint_dir) {
+            (JsonlInput::File(file), Some(dir)) => {
+                Some(Checkpoint::for_file(dir, file).path().to_path_buf())
+            }
+            _ => None,
         }
     }
 
@@ -55,6 +108,10 @@ impl JsonlSource {
 struct Line {
     bytes: Vec<u8>,
     oversize: bool,
+    /// Bytes consumed from the input, newline included.
+    consumed: u64,
+    /// Whether it ended with a newline (not only with the end of input).
+    terminated: bool,
 }
 
 /// Reads one line of at most `limit` bytes kept; returns `None` at the end.
@@ -65,14 +122,14 @@ async fn read_line_limited(
     let mut line = Line {
         bytes: Vec::new(),
         oversize: false,
+        consumed: 0,
+        terminated: false,
     };
-    let mut read_any = false;
     loop {
         let chunk = reader.fill_buf().await?;
         if chunk.is_empty() {
-            return Ok(read_any.then_some(line));
+            return Ok((line.consumed > 0).then_some(line));
         }
-        read_any = true;
         let (take, done) = match memchr_newline(chunk) {
             Some(i) => (i + 1, true),
             None => (chunk.len(), false),
@@ -85,7 +142,9 @@ async fn read_line_limited(
         line.bytes
             .extend_from_slice(&content[..content.len().min(room)]);
         reader.consume(take);
+        line.consumed += take as u64;
         if done {
+            line.terminated = true;
             return Ok(Some(line));
         }
     }
@@ -93,6 +152,142 @@ async fn read_line_limited(
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
+}
+
+/// What the reader shares with the checkpoint task: the end position of
+/// each registered batch not yet behind the watermark, in order.
+type Ends = Arc<Mutex<VecDeque<(u64, Position)>>>;
+
+/// A file source's acknowledgement state: the tracker and where each
+/// batch ends.
+struct Progress {
+    tracker: Arc<AckTracker>,
+    ends: Ends,
+}
+
+impl Progress {
+    /// Registers a batch ending at `end` and returns its reference.
+    fn register(&self, end: Position) -> AckRef {
+        let mut ends = self.ends.lock();
+        let ack = self.tracker.register();
+        if let Some(seq) = ack.seq() {
+            ends.push_back((seq, end));
+        }
+        ack
+    }
+}
+
+/// Writes the checkpoint while the done offset moves, and a last time when
+/// `finish` (the reader is done) or `drained` (the engine has settled
+/// everything it will) is raised. Runs beside the reader so a reader
+/// waiting on backpressure, even one a shutdown leaves waiting, does not
+/// hold the checkpoint back.
+async fn keep_checkpoint(
+    checkpoint: Checkpoint,
+    file: std::fs::File,
+    tracker: Arc<AckTracker>,
+    ends: Ends,
+    mut done: Position,
+    finish: Signal,
+    drained: Signal,
+) {
+    let mut written = done;
+    let mut failing = false;
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let file = Arc::new(file);
+    loop {
+        let last = tokio::select! {
+            _ = finish.raised() => true,
+            _ = drained.raised() => true,
+            _ = tick.tick() => false,
+        };
+        {
+            let watermark = tracker.watermark();
+            let mut ends = ends.lock();
+            while ends.front().is_some_and(|(seq, _)| *seq < watermark) {
+                if let Some((_, end)) = ends.pop_front() {
+                    done = end;
+                }
+            }
+        }
+        if done != written {
+            let (cp, f) = (checkpoint.clone(), Arc::clone(&file));
+            let result = tokio::task::spawn_blocking(move || {
+                let saved =
+                    checkpoint::fingerprint(&f, done).map_err(|source| CheckpointError::Io {
+                        path: cp.path().display().to_string(),
+                        source,
+                    })?;
+                cp.store(&saved)
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {
+                    if failing {
+                        tracing::info!(checkpoint = %checkpoint.path().display(), "checkpoint written again");
+                    }
+                    failing = false;
+                    written = done;
+                }
+                Ok(Err(e)) => {
+                    if !failing {
+                        tracing::error!(error = %e, "cannot write the checkpoint; a restart will read again from the last one written");
+                    }
+                    failing = true;
+                }
+                Err(e) => tracing::error!(error = %e, "the checkpoint writer failed"),
+            }
+        }
+        if last {
+            tracing::info!(checkpoint = %checkpoint.path().display(), offset = written.offset, line = written.line, "checkpoint at the end of the run");
+            return;
+        }
+    }
+}
+
+/// Opens `path`, and finds where to start from its checkpoint.
+fn open_at_checkpoint(
+    path: &Path,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(std::fs::File, Position), SourceError> {
+    let origin = || path.display().to_string();
+    let io_err = |source| SourceError::Io {
+        origin: origin(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let Some(checkpoint) = checkpoint else {
+        return Ok((file, Position::default()));
+    };
+    let start = match checkpoint.load() {
+        Ok(None) => Position::default(),
+        Ok(Some(saved)) => match checkpoint::verify(&file, &saved).map_err(io_err)? {
+            Verdict::Resume(at) => {
+                tracing::info!(source = %origin(), offset = at.offset, line = at.line,
+                    "resuming after the checkpoint");
+                at
+            }
+            Verdict::Replaced(why) => {
+                tracing::warn!(source = %origin(), checkpoint = %checkpoint.path().display(),
+                    "{why}: the checkpoint does not belong to this file; reading it from line 1");
+                Position::default()
+            }
+        },
+        Err(CheckpointError::Damaged { path, reason }) => {
+            tracing::warn!(source = %origin(), checkpoint = %path,
+                "the checkpoint is damaged ({reason}); reading the file from line 1");
+            Position::default()
+        }
+        Err(e) => {
+            return Err(SourceError::Origin {
+                origin: origin(),
+                message: e.to_string(),
+            });
+        }
+    };
+    file.seek(SeekFrom::Start(start.offset)).map_err(io_err)?;
+    Ok((file, start))
 }
 
 #[async_trait]
@@ -107,21 +302,122 @@ impl Source for JsonlSource {
             origin: label.clone(),
             source,
         };
-        let raw: Box<dyn AsyncRead + Unpin + Send> = match &self.input {
-            JsonlInput::File(path) => Box::new(tokio::fs::File::open(path).await.map_err(io_err)?),
-            JsonlInput::Stdin => Box::new(tokio::io::stdin()),
+        let mut keeper = None;
+        let (raw, start, progress): (Box<dyn AsyncRead + Unpin + Send>, _, _) = match &self.input {
+            JsonlInput::File(path) => {
+                let checkpoint = self
+                    .checkpoint_dir
+                    .as_ref()
+                    .map(|dir| Checkpoint::for_file(dir, path));
+                let (path, cp) = (path.clone(), checkpoint.clone());
+                let (file, start) =
+                    tokio::task::spawn_blocking(move || open_at_checkpoint(&path, cp.as_ref()))
+                        .await
+                        .map_err(|e| SourceError::Origin {
+                            origin: label.clone(),
+                            message: format!("opening the file: {e}"),
+                        })??;
+                let progress = match checkpoint {
+                    Some(checkpoint) => {
+                        let tracker = AckTracker::new();
+                        let ends: Ends = Arc::default();
+                        let (finish, finished) = crate::signal::signal();
+                        let task = tokio::spawn(keep_checkpoint(
+                            checkpoint,
+                            file.try_clone().map_err(io_err)?,
+                            Arc::clone(&tracker),
+                            Arc::clone(&ends),
+                            start,
+                            finished,
+                            ctx.drained.clone(),
+                        ));
+                        keeper = Some((finish, task));
+                        Some(Progress { tracker, ends })
+                    }
+                    None => None,
+                };
+                (Box::new(tokio::fs::File::from_std(file)), start, progress)
+            }
+            JsonlInput::Stdin => (Box::new(tokio::io::stdin()), Position::default(), None),
         };
+        let result = self.read(raw, start, progress.as_ref(), &ctx).await;
+        if let Some(progress) = &progress {
+            settle(progress, &ctx.drained).await;
+        }
+        if let Some((finish, task)) = keeper {
+            finish_checkpoint(finish, task).await;
+        }
+        result.map_err(io_err)
+    }
+}
+
+/// Waits until every batch is done (or can never be: abandoned), or until
+/// the engine has drained after a stop.
+async fn settle(progress: &Progress, drained: &Signal) {
+    loop {
+        if progress.tracker.outstanding() == 0 || progress.tracker.is_stuck() {
+            return;
+        }
+        tokio::select! {
+            _ = drained.raised() => return,
+            _ = progress.tracker.changed() => {}
+            // `changed` only wakes current waiters: look again now and then.
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+    }
+}
+
+async fn finish_checkpoint(finish: Trigger, task: tokio::task::JoinHandle<()>) {
+    finish.fire();
+    if let Err(e) = task.await {
+        tracing::error!(error = %e, "the checkpoint task failed");
+    }
+}
+
+impl JsonlSource {
+    /// Reads lines from `start` to the end of input (or a stop), handing
+    /// batches to the engine.
+    async fn read(
+        &self,
+        raw: Box<dyn AsyncRead + Unpin + Send>,
+        start: Position,
+        progress: Option<&Progress>,
+        ctx: &SourceContext,
+    ) -> std::io::Result<()> {
+        let label = self.label();
         let mut reader = BufReader::with_capacity(1 << 16, raw);
-        let mut line_no = 0u64;
+        let mut pos = start;
+        // The end of the last line a registered batch covers.
+        let mut covered = start;
         let mut batch = Vec::with_capacity(BATCH);
+        // A submission still waiting on backpressure once the engine has
+        // drained (a shutdown with full backlogs) can never be admitted:
+        // give it up. Its reference is dropped, so its batch is abandoned and
+        // never covered by the checkpoint: read again next run, not lost.
+        let submit = async |batch: Vec<Incoming>, end: Position| -> bool {
+            let ack = match progress {
+                Some(p) => p.register(end),
+                None => AckRef::none(),
+            };
+            tokio::select! {
+                () = ctx.ingest.submit(batch, ack) => true,
+                () = ctx.drained.raised() => false,
+            }
+        };
         loop {
             let next = tokio::select! {
                 biased;
                 _ = ctx.stop.raised() => break,
-                next = read_line_limited(&mut reader, self.max_line_bytes) => next.map_err(io_err)?,
+                next = read_line_limited(&mut reader, self.max_line_bytes) => next?,
             };
             let Some(line) = next else { break };
-            line_no += 1;
+            let line_no = pos.line + 1;
+            if line.terminated {
+                pos = Position {
+                    offset: pos.offset + line.consumed,
+                    line: line_no,
+                };
+            }
             let text = line.bytes.trim_ascii();
             if !text.is_empty() {
                 batch.push(if line.oversize {
@@ -146,15 +442,22 @@ impl Source for JsonlSource {
             }
             // Hand over a full batch, or whatever is there when input pauses.
             if batch.len() >= BATCH || (!batch.is_empty() && reader.buffer().is_empty()) {
-                ctx.ingest
-                    .submit(std::mem::take(&mut batch), AckRef::none())
-                    .await;
+                if !submit(std::mem::take(&mut batch), pos).await {
+                    tracing::warn!(source = %label, line = pos.line,
+                        "shut down while waiting for room; the rest is read again next run");
+                    return Ok(());
+                }
+                covered = pos;
             }
         }
         if !batch.is_empty() {
-            ctx.ingest.submit(batch, AckRef::none()).await;
+            // Given up or not, nothing follows it.
+            let _ = submit(batch, pos).await;
+        } else if let Some(p) = progress.filter(|_| pos != covered) {
+            // Blank lines after the last batch: done as soon as read.
+            p.register(pos).complete();
         }
-        tracing::info!(source = %label, lines = line_no, "input finished");
+        tracing::info!(source = %label, lines = pos.line, "input finished");
         Ok(())
     }
 }
@@ -175,6 +478,11 @@ mod tests {
         assert!(!second.oversize);
         let third = read_line_limited(&mut reader, 100).await.unwrap().unwrap();
         assert_eq!(third.bytes, b"last-without-newline");
+        // What the checkpoint counts: raw bytes consumed, and whether the
+        // line was whole (a last line without newline is never covered).
+        assert_eq!((first.consumed, first.terminated), (1001, true));
+        assert_eq!((second.consumed, second.terminated), (6, true));
+        assert_eq!((third.consumed, third.terminated), (20, false));
         assert!(read_line_limited(&mut reader, 100).await.unwrap().is_none());
     }
 }

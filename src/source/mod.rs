@@ -5,8 +5,10 @@
 //! [`AckTracker`](crate::ack::AckTracker) when its origin wants acks, and hands
 //! them to [`Ingest::submit`](crate::engine::Ingest::submit). It stops reading
 //! when `stop` is raised, and settles its last acks once `drained` is raised
-//! (every group has finished with what it submitted).
+//! (every group has finished with what it submitted). A JSONL file source
+//! keeps a [`checkpoint`] of how far it is done, so a restart resumes there.
 
+pub mod checkpoint;
 pub mod jsonl;
 pub mod simulator;
 

@@ -1,0 +1,407 @@
+//! How far a JSONL file source is done, kept on disk so a restart resumes
+//! there instead of at line 1.
+//!
+//! A checkpoint records a byte offset (and the line number there) below
+//! which every line is done: delivered by every group, held durably by
+//! every group's backlog, or recorded as a dead letter. It also records two
+//! fingerprints of the file (CRC32C of up to 4 KiB at its start, and of up
+//! to 4 KiB just before the offset), so a restart can tell the same file
+//! from one that was replaced, rewritten or truncated.
+//!
+//! Invariants:
+//! - a checkpoint is written atomically: a temporary file, fsync, rename
+//!   over the old one, fsync of the directory; a crash leaves the old
+//!   checkpoint or the new one, never a mix;
+//! - checkpoint files are created 0600 and their directory 0700 (they name
+//!   customer files);
+//! - a checkpoint that cannot be parsed or whose checksum is wrong is
+//!   reported as [`CheckpointError::Damaged`], never trusted: the caller
+//!   starts over (duplicates, never a loss);
+//! - [`verify`] only says [`Verdict::Resume`] when the file is at least as
+//!   long as the offset and both fingerprints match.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// How many bytes each fingerprint covers (fewer when the offset is smaller).
+const FINGERPRINT_BYTES: u64 = 4096;
+
+/// The first line of every checkpoint file; the number is the format version.
+const MAGIC: &str = "laneway-jsonl-checkpoint 1";
+
+/// A place in a file: the byte offset just after a line, and that line's
+/// number (1-based; 0 at the start of the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// Bytes from the start of the file.
+    pub offset: u64,
+    /// Lines before `offset`.
+    pub line: u64,
+}
+
+/// CRC32C of a span of the file, with the span's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Bytes covered.
+    pub len: u64,
+    /// Their CRC32C.
+    pub crc: u32,
+}
+
+/// What a checkpoint file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// Everything before this position is done.
+    pub done: Position,
+    /// The file's first bytes.
+    pub head: Fingerprint,
+    /// The bytes just before `done.offset`.
+    pub tail: Fingerprint,
+}
+
+/// Why a checkpoint could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The file system refused.
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        /// The checkpoint file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The checkpoint file exists but is not a valid checkpoint.
+    #[error("checkpoint {path} is damaged: {reason}")]
+    Damaged {
+        /// The checkpoint file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The checkpoint of one source file.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    path: PathBuf,
+}
+
+impl Checkpoint {
+    /// The checkpoint of `source` in `dir`: its name is the file's name
+    /// (sanitized) plus the CRC32C of its absolute path, so two files with
+    /// the same name in different directories never share a checkpoint, and
+    /// the same path always finds its own.
+    pub fn for_file(dir: &Path, source: &Path) -> Checkpoint {
+        let absolute = std::fs::canonicalize(source)
+            .or_else(|_| std::path::absolute(source))
+            .unwrap_or_else(|_| source.to_path_buf());
+        let crc = crc32c::crc32c(absolute.as_os_str().as_encoded_bytes());
+        let stem: String = source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        Checkpoint {
+            path: dir.join(format!("{stem}-{crc:08x}.checkpoint")),
+        }
+    }
+
+    /// Where the checkpoint is kept.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, source: std::io::Error) -> CheckpointError {
+        CheckpointError::Io {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// The saved checkpoint, or `None` when there is none yet.
+    pub fn load(&self) -> Result<Option<Saved>, CheckpointError> {
+        let text = match std::fs::read(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(e)),
+        };
+        decode(&text)
+            .map(Some)
+            .map_err(|reason| CheckpointError::Damaged {
+                path: self.path.display().to_string(),
+                reason,
+            })
+    }
+
+    /// Replaces the checkpoint atomically and durably.
+    pub fn store(&self, saved: &Saved) -> Result<(), CheckpointError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| self.io(e))?;
+        let mut tmp_name = self.path.as_os_str().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = PathBuf::from(tmp_name);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| self.io(e))?;
+        file.write_all(encode(saved).as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| self.io(e))?;
+        drop(file);
+        std::fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.io(e))
+    }
+}
+
+fn encode(saved: &Saved) -> String {
+    let body = format!(
+        "{MAGIC}\noffset {}\nline {}\nhead {} {:08x}\ntail {} {:08x}\n",
+        saved.done.offset,
+        saved.done.line,
+        saved.head.len,
+        saved.head.crc,
+        saved.tail.len,
+        saved.tail.crc
+    );
+    let crc = crc32c::crc32c(body.as_bytes());
+    format!("{body}crc32c {crc:08x}\n")
+}
+
+fn decode(bytes: &[u8]) -> Result<Saved, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let crc_at = text
+        .rfind("crc32c ")
+        .ok_or_else(|| "no checksum line".to_string())?;
+    let (body, crc_line) = text.split_at(crc_at);
+    let digits = crc_line["crc32c ".len()..]
+        .strip_suffix('\n')
+        .filter(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| "unreadable checksum".to_string())?;
+    let stated = u32::from_str_radix(digits, 16).map_err(|_| "unreadable checksum".to_string())?;
+    if crc32c::crc32c(body.as_bytes()) != stated {
+        return Err("checksum mismatch".into());
+    }
+    let mut lines = body.lines();
+    if lines.next() != Some(MAGIC) {
+        return Err(format!("the first line is not {MAGIC:?}"));
+    }
+    let mut field = |name: &str| -> Result<Vec<&str>, String> {
+        let line = lines.next().ok_or_else(|| format!("no {name} line"))?;
+        let mut words = line.split(' ');
+        if words.next() != Some(name) {
+            return Err(format!("expected a {name} line, found {line:?}"));
+        }
+        Ok(words.collect())
+    };
+    let number = |w: Option<&&str>, what: &str| -> Result<u64, String> {
+        w.and_then(|w| w.parse().ok())
+            .ok_or_else(|| format!("unreadable {what}"))
+    };
+    let hex = |w: Option<&&str>, what: &str| -> Result<u32, String> {
+        w.and_then(|w| u32::from_str_radix(w, 16).ok())
+            .ok_or_else(|| format!("unreadable {what}"))
+    };
+    let offset = number(field("offset")?.first(), "offset")?;
+    let line = number(field("line")?.first(), "line")?;
+    let head = field("head")?;
+    let head = Fingerprint {
+        len: number(head.first(), "head length")?,
+        crc: hex(head.get(1), "head checksum")?,
+    };
+    let tail = field("tail")?;
+    let tail = Fingerprint {
+        len: number(tail.first(), "tail length")?,
+        crc: hex(tail.get(1), "tail checksum")?,
+    };
+    if head.len > offset.min(FINGERPRINT_BYTES) || tail.len > offset.min(FINGERPRINT_BYTES) {
+        return Err("a fingerprint is longer than the offset".into());
+    }
+    Ok(Saved {
+        done: Position { offset, line },
+        head,
+        tail,
+    })
+}
+
+fn crc_of(file: &File, start: u64, len: u64) -> std::io::Result<Fingerprint> {
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, start)?;
+    Ok(Fingerprint {
+        len,
+        crc: crc32c::crc32c(&buf),
+    })
+}
+
+/// The checkpoint for `done` in `file` (read with positioned reads: the
+/// file's cursor does not move).
+pub fn fingerprint(file: &File, done: Position) -> std::io::Result<Saved> {
+    let len = done.offset.min(FINGERPRINT_BYTES);
+    Ok(Saved {
+        done,
+        head: crc_of(file, 0, len)?,
+        tail: crc_of(file, done.offset - len, len)?,
+    })
+}
+
+/// Whether a saved checkpoint belongs to a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Same file: resume at the saved position.
+    Resume(Position),
+    /// Not the file the checkpoint was written for (or no longer): why.
+    Replaced(String),
+}
+
+/// Checks `saved` against `file` as it is now.
+pub fn verify(file: &File, saved: &Saved) -> std::io::Result<Verdict> {
+    let size = file.metadata()?.len();
+    if size < saved.done.offset {
+        return Ok(Verdict::Replaced(format!(
+            "the file is {size} bytes, shorter than the checkpoint's offset {} (truncated or replaced)",
+            saved.done.offset
+        )));
+    }
+    let now = fingerprint(file, saved.done)?;
+    if now.head != saved.head {
+        return Ok(Verdict::Replaced(
+            "the file's first bytes differ from those the checkpoint was written for (replaced or rewritten)".into(),
+        ));
+    }
+    if now.tail != saved.tail {
+        return Ok(Verdict::Replaced(format!(
+            "the bytes before offset {} differ from those the checkpoint was written for (rewritten)",
+            saved.done.offset
+        )));
+    }
+    Ok(Verdict::Resume(saved.done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_stored_checkpoint_loads_back_and_matches_its_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = file_with(tmp.path(), "in.jsonl", &b"line\n".repeat(2000));
+        let cp = Checkpoint::for_file(&tmp.path().join("sources"), &data);
+        assert_eq!(cp.load().unwrap(), None);
+        let f = File::open(&data).unwrap();
+        let saved = fingerprint(
+            &f,
+            Position {
+                offset: 5000,
+                line: 1000,
+            },
+        )
+        .unwrap();
+        cp.store(&saved).unwrap();
+        assert_eq!(cp.load().unwrap(), Some(saved.clone()));
+        assert_eq!(verify(&f, &saved).unwrap(), Verdict::Resume(saved.done));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(cp.path()), 0o600);
+        assert_eq!(mode(&tmp.path().join("sources")), 0o700);
+    }
+
+    #[test]
+    fn a_truncated_or_rewritten_file_is_told_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = file_with(tmp.path(), "in.jsonl", &b"abcdefghi\n".repeat(1000));
+        let f = File::open(&data).unwrap();
+        let saved = fingerprint(
+            &f,
+            Position {
+                offset: 6000,
+                line: 600,
+            },
+        )
+        .unwrap();
+        std::fs::write(&data, b"abcdefghi\n".repeat(100)).unwrap();
+        let f = File::open(&data).unwrap();
+        assert!(matches!(verify(&f, &saved).unwrap(), Verdict::Replaced(_)));
+        let mut other = b"abcdefghi\n".repeat(1000);
+        other[5990] = b'X';
+        std::fs::write(&data, &other).unwrap();
+        let f = File::open(&data).unwrap();
+        assert!(matches!(verify(&f, &saved).unwrap(), Verdict::Replaced(_)));
+        other[5990] = b'a';
+        other[0] = b'X';
+        std::fs::write(&data, &other).unwrap();
+        let f = File::open(&data).unwrap();
+        assert!(matches!(verify(&f, &saved).unwrap(), Verdict::Replaced(_)));
+        // Appending to the same file keeps the checkpoint valid.
+        let mut grown = b"abcdefghi\n".repeat(1000);
+        grown.extend_from_slice(b"more\n");
+        std::fs::write(&data, &grown).unwrap();
+        let f = File::open(&data).unwrap();
+        assert_eq!(verify(&f, &saved).unwrap(), Verdict::Resume(saved.done));
+    }
+
+    #[test]
+    fn every_damaged_checkpoint_is_refused_never_trusted() {
+        let saved = Saved {
+            done: Position {
+                offset: 123456,
+                line: 789,
+            },
+            head: Fingerprint {
+                len: 4096,
+                crc: 0xdead_beef,
+            },
+            tail: Fingerprint { len: 4096, crc: 7 },
+        };
+        let good = encode(&saved);
+        assert_eq!(decode(good.as_bytes()).unwrap(), saved);
+        for i in 0..good.len() {
+            let mut bad = good.clone().into_bytes();
+            bad[i] ^= 0x01;
+            assert!(decode(&bad).is_err(), "a flipped bit at {i} was accepted");
+            assert!(
+                decode(&good.as_bytes()[..i]).is_err(),
+                "a cut at {i} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_stable_and_distinct_per_path() {
+        let dir = Path::new("/data/sources");
+        let a = Checkpoint::for_file(dir, Path::new("/x/in put.jsonl"));
+        let b = Checkpoint::for_file(dir, Path::new("/y/in put.jsonl"));
+        assert_ne!(a.path(), b.path());
+        assert_eq!(
+            a.path(),
+            Checkpoint::for_file(dir, Path::new("/x/in put.jsonl")).path()
+        );
+        let name = a.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("in_put.jsonl-") && name.ends_with(".checkpoint"));
+    }
+}
