@@ -162,13 +162,14 @@ fn a_forbidden_queue_exits_1_naming_the_user() {
 }
 
 #[test]
-fn a_refused_connection_is_retried_with_a_warning_and_ctrl_c_still_stops() {
+fn a_refused_connection_is_retried_with_warnings_and_a_status_line_and_ctrl_c_still_stops() {
     let dir = tempfile::tempdir().unwrap();
     // Port 1 on the loopback: nothing listens there, the connection is refused.
     let config = amqp_config("amqp://guest:guest@127.0.0.1:1/%2f", "q", true);
     std::fs::write(dir.path().join("laneway.toml"), config).unwrap();
+    // Without -q: the status line must say why nothing flows.
     let mut child = Command::new(env!("CARGO_BIN_EXE_laneway"))
-        .args(["run", "-q", "-c", "laneway.toml", "--data-dir", "data"])
+        .args(["run", "-c", "laneway.toml", "--data-dir", "data"])
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
@@ -186,27 +187,32 @@ fn a_refused_connection_is_retried_with_a_warning_and_ctrl_c_still_stops() {
             }
         }
     });
-    // Readiness: the second retry's WARN line (so it did retry, not give up).
+    // Readiness: the second retry's WARN line (so it did retry, not give
+    // up) and a status line that names the trouble.
     let mut seen = Vec::new();
-    loop {
+    let (mut warn, mut status) = (None, None);
+    while warn.is_none() || status.is_none() {
         match rx.recv_timeout(HANG) {
             Ok(line) => {
-                let second = line.contains("WARN") && line.contains("attempt=2");
-                seen.push(line);
-                if second {
-                    break;
+                if line.contains("WARN") && line.contains("attempt=2") {
+                    warn = Some(line.clone());
                 }
+                if line.starts_with('[') && line.contains("broker unreachable, retrying in") {
+                    status = Some(line.clone());
+                }
+                seen.push(line);
             }
             Err(_) => {
                 let _ = child.kill();
                 panic!(
-                    "no second retry warning; stderr so far:\n{}",
+                    "no retry warning or status; stderr so far:\n{}",
                     seen.join("\n")
                 );
             }
         }
     }
-    let warn = seen.last().unwrap();
+    let (warn, status) = (warn.unwrap(), status.unwrap());
+    assert!(status.contains("queue q"), "{status}");
     assert!(warn.contains("retrying in"), "{warn}");
     assert!(warn.contains("Connection refused"), "{warn}");
     assert!(warn.contains("queue q"), "{warn}");

@@ -13,6 +13,7 @@ use lapin::{Connection, ConnectionProperties, ErrorKind};
 
 use super::url::BrokerUrl;
 use crate::signal::Signal;
+use crate::source::SourceHealth;
 
 /// What kind of failure the broker (or the network) reported: whether a
 /// retry can help, and if not, what the user has to fix.
@@ -205,7 +206,8 @@ pub async fn connect(url: &BrokerUrl, name: &str) -> Result<Connection, AmqpErro
 /// is raised, `Err` on a fatal failure. A host name that does not resolve
 /// is fatal only while `first` (no connection has worked yet: a typo in the
 /// configuration); later it is a DNS blip, retried like a refused connection.
-/// `who` names the source or sink in the WARN line of each retry.
+/// `who` names the source or sink in the WARN line of each retry, and
+/// `health` shows the retry on the status line until a connection works.
 pub async fn connect_with_retry(
     url: &BrokerUrl,
     name: &str,
@@ -213,6 +215,7 @@ pub async fn connect_with_retry(
     backoff: &mut Backoff,
     stop: &Signal,
     first: bool,
+    health: &SourceHealth,
 ) -> Result<Option<Connection>, AmqpError> {
     let mut attempt_no = 0u32;
     loop {
@@ -228,6 +231,7 @@ pub async fn connect_with_retry(
         match attempt {
             Ok(conn) => {
                 backoff.reset();
+                health.healthy();
                 return Ok(Some(conn));
             }
             Err(e) if e.is_fatal() && (first || e.failure != Failure::UnknownHost) => {
@@ -241,6 +245,9 @@ pub async fn connect_with_retry(
                     attempt = attempt_no,
                     "broker connection failed; retrying in {wait:?}"
                 );
+                health.troubled(format!(
+                    "broker unreachable, retrying in {wait:?} (attempt {attempt_no})"
+                ));
                 tokio::select! {
                     _ = stop.raised() => return Ok(None),
                     _ = tokio::time::sleep(wait) => {}

@@ -44,7 +44,7 @@ use super::url::{BrokerUrl, UrlError};
 use crate::ack::{AckRef, AckTracker};
 use crate::engine::{Incoming, Ingest, LanePolicy};
 use crate::signal::{Signal, Trigger};
-use crate::source::{Source, SourceContext, SourceError};
+use crate::source::{Source, SourceContext, SourceError, SourceHealth};
 
 /// How often the ack task looks at the watermark even without a wake-up.
 const ACK_TICK: Duration = Duration::from_millis(20);
@@ -215,6 +215,7 @@ impl Source for AmqpSource {
                 ingest: ctx.ingest.clone(),
                 stop: ctx.stop.clone(),
                 drained: ctx.drained.clone(),
+                health: ctx.health.clone(),
             };
             tasks.spawn(consumer.run());
         }
@@ -322,6 +323,7 @@ struct QueueConsumer {
     ingest: Ingest,
     stop: Signal,
     drained: Signal,
+    health: SourceHealth,
 }
 
 impl QueueConsumer {
@@ -342,6 +344,7 @@ impl QueueConsumer {
                 &mut backoff,
                 &self.stop,
                 sessions == 0,
+                &self.health,
             )
             .await;
             let conn = match connected {
@@ -376,6 +379,8 @@ impl QueueConsumer {
                     let wait = backoff.next_delay();
                     tracing::warn!(source = %who, reason = %why,
                         "consumer session lost; retrying in {wait:?}; unacknowledged messages will be redelivered");
+                    self.health
+                        .troubled(format!("connection lost, reconnecting in {wait:?}"));
                     tokio::select! {
                         _ = self.stop.raised() => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}

@@ -45,6 +45,9 @@ impl StatusLine {
                 let _ = write!(line, " dead {}", g.dead_letter);
             }
         }
+        for (source, trouble) in monitor.source_troubles() {
+            let _ = write!(line, " || {source}: {trouble}");
+        }
         self.previous = groups;
         self.at = now;
         line

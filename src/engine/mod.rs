@@ -33,7 +33,7 @@ use crate::backlog::{BacklogStore, MemoryBacklog};
 use crate::message::Message;
 use crate::signal::signal;
 use crate::sink::Sink;
-use crate::source::{Source, SourceContext};
+use crate::source::{Source, SourceContext, SourceHealth};
 
 pub use config::GroupConfig;
 pub use dead_letter::{DeadLetter, DeadLetters};
@@ -177,9 +177,15 @@ impl EngineBuilder {
             groups.push(group);
             writers.push(writer);
         }
+        let health = self
+            .sources
+            .iter()
+            .map(|(source, _)| (source.name(), SourceHealth::default()))
+            .collect();
         let router = Arc::new(Router {
             groups: groups.clone(),
             failures: Arc::default(),
+            health,
             stats: EngineStats::default(),
             dead: Arc::clone(&dead),
             max_message_bytes: self.options.max_message_bytes,
@@ -245,6 +251,8 @@ struct Router {
     groups: Vec<Arc<Group>>,
     /// Sources that ended with an error, in the order they failed.
     failures: Arc<parking_lot::Mutex<Vec<SourceFailure>>>,
+    /// Each source's name and health, for status lines.
+    health: Vec<(String, SourceHealth)>,
     stats: EngineStats,
     dead: Arc<DeadLetters>,
     max_message_bytes: usize,
@@ -332,6 +340,15 @@ impl Monitor {
             .iter()
             .map(|g| read(&g.stats.delivered_live) + read(&g.stats.delivered_backlog))
             .sum()
+    }
+
+    /// The sources riding out trouble now (name, what), for status lines.
+    pub fn source_troubles(&self) -> Vec<(String, String)> {
+        self.router
+            .health
+            .iter()
+            .filter_map(|(name, h)| h.trouble().map(|t| (name.clone(), t)))
+            .collect()
     }
 
     /// Live latency per group since the previous call (for per-second status lines).
@@ -483,7 +500,7 @@ impl Engine {
         let has_sources = !self.sources.is_empty();
         let mut source_tasks = Vec::new();
         let (fail_trigger, failed) = signal();
-        for (source, policy) in self.sources {
+        for ((source, policy), (_, health)) in self.sources.into_iter().zip(&self.router.health) {
             let name = source.name();
             let ctx = SourceContext {
                 ingest: Ingest {
@@ -493,6 +510,7 @@ impl Engine {
                 },
                 stop: sources_stop.clone(),
                 drained: drained.clone(),
+                health: health.clone(),
             };
             let failures = Arc::clone(&self.router.failures);
             let fail_trigger = fail_trigger.clone();

@@ -12,7 +12,10 @@ pub mod checkpoint;
 pub mod jsonl;
 pub mod simulator;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use parking_lot::Mutex;
 
 use crate::engine::Ingest;
 use crate::signal::Signal;
@@ -29,6 +32,34 @@ pub struct SourceContext {
     /// Raised when the engine has finished with everything submitted: the
     /// last acks can be settled and connections closed.
     pub drained: Signal,
+    /// Where the source tells the status line about trouble it is riding out.
+    pub health: SourceHealth,
+}
+
+/// What a source tells the status line about transient trouble it is
+/// riding out (a broker it keeps trying to reach), so that a run that
+/// delivers nothing says why; empty while all is well. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct SourceHealth {
+    trouble: Arc<Mutex<Option<String>>>,
+}
+
+impl SourceHealth {
+    /// Reports trouble, in a few words (for example "broker unreachable,
+    /// retrying in 2s"); never a secret.
+    pub fn troubled(&self, what: impl Into<String>) {
+        *self.trouble.lock() = Some(what.into());
+    }
+
+    /// The trouble is over.
+    pub fn healthy(&self) {
+        *self.trouble.lock() = None;
+    }
+
+    /// The trouble being ridden out now, if any.
+    pub fn trouble(&self) -> Option<String> {
+        self.trouble.lock().clone()
+    }
 }
 
 /// A failure that ends a source, and with it the run: return one only for
