@@ -20,6 +20,9 @@
 mod audit;
 mod format;
 mod fs;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod inspect;
 mod ledger;
 mod lock;
