@@ -20,9 +20,6 @@
 mod audit;
 mod format;
 mod fs;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 mod inspect;
 mod ledger;
 mod lock;
