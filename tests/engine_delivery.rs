@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::records::{binary_payload, check_delivered, json_payload, json_records};
-use common::{
-    Copies, Record, RecordingSink, assert_delivered, check_delivered, spawn_engine, wait_until,
-};
+use common::{Copies, Record, RecordingSink, assert_delivered, spawn_engine, wait_until};
 use laneway::ack::AckTracker;
 use laneway::backlog::{BacklogStore, DiskBacklog, DiskBacklogConfig};
 use laneway::engine::{Engine, GroupConfig, Incoming, LanePolicy};
