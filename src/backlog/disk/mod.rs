@@ -18,6 +18,8 @@
 //! - one process at a time: a lock file guards the directory.
 
 mod format;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod inspect;
 mod ledger;
 mod lock;
