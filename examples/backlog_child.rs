@@ -7,11 +7,17 @@
 //! - `acked A B`: the append of A..=B resolved (durable: fsync'd);
 //! - `released ID,ID,...`: those records were released (delivered);
 //! - `checkpoint`: every release printed before this line is in the ledger.
+//!
+//! Record N is `records::numbered(N)` (its topic, time and payload bytes
+//! follow from N), so the test can check every record it reads back byte
+//! for byte.
+
+#[path = "../tests/common/records.rs"]
+mod records;
 
 use std::time::Duration;
 
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};
-use laneway::message::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -34,22 +40,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut next: u64 = args[2].parse()?;
     let mut rng = SmallRng::seed_from_u64(args[3].parse()?);
     let store = DiskBacklog::open(&dir, config())?;
-    let payload = vec![b'7'; 200];
     let mut step = 0u64;
     loop {
         step += 1;
         let n = rng.random_range(1..=64u64);
         let records: Vec<BacklogRecord> = (next..next + n)
-            .map(|id| {
-                Message::new(
-                    "/pk/dn/thing/event/property/post",
-                    id.to_string(),
-                    0,
-                    payload.clone(),
-                )
-                .map(BacklogRecord::fresh)
-            })
-            .collect::<Result<_, _>>()?;
+            .map(|id| BacklogRecord::fresh(records::numbered(id).message()))
+            .collect();
         println!("sending {} {}", next, next + n - 1);
         store.append(&records).await?;
         println!("acked {} {}", next, next + n - 1);

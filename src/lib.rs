@@ -28,3 +28,18 @@ pub mod message;
 pub mod signal;
 pub mod sink;
 pub mod source;
+
+/// Entry points for the fuzz targets in `fuzz/` (cargo feature `fuzzing`,
+/// off by default): the parsers and decoders that read outside input, with
+/// the disk backlog's private decoders reached through small hooks. Not a
+/// stable interface.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::backlog::disk::fuzzing::{
+        decode_all, frame_round_trip, ledger_bytes, read_segment, segment_bytes, segment_file_name,
+    };
+    pub use crate::backlog::disk::{DiskBacklogConfig, verify_dir};
+    pub use crate::config::FileConfig;
+    pub use crate::message::{classify, parse_envelope, write_envelope};
+}

@@ -1,7 +1,8 @@
 //! Poison messages from a real queue: no topic, a body that is not JSON,
 //! an oversize body, a topic that is not text. Each becomes a dead letter
 //! with its reason, every good message is delivered, and the queue ends
-//! empty (the poison was acknowledged once recorded).
+//! empty (the poison was acknowledged once recorded). Good messages are
+//! compared with what was published byte for byte.
 
 mod amqp_common;
 
@@ -27,16 +28,20 @@ async fn poison_messages_become_dead_letters_with_reasons_and_the_rest_flows() {
     let now = laneway::message::now_epoch_ms();
     let mut good = Vec::new();
     for i in 0..200 {
-        let id = format!("good-{i}");
-        let topic = format!("/a1pk/dev-{i}/thing/event/property/post");
+        let r = Record::new(
+            format!("/a1pk/dev-{i}/thing/event/property/post"),
+            format!("good-{i}"),
+            now + i as i64,
+            records::json_payload(i),
+        );
         publish_raw(
             &ch,
             &queue,
-            br#"{"items":{}}"#,
-            headers::properties(&topic, &id, now, true),
+            &r.payload,
+            headers::properties(&r.topic, &r.id, r.generate_time_ms, true),
         )
         .await;
-        good.push(id);
+        good.push(r);
         if i % 50 == 0 {
             // Poison interleaved with good messages.
             publish_raw(&ch, &queue, b"{}", BasicProperties::default()).await;
@@ -81,7 +86,7 @@ async fn poison_messages_become_dead_letters_with_reasons_and_the_rest_flows() {
     let sink = handler_fn(move |d: Delivery| {
         let seen = Arc::clone(&sink_seen);
         async move {
-            seen.lock().push(d.message.message_id().to_string());
+            seen.lock().push(Record::of(&d.message));
             Ok::<(), String>(())
         }
     });
@@ -106,10 +111,8 @@ async fn poison_messages_become_dead_letters_with_reasons_and_the_rest_flows() {
             .await
             .expect("the run finishes once the queue is idle");
 
-    let mut delivered = seen.lock().clone();
-    delivered.sort();
-    good.sort();
-    assert_eq!(delivered, good, "every good message is delivered once");
+    // Every good message is delivered once, unchanged.
+    assert_delivered(&good, &seen.lock(), Copies::ExactlyOnce);
 
     let letters = dead.recent();
     let count = |needle: &str| letters.iter().filter(|l| l.reason.contains(needle)).count();

@@ -2,7 +2,8 @@
 //! hands out and releases records in a loop and is killed with SIGKILL at
 //! random moments; after each kill the backlog is reopened and must hold
 //! every record the child saw acknowledged and did not release (zero loss),
-//! none it released before a ledger checkpoint, and nothing it never sent.
+//! none it released before a ledger checkpoint, and nothing it never sent;
+//! every record read back must be byte for byte the one the child stored.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -13,6 +14,10 @@ use std::time::Duration;
 use laneway::backlog::{BacklogStore, DiskBacklog, DiskBacklogConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+#[path = "common/records.rs"]
+mod records;
+use records::{Copies, Record, assert_delivered, numbered};
 
 fn child_exe() -> PathBuf {
     // Tests run from target/<profile>/deps; examples live in
@@ -86,18 +91,19 @@ fn reopen_and_read(dir: &std::path::Path) -> Vec<u64> {
         .unwrap();
     rt.block_on(async {
         let store = DiskBacklog::open(dir, DiskBacklogConfig::default()).unwrap();
-        let mut ids = Vec::new();
+        let mut read = Vec::new();
         loop {
             let got = store.take_ready(10_000, i64::MAX).await.unwrap();
             if got.is_empty() {
                 break;
             }
-            ids.extend(
-                got.iter()
-                    .map(|r| r.record.message.message_id().parse::<u64>().unwrap()),
-            );
+            read.extend(got.iter().map(|r| Record::of(&r.record.message)));
         }
         assert_eq!(store.depth().records, store.depth().in_flight);
+        let ids: Vec<u64> = read.iter().map(|r| r.id.parse().unwrap()).collect();
+        // Recovered records are the ones stored, unchanged.
+        let stored: Vec<Record> = ids.iter().map(|&id| numbered(id)).collect();
+        assert_delivered(&stored, &read, Copies::Unchanged);
         ids
     })
 }

@@ -8,18 +8,31 @@ use std::time::Duration;
 
 use laneway::backlog::disk::verify_dir;
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};
-use laneway::message::Message;
 
-fn record(id: u64, payload: &[u8]) -> BacklogRecord {
-    BacklogRecord::fresh(
-        Message::new(
-            "/pk/dn/thing/event/property/post",
-            id.to_string(),
-            0,
-            payload.to_vec(),
-        )
-        .unwrap(),
+#[path = "common/records.rs"]
+mod records;
+use records::{Copies, Record, assert_delivered};
+
+/// What record `id` holds: its time and payload (arbitrary bytes, 100 to
+/// 116 long: every length mod 8) depend on the id.
+fn sent(id: u64) -> Record {
+    let payload = (0..100 + id % 17)
+        .map(|k| (id.wrapping_mul(131).wrapping_add(k * 7)) as u8)
+        .collect::<Vec<u8>>();
+    Record::new(
+        format!("/pk/dn{}/thing/event/property/post", id % 3),
+        id.to_string(),
+        id as i64,
+        payload,
     )
+}
+
+fn record(id: u64) -> BacklogRecord {
+    BacklogRecord::fresh(sent(id).message())
+}
+
+fn sent_all(ids: impl IntoIterator<Item = u64>) -> Vec<Record> {
+    ids.into_iter().map(sent).collect()
 }
 
 fn config(segment_bytes: u64) -> DiskBacklogConfig {
@@ -68,18 +81,20 @@ fn frames(path: &Path) -> Vec<(u64, u64)> {
     out
 }
 
+/// Takes every record out, checks each is byte for byte the one stored
+/// under its id, and returns the ids in the order they came.
 async fn drain_ids(store: &DiskBacklog) -> Vec<u64> {
-    let mut ids = Vec::new();
+    let mut out = Vec::new();
     loop {
         let got = store.take_ready(4096, i64::MAX).await.unwrap();
         if got.is_empty() {
-            return ids;
+            break;
         }
-        ids.extend(
-            got.iter()
-                .map(|r| r.record.message.message_id().parse::<u64>().unwrap()),
-        );
+        out.extend(got.iter().map(|r| Record::of(&r.record.message)));
     }
+    let ids: Vec<u64> = out.iter().map(|r| r.id.parse().unwrap()).collect();
+    assert_delivered(&sent_all(ids.iter().copied()), &out, Copies::Unchanged);
+    ids
 }
 
 /// A closed backlog of `n` records (ids 0..n) in 64 KiB segments.
@@ -87,7 +102,7 @@ fn filled(n: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let store = DiskBacklog::open(dir.path(), config(64 * 1024)).unwrap();
-        let batch: Vec<_> = (0..n).map(|i| record(i, &[b'1'; 100])).collect();
+        let batch: Vec<_> = (0..n).map(record).collect();
         store.append(&batch).await.unwrap();
         store.close().await.unwrap();
     });
@@ -100,12 +115,9 @@ fn a_million_records_round_trip_in_order_and_segments_go_as_they_are_released() 
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let store = DiskBacklog::open(dir.path(), config(8 << 20)).unwrap();
-        let payload = [b'x'; 100];
         let mut next = 0;
         while next < N {
-            let batch: Vec<_> = (next..(next + 10_000).min(N))
-                .map(|i| record(i, &payload))
-                .collect();
+            let batch: Vec<_> = (next..(next + 10_000).min(N)).map(record).collect();
             next += batch.len() as u64;
             store.append(&batch).await.unwrap();
         }
@@ -118,7 +130,7 @@ fn a_million_records_round_trip_in_order_and_segments_go_as_they_are_released() 
             let got = store.take_ready(8192, 0).await.unwrap();
             assert!(!got.is_empty(), "ran dry at {expect}");
             for r in &got {
-                assert_eq!(r.record.message.message_id(), expect.to_string());
+                assert_eq!(Record::of(&r.record.message), sent(expect));
                 expect += 1;
             }
             let ids: Vec<_> = got.iter().map(|r| r.id).collect();
@@ -193,7 +205,7 @@ fn a_truncated_tail_is_cut_and_the_rest_delivered() {
             let ids = drain_ids(&store).await;
             assert_eq!(ids, (0..999).collect::<Vec<_>>());
             // The log goes on cleanly after the cut.
-            store.append(&[record(5000, b"{}")]).await.unwrap();
+            store.append(&[record(5000)]).await.unwrap();
             store.close().await.unwrap();
         }
         let store = DiskBacklog::open(dir.path(), config(64 * 1024)).unwrap();

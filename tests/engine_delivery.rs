@@ -1,32 +1,39 @@
 //! Delivery guarantees through a real engine: retries with backoff from the
 //! backlog, dead letters after `max_attempts`, exactly once without
-//! failures, at least once with them.
+//! failures, at least once with them, through the live lane, the memory
+//! backlog and the disk backlog. Every check compares whole records (topic,
+//! id, generate time, payload bytes) with what was sent.
 
 mod common;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{RecordingSink, spawn_engine, wait_until};
+use common::records::{binary_payload, check_delivered, json_payload, json_records};
+use common::{Copies, Record, RecordingSink, assert_delivered, spawn_engine, wait_until};
 use laneway::ack::AckTracker;
+use laneway::backlog::{BacklogStore, DiskBacklog, DiskBacklogConfig};
 use laneway::engine::{Engine, GroupConfig, Incoming, LanePolicy};
 use laneway::lane::Lane;
-use laneway::message::{Message, now_epoch_ms};
-use laneway::source::{Simulator, SimulatorConfig};
+use laneway::message::now_epoch_ms;
 
-fn msg(id: &str) -> Incoming {
-    Incoming::Message(
-        Message::new(
-            "/pk/dev/thing/event/property/post",
-            id,
-            now_epoch_ms(),
-            Bytes::from_static(b"{}"),
-        )
-        .unwrap(),
+/// A fresh record with id `id` and a JSON payload whose length depends on it.
+fn record(id: &str) -> Record {
+    let n = id.bytes().map(u64::from).sum::<u64>();
+    Record::new(
+        "/pk/dev/thing/event/property/post",
+        id,
+        now_epoch_ms(),
+        json_payload(n),
     )
+}
+
+fn incoming(records: &[Record]) -> Vec<Incoming> {
+    records
+        .iter()
+        .map(|r| Incoming::Message(r.message()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,12 +53,8 @@ async fn a_failing_message_is_retried_from_the_backlog_with_backoff_then_dead_le
     let ingest = engine.ingest(LanePolicy::Auto);
     let tracker = AckTracker::new();
     let (monitor, stop, task) = spawn_engine(engine);
-    ingest
-        .submit(
-            vec![msg("good-1"), msg("bad-1"), msg("good-2")],
-            tracker.register(),
-        )
-        .await;
+    let sent = [record("good-1"), record("bad-1"), record("good-2")];
+    ingest.submit(incoming(&sent), tracker.register()).await;
     assert!(
         wait_until(Duration::from_secs(10), || monitor.summary().dead_letter
             == 1)
@@ -82,9 +85,11 @@ async fn a_failing_message_is_retried_from_the_backlog_with_backoff_then_dead_le
             i + 1
         );
     }
-    let counts = sink.delivered_counts();
-    assert_eq!(counts.get("good-1"), Some(&1));
-    assert_eq!(counts.get("good-2"), Some(&1));
+    // Every attempt, the retries from the backlog included, carried the
+    // message unchanged; the good ones were delivered once.
+    assert_delivered(&sent, &sink.attempted_records(), Copies::Unchanged);
+    let good = [sent[0].clone(), sent[2].clone()];
+    assert_delivered(&good, &sink.delivered_records(), Copies::ExactlyOnce);
     let letters = dead.recent();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].message_id.as_deref(), Some("bad-1"));
@@ -100,7 +105,8 @@ async fn a_failing_message_is_retried_from_the_backlog_with_backoff_then_dead_le
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_message_is_delivered_exactly_once_without_failures() {
+async fn every_message_is_delivered_exactly_once_and_unchanged_without_failures() {
+    const N: u64 = 100_000;
     let sink = RecordingSink::new();
     let engine = Engine::builder()
         .group(
@@ -110,31 +116,32 @@ async fn every_message_is_delivered_exactly_once_without_failures() {
             },
             sink.clone(),
         )
-        .source(
-            Simulator::new(SimulatorConfig {
-                rate: 0.0,
-                count: Some(100_000),
-                ..SimulatorConfig::default()
-            }),
-            LanePolicy::Auto,
-        )
         .build()
         .unwrap();
-    let summary =
-        tokio::time::timeout(Duration::from_secs(120), engine.run(std::future::pending()))
-            .await
-            .expect("a finite source ends the run");
-    let counts = sink.delivered_counts();
-    assert_eq!(counts.len(), 100_000);
+    let ingest = engine.ingest(LanePolicy::Auto);
+    let (monitor, stop, task) = spawn_engine(engine);
+    // Fresh messages, and every tenth an hour old: the stale ones go to the
+    // (memory) backlog, and fresh ones the live lane has no room for too.
+    let now = now_epoch_ms();
+    let sent = json_records("m", N, |i| if i % 10 == 0 { now - 3_600_000 } else { now });
+    for chunk in sent.chunks(1_000) {
+        ingest
+            .submit(incoming(chunk), laneway::ack::AckRef::none())
+            .await;
+    }
     assert!(
-        counts.values().all(|&n| n == 1),
-        "a message was delivered twice"
+        wait_until(Duration::from_secs(120), || monitor.delivered() >= N).await,
+        "every message delivered"
     );
-    assert_eq!(summary.delivered, 100_000);
+    stop.send(()).unwrap();
+    let summary = task.await.unwrap();
+    assert_delivered(&sent, &sink.delivered_records(), Copies::ExactlyOnce);
+    assert_eq!(summary.delivered, N);
     assert_eq!(summary.dead_letter, 0);
+    assert!(summary.delivered_live > 0, "{summary:?}");
     assert!(
-        summary.delivered_backlog > 0,
-        "an unpaced simulator overflows the live lane: {summary:?}"
+        summary.delivered_backlog >= N / 10,
+        "stale messages and the live lane's overflow come from the backlog: {summary:?}"
     );
 }
 
@@ -161,13 +168,11 @@ async fn every_message_is_delivered_at_least_once_when_the_handler_fails_at_rand
     let ingest = engine.ingest(LanePolicy::Auto);
     let tracker = AckTracker::new();
     let (monitor, stop, task) = spawn_engine(engine);
-    let mut ids = HashSet::new();
+    let mut sent = Vec::new();
     for b in 0..100 {
-        let batch: Vec<_> = (0..200).map(|i| format!("m-{b}-{i}")).collect();
-        ids.extend(batch.iter().cloned());
-        ingest
-            .submit(batch.iter().map(|id| msg(id)).collect(), tracker.register())
-            .await;
+        let batch: Vec<_> = (0..200).map(|i| record(&format!("m-{b}-{i}"))).collect();
+        ingest.submit(incoming(&batch), tracker.register()).await;
+        sent.extend(batch);
     }
     assert!(
         wait_until(Duration::from_secs(60), || tracker.watermark() == 100).await,
@@ -184,13 +189,8 @@ async fn every_message_is_delivered_at_least_once_when_the_handler_fails_at_rand
     );
     stop.send(()).unwrap();
     let summary = task.await.unwrap();
-    let counts = sink.delivered_counts();
-    let missing: Vec<_> = ids
-        .iter()
-        .filter(|id| !counts.contains_key(*id))
-        .take(5)
-        .collect();
-    assert!(missing.is_empty(), "never delivered: {missing:?}");
+    assert_delivered(&sent, &sink.delivered_records(), Copies::AtLeastOnce);
+    assert_delivered(&sent, &sink.attempted_records(), Copies::Unchanged);
     assert!(
         summary.groups[0].failed_attempts > 0,
         "the handler really failed"
@@ -210,9 +210,8 @@ async fn a_source_batch_is_acknowledged_only_when_every_group_settled_it() {
     let ingest = engine.ingest(LanePolicy::Auto);
     let tracker = AckTracker::new();
     let (monitor, stop, task) = spawn_engine(engine);
-    ingest
-        .submit(vec![msg("a"), msg("b")], tracker.register())
-        .await;
+    let sent = [record("a"), record("b")];
+    ingest.submit(incoming(&sent), tracker.register()).await;
     assert!(
         wait_until(Duration::from_secs(5), || monitor.groups()[0]
             .delivered_live
@@ -229,6 +228,8 @@ async fn a_source_batch_is_acknowledged_only_when_every_group_settled_it() {
     assert!(wait_until(Duration::from_secs(5), || tracker.watermark() == 1).await);
     stop.send(()).unwrap();
     let _ = task.await.unwrap();
+    assert_delivered(&sent, &fast.delivered_records(), Copies::ExactlyOnce);
+    assert_delivered(&sent, &slow.delivered_records(), Copies::ExactlyOnce);
 }
 
 /// A sink that refuses ("push limited") its first `refusals` batches.
@@ -269,8 +270,9 @@ async fn push_limited_refusals_wait_in_the_backlog_without_using_up_attempts() {
     let engine = Engine::builder().group(config, sink).build().unwrap();
     let ingest = engine.ingest(LanePolicy::Auto);
     let (monitor, stop, task) = spawn_engine(engine);
+    let sent = [record("a"), record("b")];
     ingest
-        .submit(vec![msg("a"), msg("b")], laneway::ack::AckRef::none())
+        .submit(incoming(&sent), laneway::ack::AckRef::none())
         .await;
     assert!(wait_until(Duration::from_secs(10), || monitor.delivered() == 2).await);
     stop.send(()).unwrap();
@@ -287,4 +289,140 @@ async fn push_limited_refusals_wait_in_the_backlog_without_using_up_attempts() {
         recording.seen().iter().all(|s| s.attempts == 0),
         "refusals used up no attempt"
     );
+    assert_delivered(&sent, &recording.delivered_records(), Copies::ExactlyOnce);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_disk_backlog_and_its_retries_every_payload_comes_out_byte_for_byte() {
+    const N: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskBacklog::open(
+        dir.path(),
+        DiskBacklogConfig {
+            // Several segments, so reads cross segment boundaries.
+            segment_bytes: 64 * 1024,
+            commit_interval: Duration::ZERO,
+            ..DiskBacklogConfig::default()
+        },
+    )
+    .unwrap();
+    let store: Arc<dyn BacklogStore> = Arc::new(store);
+    // Every fifth message fails its first attempt: it is retried from disk.
+    let sink = RecordingSink::new().failing(|d| {
+        d.attempts == 0
+            && d.message.message_id()[1..]
+                .parse::<u64>()
+                .is_ok_and(|n| n % 5 == 0)
+    });
+    let config = GroupConfig {
+        // Arbitrary bytes, NULs included: nothing checks them as JSON.
+        validate_json: false,
+        retry_initial: Duration::from_millis(5),
+        retry_max: Duration::from_millis(20),
+        ..GroupConfig::named("disk")
+    };
+    let engine = Engine::builder()
+        .group_with(config, Arc::new(sink.clone()), Some(store))
+        .build()
+        .unwrap();
+    let ingest = engine.ingest(LanePolicy::Auto);
+    let (monitor, stop, task) = spawn_engine(engine);
+    // Half an hour old (stale: to the backlog on disk) and fresh (live),
+    // with payloads of every length from 0 to 300 bytes.
+    let now = now_epoch_ms();
+    let sent: Vec<Record> = (0..N)
+        .map(|i| {
+            Record::new(
+                format!("/pk{}/dev{}/thing/event/property/post", i % 3, i % 7),
+                format!("d{i}"),
+                if i % 2 == 0 { now - 1_800_000 } else { now },
+                binary_payload(i),
+            )
+        })
+        .collect();
+    for chunk in sent.chunks(250) {
+        ingest
+            .submit(incoming(chunk), laneway::ack::AckRef::none())
+            .await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || monitor.delivered() >= N).await,
+        "every message delivered: {:?}",
+        monitor.summary()
+    );
+    stop.send(()).unwrap();
+    let summary = task.await.unwrap();
+    let g = &summary.groups[0];
+    assert!(g.delivered_live > 0, "{g:?}");
+    assert!(g.diverted_stale >= N / 2, "{g:?}");
+    assert!(g.diverted_failed > 0, "{g:?}");
+    let failures = sink.seen().iter().filter(|s| !s.ok).count() as u64;
+    assert_eq!(failures, N / 5, "each fifth message failed once");
+    assert_delivered(&sent, &sink.delivered_records(), Copies::ExactlyOnce);
+    assert_delivered(&sent, &sink.attempted_records(), Copies::Unchanged);
+    let from_disk = sink
+        .seen()
+        .iter()
+        .filter(|s| s.lane == Lane::Backlog)
+        .count() as u64;
+    assert!(
+        from_disk >= N / 2,
+        "{from_disk} deliveries from the disk backlog"
+    );
+}
+
+/// The check itself: it must catch a payload with bytes appended (the old
+/// alignment padding bug), any other changed field, a loss, a duplicate
+/// and a record never sent, and accept what is right.
+#[test]
+fn the_delivery_check_catches_padding_changes_losses_duplicates_and_strangers() {
+    let sent = json_records("x", 8, |i| 1_000 + i as i64);
+    assert_eq!(
+        check_delivered(&sent, &sent, Copies::ExactlyOnce).map(|t| t.copies),
+        Ok(8)
+    );
+    let changed = |f: &dyn Fn(&mut Record)| {
+        let mut got = sent.clone();
+        f(&mut got[3]);
+        check_delivered(&sent, &got, Copies::AtLeastOnce)
+    };
+    for pad in 1..=7 {
+        let err = changed(&|r| r.payload.extend(std::iter::repeat_n(0u8, pad))).unwrap_err();
+        assert!(
+            err.contains("1 changed") && err.contains("payload"),
+            "{err}"
+        );
+    }
+    let err = changed(&|r| r.payload[0] ^= 1).unwrap_err();
+    assert!(err.contains("first difference at byte 0"), "{err}");
+    assert!(
+        changed(&|r| r.topic.push('x'))
+            .unwrap_err()
+            .contains("topic")
+    );
+    assert!(
+        changed(&|r| r.generate_time_ms += 1)
+            .unwrap_err()
+            .contains("generateTime")
+    );
+    let err = changed(&|r| r.id = "stranger".into()).unwrap_err();
+    assert!(
+        err.contains("1 never sent") && err.contains("1 lost"),
+        "{err}"
+    );
+    let mut twice = sent.clone();
+    twice.push(sent[5].clone());
+    assert!(check_delivered(&sent, &twice, Copies::AtLeastOnce).is_ok());
+    let err = check_delivered(&sent, &twice, Copies::ExactlyOnce).unwrap_err();
+    assert!(err.contains("1 delivered more than once"), "{err}");
+    assert!(check_delivered(&sent, &sent[1..], Copies::AtLeastOnce).is_err());
+    assert!(check_delivered(&sent, &sent[1..], Copies::Unchanged).is_ok());
+    // An envelope line whose payload came back as a JSON string with NULs
+    // (how the bug showed in a JSONL sink) reads back as changed bytes.
+    let line = br#"{"topic":"/pk/d/thing/lifecycle","messageId":"m1","generateTime":1000,"payload":"{\"a\":1}\u0000\u0000\u0000"}"#;
+    let got = Record::from_envelope_line(line).unwrap();
+    let want = Record::new("/pk/d/thing/lifecycle", "m1", 1000, b"{\"a\":1}".to_vec());
+    assert!(check_delivered(std::slice::from_ref(&want), &[got], Copies::ExactlyOnce).is_err());
+    let good = Record::from_envelope_line(want.envelope_line().as_bytes()).unwrap();
+    assert_eq!(good, want);
 }

@@ -1,5 +1,5 @@
 //! Fan-out, filters, unrouted counting and malformed input, through a real
-//! engine.
+//! engine. Deliveries are compared with what was sent as whole records.
 
 mod common;
 
@@ -7,17 +7,21 @@ use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{RecordingSink, spawn_engine, wait_until};
+use common::records::json_payload;
+use common::{Copies, Record, RecordingSink, assert_delivered, spawn_engine, wait_until};
 use laneway::ack::AckRef;
 use laneway::engine::{Engine, GroupConfig, Incoming, LanePolicy};
 use laneway::message::{Message, now_epoch_ms};
 use laneway::source::JsonlSource;
 use laneway::source::jsonl::JsonlInput;
 
-fn message(topic: &str, id: &str) -> Incoming {
-    Incoming::Message(
-        Message::new(topic, id, now_epoch_ms(), Bytes::from_static(b"{\"v\":1}")).unwrap(),
-    )
+fn record(topic: &str, id: &str) -> Record {
+    let n = id.len() as u64;
+    Record::new(topic, id, now_epoch_ms(), json_payload(n))
+}
+
+fn message(r: &Record) -> Incoming {
+    Incoming::Message(r.message())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,17 +47,15 @@ async fn every_matching_group_gets_its_own_copy_and_unmatched_are_counted() {
         .unwrap();
     let ingest = engine.ingest(LanePolicy::Auto);
     let (monitor, stop, task) = spawn_engine(engine);
+    let sent = [
+        record("/pk1/d1/thing/event/property/post", "p1-only"),
+        record("/pk1/d1/thing/event/alarm/post", "both"),
+        record("/as/mqtt/status/pk2/d2", "alarms-only"),
+        record("/pk2/d2/thing/event/property/post", "nobody"),
+        record("/sys/other", "nobody-2"),
+    ];
     ingest
-        .submit(
-            vec![
-                message("/pk1/d1/thing/event/property/post", "p1-only"),
-                message("/pk1/d1/thing/event/alarm/post", "both"),
-                message("/as/mqtt/status/pk2/d2", "alarms-only"),
-                message("/pk2/d2/thing/event/property/post", "nobody"),
-                message("/sys/other", "nobody-2"),
-            ],
-            AckRef::none(),
-        )
+        .submit(sent.iter().map(message).collect(), AckRef::none())
         .await;
     assert!(wait_until(Duration::from_secs(5), || monitor.summary().delivered == 4).await);
     stop.send(()).unwrap();
@@ -65,6 +67,17 @@ async fn every_matching_group_gets_its_own_copy_and_unmatched_are_counted() {
     got_alarms.sort();
     assert_eq!(got_p1, ["both", "p1-only"]);
     assert_eq!(got_alarms, ["alarms-only", "both"]);
+    // Each group's copy is the message as sent.
+    assert_delivered(
+        &[sent[0].clone(), sent[1].clone()],
+        &p1.delivered_records(),
+        Copies::ExactlyOnce,
+    );
+    assert_delivered(
+        &[sent[1].clone(), sent[2].clone()],
+        &alarms.delivered_records(),
+        Copies::ExactlyOnce,
+    );
     assert_eq!(summary.unrouted, 2);
     assert_eq!(summary.ingested, 5);
     assert_eq!(summary.delivered, 4);
@@ -76,16 +89,19 @@ async fn malformed_lines_and_bodies_become_dead_letters_and_nothing_else_is_lost
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     let mut f = std::fs::File::create(&input).unwrap();
-    let good = |i: usize| {
-        format!(
-            r#"{{"topic":"/pk/d{i}/thing/event/property/post","messageId":"good-{i}","generateTime":{},"payload":{{"i":{i}}}}}"#,
-            now_epoch_ms()
+    let good = |i: u64| {
+        Record::new(
+            format!("/pk/d{i}/thing/event/property/post"),
+            format!("good-{i}"),
+            now_epoch_ms(),
+            json_payload(i),
         )
     };
     let mut expected_good = Vec::new();
     for i in 0..50 {
-        writeln!(f, "{}", good(i)).unwrap();
-        expected_good.push(format!("good-{i}"));
+        let r = good(i);
+        writeln!(f, "{}", r.envelope_line()).unwrap();
+        expected_good.push(r);
     }
     writeln!(f, "{{this is not json").unwrap(); // line 51
     writeln!(f, r#"{{"messageId":"x","generateTime":1,"payload":{{}}}}"#).unwrap(); // line 52: no topic
@@ -97,8 +113,9 @@ async fn malformed_lines_and_bodies_become_dead_letters_and_nothing_else_is_lost
     )
     .unwrap(); // line 54: too long
     for i in 50..100 {
-        writeln!(f, "{}", good(i)).unwrap();
-        expected_good.push(format!("good-{i}"));
+        let r = good(i);
+        writeln!(f, "{}", r.envelope_line()).unwrap();
+        expected_good.push(r);
     }
     drop(f);
 
@@ -132,11 +149,11 @@ async fn malformed_lines_and_bodies_become_dead_letters_and_nothing_else_is_lost
         .await
         .expect("the run ends when the file is done and the group is idle");
 
-    let delivered = sink.delivered_counts();
-    for id in &expected_good {
-        assert_eq!(delivered.get(id), Some(&1), "{id}");
-    }
-    assert_eq!(delivered.len(), 100);
+    assert_delivered(
+        &expected_good,
+        &sink.delivered_records(),
+        Copies::ExactlyOnce,
+    );
     let letters = dead.recent();
     let reasons: Vec<(Option<String>, String)> = letters
         .iter()
@@ -187,6 +204,7 @@ async fn oversize_payloads_are_dead_letters_at_ingest() {
     let ingest = engine.ingest(LanePolicy::Auto);
     let (monitor, stop, task) = spawn_engine(engine);
     let big = format!("{{\"x\":\"{}\"}}", "y".repeat(200));
+    let small = record("/pk/d/thing/lifecycle", "small");
     ingest
         .submit(
             vec![
@@ -199,7 +217,7 @@ async fn oversize_payloads_are_dead_letters_at_ingest() {
                     )
                     .unwrap(),
                 ),
-                message("/pk/d/thing/lifecycle", "small"),
+                message(&small),
             ],
             AckRef::none(),
         )
@@ -215,5 +233,5 @@ async fn oversize_payloads_are_dead_letters_at_ingest() {
         "{}",
         letters[0].reason
     );
-    assert!(sink.delivered_counts().contains_key("small"));
+    assert_delivered(&[small], &sink.delivered_records(), Copies::ExactlyOnce);
 }

@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{RecordingSink, spawn_engine, wait_until};
+use common::records::json_payload;
+use common::{Copies, Record, RecordingSink, assert_delivered, spawn_engine, wait_until};
 use laneway::ack::AckRef;
 use laneway::backlog::{BacklogRecord, BacklogStore, MemoryBacklog};
 use laneway::engine::{Engine, GroupConfig, Incoming, LanePolicy};
@@ -28,11 +29,26 @@ fn msg(id: String, generate_time_ms: i64) -> Message {
     .unwrap()
 }
 
-/// A memory backlog already holding `n` stale records.
+/// The stale records [`prefilled`] puts in the backlog.
+fn stale_records(n: usize) -> Vec<Record> {
+    (0..n as u64)
+        .map(|i| {
+            Record::new(
+                format!("/pk{}/dev/thing/event/property/post", i % 5),
+                format!("old-{i}"),
+                1 + i as i64,
+                json_payload(i),
+            )
+        })
+        .collect()
+}
+
+/// A memory backlog already holding `n` stale records ([`stale_records`]).
 async fn prefilled(n: usize) -> Arc<MemoryBacklog> {
     let store = Arc::new(MemoryBacklog::default());
-    let records: Vec<_> = (0..n)
-        .map(|i| BacklogRecord::fresh(msg(format!("old-{i}"), 1)))
+    let records: Vec<_> = stale_records(n)
+        .iter()
+        .map(|r| BacklogRecord::fresh(r.message()))
         .collect();
     for chunk in records.chunks(10_000) {
         store.append(chunk).await.unwrap();
@@ -113,6 +129,12 @@ async fn with_live_idle_the_backlog_takes_every_slot() {
         sink.max_in_flight[1].load(Ordering::SeqCst),
         4,
         "all four slots serve the backlog"
+    );
+    // What the memory backlog handed out is what was put in.
+    assert_delivered(
+        &stale_records(5_000),
+        &sink.delivered_records(),
+        Copies::ExactlyOnce,
     );
 }
 

@@ -107,6 +107,10 @@ fn classify_plain(topic: &str) -> TopicParts {
             TopicParts::default()
         };
     }
+    if count == 3 {
+        // `/{pk}/{dn}/thing` alone: no fourth segment to look at.
+        return with(Kind::Other, None);
+    }
     match (count, text(3)) {
         (6, "event") if text(5) == "post" => {
             if text(4) == "property" {
@@ -135,6 +139,16 @@ mod tests {
             get(p.device_name),
             get(p.event_identifier),
         )
+    }
+
+    #[test]
+    fn a_topic_ending_at_thing_is_other_not_a_panic() {
+        // Found by the `topic` fuzz target: indexing the fourth segment of
+        // a three-segment topic panicked.
+        assert_eq!(
+            parts("/pk/dn/thing"),
+            (Kind::Other, Some("pk"), Some("dn"), None)
+        );
     }
 
     #[test]

@@ -8,15 +8,22 @@
 
 #![allow(dead_code)]
 
+#[path = "../common/records.rs"]
+pub mod records;
+
 use std::fs::File;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use lapin::options::BasicConsumeOptions;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+#[allow(unused_imports)] // the benches use only part of it
+pub use records::{Copies, Record, assert_delivered};
 
 /// The broker the tests use: `AMQP_URL`, or the local default.
 pub fn url() -> String {
@@ -221,4 +228,62 @@ pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The record an AMQP message carries, read straight from the wire form
+/// the platform uses (the `topic`, `messageId` and `generateTime` headers
+/// and the body), independently of laneway's own reading.
+pub fn record_of(properties: &BasicProperties, body: &[u8]) -> Record {
+    let headers = properties.headers().as_ref().expect("platform headers");
+    let text = |key: &str| match headers.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).unwrap(),
+        other => panic!("header {key} is {other:?}"),
+    };
+    let time = match headers.inner().get("generateTime") {
+        Some(AMQPValue::LongLongInt(t)) => *t,
+        other => panic!("header generateTime is {other:?}"),
+    };
+    Record::new(text("topic"), text("messageId"), time, body.to_vec())
+}
+
+/// Declares `exchange` (as `laneway simulate` does) and a mirror queue
+/// bound to it for every routing key, before anything is published: the
+/// mirror receives a copy of everything sent, to compare deliveries with.
+pub async fn mirror(ch: &Channel, exchange: &str) -> String {
+    declare_exchange(ch, exchange).await;
+    let name = format!("{exchange}.mirror");
+    declare_queue(ch, &name, FieldTable::default()).await;
+    bind_all(ch, &name, exchange).await;
+    name
+}
+
+/// Consumes `count` messages from `queue` (acknowledging them) and returns
+/// their records, in arrival order.
+pub async fn read_records(conn: &Connection, queue: &str, count: usize) -> Vec<Record> {
+    let ch = conn.create_channel().await.expect("channel");
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "mirror-reader".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("basic_consume");
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let next = tokio::time::timeout(Duration::from_secs(60), consumer.next()).await;
+        match next {
+            Ok(Some(Ok(d))) => out.push(record_of(&d.properties, &d.data)),
+            other => panic!(
+                "reading {queue}: {} of {count} messages, then {other:?}",
+                out.len()
+            ),
+        }
+    }
+    let _ = ch.close(200, "done".into()).await;
+    out
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod records;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,11 +15,14 @@ use laneway::engine::{Engine, Monitor, RunSummary};
 use laneway::lane::Lane;
 use laneway::sink::{Delivery, DeliveryError, Sink};
 use parking_lot::Mutex;
+pub use records::{Copies, Record, assert_delivered};
 
 /// One delivery attempt as a sink saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub id: String,
+    /// The whole message as the sink got it.
+    pub record: Record,
     pub lane: Lane,
     pub attempts: u32,
     pub at: Instant,
@@ -74,6 +79,21 @@ impl RecordingSink {
         self.seen.lock().clone()
     }
 
+    /// The messages of successful deliveries, one per copy.
+    pub fn delivered_records(&self) -> Vec<Record> {
+        self.seen
+            .lock()
+            .iter()
+            .filter(|s| s.ok)
+            .map(|s| s.record.clone())
+            .collect()
+    }
+
+    /// The messages of every attempt, failed ones included.
+    pub fn attempted_records(&self) -> Vec<Record> {
+        self.seen.lock().iter().map(|s| s.record.clone()).collect()
+    }
+
     /// Successful deliveries per message id.
     pub fn delivered_counts(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
@@ -114,6 +134,7 @@ impl Sink for RecordingSink {
                 }
                 seen.push(Seen {
                     id: d.message.message_id().to_string(),
+                    record: Record::of(&d.message),
                     lane: d.lane,
                     attempts: d.attempts,
                     at: now,

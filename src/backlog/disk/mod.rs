@@ -20,6 +20,8 @@
 mod audit;
 mod format;
 mod fs;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod inspect;
 mod ledger;
 mod lock;
