@@ -4,12 +4,15 @@
 //! byte for byte as it went in: header bytes one at a time, deleted,
 //! duplicated and truncated segments, a zeroed block, a damaged ledger.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use laneway::backlog::disk::{DamageKind, LedgerState, verify_dir};
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};
 use laneway::message::Message;
+
+mod backlog_files;
+use backlog_files::{frames, segments};
 
 /// Record `i` as sent: its topic, id, time and payload all depend on `i`,
 /// and payload lengths cover every remainder modulo the frame alignment.
@@ -56,32 +59,6 @@ fn filled(n: u64) -> tempfile::TempDir {
         store.close().await.unwrap();
     });
     dir
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    v.sort();
-    v
-}
-
-/// `(offset, id)` of every frame in a segment, read by the documented
-/// format: a 64-byte header, then frames of `u32 body length, u32 crc,
-/// u64 id, body`, each padded to 8 bytes.
-fn frames(path: &Path) -> Vec<(u64, u64)> {
-    let bytes = std::fs::read(path).unwrap();
-    let mut at = 64usize;
-    let mut out = Vec::new();
-    while at + 16 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let id = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap());
-        out.push((at as u64, id));
-        at += (16 + len).div_ceil(8) * 8;
-    }
-    out
 }
 
 /// Opens the store, checks what recovery reports, drains it and checks

@@ -2,7 +2,6 @@
 //! every kind the issue names (a flipped bit, a truncated tail, a
 //! zero-filled tail, a lost ledger), and `laneway backlog verify`.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,6 +11,9 @@ use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConf
 #[path = "common/records.rs"]
 mod records;
 use records::{Copies, Record, assert_delivered};
+
+mod backlog_files;
+use backlog_files::{frames, segments};
 
 /// What record `id` holds: its time and payload (arbitrary bytes, 100 to
 /// 116 long: every length mod 8) depend on the id.
@@ -49,36 +51,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    v.sort();
-    v
-}
-
-/// Frame offsets of a segment, read by the documented format
-/// (docs/backlog-format.md): a 64-byte header, then frames of
-/// `u32 body length, u32 crc, u64 id, body`, each padded to 8 bytes.
-fn frames(path: &Path) -> Vec<(u64, u64)> {
-    let bytes = std::fs::read(path).unwrap();
-    let mut at = 64usize;
-    let mut out = Vec::new();
-    while at + 16 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let id = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap());
-        let total = (16 + len).div_ceil(8) * 8;
-        if len == 0 || at + total > bytes.len() {
-            break;
-        }
-        out.push((at as u64, id));
-        at += total;
-    }
-    out
 }
 
 /// Takes every record out, checks each is byte for byte the one stored
