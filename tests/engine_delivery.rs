@@ -422,7 +422,7 @@ fn the_delivery_check_catches_padding_changes_losses_duplicates_and_strangers() 
     let line = br#"{"topic":"/pk/d/thing/lifecycle","messageId":"m1","generateTime":1000,"payload":"{\"a\":1}\u0000\u0000\u0000"}"#;
     let got = Record::from_envelope_line(line).unwrap();
     let want = Record::new("/pk/d/thing/lifecycle", "m1", 1000, b"{\"a\":1}".to_vec());
-    assert!(check_delivered(&[want.clone()], &[got], Copies::ExactlyOnce).is_err());
+    assert!(check_delivered(std::slice::from_ref(&want), &[got], Copies::ExactlyOnce).is_err());
     let good = Record::from_envelope_line(want.envelope_line().as_bytes()).unwrap();
     assert_eq!(good, want);
 }

@@ -22,6 +22,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+// Not every includer checks deliveries (benches/amqp.rs uses this module too).
+#[allow(unused_imports)]
 pub use records::{Copies, Record, assert_delivered};
 
 /// The broker the tests use: `AMQP_URL`, or the local default.
