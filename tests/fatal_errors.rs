@@ -3,26 +3,15 @@
 //! retried with a WARN line per retry. Runs the real binary against the
 //! real RabbitMQ on 127.0.0.1:5672 (or `AMQP_HOST_PORT`).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
+
+mod process;
+use process::{broker, rabbitmqctl, stderr_lines, unique, wait_or_kill};
 
 /// How long a run may take before the test calls it hung.
 const HANG: Duration = Duration::from_secs(90);
-
-fn broker() -> String {
-    std::env::var("AMQP_HOST_PORT").unwrap_or_else(|_| "127.0.0.1:5672".into())
-}
-
-/// A unique suffix for queue, user and vhost names.
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("laneway-{tag}-{}-{nanos}", std::process::id())
-}
 
 /// Runs `laneway run -q -c laneway.toml` in `dir` with `toml` as the config
 /// and waits for it to exit (killing it and failing after [`HANG`]).
@@ -36,18 +25,7 @@ fn run_config(dir: &Path, toml: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(HANG) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("laneway run did not exit within {HANG:?}");
-        }
-    }
+    wait_or_kill(child, HANG)
 }
 
 /// The run failed with status 1 and exactly one `error:` line, which holds
@@ -73,15 +51,6 @@ fn amqp_config(url: &str, queue: &str, declare: bool) -> String {
          reconnect_initial = \"100ms\"\n\n[[groups]]\nname = \"all\"\nsink = {{ type = \"null\" }}\n\
          backlog = {{ store = \"memory\" }}\n"
     )
-}
-
-fn rabbitmqctl(args: &[&str]) -> bool {
-    Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 #[test]
@@ -178,15 +147,7 @@ fn a_refused_connection_is_retried_with_warnings_and_a_status_line_and_ctrl_c_st
         .spawn()
         .unwrap();
     let pid = child.id();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stderr_lines(&mut child);
     // Readiness: the second retry's WARN line (so it did retry, not give
     // up) and a status line that names the trouble.
     let mut seen = Vec::new();

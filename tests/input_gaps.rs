@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
+
+mod process;
+use process::wait_or_kill;
 
 const HANG: Duration = Duration::from_secs(120);
 
@@ -45,18 +47,7 @@ fn run(dir: &Path) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(HANG) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("laneway run did not finish its input within {HANG:?}");
-        }
-    }
+    wait_or_kill(child, HANG)
 }
 
 /// One envelope line as the JSONL sink writes it (compact, this field order).

@@ -2,24 +2,15 @@
 //! at `RUST_LOG=trace` against the real RabbitMQ, and broker URLs whose
 //! password holds an unescaped `/`, `?` or `#`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+mod process;
+use process::{broker, rabbitmqctl, stderr_lines, unique, wait_or_kill};
+
 const HANG: Duration = Duration::from_secs(90);
-
-fn broker() -> String {
-    std::env::var("AMQP_HOST_PORT").unwrap_or_else(|_| "127.0.0.1:5672".into())
-}
-
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("laneway-{tag}-{}-{nanos}", std::process::id())
-}
 
 /// The forms a password takes in a log: as text, and as the byte list the
 /// client library's frame dumps print (the SASL response of
@@ -33,15 +24,6 @@ fn assert_no_leak(all: &str, password: &str) {
     for form in leaked_forms(password) {
         assert!(!all.contains(&form), "the password was printed as {form:?}");
     }
-}
-
-fn rabbitmqctl(args: &[&str]) -> bool {
-    Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn amqp_config(url: &str, queue: &str) -> String {
@@ -64,18 +46,7 @@ fn laneway(dir: &Path, args: &[&str]) -> Command {
 
 /// Waits for `child` to exit, killing it and failing after [`HANG`].
 fn wait(child: std::process::Child) -> Output {
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(HANG) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("laneway did not exit within {HANG:?}");
-        }
-    }
+    wait_or_kill(child, HANG)
 }
 
 /// A user with a distinctive password, removed on drop; `None` when
@@ -122,15 +93,7 @@ fn a_trace_level_run_that_logs_in_never_prints_the_password() {
     let pid = child.id();
     // Read stderr as it comes: readiness is the consumer's "consuming" line,
     // logged once the login and the queue set-up are done.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stderr_lines(&mut child);
     let mut seen = Vec::new();
     loop {
         match rx.recv_timeout(HANG) {
