@@ -5,9 +5,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::backlog::disk::{
-    DamageKind, Inspection, LedgerState, Verification, inspect_dir, verify_dir,
-};
+use crate::backlog::disk::{Inspection, LedgerState, Verification, inspect_dir, verify_dir};
 
 /// Arguments of `backlog`.
 #[derive(Debug, clap::Args)]
@@ -136,9 +134,10 @@ fn inspect_text(i: &Inspection) -> String {
 fn verify_text(v: &Verification) -> String {
     let mut s = String::new();
     for d in &v.damage {
-        let note = match d.kind {
-            DamageKind::TornTail | DamageKind::Interrupted => "; cut on the next open, not damage",
-            _ => "",
+        let note = if d.kind.is_damage() {
+            ""
+        } else {
+            "; cut on the next open, not damage"
         };
         let _ = writeln!(
             s,
@@ -176,11 +175,7 @@ fn verify_text(v: &Verification) -> String {
         LedgerState::Missing => "missing (released records will be delivered again)".to_string(),
         LedgerState::Damaged(why) => format!("DAMAGED ({why})"),
     };
-    let damaged = v
-        .damage
-        .iter()
-        .filter(|d| !matches!(d.kind, DamageKind::TornTail | DamageKind::Interrupted))
-        .count();
+    let damaged = v.damage.iter().filter(|d| d.kind.is_damage()).count();
     let _ = writeln!(
         s,
         "{}: {} records in {} segment{} checked, {} lost, {} damaged place{}; ledger {}; {}",

@@ -67,6 +67,15 @@ pub enum DamageKind {
     Duplicate,
 }
 
+impl DamageKind {
+    /// Whether this is damage: a torn tail and an interrupted segment
+    /// creation are what a crash leaves of writes never acknowledged, cut
+    /// on the next open, and cost nothing.
+    pub fn is_damage(self) -> bool {
+        !matches!(self, DamageKind::TornTail | DamageKind::Interrupted)
+    }
+}
+
 /// One damaged place, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Damage {
@@ -130,10 +139,7 @@ impl Audit {
         self.lost > 0
             || self.undecodable > 0
             || matches!(self.ledger, Some(LedgerState::Damaged(_)))
-            || self
-                .damage
-                .iter()
-                .any(|d| !matches!(d.kind, DamageKind::TornTail | DamageKind::Interrupted))
+            || self.damage.iter().any(|d| d.kind.is_damage())
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::audit::{AuditError, Damage, DamageKind, LedgerState, audit};
+use super::audit::{AuditError, Damage, LedgerState, audit};
 use super::format::{BodyView, FORMAT_VERSION};
 use super::ledger::{Ledger, LedgerError, RangeSet};
 use super::lock::LOCK_FILE;
@@ -227,11 +227,7 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
     // Damage and losses as recovery would count them.
     let found = audit(dir, u32::MAX as usize, false).map_err(from_audit)?;
     out.lost = found.lost;
-    out.corrupt = found
-        .damage
-        .iter()
-        .filter(|d| !matches!(d.kind, DamageKind::TornTail | DamageKind::Interrupted))
-        .count() as u64;
+    out.corrupt = found.damage.iter().filter(|d| d.kind.is_damage()).count() as u64;
     if out.records > 0 {
         out.oldest_age_ms = Some(now - oldest);
         out.newest_age_ms = Some(now - newest);

@@ -98,11 +98,7 @@ pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
         released: found.released_found,
         lost: found.lost,
         lost_ids: found.lost_ids.clone(),
-        damaged: found
-            .damage
-            .iter()
-            .filter(|d| !matches!(d.kind, DamageKind::TornTail | DamageKind::Interrupted))
-            .count() as u64,
+        damaged: found.damage.iter().filter(|d| d.kind.is_damage()).count() as u64,
         ledger: match found.ledger {
             Some(super::audit::LedgerState::Loaded) => "loaded",
             Some(super::audit::LedgerState::Missing) | None => "missing",
