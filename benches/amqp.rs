@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use laneway::amqp::{AmqpSource, AmqpSourceConfig};
-use laneway::engine::{Engine, GroupConfig, LanePolicy};
+use laneway::engine::{Engine, GroupConfig};
 use laneway::sink::NullSink;
+use laneway::source::LanePolicy;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use laneway::ack::AckRef;
-use laneway::engine::live_lane::{LiveItem, LiveLane};
-use laneway::engine::scheduler::Scheduler;
-use laneway::engine::{Engine, GroupConfig, Incoming, LanePolicy};
-use laneway::lane::Lane;
+use laneway::engine::internals::Scheduler;
+use laneway::engine::internals::{LiveItem, LiveLane};
+use laneway::engine::{Engine, GroupConfig};
 use laneway::message::{Message, classify, now_epoch_ms, parse_envelope, write_envelope};
+use laneway::sink::Lane;
 use laneway::sink::NullSink;
 use laneway::source::simulator::Fleet;
+use laneway::source::{Incoming, LanePolicy};
 
 /// The allocator the `laneway` program uses, so the numbers match it.
 #[global_allocator]
@@ -89,7 +90,7 @@ fn scheduler(c: &mut Criterion) {
         b.iter(|| {
             let pick = s.pick(black_box(true), black_box(true), 1, now);
             let lane = match pick {
-                laneway::engine::scheduler::Pick::Backlog { .. } => Lane::Backlog,
+                laneway::engine::internals::Pick::Backlog { .. } => Lane::Backlog,
                 _ => Lane::Live,
             };
             s.took(lane, 256);

@@ -7,10 +7,11 @@
 use std::time::{Duration, Instant};
 
 use laneway::ack::AckRef;
-use laneway::engine::{Engine, GroupConfig, Incoming, LanePolicy};
+use laneway::engine::{Engine, GroupConfig};
 use laneway::message::now_epoch_ms;
 use laneway::sink::NullSink;
 use laneway::source::simulator::Fleet;
+use laneway::source::{Incoming, LanePolicy};
 
 /// The allocator the `laneway` program uses, so the numbers match it.
 #[global_allocator]

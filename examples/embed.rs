@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use laneway::engine::{Engine, GroupConfig, LanePolicy};
+use laneway::engine::{Engine, GroupConfig};
 use laneway::sink::{Delivery, handler_fn};
+use laneway::source::LanePolicy;
 use laneway::source::{Simulator, SimulatorConfig};
 
 #[tokio::main]

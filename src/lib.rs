@@ -19,13 +19,12 @@
 pub mod ack;
 pub mod amqp;
 pub mod backlog;
+pub mod backoff;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;
-pub mod lane;
 pub mod message;
-pub mod signal;
 pub mod sink;
 pub mod source;
 

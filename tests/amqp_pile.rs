@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use amqp_common::*;
 use laneway::amqp::AmqpSource;
-use laneway::engine::{Engine, GroupConfig, LanePolicy};
-use laneway::sink::{Delivery, DeliveryError, Sink};
+use laneway::engine::{Engine, GroupConfig};
+use laneway::sink::{BatchError, Delivery, Sink};
+use laneway::source::LanePolicy;
 use parking_lot::Mutex;
 
 const PILE: u64 = if cfg!(debug_assertions) {
@@ -51,7 +52,7 @@ struct Recorder {
 
 #[async_trait::async_trait]
 impl Sink for Recorder {
-    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
         tokio::time::sleep(COST * batch.len() as u32).await;
         let now_ms = laneway::message::now_epoch_ms();
         let at = self.start.elapsed();

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use amqp_common::*;
 use laneway::amqp::{AmqpSource, headers};
-use laneway::engine::{DeadLetters, Engine, EngineOptions, GroupConfig, LanePolicy};
+use laneway::engine::{DeadLetters, Engine, EngineOptions, GroupConfig};
 use laneway::sink::{Delivery, handler_fn};
+use laneway::source::LanePolicy;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;

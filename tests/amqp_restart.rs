@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use amqp_common::*;
 use laneway::amqp::{AmqpSource, AmqpSourceConfig};
-use laneway::engine::{Engine, GroupConfig, LanePolicy};
+use laneway::engine::{Engine, GroupConfig};
 use laneway::sink::{Delivery, handler_fn};
+use laneway::source::LanePolicy;
 use parking_lot::Mutex;
 
 const COUNT: u64 = 30_000;

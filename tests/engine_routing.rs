@@ -10,10 +10,11 @@ use bytes::Bytes;
 use common::records::json_payload;
 use common::{Copies, Record, RecordingSink, assert_delivered, spawn_engine, wait_until};
 use laneway::ack::AckRef;
-use laneway::engine::{Engine, GroupConfig, Incoming, LanePolicy};
+use laneway::engine::{Engine, GroupConfig};
 use laneway::message::{Message, now_epoch_ms};
 use laneway::source::JsonlSource;
 use laneway::source::jsonl::JsonlInput;
+use laneway::source::{Incoming, LanePolicy};
 
 fn record(topic: &str, id: &str) -> Record {
     let n = id.len() as u64;

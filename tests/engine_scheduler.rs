@@ -13,10 +13,11 @@ use common::records::json_payload;
 use common::{Copies, Record, RecordingSink, assert_delivered, spawn_engine, wait_until};
 use laneway::ack::AckRef;
 use laneway::backlog::{BacklogRecord, BacklogStore, MemoryBacklog};
-use laneway::engine::{Engine, GroupConfig, Incoming, LanePolicy};
-use laneway::lane::Lane;
+use laneway::engine::{Engine, GroupConfig};
 use laneway::message::{Message, now_epoch_ms};
+use laneway::sink::Lane;
 use laneway::sink::Sink;
+use laneway::source::{Incoming, LanePolicy};
 use laneway::source::{Simulator, SimulatorConfig};
 
 fn msg(id: String, generate_time_ms: i64) -> Message {

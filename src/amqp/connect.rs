@@ -7,13 +7,12 @@
 //! gives up only when told to stop or when the failure is fatal (refused
 //! credentials, a missing virtual host, a host name that does not resolve).
 
-use std::time::Duration;
-
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 
 use super::url::BrokerUrl;
-use crate::signal::Signal;
+use crate::backoff::Backoff;
 use crate::source::SourceHealth;
+use tokio_util::sync::CancellationToken;
 
 /// What kind of failure the broker (or the network) reported: whether a
 /// retry can help, and if not, what the user has to fix.
@@ -150,38 +149,6 @@ impl AmqpError {
     }
 }
 
-/// Exponential backoff between reconnect attempts.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// Starts at `initial`, doubling up to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
-        let initial = initial.max(Duration::from_millis(1));
-        Backoff {
-            initial,
-            max: max.max(initial),
-            next: initial,
-        }
-    }
-
-    /// The wait before the next attempt (and doubles the one after).
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    /// Back to the initial delay, after a success.
-    pub fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
 /// Opens one connection. `name` shows in the broker's management UI.
 ///
 /// The host name is resolved first, so that a name that does not resolve
@@ -213,18 +180,18 @@ pub async fn connect_with_retry(
     name: &str,
     who: &str,
     backoff: &mut Backoff,
-    stop: &Signal,
+    stop: &CancellationToken,
     first: bool,
     health: &SourceHealth,
 ) -> Result<Option<Connection>, AmqpError> {
     let mut attempt_no = 0u32;
     loop {
-        if stop.is_raised() {
+        if stop.is_cancelled() {
             return Ok(None);
         }
         let attempt = tokio::select! {
             biased;
-            _ = stop.raised() => return Ok(None),
+            _ = stop.cancelled() => return Ok(None),
             c = connect(url, name) => c,
         };
         attempt_no += 1;
@@ -249,7 +216,7 @@ pub async fn connect_with_retry(
                     "broker unreachable, retrying in {wait:?} (attempt {attempt_no})"
                 ));
                 tokio::select! {
-                    _ = stop.raised() => return Ok(None),
+                    _ = stop.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
@@ -260,15 +227,6 @@ pub async fn connect_with_retry(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let got: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(got, [100, 200, 350, 350]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
-    }
 
     #[test]
     fn errors_scrub_the_password() {

@@ -38,13 +38,14 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::connect::{AmqpError, Backoff, connect_with_retry};
+use super::connect::{AmqpError, connect_with_retry};
 use super::headers;
 use super::url::{BrokerUrl, UrlError};
 use crate::ack::{AckRef, AckTracker};
-use crate::engine::{Incoming, Ingest, LanePolicy};
-use crate::signal::{Signal, Trigger};
+use crate::backoff::Backoff;
+use crate::source::{Incoming, Ingest, LanePolicy};
 use crate::source::{Source, SourceContext, SourceError, SourceHealth};
+use tokio_util::sync::CancellationToken;
 
 /// How often the ack task looks at the watermark even without a wake-up.
 const ACK_TICK: Duration = Duration::from_millis(20);
@@ -131,19 +132,42 @@ impl std::fmt::Debug for AmqpSourceConfig {
 
 /// Why an AMQP source or sink configuration cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AmqpConfigError {
     /// The URL is missing or invalid.
     #[error(transparent)]
     Url(#[from] UrlError),
-    /// A knob is wrong; the text names it.
-    #[error("{0}")]
-    Invalid(String),
+    /// A knob is wrong.
+    #[error("{knob}: {message}")]
+    Invalid {
+        /// The knob (field and config key).
+        knob: &'static str,
+        /// What is wrong, with the bad value.
+        message: String,
+    },
+}
+
+impl AmqpConfigError {
+    fn invalid(knob: &'static str, message: impl Into<String>) -> AmqpConfigError {
+        AmqpConfigError::Invalid {
+            knob,
+            message: message.into(),
+        }
+    }
+
+    /// The knob the error is about (`url` for a URL error).
+    pub fn knob(&self) -> &'static str {
+        match self {
+            AmqpConfigError::Url(_) => "url",
+            AmqpConfigError::Invalid { knob, .. } => knob,
+        }
+    }
 }
 
 /// Checks that `name` fits an AMQP short string (queue, exchange, key).
-pub(crate) fn short(knob: &str, name: &str) -> Result<ShortString, AmqpConfigError> {
+pub(crate) fn short(knob: &'static str, name: &str) -> Result<ShortString, AmqpConfigError> {
     ShortString::try_new(name.to_string())
-        .map_err(|_| AmqpConfigError::Invalid(format!("{knob} {name:?} is longer than 255 bytes")))
+        .map_err(|_| AmqpConfigError::invalid(knob, format!("{name:?} is longer than 255 bytes")))
 }
 
 impl AmqpSourceConfig {
@@ -151,29 +175,26 @@ impl AmqpSourceConfig {
     pub fn validate(&self) -> Result<BrokerUrl, AmqpConfigError> {
         let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())?;
         if self.queues.is_empty() {
-            return Err(AmqpConfigError::Invalid(
-                "an amqp source needs at least one entry in queues".into(),
+            return Err(AmqpConfigError::invalid(
+                "queues",
+                "an amqp source needs at least one queue",
             ));
         }
         for q in &self.queues {
             if q.is_empty() {
-                return Err(AmqpConfigError::Invalid(
-                    "queues: a queue name is empty".into(),
-                ));
+                return Err(AmqpConfigError::invalid("queues", "a queue name is empty"));
             }
-            short("queues:", q)?;
+            short("queues", q)?;
         }
         if let Some(x) = &self.exchange {
             short("exchange", x)?;
         }
         short("binding_key", &self.binding_key)?;
         if self.prefetch == 0 {
-            return Err(AmqpConfigError::Invalid(
-                "prefetch must be at least 1".into(),
-            ));
+            return Err(AmqpConfigError::invalid("prefetch", "must be at least 1"));
         }
         if self.batch == 0 {
-            return Err(AmqpConfigError::Invalid("batch must be at least 1".into()));
+            return Err(AmqpConfigError::invalid("batch", "must be at least 1"));
         }
         Ok(url)
     }
@@ -321,8 +342,8 @@ struct QueueConsumer {
     url: BrokerUrl,
     queue: String,
     ingest: Ingest,
-    stop: Signal,
-    drained: Signal,
+    stop: CancellationToken,
+    drained: CancellationToken,
     health: SourceHealth,
 }
 
@@ -373,7 +394,7 @@ impl QueueConsumer {
                     });
                 }
                 SessionEnd::Lost(why) => {
-                    if self.stop.is_raised() {
+                    if self.stop.is_cancelled() {
                         return Ok(());
                     }
                     let wait = backoff.next_delay();
@@ -382,7 +403,7 @@ impl QueueConsumer {
                     self.health
                         .troubled(format!("connection lost, reconnecting in {wait:?}"));
                     tokio::select! {
-                        _ = self.stop.raised() => return Ok(()),
+                        _ = self.stop.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
@@ -477,8 +498,10 @@ impl QueueConsumer {
         };
         tracing::info!(queue = %self.queue, broker = %self.url, prefetch = self.config.prefetch, "consuming");
         let acks = Acks::new(self.config.prefetch);
-        let (end_acks, acks_end) = crate::signal::signal();
-        let (fail_acks, acks_failed) = crate::signal::signal();
+        let end_acks = CancellationToken::new();
+        let acks_end = end_acks.clone();
+        let fail_acks = CancellationToken::new();
+        let acks_failed = fail_acks.clone();
         let ack_task = tokio::spawn(ack_loop(
             Arc::clone(&acks),
             channel.clone(),
@@ -499,14 +522,14 @@ impl QueueConsumer {
                 match end {
                     SessionEnd::Idle => self.settle_idle(&acks, &acks_failed).await,
                     _ => {
-                        self.drained.raised().await;
+                        self.drained.cancelled().await;
                         SessionEnd::Stopped
                     }
                 }
             }
             other => other,
         };
-        end_acks.fire();
+        end_acks.cancel();
         let _ = ack_task.await;
         if matches!(end, SessionEnd::Stopped | SessionEnd::Idle) {
             if let Err(e) = acks.flush(&channel, true).await {
@@ -527,7 +550,7 @@ impl QueueConsumer {
         &self,
         consumer: &mut lapin::Consumer,
         acks: &Acks,
-        acks_failed: &Signal,
+        acks_failed: &CancellationToken,
     ) -> SessionEnd {
         let max_batch = self.config.batch;
         let idle_for = self.config.idle_exit;
@@ -535,8 +558,8 @@ impl QueueConsumer {
         loop {
             let next = tokio::select! {
                 biased;
-                _ = self.stop.raised() => return SessionEnd::Stopped,
-                _ = acks_failed.raised() => return SessionEnd::Lost("acknowledgements stopped".into()),
+                _ = self.stop.cancelled() => return SessionEnd::Stopped,
+                _ = acks_failed.cancelled() => return SessionEnd::Lost("acknowledgements stopped".into()),
                 _ = sleep_until_opt(idle_at) => return SessionEnd::Idle,
                 next = consumer.next() => next,
             };
@@ -585,18 +608,18 @@ impl QueueConsumer {
     }
 
     /// After `idle_exit`: waits until everything consumed is acknowledged.
-    async fn settle_idle(&self, acks: &Acks, acks_failed: &Signal) -> SessionEnd {
+    async fn settle_idle(&self, acks: &Acks, acks_failed: &CancellationToken) -> SessionEnd {
         loop {
             if acks.all_acked() {
                 tracing::info!(queue = %self.queue, "queue idle and everything acknowledged; finishing");
                 return SessionEnd::Idle;
             }
-            if acks.tracker.is_stuck() || acks_failed.is_raised() {
+            if acks.tracker.is_stuck() || acks_failed.is_cancelled() {
                 return SessionEnd::Lost("acknowledgements stopped while finishing".into());
             }
             tokio::select! {
-                _ = self.stop.raised() => {
-                    self.drained.raised().await;
+                _ = self.stop.cancelled() => {
+                    self.drained.cancelled().await;
                     return SessionEnd::Stopped;
                 }
                 _ = tokio::time::sleep(ACK_TICK) => {}
@@ -615,25 +638,30 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// Follows the watermark and acks; ends when told (`end`), or raises
 /// `failed` and ends when an ack fails (the channel is gone) or the tracker
 /// is stuck.
-async fn ack_loop(acks: Arc<Acks>, channel: Channel, end: Signal, failed: Trigger) {
+async fn ack_loop(
+    acks: Arc<Acks>,
+    channel: Channel,
+    end: CancellationToken,
+    failed: CancellationToken,
+) {
     let mut tick = tokio::time::interval(ACK_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let force = tokio::select! {
-            _ = end.raised() => return,
+            _ = end.cancelled() => return,
             _ = acks.tracker.changed() => false,
             _ = tick.tick() => true,
         };
         if let Err(e) = acks.flush(&channel, force).await {
             tracing::warn!(error = %e, "ack failed; the session will restart");
-            failed.fire();
+            failed.cancel();
             return;
         }
         if acks.tracker.is_stuck() {
             tracing::warn!(
                 "a batch was abandoned; restarting the session so its messages are redelivered"
             );
-            failed.fire();
+            failed.cancel();
             return;
         }
     }

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use crate::engine::Incoming;
 use crate::message::{Message, now_epoch_ms};
+use crate::source::Incoming;
 
 /// The header carrying the platform topic.
 pub const TOPIC: &str = "topic";

@@ -19,7 +19,7 @@ pub mod headers;
 pub mod publisher;
 pub mod url;
 
-pub use connect::{AmqpError, Backoff};
+pub use connect::AmqpError;
 pub use consumer::{AmqpConfigError, AmqpSource, AmqpSourceConfig};
 pub use publisher::{AmqpSink, AmqpSinkConfig, RoutingKey};
 pub use url::BrokerUrl;

@@ -32,12 +32,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::connect::{AmqpError, Backoff, connect};
+use super::connect::{AmqpError, connect};
 use super::consumer::{AmqpConfigError, short};
 use super::headers;
 use super::url::BrokerUrl;
+use crate::backoff::Backoff;
 use crate::message::Message;
-use crate::sink::{Delivery, DeliveryError, Sink};
+use crate::sink::{BatchError, Delivery, DeliveryError, Sink};
 
 /// A group's `sink` table with `type = "amqp"`: where and how to publish.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -139,9 +140,10 @@ impl RoutingKey {
                 parts.push(KeyPart::Text(rest[..open].to_string()));
             }
             let Some(close) = rest[open..].find('}') else {
-                return Err(AmqpConfigError::Invalid(format!(
-                    "routing_key {template:?}: unclosed '{{'"
-                )));
+                return Err(AmqpConfigError::Invalid {
+                    knob: "routing_key",
+                    message: format!("{template:?}: unclosed '{{'"),
+                });
             };
             let name = &rest[open + 1..open + close];
             parts.push(match name {
@@ -149,9 +151,12 @@ impl RoutingKey {
                 "product" => KeyPart::Product,
                 "device" => KeyPart::Device,
                 other => {
-                    return Err(AmqpConfigError::Invalid(format!(
-                        "routing_key {template:?}: unknown placeholder {{{other}}} (use kind, product, device)"
-                    )));
+                    return Err(AmqpConfigError::Invalid {
+                        knob: "routing_key",
+                        message: format!(
+                            "{template:?}: unknown placeholder {{{other}}} (use kind, product, device)"
+                        ),
+                    });
                 }
             });
             rest = &rest[open + close + 1..];
@@ -190,20 +195,23 @@ impl AmqpSinkConfig {
     pub fn validate(&self) -> Result<(BrokerUrl, RoutingKey), AmqpConfigError> {
         let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())?;
         if self.exchange.is_empty() {
-            return Err(AmqpConfigError::Invalid(
-                "an amqp sink needs an exchange".into(),
-            ));
+            return Err(AmqpConfigError::Invalid {
+                knob: "exchange",
+                message: "an amqp sink needs an exchange".into(),
+            });
         }
         short("exchange", &self.exchange)?;
         if self.max_in_flight == 0 {
-            return Err(AmqpConfigError::Invalid(
-                "max_in_flight must be at least 1".into(),
-            ));
+            return Err(AmqpConfigError::Invalid {
+                knob: "max_in_flight",
+                message: "must be at least 1".into(),
+            });
         }
         if self.confirm_timeout.is_zero() {
-            return Err(AmqpConfigError::Invalid(
-                "confirm_timeout must be longer than zero".into(),
-            ));
+            return Err(AmqpConfigError::Invalid {
+                knob: "confirm_timeout",
+                message: "must be longer than zero".into(),
+            });
         }
         Ok((url, RoutingKey::parse(&self.routing_key)?))
     }
@@ -344,56 +352,45 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn into_result(self) -> Result<(), DeliveryError> {
-        let retryable = self.limited_window.len() + self.nacked.len() + self.failed.len();
-        // Only refusals (nacks, a full window) are "push limited"; any other
-        // failure in the batch makes the whole retry count as an attempt.
-        let only_refused = self.failed.is_empty() && self.unroutable.is_empty();
-        if retryable > 0 {
-            let mut reason = String::new();
-            if !self.nacked.is_empty() {
-                let _ = write!(
-                    reason,
-                    "push limited: the broker refused {} (nack; a queue may be full)",
-                    self.nacked.len()
-                );
-            }
-            if !self.limited_window.is_empty() {
-                let sep = if reason.is_empty() { "" } else { "; " };
-                let _ = write!(
-                    reason,
-                    "{sep}push limited: {} over the in-flight window",
-                    self.limited_window.len()
-                );
-            }
-            if let Some((_, why)) = self.failed.first() {
-                let sep = if reason.is_empty() { "" } else { "; " };
-                let _ = write!(reason, "{sep}{why}");
-            }
-            let mut idx: Vec<usize> = self
-                .limited_window
-                .into_iter()
-                .chain(self.nacked)
-                .chain(self.failed.into_iter().map(|(i, _)| i))
-                .chain(self.unroutable.into_iter().map(|(i, _)| i))
-                .collect();
-            idx.sort_unstable();
-            let error = DeliveryError::some(reason, idx);
-            return Err(if only_refused { error.limited() } else { error });
+    /// Each failed message with its own kind: refusals (nacks, a full
+    /// window) are "push limited" and use up no attempt, a broken channel
+    /// is worth a retry, an unroutable message is a dead letter at once.
+    fn into_result(self) -> Result<(), BatchError> {
+        let nacked = DeliveryError::PushLimited(
+            "push limited: the broker refused it (nack; a queue may be full)".into(),
+        );
+        let window = DeliveryError::PushLimited("push limited: over the in-flight window".into());
+        let mut failed: Vec<(usize, DeliveryError)> = self
+            .nacked
+            .into_iter()
+            .map(|i| (i, nacked.clone()))
+            .chain(self.limited_window.into_iter().map(|i| (i, window.clone())))
+            .chain(
+                self.failed
+                    .into_iter()
+                    .map(|(i, why)| (i, DeliveryError::RetryLater(why))),
+            )
+            .chain(
+                self.unroutable
+                    .into_iter()
+                    .map(|(i, why)| (i, DeliveryError::Permanent(why))),
+            )
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
         }
-        if let Some((_, why)) = self.unroutable.first() {
-            let why = why.clone();
-            let idx = self.unroutable.into_iter().map(|(i, _)| i).collect();
-            return Err(DeliveryError::some(why, idx).permanent());
-        }
-        Ok(())
+        failed.sort_unstable_by_key(|(i, _)| *i);
+        Err(BatchError::Some(failed))
     }
 }
 
 #[async_trait]
 impl Sink for AmqpSink {
-    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
-        let channel = self.channel().await.map_err(DeliveryError::all)?;
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
+        let channel = self
+            .channel()
+            .await
+            .map_err(|e| BatchError::All(DeliveryError::RetryLater(e)))?;
         let options = BasicPublishOptions {
             mandatory: self.config.mandatory,
             ..BasicPublishOptions::default()
@@ -517,23 +514,37 @@ mod tests {
     }
 
     #[test]
-    fn mixed_failures_are_all_retryable_and_pure_unroutable_is_permanent() {
+    fn each_failed_message_keeps_its_own_kind() {
         let mixed = Outcome {
             nacked: vec![2],
-            unroutable: vec![(0, "unroutable".into())],
-            ..Outcome::default()
+            limited_window: vec![3],
+            failed: vec![(1, "push failed: the channel broke".into())],
+            unroutable: vec![(0, "unroutable: 312 NO_ROUTE".into())],
         };
-        let e = mixed.into_result().unwrap_err();
-        assert!(!e.permanent);
-        assert_eq!(e.failed, Some(vec![0, 2]));
-        assert!(e.reason.starts_with("push limited"), "{}", e.reason);
-        let only = Outcome {
-            unroutable: vec![(1, "unroutable: 312 NO_ROUTE".into())],
-            ..Outcome::default()
+        let Err(BatchError::Some(failed)) = mixed.into_result() else {
+            panic!("a batch with failures must fail")
         };
-        let e = only.into_result().unwrap_err();
-        assert!(e.permanent);
-        assert_eq!(e.failed, Some(vec![1]));
+        let kinds: Vec<(usize, &str)> = failed
+            .iter()
+            .map(|(i, e)| {
+                let kind = match e {
+                    DeliveryError::Permanent(_) => "permanent",
+                    DeliveryError::PushLimited(_) => "limited",
+                    _ => "retry",
+                };
+                (*i, kind)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (0, "permanent"),
+                (1, "retry"),
+                (2, "limited"),
+                (3, "limited")
+            ]
+        );
+        assert_eq!(failed[0].1.reason(), "unroutable: 312 NO_ROUTE");
         assert!(Outcome::default().into_result().is_ok());
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::lane::Lane;
 use crate::message::Message;
+use crate::sink::Lane;
 use crate::sink::{Delivery, Sink};
 
 /// A FIFO queue with its workers.

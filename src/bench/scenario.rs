@@ -17,10 +17,12 @@ use super::fifo::FifoConsumer;
 use super::timeline::{MeasuredSink, PhaseReport, Timeline, WINDOW, Window, phase, window_p99_ms};
 use crate::ack::AckRef;
 use crate::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, MemoryBacklog};
-use crate::engine::{Engine, GroupConfig, Incoming, LanePolicy, LatencySummary, Monitor};
+use crate::engine::{Engine, GroupConfig, LatencySummary, Monitor};
 use crate::message::{Message, now_epoch_ms};
 use crate::sink::{SimulatedHandler, Sink};
 use crate::source::simulator::Fleet;
+use crate::source::{Incoming, LanePolicy};
+use tokio_util::sync::CancellationToken;
 
 /// Which scenario to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -188,7 +190,7 @@ pub struct ModeReport {
 /// Where live traffic goes in each mode.
 enum Target {
     Engine {
-        ingest: crate::engine::Ingest,
+        ingest: crate::source::Ingest,
         monitor: Monitor,
     },
     Fifo(Arc<FifoConsumer>),
@@ -347,7 +349,8 @@ pub async fn run_mode(
     let start = timeline.start();
 
     // Live traffic and depth sampling until told to stop.
-    let (stop_traffic, traffic_stopped) = crate::signal::signal();
+    let stop_traffic = CancellationToken::new();
+    let traffic_stopped = stop_traffic.clone();
     let traffic = {
         let target = Arc::clone(&target);
         let stopped = traffic_stopped.clone();
@@ -357,7 +360,7 @@ pub async fn run_mode(
             let mut sent = 0u64;
             let mut tick = tokio::time::interval(Duration::from_millis(2));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            while !stopped.is_raised() {
+            while !stopped.is_cancelled() {
                 tick.tick().await;
                 let due = (start.elapsed().as_secs_f64() * rate) as u64;
                 let n = due.saturating_sub(sent).min(4096);
@@ -377,7 +380,7 @@ pub async fn run_mode(
         let stopped = traffic_stopped.clone();
         let peak = Arc::clone(&peak);
         tokio::spawn(async move {
-            while !stopped.is_raised() {
+            while !stopped.is_cancelled() {
                 let depth = target.depth();
                 peak.fetch_max(depth, std::sync::atomic::Ordering::Relaxed);
                 timeline.sample_depth(depth);
@@ -451,7 +454,7 @@ pub async fn run_mode(
             tokio::time::sleep(opts.tail).await;
         }
     }
-    stop_traffic.fire();
+    stop_traffic.cancel();
     let _ = traffic.await;
     let _ = sampler.await;
     let elapsed = start.elapsed();

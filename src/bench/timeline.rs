@@ -15,8 +15,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::engine::LatencySummary;
-use crate::lane::Lane;
-use crate::sink::{Delivery, DeliveryError, Sink};
+use crate::sink::Lane;
+use crate::sink::{BatchError, Delivery, Sink};
 
 /// The width of one timeline window.
 pub const WINDOW: Duration = Duration::from_millis(100);
@@ -140,7 +140,7 @@ impl<S> MeasuredSink<S> {
 
 #[async_trait]
 impl<S: Sink> Sink for MeasuredSink<S> {
-    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
         let result = self.inner.deliver(batch).await;
         if result.is_ok() {
             let pile = self.pile_before_ms;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amqp::{AmqpSinkConfig, AmqpSourceConfig};
 use crate::backlog::DiskBacklogConfig;
-use crate::engine::LanePolicy;
+use crate::source::LanePolicy;
 use crate::source::SimulatorConfig;
 
 /// One `[[sources]]` entry; `type` says which kind.

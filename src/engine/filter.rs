@@ -5,7 +5,25 @@
 
 use std::collections::HashSet;
 
-use crate::message::{Kind, Message};
+use crate::message::{Kind, Message, UnknownKind};
+
+/// Why a filter cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FilterError {
+    /// `kinds` names a kind laneway does not know.
+    #[error("kinds: {0}")]
+    UnknownKind(#[from] UnknownKind),
+}
+
+impl FilterError {
+    /// The group knob the error is about.
+    pub fn knob(&self) -> &'static str {
+        match self {
+            FilterError::UnknownKind(_) => "kinds",
+        }
+    }
+}
 
 /// Which messages a group takes.
 #[derive(Debug, Clone)]
@@ -19,7 +37,7 @@ pub struct Filter {
 impl Filter {
     /// Builds a filter from product keys and kind names; `"*"` (or an empty
     /// list) in either means "all". Errors name the unknown kind.
-    pub fn new(products: &[String], kinds: &[String]) -> Result<Filter, String> {
+    pub fn new(products: &[String], kinds: &[String]) -> Result<Filter, FilterError> {
         let products = if products.is_empty() || products.iter().any(|p| p == "*") {
             None
         } else {
@@ -30,9 +48,7 @@ impl Filter {
         } else {
             let mut bits = 0u8;
             for k in kinds {
-                let kind: Kind = k
-                    .parse()
-                    .map_err(|e: crate::message::UnknownKind| e.to_string())?;
+                let kind: Kind = k.parse()?;
                 bits |= 1 << kind.index();
             }
             bits
@@ -88,10 +104,8 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_errors() {
-        assert!(
-            Filter::new(&[], &strings(&["alarm"]))
-                .unwrap_err()
-                .contains("alarm")
-        );
+        let e = Filter::new(&[], &strings(&["alarm"])).unwrap_err();
+        assert_eq!(e, FilterError::UnknownKind(UnknownKind("alarm".into())));
+        assert!(e.to_string().contains("alarm"), "{e}");
     }
 }

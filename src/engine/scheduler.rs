@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::lane::Lane;
+use crate::sink::Lane;
 
 /// What the next free slot should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Delivery, DeliveryError, Sink};
+use super::{BatchError, Delivery, DeliveryError, Sink};
 
 /// A sink made from an async closure called once per message, in batch order.
 ///
@@ -18,43 +18,48 @@ pub struct HandlerFn<F> {
     f: F,
 }
 
-/// Wraps an async closure `Fn(Delivery) -> Result<(), String>` as a sink.
+/// Wraps an async closure `Fn(Delivery) -> Result<(), E>` as a sink, where
+/// `E` is a [`DeliveryError`] (to say "permanent" or "push limited") or
+/// anything that converts into one (a `String` means "retry later").
 ///
 /// ```
-/// use laneway::sink::{handler_fn, Delivery};
+/// use laneway::sink::{handler_fn, Delivery, DeliveryError};
 /// let sink = handler_fn(|d: Delivery| async move {
+///     if d.message.payload().is_empty() {
+///         return Err(DeliveryError::Permanent("empty payload".into()));
+///     }
 ///     println!("{} {}", d.message.kind(), d.message.message_id());
-///     Ok::<(), String>(())
+///     Ok(())
 /// });
 /// # let _ = sink;
 /// ```
-pub fn handler_fn<F, Fut>(f: F) -> HandlerFn<F>
+pub fn handler_fn<F, Fut, E>(f: F) -> HandlerFn<F>
 where
     F: Fn(Delivery) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Into<DeliveryError>,
 {
     HandlerFn { f }
 }
 
 #[async_trait]
-impl<F, Fut> Sink for HandlerFn<F>
+impl<F, Fut, E> Sink for HandlerFn<F>
 where
     F: Fn(Delivery) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Into<DeliveryError>,
 {
-    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
         let mut failed = Vec::new();
-        let mut reason = String::new();
         for (i, d) in batch.iter().enumerate() {
             if let Err(e) = (self.f)(d.clone()).await {
-                failed.push(i);
-                reason = e;
+                failed.push((i, e.into()));
             }
         }
         if failed.is_empty() {
             Ok(())
         } else {
-            Err(DeliveryError::some(reason, failed))
+            Err(BatchError::Some(failed))
         }
     }
 }
@@ -107,10 +112,12 @@ impl SimulatedHandler {
 
 #[async_trait]
 impl Sink for SimulatedHandler {
-    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
         if self.down.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            return Err(DeliveryError::all("handler is down (simulated outage)"));
+            return Err(
+                DeliveryError::RetryLater("handler is down (simulated outage)".into()).into(),
+            );
         }
         let cost = self.cost_per_message * batch.len() as u32;
         if cost.is_zero() {

@@ -11,7 +11,7 @@ use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncWrite, AsyncWriteExt, Stdout};
 use tokio::sync::Mutex;
 
-use super::{Delivery, DeliveryError, Sink};
+use super::{BatchError, Delivery, DeliveryError, Sink};
 use crate::message::write_envelope;
 
 /// Writes delivered messages as JSONL envelopes.
@@ -59,7 +59,7 @@ async fn write_all(out: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> std::io
 
 #[async_trait]
 impl Sink for JsonlSink {
-    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
         let mut lines = Vec::with_capacity(batch.len() * 256);
         for d in batch {
             write_envelope(&mut lines, &d.message);
@@ -75,7 +75,9 @@ impl Sink for JsonlSink {
             }
             Output::Stdout(s) => write_all(s, &lines).await,
         };
-        result.map_err(|e| DeliveryError::all(format!("writing to {}: {e}", self.label)))
+        result.map_err(|e| {
+            DeliveryError::RetryLater(format!("writing to {}: {e}", self.label)).into()
+        })
     }
 
     async fn close(&self) -> Result<(), DeliveryError> {
@@ -84,6 +86,6 @@ impl Sink for JsonlSink {
             Output::File(f) => f.sync_all().await,
             Output::Stdout(s) => s.flush().await,
         };
-        result.map_err(|e| DeliveryError::all(format!("closing {}: {e}", self.label)))
+        result.map_err(|e| DeliveryError::RetryLater(format!("closing {}: {e}", self.label)))
     }
 }

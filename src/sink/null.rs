@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{Delivery, DeliveryError, Sink};
+use super::{BatchError, Delivery, Sink};
 
 /// A sink that accepts every batch at once.
 #[derive(Debug, Default, Clone, Copy)]
@@ -11,7 +11,7 @@ pub struct NullSink;
 
 #[async_trait]
 impl Sink for NullSink {
-    async fn deliver(&self, _batch: &[Delivery]) -> Result<(), DeliveryError> {
+    async fn deliver(&self, _batch: &[Delivery]) -> Result<(), BatchError> {
         Ok(())
     }
 }

@@ -35,12 +35,12 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
+use super::Incoming;
 use super::checkpoint::{self, Checkpoint, CheckpointError, Position, Verdict};
 use super::{Source, SourceContext, SourceError};
 use crate::ack::{AckRef, AckTracker};
-use crate::engine::Incoming;
 use crate::message::parse_envelope;
-use crate::signal::{Signal, Trigger};
+use tokio_util::sync::CancellationToken;
 
 /// Lines handed to the engine per batch (fewer when input pauses).
 const BATCH: usize = 256;
@@ -188,8 +188,8 @@ async fn keep_checkpoint(
     tracker: Arc<AckTracker>,
     ends: Ends,
     mut done: Position,
-    finish: Signal,
-    drained: Signal,
+    finish: CancellationToken,
+    drained: CancellationToken,
 ) {
     let mut written = done;
     let mut failing = false;
@@ -198,8 +198,8 @@ async fn keep_checkpoint(
     let file = Arc::new(file);
     loop {
         let last = tokio::select! {
-            _ = finish.raised() => true,
-            _ = drained.raised() => true,
+            _ = finish.cancelled() => true,
+            _ = drained.cancelled() => true,
             _ = tick.tick() => false,
         };
         {
@@ -321,7 +321,8 @@ impl Source for JsonlSource {
                     Some(checkpoint) => {
                         let tracker = AckTracker::new();
                         let ends: Ends = Arc::default();
-                        let (finish, finished) = crate::signal::signal();
+                        let finish = CancellationToken::new();
+                        let finished = finish.clone();
                         let task = tokio::spawn(keep_checkpoint(
                             checkpoint,
                             file.try_clone().map_err(io_err)?,
@@ -353,13 +354,13 @@ impl Source for JsonlSource {
 
 /// Waits until every batch is done (or can never be: abandoned), or until
 /// the engine has drained after a stop.
-async fn settle(progress: &Progress, drained: &Signal) {
+async fn settle(progress: &Progress, drained: &CancellationToken) {
     loop {
         if progress.tracker.outstanding() == 0 || progress.tracker.is_stuck() {
             return;
         }
         tokio::select! {
-            _ = drained.raised() => return,
+            _ = drained.cancelled() => return,
             _ = progress.tracker.changed() => {}
             // `changed` only wakes current waiters: look again now and then.
             _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
@@ -367,8 +368,8 @@ async fn settle(progress: &Progress, drained: &Signal) {
     }
 }
 
-async fn finish_checkpoint(finish: Trigger, task: tokio::task::JoinHandle<()>) {
-    finish.fire();
+async fn finish_checkpoint(finish: CancellationToken, task: tokio::task::JoinHandle<()>) {
+    finish.cancel();
     if let Err(e) = task.await {
         tracing::error!(error = %e, "the checkpoint task failed");
     }
@@ -401,13 +402,13 @@ impl JsonlSource {
             };
             tokio::select! {
                 () = ctx.ingest.submit(batch, ack) => true,
-                () = ctx.drained.raised() => false,
+                () = ctx.drained.cancelled() => false,
             }
         };
         loop {
             let next = tokio::select! {
                 biased;
-                _ = ctx.stop.raised() => break,
+                _ = ctx.stop.cancelled() => break,
                 next = read_line_limited(&mut reader, self.max_line_bytes) => next?,
             };
             let Some(line) = next else { break };

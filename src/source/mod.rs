@@ -3,13 +3,15 @@
 //!
 //! A source reads batches, registers each with its own
 //! [`AckTracker`](crate::ack::AckTracker) when its origin wants acks, and hands
-//! them to [`Ingest::submit`](crate::engine::Ingest::submit). It stops reading
+//! them to [`Ingest::submit`]. It stops reading
 //! when `stop` is raised, and settles its last acks once `drained` is raised
 //! (every group has finished with what it submitted). A JSONL file source
 //! keeps a [`checkpoint`] of how far it is done, so a restart resumes there.
 
 pub mod checkpoint;
+mod ingest;
 pub mod jsonl;
+mod lane_policy;
 pub mod simulator;
 
 use std::sync::Arc;
@@ -17,21 +19,22 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use crate::engine::Ingest;
-use crate::signal::Signal;
+use tokio_util::sync::CancellationToken;
 
+pub use ingest::{Incoming, Ingest, Route};
 pub use jsonl::JsonlSource;
+pub use lane_policy::LanePolicy;
 pub use simulator::{Simulator, SimulatorConfig};
 
 /// What a source gets from the engine when it starts.
 pub struct SourceContext {
     /// Where to hand batches.
     pub ingest: Ingest,
-    /// Raised when the source must stop reading (shutdown).
-    pub stop: Signal,
-    /// Raised when the engine has finished with everything submitted: the
+    /// Cancelled when the source must stop reading (shutdown).
+    pub stop: CancellationToken,
+    /// Cancelled when the engine has finished with everything submitted: the
     /// last acks can be settled and connections closed.
-    pub drained: Signal,
+    pub drained: CancellationToken,
     /// Where the source tells the status line about trouble it is riding out.
     pub health: SourceHealth,
 }

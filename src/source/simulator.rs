@@ -15,9 +15,9 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::Incoming;
 use super::{Source, SourceContext, SourceError};
 use crate::ack::AckRef;
-use crate::engine::Incoming;
 use crate::message::{Kind, Message, now_epoch_ms};
 
 /// What the simulator emits and how fast.
@@ -25,7 +25,7 @@ use crate::message::{Kind, Message, now_epoch_ms};
 #[serde(default, deny_unknown_fields)]
 pub struct SimulatorConfig {
     /// Which lane its messages take (in a config file).
-    pub lane: crate::engine::LanePolicy,
+    pub lane: crate::source::LanePolicy,
     /// Products in the fleet (each with its own product key).
     pub products: usize,
     /// Devices per product.
@@ -55,7 +55,7 @@ pub struct SimulatorConfig {
 impl Default for SimulatorConfig {
     fn default() -> Self {
         SimulatorConfig {
-            lane: crate::engine::LanePolicy::Auto,
+            lane: crate::source::LanePolicy::Auto,
             products: 3,
             devices: 100,
             rate: 10_000.0,
@@ -243,7 +243,7 @@ impl Source for Simulator {
         let start = Instant::now();
         let mut sent = 0u64;
         loop {
-            if ctx.stop.is_raised() || c.count.is_some_and(|n| sent >= n) {
+            if ctx.stop.is_cancelled() || c.count.is_some_and(|n| sent >= n) {
                 break;
             }
             let elapsed = start.elapsed();
@@ -270,7 +270,7 @@ impl Source for Simulator {
                     .clamp(Duration::from_millis(1), Duration::from_millis(50));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = ctx.stop.raised() => break,
+                    _ = ctx.stop.cancelled() => break,
                 }
                 continue;
             }

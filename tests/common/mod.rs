@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use laneway::engine::{Engine, Monitor, RunSummary};
-use laneway::lane::Lane;
-use laneway::sink::{Delivery, DeliveryError, Sink};
+use laneway::sink::Lane;
+use laneway::sink::{BatchError, Delivery, DeliveryError, Sink};
 use parking_lot::Mutex;
 pub use records::{Copies, Record, assert_delivered};
 
@@ -113,7 +113,7 @@ fn lane_index(lane: Lane) -> usize {
 
 #[async_trait]
 impl Sink for RecordingSink {
-    async fn deliver(&self, batch: &[Delivery]) -> Result<(), DeliveryError> {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
         while !self.gate_open.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -146,9 +146,9 @@ impl Sink for RecordingSink {
         if failed.is_empty() {
             Ok(())
         } else {
-            Err(DeliveryError::some(
-                "recording sink was told to fail",
+            Err(BatchError::some(
                 failed,
+                DeliveryError::RetryLater("recording sink was told to fail".into()),
             ))
         }
     }

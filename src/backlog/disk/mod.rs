@@ -131,28 +131,25 @@ impl DiskBacklogConfig {
         (self.segment_bytes - format::SEGMENT_HEADER_LEN - format::FRAME_HEADER_LEN as u64) as usize
     }
 
-    /// Checks the knobs; the error names the knob.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the knobs; the error names the knob and its bad value.
+    pub fn validate(&self) -> Result<(), DiskConfigError> {
+        let bad = |knob, value: String, rule: String| Err(DiskConfigError { knob, value, rule });
         if self.segment_bytes < MIN_SEGMENT_BYTES || self.segment_bytes > u32::MAX as u64 {
-            return Err(format!(
-                "backlog.segment_bytes must be between {MIN_SEGMENT_BYTES} and {}",
-                u32::MAX
-            ));
+            let rule = format!("must be between {MIN_SEGMENT_BYTES} and {}", u32::MAX);
+            return bad("segment_bytes", self.segment_bytes.to_string(), rule);
         }
         if self.max_bytes == 0 {
-            return Err("backlog.max_bytes must be at least 1".into());
+            return bad("max_bytes", "0".into(), "must be at least 1".into());
         }
         if self.max_records == Some(0) {
-            return Err("backlog.max_records must be at least 1".into());
+            return bad("max_records", "0".into(), "must be at least 1".into());
         }
         if self.commit_max_bytes == 0 {
-            return Err("backlog.commit_max_bytes must be at least 1".into());
+            return bad("commit_max_bytes", "0".into(), "must be at least 1".into());
         }
         if self.max_age.is_some_and(|a| a.is_zero()) {
-            return Err(
-                "backlog.max_age must be longer than 0s (leave it out to keep records forever)"
-                    .into(),
-            );
+            let rule = "must be longer than 0s (leave it out to keep records forever)";
+            return bad("max_age", "0s".into(), rule.into());
         }
         Ok(())
     }
@@ -162,6 +159,18 @@ impl DiskBacklogConfig {
         self.max_body()
             .saturating_sub(format::BODY_FIXED_LEN + crate::message::MAX_TOPIC_LEN + 1024)
     }
+}
+
+/// A disk backlog knob whose value cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("backlog.{knob} {rule} (it is {value})")]
+pub struct DiskConfigError {
+    /// The knob, as [`DiskBacklogConfig`]'s field (and the config key) is named.
+    pub knob: &'static str,
+    /// The bad value.
+    pub value: String,
+    /// What the value must be.
+    pub rule: String,
 }
 
 /// The durable disk backlog store (see the module documentation).
@@ -190,7 +199,9 @@ impl DiskBacklog {
         config: DiskBacklogConfig,
         fs: Arc<dyn Filesystem>,
     ) -> Result<DiskBacklog, BacklogError> {
-        config.validate().map_err(BacklogError::Unavailable)?;
+        config
+            .validate()
+            .map_err(|e| BacklogError::Unavailable(e.to_string()))?;
         segment::private_dir(dir).map_err(|source| BacklogError::Io {
             action: format!("creating the backlog directory {}", dir.display()),
             source,

@@ -1,4 +1,4 @@
-//! The backlog read-ahead: a small buffer of ready backlog records, filled
+//! The backlog lane's read-ahead: a small buffer of ready backlog records, filled
 //! by its own task, so that the dispatcher never waits on the store (a disk
 //! read) while a live message waits for a slot.
 //!
@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use crate::backlog::{BacklogStore, StoredRecord};
 use crate::message::now_epoch_ms;
-use crate::signal::Signal;
+use tokio_util::sync::CancellationToken;
 
 /// How long to wait before asking the store again when nothing was ready
 /// (records waiting for their retry time); new appends wake it sooner.
@@ -62,13 +62,16 @@ impl ReadAhead {
         out
     }
 
-    /// Keeps the buffer filled from `store` until `stop` is raised.
-    /// `appended` is notified whenever the store got new records.
+    /// Keeps the buffer filled from `store` until `stop` is cancelled.
+    /// `appended` is notified whenever the store got new records;
+    /// `progress` is notified after each take from the store (a take may
+    /// drop expired records, which can leave the group idle).
     pub async fn fill(
         self: Arc<Self>,
         store: Arc<dyn BacklogStore>,
         appended: Arc<Notify>,
-        stop: Signal,
+        progress: Arc<Notify>,
+        stop: CancellationToken,
         group: String,
     ) {
         loop {
@@ -80,11 +83,13 @@ impl ReadAhead {
                     _ = self.taken.notified(), if wait_for_room => {}
                     _ = appended.notified(), if nothing_waiting => {}
                     _ = tokio::time::sleep(RECHECK), if nothing_waiting => {}
-                    _ = stop.raised() => return,
+                    _ = stop.cancelled() => return,
                 }
                 continue;
             }
-            match store.take_ready(self.target - have, now_epoch_ms()).await {
+            let taken = store.take_ready(self.target - have, now_epoch_ms()).await;
+            progress.notify_waiters();
+            match taken {
                 Ok(records) if !records.is_empty() => {
                     let mut buffer = self.buffer.lock();
                     buffer.extend(records);
@@ -96,18 +101,18 @@ impl ReadAhead {
                     tokio::select! {
                         _ = appended.notified() => {}
                         _ = tokio::time::sleep(RECHECK) => {}
-                        _ = stop.raised() => return,
+                        _ = stop.cancelled() => return,
                     }
                 }
                 Err(e) => {
                     tracing::error!(group, error = %e, "reading the backlog failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.raised() => return,
+                        _ = stop.cancelled() => return,
                     }
                 }
             }
-            if stop.is_raised() {
+            if stop.is_cancelled() {
                 return;
             }
         }

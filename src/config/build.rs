@@ -1,0 +1,114 @@
+//! Turning a checked [`FileConfig`] into an engine builder: opening dead
+//! letters, backlog stores, sinks and sources. Everything that can fail
+//! here names the group or file it was opening.
+
+use std::sync::Arc;
+
+use super::{BacklogSpec, ConfigError, FileConfig, GroupSpec, SinkSpec, SourceSpec};
+use crate::amqp::{AmqpSink, AmqpSource};
+use crate::backlog::{BacklogError, BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
+use crate::engine::{DeadLetters, EngineBuilder};
+use crate::sink::{JsonlSink, NullSink, SimulatedHandler, Sink};
+use crate::source::jsonl::JsonlInput;
+use crate::source::{JsonlSource, Simulator};
+
+impl FileConfig {
+    /// Opens everything the config names and returns the engine builder.
+    pub async fn build(&self) -> Result<EngineBuilder, ConfigError> {
+        let dead_path = self
+            .dead_letters
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("dead-letters.jsonl"));
+        let dead = DeadLetters::to_file(&dead_path).map_err(|source| ConfigError::DeadLetters {
+            path: dead_path.clone(),
+            source,
+        })?;
+        let mut builder = EngineBuilder::default()
+            .dead_letters(dead)
+            .options(self.engine_options());
+        for group in &self.groups {
+            let sink = build_sink(group).await?;
+            let store = self.build_backlog(group).await?;
+            builder = builder.group_with(group.group_config(), sink, Some(store));
+        }
+        for source in &self.sources {
+            builder = match source {
+                SourceSpec::Simulator(sim) => builder.source(Simulator::new(sim.clone()), sim.lane),
+                SourceSpec::Jsonl(spec) => {
+                    let input = if spec.path.as_os_str() == "-" {
+                        JsonlInput::Stdin
+                    } else {
+                        JsonlInput::File(spec.path.clone())
+                    };
+                    // A line may carry a payload up to the limit plus its envelope.
+                    let max_line = self.max_message_bytes.saturating_mul(2).max(64 * 1024);
+                    // A file source resumes where the last run was done.
+                    let source = JsonlSource::new(input, max_line)
+                        .checkpoint_in(self.data_dir.join("sources"));
+                    builder.source(source, spec.lane)
+                }
+                SourceSpec::Amqp(spec) => {
+                    let source =
+                        AmqpSource::new(spec.clone()).map_err(|source| ConfigError::Amqp {
+                            what: "amqp source".into(),
+                            source,
+                        })?;
+                    builder.source(source, spec.lane)
+                }
+            };
+        }
+        Ok(builder)
+    }
+
+    async fn build_backlog(&self, group: &GroupSpec) -> Result<Arc<dyn BacklogStore>, ConfigError> {
+        Ok(match &group.backlog {
+            BacklogSpec::Disk(config) => {
+                let dir = self.backlog_dir(group).unwrap_or_default();
+                let failed = |source| ConfigError::Backlog {
+                    group: group.name(),
+                    dir: dir.clone(),
+                    source,
+                };
+                let (open_dir, config) = (dir.clone(), config.clone());
+                // Recovery reads the whole backlog: keep it off the runtime.
+                let opened =
+                    tokio::task::spawn_blocking(move || DiskBacklog::open(&open_dir, config))
+                        .await
+                        .map_err(|e| failed(BacklogError::Unavailable(e.to_string())))?;
+                Arc::new(opened.map_err(failed)?)
+            }
+            BacklogSpec::Memory {
+                max_records,
+                max_bytes,
+            } => Arc::new(MemoryBacklog::new(MemoryLimits {
+                max_records: *max_records,
+                max_bytes: *max_bytes,
+            })),
+        })
+    }
+}
+
+async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
+    Ok(match &group.sink {
+        SinkSpec::Simulated { cost } => Arc::new(SimulatedHandler::new(*cost)),
+        SinkSpec::Null => Arc::new(NullSink),
+        SinkSpec::Stdout => Arc::new(JsonlSink::stdout()),
+        SinkSpec::Jsonl { path, sync } => {
+            Arc::new(JsonlSink::file(path, *sync).await.map_err(|source| {
+                ConfigError::SinkFile {
+                    group: group.name(),
+                    path: path.clone(),
+                    source,
+                }
+            })?)
+        }
+        SinkSpec::Amqp(spec) => {
+            Arc::new(
+                AmqpSink::new(spec.clone()).map_err(|source| ConfigError::Amqp {
+                    what: format!("group {:?}: amqp sink", group.name()),
+                    source,
+                })?,
+            )
+        }
+    })
+}

@@ -1,0 +1,108 @@
+//! One `[[groups]]` entry: the group's knobs as the file gives them, plus
+//! what only a file names (its sink and its backlog store).
+//!
+//! Invariant: a knob the file leaves out takes [`GroupConfig::default`]'s
+//! value, so the library's defaults and the file's are one and the same.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::{BacklogSpec, SinkSpec};
+use crate::engine::GroupConfig;
+
+/// A consumer group as a config file describes it. Each knob means what
+/// the [`GroupConfig`] field of the same name means, and defaults the same.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupSpec {
+    /// [`GroupConfig::name`] (required in practice: "default" otherwise).
+    pub name: Option<String>,
+    /// [`GroupConfig::products`].
+    pub products: Option<Vec<String>>,
+    /// [`GroupConfig::kinds`].
+    pub kinds: Option<Vec<String>>,
+    /// [`GroupConfig::live_capacity`].
+    pub live_capacity: Option<usize>,
+    /// [`GroupConfig::live_window`].
+    #[serde(with = "humantime_serde::option")]
+    pub live_window: Option<Duration>,
+    /// [`GroupConfig::slots`].
+    pub slots: Option<usize>,
+    /// [`GroupConfig::batch_size`].
+    pub batch_size: Option<usize>,
+    /// [`GroupConfig::backlog_share`].
+    pub backlog_share: Option<f64>,
+    /// [`GroupConfig::backlog_rate`].
+    pub backlog_rate: Option<f64>,
+    /// [`GroupConfig::max_attempts`].
+    pub max_attempts: Option<u32>,
+    /// [`GroupConfig::retry_initial`].
+    #[serde(with = "humantime_serde::option")]
+    pub retry_initial: Option<Duration>,
+    /// [`GroupConfig::retry_max`].
+    #[serde(with = "humantime_serde::option")]
+    pub retry_max: Option<Duration>,
+    /// [`GroupConfig::delivery_timeout`].
+    #[serde(with = "humantime_serde::option")]
+    pub delivery_timeout: Option<Duration>,
+    /// [`GroupConfig::validate_json`].
+    pub validate_json: Option<bool>,
+    /// Where the group delivers (a simulated handler by default).
+    pub sink: SinkSpec,
+    /// Which backlog store the group uses (on disk by default).
+    pub backlog: BacklogSpec,
+}
+
+impl GroupSpec {
+    /// The group's name as the engine will know it.
+    pub fn name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| GroupConfig::default().name)
+    }
+
+    /// The engine's view of this group: every knob given, the rest defaulted.
+    pub fn group_config(&self) -> GroupConfig {
+        let d = GroupConfig::default();
+        GroupConfig {
+            name: self.name(),
+            products: self.products.clone().unwrap_or(d.products),
+            kinds: self.kinds.clone().unwrap_or(d.kinds),
+            live_capacity: self.live_capacity.unwrap_or(d.live_capacity),
+            live_window: self.live_window.unwrap_or(d.live_window),
+            slots: self.slots.unwrap_or(d.slots),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            backlog_share: self.backlog_share.unwrap_or(d.backlog_share),
+            backlog_rate: self.backlog_rate.or(d.backlog_rate),
+            max_attempts: self.max_attempts.unwrap_or(d.max_attempts),
+            retry_initial: self.retry_initial.unwrap_or(d.retry_initial),
+            retry_max: self.retry_max.unwrap_or(d.retry_max),
+            delivery_timeout: self.delivery_timeout.unwrap_or(d.delivery_timeout),
+            validate_json: self.validate_json.unwrap_or(d.validate_json),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_entry_is_the_library_default() {
+        let spec: GroupSpec = toml::from_str("").unwrap();
+        assert_eq!(spec.group_config(), GroupConfig::default());
+        assert_eq!(spec.sink, SinkSpec::default());
+        assert_eq!(spec.backlog, BacklogSpec::default());
+    }
+
+    #[test]
+    fn given_knobs_override_the_defaults() {
+        let spec: GroupSpec =
+            toml::from_str("name = \"a\"\nslots = 9\nretry_max = \"5s\"\n").unwrap();
+        let c = spec.group_config();
+        assert_eq!((c.name.as_str(), c.slots), ("a", 9));
+        assert_eq!(c.retry_max, Duration::from_secs(5));
+        assert_eq!(c.batch_size, GroupConfig::default().batch_size);
+    }
+}

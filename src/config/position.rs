@@ -1,0 +1,63 @@
+//! Where in a config file's text a key or a value sits, so that every
+//! error names `file:line:column` of what is wrong.
+
+use toml::de::{DeTable, DeValue};
+
+/// 1-based line and column of a byte offset.
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// One step of a path into the document: a key, or an index into an array
+/// (of tables).
+#[derive(Clone, Copy)]
+pub(super) enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// 1-based line and column of the value at `path`, or, when the document
+/// stops short of it, of the deepest step it has (a missing key falls
+/// back to its table's position); `None` when not even the first step is
+/// there. A value that is a table opened by a `[header]` is found at its
+/// first key.
+pub(super) fn value_position(text: &str, path: &[Step<'_>]) -> Option<(usize, usize)> {
+    let doc = DeTable::parse(text).ok()?;
+    let mut table: Option<&DeTable<'_>> = Some(doc.get_ref());
+    let mut current: Option<&toml::Spanned<DeValue<'_>>> = None;
+    let mut found = None;
+    for step in path {
+        match *step {
+            Step::Key(key) => {
+                let Some(t) = table else { break };
+                let Some((k, v)) = t.iter().find(|(k, _)| k.get_ref().as_ref() == key) else {
+                    break;
+                };
+                // A table's own span may be empty (a `[header]` table):
+                // then its key's position is the better answer.
+                found = Some(if v.span().is_empty() {
+                    k.span()
+                } else {
+                    v.span()
+                });
+                current = Some(v);
+            }
+            Step::Index(i) => {
+                let Some(DeValue::Array(items)) = current.map(|v| v.get_ref()) else {
+                    break;
+                };
+                let Some(item) = items.get(i) else { break };
+                found = Some(item.span());
+                current = Some(item);
+            }
+        }
+        table = match current.map(|v| v.get_ref()) {
+            Some(DeValue::Table(t)) => Some(t),
+            _ => None,
+        };
+    }
+    found.map(|span| line_col(text, span.start))
+}

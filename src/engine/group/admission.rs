@@ -1,0 +1,97 @@
+//! Admission: how a message routed to a group takes its lane. Fresh
+//! messages go live while the live lane has room; stale ones, and those the
+//! live lane has no room for ("push limited"), go to the backlog writer.
+//! At shutdown, what is left in the live lane moves to the backlog too.
+
+use super::Group;
+use super::writer::PendingWrite;
+use crate::ack::AckRef;
+use crate::backlog::BacklogRecord;
+use crate::engine::dead_letter::DeadLetter;
+use crate::engine::lanes::LiveItem;
+use crate::engine::stats::bump;
+use crate::message::{Message, now_epoch_ms};
+use crate::source::LanePolicy;
+
+impl Group {
+    /// Takes messages routed to this group into its lanes. Resolves once
+    /// each is in the live lane or queued for the backlog writer; waits
+    /// (backpressure) while the writer's queue is full.
+    pub async fn admit(&self, messages: Vec<Message>, ack: &AckRef, policy: LanePolicy) {
+        bump(&self.stats.admitted, messages.len() as u64);
+        let now_ms = now_epoch_ms();
+        let live_window_ms = self.config.live_window.as_millis() as i64;
+        let mut to_backlog = PendingWrite::default();
+        let mut invalid = Vec::new();
+        let mut live = Vec::with_capacity(messages.len());
+        for message in messages {
+            if self.config.validate_json && !message.payload_is_json() {
+                // Only on this rare path: say what is wrong and where.
+                let reason = match crate::message::json::validate(message.payload()) {
+                    Err(e) => format!("payload is not valid JSON: {e}"),
+                    Ok(()) => "payload is not valid JSON".to_string(),
+                };
+                invalid.push(DeadLetter::for_message(&message, self.name(), 0, reason));
+                continue;
+            }
+            let fresh = match policy {
+                LanePolicy::Auto => message.age_ms(now_ms) <= live_window_ms,
+                LanePolicy::Live => true,
+                LanePolicy::Backlog => false,
+            };
+            if fresh {
+                live.push(LiveItem {
+                    message,
+                    ack: ack.clone(),
+                });
+            } else {
+                bump(&self.stats.diverted_stale, 1);
+                to_backlog.push(BacklogRecord::fresh(message), ack.clone());
+            }
+        }
+        if !live.is_empty() {
+            let offered = live.len();
+            let overflow = self.live.push_batch(live);
+            if overflow.len() < offered {
+                self.live.wake();
+            }
+            bump(&self.stats.diverted_full, overflow.len() as u64);
+            for item in overflow {
+                to_backlog.push(BacklogRecord::fresh(item.message), item.ack);
+            }
+        }
+        if !invalid.is_empty() {
+            bump(&self.stats.dead_letters, invalid.len() as u64);
+            self.dead.record(invalid).await;
+        }
+        if !to_backlog.is_empty() && self.queue_write(to_backlog).await.is_err() {
+            // The writer only stops after the engine stopped admitting; the
+            // dropped acks abandon their batches, so the source keeps them.
+            tracing::error!(
+                group = self.name(),
+                "backlog writer is gone; messages left unacknowledged"
+            );
+        }
+    }
+
+    /// At shutdown: hands what the live lane still holds to the backlog
+    /// writer, so it is stored (and acknowledged) rather than dropped.
+    pub(super) async fn move_live_to_backlog(&self) {
+        let leftovers = self.live.pop_batch(usize::MAX);
+        if leftovers.is_empty() {
+            return;
+        }
+        tracing::info!(
+            group = self.name(),
+            count = leftovers.len(),
+            "moving undelivered live messages to the backlog"
+        );
+        let mut write = PendingWrite::default();
+        for item in leftovers {
+            write.push(BacklogRecord::fresh(item.message), item.ack);
+        }
+        if self.queue_write(write).await.is_err() {
+            tracing::error!(group = self.name(), "backlog writer is gone at shutdown");
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The dispatcher: fills the group's delivery slots, asking the scheduler
+//! which lane each free slot serves, and spawns one delivery per batch.
+//!
+//! Invariant: at most `slots` deliveries run at once (a semaphore permit
+//! travels with each), and each one, when it ends, wakes whoever waits for
+//! the engine's progress.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::Group;
+use crate::backlog::StoredRecord;
+use crate::engine::lanes::LiveItem;
+use crate::engine::scheduler::{Pick, Scheduler};
+use crate::sink::Lane;
+
+/// One delivery's batch, from one lane.
+enum Work {
+    Live(Vec<LiveItem>),
+    Backlog(Vec<StoredRecord>),
+}
+
+impl Group {
+    /// Fills delivery slots until `stop` is cancelled.
+    pub(super) async fn dispatch(self: &Arc<Self>, stop: &CancellationToken) {
+        let window = self.config.batch_size * self.config.slots * 2;
+        let mut scheduler = Scheduler::new(
+            self.config.backlog_share,
+            self.config.backlog_rate,
+            window,
+            self.config.slots,
+        );
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                permit = Arc::clone(&self.slots).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let work = loop {
+                if stop.is_cancelled() {
+                    return;
+                }
+                let now = Instant::now();
+                let backlog_ready = !self.read_ahead.is_empty();
+                let in_flight = self.backlog_in_flight.load(Ordering::Acquire);
+                match scheduler.pick(!self.live.is_empty(), backlog_ready, in_flight, now) {
+                    Pick::Live => {
+                        let batch = self.live.pop_batch(self.config.batch_size);
+                        if !batch.is_empty() {
+                            scheduler.took(Lane::Live, batch.len());
+                            break Work::Live(batch);
+                        }
+                    }
+                    Pick::Backlog { max } => {
+                        let records = self.read_ahead.take(max.min(self.config.batch_size));
+                        if !records.is_empty() {
+                            scheduler.took(Lane::Backlog, records.len());
+                            self.backlog_in_flight.fetch_add(1, Ordering::AcqRel);
+                            break Work::Backlog(records);
+                        }
+                    }
+                    Pick::Wait(wait) => {
+                        // A timed wait only for the scheduler's own clock (a
+                        // rate ceiling, the quiet period of live traffic).
+                        tokio::select! {
+                            _ = self.live.arrived() => {}
+                            _ = self.read_ahead.filled.notified() => {}
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = stop.cancelled() => return,
+                        }
+                    }
+                }
+            };
+            let group = Arc::clone(self);
+            self.delivering.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(group.deliver(work, permit));
+        }
+    }
+
+    async fn deliver(self: Arc<Self>, work: Work, permit: OwnedSemaphorePermit) {
+        match work {
+            Work::Live(items) => self.deliver_live(items).await,
+            Work::Backlog(records) => {
+                self.deliver_backlog(records).await;
+                self.backlog_in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.delivering.fetch_sub(1, Ordering::AcqRel);
+        drop(permit);
+        self.progress.notify_waiters();
+    }
+}

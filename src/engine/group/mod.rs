@@ -1,0 +1,190 @@
+//! One consumer group at run time. The jobs live one to a file:
+//! [`admission`] (into the lanes), [`writer`] (the backlog writer queue),
+//! [`dispatch`] (filling delivery slots from the lanes) and [`outcome`]
+//! (what a delivery's result does to each message). This file holds the
+//! group's state and its lifecycle.
+//!
+//! Invariants:
+//! - a message admitted here settles its source ack exactly once, and only
+//!   when it is delivered, durably in the backlog store, or durably a dead
+//!   letter;
+//! - a failed delivery is never dropped: it is retried from the backlog with
+//!   backoff, or, when the backlog has no room, retried in its slot;
+//! - backlog records are released only after a successful delivery (or once
+//!   durably a dead letter), so a crash re-delivers rather than loses;
+//! - every change that can make the group idle (a delivery ends, a backlog
+//!   write lands, the read-ahead takes from the store) notifies `progress`.
+
+mod admission;
+mod dispatch;
+mod outcome;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letter::DeadLetters;
+use super::filter::Filter;
+use super::group_config::{GroupConfig, GroupConfigError};
+use super::lanes::{LiveLane, ReadAhead};
+use super::stats::{BacklogLoss, GroupSnapshot, GroupStats, read};
+use crate::backlog::BacklogStore;
+use crate::sink::Sink;
+
+use writer::PendingWrite;
+pub(crate) use writer::WriterQueue;
+
+/// A running consumer group.
+pub(crate) struct Group {
+    pub config: GroupConfig,
+    pub filter: Filter,
+    live: LiveLane,
+    store: Arc<dyn BacklogStore>,
+    sink: Arc<dyn Sink>,
+    pub stats: GroupStats,
+    dead: Arc<DeadLetters>,
+    writer_tx: mpsc::Sender<PendingWrite>,
+    /// Notified when the backlog store got new records (wakes the read-ahead).
+    backlog_appended: Arc<Notify>,
+    read_ahead: Arc<ReadAhead>,
+    slots: Arc<Semaphore>,
+    /// Records queued for or inside the backlog writer, not yet stored.
+    writing: AtomicUsize,
+    /// Backlog deliveries in flight (the scheduler keeps one slot from them).
+    backlog_in_flight: AtomicUsize,
+    /// Deliveries in flight, both lanes.
+    delivering: AtomicUsize,
+    /// Shared by every group of the engine: notified whenever this group
+    /// may have become idle or delivered something.
+    progress: Arc<Notify>,
+}
+
+impl Group {
+    pub fn new(
+        config: GroupConfig,
+        store: Arc<dyn BacklogStore>,
+        sink: Arc<dyn Sink>,
+        dead: Arc<DeadLetters>,
+        progress: Arc<Notify>,
+    ) -> Result<(Arc<Group>, WriterQueue), GroupConfigError> {
+        config.validate()?;
+        let filter = Filter::new(&config.products, &config.kinds).map_err(|error| {
+            GroupConfigError::Filter {
+                group: config.name.clone(),
+                error,
+            }
+        })?;
+        let (writer_tx, writer_rx) = writer::queue();
+        let group = Group {
+            live: LiveLane::new(config.live_capacity),
+            slots: Arc::new(Semaphore::new(config.slots)),
+            filter,
+            store,
+            sink,
+            stats: GroupStats::default(),
+            dead,
+            writer_tx,
+            backlog_appended: Arc::new(Notify::new()),
+            read_ahead: Arc::new(ReadAhead::new(config.batch_size * config.slots)),
+            writing: AtomicUsize::new(0),
+            backlog_in_flight: AtomicUsize::new(0),
+            delivering: AtomicUsize::new(0),
+            progress,
+            config,
+        };
+        Ok((Arc::new(group), writer_rx))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Runs the group until `stop` is cancelled, then finishes in-flight
+    /// deliveries (up to `grace`), moves what is left in the live lane to the
+    /// backlog, and closes the store and the sink.
+    pub async fn run(
+        self: Arc<Self>,
+        writer: WriterQueue,
+        stop: CancellationToken,
+        grace: Duration,
+    ) {
+        let writer_closing = CancellationToken::new();
+        let writer_task =
+            tokio::spawn(Arc::clone(&self).run_writer(writer, writer_closing.clone()));
+        let read_ahead_task = tokio::spawn(Arc::clone(&self.read_ahead).fill(
+            Arc::clone(&self.store),
+            Arc::clone(&self.backlog_appended),
+            Arc::clone(&self.progress),
+            stop.clone(),
+            self.name().to_string(),
+        ));
+        self.dispatch(&stop).await;
+        let _ = read_ahead_task.await;
+        let all_slots = self.config.slots as u32;
+        if tokio::time::timeout(grace, self.slots.acquire_many(all_slots))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                group = self.name(),
+                "deliveries still in flight after the shutdown grace period; their messages stay unacknowledged"
+            );
+        }
+        if let Err(e) = self.read_ahead.give_back(self.store.as_ref()).await {
+            tracing::error!(group = self.name(), error = %e, "returning read-ahead records to the backlog failed; they come back after a restart");
+        }
+        self.move_live_to_backlog().await;
+        // The engine stopped admitting before it stopped the groups, so
+        // closing the queue loses no sender; the writer drains what is queued.
+        writer_closing.cancel();
+        if tokio::time::timeout(grace, writer_task).await.is_err() {
+            tracing::warn!(
+                group = self.name(),
+                "backlog writer did not finish within the grace period; its messages stay unacknowledged"
+            );
+        }
+        if let Err(e) = self.store.close().await {
+            tracing::error!(group = self.name(), error = %e, "closing the backlog store failed");
+        }
+        if let Err(e) = self.sink.close().await {
+            tracing::error!(group = self.name(), error = %e, "closing the sink failed");
+        }
+    }
+
+    /// Whether the group holds nothing: live empty, backlog empty, no
+    /// delivery in flight, nothing waiting for the writer.
+    pub fn is_idle(&self) -> bool {
+        self.live.is_empty()
+            && self.store.depth().records == 0
+            && self.delivering.load(Ordering::Acquire) == 0
+            && self.writing.load(Ordering::Acquire) == 0
+    }
+
+    pub fn snapshot(&self) -> GroupSnapshot {
+        let backlog = self.store.depth();
+        GroupSnapshot {
+            name: self.config.name.clone(),
+            admitted: read(&self.stats.admitted),
+            live_depth: self.live.len() as u64,
+            backlog_depth: backlog.records,
+            delivered_live: read(&self.stats.delivered_live),
+            delivered_backlog: read(&self.stats.delivered_backlog),
+            diverted_stale: read(&self.stats.diverted_stale),
+            diverted_full: read(&self.stats.diverted_full),
+            diverted_failed: read(&self.stats.diverted_failed),
+            failed_attempts: read(&self.stats.failed_attempts),
+            dead_letter: read(&self.stats.dead_letters),
+            backlog_full: read(&self.stats.backlog_full),
+            backlog_lost: BacklogLoss {
+                dropped: backlog.dropped,
+                expired: backlog.expired,
+                corrupt: backlog.corrupt,
+            },
+            live_latency_ms: self.stats.live_latency.total(),
+        }
+    }
+}

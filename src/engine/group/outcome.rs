@@ -1,0 +1,249 @@
+//! Delivery outcomes: calling the sink with a timeout, then, per message,
+//! settling what went through and deciding the fate of what failed by its
+//! [`DeliveryError`] kind: retry later (backoff, counted), push limited
+//! (retried after `retry_initial`'s backoff, not counted), permanent (a
+//! dead letter at once).
+//!
+//! Invariant: a failed message is retried from the backlog, or in its slot
+//! when the backlog has no room; it becomes a dead letter only when its
+//! attempts are spent or its failure is permanent; a backlog record is
+//! released only after its delivery or its dead letter is durable.
+
+use std::time::{Duration, Instant};
+
+use super::Group;
+use crate::ack::AckRef;
+use crate::backlog::{BacklogError, BacklogRecord, StoredRecord};
+use crate::backoff::Backoff;
+use crate::engine::dead_letter::DeadLetter;
+use crate::engine::lanes::LiveItem;
+use crate::engine::stats::bump;
+use crate::message::{Message, now_epoch_ms};
+use crate::sink::{BatchError, Delivery, DeliveryError, Lane};
+
+/// A message given up on: the message, its ack, its attempts, the last error.
+type Buried = (Message, AckRef, u32, DeliveryError);
+
+impl Group {
+    async fn call_sink(&self, batch: &[Delivery]) -> Vec<Option<DeliveryError>> {
+        let timeout = self.config.delivery_timeout;
+        let outcome = match tokio::time::timeout(timeout, self.sink.deliver(batch)).await {
+            Ok(result) => result,
+            Err(_) => Err(BatchError::All(DeliveryError::RetryLater(format!(
+                "delivery timed out after {timeout:?}"
+            )))),
+        };
+        match outcome {
+            Ok(()) => vec![None; batch.len()],
+            Err(e) => e.per_message(batch.len()),
+        }
+    }
+
+    /// Whether a failed message is done for: it becomes a dead letter.
+    /// Counts the attempt unless the failure was "push limited".
+    fn spend_attempt(&self, attempts: &mut u32, error: &DeliveryError) -> bool {
+        match error {
+            DeliveryError::Permanent(_) => {
+                *attempts += 1;
+                true
+            }
+            DeliveryError::PushLimited(_) => false,
+            _ => {
+                *attempts += 1;
+                *attempts >= self.config.max_attempts
+            }
+        }
+    }
+
+    /// When a failed message may be tried again: push-limited refusals wait
+    /// a first retry's backoff (they use up no attempt), others their
+    /// attempt's.
+    fn retry_delay(&self, backoff: &Backoff, attempts: u32, error: &DeliveryError) -> Duration {
+        match error {
+            DeliveryError::PushLimited(_) => backoff.delay(1),
+            _ => backoff.delay(attempts),
+        }
+    }
+
+    pub(super) async fn deliver_live(&self, items: Vec<LiveItem>) {
+        let backoff = self.config.retry_backoff();
+        let (mut batch, mut acks): (Vec<Delivery>, Vec<AckRef>) = items
+            .into_iter()
+            .map(|i| {
+                let delivery = Delivery {
+                    message: i.message,
+                    attempts: 0,
+                    lane: Lane::Live,
+                };
+                (delivery, i.ack)
+            })
+            .unzip();
+        loop {
+            let failed = self.call_sink(&batch).await;
+            if failed.iter().all(Option::is_none) {
+                self.settle_live(&batch, acks);
+                return;
+            }
+            let (mut delivered, mut delivered_acks) = (Vec::new(), Vec::new());
+            let (mut retry, mut retry_acks) = (Vec::new(), Vec::new());
+            let mut dead = Vec::new();
+            let mut wait = Duration::ZERO;
+            let now_ms = now_epoch_ms();
+            let mut records = Vec::new();
+            for ((mut d, ack), failure) in batch.into_iter().zip(acks).zip(failed) {
+                let Some(error) = failure else {
+                    delivered.push(d);
+                    delivered_acks.push(ack);
+                    continue;
+                };
+                if self.spend_attempt(&mut d.attempts, &error) {
+                    dead.push((d.message, ack, d.attempts, error));
+                    continue;
+                }
+                let delay = self.retry_delay(&backoff, d.attempts, &error);
+                wait = wait.max(delay);
+                records.push(BacklogRecord {
+                    message: d.message.clone(),
+                    attempts: d.attempts,
+                    not_before_ms: now_ms + delay.as_millis() as i64,
+                });
+                retry.push(d);
+                retry_acks.push(ack);
+            }
+            self.settle_live(&delivered, delivered_acks);
+            self.bury(dead).await;
+            if retry.is_empty() {
+                return;
+            }
+            bump(&self.stats.failed_attempts, retry.len() as u64);
+            // Retry from the backlog; what does not fit there stays in this
+            // slot and is retried here after the longest of its backoffs.
+            let stored = match self.store.append(&records).await {
+                Ok(()) => records.len(),
+                Err(BacklogError::Full { stored }) => stored,
+                Err(e) => {
+                    tracing::error!(group = self.name(), error = %e, "backlog append for a retry failed; retrying in the slot");
+                    0
+                }
+            };
+            bump(&self.stats.diverted_failed, stored as u64);
+            let rest_acks = retry_acks.split_off(stored);
+            retry_acks.into_iter().for_each(AckRef::complete);
+            if stored > 0 {
+                self.backlog_appended.notify_one();
+            }
+            let rest = retry.split_off(stored);
+            if rest.is_empty() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            batch = rest;
+            acks = rest_acks;
+        }
+    }
+
+    /// Counts and acknowledges delivered live messages, recording their latency.
+    fn settle_live(&self, delivered: &[Delivery], acks: Vec<AckRef>) {
+        if delivered.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.stats
+            .live_latency
+            .record_batch(now, delivered.iter().map(|d| d.message.received_at()));
+        bump(&self.stats.delivered_live, delivered.len() as u64);
+        acks.into_iter().for_each(AckRef::complete);
+    }
+
+    pub(super) async fn deliver_backlog(&self, mut records: Vec<StoredRecord>) {
+        let backoff = self.config.retry_backoff();
+        let batch: Vec<Delivery> = records
+            .iter()
+            .map(|r| Delivery {
+                message: r.record.message.clone(),
+                attempts: r.record.attempts,
+                lane: Lane::Backlog,
+            })
+            .collect();
+        let failed = self.call_sink(&batch).await;
+        let now_ms = now_epoch_ms();
+        let mut release = Vec::with_capacity(records.len());
+        let mut retry = Vec::new();
+        let mut dead = Vec::new();
+        for (mut r, failure) in records.drain(..).zip(failed) {
+            let Some(error) = failure else {
+                release.push(r.id);
+                continue;
+            };
+            if self.spend_attempt(&mut r.record.attempts, &error) {
+                dead.push((r, error));
+            } else {
+                let delay = self.retry_delay(&backoff, r.record.attempts, &error);
+                r.record.not_before_ms = now_ms + delay.as_millis() as i64;
+                retry.push(r);
+            }
+        }
+        bump(&self.stats.delivered_backlog, release.len() as u64);
+        if !retry.is_empty() {
+            bump(&self.stats.failed_attempts, retry.len() as u64);
+            self.until_ok("retrying backlog records", || self.store.retry(&retry))
+                .await;
+        }
+        if !dead.is_empty() {
+            let ids: Vec<_> = dead.iter().map(|(r, ..)| r.id).collect();
+            let buried = dead
+                .into_iter()
+                .map(|(r, error)| (r.record.message, AckRef::none(), r.record.attempts, error))
+                .collect();
+            self.bury(buried).await;
+            release.extend(ids);
+        }
+        if !release.is_empty() {
+            self.until_ok("releasing delivered backlog records", || {
+                self.store.release(&release)
+            })
+            .await;
+        }
+    }
+
+    /// Records dead letters, then settles their acks.
+    async fn bury(&self, dead: Vec<Buried>) {
+        if dead.is_empty() {
+            return;
+        }
+        bump(&self.stats.dead_letters, dead.len() as u64);
+        let mut acks = Vec::with_capacity(dead.len());
+        let letters = dead
+            .into_iter()
+            .map(|(message, ack, attempts, error)| {
+                acks.push(ack);
+                let why = match &error {
+                    DeliveryError::Permanent(reason) => {
+                        format!("delivery failed permanently: {reason}")
+                    }
+                    other => format!(
+                        "delivery failed {attempts} times; last error: {}",
+                        other.reason()
+                    ),
+                };
+                DeadLetter::for_message(&message, self.name(), attempts, why)
+            })
+            .collect();
+        self.dead.record(letters).await;
+        acks.into_iter().for_each(AckRef::complete);
+    }
+
+    /// Repeats a store operation until it succeeds (a store error is an I/O
+    /// problem that may pass; giving up would lose or duplicate without bound).
+    async fn until_ok<'a, F, Fut>(&'a self, what: &str, mut op: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), BacklogError>> + 'a,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(5));
+        while let Err(e) = op().await {
+            tracing::error!(group = self.name(), error = %e, "{what} failed; retrying");
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}

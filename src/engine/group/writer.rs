@@ -1,0 +1,161 @@
+//! The backlog writer: one task per group that takes batches bound for the
+//! backlog (stale, overflowed, or left at shutdown) and appends them, many
+//! batches to one append, so one fsync covers them all.
+//!
+//! Invariants: a message's ack is settled only once its record is durably
+//! in the store; while the store is full the writer waits (backpressure
+//! reaches the sources through the bounded queue) and says so every ten
+//! seconds; it never drops a record.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Group;
+use crate::ack::AckRef;
+use crate::backlog::{BacklogError, BacklogRecord};
+use crate::backoff::Backoff;
+use crate::engine::stats::bump;
+
+/// Batches waiting for the backlog writer; a full channel is backpressure.
+const WRITER_QUEUE: usize = 64;
+/// The most records the writer hands the store in one append.
+const WRITE_BATCH: usize = 8192;
+/// How often a writer that cannot store says so again.
+const REMIND: Duration = Duration::from_secs(10);
+
+/// Records bound for the backlog, each with the ack it settles once stored.
+#[derive(Default)]
+pub(super) struct PendingWrite {
+    records: Vec<BacklogRecord>,
+    acks: Vec<AckRef>,
+}
+
+impl PendingWrite {
+    pub fn push(&mut self, record: BacklogRecord, ack: AckRef) {
+        self.records.push(record);
+        self.acks.push(ack);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// The receiving end of a group's backlog writer, started by [`Group::run`].
+pub(crate) struct WriterQueue(mpsc::Receiver<PendingWrite>);
+
+pub(super) fn queue() -> (mpsc::Sender<PendingWrite>, WriterQueue) {
+    let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+    (tx, WriterQueue(rx))
+}
+
+impl Group {
+    pub(super) async fn queue_write(&self, write: PendingWrite) -> Result<(), ()> {
+        let n = write.records.len();
+        self.writing.fetch_add(n, Ordering::AcqRel);
+        self.writer_tx.send(write).await.map_err(|_| {
+            self.writing.fetch_sub(n, Ordering::AcqRel);
+        })
+    }
+
+    /// Drains queued batches into one append each time. Once `closing` is
+    /// cancelled it takes no new batches, stores those queued, and ends.
+    pub(super) async fn run_writer(
+        self: Arc<Self>,
+        queue: WriterQueue,
+        closing: CancellationToken,
+    ) {
+        let mut rx = queue.0;
+        loop {
+            let next = tokio::select! {
+                biased;
+                next = rx.recv() => next,
+                _ = closing.cancelled() => {
+                    rx.close();
+                    rx.recv().await
+                }
+            };
+            let Some(PendingWrite {
+                mut records,
+                mut acks,
+            }) = next
+            else {
+                break;
+            };
+            while records.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(more) => {
+                        records.extend(more.records);
+                        acks.extend(more.acks);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let n = records.len();
+            self.store_durably(records, acks).await;
+            self.writing.fetch_sub(n, Ordering::AcqRel);
+            self.progress.notify_waiters();
+        }
+    }
+
+    /// Appends until every record is stored, settling acks as they become
+    /// durable. While the store is full this waits: backpressure.
+    async fn store_durably(&self, mut records: Vec<BacklogRecord>, mut acks: Vec<AckRef>) {
+        let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(250));
+        let mut reported_full = false;
+        // While the store cannot take them, say so again now and then, so a
+        // run that waits on a full disk never looks like a silent hang.
+        let mut last_said = Instant::now();
+        let mut failing = false;
+        while !records.is_empty() {
+            match self.store.append(&records).await {
+                Ok(()) => {
+                    records.clear();
+                    acks.drain(..).for_each(AckRef::complete);
+                }
+                Err(BacklogError::Full { stored }) => {
+                    records.drain(..stored);
+                    acks.drain(..stored).for_each(AckRef::complete);
+                    if stored > 0 {
+                        backoff.reset();
+                    }
+                    if !reported_full {
+                        reported_full = true;
+                        last_said = Instant::now();
+                        bump(&self.stats.backlog_full, 1);
+                        tracing::warn!(
+                            group = self.name(),
+                            waiting = records.len(),
+                            "backlog is full: holding messages and pausing intake until room frees"
+                        );
+                    } else if !records.is_empty() && last_said.elapsed() >= REMIND {
+                        last_said = Instant::now();
+                        tracing::warn!(
+                            group = self.name(),
+                            waiting = records.len(),
+                            "backlog still full: messages held, intake paused; room frees as the backlog drains"
+                        );
+                    }
+                }
+                Err(e) => {
+                    if !failing || last_said.elapsed() >= REMIND {
+                        failing = true;
+                        last_said = Instant::now();
+                        tracing::error!(group = self.name(), error = %e, waiting = records.len(), "backlog append failed; retrying");
+                    }
+                }
+            }
+            self.backlog_appended.notify_one();
+            if !records.is_empty() {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+        if reported_full {
+            tracing::info!(group = self.name(), "backlog has room again");
+        }
+    }
+}

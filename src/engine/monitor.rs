@@ -1,0 +1,153 @@
+//! Reading a running engine: counters, per-group snapshots, the run
+//! summary, and waiting for a condition on them without polling.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::router::Router;
+use super::stats::{GroupSnapshot, LatencySummary, read};
+
+/// A running view of an engine: status lines, metrics, summaries. Cheap to
+/// clone; valid before, during and after [`Engine::run`](super::Engine::run).
+#[derive(Clone)]
+pub struct Monitor {
+    pub(super) router: Arc<Router>,
+    pub(super) started: Instant,
+}
+
+impl Monitor {
+    /// Every group's counters and depths now.
+    pub fn groups(&self) -> Vec<GroupSnapshot> {
+        self.router.groups.iter().map(|g| g.snapshot()).collect()
+    }
+
+    /// Deliveries so far over every group and lane: cheap (counters only).
+    pub fn delivered(&self) -> u64 {
+        self.router
+            .groups
+            .iter()
+            .map(|g| read(&g.stats.delivered_live) + read(&g.stats.delivered_backlog))
+            .sum()
+    }
+
+    /// Resolves once `done` holds. `done` is checked now, then again each
+    /// time the engine makes progress (a batch is routed, a delivery ends,
+    /// a backlog write lands, the backlog is read, a source ends), never on
+    /// a timer. Wrap it in `tokio::time::timeout` to bound the wait.
+    pub async fn until(&self, mut done: impl FnMut(&Monitor) -> bool) {
+        loop {
+            let progressed = self.router.progress.notified();
+            tokio::pin!(progressed);
+            // Registered before the check, so no notification is missed.
+            progressed.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            progressed.await;
+        }
+    }
+
+    /// Whether every group holds nothing (nothing live, nothing in the
+    /// backlog, nothing in flight or being written).
+    pub fn is_idle(&self) -> bool {
+        self.router.groups.iter().all(|g| g.is_idle())
+    }
+
+    /// The sources riding out trouble now (name, what), for status lines.
+    pub fn source_troubles(&self) -> Vec<(String, String)> {
+        self.router
+            .health
+            .iter()
+            .filter_map(|(name, h)| h.trouble().map(|t| (name.clone(), t)))
+            .collect()
+    }
+
+    /// Live latency per group since the previous call (for per-second status lines).
+    pub fn interval_latencies(&self) -> Vec<LatencySummary> {
+        self.router
+            .groups
+            .iter()
+            .map(|g| g.stats.live_latency.take_interval())
+            .collect()
+    }
+
+    /// The whole-run summary so far.
+    pub fn summary(&self) -> RunSummary {
+        let groups = self.groups();
+        let mut merged = None::<hdrhistogram::Histogram<u64>>;
+        for g in &self.router.groups {
+            let h = g.stats.live_latency.total_histogram();
+            match &mut merged {
+                None => merged = Some(h),
+                Some(m) => {
+                    // Same bounds on both sides: adding cannot fail.
+                    let _ = m.add(&h);
+                }
+            }
+        }
+        let stats = &self.router.stats;
+        let group_dead: u64 = groups.iter().map(|g| g.dead_letter).sum();
+        let delivered_live = groups.iter().map(|g| g.delivered_live).sum();
+        let delivered_backlog = groups.iter().map(|g| g.delivered_backlog).sum();
+        RunSummary {
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            ingested: read(&stats.ingested),
+            delivered: delivered_live + delivered_backlog,
+            delivered_live,
+            delivered_backlog,
+            dead_letter: read(&stats.dead_letters) + group_dead,
+            unrouted: read(&stats.unrouted),
+            live_latency_ms: merged.as_ref().map(LatencySummary::of).unwrap_or_default(),
+            groups,
+            failures: self.router.failures.lock().clone(),
+        }
+    }
+}
+
+/// What a run did, as `laneway run --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Seconds from [`Engine::monitor`](super::Engine::monitor) (for a
+    /// run, from its start) to this summary: with `laneway run`, the whole
+    /// run including start-up of sources and shutdown.
+    pub elapsed_s: f64,
+    /// Items sources handed in (messages and malformed input).
+    pub ingested: u64,
+    /// Deliveries over all groups and lanes (a message fanned out to two groups counts twice).
+    pub delivered: u64,
+    /// Deliveries from live lanes.
+    pub delivered_live: u64,
+    /// Deliveries from backlog lanes.
+    pub delivered_backlog: u64,
+    /// Dead letters, at ingest and in every group.
+    pub dead_letter: u64,
+    /// Messages no group's filter matched.
+    pub unrouted: u64,
+    /// Live latency (receipt to delivery) over all groups.
+    pub live_latency_ms: LatencySummary,
+    /// Per-group detail.
+    pub groups: Vec<GroupSnapshot>,
+    /// Sources that failed for good (a missing file or queue, refused
+    /// credentials, ...): each failure stops the run, and a run with any
+    /// is a failed run (`laneway run` exits 1). Empty when all went well.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<SourceFailure>,
+}
+
+impl RunSummary {
+    /// Whether the run ended because a source failed.
+    pub fn failed(&self) -> bool {
+        !self.failures.is_empty()
+    }
+}
+
+/// A source that ended with an error, which stopped the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceFailure {
+    /// The source's name (a path, a queue with its redacted broker URL).
+    pub source: String,
+    /// Why it failed; never holds a password.
+    pub error: String,
+}

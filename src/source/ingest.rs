@@ -1,0 +1,80 @@
+//! The handle a source pushes batches into, and what a batch is made of.
+//!
+//! The source side knows nothing of the engine: an [`Ingest`] forwards to
+//! whatever implements [`Route`] (the engine's router), so dependencies
+//! point from the engine to the sources, never back.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::LanePolicy;
+use crate::ack::AckRef;
+use crate::message::Message;
+
+/// One item a source hands in: a message, or input that could not become one.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A message to route.
+    Message(Message),
+    /// A message with the line its source read it from, so that a dead
+    /// letter at ingest (an oversize payload) names `source:line`.
+    MessageAt {
+        /// The message.
+        message: Message,
+        /// Its 1-based line in the source's input.
+        line: u64,
+    },
+    /// Input that is not a message; it becomes a dead letter with this reason.
+    Malformed {
+        /// The raw bytes as read.
+        raw: Bytes,
+        /// Where it was read (for example `file.jsonl:17`).
+        origin: String,
+        /// Why it is not a message.
+        reason: String,
+    },
+}
+
+/// Where an [`Ingest`] hands its batches: the engine's router. A trait so
+/// that sources depend on this module alone.
+#[async_trait]
+pub trait Route: Send + Sync + 'static {
+    /// Takes a batch from the source named `source` (see [`Ingest::submit`]).
+    async fn route(&self, batch: Vec<Incoming>, ack: AckRef, policy: LanePolicy, source: &str);
+}
+
+/// The handle sources use to hand batches to the engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    route: Arc<dyn Route>,
+    policy: LanePolicy,
+    /// The source's name, for dead letters at ingest.
+    source: Arc<str>,
+}
+
+impl Ingest {
+    /// A handle that forwards to `route`, for a source named `source` whose
+    /// messages take lanes by `policy`.
+    pub fn new(route: Arc<dyn Route>, policy: LanePolicy, source: &str) -> Ingest {
+        Ingest {
+            route,
+            policy,
+            source: Arc::from(source),
+        }
+    }
+
+    /// Routes a batch to every matching group. Resolves when each message is
+    /// in a lane or queued for a backlog (waiting while backlogs are full:
+    /// this is where backpressure reaches a source). `ack` is the source's
+    /// reference for the batch; it is completed once the batch is routed, so
+    /// the batch is acknowledged when the groups settle their shares. Once
+    /// the engine has stopped taking input (shutdown), a batch is not taken:
+    /// its `ack` is dropped unsettled, so its origin keeps it.
+    pub async fn submit(&self, batch: Vec<Incoming>, ack: AckRef) {
+        self.route
+            .route(batch, ack, self.policy, &self.source)
+            .await
+    }
+}
