@@ -13,6 +13,8 @@
 //! shared, so their speed drifts), and the median is reported; the naive
 //! consumer runs once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;

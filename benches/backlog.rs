@@ -2,6 +2,8 @@
 //! (take + release), and recovery of a million records. Results and how to
 //! run them: docs/benchmarks.md ("Disk backlog").
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo bench --bench engine`. Compare the ratios within one run.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

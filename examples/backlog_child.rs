@@ -12,6 +12,8 @@
 //! follow from N), so the test can check every record it reads back byte
 //! for byte.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../tests/common/records.rs"]
 mod records;
 

@@ -6,6 +6,8 @@
 //! Usage: `cargo run --release --example backlog_rss -- DIR [N]` (default
 //! N = 10,000,000, about 3 GB on disk). DIR is left in place: delete it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Instant;
 
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};

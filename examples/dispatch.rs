@@ -4,6 +4,8 @@
 //! Run: `cargo run --release --example dispatch -- [messages]` (default 1,000,000).
 //! Useful under `valgrind --tool=callgrind` to count instructions per message.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use laneway::ack::AckRef;

@@ -3,6 +3,8 @@
 //!
 //! Run: `cargo run --release --example embed`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

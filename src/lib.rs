@@ -20,8 +20,6 @@ pub mod ack;
 pub mod amqp;
 pub mod backlog;
 pub mod backoff;
-pub mod bench;
-pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod message;

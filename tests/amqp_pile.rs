@@ -14,6 +14,8 @@
 //! Every message, stale (through the backlog) or fresh, is delivered once,
 //! byte for byte as published (compared with a mirror queue's copy).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod amqp_common;
 
 use std::sync::Arc;
@@ -122,9 +124,10 @@ async fn fresh_messages_behind_a_stale_pile_are_handled_long_before_the_pile() {
 
     let t = Arc::clone(&timeline);
     eventually(
+        &monitor,
         Duration::from_secs(600),
         "the whole pile to be handled",
-        move || {
+        move |_| {
             let t = t.lock();
             t.pile_done.is_some() && t.fresh_handled >= FRESH
         },

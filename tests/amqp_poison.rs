@@ -4,6 +4,8 @@
 //! empty (the poison was acknowledged once recorded). Good messages are
 //! compared with what was published byte for byte.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod amqp_common;
 
 use std::sync::Arc;

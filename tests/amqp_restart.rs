@@ -8,6 +8,8 @@
 //! holds the broker lock exclusively: the other RabbitMQ tests take it
 //! shared and never run while the broker is down.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod amqp_common;
 
 use std::collections::HashMap;
@@ -87,6 +89,7 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
         .source(source, LanePolicy::Live)
         .build()
         .unwrap();
+    let monitor = engine.monitor();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(engine.run(async {
         let _ = stop_rx.await;
@@ -94,13 +97,16 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
 
     let s = Arc::clone(&seen);
     eventually(
+        &monitor,
         Duration::from_secs(120),
         "a few thousand messages before the restart",
-        move || s.lock().len() >= 3_000,
+        move |_| s.lock().len() >= 3_000,
     )
     .await;
     let before = seen.lock().len();
     rabbitmqctl(&["stop_app"]);
+    // The outage's length, not a wait for anything: the broker stays down
+    // long enough for the source to notice and start reconnecting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup"]);
@@ -108,9 +114,10 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
 
     let s = Arc::clone(&seen);
     eventually(
+        &monitor,
         Duration::from_secs(300),
         "every message after the restart",
-        move || s.lock().len() as u64 >= COUNT,
+        move |_| s.lock().len() as u64 >= COUNT,
     )
     .await;
     let _ = stop_tx.send(());

@@ -8,6 +8,8 @@
 //! consumer receives is compared with what was submitted byte for byte
 //! (headers and body).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod amqp_common;
 
 use std::collections::HashSet;
@@ -88,9 +90,10 @@ async fn push_limited_messages_wait_in_the_backlog_and_fresh_ones_go_first_on_re
 
     // The consumer is stopped: the queue fills, the rest is nacked and waits in the backlog.
     eventually(
+        &monitor,
         Duration::from_secs(60),
         "the queue to fill and the backlog to hold the rest",
-        || {
+        |_| {
             let g = &monitor.groups()[0];
             g.backlog_depth as usize >= OLD - MAX_LENGTH as usize
         },
@@ -120,7 +123,11 @@ async fn push_limited_messages_wait_in_the_backlog_and_fresh_ones_go_first_on_re
         .unwrap();
     let sink_arrivals = Arc::clone(&arrivals);
     let sink_received = Arc::clone(&received);
+    // The consumer counts distinct ids as they arrive; the test waits on
+    // that count, not on a timer.
+    let (distinct_tx, mut distinct) = tokio::sync::watch::channel(0usize);
     tokio::spawn(async move {
+        let mut ids = HashSet::new();
         while let Some(Ok(d)) = consumer.next().await {
             sink_received.lock().push(record_of(&d.properties, &d.data));
             let id = d
@@ -134,27 +141,22 @@ async fn push_limited_messages_wait_in_the_backlog_and_fresh_ones_go_first_on_re
                     _ => None,
                 })
                 .unwrap_or_default();
-            sink_arrivals.lock().push((id, Instant::now()));
+            sink_arrivals.lock().push((id.clone(), Instant::now()));
+            ids.insert(id);
+            distinct_tx.send_replace(ids.len());
         }
     });
     let (new, new_ids) = messages(&mut fleet, NEW, &mut sent);
     ingest.submit(new, laneway::ack::AckRef::none()).await;
 
     let total = old_ids.len() + NEW;
-    let a = Arc::clone(&arrivals);
-    eventually(
-        Duration::from_secs(120),
-        "every message to arrive",
-        move || {
-            a.lock()
-                .iter()
-                .map(|(id, _)| id)
-                .collect::<HashSet<_>>()
-                .len()
-                >= total
-        },
-    )
-    .await;
+    let arrived =
+        tokio::time::timeout(Duration::from_secs(120), distinct.wait_for(|n| *n >= total));
+    assert!(
+        matches!(arrived.await, Ok(Ok(_))),
+        "timed out waiting for every message to arrive: {} of {total}",
+        *distinct.borrow()
+    );
     let _ = stop_tx.send(());
     run.await.unwrap();
 
@@ -210,7 +212,7 @@ async fn unroutable_messages_are_dead_letters_with_the_reason() {
     let mut fleet = Fleet::new(1, 5, 3);
     let (batch, _) = messages(&mut fleet, 20, &mut Vec::new());
     ingest.submit(batch, laneway::ack::AckRef::none()).await;
-    eventually(Duration::from_secs(30), "20 dead letters", || {
+    eventually(&monitor, Duration::from_secs(30), "20 dead letters", |_| {
         monitor.groups()[0].dead_letter == 20
     })
     .await;

@@ -8,6 +8,8 @@
 //! A new store gets the whole suite by implementing [`Subject`] and adding
 //! one line to the `conformance!` invocations at the bottom.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,6 +5,8 @@
 //! none it released before a ledger checkpoint, and nothing it never sent;
 //! every record read back must be byte for byte the one the child stored.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::PathBuf;

@@ -4,6 +4,8 @@
 //! byte for byte as it went in: header bytes one at a time, deleted,
 //! duplicated and truncated segments, a zeroed block, a damaged ledger.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! every kind the issue names (a flipped bit, a truncated tail, a
 //! zero-filled tail, a lost ledger), and `laneway backlog verify`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! real on a small tmpfs). After each: nothing acknowledged is lost, nothing
 //! torn is left, and what comes out is byte for byte what went in.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::VecDeque;
 use std::io;
 use std::path::Path;

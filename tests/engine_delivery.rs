@@ -4,6 +4,8 @@
 //! backlog and the disk backlog. Every check compares whole records (topic,
 //! id, generate time, payload bytes) with what was sent.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -57,7 +59,9 @@ async fn a_failing_message_is_retried_from_the_backlog_with_backoff_then_dead_le
     let sent = [record("good-1"), record("bad-1"), record("good-2")];
     ingest.submit(incoming(&sent), tracker.register()).await;
     assert!(
-        wait_until(Duration::from_secs(10), || monitor.summary().dead_letter
+        wait_until(&monitor, Duration::from_secs(10), |_| monitor
+            .summary()
+            .dead_letter
             == 1)
         .await
     );
@@ -127,7 +131,9 @@ async fn every_message_is_delivered_exactly_once_and_unchanged_without_failures(
             .await;
     }
     assert!(
-        wait_until(Duration::from_secs(120), || monitor.delivered() >= N).await,
+        wait_until(&monitor, Duration::from_secs(120), |_| monitor.delivered()
+            >= N)
+        .await,
         "every message delivered"
     );
     stop.send(()).unwrap();
@@ -172,13 +178,15 @@ async fn every_message_is_delivered_at_least_once_when_the_handler_fails_at_rand
         sent.extend(batch);
     }
     assert!(
-        wait_until(Duration::from_secs(60), || tracker.watermark() == 100).await,
+        wait_until(&monitor, Duration::from_secs(60), |_| tracker.watermark()
+            == 100)
+        .await,
         "every batch acknowledged"
     );
     // Acknowledged means delivered or held in the backlog; now let the
     // retries drain.
     assert!(
-        wait_until(Duration::from_secs(60), || {
+        wait_until(&monitor, Duration::from_secs(60), |_| {
             let g = &monitor.groups()[0];
             g.backlog_depth == 0 && g.live_depth == 0
         })
@@ -210,7 +218,7 @@ async fn a_source_batch_is_acknowledged_only_when_every_group_settled_it() {
     let sent = [record("a"), record("b")];
     ingest.submit(incoming(&sent), tracker.register()).await;
     assert!(
-        wait_until(Duration::from_secs(5), || monitor.groups()[0]
+        wait_until(&monitor, Duration::from_secs(5), |_| monitor.groups()[0]
             .delivered_live
             == 2)
         .await
@@ -222,7 +230,11 @@ async fn a_source_batch_is_acknowledged_only_when_every_group_settled_it() {
         "the slow group has not delivered yet"
     );
     slow.open();
-    assert!(wait_until(Duration::from_secs(5), || tracker.watermark() == 1).await);
+    assert!(
+        wait_until(&monitor, Duration::from_secs(5), |_| tracker.watermark()
+            == 1)
+        .await
+    );
     stop.send(()).unwrap();
     let _ = task.await.unwrap();
     assert_delivered(&sent, &fast.delivered_records(), Copies::ExactlyOnce);
@@ -273,7 +285,11 @@ async fn push_limited_refusals_wait_in_the_backlog_without_using_up_attempts() {
     ingest
         .submit(incoming(&sent), laneway::ack::AckRef::none())
         .await;
-    assert!(wait_until(Duration::from_secs(10), || monitor.delivered() == 2).await);
+    assert!(
+        wait_until(&monitor, Duration::from_secs(10), |_| monitor.delivered()
+            == 2)
+        .await
+    );
     stop.send(()).unwrap();
     let summary = task.await.unwrap();
     assert_eq!(
@@ -345,7 +361,9 @@ async fn through_the_disk_backlog_and_its_retries_every_payload_comes_out_byte_f
             .await;
     }
     assert!(
-        wait_until(Duration::from_secs(60), || monitor.delivered() >= N).await,
+        wait_until(&monitor, Duration::from_secs(60), |_| monitor.delivered()
+            >= N)
+        .await,
         "every message delivered: {:?}",
         monitor.summary()
     );

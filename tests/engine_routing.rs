@@ -1,6 +1,8 @@
 //! Fan-out, filters, unrouted counting and malformed input, through a real
 //! engine. Deliveries are compared with what was sent as whole records.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write;
@@ -58,7 +60,13 @@ async fn every_matching_group_gets_its_own_copy_and_unmatched_are_counted() {
     ingest
         .submit(sent.iter().map(message).collect(), AckRef::none())
         .await;
-    assert!(wait_until(Duration::from_secs(5), || monitor.summary().delivered == 4).await);
+    assert!(
+        wait_until(&monitor, Duration::from_secs(5), |_| monitor
+            .summary()
+            .delivered
+            == 4)
+        .await
+    );
     stop.send(()).unwrap();
     let summary = task.await.unwrap();
 
@@ -223,7 +231,13 @@ async fn oversize_payloads_are_dead_letters_at_ingest() {
             AckRef::none(),
         )
         .await;
-    assert!(wait_until(Duration::from_secs(5), || monitor.summary().delivered == 1).await);
+    assert!(
+        wait_until(&monitor, Duration::from_secs(5), |_| monitor
+            .summary()
+            .delivered
+            == 1)
+        .await
+    );
     stop.send(()).unwrap();
     let summary = task.await.unwrap();
     assert_eq!(summary.dead_letter, 1);

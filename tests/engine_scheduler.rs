@@ -2,6 +2,8 @@
 //! both lanes are saturated, every slot to the backlog when live is idle, the
 //! rate ceiling, and a live wait that does not grow with the backlog.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -88,7 +90,9 @@ async fn with_both_lanes_saturated_the_backlog_gets_its_share() {
         }
         sink.open();
         assert!(
-            wait_until(Duration::from_secs(30), || monitor.summary().delivered
+            wait_until(&monitor, Duration::from_secs(30), |_| monitor
+                .summary()
+                .delivered
                 >= 20_000)
             .await
         );
@@ -117,7 +121,7 @@ async fn with_live_idle_the_backlog_takes_every_slot() {
         .unwrap();
     let (monitor, stop, task) = spawn_engine(engine);
     assert!(
-        wait_until(Duration::from_secs(30), || monitor
+        wait_until(&monitor, Duration::from_secs(30), |_| monitor
             .summary()
             .delivered_backlog
             == 5_000)

@@ -3,6 +3,8 @@
 //! retried with a WARN line per retry. Runs the real binary against the
 //! real RabbitMQ on 127.0.0.1:5672 (or `AMQP_HOST_PORT`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;

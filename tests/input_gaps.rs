@@ -4,6 +4,8 @@
 //! precise reason, in a file only its owner can read. Runs the real binary
 //! on a real JSONL file and compares the delivered lines byte for byte.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -8,6 +8,8 @@
 //! disk backlog. Runs are synchronised on what they delivered (the output
 //! file's line count), never on time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,8 @@
 //! copy byte for byte as it was in the input (topic, id, generate time,
 //! payload).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;

@@ -2,6 +2,8 @@
 //! at `RUST_LOG=trace` against the real RabbitMQ, and broker URLs whose
 //! password holds an unescaped `/`, `?` or `#`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -98,6 +98,6 @@ pub trait Source: Send + 'static {
 
     /// Reads until the origin is exhausted or `ctx.stop` is raised. An
     /// error stops the whole run (see [`SourceError`]) and makes it a failed
-    /// run ([`RunSummary::failures`](crate::engine::RunSummary::failures)).
+    /// run (the run summary lists it among its failures).
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError>;
 }

@@ -218,15 +218,20 @@ pub fn source_config(queue: &str) -> laneway::amqp::AmqpSourceConfig {
     }
 }
 
-/// Waits (polling) until `check` holds, or panics with `what` after `limit`.
-pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Waits until `check` holds, or panics with `what` after `limit` (a guard
+/// against a hang, not a timing assertion). `check` is checked now and
+/// then each time the engine makes progress, never on a timer.
+pub async fn eventually(
+    monitor: &laneway::engine::Monitor,
+    limit: Duration,
+    what: &str,
+    check: impl FnMut(&laneway::engine::Monitor) -> bool,
+) {
+    if tokio::time::timeout(limit, monitor.until(check))
+        .await
+        .is_err()
+    {
+        panic!("timed out after {limit:?} waiting for {what}");
     }
 }
 

@@ -171,14 +171,16 @@ pub fn spawn_engine(
     (monitor, stop_tx, task)
 }
 
-/// Polls `condition` every few milliseconds until it holds or `limit` passes.
-pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    condition()
+/// Waits until `condition` holds. It is checked now and then each time the
+/// engine makes progress (a batch routed, a delivery ended, a backlog write
+/// landed), never on a timer. False if `limit` passes first: a guard
+/// against a hang, not a timing assertion.
+pub async fn wait_until(
+    monitor: &Monitor,
+    limit: Duration,
+    condition: impl FnMut(&Monitor) -> bool,
+) -> bool {
+    tokio::time::timeout(limit, monitor.until(condition))
+        .await
+        .is_ok()
 }

@@ -74,41 +74,7 @@ async fn records_come_out_in_order_across_segments_and_segments_go_when_released
 }
 
 #[tokio::test]
-async fn retries_keep_their_attempts_and_backoff_and_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = DiskBacklogConfig {
-        max_records: Some(1),
-        ..small()
-    };
-    {
-        let store = DiskBacklog::open(dir.path(), cfg.clone()).unwrap();
-        store.append(&[record("a", 0)]).await.unwrap();
-        let mut taken = store.take_ready(1, 0).await.unwrap();
-        taken[0].record.attempts = 1;
-        taken[0].record.not_before_ms = 1_000;
-        // A full store (max_records = 1) still takes the retry.
-        store.retry(&taken).await.unwrap();
-        assert_eq!(store.depth().records, 1);
-        assert_eq!(store.depth().in_flight, 0);
-        assert!(store.take_ready(1, 999).await.unwrap().is_empty());
-        let again = store.take_ready(1, 1_000).await.unwrap();
-        assert_eq!(again[0].record.attempts, 1);
-        assert_ne!(again[0].id, taken[0].id);
-        store.close().await.unwrap();
-    }
-    let store = DiskBacklog::open(dir.path(), cfg).unwrap();
-    assert_eq!(store.recovery().records, 1);
-    assert!(store.take_ready(1, 999).await.unwrap().is_empty());
-    let r = store.take_ready(1, 1_000).await.unwrap();
-    assert_eq!(ids(&r), ["a"]);
-    assert_eq!(
-        (r[0].record.attempts, r[0].record.not_before_ms),
-        (1, 1_000)
-    );
-}
-
-#[tokio::test]
-async fn a_restart_brings_back_what_was_not_released() {
+async fn a_crash_after_a_checkpoint_brings_back_what_was_not_released_and_counts_it() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = DiskBacklog::open(dir.path(), small()).unwrap();

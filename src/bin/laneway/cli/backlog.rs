@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::backlog::disk::{Inspection, LedgerState, Verification, inspect_dir, verify_dir};
+use laneway::backlog::disk::{Inspection, LedgerState, Verification, inspect_dir, verify_dir};
 
 /// Arguments of `backlog`.
 #[derive(Debug, clap::Args)]

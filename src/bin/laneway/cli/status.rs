@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::engine::{GroupSnapshot, LatencySummary, Monitor, RunSummary};
+use laneway::engine::{GroupSnapshot, LatencySummary, Monitor, RunSummary};
 
 /// Remembers the previous snapshot so each line shows rates, not totals.
 pub struct StatusLine {

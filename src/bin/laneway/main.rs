@@ -1,9 +1,14 @@
-//! The `laneway` program; see `laneway --help`.
+//! The `laneway` program; see `laneway --help`. The command line (`cli/`)
+//! and the load scenarios behind `laneway bench` (`bench/`) live here, on
+//! top of the library: they are not part of its API.
+
+mod bench;
+mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use laneway::cli::Cli;
+use cli::Cli;
 
 /// Messages are allocated by the thread that reads them and freed by the
 /// one that delivers them; mimalloc handles that cross-thread pattern
@@ -14,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    laneway::cli::logging::init(cli.verbose, cli.log_format);
+    cli::logging::init(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::status::{StatusLine, summary_text};
-use crate::config::FileConfig;
+use laneway::config::FileConfig;
 
 /// Arguments of `run`.
 ///

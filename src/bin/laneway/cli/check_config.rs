@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::FileConfig;
+use laneway::config::FileConfig;
 
 /// Arguments of `check-config`.
 #[derive(Debug, clap::Args)]

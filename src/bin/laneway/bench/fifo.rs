@@ -14,9 +14,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::message::Message;
-use crate::sink::Lane;
-use crate::sink::{Delivery, Sink};
+use laneway::message::Message;
+use laneway::sink::Lane;
+use laneway::sink::{Delivery, Sink};
 
 /// A FIFO queue with its workers.
 pub struct FifoConsumer {

@@ -18,9 +18,9 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Confirmation, ExchangeKind, PublisherConfirm};
 
 use super::status::human;
-use crate::amqp::{AmqpError, BrokerUrl, RoutingKey, connect::connect, headers};
-use crate::message::now_epoch_ms;
-use crate::source::simulator::Fleet;
+use laneway::amqp::{AmqpError, BrokerUrl, RoutingKey, connect::connect, headers};
+use laneway::message::now_epoch_ms;
+use laneway::source::simulator::Fleet;
 
 /// Arguments of `simulate`.
 #[derive(Debug, clap::Args)]

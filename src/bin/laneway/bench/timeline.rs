@@ -14,9 +14,9 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::engine::LatencySummary;
-use crate::sink::Lane;
-use crate::sink::{BatchError, Delivery, Sink};
+use laneway::engine::LatencySummary;
+use laneway::sink::Lane;
+use laneway::sink::{BatchError, Delivery, Sink};
 
 /// The width of one timeline window.
 pub const WINDOW: Duration = Duration::from_millis(100);

@@ -15,13 +15,15 @@ use serde::Serialize;
 
 use super::fifo::FifoConsumer;
 use super::timeline::{MeasuredSink, PhaseReport, Timeline, WINDOW, Window, phase, window_p99_ms};
-use crate::ack::AckRef;
-use crate::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, MemoryBacklog};
-use crate::engine::{Engine, GroupConfig, LatencySummary, Monitor};
-use crate::message::{Message, now_epoch_ms};
-use crate::sink::{SimulatedHandler, Sink};
-use crate::source::simulator::Fleet;
-use crate::source::{Incoming, LanePolicy};
+use laneway::ack::AckRef;
+use laneway::backlog::{
+    BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, MemoryBacklog,
+};
+use laneway::engine::{Engine, GroupConfig, LatencySummary, Monitor};
+use laneway::message::{Message, now_epoch_ms};
+use laneway::sink::{SimulatedHandler, Sink};
+use laneway::source::simulator::Fleet;
+use laneway::source::{Incoming, LanePolicy};
 use tokio_util::sync::CancellationToken;
 
 /// Which scenario to run.
@@ -190,7 +192,7 @@ pub struct ModeReport {
 /// Where live traffic goes in each mode.
 enum Target {
     Engine {
-        ingest: crate::source::Ingest,
+        ingest: laneway::source::Ingest,
         monitor: Monitor,
     },
     Fifo(Arc<FifoConsumer>),
