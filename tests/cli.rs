@@ -3,8 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+mod process;
 
+use std::process::Command;
+use std::time::Duration;
+
+use process::Watched;
 use simd_json::prelude::*;
 
 fn laneway() -> Command {
@@ -197,20 +201,15 @@ fn a_short_outage_scenario_reports_both_modes_and_draws_a_plot() {
 #[test]
 fn ctrl_c_stops_a_run_gracefully_with_its_summary() {
     let dir = tempfile::tempdir().unwrap();
-    let child = laneway()
-        .args(["run", "--json"])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let mut run = Watched::spawn(laneway().args(["run", "--json"]).current_dir(dir.path()));
+    // The first status line ("[   1.0s] all: live ...") comes one status
+    // interval after the engine started, whose first step listens for
+    // Ctrl-C: from then on SIGINT stops the run instead of killing it.
+    run.wait_for_line(Duration::from_secs(60), "the first status line", |l| {
+        l.starts_with('[') && l.contains("all: live")
+    });
+    run.interrupt();
+    let out = run.finish(Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
     assert!(stderr.contains("stopping"), "{stderr}");

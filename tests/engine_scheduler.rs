@@ -1,6 +1,11 @@
 //! The scheduler's promises, through a real engine: the backlog's share when
-//! both lanes are saturated, every slot to the backlog when live is idle, the
-//! rate ceiling, and a live wait that does not grow with the backlog.
+//! both lanes are saturated, every slot to the backlog when live is idle, and
+//! the rate ceiling. Each is asserted on what the sink was given (lanes,
+//! counts, and for the ceiling the deliveries' own times), never on how fast
+//! a run went: speed is measured by the benchmarks (`laneway bench`'s
+//! scenarios report live latency with a backlog draining, laneway against
+//! FIFO; `benches/engine.rs`), and the scheduler's unit tests check the
+//! ceiling and the live-reserved slot on a simulated clock.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,7 +13,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::records::json_payload;
@@ -18,9 +23,7 @@ use laneway::backlog::{BacklogRecord, BacklogStore, MemoryBacklog};
 use laneway::engine::{Engine, GroupConfig};
 use laneway::message::{Message, now_epoch_ms};
 use laneway::sink::Lane;
-use laneway::sink::Sink;
 use laneway::source::{Incoming, LanePolicy};
-use laneway::source::{Simulator, SimulatorConfig};
 
 fn msg(id: String, generate_time_ms: i64) -> Message {
     Message::new(
@@ -143,79 +146,70 @@ async fn with_live_idle_the_backlog_takes_every_slot() {
     );
 }
 
+/// The most messages in any stretch of `times` (sorted) beyond what `rate`
+/// per second allows over that stretch.
+fn excess_over_rate(times: &[std::time::Instant], rate: f64) -> f64 {
+    let Some(&t0) = times.first() else {
+        return 0.0;
+    };
+    // Messages i..=j number j - i + 1; with f(k) = k - rate * t_k the excess
+    // of that stretch is f(j) - f(i) + 1: keep the smallest f(i) so far.
+    let f = |k: usize| k as f64 - rate * times[k].duration_since(t0).as_secs_f64();
+    let mut lowest = f64::INFINITY;
+    let mut worst = 0.0f64;
+    for k in 0..times.len() {
+        lowest = lowest.min(f(k));
+        worst = worst.max(f(k) - lowest + 1.0);
+    }
+    worst
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_ceiling_holds_backlog_throughput_under_it() {
+    const RATE: f64 = 2_000.0;
+    const DELIVERIES: usize = 3_000;
     let sink = RecordingSink::new();
     let store = prefilled(20_000).await;
     let config = GroupConfig {
-        backlog_rate: Some(2_000.0),
+        backlog_rate: Some(RATE),
         ..group(0.2)
     };
+    let (slots, batch) = (config.slots, config.batch_size);
     let engine = Engine::builder()
         .group_with(config, Arc::new(sink.clone()), Some(store))
         .build()
         .unwrap();
-    let (monitor, stop, task) = spawn_engine(engine);
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let delivered = monitor.summary().delivered_backlog;
-    let elapsed = start.elapsed().as_secs_f64();
+    let (_monitor, stop, task) = spawn_engine(engine);
+    // The backlog drains: this many deliveries come, however slowly.
+    tokio::time::timeout(Duration::from_secs(120), sink.recorded(DELIVERIES))
+        .await
+        .expect("the rate-limited backlog stopped draining");
     stop.send(()).unwrap();
     let _ = task.await.unwrap();
-    // The bucket starts with a tenth of a second's worth; one batch may straddle.
-    let ceiling = 2_000.0 * elapsed + 200.0 + 64.0;
-    assert!(
-        (delivered as f64) <= ceiling,
-        "{delivered} delivered in {elapsed:.2}s, ceiling {ceiling:.0}"
-    );
-    assert!(
-        (delivered as f64) >= 0.5 * 2_000.0 * elapsed,
-        "the backlog still drains: {delivered}"
-    );
-}
 
-/// Runs live traffic at 1,000 msgs/s for two seconds against a backlog of
-/// `backlog` records and returns the live p99 wait (ms).
-async fn live_p99_with_backlog(backlog: usize) -> f64 {
-    let sink: Arc<dyn Sink> = Arc::new(RecordingSink::new().with_cost(Duration::from_micros(100)));
-    let store = prefilled(backlog).await;
-    let engine = Engine::builder()
-        .group_with(group(0.2), sink, Some(store))
-        .source(
-            Simulator::new(SimulatorConfig {
-                rate: 1_000.0,
-                duration: Some(Duration::from_secs(2)),
-                batch: 16,
-                ..SimulatorConfig::default()
-            }),
-            LanePolicy::Auto,
-        )
-        .build()
-        .unwrap();
-    let (monitor, stop, task) = spawn_engine(engine);
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
-    let during = monitor.summary();
-    // With a small backlog the run may already have ended by itself.
-    let _ = stop.send(());
-    let _ = task.await.unwrap();
-    assert!(during.delivered_live >= 1_500, "{during:?}");
-    if backlog > 1_000 {
-        let left = during.groups[0].backlog_depth;
-        assert!(
-            left > 0,
-            "the backlog must still be draining while live is measured"
-        );
-    }
-    during.live_latency_ms.p99
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_message_wait_does_not_grow_with_the_backlog() {
-    let small = live_p99_with_backlog(10).await;
-    let large = live_p99_with_backlog(100_000).await;
-    eprintln!("live p99: backlog 10 → {small:.2} ms, backlog 100,000 → {large:.2} ms");
+    let seen = sink.seen();
+    assert!(seen.iter().all(|s| s.lane == Lane::Backlog && s.ok));
+    let mut times: Vec<_> = seen.iter().map(|s| s.at).collect();
+    times.sort();
+    // No stretch of the run, short or long, delivers more than the rate
+    // allows. What may come on top: the bucket's starting tenth of a second,
+    // one batch straddling the last token, and the batches that were taken
+    // before a stretch began but reached the sink in it (at most one per
+    // slot). A slow machine only delivers less, so only a broken ceiling
+    // fails this.
+    let allowance = RATE / 10.0 + batch as f64 + (slots * batch) as f64;
+    let excess = excess_over_rate(&times, RATE);
     assert!(
-        large <= 2.0 * small,
-        "live p99 {large:.2} ms with a large backlog vs {small:.2} ms with a small one"
+        excess <= allowance,
+        "{} deliveries: a stretch went {excess:.0} messages over {RATE}/s (allowed {allowance:.0})",
+        seen.len()
     );
+    // Every copy handed out is a stored record, unchanged; the stop came part
+    // way, so only some of them.
+    let tally = assert_delivered(
+        &stale_records(20_000),
+        &sink.delivered_records(),
+        Copies::Unchanged,
+    );
+    assert_eq!(tally.copies, tally.distinct, "a record was delivered twice");
 }

@@ -6,15 +6,23 @@
 //!
 //! Half the input is stale (generated an hour ago), so it goes through the
 //! disk backlog. Runs are synchronised on what they delivered (the output
-//! file's line count), never on time.
+//! file's line count, looked at on each of the run's status lines), never
+//! on time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod process;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use process::Watched;
+
+/// How long a run may take before the test gives up on it.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
 
 const N: usize = 50_000;
 
@@ -57,7 +65,7 @@ fn write_config(path: &Path, data: &Path, input: &Path, output: &Path, bounded: 
         ("{ store = \"disk\" }", "10s")
     };
     let text = format!(
-        "data_dir = {data:?}\nshutdown_grace = \"{grace}\"\n\
+        "data_dir = {data:?}\nshutdown_grace = \"{grace}\"\nstatus_interval = \"100ms\"\n\
          [[sources]]\ntype = \"jsonl\"\npath = {input:?}\n\
          [[groups]]\nname = \"g\"\nslots = 2\nbatch_size = 50\nlive_capacity = 200\n\
          sink = {{ type = \"jsonl\", path = {output:?}, sync = true }}\n\
@@ -103,26 +111,24 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    /// Starts run number `round` (with a `--json` summary), writing to its
-    /// own output file.
-    fn start(&self, round: usize, bounded: bool) -> (Child, PathBuf) {
+    /// Starts run number `round` (with a `--json` summary and its status
+    /// lines on stderr), writing to its own output file.
+    fn start(&self, round: usize, bounded: bool) -> (Watched, PathBuf) {
         let out = self.dir.join(format!("out{round}.jsonl"));
         let config = self.dir.join(format!("c{round}.toml"));
         write_config(&config, &self.data, &self.input, &out, bounded);
-        let child = Command::new(env!("CARGO_BIN_EXE_laneway"))
-            .args(["run", "-q", "--json", "--config"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = Watched::spawn(
+            Command::new(env!("CARGO_BIN_EXE_laneway"))
+                .args(["run", "--json", "--config"])
+                .arg(&config),
+        );
         (child, out)
     }
 
     /// Runs round `round` to its end and returns the lines it read.
     fn run_to_end(&self, round: usize) -> (u64, PathBuf) {
         let (run, out) = self.start(round, false);
-        let run = run.wait_with_output().unwrap();
+        let run = run.finish(RUN_LIMIT);
         assert!(
             run.status.success(),
             "{}",
@@ -132,17 +138,16 @@ impl Setup {
     }
 
     /// Waits until `out` holds at least `lines` lines (the run is under
-    /// way), failing if the run ends first.
-    fn wait_for_lines(&self, child: &mut Child, out: &Path, lines: usize) {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while count_lines(out) < lines {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the run ended before delivering {lines} lines"
-            );
-            assert!(Instant::now() < deadline, "no progress to {lines} lines");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    /// way), failing if the run ends first. The run prints no running
+    /// total of its deliveries (its status lines give rates), so the count
+    /// is the output file's, read again at each status line (every 100 ms):
+    /// the run's own heartbeat paces the look, not a sleep in the test.
+    fn wait_for_lines(&self, run: &mut Watched, out: &Path, lines: usize) {
+        run.wait_for_line(
+            RUN_LIMIT,
+            &format!("{lines} lines in {}", out.display()),
+            |line| line.starts_with('[') && count_lines(out) >= lines,
+        );
     }
 
     /// The checkpoint's offset, as a count of whole input lines below it
@@ -283,22 +288,13 @@ fn a_finished_run_then_a_run_over_the_grown_file_reads_only_the_new_lines() {
     assert_eq!(count_lines(&out3), 0);
 }
 
-fn interrupt(child: &Child) {
-    let sent = Command::new("kill")
-        .arg("-INT")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(sent.success());
-}
-
 #[test]
 fn a_stopped_run_resumes_at_its_checkpoint() {
     let s = setup();
     let (mut first, out1) = s.start(1, false);
     s.wait_for_lines(&mut first, &out1, 2_000);
-    interrupt(&first);
-    let first = first.wait_with_output().unwrap();
+    first.interrupt();
+    let first = first.finish(RUN_LIMIT);
     assert!(
         first.status.success(),
         "{}",
@@ -330,8 +326,8 @@ fn a_stop_with_full_backlogs_gives_up_what_it_cannot_store_and_reads_it_again() 
     let s = setup();
     let (mut first, out1) = s.start(1, true);
     s.wait_for_lines(&mut first, &out1, 2_000);
-    interrupt(&first);
-    let first = first.wait_with_output().unwrap();
+    first.interrupt();
+    let first = first.finish(RUN_LIMIT);
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{stderr}");
     assert!(
@@ -361,8 +357,7 @@ fn sigkill_mid_run_then_restart_delivers_every_line_byte_for_byte() {
     for (round, lines) in [(1, N / 5), (2, N / 4)] {
         let (mut run, out) = s.start(round, true);
         s.wait_for_lines(&mut run, &out, lines);
-        run.kill().unwrap(); // SIGKILL
-        run.wait().unwrap();
+        run.kill(); // SIGKILL
         outputs.push(out);
         checkpoints.push(s.checkpoint_lines());
         owed.push(s.backlog_owed());

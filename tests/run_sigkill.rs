@@ -9,16 +9,25 @@
 //! must be in the output of phase 1 or phase 2 (duplicates allowed), each
 //! copy byte for byte as it was in the input (topic, id, generate time,
 //! payload).
+//!
+//! Synchronisation: phase 1 is killed on one of its own status lines, once
+//! the backlog directory holds the whole input and the output file holds a
+//! delivery (see [`stored_and_delivering`]); phase 2 is not stopped at all:
+//! with its only input exhausted, it ends by itself once every group has
+//! drained.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod process;
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use laneway::backlog::disk::inspect_dir;
+use process::{Watched, wait_or_kill};
 
 #[path = "common/records.rs"]
 mod records;
@@ -29,7 +38,7 @@ const N: usize = 20_000;
 fn write_config(path: &Path, data: &Path, input: &Path, output: &Path, rate: Option<f64>) {
     let rate = rate.map_or(String::new(), |r| format!("backlog_rate = {r:.1}\n"));
     let text = format!(
-        "data_dir = {data:?}\nstatus_interval = \"1s\"\n\
+        "data_dir = {data:?}\nstatus_interval = \"100ms\"\n\
          [[sources]]\ntype = \"jsonl\"\npath = {input:?}\n\
          [[groups]]\nname = \"g\"\nslots = 2\nbatch_size = 100\n{rate}\
          sink = {{ type = \"jsonl\", path = {output:?}, sync = true }}\n"
@@ -48,6 +57,22 @@ fn ids_in(path: &Path) -> Vec<String> {
             Some(l[start..end].to_string())
         })
         .collect()
+}
+
+/// Whether the backlog directory `backlog` holds all `N` input records and
+/// `output` holds at least one delivered message: the moment phase 1 may be
+/// killed.
+///
+/// Checked on disk, at each of the run's status lines, because the run says
+/// neither in an event of its own: "input finished" is logged once the last
+/// records are queued for the backlog writer, not once they are written, and
+/// the status line's backlog depth falls with deliveries while it rises with
+/// the input. What the directory holds is exactly what a restart recovers
+/// (a killed process loses nothing already written).
+fn stored_and_delivering(backlog: &Path, output: &Path) -> bool {
+    let stored: u64 =
+        inspect_dir(backlog).map_or(0, |i| i.segments.iter().map(|s| s.records).sum());
+    stored as usize >= N && !ids_in(output).is_empty()
 }
 
 #[test]
@@ -74,28 +99,13 @@ fn sigkill_during_a_run_then_restart_delivers_every_stored_message() {
     let backlog = data.join("backlog").join("g");
 
     // Phase 1: everything is read into the disk backlog, a little delivered.
-    let mut run = Command::new(exe)
-        .args(["run", "-q", "--config"])
-        .arg(&c1)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "phase 1 never stored the input");
-        assert!(run.try_wait().unwrap().is_none(), "phase 1 ended early");
-        if let Ok(i) = inspect_dir(&backlog) {
-            let stored: u64 = i.segments.iter().map(|s| s.records).sum();
-            if stored as usize >= N && !ids_in(&out1).is_empty() {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    run.kill().unwrap(); // SIGKILL
-    run.wait().unwrap();
+    let mut run = Watched::spawn(Command::new(exe).args(["run", "--config"]).arg(&c1));
+    run.wait_for_line(
+        Duration::from_secs(60),
+        "a status line after phase 1 stored the input and delivered from it",
+        |line| line.starts_with('[') && stored_and_delivering(&backlog, &out1),
+    );
+    run.kill(); // SIGKILL
 
     let waiting = inspect_dir(&backlog).unwrap().records as usize;
     assert!(
@@ -103,31 +113,23 @@ fn sigkill_during_a_run_then_restart_delivers_every_stored_message() {
         "only {waiting} messages waited in the backlog at the kill: the test would prove little"
     );
 
-    // Phase 2: same data directory, nothing new to read. Run until the
-    // backlog is empty (its ledger says so), then stop it with Ctrl-C.
-    let mut run = Command::new(exe)
-        .args(["run", "-q", "--duration", "120s", "--config"])
+    // Phase 2: same data directory, nothing new to read. The input is
+    // exhausted at once, so the run ends by itself once the recovered
+    // backlog is delivered and released.
+    let run = Command::new(exe)
+        .args(["run", "-q", "--config"])
         .arg(&c2)
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(100);
-    while Instant::now() < deadline && run.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(100));
-        if inspect_dir(&backlog).is_ok_and(|i| i.records == 0) {
-            break;
-        }
-    }
-    if run.try_wait().unwrap().is_none() {
-        let sent = Command::new("kill")
-            .arg("-INT")
-            .arg(run.id().to_string())
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    }
-    let status = run.wait().unwrap();
-    assert!(status.success(), "phase 2 failed: {status}");
+    let phase2 = wait_or_kill(run, Duration::from_secs(100));
+    assert!(
+        phase2.status.success(),
+        "phase 2 failed: {}: {}",
+        phase2.status,
+        String::from_utf8_lossy(&phase2.stderr)
+    );
     let delivered2: HashSet<String> = ids_in(&out2).into_iter().collect();
     assert!(
         delivered2.len() >= waiting - 1000,

@@ -61,19 +61,19 @@ pub fn broker_lock(exclusive: bool) -> BrokerLock {
 }
 
 /// A connection for the test itself (publishing, inspecting).
+///
+/// One attempt: the broker is up before any test runs (`scripts/test` waits
+/// for it, and the broker-restart test reconnects only after `rabbitmqctl
+/// await_startup`), so a refused connection is a broken setup, reported at
+/// once rather than retried.
 pub async fn connection() -> Connection {
-    let mut last = None;
-    for _ in 0..50 {
-        match Connection::connect(&url(), ConnectionProperties::default()).await {
-            Ok(c) => return c,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    match Connection::connect(&url(), ConnectionProperties::default()).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "RabbitMQ is not answering at {} (start it first, e.g. with scripts/test): {e}",
+            laneway::amqp::url::redact(&url())
+        ),
     }
-    panic!(
-        "RabbitMQ is not answering at {}: {last:?}",
-        laneway::amqp::url::redact(&url())
-    );
 }
 
 /// A channel in confirm mode.

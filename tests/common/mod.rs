@@ -7,7 +7,7 @@ pub mod records;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -16,6 +16,7 @@ use laneway::sink::Lane;
 use laneway::sink::{BatchError, Delivery, DeliveryError, Sink};
 use parking_lot::Mutex;
 pub use records::{Copies, Record, assert_delivered};
+use tokio::sync::watch;
 
 /// One delivery attempt as a sink saw it.
 #[derive(Debug, Clone)]
@@ -36,7 +37,10 @@ pub struct RecordingSink {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync>,
     cost: Duration,
-    gate_open: Arc<AtomicBool>,
+    /// Whether the gate is open; deliveries wait on it, never poll it.
+    gate_open: Arc<watch::Sender<bool>>,
+    /// How many attempts are recorded in `seen`, for [`RecordingSink::recorded`].
+    recorded: Arc<watch::Sender<usize>>,
     in_flight: Arc<[AtomicUsize; 2]>,
     pub max_in_flight: Arc<[AtomicUsize; 2]>,
 }
@@ -47,7 +51,8 @@ impl RecordingSink {
             seen: Arc::default(),
             fail: Arc::new(|_| false),
             cost: Duration::ZERO,
-            gate_open: Arc::new(AtomicBool::new(true)),
+            gate_open: Arc::new(watch::Sender::new(true)),
+            recorded: Arc::new(watch::Sender::new(0)),
             in_flight: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
             max_in_flight: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
         }
@@ -67,12 +72,21 @@ impl RecordingSink {
 
     /// Starts with the gate shut: deliveries wait for [`RecordingSink::open`].
     pub fn gated(self) -> Self {
-        self.gate_open.store(false, Ordering::SeqCst);
+        self.gate_open.send_replace(false);
         self
     }
 
+    /// Opens the gate: every waiting delivery goes on at once.
     pub fn open(&self) {
-        self.gate_open.store(true, Ordering::SeqCst);
+        self.gate_open.send_replace(true);
+    }
+
+    /// Resolves once at least `n` attempts (failed ones included) are
+    /// recorded: an event to wait on, not a condition to poll.
+    pub async fn recorded(&self, n: usize) {
+        let mut rx = self.recorded.subscribe();
+        // The sender lives in `self`, so the channel cannot close.
+        let _ = rx.wait_for(|&count| count >= n).await;
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -114,9 +128,8 @@ fn lane_index(lane: Lane) -> usize {
 #[async_trait]
 impl Sink for RecordingSink {
     async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
-        while !self.gate_open.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        // The sender lives in `self`, so the channel cannot close.
+        let _ = self.gate_open.subscribe().wait_for(|&open| open).await;
         let lane = lane_index(batch[0].lane);
         let now_in_flight = self.in_flight[lane].fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight[lane].fetch_max(now_in_flight, Ordering::SeqCst);
@@ -141,6 +154,7 @@ impl Sink for RecordingSink {
                     ok,
                 });
             }
+            self.recorded.send_replace(seen.len());
         }
         self.in_flight[lane].fetch_sub(1, Ordering::SeqCst);
         if failed.is_empty() {

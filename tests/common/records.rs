@@ -2,9 +2,8 @@
 //! and what came out, compared as whole records (topic, message id,
 //! generate time, payload bytes), never as ids alone.
 //!
-//! Shared by the engine, backlog, CLI and RabbitMQ tests and by
-//! `examples/backlog_child.rs` (through `#[path]`), so every one of them
-//! checks deliveries the same way.
+//! Shared by the engine, backlog, CLI and RabbitMQ tests (some through
+//! `#[path]`), so every one of them checks deliveries the same way.
 
 #![allow(dead_code)]
 
@@ -337,8 +336,8 @@ pub fn records_in_jsonl(path: &std::path::Path) -> Vec<Record> {
         .collect()
 }
 
-/// The record with the numeric id `id` in the crash tests (what
-/// `examples/backlog_child.rs` stores): topic, generate time and payload
+/// The record with the numeric id `id` in the crash tests (what the child
+/// process of `tests/backlog_crash.rs` stores): topic, generate time and payload
 /// ([`binary_payload`]) all follow from the id.
 pub fn numbered(id: u64) -> Record {
     Record::new(

@@ -7,8 +7,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 /// Waits for `child` to exit; after `limit` it is killed and the test fails.
 pub fn wait_or_kill(child: Child, limit: Duration) -> Output {
@@ -38,6 +38,119 @@ pub fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
         }
     });
     rx
+}
+
+/// A running child whose stderr is read line by line as it comes, so that a
+/// test waits for the line that shows what it needs (the run is under way,
+/// it made progress) instead of sleeping. Dropped before it exits (a failed
+/// test), the child is killed.
+pub struct Watched {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    /// Every stderr line read so far, for failure messages and [`Watched::finish`].
+    seen: Vec<String>,
+}
+
+impl Watched {
+    /// Spawns `cmd` with stdout and stderr piped.
+    pub fn spawn(cmd: &mut Command) -> Watched {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the child process");
+        let lines = stderr_lines(&mut child);
+        Watched {
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().expect("the child runs").id()
+    }
+
+    /// Reads stderr until a line for which `ready` holds, and returns it.
+    /// Fails the test (and kills the child) when stderr ends first (the child
+    /// exited) or when no such line came within `limit`; `what` names the
+    /// awaited event in that message.
+    pub fn wait_for_line(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut ready: impl FnMut(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = ready(&line);
+                    self.seen.push(line.clone());
+                    if hit {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.kill();
+                    panic!(
+                        "waited {limit:?} for {what}; stderr so far:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.kill();
+                    panic!(
+                        "the process ended ({status}) before {what}; its stderr:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends SIGINT (what Ctrl-C sends).
+    pub fn interrupt(&self) {
+        let sent = Command::new("kill")
+            .args(["-INT", &self.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -INT failed");
+    }
+
+    /// Kills the child with SIGKILL (if it still runs) and reaps it.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("the child runs");
+        let _ = child.kill();
+        child.wait().expect("reap the child")
+    }
+
+    /// Waits for the child to exit, for at most `limit` (see [`wait_or_kill`]),
+    /// and returns its output; `stderr` holds every line, those already read
+    /// by [`Watched::wait_for_line`] included.
+    pub fn finish(mut self, limit: Duration) -> Output {
+        let child = self.child.take().expect("the child runs");
+        let mut out = wait_or_kill(child, limit);
+        // The child exited, so its stderr is closed: the reader ends.
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.extend(self.lines.iter());
+        let mut text = seen.join("\n");
+        text.push('\n');
+        out.stderr = text.into_bytes();
+        out
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && child.try_wait().is_ok_and(|s| s.is_none())
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// The broker's `host:port`: `AMQP_HOST_PORT`, or the local default.
