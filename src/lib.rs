@@ -4,15 +4,36 @@
 //! every consumer group whose filter matches, and wait in one of the group's
 //! two lanes: a bounded in-memory **live lane** for fresh messages, and a
 //! durable **backlog lane** for stale ones, for those the live lane had no
-//! room for, and for failed deliveries awaiting retry. A per-group
-//! [scheduler](engine::scheduler) serves live first while guaranteeing the
-//! backlog a share of deliveries, so a consumer back from an outage is
-//! real-time again at once while the pile drains beside it. A source is
-//! acknowledged only when every group has delivered its message or holds it
-//! durably ([`ack`]).
+//! room for, and for failed deliveries awaiting retry. A per-group scheduler
+//! serves live first while guaranteeing the backlog a share of deliveries,
+//! so a consumer back from an outage is real-time again at once while the
+//! pile drains beside it. A source is acknowledged only when every group has
+//! delivered its message or holds it durably ([`ack`]).
 //!
 //! Start with [`engine::Engine::builder`]; `examples/embed.rs` shows a
 //! complete program.
+//!
+//! # Module map
+//!
+//! Dependencies point one way, with the flow of a message (each module may
+//! import those above it in this list, and the leaves [`ack`] and
+//! [`backoff`]):
+//!
+//! - [`message`]: the message type, its kind, topics, the JSONL envelope.
+//! - [`source`]: the [`Source`](source::Source) trait and what sources push
+//!   into ([`Ingest`](source::Ingest)); the JSONL and simulator sources.
+//! - [`backlog`]: the [`BacklogStore`](backlog::BacklogStore) trait; the
+//!   memory and the durable disk store.
+//! - [`sink`]: the [`Sink`](sink::Sink) trait and
+//!   [`DeliveryError`](sink::DeliveryError); the handler, JSONL and null sinks.
+//! - [`amqp`]: AMQP 0-9-1 source and sink (uses `source` and `sink`).
+//! - [`engine`]: routing, groups, lanes, scheduling, dead letters, running
+//!   and stopping (uses all of the above).
+//! - [`config`]: `laneway.toml` and building an engine from it (on top).
+//!
+//! The `laneway` program (its commands and `laneway bench`'s scenarios)
+//! sits on top of the library in `src/bin/laneway` and is not part of it.
+//! `docs/architecture.md` says what each module owns and keeps true.
 
 #![warn(missing_docs)]
 

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::backoff::Backoff;
 use crate::message::Message;
 
 /// How many dead letters stay in memory for [`DeadLetters::recent`].
@@ -151,7 +152,10 @@ impl DeadLetters {
                 lines.push(b'\n');
             }
             let lines = Bytes::from(lines);
-            let mut delay = std::time::Duration::from_millis(10);
+            let mut backoff = Backoff::new(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_secs(5),
+            );
             loop {
                 let me = Arc::clone(self);
                 let chunk = lines.clone();
@@ -165,8 +169,7 @@ impl DeadLetters {
                         tracing::error!(error = %e, "dead-letter writer task failed; retrying")
                     }
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
         let mut recent = self.recent.lock();
