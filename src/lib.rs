@@ -43,6 +43,7 @@ pub mod backlog;
 pub mod backoff;
 pub mod config;
 pub mod engine;
+pub mod kafka;
 pub mod message;
 pub mod sink;
 pub mod source;

@@ -8,6 +8,7 @@ use super::{BacklogSpec, ConfigError, FileConfig, GroupSpec, SinkSpec, SourceSpe
 use crate::amqp::{AmqpSink, AmqpSource};
 use crate::backlog::{BacklogError, BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
 use crate::engine::{DeadLetters, EngineBuilder};
+use crate::kafka::{KafkaSink, KafkaSource};
 use crate::sink::{JsonlSink, NullSink, SimulatedHandler, Sink};
 use crate::source::jsonl::JsonlInput;
 use crate::source::{JsonlSource, Simulator};
@@ -51,6 +52,14 @@ impl FileConfig {
                     let source =
                         AmqpSource::new(spec.clone()).map_err(|source| ConfigError::Amqp {
                             what: "amqp source".into(),
+                            source,
+                        })?;
+                    builder.source(source, spec.lane)
+                }
+                SourceSpec::Kafka(spec) => {
+                    let source =
+                        KafkaSource::new(spec.clone()).map_err(|source| ConfigError::Kafka {
+                            what: "kafka source".into(),
                             source,
                         })?;
                     builder.source(source, spec.lane)
@@ -106,6 +115,14 @@ async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
             Arc::new(
                 AmqpSink::new(spec.clone()).map_err(|source| ConfigError::Amqp {
                     what: format!("group {:?}: amqp sink", group.name()),
+                    source,
+                })?,
+            )
+        }
+        SinkSpec::Kafka(spec) => {
+            Arc::new(
+                KafkaSink::new(spec.clone()).map_err(|source| ConfigError::Kafka {
+                    what: format!("group {:?}: kafka sink", group.name()),
                     source,
                 })?,
             )

@@ -133,6 +133,15 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A Kafka source or sink could not be set up.
+    #[error("{what}: {source}")]
+    Kafka {
+        /// Which (`kafka source`, or `group "x": kafka sink`).
+        what: String,
+        /// Why.
+        #[source]
+        source: crate::kafka::KafkaConfigError,
+    },
     /// An AMQP source or sink could not be set up.
     #[error("{what}: {source}")]
     Amqp {
@@ -228,21 +237,33 @@ impl FileConfig {
                     }
                 }
             }
-            if let SinkSpec::Amqp(sink) = &spec.sink {
-                sink.validate().map_err(|e| {
+            match &spec.sink {
+                SinkSpec::Amqp(sink) => sink.validate().map(|_| ()).map_err(|e| {
                     at(
                         &nested("sink", e.knob()),
                         format!("group {:?}: amqp sink: {e}", g.name),
                     )
-                })?;
+                })?,
+                SinkSpec::Kafka(sink) => sink.validate().map_err(|e| {
+                    at(
+                        &nested("sink", e.knob()),
+                        format!("group {:?}: kafka sink: {e}", g.name),
+                    )
+                })?,
+                _ => {}
             }
         }
         for (i, source) in config.sources.iter().enumerate() {
-            if let SourceSpec::Amqp(spec) = source {
-                spec.validate().map_err(|e| {
-                    let path = [Step::Key("sources"), Step::Index(i), Step::Key(e.knob())];
-                    at(&path, format!("amqp source: {e}"))
-                })?;
+            let knob = |key| [Step::Key("sources"), Step::Index(i), Step::Key(key)];
+            match source {
+                SourceSpec::Amqp(spec) => spec
+                    .validate()
+                    .map(|_| ())
+                    .map_err(|e| at(&knob(e.knob()), format!("amqp source: {e}")))?,
+                SourceSpec::Kafka(spec) => spec
+                    .validate()
+                    .map_err(|e| at(&knob(e.knob()), format!("kafka source: {e}")))?,
+                _ => {}
             }
         }
         Ok(config)

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amqp::{AmqpSinkConfig, AmqpSourceConfig};
 use crate::backlog::DiskBacklogConfig;
+use crate::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::source::LanePolicy;
 use crate::source::SimulatorConfig;
 
@@ -21,6 +22,8 @@ pub enum SourceSpec {
     Jsonl(JsonlSpec),
     /// AMQP queues on a broker (RabbitMQ), consumed with manual acks.
     Amqp(AmqpSourceConfig),
+    /// Kafka topics, consumed in a consumer group with manual commits.
+    Kafka(KafkaSourceConfig),
 }
 
 /// A JSONL source.
@@ -58,6 +61,8 @@ pub enum SinkSpec {
     },
     /// Publish to an AMQP exchange with publisher confirms.
     Amqp(AmqpSinkConfig),
+    /// Produce to a Kafka topic with an idempotent producer.
+    Kafka(KafkaSinkConfig),
 }
 
 fn default_cost() -> Duration {

@@ -5,9 +5,11 @@
 mod backlog;
 mod bench;
 mod check_config;
+mod kafka_mock;
 pub mod logging;
 mod run;
 mod simulate;
+mod simulate_kafka;
 mod status;
 
 use std::process::ExitCode;
@@ -16,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 /// laneway: a backlog-aware dispatcher for IoT server-side subscriptions.
 ///
-/// Messages flow from a source (simulator, JSONL, AMQP) to consumer groups.
+/// Messages flow from a source (simulator, JSONL, AMQP, Kafka) to consumer groups.
 /// Each group serves its live lane first and drains its durable backlog
 /// beside it, so a consumer back from an outage is real-time again at once.
 #[derive(Debug, Parser)]
@@ -48,8 +50,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Look at a disk backlog directory: `inspect` summarises, `verify` checks every checksum.
     Backlog(backlog::BacklogArgs),
-    /// Publish the simulated fleet to an AMQP exchange, with confirms, printing the rate.
+    /// Publish the simulated fleet to an AMQP exchange or a Kafka topic, with confirms, printing the rate.
     Simulate(simulate::SimulateArgs),
+    /// Start an in-memory Kafka-protocol broker (for trying laneway without Kafka) and print its address.
+    KafkaMock(kafka_mock::KafkaMockArgs),
 }
 
 impl Cli {
@@ -61,6 +65,7 @@ impl Cli {
             Command::Bench(args) => bench::bench(args).await,
             Command::Backlog(args) => backlog::backlog(args),
             Command::Simulate(args) => simulate::simulate(args).await,
+            Command::KafkaMock(args) => kafka_mock::kafka_mock(args).await,
         }
     }
 }

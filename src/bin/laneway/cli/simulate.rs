@@ -1,6 +1,7 @@
-//! `laneway simulate --amqp URL --exchange X`: the device simulator as a
-//! publisher, with the platform's headers and publisher confirms. It is
-//! also the load generator of the AMQP tests and benchmarks.
+//! `laneway simulate --amqp URL --exchange X` (or `--kafka BROKERS --topic
+//! T`, see `simulate_kafka.rs`): the device simulator as a publisher, with
+//! the platform's headers and publisher confirms. It is also the load
+//! generator of the AMQP and Kafka tests and benchmarks.
 //!
 //! Invariants: a message counts as sent only once the broker confirmed it;
 //! the exit code is non-zero when any message was refused, returned
@@ -25,6 +26,7 @@ use laneway::source::simulator::Fleet;
 /// Arguments of `simulate`.
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("limit").args(["count", "duration"])))]
+#[command(group(clap::ArgGroup::new("target").args(["exchange", "kafka"]).required(true)))]
 pub struct SimulateArgs {
     /// The broker URL (amqp:// or amqps://); default: $AMQP_URL, then
     /// amqp://guest:guest@127.0.0.1:5672/%2f. Shown redacted.
@@ -33,7 +35,15 @@ pub struct SimulateArgs {
 
     /// The exchange to publish to (declared as a durable topic exchange).
     #[arg(long)]
-    pub exchange: String,
+    pub exchange: Option<String>,
+
+    /// Produce to Kafka instead: the bootstrap servers (`host:port,...`).
+    #[arg(long, value_name = "BROKERS", requires = "topic", conflicts_with_all = ["amqp", "queue", "no_queue", "routing_key", "transient"])]
+    pub kafka: Option<String>,
+
+    /// The Kafka topic to produce to (with --kafka).
+    #[arg(long, requires = "kafka")]
+    pub topic: Option<String>,
 
     /// A durable queue to declare and bind to the exchange with `#`, so
     /// nothing published is lost before a consumer starts; default: a queue
@@ -99,7 +109,12 @@ struct Counts {
 }
 
 pub async fn simulate(args: SimulateArgs) -> ExitCode {
-    match publish(args).await {
+    let published = if args.kafka.is_some() {
+        super::simulate_kafka::produce(args).await
+    } else {
+        publish(args).await
+    };
+    match published {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -113,7 +128,8 @@ pub async fn simulate(args: SimulateArgs) -> ExitCode {
 async fn publish(args: SimulateArgs) -> Result<bool, String> {
     let url = BrokerUrl::resolve(args.amqp.as_deref(), None).map_err(|e| e.to_string())?;
     let key = RoutingKey::parse(&args.routing_key).map_err(|e| e.to_string())?;
-    let exchange = ShortString::try_new(args.exchange.clone())
+    let exchange_name = args.exchange.clone().unwrap_or_default();
+    let exchange = ShortString::try_new(exchange_name.clone())
         .map_err(|_| "--exchange is longer than 255 bytes".to_string())?;
     let conn = connect(&url, "laneway simulate")
         .await
@@ -144,7 +160,7 @@ async fn publish(args: SimulateArgs) -> Result<bool, String> {
         .await
         .map_err(err("declaring the exchange"))?;
     if !args.no_queue {
-        let queue = args.queue.clone().unwrap_or_else(|| args.exchange.clone());
+        let queue = args.queue.clone().unwrap_or_else(|| exchange_name.clone());
         let queue = ShortString::try_new(queue)
             .map_err(|_| "--queue is longer than 255 bytes".to_string())?;
         channel
@@ -171,8 +187,7 @@ async fn publish(args: SimulateArgs) -> Result<bool, String> {
     }
     if !args.quiet {
         eprintln!(
-            "simulate: publishing to {url} exchange {} ({} products x {} devices{})",
-            args.exchange,
+            "simulate: publishing to {url} exchange {exchange_name} ({} products x {} devices{})",
             args.products,
             args.devices,
             match (args.count, args.duration) {
@@ -280,8 +295,8 @@ async fn publish(args: SimulateArgs) -> Result<bool, String> {
     );
     if counts.unroutable > 0 {
         eprintln!(
-            "simulate: {} messages were unroutable: bind a queue to exchange {}",
-            counts.unroutable, args.exchange
+            "simulate: {} messages were unroutable: bind a queue to exchange {exchange_name}",
+            counts.unroutable
         );
     }
     if let Some(e) = failure {

@@ -1,0 +1,138 @@
+//! `laneway simulate --kafka BROKERS --topic T`: the device simulator as a
+//! Kafka producer (idempotent, `acks=all`), writing records as the platform
+//! does: the payload as the value, `topic` / `messageId` / `generateTime` as
+//! headers, keyed by product and device.
+//!
+//! Invariant: a message counts as sent only once the broker acknowledged
+//! it; the exit code is non-zero when any was not.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use super::simulate::SimulateArgs;
+use super::status::human;
+use laneway::kafka::{headers_of, key_of};
+use laneway::message::now_epoch_ms;
+use laneway::source::simulator::Fleet;
+
+/// Produces; `Ok(false)` when some message was not acknowledged.
+pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
+    let brokers = args.kafka.clone().unwrap_or_default();
+    let topic = args.topic.clone().unwrap_or_default();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .map_err(|e| format!("kafka producer: {e}"))?;
+    if !args.quiet {
+        eprintln!(
+            "simulate: producing to kafka {brokers} topic {topic} ({} products x {} devices{})",
+            args.products,
+            args.devices,
+            match (args.count, args.duration) {
+                (Some(n), _) => format!(", {n} messages"),
+                (_, Some(d)) => format!(", for {d:?}"),
+                _ => ", until Ctrl-C".into(),
+            }
+        );
+    }
+    let mut fleet = Fleet::new(args.products, args.devices, args.seed);
+    let age_ms = args.age.as_millis() as i64;
+    let window = args.in_flight.max(1);
+    let mut in_flight: VecDeque<DeliveryFuture> = VecDeque::with_capacity(window);
+    let (mut produced, mut acked, mut failed) = (0u64, 0u64, 0u64);
+    let mut first_error = None;
+    let start = Instant::now();
+    let mut last_report = (start, 0u64);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut settle =
+        |result: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, _>| match result {
+            Ok(Ok(_)) => acked += 1,
+            Ok(Err((e, _))) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+            Err(_) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| "the producer went away".to_string());
+            }
+        };
+    loop {
+        if args.count.is_some_and(|n| produced >= n)
+            || args.duration.is_some_and(|d| start.elapsed() >= d)
+        {
+            break;
+        }
+        if args.rate > 0.0 {
+            let due = (start.elapsed().as_secs_f64() * args.rate) as u64;
+            if produced >= due {
+                let next = Duration::from_secs_f64((produced + 1) as f64 / args.rate);
+                let wait = next
+                    .saturating_sub(start.elapsed())
+                    .max(Duration::from_millis(1));
+                tokio::select! {
+                    _ = &mut ctrl_c => break,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+        }
+        if in_flight.len() >= window
+            && let Some(future) = in_flight.pop_front()
+        {
+            settle(future.await);
+        }
+        let m = fleet.next_message(now_epoch_ms() - age_ms);
+        let key = key_of(&m);
+        let record = FutureRecord::to(&topic)
+            .payload(m.payload().as_ref())
+            .key(key.as_bytes())
+            .headers(headers_of(&m));
+        match producer.send_result(record) {
+            Ok(future) => in_flight.push_back(future),
+            Err((e, _)) => {
+                // A full local queue: wait for the oldest, then try again.
+                let Some(oldest) = in_flight.pop_front() else {
+                    return Err(format!("kafka produce: {e}"));
+                };
+                settle(oldest.await);
+                continue;
+            }
+        }
+        produced += 1;
+        if !args.quiet && last_report.0.elapsed() >= Duration::from_secs(1) {
+            let now = Instant::now();
+            let rate = produced.saturating_sub(last_report.1) as f64
+                / now.duration_since(last_report.0).as_secs_f64();
+            eprintln!(
+                "[{:6.1}s] produced {produced} | {}/s",
+                start.elapsed().as_secs_f64(),
+                human(rate)
+            );
+            last_report = (now, produced);
+        }
+    }
+    while let Some(future) = in_flight.pop_front() {
+        settle(future.await);
+    }
+    let flushed =
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    eprintln!(
+        "simulate: produced {produced}, acknowledged {acked}, failed {failed} in {elapsed:.1}s ({}/s)",
+        human(acked as f64 / elapsed.max(1e-9))
+    );
+    if let Some(e) = first_error {
+        eprintln!("simulate: first failure: {e}");
+    }
+    if !matches!(flushed, Ok(Ok(()))) {
+        return Err("kafka producer: flushing at the end failed".into());
+    }
+    Ok(failed == 0 && acked == produced)
+}

@@ -1,0 +1,213 @@
+//! The knobs of the Kafka source and sink, with their defaults, as
+//! `[[sources]] type = "kafka"` and `sink = { type = "kafka", ... }` take them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::source::LanePolicy;
+
+/// How a record's value carries the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueFormat {
+    /// The value is a JSONL-style envelope (`topic`, `messageId`,
+    /// `generateTime`, `payload`), as `laneway`'s JSONL sink writes it.
+    Envelope,
+    /// The value is the raw payload; `topic`, `messageId` and
+    /// `generateTime` are Kafka headers (the record timestamp stands in for
+    /// a missing generate time), as the platform and `laneway`'s Kafka sink
+    /// write it.
+    #[default]
+    Raw,
+}
+
+/// A Kafka source: topics consumed in a consumer group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Which lane its messages take (`auto`, `live`, `backlog`). Default `auto`.
+    pub lane: LanePolicy,
+    /// The bootstrap servers (`host:port,...`); when empty, the
+    /// `KAFKA_BROKERS` environment variable.
+    pub brokers: String,
+    /// The topics to consume (at least one).
+    pub topics: Vec<String>,
+    /// The consumer group: processes with the same `group_id` share the
+    /// partitions, so capacity grows by adding machines. Default `laneway`.
+    pub group_id: String,
+    /// How record values carry messages. Default `raw`.
+    pub format: ValueFormat,
+    /// The most records handed to the engine in one batch. Default 256.
+    pub batch: usize,
+    /// Where a group with no committed offset starts: `earliest` or
+    /// `latest`. Default `earliest` (nothing already in the topic is skipped).
+    pub start: String,
+    /// The most kilobytes librdkafka pre-fetches per partition
+    /// (`queued.max.messages.kbytes`): bounds memory however long the lag.
+    /// Default 16384 (16 MiB).
+    pub prefetch_kbytes: u32,
+    /// How often done offsets are committed while they move. Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub commit_every: Duration,
+    /// Extra librdkafka properties (for example `security.protocol`), set
+    /// after laneway's own; never logged, since they may hold secrets.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSourceConfig {
+    fn default() -> Self {
+        KafkaSourceConfig {
+            lane: LanePolicy::Auto,
+            brokers: String::new(),
+            topics: Vec::new(),
+            group_id: "laneway".into(),
+            format: ValueFormat::Raw,
+            batch: 256,
+            start: "earliest".into(),
+            prefetch_kbytes: 16 * 1024,
+            commit_every: Duration::from_secs(1),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// A Kafka sink: every delivered message produced to one topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// The bootstrap servers (`host:port,...`); when empty, the
+    /// `KAFKA_BROKERS` environment variable.
+    pub brokers: String,
+    /// The topic to produce to.
+    pub topic: String,
+    /// How long a record may wait for its acknowledgement
+    /// (`message.timeout.ms`); past it, the delivery is retried from the
+    /// backlog. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Extra librdkafka properties, set after laneway's own; never logged.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSinkConfig {
+    fn default() -> Self {
+        KafkaSinkConfig {
+            brokers: String::new(),
+            topic: String::new(),
+            delivery_timeout: Duration::from_secs(30),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// A Kafka knob that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KafkaConfigError {
+    /// A knob's value is unusable.
+    #[error("{knob}: {message}")]
+    Invalid {
+        /// The knob (field and config key).
+        knob: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// librdkafka refused the configuration (a property it does not know,
+    /// a value it cannot take).
+    #[error("the Kafka client refused its configuration: {0}")]
+    Client(String),
+}
+
+impl KafkaConfigError {
+    fn invalid(knob: &'static str, message: impl Into<String>) -> KafkaConfigError {
+        KafkaConfigError::Invalid {
+            knob,
+            message: message.into(),
+        }
+    }
+
+    /// The knob the error is about (`properties` for a client refusal).
+    pub fn knob(&self) -> &'static str {
+        match self {
+            KafkaConfigError::Invalid { knob, .. } => knob,
+            KafkaConfigError::Client(_) => "properties",
+        }
+    }
+}
+
+/// The environment variable read when `brokers` is left empty.
+pub const BROKERS_ENV: &str = "KAFKA_BROKERS";
+
+/// `brokers`, or the `KAFKA_BROKERS` environment variable when it is empty.
+pub(super) fn resolve_brokers(brokers: &str) -> Result<String, KafkaConfigError> {
+    if !brokers.trim().is_empty() {
+        return Ok(brokers.trim().to_string());
+    }
+    match std::env::var(BROKERS_ENV) {
+        Ok(b) if !b.trim().is_empty() => Ok(b.trim().to_string()),
+        _ => Err(KafkaConfigError::invalid(
+            "brokers",
+            format!("no brokers: set `brokers` or ${BROKERS_ENV}"),
+        )),
+    }
+}
+
+impl KafkaSourceConfig {
+    /// Checks the knobs.
+    pub fn validate(&self) -> Result<(), KafkaConfigError> {
+        resolve_brokers(&self.brokers)?;
+        if self.topics.is_empty() || self.topics.iter().any(|t| t.is_empty()) {
+            return Err(KafkaConfigError::invalid(
+                "topics",
+                "a kafka source needs at least one topic, and no empty name",
+            ));
+        }
+        if self.group_id.is_empty() {
+            return Err(KafkaConfigError::invalid("group_id", "must not be empty"));
+        }
+        if self.batch == 0 {
+            return Err(KafkaConfigError::invalid("batch", "must be at least 1"));
+        }
+        if self.start != "earliest" && self.start != "latest" {
+            return Err(KafkaConfigError::invalid(
+                "start",
+                format!("{:?}: use earliest or latest", self.start),
+            ));
+        }
+        if self.prefetch_kbytes == 0 {
+            return Err(KafkaConfigError::invalid(
+                "prefetch_kbytes",
+                "must be at least 1",
+            ));
+        }
+        if self.commit_every.is_zero() {
+            return Err(KafkaConfigError::invalid(
+                "commit_every",
+                "must be longer than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSinkConfig {
+    /// Checks the knobs.
+    pub fn validate(&self) -> Result<(), KafkaConfigError> {
+        resolve_brokers(&self.brokers)?;
+        if self.topic.is_empty() {
+            return Err(KafkaConfigError::invalid(
+                "topic",
+                "a kafka sink needs a topic",
+            ));
+        }
+        if self.delivery_timeout.is_zero() {
+            return Err(KafkaConfigError::invalid(
+                "delivery_timeout",
+                "must be longer than zero",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! Kafka: a source that consumes topics in a consumer group and commits
+//! only what is done, and a sink that produces with an idempotent producer.
+//!
+//! Invariants:
+//! - a partition's committed offset is the contiguous watermark of records
+//!   that are done (delivered, held durably by every group's backlog, or a
+//!   dead letter); it never passes an undone record, so a crash, a kill or
+//!   a rebalance replays from it and loses nothing (duplicates are bounded
+//!   by what was in flight);
+//! - offsets are committed on a timer while they move, on partition
+//!   revoke (for the partitions going away), and on shutdown;
+//! - a record that cannot become a message is a dead letter naming its
+//!   topic, partition and offset;
+//! - the sink reports a full producer queue or a failed delivery as "push
+//!   limited" (the message waits in the backlog), and only errors no retry
+//!   can fix (an unknown topic, a record too large) as permanent.
+
+mod config;
+mod offsets;
+mod record;
+mod sink;
+mod source;
+
+pub use config::{BROKERS_ENV, KafkaConfigError, KafkaSinkConfig, KafkaSourceConfig, ValueFormat};
+pub use record::{headers_of, key_of};
+pub use sink::KafkaSink;
+pub use source::KafkaSource;

@@ -1,0 +1,127 @@
+//! The Kafka sink: an idempotent producer (`acks=all`) that produces each
+//! delivered message as a raw record (payload as value, the platform's
+//! fields as headers), keyed by product and device.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::config::{KafkaConfigError, KafkaSinkConfig, resolve_brokers};
+use super::record::{headers_of, key_of};
+use crate::sink::{BatchError, Delivery, DeliveryError, Sink};
+
+/// Produces delivered messages to a Kafka topic.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topic: String,
+    flush_timeout: Duration,
+}
+
+impl KafkaSink {
+    /// Creates the producer (it connects in the background).
+    pub fn new(config: KafkaSinkConfig) -> Result<KafkaSink, KafkaConfigError> {
+        config.validate()?;
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", resolve_brokers(&config.brokers)?)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                config.delivery_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", "5");
+        for (key, value) in &config.properties {
+            client.set(key, value);
+        }
+        let producer: FutureProducer = client
+            .create()
+            .map_err(|e| KafkaConfigError::Client(e.to_string()))?;
+        Ok(KafkaSink {
+            producer,
+            topic: config.topic,
+            flush_timeout: config.delivery_timeout,
+        })
+    }
+}
+
+/// What a failed produce means for the message: no retry fixes an unknown
+/// topic or a record too large; anything else (a full queue, a timeout, a
+/// broker away) is "push limited": the message waits in the backlog.
+fn classify(error: &KafkaError) -> DeliveryError {
+    let reason = format!("kafka produce: {error}");
+    match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::TopicAuthorizationFailed,
+        ) => DeliveryError::Permanent(reason),
+        _ => DeliveryError::PushLimited(reason),
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
+        let mut failed = Vec::new();
+        let mut pending = Vec::with_capacity(batch.len());
+        for (i, d) in batch.iter().enumerate() {
+            let m = &d.message;
+            let key = key_of(m);
+            let record = FutureRecord::to(&self.topic)
+                .payload(m.payload().as_ref())
+                .key(key.as_bytes())
+                .headers(headers_of(m));
+            match self.producer.send_result(record) {
+                Ok(future) => pending.push((i, future)),
+                Err((e, _)) => failed.push((i, classify(&e))),
+            }
+        }
+        for (i, future) in pending {
+            match future.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => failed.push((i, classify(&e))),
+                Err(_) => failed.push((
+                    i,
+                    DeliveryError::RetryLater("kafka producer went away".into()),
+                )),
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            failed.sort_unstable_by_key(|(i, _)| *i);
+            Err(BatchError::Some(failed))
+        }
+    }
+
+    async fn close(&self) -> Result<(), DeliveryError> {
+        let producer = self.producer.clone();
+        let timeout = self.flush_timeout;
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| DeliveryError::RetryLater(format!("flushing the producer: {e}")))?
+            .map_err(|e| DeliveryError::RetryLater(format!("flushing the producer: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_no_retry_fixes_are_permanent() {
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(matches!(classify(&e), DeliveryError::Permanent(_)));
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+        assert!(matches!(classify(&e), DeliveryError::PushLimited(_)));
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert!(matches!(classify(&e), DeliveryError::PushLimited(_)));
+    }
+}

@@ -1,0 +1,285 @@
+//! The Kafka source: a consumer in a consumer group that hands records to
+//! the engine in batches, one batch per partition run, and commits each
+//! partition's done offset (see `offsets.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+
+use super::config::{KafkaConfigError, KafkaSourceConfig, resolve_brokers};
+use super::offsets::Offsets;
+use super::record;
+use crate::source::{Incoming, Source, SourceContext, SourceError, SourceHealth};
+
+/// Consumes Kafka topics in a consumer group; see the module documentation
+/// of [`crate::kafka`] for what it promises.
+pub struct KafkaSource {
+    config: KafkaSourceConfig,
+    client: ClientConfig,
+}
+
+impl KafkaSource {
+    /// Checks the configuration; nothing connects until the source runs.
+    pub fn new(config: KafkaSourceConfig) -> Result<KafkaSource, KafkaConfigError> {
+        config.validate()?;
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", resolve_brokers(&config.brokers)?)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &config.start)
+            .set(
+                "queued.max.messages.kbytes",
+                config.prefetch_kbytes.to_string(),
+            )
+            .set(
+                "queued.min.messages",
+                (config.batch * 4).max(1000).to_string(),
+            )
+            .set("enable.partition.eof", "false")
+            .set("allow.auto.create.topics", "false");
+        for (key, value) in &config.properties {
+            client.set(key, value);
+        }
+        Ok(KafkaSource { config, client })
+    }
+}
+
+/// The consumer's callbacks: on revoke, commit what is done of the
+/// partitions going away before another process takes them.
+struct Callbacks {
+    offsets: Arc<Offsets>,
+    health: SourceHealth,
+}
+
+impl ClientContext for Callbacks {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka retries connections itself; say so in the status line.
+        tracing::warn!(error = %error, reason, "kafka client error; it keeps retrying");
+        self.health.troubled(format!("kafka: {reason}"));
+    }
+}
+
+impl ConsumerContext for Callbacks {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, list: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                let done: Vec<(String, i32, i64)> = list
+                    .elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some((e.topic().to_string(), e.partition(), o)),
+                        _ => None,
+                    })
+                    .collect();
+                self.offsets.committed(&done);
+            }
+            Err(e) => tracing::warn!(error = %e, "an offset commit failed; the next one covers it"),
+        }
+    }
+
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let going: Vec<(String, i32)> = list
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                let due = self.offsets.revoke(&going);
+                tracing::info!(
+                    partitions = going.len(),
+                    "partitions revoked; committing what is done of them"
+                );
+                if !due.is_empty() {
+                    if let Err(e) = commit(consumer, &due, CommitMode::Sync) {
+                        tracing::warn!(error = %e, "committing revoked partitions failed; their new owner replays from the last commit");
+                    }
+                }
+            }
+            Rebalance::Assign(list) => {
+                tracing::info!(partitions = list.count(), "partitions assigned");
+                self.health.healthy();
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+fn commit<C: Consumer<X>, X: ConsumerContext>(
+    consumer: &C,
+    due: &[(String, i32, i64)],
+    mode: CommitMode,
+) -> Result<(), KafkaError> {
+    let mut list = TopicPartitionList::with_capacity(due.len());
+    for (topic, partition, offset) in due {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.commit(&list, mode)
+}
+
+/// Whether a consumer error means the source cannot do its job at all.
+fn is_fatal(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::Authentication
+        )
+    )
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    fn name(&self) -> String {
+        format!(
+            "kafka {} (group {})",
+            self.config.topics.join(","),
+            self.config.group_id
+        )
+    }
+
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError> {
+        let name = self.name();
+        let offsets = Arc::new(Offsets::default());
+        let callbacks = Callbacks {
+            offsets: Arc::clone(&offsets),
+            health: ctx.health.clone(),
+        };
+        let origin_error = |message: String| SourceError::Origin {
+            origin: name.clone(),
+            message,
+        };
+        let consumer: StreamConsumer<Callbacks> = self
+            .client
+            .create_with_context(callbacks)
+            .map_err(|e| origin_error(KafkaConfigError::Client(e.to_string()).to_string()))?;
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| origin_error(format!("subscribing: {e}")))?;
+        let consumer = Arc::new(consumer);
+        let committer = tokio::spawn(keep_committing(
+            Arc::clone(&consumer),
+            Arc::clone(&offsets),
+            self.config.commit_every,
+            ctx.drained.clone(),
+        ));
+
+        let mut failure = None;
+        loop {
+            let first = tokio::select! {
+                _ = ctx.stop.cancelled() => break,
+                r = consumer.recv() => r,
+            };
+            let first = match first {
+                Ok(m) => m,
+                Err(e) if is_fatal(&e) => {
+                    failure = Some(origin_error(e.to_string()));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %e, "kafka consumer error; continuing");
+                    ctx.health.troubled(format!("kafka: {e}"));
+                    continue;
+                }
+            };
+            ctx.health.healthy();
+            // Whatever else is ready now joins the batch, without waiting.
+            let mut records = vec![first];
+            while records.len() < self.config.batch {
+                match consumer.recv().now_or_never() {
+                    Some(Ok(m)) => records.push(m),
+                    _ => break,
+                }
+            }
+            submit_by_partition(&ctx, &offsets, records, self.config.format).await;
+        }
+        if let Some(e) = failure {
+            // The run stops because of this error: the last commit stands.
+            committer.abort();
+            return Err(e);
+        }
+        // Everything submitted is settled once the engine is drained; the
+        // committer then commits the last done offsets and ends.
+        let _ = committer.await;
+        let due = offsets.due();
+        if !due.is_empty() {
+            commit(consumer.as_ref(), &due, CommitMode::Sync)
+                .map_err(|e| origin_error(format!("committing offsets at shutdown: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands records to the engine, one batch per run of one partition, each
+/// with that partition's reference.
+async fn submit_by_partition(
+    ctx: &SourceContext,
+    offsets: &Offsets,
+    records: Vec<BorrowedMessage<'_>>,
+    format: super::ValueFormat,
+) {
+    let mut start = 0;
+    while start < records.len() {
+        let (topic, partition) = (records[start].topic(), records[start].partition());
+        let end = records[start..]
+            .iter()
+            .position(|r| r.topic() != topic || r.partition() != partition)
+            .map_or(records.len(), |n| start + n);
+        let run = &records[start..end];
+        let last = run[run.len() - 1].offset();
+        let batch: Vec<Incoming> = run.iter().map(|r| record::to_incoming(r, format)).collect();
+        let ack = offsets.register(topic, partition, last);
+        ctx.ingest.submit(batch, ack).await;
+        start = end;
+    }
+}
+
+/// Commits done offsets every `every` while they move, and once more when
+/// the engine has drained.
+async fn keep_committing(
+    consumer: Arc<StreamConsumer<Callbacks>>,
+    offsets: Arc<Offsets>,
+    every: Duration,
+    drained: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = drained.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let due = offsets.due();
+        if !due.is_empty() {
+            let mode = if last {
+                CommitMode::Sync
+            } else {
+                CommitMode::Async
+            };
+            // A commit counts once the broker confirms it (the commit
+            // callback); until then the next tick asks again.
+            if let Err(e) = commit(consumer.as_ref(), &due, mode) {
+                tracing::warn!(error = %e, "committing offsets failed; retrying at the next tick");
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
