@@ -403,6 +403,20 @@ mod tests {
     }
 
     #[test]
+    fn the_kafka_example_parses_and_kafka_knobs_are_checked_at_their_value() {
+        let c = FileConfig::parse(include_str!("../../examples/kafka.toml"), "kafka.toml").unwrap();
+        let SourceSpec::Kafka(k) = &c.sources[0] else {
+            panic!("not kafka")
+        };
+        assert_eq!((k.group_id.as_str(), k.batch), ("laneway", 256));
+        assert!(matches!(c.groups[1].sink, SinkSpec::Kafka(_)));
+        let text = "[[sources]]\ntype = \"kafka\"\ntopics = [\"t\"]\nstart = \"middle\"\n[[groups]]\nname = \"a\"\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:4:9: "), "{err}");
+        assert!(err.contains("middle"), "{err}");
+    }
+
+    #[test]
     fn nested_tables_reject_unknown_keys() {
         let text =
             "[[groups]]\nname = \"a\"\nsink = { type = \"jsonl\", path = \"x\", colour = 1 }\n";

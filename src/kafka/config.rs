@@ -51,6 +51,10 @@ pub struct KafkaSourceConfig {
     /// How often done offsets are committed while they move. Default 1s.
     #[serde(with = "humantime_serde")]
     pub commit_every: Duration,
+    /// Finish once no record has arrived for this long (read a topic to its
+    /// end, then exit). Default: never.
+    #[serde(with = "humantime_serde")]
+    pub idle_exit: Option<Duration>,
     /// Extra librdkafka properties (for example `security.protocol`), set
     /// after laneway's own; never logged, since they may hold secrets.
     pub properties: BTreeMap<String, String>,
@@ -68,6 +72,7 @@ impl Default for KafkaSourceConfig {
             start: "earliest".into(),
             prefetch_kbytes: 16 * 1024,
             commit_every: Duration::from_secs(1),
+            idle_exit: None,
             properties: BTreeMap::new(),
         }
     }
@@ -155,9 +160,9 @@ pub(super) fn resolve_brokers(brokers: &str) -> Result<String, KafkaConfigError>
 }
 
 impl KafkaSourceConfig {
-    /// Checks the knobs.
+    /// Checks the knobs (the brokers are resolved when the source is made,
+    /// so a config naming none checks fine wherever `KAFKA_BROKERS` is unset).
     pub fn validate(&self) -> Result<(), KafkaConfigError> {
-        resolve_brokers(&self.brokers)?;
         if self.topics.is_empty() || self.topics.iter().any(|t| t.is_empty()) {
             return Err(KafkaConfigError::invalid(
                 "topics",
@@ -193,9 +198,8 @@ impl KafkaSourceConfig {
 }
 
 impl KafkaSinkConfig {
-    /// Checks the knobs.
+    /// Checks the knobs (the brokers are resolved when the sink is made).
     pub fn validate(&self) -> Result<(), KafkaConfigError> {
-        resolve_brokers(&self.brokers)?;
         if self.topic.is_empty() {
             return Err(KafkaConfigError::invalid(
                 "topic",

@@ -94,6 +94,15 @@ impl Offsets {
         }
     }
 
+    /// Batches registered and not yet done, over every partition.
+    pub fn outstanding(&self) -> usize {
+        self.partitions
+            .lock()
+            .values()
+            .map(|p| p.tracker.outstanding())
+            .sum()
+    }
+
     /// Drops the state of partitions going away, returning the done offsets
     /// among them that are not committed yet (to commit before they go).
     pub fn revoke(&self, going: &[(String, i32)]) -> Vec<(String, i32, i64)> {
@@ -139,6 +148,11 @@ mod tests {
         drop(a); // abandoned: never done
         b.complete();
         assert!(offsets.due().is_empty());
+        assert_eq!(
+            offsets.outstanding(),
+            2,
+            "the abandoned batch holds the window"
+        );
     }
 
     #[test]

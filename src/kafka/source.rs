@@ -38,14 +38,16 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &config.start)
+            // Memory stays bounded by the pre-fetch size, however long the
+            // lag. When the local queue is past it, librdkafka pauses
+            // fetching for `fetch.queue.backoff.ms` (1 s by default, which
+            // stalls a pile in one-second steps): a short pause keeps it
+            // flowing.
             .set(
                 "queued.max.messages.kbytes",
                 config.prefetch_kbytes.to_string(),
             )
-            .set(
-                "queued.min.messages",
-                (config.batch * 4).max(1000).to_string(),
-            )
+            .set("fetch.queue.backoff.ms", "10")
             .set("enable.partition.eof", "false")
             .set("allow.auto.create.topics", "false");
         for (key, value) in &config.properties {
@@ -101,10 +103,10 @@ impl ConsumerContext for Callbacks {
                     partitions = going.len(),
                     "partitions revoked; committing what is done of them"
                 );
-                if !due.is_empty() {
-                    if let Err(e) = commit(consumer, &due, CommitMode::Sync) {
-                        tracing::warn!(error = %e, "committing revoked partitions failed; their new owner replays from the last commit");
-                    }
+                if !due.is_empty()
+                    && let Err(e) = commit(consumer, &due, CommitMode::Sync)
+                {
+                    tracing::warn!(error = %e, "committing revoked partitions failed; their new owner replays from the last commit");
                 }
             }
             Rebalance::Assign(list) => {
@@ -173,17 +175,26 @@ impl Source for KafkaSource {
             .subscribe(&topics)
             .map_err(|e| origin_error(format!("subscribing: {e}")))?;
         let consumer = Arc::new(consumer);
+        // Cancelled when the reader is done (idle): the committer then ends
+        // once everything read is settled, without waiting for shutdown.
+        let reader_done = tokio_util::sync::CancellationToken::new();
         let committer = tokio::spawn(keep_committing(
             Arc::clone(&consumer),
             Arc::clone(&offsets),
             self.config.commit_every,
             ctx.drained.clone(),
+            reader_done.clone(),
         ));
 
         let mut failure = None;
+        let idle_exit = self.config.idle_exit;
         loop {
             let first = tokio::select! {
                 _ = ctx.stop.cancelled() => break,
+                _ = idle(idle_exit) => {
+                    tracing::info!(source = %name, "no record for the idle_exit period; finishing");
+                    break;
+                }
                 r = consumer.recv() => r,
             };
             let first = match first {
@@ -214,8 +225,10 @@ impl Source for KafkaSource {
             committer.abort();
             return Err(e);
         }
-        // Everything submitted is settled once the engine is drained; the
-        // committer then commits the last done offsets and ends.
+        // Everything submitted is settled once the engine is drained (or,
+        // after an idle exit, once every batch is done); the committer then
+        // commits the last done offsets and ends.
+        reader_done.cancel();
         let _ = committer.await;
         let due = offsets.due();
         if !due.is_empty() {
@@ -223,6 +236,14 @@ impl Source for KafkaSource {
                 .map_err(|e| origin_error(format!("committing offsets at shutdown: {e}")))?;
         }
         Ok(())
+    }
+}
+
+/// Resolves after `after`, or never without it.
+async fn idle(after: Option<Duration>) {
+    match after {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -250,20 +271,22 @@ async fn submit_by_partition(
     }
 }
 
-/// Commits done offsets every `every` while they move, and once more when
-/// the engine has drained.
+/// Commits done offsets every `every` while they move, and once more at
+/// the end: when the engine has drained, or when the reader is done and
+/// every batch it read is settled.
 async fn keep_committing(
     consumer: Arc<StreamConsumer<Callbacks>>,
     offsets: Arc<Offsets>,
     every: Duration,
     drained: tokio_util::sync::CancellationToken,
+    reader_done: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let last = tokio::select! {
             _ = drained.cancelled() => true,
-            _ = tick.tick() => false,
+            _ = tick.tick() => reader_done.is_cancelled() && offsets.outstanding() == 0,
         };
         let due = offsets.due();
         if !due.is_empty() {
