@@ -60,6 +60,11 @@ impl Router {
         }
     }
 
+    /// Whether intake is still open (no shutdown yet).
+    pub fn accepting(&self) -> bool {
+        !self.intake_closed.is_cancelled()
+    }
+
     /// Stops taking input, then waits until every batch that was being
     /// routed has been admitted by its groups.
     pub async fn close_intake(&self) {
@@ -76,6 +81,10 @@ impl Router {
         source: &str,
     ) {
         bump(&self.stats.ingested, batch.len() as u64);
+        // A few sources at most: a scan is cheaper than a map.
+        if let Some((_, health)) = self.health.iter().find(|(name, _)| name == source) {
+            health.received(batch.len() as u64);
+        }
         let mut per_group: Vec<Vec<Message>> = vec![Vec::new(); self.groups.len()];
         let mut dead = Vec::new();
         let mut unrouted = 0;
@@ -89,11 +98,13 @@ impl Router {
                     reason,
                 } => {
                     dead.push(DeadLetter::for_input(&raw, origin, reason));
+                    bump(&self.stats.dead_malformed, 1);
                     continue;
                 }
             };
             if message.payload().len() > self.max_message_bytes {
                 dead.push(self.oversize(&message, source, line));
+                bump(&self.stats.dead_oversize, 1);
                 continue;
             }
             let mut routed = false;
