@@ -132,8 +132,9 @@ pub struct GroupStatus {
     pub live_rate: Rates,
     /// Deliveries per second from the backlog.
     pub backlog_rate: Rates,
-    /// Net drain: backlog records per second going away (negative while
-    /// the backlog grows), over the last minute.
+    /// Net drain: backlog records per second going away, since the
+    /// backlog's highest depth within the last minute (negative or zero
+    /// while it grows: its highest depth is now).
     pub net_drain_rate: f64,
     /// Seconds until the backlog is empty at the net drain rate; `None`
     /// when it is empty or growing (see `drain_eta`).
@@ -325,12 +326,32 @@ impl Tracker {
                     m1: rate(m1, |g| g.delivered_backlog),
                     m5: rate(m5, |g| g.delivered_backlog),
                 };
-                let dt1 = now.at.duration_since(m1.at).as_secs_f64();
-                let net_drain_rate = match m1.groups.get(i) {
-                    Some(p) if dt1 > 0.0 => {
-                        (p.backlog_depth as f64 - g.backlog_depth as f64) / dt1
+                // Net drain since the backlog's peak within the last
+                // minute: a backlog at its peak now is growing; one that
+                // fell from a peak drains at the average rate since.
+                let peak = samples
+                    .iter()
+                    .filter(|s| now.at.duration_since(s.at) <= Duration::from_secs(60))
+                    .filter_map(|s| s.groups.get(i).map(|p| (s.at, p.backlog_depth)))
+                    .fold(None::<(Instant, u64)>, |best, (at, d)| match best {
+                        Some((_, bd)) if bd >= d => best,
+                        _ => Some((at, d)),
+                    });
+                let net_drain_rate = match peak {
+                    Some((at, depth)) if depth > g.backlog_depth => {
+                        let dt = now.at.duration_since(at).as_secs_f64().max(1e-3);
+                        (depth - g.backlog_depth) as f64 / dt
                     }
-                    _ => 0.0,
+                    // At its peak: growing (or flat), measured over the minute.
+                    _ => {
+                        let dt = now.at.duration_since(m1.at).as_secs_f64();
+                        match m1.groups.get(i) {
+                            Some(p) if dt > 0.0 => {
+                                (p.backlog_depth as f64 - g.backlog_depth as f64) / dt
+                            }
+                            _ => 0.0,
+                        }
+                    }
                 };
                 let (drain_eta_s, drain_eta) = eta(g.backlog_depth, net_drain_rate);
                 let recent = stall.groups.get(i);

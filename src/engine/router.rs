@@ -81,10 +81,6 @@ impl Router {
         source: &str,
     ) {
         bump(&self.stats.ingested, batch.len() as u64);
-        // A few sources at most: a scan is cheaper than a map.
-        if let Some((_, health)) = self.health.iter().find(|(name, _)| name == source) {
-            health.received(batch.len() as u64);
-        }
         let mut per_group: Vec<Vec<Message>> = vec![Vec::new(); self.groups.len()];
         let mut dead = Vec::new();
         let mut unrouted = 0;

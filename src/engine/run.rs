@@ -104,7 +104,7 @@ impl Engine {
             let name = source.name();
             health.starting(source.connects());
             let ctx = SourceContext {
-                ingest: Ingest::new(self.router.clone(), policy, &name),
+                ingest: Ingest::new(self.router.clone(), policy, &name).counting(health.clone()),
                 stop: stop_sources.clone(),
                 drained: drained.clone(),
                 health: health.clone(),

@@ -117,7 +117,7 @@ impl SourceHealth {
         self.trouble.lock().clone()
     }
 
-    /// Counts items handed to the engine (the engine's router calls this).
+    /// Counts items handed to the engine ([`Ingest::submit`] calls this).
     pub fn received(&self, n: u64) {
         self.counters.received.fetch_add(n, Ordering::Relaxed);
     }
