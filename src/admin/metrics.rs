@@ -331,7 +331,6 @@ impl prometheus_client::collector::Collector for EngineCollector {
                 })?
                 .encode_histogram::<NoLabelSet>(sum, h.len(), &per_bucket, None)?;
         }
-        drop(metric);
 
         let intake = self.monitor.intake();
         single(

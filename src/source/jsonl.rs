@@ -185,13 +185,13 @@ impl Progress {
 async fn keep_checkpoint(
     checkpoint: Checkpoint,
     file: std::fs::File,
-    tracker: Arc<AckTracker>,
-    ends: Ends,
+    progress: Progress,
     mut done: Position,
     finish: CancellationToken,
     drained: CancellationToken,
     health: SourceHealth,
 ) {
+    let Progress { tracker, ends } = progress;
     health.acknowledges();
     let mut written = done;
     let mut failing = false;
@@ -329,8 +329,10 @@ impl Source for JsonlSource {
                         let task = tokio::spawn(keep_checkpoint(
                             checkpoint,
                             file.try_clone().map_err(io_err)?,
-                            Arc::clone(&tracker),
-                            Arc::clone(&ends),
+                            Progress {
+                                tracker: Arc::clone(&tracker),
+                                ends: Arc::clone(&ends),
+                            },
                             start,
                             finished,
                             ctx.drained.clone(),
