@@ -226,3 +226,38 @@ pub trait Source: Send + 'static {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_counts_and_says_when_a_source_is_connected() {
+        let h = SourceHealth::default();
+        assert!(!h.snapshot().connected, "not started yet");
+        h.starting(true);
+        assert!(!h.snapshot().connected, "a broker source connects first");
+        h.received(10);
+        let s = h.snapshot();
+        assert_eq!(
+            (s.received, s.acked, s.in_flight, s.lag),
+            (10, None, None, None)
+        );
+        h.healthy();
+        h.acknowledges();
+        h.acked(4);
+        h.lag(7);
+        let s = h.snapshot();
+        assert!(s.connected);
+        assert_eq!((s.acked, s.in_flight, s.lag), (Some(4), Some(6), Some(7)));
+        h.troubled("broker unreachable");
+        h.reconnecting();
+        let s = h.snapshot();
+        assert!(!s.connected);
+        assert_eq!(s.reconnects, 1);
+        assert_eq!(s.trouble.as_deref(), Some("broker unreachable"));
+        let file = SourceHealth::default();
+        file.starting(false);
+        assert!(file.snapshot().connected, "a file is ready at once");
+    }
+}

@@ -238,18 +238,19 @@ impl DiskBacklog {
             Some((&seq, s)) => (seq, s.end),
             None => {
                 let seq = 1;
-                segment::create_segment(fs.as_ref(), dir, seq, recovered.next_id, now_epoch_ms())
+                let created_ms = now_epoch_ms();
+                segment::create_segment(fs.as_ref(), dir, seq, recovered.next_id, created_ms)
                     .map_err(|source| BacklogError::Io {
-                    action: format!("creating the first segment in {}", dir.display()),
-                    source,
-                })?;
+                        action: format!("creating the first segment in {}", dir.display()),
+                        source,
+                    })?;
                 recovered.segments.insert(
                     seq,
                     state::SegMeta {
                         path: segment::segment_path(dir, seq),
                         first_id: recovered.next_id,
                         end: format::SEGMENT_HEADER_LEN,
-                        created_ms: now_epoch_ms(),
+                        created_ms,
                         ..Default::default()
                     },
                 );

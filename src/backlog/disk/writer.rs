@@ -437,7 +437,7 @@ impl Writer {
                 path: segment_path(&self.shared.dir, seq),
                 first_id: self.next_id,
                 end: SEGMENT_HEADER_LEN,
-                created_ms: now_epoch_ms(),
+                created_ms: now,
                 ..SegMeta::default()
             },
         );
