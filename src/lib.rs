@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod ack;
+pub mod admin;
 pub mod amqp;
 pub mod backlog;
 pub mod backoff;

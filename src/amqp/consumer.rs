@@ -221,6 +221,10 @@ impl AmqpSource {
 
 #[async_trait]
 impl Source for AmqpSource {
+    fn connects(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> String {
         format!("amqp {} queue {}", self.url, self.config.queues.join(","))
     }
@@ -275,6 +279,8 @@ enum SessionEnd {
 /// The ack state shared by a session's consume loop and its ack task.
 struct Acks {
     tracker: Arc<AckTracker>,
+    /// Where acknowledged messages are counted.
+    health: SourceHealth,
     /// Per registered batch, in sequence order: its sequence number and last
     /// delivery tag; and the last tag acknowledged.
     tags: Mutex<(VecDeque<(u64, u64)>, u64)>,
@@ -287,8 +293,10 @@ struct Acks {
 }
 
 impl Acks {
-    fn new(prefetch: u16) -> Arc<Acks> {
+    fn new(prefetch: u16, health: SourceHealth) -> Arc<Acks> {
+        health.acknowledges();
         Arc::new(Acks {
+            health,
             tracker: AckTracker::new(),
             tags: Mutex::new((VecDeque::new(), 0)),
             flushing: tokio::sync::Mutex::new(()),
@@ -322,12 +330,17 @@ impl Acks {
                 return Ok(());
             }
             tags.drain(..done);
+            let count = tag.saturating_sub(*acked);
             *acked = tag;
-            tag
+            (tag, count)
         };
+        let (last, count) = last;
         channel
             .basic_ack(last, BasicAckOptions { multiple: true })
-            .await
+            .await?;
+        // Delivery tags count the channel's deliveries one by one.
+        self.health.acked(count);
+        Ok(())
     }
 
     /// Whether every registered batch is acknowledged.
@@ -402,6 +415,7 @@ impl QueueConsumer {
                         "consumer session lost; retrying in {wait:?}; unacknowledged messages will be redelivered");
                     self.health
                         .troubled(format!("connection lost, reconnecting in {wait:?}"));
+                    self.health.reconnecting();
                     tokio::select! {
                         _ = self.stop.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}
@@ -497,7 +511,7 @@ impl QueueConsumer {
             Err(end) => return end,
         };
         tracing::info!(queue = %self.queue, broker = %self.url, prefetch = self.config.prefetch, "consuming");
-        let acks = Acks::new(self.config.prefetch);
+        let acks = Acks::new(self.config.prefetch, self.health.clone());
         let end_acks = CancellationToken::new();
         let acks_end = end_acks.clone();
         let fail_acks = CancellationToken::new();

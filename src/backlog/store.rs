@@ -64,6 +64,9 @@ pub struct BacklogDepth {
     pub expired: u64,
     /// Records found corrupt (on recovery or read) and skipped.
     pub corrupt: u64,
+    /// Torn tails cut off when the store was opened (writes a crash cut
+    /// short: never acknowledged, so nothing owed was lost).
+    pub cut: u64,
 }
 
 /// Why a store could not do what was asked.
@@ -124,6 +127,14 @@ pub trait BacklogStore: Send + Sync + 'static {
     fn has_waiting(&self) -> bool {
         let d = self.depth();
         d.records > d.in_flight
+    }
+
+    /// When (epoch milliseconds) the oldest record still owed was stored,
+    /// if the store can tell cheaply; for metrics ("oldest backlog age"),
+    /// called once per scrape, never on a delivery path. The default: the
+    /// store cannot tell.
+    fn oldest_ms(&self) -> Option<i64> {
+        None
     }
 
     /// Flushes whatever the store keeps for a clean restart (ledgers, ...).

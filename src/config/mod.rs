@@ -47,6 +47,19 @@ pub struct FileConfig {
     pub sources: Vec<SourceSpec>,
     /// The consumer groups.
     pub groups: Vec<GroupSpec>,
+    /// The admin HTTP listener (`/metrics`, `/status`, the dashboard);
+    /// off unless `listen` is set.
+    pub admin: AdminSpec,
+}
+
+/// The `[admin]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSpec {
+    /// Where the admin listener listens (for example `"127.0.0.1:9464"`);
+    /// unset: no listener. A non-loopback address works but is logged as a
+    /// warning (the endpoints have no authentication).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for FileConfig {
@@ -60,6 +73,7 @@ impl Default for FileConfig {
             dead_letters: None,
             sources: Vec::new(),
             groups: Vec::new(),
+            admin: AdminSpec::default(),
         }
     }
 }
@@ -414,6 +428,24 @@ mod tests {
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
         assert!(err.starts_with("t.toml:4:9: "), "{err}");
         assert!(err.contains("middle"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_table_is_off_by_default_and_checked() {
+        let c = FileConfig::parse("[[groups]]\nname = \"a\"\n", "t.toml").unwrap();
+        assert_eq!(c.admin.listen, None);
+        let text = "[admin]\nlisten = \"127.0.0.1:9464\"\n[[groups]]\nname = \"a\"\n";
+        let c = FileConfig::parse(text, "t.toml").unwrap();
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let text = "[admin]\nlisten = \"localhost\"\n[[groups]]\nname = \"a\"\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:2:10: "), "{err}");
+        let text = "[admin]\nlisten = \"127.0.0.1:1\"\nport = 3\n[[groups]]\nname = \"a\"\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.toml:3:1: ") && err.contains("port"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -36,9 +36,9 @@ pub use builder::{EngineBuilder, EngineError, EngineOptions};
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use filter::{Filter, FilterError};
 pub use group_config::{GroupConfig, GroupConfigError, GroupNameError, check_group_name};
-pub use monitor::{Monitor, RunSummary, SourceFailure};
+pub use monitor::{IntakeSnapshot, Monitor, RunSummary, SourceFailure};
 pub use run::Engine;
-pub use stats::{BacklogLoss, EngineStats, GroupSnapshot, LatencySummary};
+pub use stats::{BacklogLoss, DeadLetterReasons, EngineStats, GroupSnapshot, LatencySummary};
 
 /// The live lane and the scheduler, reachable for the micro-benchmarks in
 /// `benches/engine.rs` (cargo feature `internals`, off by default). Not a

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::router::Router;
 use super::stats::{GroupSnapshot, LatencySummary, read};
+use crate::source::SourceSnapshot;
 
 /// A running view of an engine: status lines, metrics, summaries. Cheap to
 /// clone; valid before, during and after [`Engine::run`](super::Engine::run).
@@ -53,6 +54,49 @@ impl Monitor {
     /// backlog, nothing in flight or being written).
     pub fn is_idle(&self) -> bool {
         self.router.groups.iter().all(|g| g.is_idle())
+    }
+
+    /// Time since the monitor was made (for a run, since its start).
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Every source's counters and connection state now, by name.
+    pub fn sources(&self) -> Vec<(String, SourceSnapshot)> {
+        self.router
+            .health
+            .iter()
+            .map(|(name, h)| (name.clone(), h.snapshot()))
+            .collect()
+    }
+
+    /// The engine's own counters (ingest, unrouted, dead letters at ingest
+    /// by reason), for metrics.
+    pub fn intake(&self) -> IntakeSnapshot {
+        let s = &self.router.stats;
+        IntakeSnapshot {
+            ingested: read(&s.ingested),
+            unrouted: read(&s.unrouted),
+            dead_malformed: read(&s.dead_malformed),
+            dead_oversize: read(&s.dead_oversize),
+        }
+    }
+
+    /// Each group's whole-run live latency histogram (microseconds), in the
+    /// order of [`Monitor::groups`]: a copy per call, for metrics.
+    pub fn live_latency_histograms(&self) -> Vec<hdrhistogram::Histogram<u64>> {
+        self.router
+            .groups
+            .iter()
+            .map(|g| g.stats.live_latency.total_histogram())
+            .collect()
+    }
+
+    /// Whether the engine takes input: false once shutdown has begun.
+    /// While it is true, every group's backlog store is open (stores open
+    /// before the engine is built and close only after intake closed).
+    pub fn accepting(&self) -> bool {
+        self.router.accepting()
     }
 
     /// The sources riding out trouble now (name, what), for status lines.
@@ -104,6 +148,19 @@ impl Monitor {
             failures: self.router.failures.lock().clone(),
         }
     }
+}
+
+/// The engine's counters before any group, at one moment.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct IntakeSnapshot {
+    /// Items sources handed in.
+    pub ingested: u64,
+    /// Messages no group's filter matched.
+    pub unrouted: u64,
+    /// Input that was not a message, made a dead letter at ingest.
+    pub dead_malformed: u64,
+    /// Payloads over `max_message_bytes`, made dead letters at ingest.
+    pub dead_oversize: u64,
 }
 
 /// What a run did, as `laneway run --json` prints it.

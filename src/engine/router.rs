@@ -60,6 +60,11 @@ impl Router {
         }
     }
 
+    /// Whether intake is still open (no shutdown yet).
+    pub fn accepting(&self) -> bool {
+        !self.intake_closed.is_cancelled()
+    }
+
     /// Stops taking input, then waits until every batch that was being
     /// routed has been admitted by its groups.
     pub async fn close_intake(&self) {
@@ -89,11 +94,13 @@ impl Router {
                     reason,
                 } => {
                     dead.push(DeadLetter::for_input(&raw, origin, reason));
+                    bump(&self.stats.dead_malformed, 1);
                     continue;
                 }
             };
             if message.payload().len() > self.max_message_bytes {
                 dead.push(self.oversize(&message, source, line));
+                bump(&self.stats.dead_oversize, 1);
                 continue;
             }
             let mut routed = false;

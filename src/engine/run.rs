@@ -102,8 +102,9 @@ impl Engine {
         let running = Arc::new(AtomicUsize::new(self.sources.len()));
         for ((source, policy), (_, health)) in self.sources.into_iter().zip(&self.router.health) {
             let name = source.name();
+            health.starting(source.connects());
             let ctx = SourceContext {
-                ingest: Ingest::new(self.router.clone(), policy, &name),
+                ingest: Ingest::new(self.router.clone(), policy, &name).counting(health.clone()),
                 stop: stop_sources.clone(),
                 drained: drained.clone(),
                 health: health.clone(),

@@ -126,8 +126,14 @@ pub struct GroupStats {
     pub diverted_failed: AtomicU64,
     /// Messages of failed delivery attempts.
     pub failed_attempts: AtomicU64,
-    /// Messages this group made dead letters.
+    /// Messages this group made dead letters (the sum of the three below).
     pub dead_letters: AtomicU64,
+    /// Dead letters whose payload was not valid JSON (`validate_json`).
+    pub dead_invalid: AtomicU64,
+    /// Dead letters the sink refused for good (`DeliveryError::Permanent`).
+    pub dead_permanent: AtomicU64,
+    /// Dead letters that failed `max_attempts` times.
+    pub dead_exhausted: AtomicU64,
     /// Times the backlog was found full (backpressure episodes).
     pub backlog_full: AtomicU64,
     /// Live latency from receipt to delivery.
@@ -151,8 +157,13 @@ pub struct EngineStats {
     pub ingested: AtomicU64,
     /// Messages no group's filter matched (counted, then acknowledged).
     pub unrouted: AtomicU64,
-    /// Malformed or oversize input recorded as dead letters at ingest.
+    /// Malformed or oversize input recorded as dead letters at ingest
+    /// (the sum of the two below).
     pub dead_letters: AtomicU64,
+    /// Input that was not a message (bad JSON envelope, missing fields).
+    pub dead_malformed: AtomicU64,
+    /// Payloads over `max_message_bytes`.
+    pub dead_oversize: AtomicU64,
 }
 
 /// A point-in-time view of one group, for status lines and summaries.
@@ -180,6 +191,20 @@ pub struct GroupSnapshot {
     pub failed_attempts: u64,
     /// Dead letters made by this group.
     pub dead_letter: u64,
+    /// Those dead letters by reason.
+    pub dead_letter_by_reason: DeadLetterReasons,
+    /// The live lane's capacity (`live_capacity`).
+    pub live_capacity: u64,
+    /// Delivery slots (`slots`).
+    pub slots: u64,
+    /// Slots delivering now.
+    pub slots_busy: u64,
+    /// Bytes the backlog's records take in its store now.
+    pub backlog_bytes: u64,
+    /// Seconds since the oldest record still in the backlog was stored,
+    /// where the store can tell cheaply (the disk store, to a segment's
+    /// creation); `None` when the backlog is empty or the store cannot tell.
+    pub backlog_oldest_age_s: Option<f64>,
     /// Backpressure episodes (backlog full).
     pub backlog_full: u64,
     /// Records the backlog dropped (`drop_oldest`), expired or found corrupt.
@@ -188,9 +213,23 @@ pub struct GroupSnapshot {
     pub live_latency_ms: LatencySummary,
 }
 
+/// A group's dead letters by reason.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DeadLetterReasons {
+    /// The payload was not valid JSON (`validate_json`).
+    pub invalid_json: u64,
+    /// The sink refused the message for good.
+    pub permanent: u64,
+    /// Every one of `max_attempts` deliveries failed.
+    pub attempts_exhausted: u64,
+}
+
 /// Records a backlog store gave up, by cause: every one is counted.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct BacklogLoss {
+    /// Torn tails cut off at recovery (writes a crash cut short, never
+    /// acknowledged, so never a message that was owed).
+    pub cut: u64,
     /// Dropped to make room, because `drop_oldest` was configured.
     pub dropped: u64,
     /// Expired past `max_age`.

@@ -26,15 +26,19 @@ struct Partition {
     done: Option<i64>,
     /// The offset last committed by this process.
     committed: Option<i64>,
+    /// The first offset this process read (where its acknowledged count
+    /// starts).
+    start: i64,
 }
 
 impl Partition {
-    fn new() -> Partition {
+    fn new(start: i64) -> Partition {
         Partition {
             tracker: AckTracker::new(),
             ends: VecDeque::new(),
             done: None,
             committed: None,
+            start,
         }
     }
 
@@ -56,13 +60,19 @@ pub(super) struct Offsets {
 }
 
 impl Offsets {
-    /// Registers a batch of `topic[partition]` whose last record is at
+    /// Registers a batch of `topic[partition]` from `first_offset` to
     /// `last_offset`, and returns the reference the engine settles.
-    pub fn register(&self, topic: &str, partition: i32, last_offset: i64) -> AckRef {
+    pub fn register(
+        &self,
+        topic: &str,
+        partition: i32,
+        first_offset: i64,
+        last_offset: i64,
+    ) -> AckRef {
         let mut partitions = self.partitions.lock();
         let p = partitions
             .entry((topic.to_string(), partition))
-            .or_insert_with(Partition::new);
+            .or_insert_with(|| Partition::new(first_offset));
         let ack = p.tracker.register();
         if let Some(seq) = ack.seq() {
             p.ends.push_back((seq, last_offset + 1));
@@ -84,14 +94,19 @@ impl Offsets {
             .collect()
     }
 
-    /// Records a commit that went through.
-    pub fn committed(&self, offsets: &[(String, i32, i64)]) {
+    /// Records a commit that went through; returns by how many records
+    /// the commits moved (the acknowledged count).
+    pub fn committed(&self, offsets: &[(String, i32, i64)]) -> u64 {
         let mut partitions = self.partitions.lock();
+        let mut advanced = 0;
         for (topic, partition, offset) in offsets {
             if let Some(p) = partitions.get_mut(&(topic.clone(), *partition)) {
+                let from = p.committed.unwrap_or(p.start);
+                advanced += u64::try_from(offset - from).unwrap_or(0);
                 p.committed = Some(p.committed.map_or(*offset, |c| c.max(*offset)));
             }
         }
+        advanced
     }
 
     /// Batches registered and not yet done, over every partition.
@@ -127,14 +142,14 @@ mod tests {
     #[test]
     fn the_done_offset_never_passes_an_undone_batch() {
         let offsets = Offsets::default();
-        let a = offsets.register("t", 0, 9); // offsets 0..=9
-        let b = offsets.register("t", 0, 19); // 10..=19
-        let c = offsets.register("t", 1, 4);
+        let a = offsets.register("t", 0, 0, 9); // offsets 0..=9
+        let b = offsets.register("t", 0, 10, 19); // 10..=19
+        let c = offsets.register("t", 1, 0, 4);
         b.complete();
         assert!(offsets.due().is_empty(), "b is done but a is not");
         a.complete();
         assert_eq!(offsets.due(), [("t".to_string(), 0, 20)]);
-        offsets.committed(&[("t".to_string(), 0, 20)]);
+        assert_eq!(offsets.committed(&[("t".to_string(), 0, 20)]), 20);
         assert!(offsets.due().is_empty(), "nothing new to commit");
         c.complete();
         assert_eq!(offsets.due(), [("t".to_string(), 1, 5)]);
@@ -143,8 +158,8 @@ mod tests {
     #[test]
     fn a_dropped_reference_holds_the_partition_back() {
         let offsets = Offsets::default();
-        let a = offsets.register("t", 0, 9);
-        let b = offsets.register("t", 0, 19);
+        let a = offsets.register("t", 0, 0, 9);
+        let b = offsets.register("t", 0, 10, 19);
         drop(a); // abandoned: never done
         b.complete();
         assert!(offsets.due().is_empty());
@@ -158,8 +173,8 @@ mod tests {
     #[test]
     fn a_revoked_partition_hands_back_its_uncommitted_done_offset_and_forgets() {
         let offsets = Offsets::default();
-        offsets.register("t", 0, 9).complete();
-        let late = offsets.register("t", 0, 19);
+        offsets.register("t", 0, 0, 9).complete();
+        let late = offsets.register("t", 0, 10, 19);
         let due = offsets.revoke(&[("t".to_string(), 0)]);
         assert_eq!(due, [("t".to_string(), 0, 10)]);
         late.complete();
@@ -168,7 +183,7 @@ mod tests {
             "a revoked partition commits nothing more"
         );
         // Assigned again: it starts afresh.
-        offsets.register("t", 0, 29).complete();
+        offsets.register("t", 0, 20, 29).complete();
         assert_eq!(offsets.due(), [("t".to_string(), 0, 30)]);
     }
 }

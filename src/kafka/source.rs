@@ -48,6 +48,8 @@ impl KafkaSource {
                 config.prefetch_kbytes.to_string(),
             )
             .set("fetch.queue.backoff.ms", "10")
+            // Consumer lag for the status page comes from these statistics.
+            .set("statistics.interval.ms", "5000")
             .set("enable.partition.eof", "false")
             .set("allow.auto.create.topics", "false");
         for (key, value) in &config.properties {
@@ -65,6 +67,18 @@ struct Callbacks {
 }
 
 impl ClientContext for Callbacks {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        // A partition not yet fetched reports -1: it adds nothing.
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0)
+            .map(|p| p.consumer_lag.max(0))
+            .sum();
+        self.health.lag(u64::try_from(lag).unwrap_or(0));
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // librdkafka retries connections itself; say so in the status line.
         tracing::warn!(error = %error, reason, "kafka client error; it keeps retrying");
@@ -84,7 +98,8 @@ impl ConsumerContext for Callbacks {
                         _ => None,
                     })
                     .collect();
-                self.offsets.committed(&done);
+                let advanced = self.offsets.committed(&done);
+                self.health.acked(advanced);
             }
             Err(e) => tracing::warn!(error = %e, "an offset commit failed; the next one covers it"),
         }
@@ -158,6 +173,7 @@ impl Source for KafkaSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError> {
         let name = self.name();
         let offsets = Arc::new(Offsets::default());
+        ctx.health.acknowledges();
         let callbacks = Callbacks {
             offsets: Arc::clone(&offsets),
             health: ctx.health.clone(),
@@ -263,9 +279,9 @@ async fn submit_by_partition(
             .position(|r| r.topic() != topic || r.partition() != partition)
             .map_or(records.len(), |n| start + n);
         let run = &records[start..end];
-        let last = run[run.len() - 1].offset();
+        let (first, last) = (run[0].offset(), run[run.len() - 1].offset());
         let batch: Vec<Incoming> = run.iter().map(|r| record::to_incoming(r, format)).collect();
-        let ack = offsets.register(topic, partition, last);
+        let ack = offsets.register(topic, partition, first, last);
         ctx.ingest.submit(batch, ack).await;
         start = end;
     }

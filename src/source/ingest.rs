@@ -52,6 +52,8 @@ pub struct Ingest {
     policy: LanePolicy,
     /// The source's name, for dead letters at ingest.
     source: Arc<str>,
+    /// Where submitted items are counted (the source's received count).
+    health: Option<super::SourceHealth>,
 }
 
 impl Ingest {
@@ -62,7 +64,14 @@ impl Ingest {
             route,
             policy,
             source: Arc::from(source),
+            health: None,
         }
+    }
+
+    /// Counts every submitted item in `health` (its received count).
+    pub fn counting(mut self, health: super::SourceHealth) -> Ingest {
+        self.health = Some(health);
+        self
     }
 
     /// Routes a batch to every matching group. Resolves when each message is
@@ -73,6 +82,9 @@ impl Ingest {
     /// the engine has stopped taking input (shutdown), a batch is not taken:
     /// its `ack` is dropped unsettled, so its origin keeps it.
     pub async fn submit(&self, batch: Vec<Incoming>, ack: AckRef) {
+        if let Some(health) = &self.health {
+            health.received(batch.len() as u64);
+        }
         self.route
             .route(batch, ack, self.policy, &self.source)
             .await

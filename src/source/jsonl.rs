@@ -37,7 +37,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
 use super::Incoming;
 use super::checkpoint::{self, Checkpoint, CheckpointError, Position, Verdict};
-use super::{Source, SourceContext, SourceError};
+use super::{Source, SourceContext, SourceError, SourceHealth};
 use crate::ack::{AckRef, AckTracker};
 use crate::message::parse_envelope;
 use tokio_util::sync::CancellationToken;
@@ -185,12 +185,14 @@ impl Progress {
 async fn keep_checkpoint(
     checkpoint: Checkpoint,
     file: std::fs::File,
-    tracker: Arc<AckTracker>,
-    ends: Ends,
+    progress: Progress,
     mut done: Position,
     finish: CancellationToken,
     drained: CancellationToken,
+    health: SourceHealth,
 ) {
+    let Progress { tracker, ends } = progress;
+    health.acknowledges();
     let mut written = done;
     let mut failing = false;
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
@@ -228,6 +230,7 @@ async fn keep_checkpoint(
                         tracing::info!(checkpoint = %checkpoint.path().display(), "checkpoint written again");
                     }
                     failing = false;
+                    health.acked(done.line.saturating_sub(written.line));
                     written = done;
                 }
                 Ok(Err(e)) => {
@@ -326,11 +329,14 @@ impl Source for JsonlSource {
                         let task = tokio::spawn(keep_checkpoint(
                             checkpoint,
                             file.try_clone().map_err(io_err)?,
-                            Arc::clone(&tracker),
-                            Arc::clone(&ends),
+                            Progress {
+                                tracker: Arc::clone(&tracker),
+                                ends: Arc::clone(&ends),
+                            },
                             start,
                             finished,
                             ctx.drained.clone(),
+                            ctx.health.clone(),
                         ));
                         keeper = Some((finish, task));
                         Some(Progress { tracker, ends })

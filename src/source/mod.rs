@@ -15,6 +15,7 @@ mod lane_policy;
 pub mod simulator;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -39,29 +40,146 @@ pub struct SourceContext {
     pub health: SourceHealth,
 }
 
-/// What a source tells the status line about transient trouble it is
-/// riding out (a broker it keeps trying to reach), so that a run that
-/// delivers nothing says why; empty while all is well. Cheap to clone.
+/// What a source tells the status line and the admin endpoints: transient
+/// trouble it is riding out (a broker it keeps trying to reach), so that a
+/// run that delivers nothing says why, and its counters (received, acked,
+/// reconnects, lag). Cheap to clone; every update is one relaxed atomic or
+/// one short lock, so sources may call it on every batch.
 #[derive(Clone, Default)]
 pub struct SourceHealth {
     trouble: Arc<Mutex<Option<String>>>,
+    counters: Arc<SourceCounters>,
+}
+
+const NOT_STARTED: u8 = 0;
+const CONNECTING: u8 = 1;
+const CONNECTED: u8 = 2;
+
+struct SourceCounters {
+    received: AtomicU64,
+    acked: AtomicU64,
+    acknowledges: AtomicBool,
+    /// [`NOT_STARTED`], [`CONNECTING`] or [`CONNECTED`].
+    state: AtomicU8,
+    reconnects: AtomicU64,
+    /// `u64::MAX` while the source does not know its lag.
+    lag: AtomicU64,
+}
+
+/// A source's counters at one moment (see [`SourceHealth::snapshot`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SourceSnapshot {
+    /// Items handed to the engine (messages and malformed input).
+    pub received: u64,
+    /// Messages acknowledged to the origin (broker acks, checkpointed
+    /// lines); `None` for a source with no origin to acknowledge to (the
+    /// simulator, stdin).
+    pub acked: Option<u64>,
+    /// Received and not yet acknowledged, for sources that acknowledge.
+    pub in_flight: Option<u64>,
+    /// Times the source lost its connection and started over.
+    pub reconnects: u64,
+    /// Messages waiting at the origin that the source has not read, where
+    /// the origin tells (Kafka consumer lag); `None` otherwise.
+    pub lag: Option<u64>,
+    /// The trouble being ridden out now, if any.
+    pub trouble: Option<String>,
+    /// Whether the source is connected to its origin (a file source or the
+    /// simulator is, once it runs).
+    pub connected: bool,
 }
 
 impl SourceHealth {
     /// Reports trouble, in a few words (for example "broker unreachable,
-    /// retrying in 2s"); never a secret.
+    /// retrying in 2s"); never a secret. The source counts as disconnected
+    /// until [`SourceHealth::healthy`].
     pub fn troubled(&self, what: impl Into<String>) {
         *self.trouble.lock() = Some(what.into());
+        self.counters.state.store(CONNECTING, Ordering::Relaxed);
     }
 
-    /// The trouble is over.
+    /// The trouble is over: the source is connected and reading.
     pub fn healthy(&self) {
         *self.trouble.lock() = None;
+        self.counters.state.store(CONNECTED, Ordering::Relaxed);
+    }
+
+    /// The engine is starting the source: one that [`Source::connects`]
+    /// is connecting until it reports [`SourceHealth::healthy`]; any other
+    /// is ready at once.
+    pub fn starting(&self, connects: bool) {
+        let state = if connects { CONNECTING } else { CONNECTED };
+        self.counters.state.store(state, Ordering::Relaxed);
     }
 
     /// The trouble being ridden out now, if any.
     pub fn trouble(&self) -> Option<String> {
         self.trouble.lock().clone()
+    }
+
+    /// Counts items handed to the engine ([`Ingest::submit`] calls this).
+    pub fn received(&self, n: u64) {
+        self.counters.received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts messages acknowledged to the origin; a source that calls
+    /// this is one that acknowledges, so its in-flight count is shown.
+    pub fn acked(&self, n: u64) {
+        self.counters.acknowledges.store(true, Ordering::Relaxed);
+        self.counters.acked.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Declares that this source acknowledges to its origin, before its
+    /// first ack (so that in flight shows from the start).
+    pub fn acknowledges(&self) {
+        self.counters.acknowledges.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts one lost connection that the source starts over from.
+    pub fn reconnecting(&self) {
+        self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reports how many messages wait at the origin unread (consumer lag),
+    /// for sources whose origin tells.
+    pub fn lag(&self, messages: u64) {
+        self.counters
+            .lag
+            .store(messages.min(u64::MAX - 1), Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> SourceSnapshot {
+        let c = &*self.counters;
+        let received = c.received.load(Ordering::Relaxed);
+        let acks = c.acknowledges.load(Ordering::Relaxed);
+        let acked = acks.then(|| c.acked.load(Ordering::Relaxed));
+        let trouble = self.trouble();
+        SourceSnapshot {
+            received,
+            acked,
+            in_flight: acked.map(|a| received.saturating_sub(a)),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            lag: match c.lag.load(Ordering::Relaxed) {
+                u64::MAX => None,
+                n => Some(n),
+            },
+            connected: trouble.is_none() && c.state.load(Ordering::Relaxed) == CONNECTED,
+            trouble,
+        }
+    }
+}
+
+impl Default for SourceCounters {
+    fn default() -> Self {
+        SourceCounters {
+            received: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            acknowledges: AtomicBool::new(false),
+            state: AtomicU8::new(NOT_STARTED),
+            reconnects: AtomicU64::new(0),
+            lag: AtomicU64::new(u64::MAX),
+        }
     }
 }
 
@@ -100,4 +218,46 @@ pub trait Source: Send + 'static {
     /// error stops the whole run (see [`SourceError`]) and makes it a failed
     /// run (the run summary lists it among its failures).
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError>;
+
+    /// Whether the source connects to a remote origin (a broker): it then
+    /// counts as not ready (`/readyz`) until it reports
+    /// [`SourceHealth::healthy`]. Files and the simulator are ready at once.
+    fn connects(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_counts_and_says_when_a_source_is_connected() {
+        let h = SourceHealth::default();
+        assert!(!h.snapshot().connected, "not started yet");
+        h.starting(true);
+        assert!(!h.snapshot().connected, "a broker source connects first");
+        h.received(10);
+        let s = h.snapshot();
+        assert_eq!(
+            (s.received, s.acked, s.in_flight, s.lag),
+            (10, None, None, None)
+        );
+        h.healthy();
+        h.acknowledges();
+        h.acked(4);
+        h.lag(7);
+        let s = h.snapshot();
+        assert!(s.connected);
+        assert_eq!((s.acked, s.in_flight, s.lag), (Some(4), Some(6), Some(7)));
+        h.troubled("broker unreachable");
+        h.reconnecting();
+        let s = h.snapshot();
+        assert!(!s.connected);
+        assert_eq!(s.reconnects, 1);
+        assert_eq!(s.trouble.as_deref(), Some("broker unreachable"));
+        let file = SourceHealth::default();
+        file.starting(false);
+        assert!(file.snapshot().connected, "a file is ready at once");
+    }
 }

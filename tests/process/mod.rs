@@ -67,6 +67,12 @@ impl Watched {
         }
     }
 
+    /// The child's stdin, when `cmd` was given `Stdio::piped()` for it;
+    /// dropping it closes the child's standard input.
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.as_mut().and_then(|c| c.stdin.take())
+    }
+
     pub fn id(&self) -> u32 {
         self.child.as_ref().expect("the child runs").id()
     }

@@ -214,6 +214,7 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
         let name = path.display().to_string();
         let mut reader = SegmentReader::open(&path, None, 1 << 20, max_body)
             .map_err(io_error(|| format!("opening {name}")))?;
+        let header_created = reader.header.as_ref().map_or(0, |h| h.created_ms);
         let header_first = match &reader.header {
             Ok(h) => {
                 if h.first_id <= max_id {
@@ -271,6 +272,7 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
             first_id: header_first.unwrap_or(max_id + 1),
             end: reader.limit(),
             sealed: !last,
+            created_ms: header_created,
             ..SegMeta::default()
         };
         loop {

@@ -238,17 +238,19 @@ impl DiskBacklog {
             Some((&seq, s)) => (seq, s.end),
             None => {
                 let seq = 1;
-                segment::create_segment(fs.as_ref(), dir, seq, recovered.next_id, now_epoch_ms())
+                let created_ms = now_epoch_ms();
+                segment::create_segment(fs.as_ref(), dir, seq, recovered.next_id, created_ms)
                     .map_err(|source| BacklogError::Io {
-                    action: format!("creating the first segment in {}", dir.display()),
-                    source,
-                })?;
+                        action: format!("creating the first segment in {}", dir.display()),
+                        source,
+                    })?;
                 recovered.segments.insert(
                     seq,
                     state::SegMeta {
                         path: segment::segment_path(dir, seq),
                         first_id: recovered.next_id,
                         end: format::SEGMENT_HEADER_LEN,
+                        created_ms,
                         ..Default::default()
                     },
                 );
@@ -259,6 +261,7 @@ impl DiskBacklog {
         counters.records.store(report.records, Ordering::Relaxed);
         counters.bytes.store(report.bytes, Ordering::Relaxed);
         counters.corrupt.store(report.lost, Ordering::Relaxed);
+        counters.cut.store(report.cut, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             config,
@@ -432,6 +435,19 @@ impl BacklogStore for DiskBacklog {
 
     fn depth(&self) -> BacklogDepth {
         self.shared.counters.depth()
+    }
+
+    /// The creation time of the oldest segment that still holds an owed
+    /// record: a segment's records are all younger than the segment, so
+    /// this overstates the age by at most the time the segment took to
+    /// fill. One short lock and a walk to the first such segment.
+    fn oldest_ms(&self) -> Option<i64> {
+        let idx = self.shared.index.lock();
+        idx.segments
+            .values()
+            .find(|s| s.live > 0 || s.in_flight > 0)
+            .map(|s| s.created_ms)
+            .filter(|&ms| ms > 0)
     }
 
     async fn close(&self) -> Result<(), BacklogError> {

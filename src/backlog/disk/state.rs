@@ -34,6 +34,9 @@ pub struct SegMeta {
     pub end: u64,
     /// No more records will be written to it.
     pub sealed: bool,
+    /// When it was created (epoch ms, from its header; 0 when unknown),
+    /// which bounds the age of its oldest record from above.
+    pub created_ms: i64,
     /// Valid records in it not yet released.
     pub live: u64,
     /// Their bytes on disk.
@@ -124,6 +127,8 @@ pub struct Counters {
     pub expired: AtomicU64,
     /// Found damaged.
     pub corrupt: AtomicU64,
+    /// Torn tails cut off at recovery.
+    pub cut: AtomicU64,
 }
 
 impl Counters {
@@ -136,6 +141,7 @@ impl Counters {
             dropped: self.dropped.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
             corrupt: self.corrupt.load(Ordering::Relaxed),
+            cut: self.cut.load(Ordering::Relaxed),
         }
     }
 

@@ -319,3 +319,40 @@ async fn files_are_private_to_their_owner() {
     assert!(files >= 3, "segments, ledger and lock");
     assert!(dir.join("ledger").exists());
 }
+
+#[tokio::test]
+async fn the_oldest_record_is_dated_by_its_segment_across_releases_and_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = crate::message::now_epoch_ms();
+    let store = DiskBacklog::open(dir.path(), small()).unwrap();
+    assert_eq!(
+        store.oldest_ms(),
+        None,
+        "an empty store has no oldest record"
+    );
+    let batch: Vec<_> = (0..300).map(|i| record(&format!("m{i:04}"), 0)).collect();
+    store.append(&batch).await.unwrap();
+    let oldest = store.oldest_ms().expect("records are stored");
+    let after = crate::message::now_epoch_ms();
+    assert!(
+        before <= oldest && oldest <= after,
+        "{before} {oldest} {after}"
+    );
+    // In flight still counts; released records do not.
+    let out = drain(&store, 0).await;
+    assert_eq!(store.oldest_ms(), Some(oldest));
+    let (first, rest): (Vec<_>, Vec<_>) = out.iter().map(|r| r.id).partition(|&id| id < 150);
+    store.release(&first).await.unwrap();
+    let later = store.oldest_ms().expect("half is still owed");
+    assert!(later >= oldest);
+    store.close().await.unwrap();
+    drop(store);
+    // Reopened, the date comes from the segment headers.
+    let store = DiskBacklog::open(dir.path(), small()).unwrap();
+    assert_eq!(store.depth().records, rest.len() as u64);
+    assert_eq!(store.oldest_ms(), Some(later));
+    let out = drain(&store, 0).await;
+    let all: Vec<_> = out.iter().map(|r| r.id).collect();
+    store.release(&all).await.unwrap();
+    assert_eq!(store.oldest_ms(), None, "everything released");
+}

@@ -437,6 +437,7 @@ impl Writer {
                 path: segment_path(&self.shared.dir, seq),
                 first_id: self.next_id,
                 end: SEGMENT_HEADER_LEN,
+                created_ms: now,
                 ..SegMeta::default()
             },
         );
@@ -667,6 +668,7 @@ impl Writer {
                 seg.first_id = self.next_id;
                 seg.end = SEGMENT_HEADER_LEN;
                 seg.live_bytes = 0;
+                seg.created_ms = header.created_ms;
                 seg.generation += 1;
             }
             if let Some(first) = idx.segments.values().next().map(|s| s.first_id) {

@@ -62,6 +62,7 @@ impl Group {
         }
         if !invalid.is_empty() {
             bump(&self.stats.dead_letters, invalid.len() as u64);
+            bump(&self.stats.dead_invalid, invalid.len() as u64);
             self.dead.record(invalid).await;
         }
         if !to_backlog.is_empty() && self.queue_write(to_backlog).await.is_err() {

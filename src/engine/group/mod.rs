@@ -31,7 +31,7 @@ use super::dead_letter::DeadLetters;
 use super::filter::Filter;
 use super::group_config::{GroupConfig, GroupConfigError};
 use super::lanes::{LiveLane, ReadAhead};
-use super::stats::{BacklogLoss, GroupSnapshot, GroupStats, read};
+use super::stats::{BacklogLoss, DeadLetterReasons, GroupSnapshot, GroupStats, read};
 use crate::backlog::BacklogStore;
 use crate::sink::Sink;
 
@@ -164,6 +164,13 @@ impl Group {
             && self.writing.load(Ordering::Acquire) == 0
     }
 
+    /// Slots taken by deliveries now (the semaphore's permits in use).
+    fn delivering_slots(&self) -> u64 {
+        self.config
+            .slots
+            .saturating_sub(self.slots.available_permits()) as u64
+    }
+
     pub fn snapshot(&self) -> GroupSnapshot {
         let backlog = self.store.depth();
         GroupSnapshot {
@@ -178,8 +185,25 @@ impl Group {
             diverted_failed: read(&self.stats.diverted_failed),
             failed_attempts: read(&self.stats.failed_attempts),
             dead_letter: read(&self.stats.dead_letters),
+            dead_letter_by_reason: DeadLetterReasons {
+                invalid_json: read(&self.stats.dead_invalid),
+                permanent: read(&self.stats.dead_permanent),
+                attempts_exhausted: read(&self.stats.dead_exhausted),
+            },
+            live_capacity: self.config.live_capacity as u64,
+            slots: self.config.slots as u64,
+            slots_busy: self.delivering_slots(),
+            backlog_bytes: backlog.bytes,
+            backlog_oldest_age_s: if backlog.records == 0 {
+                None
+            } else {
+                self.store.oldest_ms().map(|ms| {
+                    (crate::message::now_epoch_ms().saturating_sub(ms)).max(0) as f64 / 1000.0
+                })
+            },
             backlog_full: read(&self.stats.backlog_full),
             backlog_lost: BacklogLoss {
+                cut: backlog.cut,
                 dropped: backlog.dropped,
                 expired: backlog.expired,
                 corrupt: backlog.corrupt,

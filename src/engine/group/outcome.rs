@@ -219,12 +219,16 @@ impl Group {
                 acks.push(ack);
                 let why = match &error {
                     DeliveryError::Permanent(reason) => {
+                        bump(&self.stats.dead_permanent, 1);
                         format!("delivery failed permanently: {reason}")
                     }
-                    other => format!(
-                        "delivery failed {attempts} times; last error: {}",
-                        other.reason()
-                    ),
+                    other => {
+                        bump(&self.stats.dead_exhausted, 1);
+                        format!(
+                            "delivery failed {attempts} times; last error: {}",
+                            other.reason()
+                        )
+                    }
                 };
                 DeadLetter::for_message(&message, self.name(), attempts, why)
             })

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::status::{StatusLine, summary_text};
+use super::status::{status_line, summary_text};
+use laneway::admin::{AdminServer, Tracker};
 use laneway::config::FileConfig;
+use tokio_util::sync::CancellationToken;
 
 /// Arguments of `run`.
 ///
@@ -37,6 +39,12 @@ pub struct RunArgs {
     /// No status lines.
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// Serve /metrics, /status, the dashboard (/), /healthz and /readyz on
+    /// this address (for example 127.0.0.1:9464); overrides the config's
+    /// `[admin] listen`. Off unless given here or there.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: RunArgs) -> ExitCode {
@@ -53,6 +61,21 @@ pub async fn run(args: RunArgs) -> ExitCode {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    if let Some(addr) = args.admin {
+        config.admin.listen = Some(addr);
+    }
+    // Bound before the engine is built: a taken port fails the start
+    // before any backlog store is opened or any source is read.
+    let admin = match config.admin.listen {
+        Some(addr) => match AdminServer::bind(addr).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let engine = match config.build().await.map(|b| b.build()) {
         Ok(Ok(engine)) => engine,
         Ok(Err(e)) => {
@@ -66,6 +89,26 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     let monitor = engine.monitor();
     let started = Instant::now();
+    let interval = config.status_interval.max(Duration::from_millis(100));
+    let tracker = Tracker::new(monitor.clone(), interval);
+    let stop_admin = CancellationToken::new();
+    tokio::spawn(tracker.clone().run(stop_admin.clone()));
+    let mut admin_task = None;
+    if let Some(server) = admin {
+        let addr = server.local_addr();
+        tracing::info!(%addr, "admin listener: /metrics, /status, /healthz, /readyz and the dashboard at /");
+        if !args.quiet {
+            eprintln!(
+                "laneway: admin listener on http://{addr}/ (dashboard; /metrics, /status, /healthz, /readyz)"
+            );
+        }
+        let (tracker, stop) = (tracker.clone(), stop_admin.clone());
+        admin_task = Some(tokio::spawn(async move {
+            if let Err(e) = server.serve(tracker, stop).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        }));
+    }
     if !args.quiet {
         let what = args
             .config
@@ -78,15 +121,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
             config.groups.len(),
             if config.groups.len() == 1 { "" } else { "s" }
         );
-        let monitor = monitor.clone();
-        let interval = config.status_interval.max(Duration::from_millis(100));
+        let tracker = tracker.clone();
         tokio::spawn(async move {
-            let mut line = StatusLine::new(&monitor);
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
+            // One line per tracker sample: the same figures as /status.
+            let mut seq = tracker.seq();
             loop {
-                tick.tick().await;
-                eprintln!("{}", line.next(&monitor, started.elapsed().as_secs_f64()));
+                tracker.wait_after(seq, Duration::from_secs(3600)).await;
+                seq = tracker.seq();
+                eprintln!("{}", status_line(&tracker, started.elapsed().as_secs_f64()));
             }
         });
     }
@@ -111,6 +153,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let summary = engine.run(shutdown).await;
+    stop_admin.cancel();
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     if !args.quiet {
         eprint!("{}", summary_text(&summary));
     }

@@ -2,56 +2,42 @@
 
 use std::fmt::Write as _;
 
-use laneway::engine::{GroupSnapshot, LatencySummary, Monitor, RunSummary};
+use laneway::admin::Tracker;
+use laneway::engine::{LatencySummary, RunSummary};
 
-/// Remembers the previous snapshot so each line shows rates, not totals.
-pub struct StatusLine {
-    previous: Vec<GroupSnapshot>,
-    at: std::time::Instant,
-}
-
-impl StatusLine {
-    pub fn new(monitor: &Monitor) -> StatusLine {
-        StatusLine {
-            previous: monitor.groups(),
-            at: std::time::Instant::now(),
+/// One line: per group, lane depths, delivered/s from each lane over the
+/// latest interval, live latency over it, the drain ETA while the backlog
+/// holds records, and dead letters; then sources in trouble. The figures
+/// are the tracker's, the same as `/status`.
+pub fn status_line(tracker: &Tracker, elapsed_s: f64) -> String {
+    let status = tracker.status();
+    let mut line = format!("[{elapsed_s:6.1}s]");
+    for ((g, lat, live_rate, backlog_rate), s) in
+        tracker.latest_interval().iter().zip(&status.groups)
+    {
+        let _ = write!(
+            line,
+            "{}{}: live {} backlog {} | {}/s live {}/s backlog | p50 {} p99 {}",
+            if line.ends_with(']') { " " } else { " || " },
+            g.name,
+            g.live_depth,
+            g.backlog_depth,
+            human(*live_rate),
+            human(*backlog_rate),
+            ms(*lat, |l| l.p50),
+            ms(*lat, |l| l.p99),
+        );
+        if g.backlog_depth > 0 {
+            let _ = write!(line, " | eta {}", s.drain_eta);
+        }
+        if g.dead_letter > 0 {
+            let _ = write!(line, " dead {}", g.dead_letter);
         }
     }
-
-    /// One line: per group, lane depths, delivered/s from each lane, and
-    /// live latency over the interval.
-    pub fn next(&mut self, monitor: &Monitor, elapsed_s: f64) -> String {
-        let now = std::time::Instant::now();
-        let dt = now.duration_since(self.at).as_secs_f64().max(1e-3);
-        let groups = monitor.groups();
-        let latencies = monitor.interval_latencies();
-        let mut line = format!("[{elapsed_s:6.1}s]");
-        for ((g, p), lat) in groups.iter().zip(&self.previous).zip(latencies) {
-            let live_rate = (g.delivered_live - p.delivered_live) as f64 / dt;
-            let backlog_rate = (g.delivered_backlog - p.delivered_backlog) as f64 / dt;
-            let _ = write!(
-                line,
-                "{}{}: live {} backlog {} | {}/s live {}/s backlog | p50 {} p99 {}",
-                if line.ends_with(']') { " " } else { " || " },
-                g.name,
-                g.live_depth,
-                g.backlog_depth,
-                human(live_rate),
-                human(backlog_rate),
-                ms(lat, |l| l.p50),
-                ms(lat, |l| l.p99),
-            );
-            if g.dead_letter > 0 {
-                let _ = write!(line, " dead {}", g.dead_letter);
-            }
-        }
-        for (source, trouble) in monitor.source_troubles() {
-            let _ = write!(line, " || {source}: {trouble}");
-        }
-        self.previous = groups;
-        self.at = now;
-        line
+    for (source, trouble) in tracker.monitor().source_troubles() {
+        let _ = write!(line, " || {source}: {trouble}");
     }
+    line
 }
 
 fn ms(l: LatencySummary, pick: impl Fn(&LatencySummary) -> f64) -> String {
