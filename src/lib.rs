@@ -27,6 +27,8 @@
 //! - [`sink`]: the [`Sink`](sink::Sink) trait and
 //!   [`DeliveryError`](sink::DeliveryError); the handler, JSONL and null sinks.
 //! - [`amqp`]: AMQP 0-9-1 source and sink (uses `source` and `sink`).
+//! - [`kafka`]: Kafka source (consumer groups, commits of done offsets) and
+//!   sink (idempotent producer) (uses `source` and `sink`).
 //! - [`engine`]: routing, groups, lanes, scheduling, dead letters, running
 //!   and stopping (uses all of the above).
 //! - [`config`]: `laneway.toml` and building an engine from it (on top).

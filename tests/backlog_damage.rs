@@ -129,6 +129,37 @@ fn every_header_byte_flipped_costs_no_record_and_never_refuses_start() {
     }
 }
 
+/// Found by the recovery fuzz target: with the header of a middle segment
+/// damaged *and* its first record damaged, recovery stepped over the
+/// record from the last id before the segment and counted the records
+/// after it, but the reader (and `inspect`) resumed from id 0, found no
+/// record past the damage, and left the rest of the segment unread: the
+/// backlog never drained. Every reader now resumes where recovery does.
+#[test]
+fn a_damaged_header_followed_by_a_damaged_record_still_hands_out_the_rest() {
+    let dir = filled(N);
+    let segs = segments(dir.path());
+    let victim = &segs[1];
+    let f = frames(victim);
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[10] ^= 0xff; // the header's checksum no longer holds
+    let first = f[0].0 as usize;
+    bytes[first + 20] ^= 0xff; // nor does the first record's
+    std::fs::write(victim, &bytes).unwrap();
+    let damaged = f[0].1;
+    let v = verify_dir(dir.path()).unwrap();
+    assert!(!v.ok);
+    assert_eq!(v.lost, 1, "{v:?}");
+    let inspected = laneway::backlog::disk::inspect_dir(dir.path()).unwrap();
+    assert_eq!(
+        inspected.records,
+        N - 1,
+        "inspect reads past the damage too"
+    );
+    let rest: Vec<u64> = (1..=N).filter(|&id| id != damaged).collect();
+    open_and_check(dir.path(), 1, &rest);
+}
+
 #[test]
 fn a_deleted_middle_segment_counts_each_of_its_records_by_id() {
     let dir = filled(N);

@@ -184,9 +184,13 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
         segments: Vec::new(),
     };
     let (mut oldest, mut newest) = (i64::MAX, i64::MIN);
+    // The highest id read so far: where a segment with a damaged header
+    // resumes, as recovery resumes it.
+    let mut max_id = 0u64;
     for (seq, path) in segs {
-        let mut r =
-            SegmentReader::open(&path, None, 1 << 20, u32::MAX as usize).map_err(io(&path))?;
+        let mut r = SegmentReader::open(&path, None, 1 << 20, u32::MAX as usize)
+            .map_err(io(&path))?
+            .after_damaged_header(max_id);
         let mut s = SegmentSummary {
             file: path.display().to_string(),
             seq,
@@ -198,6 +202,7 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
         loop {
             match r.next_step().map_err(io(&path))? {
                 Step::Record { id, total, .. } => {
+                    max_id = max_id.max(id);
                     s.records += 1;
                     if released.contains(id) {
                         out.released += 1;

@@ -156,12 +156,12 @@ impl Reader {
 
     /// Opens the next segment to read; false if there is none.
     fn open_next(&mut self, shared: &Shared) -> Result<bool, BacklogError> {
-        let (seq, path, end) = {
+        let (seq, path, end, first_id) = {
             let idx = shared.index.lock();
             match idx.segments.range(self.next_seq..).next() {
                 Some((&seq, s)) => {
                     self.cur_generation = s.generation;
-                    (seq, s.path.clone(), s.end)
+                    (seq, s.path.clone(), s.end, s.first_id)
                 }
                 None => return Ok(false),
             }
@@ -175,7 +175,8 @@ impl Reader {
         .map_err(|source| BacklogError::Io {
             action: format!("opening {}", path.display()),
             source,
-        })?;
+        })?
+        .after_damaged_header(first_id.saturating_sub(1));
         self.next_seq = seq;
         self.cur = Some((seq, reader));
         Ok(true)

@@ -199,6 +199,18 @@ impl SegmentReader {
         self.limit = self.limit.max(limit);
     }
 
+    /// When this segment's header is damaged, reads its records as coming
+    /// after `last_id` (the last id before the segment, as recovery knew
+    /// it), so that damage right after the header is stepped over the same
+    /// way recovery stepped over it: the dense-id bound of the resync then
+    /// starts from the right id, not from 0. A sound header already says.
+    pub fn after_damaged_header(mut self, last_id: u64) -> SegmentReader {
+        if self.header.is_err() {
+            self.seek(SEGMENT_HEADER_LEN, last_id);
+        }
+        self
+    }
+
     /// Continues from `pos` (a frame boundary found earlier), with `last_id`
     /// the id of the frame before it.
     pub fn seek(&mut self, pos: u64, last_id: u64) {

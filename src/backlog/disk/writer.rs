@@ -470,10 +470,13 @@ impl Writer {
                 let Some((&seq, seg)) = idx.segments.range(self.head_hint..).next() else {
                     return;
                 };
-                let (path, end) = (seg.path.clone(), seg.end);
+                let (path, end, first_id) = (seg.path.clone(), seg.end, seg.first_id);
                 drop(idx);
                 match SegmentReader::open(&path, Some(end), 256 * 1024, max_body) {
-                    Ok(r) => self.head = Some((seq, r)),
+                    Ok(r) => {
+                        let r = r.after_damaged_header(first_id.saturating_sub(1));
+                        self.head = Some((seq, r));
+                    }
                     Err(e) => {
                         tracing::warn!(segment = %path.display(), error = %e, "cannot read the backlog head");
                         return;
