@@ -92,3 +92,31 @@ async fn every_message_goes_through_kafka_exactly_once_and_unchanged() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_does_not_exist_fails_the_run_naming_the_source() {
+    let cluster = cluster(&["in"], 2);
+    let source = KafkaSource::new(KafkaSourceConfig {
+        brokers: cluster.bootstrap_servers(),
+        topics: vec!["no.such.topic".into()],
+        group_id: "missing".into(),
+        ..KafkaSourceConfig::default()
+    })
+    .unwrap();
+    let engine = Engine::builder()
+        .group(GroupConfig::named("g"), laneway::sink::NullSink)
+        .source(source, LanePolicy::Auto)
+        .build()
+        .unwrap();
+    // The run ends by itself: a failed source stops it.
+    let summary = tokio::time::timeout(Duration::from_secs(60), engine.run(std::future::pending()))
+        .await
+        .expect("the run stops on the failure");
+    assert_eq!(summary.failures.len(), 1, "{summary:?}");
+    let failure = &summary.failures[0];
+    assert!(failure.source.contains("no.such.topic"), "{failure:?}");
+    assert!(
+        failure.error.contains("UnknownTopicOrPartition"),
+        "{failure:?}"
+    );
+}

@@ -84,6 +84,22 @@ fn single<M: EncodeMetric>(
     value.encode(encoder.encode_descriptor(name, help, None, value.metric_type())?)
 }
 
+/// One counter per group and reason: `pick` gives a group's counts by reason.
+fn by_reason<'a, const N: usize>(
+    groups: &'a [crate::engine::GroupSnapshot],
+    pick: impl Fn(&crate::engine::GroupSnapshot) -> [(&'static str, u64); N] + 'a,
+) -> impl Iterator<Item = (ReasonLabels, ConstCounter<u64>)> + 'a {
+    groups.iter().flat_map(move |g| {
+        pick(g).map(|(reason, v)| {
+            let labels = ReasonLabels {
+                group: g.name.clone(),
+                reason,
+            };
+            (labels, counter(v))
+        })
+    })
+}
+
 fn counter(v: u64) -> ConstCounter<u64> {
     ConstCounter::new(v)
 }
@@ -233,22 +249,13 @@ impl prometheus_client::collector::Collector for EngineCollector {
             "laneway_group_dead_letters",
             "Messages the group made dead letters, by reason: invalid_json (validate_json), permanent (the sink refused for good), attempts_exhausted (max_attempts failures).",
             Counter,
-            groups.iter().flat_map(|g| {
+            by_reason(&groups, |g| {
                 let r = g.dead_letter_by_reason;
                 [
                     ("invalid_json", r.invalid_json),
                     ("permanent", r.permanent),
                     ("attempts_exhausted", r.attempts_exhausted),
                 ]
-                .map(|(reason, v)| {
-                    (
-                        ReasonLabels {
-                            group: g.name.clone(),
-                            reason,
-                        },
-                        counter(v),
-                    )
-                })
             }),
         )?;
         family(
@@ -277,7 +284,7 @@ impl prometheus_client::collector::Collector for EngineCollector {
             "laneway_group_backlog_lost_records",
             "Records the backlog store gave up, by reason: cut (torn tails cut at recovery; never acknowledged), corrupt (found damaged), expired (past max_age), dropped (drop_oldest made room).",
             Counter,
-            groups.iter().flat_map(|g| {
+            by_reason(&groups, |g| {
                 let l = g.backlog_lost;
                 [
                     ("cut", l.cut),
@@ -285,15 +292,6 @@ impl prometheus_client::collector::Collector for EngineCollector {
                     ("expired", l.expired),
                     ("dropped", l.dropped),
                 ]
-                .map(|(reason, v)| {
-                    (
-                        ReasonLabels {
-                            group: g.name.clone(),
-                            reason,
-                        },
-                        counter(v),
-                    )
-                })
             }),
         )?;
         // The live latency histogram, from each group's whole-run record.

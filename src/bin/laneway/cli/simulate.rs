@@ -100,6 +100,30 @@ pub struct SimulateArgs {
     pub quiet: bool,
 }
 
+impl SimulateArgs {
+    /// The run's limit in words, for the first progress line.
+    pub fn limit_words(&self) -> String {
+        match (self.count, self.duration) {
+            (Some(n), _) => format!(", {n} messages"),
+            (_, Some(d)) => format!(", for {d:?}"),
+            _ => ", until Ctrl-C".into(),
+        }
+    }
+
+    /// How long to wait before the next message to keep to `--rate`, when
+    /// `sent` have gone since `start`; `None` when it is due now.
+    pub fn wait_before_next(&self, start: Instant, sent: u64) -> Option<Duration> {
+        if self.rate <= 0.0 || sent < (start.elapsed().as_secs_f64() * self.rate) as u64 {
+            return None;
+        }
+        let next = Duration::from_secs_f64((sent + 1) as f64 / self.rate);
+        Some(
+            next.saturating_sub(start.elapsed())
+                .max(Duration::from_millis(1)),
+        )
+    }
+}
+
 #[derive(Default)]
 struct Counts {
     published: u64,
@@ -190,11 +214,7 @@ async fn publish(args: SimulateArgs) -> Result<bool, String> {
             "simulate: publishing to {url} exchange {exchange_name} ({} products x {} devices{})",
             args.products,
             args.devices,
-            match (args.count, args.duration) {
-                (Some(n), _) => format!(", {n} messages"),
-                (_, Some(d)) => format!(", for {d:?}"),
-                _ => ", until Ctrl-C".into(),
-            }
+            args.limit_words()
         );
     }
     let mut fleet = Fleet::new(args.products, args.devices, args.seed);
@@ -217,17 +237,10 @@ async fn publish(args: SimulateArgs) -> Result<bool, String> {
         {
             break;
         }
-        if args.rate > 0.0 {
-            let due = (start.elapsed().as_secs_f64() * args.rate) as u64;
-            if counts.published >= due {
-                let next = Duration::from_secs_f64((counts.published + 1) as f64 / args.rate);
-                let wait = next
-                    .saturating_sub(start.elapsed())
-                    .max(Duration::from_millis(1));
-                tokio::select! {
-                    _ = &mut ctrl_c => break,
-                    _ = tokio::time::sleep(wait) => continue,
-                }
+        if let Some(wait) = args.wait_before_next(start, counts.published) {
+            tokio::select! {
+                _ = &mut ctrl_c => break,
+                _ = tokio::time::sleep(wait) => continue,
             }
         }
         if in_flight.len() >= window

@@ -35,11 +35,7 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
             "simulate: producing to kafka {brokers} topic {topic} ({} products x {} devices{})",
             args.products,
             args.devices,
-            match (args.count, args.duration) {
-                (Some(n), _) => format!(", {n} messages"),
-                (_, Some(d)) => format!(", for {d:?}"),
-                _ => ", until Ctrl-C".into(),
-            }
+            args.limit_words()
         );
     }
     let mut fleet = Fleet::new(args.products, args.devices, args.seed);
@@ -70,17 +66,10 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
         {
             break;
         }
-        if args.rate > 0.0 {
-            let due = (start.elapsed().as_secs_f64() * args.rate) as u64;
-            if produced >= due {
-                let next = Duration::from_secs_f64((produced + 1) as f64 / args.rate);
-                let wait = next
-                    .saturating_sub(start.elapsed())
-                    .max(Duration::from_millis(1));
-                tokio::select! {
-                    _ = &mut ctrl_c => break,
-                    _ = tokio::time::sleep(wait) => continue,
-                }
+        if let Some(wait) = args.wait_before_next(start, produced) {
+            tokio::select! {
+                _ = &mut ctrl_c => break,
+                _ = tokio::time::sleep(wait) => continue,
             }
         }
         if in_flight.len() >= window
