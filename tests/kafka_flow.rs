@@ -120,3 +120,68 @@ async fn a_topic_that_does_not_exist_fails_the_run_naming_the_source() {
         "{failure:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_for_the_producer_is_a_dead_letter_and_the_rest_go_through() {
+    let cluster = cluster(&["out"], 2);
+    let brokers = cluster.bootstrap_servers();
+    let mut properties = std::collections::BTreeMap::new();
+    // The producer refuses records above this size: a permanent failure.
+    properties.insert("message.max.bytes".to_string(), "20000".to_string());
+    let sink = KafkaSink::new(KafkaSinkConfig {
+        brokers: brokers.clone(),
+        topic: "out".into(),
+        properties,
+        ..KafkaSinkConfig::default()
+    })
+    .unwrap();
+    let engine = Engine::builder()
+        .group_with(
+            GroupConfig {
+                validate_json: false,
+                ..GroupConfig::named("out")
+            },
+            Arc::new(sink),
+            None,
+        )
+        .build()
+        .unwrap();
+    let dead = engine.dead_letters();
+    let ingest = engine.ingest(LanePolicy::Live);
+    let now = now_epoch_ms();
+    let sent = json_records("s", 10, |_| now);
+    let big = common::records::Record::new(
+        "/pk1/dev1/thing/event/property/post",
+        "big",
+        now,
+        vec![b'x'; 50_000],
+    );
+    let (monitor, stop, task) = spawn_engine(engine);
+    let mut batch: Vec<_> = sent
+        .iter()
+        .map(|r| laneway::source::Incoming::Message(r.message()))
+        .collect();
+    batch.push(laneway::source::Incoming::Message(big.message()));
+    ingest.submit(batch, laneway::ack::AckRef::none()).await;
+    assert!(
+        wait_until(&monitor, Duration::from_secs(60), |m| {
+            let s = m.summary();
+            s.delivered == 10 && s.dead_letter == 1
+        })
+        .await,
+        "{:?}",
+        monitor.summary()
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let letters = dead.recent();
+    assert_eq!(letters[0].message_id.as_deref(), Some("big"));
+    assert!(
+        letters[0].reason.contains("permanently"),
+        "{}",
+        letters[0].reason
+    );
+    let back = read_back(&brokers, "out", 10, Duration::from_secs(60)).await;
+    let records: Vec<_> = back.into_iter().map(|b| b.record).collect();
+    assert_delivered(&sent, &records, Copies::ExactlyOnce);
+}
