@@ -14,12 +14,25 @@ use std::time::Duration;
 use common::records::json_records;
 use common::{Copies, assert_delivered, spawn_engine, wait_until};
 use kafka_common::{cluster, committed_and_ends, expected_key, produce, read_back};
-use laneway::engine::{Engine, GroupConfig};
+use laneway::engine::{Engine, EngineBuilder, GroupConfig};
 use laneway::kafka::{KafkaSink, KafkaSinkConfig, KafkaSource, KafkaSourceConfig};
 use laneway::message::now_epoch_ms;
 use laneway::source::LanePolicy;
 
 const N: u64 = 100_000;
+
+/// An engine builder with one group, "out", delivering to `sink` with no
+/// JSON check (the payloads are checked byte for byte instead).
+fn to_sink(sink: KafkaSink) -> EngineBuilder {
+    Engine::builder().group_with(
+        GroupConfig {
+            validate_json: false,
+            ..GroupConfig::named("out")
+        },
+        Arc::new(sink),
+        None,
+    )
+}
 const PARTITIONS: i32 = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,15 +63,7 @@ async fn every_message_goes_through_kafka_exactly_once_and_unchanged() {
         ..KafkaSinkConfig::default()
     })
     .unwrap();
-    let engine = Engine::builder()
-        .group_with(
-            GroupConfig {
-                validate_json: false,
-                ..GroupConfig::named("out")
-            },
-            Arc::new(sink),
-            None,
-        )
+    let engine = to_sink(sink)
         .source(source, LanePolicy::Auto)
         .build()
         .unwrap();
@@ -135,17 +140,7 @@ async fn a_record_too_large_for_the_producer_is_a_dead_letter_and_the_rest_go_th
         ..KafkaSinkConfig::default()
     })
     .unwrap();
-    let engine = Engine::builder()
-        .group_with(
-            GroupConfig {
-                validate_json: false,
-                ..GroupConfig::named("out")
-            },
-            Arc::new(sink),
-            None,
-        )
-        .build()
-        .unwrap();
+    let engine = to_sink(sink).build().unwrap();
     let dead = engine.dead_letters();
     let ingest = engine.ingest(LanePolicy::Live);
     let now = now_epoch_ms();
