@@ -170,6 +170,13 @@ impl prometheus_client::collector::Collector for EngineCollector {
         )?;
         family(
             e,
+            "laneway_group_catch_up_depth_messages",
+            "Messages in the group's catch-up lane: read from a lagging log by its catch-up cursor, served on the backlog's schedule, still held by their source.",
+            Gauge,
+            by_group(|g| gi(g.catch_up_depth)),
+        )?;
+        family(
+            e,
             "laneway_group_backlog_bytes",
             "Bytes the backlog's records take in its store.",
             Gauge,

@@ -121,7 +121,9 @@ impl Router {
         }
         for (group, messages) in self.groups.iter().zip(per_group) {
             if !messages.is_empty() {
-                group.admit(messages, &ack, policy).await;
+                group
+                    .admit(messages, &ack, policy, &self.intake_closed)
+                    .await;
             }
         }
         ack.complete();

@@ -177,6 +177,9 @@ pub struct GroupSnapshot {
     pub live_depth: u64,
     /// Records in the backlog now.
     pub backlog_depth: u64,
+    /// Messages waiting in the catch-up lane (held by their source, read on
+    /// the backlog's schedule).
+    pub catch_up_depth: u64,
     /// Messages delivered from the live lane so far.
     pub delivered_live: u64,
     /// Messages delivered from the backlog so far.

@@ -68,6 +68,16 @@ impl Ingest {
         }
     }
 
+    /// The same handle with another lane policy: a source that reads one
+    /// origin with two cursors submits its catch-up cursor's batches with
+    /// [`LanePolicy::CatchUp`].
+    pub fn with_policy(&self, policy: LanePolicy) -> Ingest {
+        Ingest {
+            policy,
+            ..self.clone()
+        }
+    }
+
     /// Counts every submitted item in `health` (its received count).
     pub fn counting(mut self, health: super::SourceHealth) -> Ingest {
         self.health = Some(health);

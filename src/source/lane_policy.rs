@@ -14,4 +14,13 @@ pub enum LanePolicy {
     Live,
     /// Every message goes to the backlog (an accumulation queue as a source).
     Backlog,
+    /// The source holds these messages itself (a lagging log read from its
+    /// committed offset): they wait in the group's catch-up lane, which is
+    /// read on the backlog lane's schedule (`backlog_share`,
+    /// `backlog_rate`) and never copied to the backlog store unless a
+    /// delivery fails. A full catch-up lane makes the submit wait. Set by
+    /// sources with [`Ingest::with_policy`](super::Ingest::with_policy),
+    /// not by configuration.
+    #[serde(skip)]
+    CatchUp,
 }

@@ -2,6 +2,9 @@
 //! messages go live while the live lane has room; stale ones, and those the
 //! live lane has no room for ("push limited"), go to the backlog writer.
 //! At shutdown, what is left in the live lane moves to the backlog too.
+//! Messages their source holds itself ([`LanePolicy::CatchUp`]) take the
+//! catch-up lane, waiting for room there: they are never copied to the
+//! backlog store on admission.
 
 use super::Group;
 use super::writer::PendingWrite;
@@ -12,32 +15,40 @@ use crate::engine::lanes::LiveItem;
 use crate::engine::stats::bump;
 use crate::message::{Message, now_epoch_ms};
 use crate::source::LanePolicy;
+use tokio_util::sync::CancellationToken;
 
 impl Group {
     /// Takes messages routed to this group into its lanes. Resolves once
     /// each is in the live lane or queued for the backlog writer; waits
-    /// (backpressure) while the writer's queue is full.
-    pub async fn admit(&self, messages: Vec<Message>, ack: &AckRef, policy: LanePolicy) {
+    /// (backpressure) while the writer's queue is full. Catch-up messages
+    /// wait for room in the catch-up lane until `closed` (intake closed at
+    /// shutdown): those left out then drop their acks, so their source
+    /// keeps them.
+    pub async fn admit(
+        &self,
+        messages: Vec<Message>,
+        ack: &AckRef,
+        policy: LanePolicy,
+        closed: &CancellationToken,
+    ) {
         bump(&self.stats.admitted, messages.len() as u64);
+        if policy == LanePolicy::CatchUp {
+            return self.admit_catch_up(messages, ack, closed).await;
+        }
         let now_ms = now_epoch_ms();
         let live_window_ms = self.config.live_window.as_millis() as i64;
         let mut to_backlog = PendingWrite::default();
         let mut invalid = Vec::new();
         let mut live = Vec::with_capacity(messages.len());
         for message in messages {
-            if self.config.validate_json && !message.payload_is_json() {
-                // Only on this rare path: say what is wrong and where.
-                let reason = match crate::message::json::validate(message.payload()) {
-                    Err(e) => format!("payload is not valid JSON: {e}"),
-                    Ok(()) => "payload is not valid JSON".to_string(),
-                };
-                invalid.push(DeadLetter::for_message(&message, self.name(), 0, reason));
+            if let Some(letter) = self.invalid_json(&message) {
+                invalid.push(letter);
                 continue;
             }
             let fresh = match policy {
                 LanePolicy::Auto => message.age_ms(now_ms) <= live_window_ms,
                 LanePolicy::Live => true,
-                LanePolicy::Backlog => false,
+                LanePolicy::Backlog | LanePolicy::CatchUp => false,
             };
             if fresh {
                 live.push(LiveItem {
@@ -60,11 +71,7 @@ impl Group {
                 to_backlog.push(BacklogRecord::fresh(item.message), item.ack);
             }
         }
-        if !invalid.is_empty() {
-            bump(&self.stats.dead_letters, invalid.len() as u64);
-            bump(&self.stats.dead_invalid, invalid.len() as u64);
-            self.dead.record(invalid).await;
-        }
+        self.bury_invalid(invalid).await;
         if !to_backlog.is_empty() && self.queue_write(to_backlog).await.is_err() {
             // The writer only stops after the engine stopped admitting; the
             // dropped acks abandon their batches, so the source keeps them.
@@ -73,6 +80,56 @@ impl Group {
                 "backlog writer is gone; messages left unacknowledged"
             );
         }
+    }
+
+    async fn admit_catch_up(
+        &self,
+        messages: Vec<Message>,
+        ack: &AckRef,
+        closed: &CancellationToken,
+    ) {
+        let mut items = Vec::with_capacity(messages.len());
+        let mut invalid = Vec::new();
+        for message in messages {
+            if let Some(letter) = self.invalid_json(&message) {
+                invalid.push(letter);
+                continue;
+            }
+            items.push(LiveItem {
+                message,
+                ack: ack.clone(),
+            });
+        }
+        self.bury_invalid(invalid).await;
+        if let Err(left) = self.catch_up.push_all(items, closed, &self.progress).await {
+            tracing::info!(
+                group = self.name(),
+                count = left.len(),
+                "intake closed while catch-up messages waited for room; their source keeps them"
+            );
+        }
+    }
+
+    /// A dead letter for a message whose payload must be JSON and is not.
+    fn invalid_json(&self, message: &Message) -> Option<DeadLetter> {
+        if !self.config.validate_json || message.payload_is_json() {
+            return None;
+        }
+        // Only on this rare path: say what is wrong and where.
+        let reason = match crate::message::json::validate(message.payload()) {
+            Err(e) => format!("payload is not valid JSON: {e}"),
+            Ok(()) => "payload is not valid JSON".to_string(),
+        };
+        Some(DeadLetter::for_message(message, self.name(), 0, reason))
+    }
+
+    async fn bury_invalid(&self, invalid: Vec<DeadLetter>) {
+        if invalid.is_empty() {
+            return;
+        }
+        bump(&self.stats.dead_letters, invalid.len() as u64);
+        bump(&self.stats.dead_invalid, invalid.len() as u64);
+        self.dead.record(invalid).await;
     }
 
     /// At shutdown: hands what the live lane still holds to the backlog

@@ -22,6 +22,8 @@ use crate::sink::Lane;
 enum Work {
     Live(Vec<LiveItem>),
     Backlog(Vec<StoredRecord>),
+    /// From the catch-up lane: held by the source, served as backlog.
+    CatchUp(Vec<LiveItem>),
 }
 
 impl Group {
@@ -48,7 +50,7 @@ impl Group {
                     return;
                 }
                 let now = Instant::now();
-                let backlog_ready = !self.read_ahead.is_empty();
+                let backlog_ready = !self.read_ahead.is_empty() || !self.catch_up.is_empty();
                 let in_flight = self.backlog_in_flight.load(Ordering::Acquire);
                 match scheduler.pick(!self.live.is_empty(), backlog_ready, in_flight, now) {
                     Pick::Live => {
@@ -59,11 +61,20 @@ impl Group {
                         }
                     }
                     Pick::Backlog { max } => {
-                        let records = self.read_ahead.take(max.min(self.config.batch_size));
+                        // The store's records (retries, stale messages)
+                        // first, then what sources hold for catching up.
+                        let max = max.min(self.config.batch_size);
+                        let records = self.read_ahead.take(max);
                         if !records.is_empty() {
                             scheduler.took(Lane::Backlog, records.len());
                             self.backlog_in_flight.fetch_add(1, Ordering::AcqRel);
                             break Work::Backlog(records);
+                        }
+                        let held = self.catch_up.pop_batch(max);
+                        if !held.is_empty() {
+                            scheduler.took(Lane::Backlog, held.len());
+                            self.backlog_in_flight.fetch_add(1, Ordering::AcqRel);
+                            break Work::CatchUp(held);
                         }
                     }
                     Pick::Wait(wait) => {
@@ -71,6 +82,7 @@ impl Group {
                         // rate ceiling, the quiet period of live traffic).
                         tokio::select! {
                             _ = self.live.arrived() => {}
+                            _ = self.catch_up.arrived() => {}
                             _ = self.read_ahead.filled.notified() => {}
                             _ = tokio::time::sleep(wait) => {}
                             _ = stop.cancelled() => return,
@@ -86,9 +98,13 @@ impl Group {
 
     async fn deliver(self: Arc<Self>, work: Work, permit: OwnedSemaphorePermit) {
         match work {
-            Work::Live(items) => self.deliver_live(items).await,
+            Work::Live(items) => self.deliver_held(items, Lane::Live).await,
             Work::Backlog(records) => {
                 self.deliver_backlog(records).await;
+                self.backlog_in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+            Work::CatchUp(items) => {
+                self.deliver_held(items, Lane::Backlog).await;
                 self.backlog_in_flight.fetch_sub(1, Ordering::AcqRel);
             }
         }

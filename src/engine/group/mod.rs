@@ -43,6 +43,8 @@ pub(crate) struct Group {
     pub config: GroupConfig,
     pub filter: Filter,
     live: LiveLane,
+    /// Messages their source holds itself, read on the backlog's schedule.
+    catch_up: LiveLane,
     store: Arc<dyn BacklogStore>,
     sink: Arc<dyn Sink>,
     pub stats: GroupStats,
@@ -81,6 +83,7 @@ impl Group {
         let (writer_tx, writer_rx) = writer::queue();
         let group = Group {
             live: LiveLane::new(config.live_capacity),
+            catch_up: LiveLane::new(config.batch_size * config.slots * 2),
             slots: Arc::new(Semaphore::new(config.slots)),
             filter,
             store,
@@ -138,6 +141,16 @@ impl Group {
             tracing::error!(group = self.name(), error = %e, "returning read-ahead records to the backlog failed; they come back after a restart");
         }
         self.move_live_to_backlog().await;
+        let held = self.catch_up.pop_batch(usize::MAX);
+        if !held.is_empty() {
+            // Their acks are dropped unsettled: the source keeps them (a
+            // Kafka partition's committed offset stays before them).
+            tracing::info!(
+                group = self.name(),
+                count = held.len(),
+                "catch-up messages not delivered at shutdown stay with their source"
+            );
+        }
         // The engine stopped admitting before it stopped the groups, so
         // closing the queue loses no sender; the writer drains what is queued.
         writer_closing.cancel();
@@ -159,6 +172,7 @@ impl Group {
     /// delivery in flight, nothing waiting for the writer.
     pub fn is_idle(&self) -> bool {
         self.live.is_empty()
+            && self.catch_up.is_empty()
             && self.store.depth().records == 0
             && self.delivering.load(Ordering::Acquire) == 0
             && self.writing.load(Ordering::Acquire) == 0
@@ -178,6 +192,7 @@ impl Group {
             admitted: read(&self.stats.admitted),
             live_depth: self.live.len() as u64,
             backlog_depth: backlog.records,
+            catch_up_depth: self.catch_up.len() as u64,
             delivered_live: read(&self.stats.delivered_live),
             delivered_backlog: read(&self.stats.delivered_backlog),
             diverted_stale: read(&self.stats.diverted_stale),

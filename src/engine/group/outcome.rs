@@ -65,7 +65,11 @@ impl Group {
         }
     }
 
-    pub(super) async fn deliver_live(&self, items: Vec<LiveItem>) {
+    /// Delivers messages whose source ack is still open: live ones, and
+    /// catch-up ones (`lane` is then [`Lane::Backlog`]). A failure moves a
+    /// message to the backlog store (then its ack settles) or retries it in
+    /// the slot.
+    pub(super) async fn deliver_held(&self, items: Vec<LiveItem>, lane: Lane) {
         let backoff = self.config.retry_backoff();
         let (mut batch, mut acks): (Vec<Delivery>, Vec<AckRef>) = items
             .into_iter()
@@ -73,7 +77,7 @@ impl Group {
                 let delivery = Delivery {
                     message: i.message,
                     attempts: 0,
-                    lane: Lane::Live,
+                    lane,
                 };
                 (delivery, i.ack)
             })
@@ -81,7 +85,7 @@ impl Group {
         loop {
             let failed = self.call_sink(&batch).await;
             if failed.iter().all(Option::is_none) {
-                self.settle_live(&batch, acks);
+                self.settle_held(&batch, acks, lane);
                 return;
             }
             let (mut delivered, mut delivered_acks) = (Vec::new(), Vec::new());
@@ -110,7 +114,7 @@ impl Group {
                 retry.push(d);
                 retry_acks.push(ack);
             }
-            self.settle_live(&delivered, delivered_acks);
+            self.settle_held(&delivered, delivered_acks, lane);
             self.bury(dead).await;
             if retry.is_empty() {
                 return;
@@ -142,16 +146,21 @@ impl Group {
         }
     }
 
-    /// Counts and acknowledges delivered live messages, recording their latency.
-    fn settle_live(&self, delivered: &[Delivery], acks: Vec<AckRef>) {
+    /// Counts and acknowledges delivered messages, recording the latency
+    /// of live ones.
+    fn settle_held(&self, delivered: &[Delivery], acks: Vec<AckRef>, lane: Lane) {
         if delivered.is_empty() {
             return;
         }
-        let now = Instant::now();
-        self.stats
-            .live_latency
-            .record_batch(now, delivered.iter().map(|d| d.message.received_at()));
-        bump(&self.stats.delivered_live, delivered.len() as u64);
+        if lane == Lane::Live {
+            let now = Instant::now();
+            self.stats
+                .live_latency
+                .record_batch(now, delivered.iter().map(|d| d.message.received_at()));
+            bump(&self.stats.delivered_live, delivered.len() as u64);
+        } else {
+            bump(&self.stats.delivered_backlog, delivered.len() as u64);
+        }
         acks.into_iter().for_each(AckRef::complete);
     }
 

@@ -1,16 +1,21 @@
-//! The live lane: a bounded queue of fresh messages for one group.
+//! The live lane: a bounded queue of fresh messages for one group. A
+//! second instance is the group's catch-up lane: messages a source still
+//! holds (a lagging Kafka partition's pile), read on the backlog lane's
+//! schedule.
 //!
 //! Invariants: it never holds more than its capacity (what does not fit is
 //! handed back, which is the "push limited" signal that sends a message to
-//! the backlog); items leave in the order they came; each item carries the
-//! source ack it must settle. Items move in and out in batches, one short
-//! lock per batch, and the depth is readable without the lock.
+//! the backlog, or waits for room with [`LiveLane::push_all`]); items leave
+//! in the order they came; each item carries the source ack it must settle.
+//! Items move in and out in batches, one short lock per batch, and the depth
+//! is readable without the lock.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckRef;
 use crate::message::Message;
@@ -31,6 +36,8 @@ pub struct LiveLane {
     capacity: usize,
     len: AtomicUsize,
     arrived: Notify,
+    /// Notified when items were taken (room for [`LiveLane::push_all`]).
+    room: Notify,
 }
 
 impl LiveLane {
@@ -42,6 +49,7 @@ impl LiveLane {
             capacity,
             len: AtomicUsize::new(0),
             arrived: Notify::new(),
+            room: Notify::new(),
         }
     }
 
@@ -54,6 +62,38 @@ impl LiveLane {
         self.len.store(queue.len(), Ordering::Release);
         drop(queue);
         items.collect()
+    }
+
+    /// Appends every item, in order, waiting for room as the dispatcher
+    /// takes items (backpressure for a source that holds its messages
+    /// itself). `pushed` is notified (all waiters) after each push that
+    /// got items in. If `closed` is cancelled first, returns the items that
+    /// did not get in.
+    pub async fn push_all(
+        &self,
+        mut items: Vec<LiveItem>,
+        closed: &CancellationToken,
+        pushed: &Notify,
+    ) -> Result<(), Vec<LiveItem>> {
+        loop {
+            // Registered before the push, so a take in between is not missed.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let offered = items.len();
+            items = self.push_batch(items);
+            if items.len() < offered {
+                self.wake();
+                pushed.notify_waiters();
+            }
+            if items.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = room => {}
+                _ = closed.cancelled() => return Err(items),
+            }
+        }
     }
 
     /// Wakes the dispatcher after a run of pushes.
@@ -72,6 +112,10 @@ impl LiveLane {
         let n = queue.len().min(max);
         let out: Vec<LiveItem> = queue.drain(..n).collect();
         self.len.store(queue.len(), Ordering::Release);
+        drop(queue);
+        if !out.is_empty() {
+            self.room.notify_waiters();
+        }
         out
     }
 
