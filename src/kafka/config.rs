@@ -55,6 +55,21 @@ pub struct KafkaSourceConfig {
     /// end, then exit). Default: never.
     #[serde(with = "humantime_serde")]
     pub idle_exit: Option<Duration>,
+    /// Live-first catch-up: a partition assigned with at least
+    /// `catch_up_after` records before its live start is read with two
+    /// cursors, live from the live start and catch-up from the committed
+    /// offset, so fresh records flow at once while the pile drains on the
+    /// backlog's schedule (see docs/kafka.md). Default true.
+    pub catch_up: bool,
+    /// How many records a partition must lag before it is split. Default
+    /// 10000.
+    pub catch_up_after: u64,
+    /// Where the live cursor of a split partition starts: at the first
+    /// record younger than this (offsets-for-times), or at the log end when
+    /// there is none (or with `0s`). Default 10s, the groups' default
+    /// `live_window`.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_live_from: Duration,
     /// Extra librdkafka properties (for example `security.protocol`), set
     /// after laneway's own; never logged, since they may hold secrets.
     pub properties: BTreeMap<String, String>,
@@ -73,6 +88,9 @@ impl Default for KafkaSourceConfig {
             prefetch_kbytes: 16 * 1024,
             commit_every: Duration::from_secs(1),
             idle_exit: None,
+            catch_up: true,
+            catch_up_after: 10_000,
+            catch_up_live_from: Duration::from_secs(10),
             properties: BTreeMap::new(),
         }
     }
@@ -185,6 +203,12 @@ impl KafkaSourceConfig {
             return Err(KafkaConfigError::invalid(
                 "prefetch_kbytes",
                 "must be at least 1",
+            ));
+        }
+        if self.catch_up && self.catch_up_after == 0 {
+            return Err(KafkaConfigError::invalid(
+                "catch_up_after",
+                "must be at least 1 (turn catch-up off with catch_up = false)",
             ));
         }
         if self.commit_every.is_zero() {

@@ -15,11 +15,13 @@
 //!   limited" (the message waits in the backlog), and only errors no retry
 //!   can fix (an unknown topic, a record too large) as permanent.
 
+mod catch_up;
 mod config;
 mod offsets;
 mod record;
 mod sink;
 mod source;
+mod split;
 
 pub use config::{BROKERS_ENV, KafkaConfigError, KafkaSinkConfig, KafkaSourceConfig, ValueFormat};
 pub use record::{headers_of, key_of};

@@ -1,6 +1,8 @@
 //! The Kafka source: a consumer in a consumer group that hands records to
 //! the engine in batches, one batch per partition run, and commits each
-//! partition's done offset (see `offsets.rs`).
+//! partition's done offset (see `offsets.rs`). A partition assigned with a
+//! pile behind it is split (`split.rs`): this consumer reads it live from
+//! its live start while the catch-up reader (`catch_up.rs`) reads the pile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,16 +11,19 @@ use async_trait::async_trait;
 use futures_util::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
+use super::catch_up::CatchUpReader;
 use super::config::{KafkaConfigError, KafkaSourceConfig, resolve_brokers};
 use super::offsets::Offsets;
 use super::record;
-use crate::source::{Incoming, Source, SourceContext, SourceError, SourceHealth};
+use super::split::SplitPolicy;
+use crate::source::{Incoming, LanePolicy, Source, SourceContext, SourceError, SourceHealth};
 
 /// Consumes Kafka topics in a consumer group; see the module documentation
 /// of [`crate::kafka`] for what it promises.
@@ -59,11 +64,13 @@ impl KafkaSource {
     }
 }
 
-/// The consumer's callbacks: on revoke, commit what is done of the
-/// partitions going away before another process takes them.
+/// The consumer's callbacks: on assign, split the partitions that lag; on
+/// revoke, commit what is done of the partitions going away before another
+/// process takes them.
 struct Callbacks {
     offsets: Arc<Offsets>,
     health: SourceHealth,
+    split: Option<SplitPolicy>,
 }
 
 impl ClientContext for Callbacks {
@@ -76,7 +83,8 @@ impl ClientContext for Callbacks {
             .filter(|p| p.partition >= 0)
             .map(|p| p.consumer_lag.max(0))
             .sum();
-        self.health.lag(u64::try_from(lag).unwrap_or(0));
+        let lag = u64::try_from(lag).unwrap_or(0) + self.offsets.catch_up_left();
+        self.health.lag(lag);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -105,30 +113,66 @@ impl ConsumerContext for Callbacks {
         }
     }
 
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(list) => {
-                let going: Vec<(String, i32)> = list
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                let due = self.offsets.revoke(&going);
-                tracing::info!(
-                    partitions = going.len(),
-                    "partitions revoked; committing what is done of them"
-                );
-                if !due.is_empty()
-                    && let Err(e) = commit(consumer, &due, CommitMode::Sync)
-                {
-                    tracing::warn!(error = %e, "committing revoked partitions failed; their new owner replays from the last commit");
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                tracing::info!(partitions = partitions.count(), "partitions assigned");
+                if let Some(split) = &self.split {
+                    split.plan(consumer, partitions, &self.offsets);
+                }
+                self.health.healthy();
+                if cooperative {
+                    consumer.incremental_assign(partitions)
+                } else {
+                    consumer.assign(partitions)
                 }
             }
-            Rebalance::Assign(list) => {
-                tracing::info!(partitions = list.count(), "partitions assigned");
-                self.health.healthy();
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(consumer, partitions);
+                if cooperative {
+                    consumer.incremental_unassign(partitions)
+                } else {
+                    consumer.unassign()
+                }
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            other => {
+                tracing::warn!(error = ?other, "rebalance error; dropping the assignment");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "applying a rebalance failed");
+        }
+    }
+}
+
+impl Callbacks {
+    /// Commits what is done of the partitions going away and forgets them
+    /// (their catch-up ranges too).
+    fn revoke(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
+        let going: Vec<(String, i32)> = list
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let due = self.offsets.revoke(&going);
+        tracing::info!(
+            partitions = going.len(),
+            "partitions revoked; committing what is done of them"
+        );
+        if !due.is_empty()
+            && let Err(e) = commit(consumer, &due, CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "committing revoked partitions failed; their new owner replays from the last commit");
         }
     }
 }
@@ -177,6 +221,7 @@ impl Source for KafkaSource {
         let callbacks = Callbacks {
             offsets: Arc::clone(&offsets),
             health: ctx.health.clone(),
+            split: SplitPolicy::of(&self.config),
         };
         let origin_error = |message: String| SourceError::Origin {
             origin: name.clone(),
@@ -191,6 +236,21 @@ impl Source for KafkaSource {
             .subscribe(&topics)
             .map_err(|e| origin_error(format!("subscribing: {e}")))?;
         let consumer = Arc::new(consumer);
+        let catch_up_stop = tokio_util::sync::CancellationToken::new();
+        let catch_up = match self.config.catch_up {
+            true => {
+                let reader = CatchUpReader::new(
+                    &self.client,
+                    Arc::clone(&offsets),
+                    ctx.ingest.with_policy(LanePolicy::CatchUp),
+                    self.config.format,
+                    self.config.batch,
+                )
+                .map_err(|e| origin_error(format!("making the catch-up reader: {e}")))?;
+                Some(tokio::spawn(reader.run(catch_up_stop.clone())))
+            }
+            false => None,
+        };
         // Cancelled when the reader is done (idle): the committer then ends
         // once everything read is settled, without waiting for shutdown.
         let reader_done = tokio_util::sync::CancellationToken::new();
@@ -208,6 +268,9 @@ impl Source for KafkaSource {
             let first = tokio::select! {
                 _ = ctx.stop.cancelled() => break,
                 _ = idle(idle_exit) => {
+                    if offsets.catching_up() {
+                        continue;
+                    }
                     tracing::info!(source = %name, "no record for the idle_exit period; finishing");
                     break;
                 }
@@ -235,6 +298,10 @@ impl Source for KafkaSource {
                 }
             }
             submit_by_partition(&ctx, &offsets, records, self.config.format).await;
+        }
+        catch_up_stop.cancel();
+        if let Some(reader) = catch_up {
+            let _ = reader.await;
         }
         if let Some(e) = failure {
             // The run stops because of this error: the last commit stands.

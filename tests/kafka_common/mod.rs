@@ -42,13 +42,23 @@ pub fn expected_key(r: &Record) -> String {
 /// Produces `records` to `topic` as raw records with the platform's
 /// headers, keyed like laneway keys them, and waits for every ack.
 pub async fn produce(brokers: &str, topic: &str, records: &[Record]) {
-    let producer: FutureProducer = ClientConfig::new()
+    produce_with(&producer(brokers), topic, records).await
+}
+
+/// An idempotent producer, acks from all replicas, as the platform's.
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .create()
-        .expect("a producer");
+        .expect("a producer")
+}
+
+/// [`produce`] with a producer made before (one already connected sends
+/// without waiting for its connections).
+pub async fn produce_with(producer: &FutureProducer, topic: &str, records: &[Record]) {
     let mut pending = Vec::with_capacity(records.len());
     for r in records {
         let time = r.generate_time_ms.to_string();

@@ -1,0 +1,219 @@
+//! The catch-up reader: a second consumer, outside the consumer group,
+//! that reads each split partition's catch-up range `[from, to)` straight
+//! from Kafka and submits it to the engine's catch-up lanes (served on the
+//! backlog's schedule, never copied to a local store). Its submits wait
+//! while those lanes are full, so the pile is read only as fast as the
+//! backlog share drains it, and librdkafka's bounded pre-fetch keeps memory
+//! flat however large the pile.
+//!
+//! Invariants: it submits only records inside a range that is still planned
+//! (a revoked partition's range is dropped at once, and a batch registered
+//! under an old epoch is refused), each record once per plan, in offset
+//! order; a range counts as read once the record at `to - 1`, or one past
+//! it, was read (when compaction or a transaction marker leaves no record
+//! at `to - 1`, the range ends with the next record written: until then
+//! the commit stays inside the range, and nothing is lost). It commits
+//! nothing: the group consumer commits the watermark.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::ValueFormat;
+use super::offsets::{CatchUpPlan, Offsets};
+use super::record;
+use crate::source::{Incoming, Ingest};
+
+/// How long to wait before trying a failed assignment again.
+const REASSIGN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A plan being read, and the next offset to read of it.
+struct Reading {
+    plan: CatchUpPlan,
+    next: i64,
+}
+
+/// Reads catch-up ranges as `offsets` plans them, until `stop`.
+pub(super) struct CatchUpReader {
+    consumer: StreamConsumer,
+    offsets: Arc<Offsets>,
+    ingest: Ingest,
+    format: ValueFormat,
+    batch: usize,
+    reading: HashMap<(String, i32), Reading>,
+    /// The consumer's assignment is not `reading` (an assign failed).
+    unassigned: bool,
+}
+
+impl CatchUpReader {
+    /// Makes the reader's consumer (no group: it is assigned its ranges).
+    /// `client` holds the group consumer's connection settings.
+    pub fn new(
+        client: &ClientConfig,
+        offsets: Arc<Offsets>,
+        ingest: Ingest,
+        format: ValueFormat,
+        batch: usize,
+    ) -> Result<CatchUpReader, KafkaError> {
+        let mut client = client.clone();
+        // Outside the group: librdkafka wants a group id for assignments,
+        // but an assigned consumer never joins its group, and this one
+        // never commits; a name of its own keeps it apart all the same.
+        let group = client.get("group.id").unwrap_or("laneway").to_string();
+        client.set("group.id", format!("{group}.catch-up"));
+        client.remove("statistics.interval.ms");
+        let consumer: StreamConsumer = client.create()?;
+        Ok(CatchUpReader {
+            consumer,
+            offsets,
+            ingest,
+            format,
+            batch,
+            reading: HashMap::new(),
+            unassigned: false,
+        })
+    }
+
+    /// Reads until `stop` is cancelled.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let offsets = Arc::clone(&self.offsets);
+        loop {
+            let changed = offsets.plans_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !self.follow_plans() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(REASSIGN_AFTER) => continue,
+                }
+            }
+            if self.reading.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = changed => continue,
+                }
+            }
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changed => continue,
+                r = self.consumer.recv() => r,
+            };
+            match first {
+                Ok(first) => {
+                    let mut records = vec![first];
+                    while records.len() < self.batch {
+                        match self.consumer.recv().now_or_never() {
+                            Some(Ok(m)) => records.push(m),
+                            _ => break,
+                        }
+                    }
+                    Self::submit(
+                        &mut self.reading,
+                        &self.offsets,
+                        &self.ingest,
+                        self.format,
+                        records,
+                    )
+                    .await;
+                }
+                Err(e) => tracing::warn!(error = %e, "kafka catch-up reader error; continuing"),
+            }
+        }
+    }
+
+    /// Assigns the consumer what `offsets` plans now, each range at its next
+    /// offset to read. False if the assignment failed (try again later).
+    fn follow_plans(&mut self) -> bool {
+        let plans = self.offsets.plans();
+        let same = !self.unassigned
+            && plans.len() == self.reading.len()
+            && plans.iter().all(|p| {
+                self.reading
+                    .get(&(p.topic.clone(), p.partition))
+                    .is_some_and(|r| r.plan.epoch == p.epoch)
+            });
+        if same {
+            return true;
+        }
+        let mut reading = HashMap::with_capacity(plans.len());
+        for plan in plans {
+            let key = (plan.topic.clone(), plan.partition);
+            let next = match self.reading.remove(&key) {
+                Some(r) if r.plan.epoch == plan.epoch => r.next,
+                _ => plan.from,
+            };
+            reading.insert(key, Reading { plan, next });
+        }
+        self.reading = reading;
+        let mut list = TopicPartitionList::with_capacity(self.reading.len());
+        for r in self.reading.values() {
+            if let Err(e) =
+                list.add_partition_offset(&r.plan.topic, r.plan.partition, Offset::Offset(r.next))
+            {
+                tracing::warn!(error = %e, "adding a catch-up range to the assignment failed");
+            }
+        }
+        let result = if list.count() == 0 {
+            self.consumer.unassign()
+        } else {
+            self.consumer.assign(&list)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "assigning the catch-up ranges failed; retrying");
+            self.unassigned = true;
+            return false;
+        }
+        self.unassigned = false;
+        true
+    }
+
+    /// Submits what falls inside its range, one batch per run of one
+    /// partition; marks ranges read to their end.
+    async fn submit(
+        reading: &mut HashMap<(String, i32), Reading>,
+        offsets: &Offsets,
+        ingest: &Ingest,
+        format: ValueFormat,
+        records: Vec<BorrowedMessage<'_>>,
+    ) {
+        let mut start = 0;
+        while start < records.len() {
+            let (topic, partition) = (records[start].topic(), records[start].partition());
+            let end = records[start..]
+                .iter()
+                .position(|r| r.topic() != topic || r.partition() != partition)
+                .map_or(records.len(), |n| start + n);
+            let run = &records[start..end];
+            start = end;
+            let Some(r) = reading.get_mut(&(topic.to_string(), partition)) else {
+                continue; // no longer planned (revoked, or read)
+            };
+            let inside: Vec<&BorrowedMessage<'_>> = run
+                .iter()
+                .filter(|m| m.offset() >= r.next && m.offset() < r.plan.to)
+                .collect();
+            let reached_end = run.iter().any(|m| m.offset() >= r.plan.to);
+            if let Some(last) = inside.last().map(|m| m.offset()) {
+                let Some(ack) = offsets.register_catch_up(&r.plan, last) else {
+                    continue; // revoked meanwhile: the new owner reads it
+                };
+                let batch: Vec<Incoming> = inside
+                    .iter()
+                    .map(|m| record::to_incoming(*m, format))
+                    .collect();
+                ingest.submit(batch, ack).await;
+                r.next = last + 1;
+            }
+            if reached_end || r.next >= r.plan.to {
+                offsets.read_all(&r.plan);
+            }
+        }
+    }
+}
