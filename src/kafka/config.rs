@@ -61,8 +61,8 @@ pub struct KafkaSourceConfig {
     /// offset, so fresh records flow at once while the pile drains on the
     /// backlog's schedule (see docs/kafka.md). Default true.
     pub catch_up: bool,
-    /// How many records a partition must lag before it is split. Default
-    /// 10000.
+    /// How many records older than `catch_up_live_from` a partition must
+    /// hold past its committed offset before it is split. Default 1000.
     pub catch_up_after: u64,
     /// Where the live cursor of a split partition starts: at the first
     /// record younger than this (offsets-for-times), or at the log end when
@@ -89,7 +89,7 @@ impl Default for KafkaSourceConfig {
             commit_every: Duration::from_secs(1),
             idle_exit: None,
             catch_up: true,
-            catch_up_after: 10_000,
+            catch_up_after: 1_000,
             catch_up_live_from: Duration::from_secs(10),
             properties: BTreeMap::new(),
         }

@@ -53,6 +53,12 @@ impl KafkaSource {
                 config.prefetch_kbytes.to_string(),
             )
             .set("fetch.queue.backoff.ms", "10")
+            // How long a broker may hold a fetch that finds nothing new.
+            // A broker answers as soon as records arrive, but not every
+            // Kafka-protocol broker does (librdkafka's mock holds the full
+            // wait): a tenth of a second bounds a live record's wait there,
+            // at the cost of ten empty fetches a second per idle broker.
+            .set("fetch.wait.max.ms", "100")
             // Consumer lag for the status page comes from these statistics.
             .set("statistics.interval.ms", "5000")
             .set("enable.partition.eof", "false")
@@ -206,6 +212,11 @@ fn is_fatal(error: &KafkaError) -> bool {
 
 #[async_trait]
 impl Source for KafkaSource {
+    /// Not ready until the group has assigned it partitions.
+    fn connects(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> String {
         format!(
             "kafka {} (group {})",

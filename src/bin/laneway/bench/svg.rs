@@ -1,5 +1,6 @@
-//! The scenario plot: live latency (log scale) and per-lane delivery rate
-//! over time, laneway and FIFO on one page, as a self-contained SVG.
+//! The scenario plots, as self-contained SVG: live latency (log scale) and
+//! per-lane delivery rate over time, laneway and FIFO on one page; and a
+//! grouped bar chart (the catch-up scenario's time to real-time by pile).
 //!
 //! Invariant: the output is a complete, valid SVG document whatever the
 //! data (empty series, missing windows, zero rates).
@@ -282,4 +283,102 @@ fn short(v: f64) -> String {
     } else {
         format!("{v:.0}")
     }
+}
+
+/// A grouped bar chart: one group of bars per category, one bar per series
+/// (name, colour, one value per category; `None` draws no bar and says
+/// "never"). Values are labelled on their bars.
+pub fn bars(
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[(&str, &str, Vec<Option<f64>>)],
+) -> String {
+    let height = TOP + PANEL_H + 90.0;
+    let top = TOP;
+    let bottom = top + PANEL_H;
+    let y_max = series
+        .iter()
+        .flat_map(|(_, _, v)| v.iter().flatten())
+        .fold(1.0f64, |m, v| m.max(*v))
+        * 1.15;
+    let y = |v: f64| bottom - PANEL_H * (v / y_max).clamp(0.0, 1.0);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">"#
+    );
+    out.push_str("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="24" font-size="16" text-anchor="middle">{}</text>"#,
+        WIDTH / 2.0,
+        escape(title)
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="16" y="{}" font-size="12" transform="rotate(-90 16 {})" text-anchor="middle">{}</text>"#,
+        top + PANEL_H / 2.0,
+        top + PANEL_H / 2.0,
+        escape(y_label)
+    );
+    let step = nice_step(y_max / 6.0);
+    let mut v = 0.0;
+    while v <= y_max {
+        y_grid(&mut out, y(v), &format!("{v:.0}"));
+        v += step;
+    }
+    let _ = writeln!(
+        out,
+        r##"<rect x="{LEFT}" y="{top}" width="{}" height="{PANEL_H}" fill="none" stroke="#999"/>"##,
+        WIDTH - LEFT - RIGHT
+    );
+    let group_w = (WIDTH - LEFT - RIGHT) / categories.len().max(1) as f64;
+    let bar_w = group_w * 0.7 / series.len().max(1) as f64;
+    for (c, category) in categories.iter().enumerate() {
+        let x0 = LEFT + group_w * c as f64 + group_w * 0.15;
+        for (s, (_, colour, values)) in series.iter().enumerate() {
+            let x = x0 + bar_w * s as f64;
+            let value = values.get(c).copied().flatten();
+            let (label, top_y) = match value {
+                Some(v) => {
+                    let _ = writeln!(
+                        out,
+                        r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"/>"#,
+                        y(v),
+                        bar_w * 0.9,
+                        bottom - y(v)
+                    );
+                    (format!("{v:.0}"), y(v))
+                }
+                None => ("never".to_string(), bottom),
+            };
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">{label}</text>"#,
+                x + bar_w * 0.45,
+                top_y - 4.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{}</text>"#,
+            x0 + group_w * 0.35,
+            bottom + 18.0,
+            escape(category)
+        );
+    }
+    for (s, (name, colour, _)) in series.iter().enumerate() {
+        let x = LEFT + 200.0 * s as f64;
+        let ly = bottom + 50.0;
+        let _ = writeln!(
+            out,
+            r#"<rect x="{x}" y="{}" width="14" height="10" fill="{colour}"/><text x="{}" y="{ly}" font-size="12">{}</text>"#,
+            ly - 9.0,
+            x + 20.0,
+            escape(name)
+        );
+    }
+    out.push_str("</svg>\n");
+    out
 }

@@ -5,8 +5,34 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::bench::svg::render;
+use crate::bench::catch_up::{self, CatchUpOptions};
+use crate::bench::svg::{bars, render};
 use crate::bench::{BacklogKind, BenchOptions, BenchReport, Mode, Scenario, run_mode};
+
+/// The scenarios `--scenario` names: the load scenarios, and catch-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScenarioChoice {
+    /// Load below capacity: throughput and live latency.
+    Steady,
+    /// The handler stops and returns: live latency while the backlog drains.
+    Outage,
+    /// A million stale messages waiting at start, beside live traffic.
+    Flood,
+    /// Time to real-time on a lagging Kafka log, by pile size, laneway
+    /// against a plain consumer (starts its own in-memory Kafka cluster).
+    CatchUp,
+}
+
+impl ScenarioChoice {
+    fn load(self) -> Option<Scenario> {
+        match self {
+            ScenarioChoice::Steady => Some(Scenario::Steady),
+            ScenarioChoice::Outage => Some(Scenario::Outage),
+            ScenarioChoice::Flood => Some(Scenario::Flood),
+            ScenarioChoice::CatchUp => None,
+        }
+    }
+}
 
 /// Which modes to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,9 +49,10 @@ pub enum ModeChoice {
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// steady: load below capacity; outage: the handler stops and returns;
-    /// flood: a million stale messages waiting at start.
+    /// flood: a million stale messages waiting at start; catch-up: time to
+    /// real-time on a lagging Kafka log against its pile's size.
     #[arg(long, value_enum)]
-    pub scenario: Scenario,
+    pub scenario: ScenarioChoice,
     /// Which consumer(s) to run.
     #[arg(long, value_enum, default_value = "both")]
     pub mode: ModeChoice,
@@ -77,11 +104,37 @@ pub struct BenchArgs {
     /// Where a disk backlog lives (emptied before each run).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// catch-up: the pile sizes to run, comma-separated (default
+    /// 100000,1000000).
+    #[arg(long, value_delimiter = ',')]
+    pub piles: Vec<u64>,
+    /// catch-up: partitions of the Kafka topic (default 32; the in-memory
+    /// cluster keeps a few MiB per partition).
+    #[arg(long)]
+    pub partitions: Option<i32>,
 }
 
 impl BenchArgs {
-    fn options(&self) -> Result<BenchOptions, String> {
-        let mut o = BenchOptions::defaults(self.scenario);
+    fn catch_up_options(&self) -> Result<CatchUpOptions, String> {
+        let mut o = CatchUpOptions::default();
+        if !self.piles.is_empty() {
+            o.piles = self.piles.clone();
+        }
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { o.$field = v; } )* };
+        }
+        take!(cost, slots, batch, partitions, max_run);
+        if o.slots == 0 || o.batch == 0 || o.partitions < 1 {
+            return Err("--slots, --batch and --partitions must be at least 1".into());
+        }
+        if o.piles.contains(&0) {
+            return Err("--piles: each pile must hold at least one record".into());
+        }
+        Ok(o)
+    }
+
+    fn options(&self, scenario: Scenario) -> Result<BenchOptions, String> {
+        let mut o = BenchOptions::defaults(scenario);
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { o.$field = v; } )* };
         }
@@ -115,7 +168,10 @@ impl BenchArgs {
 }
 
 pub async fn bench(args: BenchArgs) -> ExitCode {
-    let options = match args.options() {
+    let Some(scenario) = args.scenario.load() else {
+        return bench_catch_up(&args).await;
+    };
+    let options = match args.options(scenario) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
@@ -166,6 +222,76 @@ pub async fn bench(args: BenchArgs) -> ExitCode {
             eprintln!("error: writing {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn bench_catch_up(args: &BenchArgs) -> ExitCode {
+    let options = match args.catch_up_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let progress = |line: &str| eprintln!("bench: {line}");
+    let report = match catch_up::run(&options, &progress).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: catch-up run failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let written = simd_json::to_string_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|text| std::fs::write(path, text + "\n").map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(path) = &args.svg {
+        let categories: Vec<String> = report
+            .points
+            .iter()
+            .map(|p| format!("pile of {} records", p.pile))
+            .collect();
+        let series = [
+            (
+                "laneway (live-first catch-up)",
+                "#1f77b4",
+                report.points.iter().map(|p| p.laneway.to_fresh_ms).collect(),
+            ),
+            (
+                "plain rdkafka consumer",
+                "#d62728",
+                report.points.iter().map(|p| p.plain.to_fresh_ms).collect(),
+            ),
+        ];
+        let title = format!(
+            "time to the first fresh record on a lagging Kafka log — handler {} slots × {:?}/msg",
+            options.slots, options.cost
+        );
+        let svg = bars(
+            &title,
+            "ms from the assignment to the first fresh record",
+            &categories,
+            &series,
+        );
+        if let Err(e) = std::fs::write(path, svg) {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let never = report
+        .points
+        .iter()
+        .any(|p| p.laneway.to_fresh_ms.is_none() || p.plain.to_fresh_ms.is_none());
+    if never {
+        eprintln!("error: a consumer handled no fresh record within --max-run");
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }

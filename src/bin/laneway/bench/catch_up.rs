@@ -1,0 +1,449 @@
+//! The catch-up scenario: time to real-time on a lagging Kafka log, against
+//! the size of the pile. For each pile size, a fresh in-memory Kafka cluster
+//! (librdkafka's mock) gets a pile of hour-old records; then a consumer
+//! starts while fresh records are produced every 10 ms, and the scenario
+//! times how long the consumer takes to handle its first fresh record:
+//!
+//! - laneway: the Kafka source with live-first catch-up (the default);
+//! - plain: a plain `rdkafka` consumer in its own group, handling records in
+//!   log order with the same handler capacity (`slots / cost` per second).
+//!
+//! The handler is simulated (a cost per message), so the times measure the
+//! order of handling, not the machine. laneway's time should stay flat as
+//! the pile grows; the plain consumer's grows with it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::Message as _;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use laneway::engine::{Engine, GroupConfig};
+use laneway::kafka::{KafkaSource, KafkaSourceConfig, headers_of, key_of};
+use laneway::message::{Message, now_epoch_ms};
+use laneway::sink::{BatchError, Delivery, SimulatedHandler, Sink};
+use laneway::source::LanePolicy;
+
+/// The prefix of the fresh records' ids.
+const FRESH: &str = "fresh-";
+/// How often a fresh record is produced while a consumer starts.
+const FRESH_EVERY: Duration = Duration::from_millis(10);
+
+/// The scenario's knobs.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchUpOptions {
+    /// Pile sizes to run, in records.
+    pub piles: Vec<u64>,
+    /// Handler cost per message.
+    #[serde(with = "humantime_serde")]
+    pub cost: Duration,
+    /// Handler slots (the plain consumer gets the same capacity).
+    pub slots: usize,
+    /// Messages per delivery.
+    pub batch: usize,
+    /// Partitions of the topic (the mock keeps a few MiB per partition).
+    pub partitions: i32,
+    /// Upper bound on each consumer's wait for its first fresh record.
+    #[serde(with = "humantime_serde")]
+    pub max_run: Duration,
+}
+
+impl Default for CatchUpOptions {
+    fn default() -> Self {
+        CatchUpOptions {
+            piles: vec![100_000, 1_000_000],
+            cost: Duration::from_micros(10),
+            slots: 4,
+            batch: 256,
+            partitions: 32,
+            max_run: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One consumer's run on one pile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    /// From start to its partitions' assignment (the group join, the same
+    /// for both consumers: a new group waits the broker's initial
+    /// rebalance delay, 3 s by default), ms.
+    pub joined_ms: Option<f64>,
+    /// From the assignment to the first fresh record handled: the time to
+    /// real-time, ms.
+    pub to_fresh_ms: Option<f64>,
+    /// Pile records handled before the first fresh one.
+    pub pile_before: u64,
+}
+
+/// One pile size's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchUpPoint {
+    /// Records in the pile.
+    pub pile: u64,
+    /// laneway.
+    pub laneway: Timing,
+    /// The plain consumer.
+    pub plain: Timing,
+}
+
+/// The whole scenario's result, as `--json` writes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchUpReport {
+    /// The knobs used.
+    pub options: CatchUpOptions,
+    /// One point per pile size.
+    pub points: Vec<CatchUpPoint>,
+}
+
+impl CatchUpReport {
+    /// The table printed on stdout.
+    pub fn table(&self) -> String {
+        let o = &self.options;
+        let mut out = format!(
+            "scenario catch-up: handler {} slots × {:?}/msg (capacity {:.0} msgs/s), {} partitions\n",
+            o.slots,
+            o.cost,
+            o.slots as f64 / o.cost.as_secs_f64().max(1e-9),
+            o.partitions
+        );
+        out.push_str("time to real-time: from the partitions' assignment to the first fresh record handled\n");
+        out.push_str(&format!(
+            "{:>10}{:>26}{:>26}{:>14}\n",
+            "pile", "laneway ms (pile before)", "plain ms (pile before)", "plain/laneway"
+        ));
+        let ms = |v: Option<f64>| v.map_or_else(|| "never".to_string(), |v| format!("{v:.0}"));
+        for p in &self.points {
+            let ratio = match (p.laneway.to_fresh_ms, p.plain.to_fresh_ms) {
+                (Some(l), Some(x)) if l > 0.0 => format!("{:.1}×", x / l),
+                _ => "-".into(),
+            };
+            out.push_str(&format!(
+                "{:>10}{:>26}{:>26}{:>14}\n",
+                p.pile,
+                format!("{} ({})", ms(p.laneway.to_fresh_ms), p.laneway.pile_before),
+                format!("{} ({})", ms(p.plain.to_fresh_ms), p.plain.pile_before),
+                ratio
+            ));
+        }
+        for p in &self.points {
+            out.push_str(&format!(
+                "pile {}: group join took {} ms (laneway), {} ms (plain)\n",
+                p.pile,
+                ms(p.laneway.joined_ms),
+                ms(p.plain.joined_ms)
+            ));
+        }
+        out
+    }
+}
+
+/// Runs every pile size.
+pub async fn run(
+    options: &CatchUpOptions,
+    progress: &dyn Fn(&str),
+) -> Result<CatchUpReport, String> {
+    let mut points = Vec::new();
+    for &pile in &options.piles {
+        points.push(run_pile(options, pile, progress).await?);
+    }
+    Ok(CatchUpReport {
+        options: options.clone(),
+        points,
+    })
+}
+
+async fn run_pile(
+    options: &CatchUpOptions,
+    pile: u64,
+    progress: &dyn Fn(&str),
+) -> Result<CatchUpPoint, String> {
+    let cluster = MockCluster::new(3).map_err(|e| format!("mock cluster: {e}"))?;
+    let brokers = cluster.bootstrap_servers();
+    cluster
+        .create_topic("pile", options.partitions, 1)
+        .map_err(|e| format!("creating the topic: {e}"))?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .map_err(|e| format!("producer: {e}"))?;
+    progress(&format!("pile {pile}: producing"));
+    produce_pile(&producer, pile).await?;
+    check_kept(&brokers, options.partitions, pile)?;
+
+    progress(&format!("pile {pile}: laneway"));
+    let laneway = time_laneway(options, &brokers, &producer).await?;
+    progress(&format!("pile {pile}: plain consumer"));
+    let plain = time_plain(options, &brokers, &producer).await?;
+    Ok(CatchUpPoint {
+        pile,
+        laneway,
+        plain,
+    })
+}
+
+fn record(id: String, generate_time_ms: i64, i: u64) -> Result<Message, String> {
+    let topic = format!("/pk{}/dev{}/thing/event/property/post", i % 3, i % 97);
+    let payload = Bytes::from(format!("{{\"temperature\":{},\"seq\":{i}}}", i % 40));
+    Message::new(topic, id, generate_time_ms, payload).map_err(|e| e.to_string())
+}
+
+async fn send(producer: &FutureProducer, message: &Message) -> Result<(), String> {
+    let key = key_of(message);
+    let mut out = FutureRecord::to("pile")
+        .payload(message.payload().as_ref())
+        .key(key.as_bytes())
+        .headers(headers_of(message));
+    loop {
+        match producer.send_result(out) {
+            Ok(_) => return Ok(()),
+            Err((rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::QueueFull,
+            ), back)) => {
+                out = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(format!("producing: {e}")),
+        }
+    }
+}
+
+async fn produce_pile(producer: &FutureProducer, pile: u64) -> Result<(), String> {
+    let then = now_epoch_ms() - 3_600_000;
+    for i in 0..pile {
+        send(producer, &record(format!("old-{i}"), then, i)?).await?;
+    }
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(120)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("flushing the pile: {e}"))
+}
+
+/// Fails when the mock dropped part of the pile (it keeps a few MiB per
+/// partition): the times would be for a smaller pile.
+fn check_kept(brokers: &str, partitions: i32, pile: u64) -> Result<(), String> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "check")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut kept = 0;
+    for p in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks("pile", p, Duration::from_secs(10))
+            .map_err(|e| format!("watermarks: {e}"))?;
+        kept += high - low;
+    }
+    if kept as u64 != pile {
+        return Err(format!(
+            "the mock cluster keeps {kept} of the {pile} records: use more --partitions"
+        ));
+    }
+    Ok(())
+}
+
+/// Produces a fresh record every [`FRESH_EVERY`] until `stop`.
+fn keep_producing_fresh(producer: FutureProducer, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FRESH_EVERY);
+        for i in 0u64.. {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Ok(m) = record(format!("{FRESH}{i}"), now_epoch_ms(), i) else {
+                return;
+            };
+            if send(&producer, &m).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The simulated handler, noting when it first handled a fresh record and
+/// how many pile records it handled before.
+struct Probe {
+    handler: SimulatedHandler,
+    pile_handled: AtomicU64,
+    first_fresh: tokio::sync::watch::Sender<Option<(Instant, u64)>>,
+}
+
+#[async_trait]
+impl Sink for Probe {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
+        self.handler.deliver(batch).await?;
+        let fresh = batch
+            .iter()
+            .filter(|d| d.message.message_id().starts_with(FRESH))
+            .count() as u64;
+        let before = self
+            .pile_handled
+            .fetch_add(batch.len() as u64 - fresh, Ordering::Relaxed);
+        if fresh > 0 {
+            self.first_fresh.send_if_modified(|first| {
+                first.is_none().then(|| *first = Some((Instant::now(), before))).is_some()
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn time_laneway(
+    options: &CatchUpOptions,
+    brokers: &str,
+    producer: &FutureProducer,
+) -> Result<Timing, String> {
+    let (first_fresh, mut seen) = tokio::sync::watch::channel(None);
+    let probe = Probe {
+        handler: SimulatedHandler::with_servers(options.cost, options.slots),
+        pile_handled: AtomicU64::new(0),
+        first_fresh,
+    };
+    let source = KafkaSource::new(KafkaSourceConfig {
+        brokers: brokers.to_string(),
+        topics: vec!["pile".into()],
+        group_id: "laneway".into(),
+        ..KafkaSourceConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let engine = Engine::builder()
+        .group_with(
+            GroupConfig {
+                slots: options.slots,
+                batch_size: options.batch,
+                validate_json: false,
+                ..GroupConfig::named("bench")
+            },
+            Arc::new(probe),
+            None,
+        )
+        .source(source, LanePolicy::Auto)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let monitor = engine.monitor();
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    let run = tokio::spawn(engine.run(stop.clone().cancelled_owned()));
+    keep_producing_fresh(producer.clone(), stop.clone());
+    let deadline = tokio::time::Instant::now() + options.max_run;
+    // The source says it is connected once its partitions are assigned;
+    // nothing wakes on that, so look every millisecond.
+    let mut joined = None;
+    let mut look = tokio::time::interval(Duration::from_millis(1));
+    while tokio::time::Instant::now() < deadline {
+        look.tick().await;
+        if monitor.sources().iter().all(|(_, s)| s.connected) {
+            joined = Some(Instant::now());
+            break;
+        }
+    }
+    let first = match joined {
+        Some(_) => tokio::time::timeout_at(deadline, seen.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|first| *first)),
+        None => None,
+    };
+    stop.cancel();
+    let _ = run.await;
+    Ok(timing(start, joined, first))
+}
+
+/// A run's timing from its start, join and first fresh record.
+fn timing(start: Instant, joined: Option<Instant>, first: Option<(Instant, u64)>) -> Timing {
+    Timing {
+        joined_ms: joined.map(|j| ms(j - start)),
+        to_fresh_ms: joined
+            .zip(first)
+            .map(|(j, (at, _))| ms(at.saturating_duration_since(j))),
+        pile_before: first.map_or(0, |(_, before)| before),
+    }
+}
+
+/// The plain consumer's callbacks: when its partitions were assigned.
+struct Joined(std::sync::OnceLock<Instant>);
+
+impl rdkafka::ClientContext for Joined {}
+
+impl rdkafka::consumer::ConsumerContext for Joined {
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if matches!(rebalance, rdkafka::consumer::Rebalance::Assign(_)) {
+            let _ = self.0.set(Instant::now());
+        }
+    }
+}
+
+async fn time_plain(
+    options: &CatchUpOptions,
+    brokers: &str,
+    producer: &FutureProducer,
+) -> Result<Timing, String> {
+    let consumer: StreamConsumer<Joined> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "plain")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create_with_context(Joined(std::sync::OnceLock::new()))
+        .map_err(|e| format!("consumer: {e}"))?;
+    consumer
+        .subscribe(&["pile"])
+        .map_err(|e| format!("subscribing: {e}"))?;
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    keep_producing_fresh(producer.clone(), stop.clone());
+    // The same capacity as laneway's handler: `slots / cost` per second,
+    // paid in steps of at least a millisecond (the timer's resolution).
+    let per_message = options.cost.as_secs_f64() / options.slots.max(1) as f64;
+    let mut owed = 0.0f64;
+    let mut pile_before = 0u64;
+    let deadline = tokio::time::Instant::now() + options.max_run;
+    let result = loop {
+        let record = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => break None,
+            Ok(Err(e)) => {
+                stop.cancel();
+                return Err(format!("plain consumer: {e}"));
+            }
+            Ok(Ok(r)) => r,
+        };
+        owed += per_message;
+        if owed >= 0.001 {
+            tokio::time::sleep(Duration::from_secs_f64(owed)).await;
+            owed = 0.0;
+        }
+        let fresh = record
+            .headers()
+            .and_then(|h| {
+                use rdkafka::message::Headers as _;
+                h.iter().find(|h| h.key == "messageId").and_then(|h| h.value)
+            })
+            .is_some_and(|id| id.starts_with(FRESH.as_bytes()));
+        if fresh {
+            break Some((Instant::now(), pile_before));
+        }
+        pile_before += 1;
+    };
+    stop.cancel();
+    let joined = consumer.context().0.get().copied();
+    Ok(timing(start, joined, result))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
