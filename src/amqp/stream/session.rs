@@ -189,6 +189,12 @@ impl Session<'_> {
             .live_loop(&mut live, first, &offsets, &mut catch_up, &stuck, &read_end)
             .await;
         live.close().await;
+        let end = match end {
+            // Lost while shutting down (the broker went first): the engine
+            // still finishes with what was submitted, so wait for it.
+            End::Lost(_) if self.ctx.stop.is_cancelled() => End::Stopped,
+            end => end,
+        };
         if matches!(end, End::Stopped) {
             // The catch-up cursor sees the same stop; then the engine
             // finishes with everything submitted.
@@ -250,6 +256,9 @@ impl Session<'_> {
             read = loop {
                 tokio::select! {
                     biased;
+                    // Before `stuck`: a shutdown abandons what waits in the
+                    // catch-up lane, and must still end as a stop.
+                    _ = self.ctx.stop.cancelled() => return End::Stopped,
                     _ = stuck.cancelled() => {
                         return End::Lost("a batch was abandoned; restarting the session so its records are read again".into());
                     }
