@@ -10,6 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// Both helper modules include the shared record checks (`records.rs`);
+// this test uses `common`'s, with its recording sink.
+#[allow(clippy::duplicate_mod)]
 mod amqp_common;
 mod common;
 
