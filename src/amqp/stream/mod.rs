@@ -12,7 +12,7 @@
 //!
 //! Invariants:
 //! - within a session every offset is submitted by exactly one cursor
-//!   (see [`offsets`]); across sessions (a reconnect, a restart) only what
+//!   (see the `offsets` module); across sessions (a reconnect, a restart) only what
 //!   was past the stored offset is read again: duplicates are bounded by
 //!   what was in flight plus what was done since the last store;
 //! - the stored offset is the contiguous done watermark over the catch-up

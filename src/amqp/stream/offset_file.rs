@@ -5,9 +5,8 @@
 //!
 //! Invariants:
 //! - the file is replaced atomically and durably (temporary file, fsync,
-//!   rename, fsync of the directory: see
-//!   [`replace_durably`](crate::source::checkpoint::replace_durably)); a
-//!   crash leaves the old offset or the new one;
+//!   rename, fsync of the directory, as the JSONL source's checkpoint is);
+//!   a crash leaves the old offset or the new one;
 //! - a file whose checksum is wrong or that cannot be parsed is
 //!   [`OffsetFileError::Damaged`], never trusted;
 //! - a file written for another stream is refused
