@@ -430,12 +430,14 @@ mod tests {
 
         let text = "[[groups]]\nname = \"a\"\n\n[[sources]]\ntype = \"amqp-stream\"\nurl = \"amqp://h/\"\nstream = \"s\"\nprefetch = 0\n";
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
-        assert!(err.starts_with("t.toml:7:"), "{err}");
+        assert!(err.starts_with("t.toml:8:"), "{err}");
         assert!(err.contains("prefetch"), "{err}");
 
+        // A wrong value inside a tagged table is placed at its table.
         let text = "[[groups]]\nname = \"a\"\n[[sources]]\ntype = \"amqp-stream\"\nstream = \"s\"\nstart = \"middle\"\n";
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
-        assert!(err.starts_with("t.toml:6:"), "{err}");
+        assert!(err.starts_with("t.toml:3:"), "{err}");
+        assert!(err.contains("middle"), "{err}");
     }
 
     #[test]
