@@ -15,13 +15,14 @@
 #[allow(clippy::duplicate_mod)]
 mod amqp_common;
 mod common;
+mod process;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::records::json_payload;
+use common::records::{json_payload, records_in_jsonl};
 use common::{Copies, Record, RecordingSink, assert_delivered, spawn_engine, wait_until};
 use laneway::amqp::stream::OffsetFile;
 use laneway::amqp::{AmqpStreamConfig, AmqpStreamSource};
@@ -395,5 +396,114 @@ async fn a_dropped_connection_and_a_restart_mid_catch_up_lose_nothing() {
     );
     assert_eq!(stored(&offset_file, &stream), Some(end));
 
+    delete(&conn, &stream).await;
+}
+
+/// A `laneway run` config: the stream source, and one group writing to a
+/// JSONL file (fsync per batch) whose catch-up is paced by `backlog_rate`.
+fn write_config(path: &Path, data: &Path, stream: &str, offset_file: &Path, output: &Path) {
+    let text = format!(
+        "data_dir = {data:?}\nstatus_interval = \"100ms\"\n\
+         [[sources]]\ntype = \"amqp-stream\"\nurl = {url:?}\nstream = {stream:?}\n\
+         offset_file = {offset_file:?}\nstore_every = \"100ms\"\nprefetch = 500\n\
+         [[groups]]\nname = \"g\"\nslots = 2\nbatch_size = 100\nbacklog_rate = 3000.0\n\
+         sink = {{ type = \"jsonl\", path = {output:?}, sync = true }}\n",
+        url = amqp_common::url(),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_catch_up_replays_from_the_stored_offset_and_loses_nothing() {
+    const PILE: u64 = 30_000;
+    const DOWN: u64 = 500;
+    let _lock = amqp_common::broker_lock(false);
+    let stream = amqp_common::unique("stream-sigkill");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let offset_file = tmp.path().join("stream.offset");
+    let (out1, out2) = (tmp.path().join("out1.jsonl"), tmp.path().join("out2.jsonl"));
+    let (c1, c2) = (tmp.path().join("c1.toml"), tmp.path().join("c2.toml"));
+    write_config(&c1, &data, &stream, &offset_file, &out1);
+    write_config(&c2, &data, &stream, &offset_file, &out2);
+    let conn = amqp_common::connection().await;
+    let ch = amqp_common::confirm_channel(&conn).await;
+    amqp_common::declare_queue(&ch, &stream, stream_args()).await;
+    let pile = records("pile-", PILE, 3_600_000);
+    publish(&ch, &stream, &pile).await;
+    let exe = env!("CARGO_BIN_EXE_laneway");
+
+    // Phase 1: killed once the stored offset is well into the pile.
+    let mut run = process::Watched::spawn(Command::new(exe).args(["run", "--config"]).arg(&c1));
+    run.wait_for_line(
+        LIMIT,
+        "a status line once 5,000 records are stored as done",
+        |line| line.starts_with('[') && stored(&offset_file, &stream).unwrap_or(0) >= 5_000,
+    );
+    run.kill(); // SIGKILL
+    let killed_at = stored(&offset_file, &stream).unwrap();
+    let delivered1 = records_in_jsonl(&out1);
+    eprintln!(
+        "killed with the offset stored at {killed_at} of {PILE}; {} delivered",
+        delivered1.len()
+    );
+    assert!(killed_at < PILE, "killed mid-catch-up");
+
+    // Records written while laneway is down, then phase 2 until every
+    // record is delivered and the offset is stored at the end.
+    let down = records("down-", DOWN, 0);
+    publish(&ch, &stream, &down).await;
+    let end = PILE + DOWN;
+    let mut sent = pile;
+    sent.extend(down);
+    let all: std::collections::HashSet<String> = sent.iter().map(|r| r.id.clone()).collect();
+    let mut run = process::Watched::spawn(Command::new(exe).args(["run", "--config"]).arg(&c2));
+    run.wait_for_line(
+        LIMIT,
+        "a status line once every record is delivered and the offset is at the end",
+        |line| {
+            if !line.starts_with('[') || stored(&offset_file, &stream) != Some(end) {
+                return false;
+            }
+            let mut seen: std::collections::HashSet<String> =
+                delivered1.iter().map(|r| r.id.clone()).collect();
+            seen.extend(records_in_jsonl(&out2).into_iter().map(|r| r.id));
+            all.is_subset(&seen)
+        },
+    );
+    run.interrupt();
+    let out = run.finish(Duration::from_secs(60));
+    assert!(out.status.success(), "phase 2 failed: {}", out.status);
+    assert_eq!(stored(&offset_file, &stream), Some(end));
+
+    let mut delivered = delivered1;
+    delivered.extend(records_in_jsonl(&out2));
+    let tally = assert_delivered(&sent, &delivered, Copies::AtLeastOnce);
+    // Only records at or past the stored offset can come twice: every
+    // record below it was done before the kill.
+    let mut counts = std::collections::HashMap::new();
+    for r in &delivered {
+        *counts.entry(r.id.as_str()).or_insert(0u32) += 1;
+    }
+    let below: Vec<&str> = counts
+        .iter()
+        .filter(|&(id, &n)| {
+            n > 1
+                && id
+                    .strip_prefix("pile-")
+                    .and_then(|i| i.parse::<u64>().ok())
+                    .is_some_and(|i| i < killed_at)
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    eprintln!(
+        "{} copies of {} records: {} duplicates, all at or past offset {killed_at}",
+        tally.copies, tally.distinct, tally.duplicates
+    );
+    assert!(
+        below.is_empty(),
+        "records below the stored offset came twice: {:?}",
+        &below[..below.len().min(10)]
+    );
     delete(&conn, &stream).await;
 }
