@@ -27,18 +27,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::{FutureExt, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Channel, Connection};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::batch;
 use super::connect::{AmqpError, connect_with_retry};
+use super::declare::Declaration;
 use super::headers;
 use super::url::{BrokerUrl, UrlError};
 use crate::ack::{AckRef, AckTracker};
@@ -431,8 +430,7 @@ impl QueueConsumer {
         conn: &Connection,
         session: u64,
     ) -> Result<(Channel, lapin::Consumer, ShortString), SessionEnd> {
-        let lost = |what: &str, e: lapin::Error| {
-            let error = AmqpError::classify(&self.url, what, &e, false);
+        let ended = |error: AmqpError| {
             if error.is_fatal() {
                 // The origin (broker and queue) is added by the caller.
                 SessionEnd::Fatal(error.message)
@@ -440,6 +438,8 @@ impl QueueConsumer {
                 SessionEnd::Lost(error.to_string())
             }
         };
+        let lost =
+            |what: &str, e: lapin::Error| ended(AmqpError::classify(&self.url, what, &e, false));
         let c = &self.config;
         let channel = conn
             .create_channel()
@@ -449,44 +449,17 @@ impl QueueConsumer {
             .basic_qos(c.prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| lost("setting the prefetch", e))?;
-        let queue = ShortString::from(self.queue.as_str());
-        channel
-            .queue_declare(
-                queue.clone(),
-                QueueDeclareOptions {
-                    durable: true,
-                    passive: !c.declare,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| lost(&format!("declaring queue {}", self.queue), e))?;
-        if let Some(exchange) = &c.exchange {
-            channel
-                .exchange_declare(
-                    exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        passive: !c.declare,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| lost(&format!("declaring exchange {exchange}"), e))?;
-            channel
-                .queue_bind(
-                    queue.clone(),
-                    exchange.as_str().into(),
-                    c.binding_key.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| lost(&format!("binding queue {} to {exchange}", self.queue), e))?;
+        Declaration {
+            queue: &self.queue,
+            arguments: FieldTable::default(),
+            declare: c.declare,
+            exchange: c.exchange.as_deref(),
+            binding_key: &c.binding_key,
         }
+        .apply(&channel, &self.url)
+        .await
+        .map_err(ended)?;
+        let queue = ShortString::from(self.queue.as_str());
         let tag = ShortString::try_new(format!(
             "laneway-{}-{}-{session}",
             std::process::id(),
@@ -578,28 +551,13 @@ impl QueueConsumer {
                 next = consumer.next() => next,
             };
             let first = match next {
-                None => return SessionEnd::Lost("the broker cancelled the consumer".into()),
+                None => return SessionEnd::Lost(batch::CANCELLED.into()),
                 Some(Err(e)) => {
                     return SessionEnd::Lost(AmqpError::new(&self.url, "consuming", e).to_string());
                 }
                 Some(Ok(d)) => d,
             };
-            let mut deliveries = vec![first];
-            let mut broken = None;
-            while deliveries.len() < max_batch {
-                match consumer.next().now_or_never() {
-                    Some(Some(Ok(d))) => deliveries.push(d),
-                    Some(Some(Err(e))) => {
-                        broken = Some(AmqpError::new(&self.url, "consuming", e).to_string());
-                        break;
-                    }
-                    Some(None) => {
-                        broken = Some("the broker cancelled the consumer".into());
-                        break;
-                    }
-                    None => break,
-                }
-            }
+            let (deliveries, broken) = batch::gather(consumer, first, max_batch, &self.url);
             let last_tag = deliveries.last().map_or(0, |d| d.delivery_tag);
             let batch: Vec<Incoming> = deliveries
                 .into_iter()

@@ -7,19 +7,25 @@
 //! - [`headers`]: the platform's `topic` / `messageId` / `generateTime`
 //!   headers, read (with fallbacks) and written;
 //! - [`connect`]: connections, reconnect backoff and redacted errors;
-//! - [`consumer`]: the source, [`AmqpSource`];
+//! - [`consumer`]: the queue source, [`AmqpSource`];
+//! - [`stream`]: the stream source, [`AmqpStreamSource`], which stores its
+//!   own offset and catches up a lagging one live-first;
 //! - [`publisher`]: the sink, [`AmqpSink`].
 //!
 //! Invariant across the module: no text it logs or returns contains a
 //! broker password.
 
+mod batch;
 pub mod connect;
 pub mod consumer;
+mod declare;
 pub mod headers;
 pub mod publisher;
+pub mod stream;
 pub mod url;
 
 pub use connect::AmqpError;
 pub use consumer::{AmqpConfigError, AmqpSource, AmqpSourceConfig};
 pub use publisher::{AmqpSink, AmqpSinkConfig, RoutingKey};
+pub use stream::{AmqpStreamConfig, AmqpStreamSource, StreamStart};
 pub use url::BrokerUrl;

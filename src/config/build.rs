@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{BacklogSpec, ConfigError, FileConfig, GroupSpec, SinkSpec, SourceSpec};
-use crate::amqp::{AmqpSink, AmqpSource};
+use crate::amqp::{AmqpSink, AmqpSource, AmqpStreamSource};
 use crate::backlog::{BacklogError, BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
 use crate::engine::{DeadLetters, EngineBuilder};
 use crate::kafka::{KafkaSink, KafkaSource};
@@ -54,6 +54,16 @@ impl FileConfig {
                             what: "amqp source".into(),
                             source,
                         })?;
+                    builder.source(source, spec.lane)
+                }
+                SourceSpec::AmqpStream(spec) => {
+                    let source = AmqpStreamSource::new(spec.clone())
+                        .map_err(|source| ConfigError::Amqp {
+                            what: "amqp-stream source".into(),
+                            source,
+                        })?
+                        // Its offset lives beside the file sources' checkpoints.
+                        .offsets_in(&self.data_dir.join("sources"));
                     builder.source(source, spec.lane)
                 }
                 SourceSpec::Kafka(spec) => {

@@ -277,6 +277,10 @@ impl FileConfig {
                 SourceSpec::Kafka(spec) => spec
                     .validate()
                     .map_err(|e| at(&knob(e.knob()), format!("kafka source: {e}")))?,
+                SourceSpec::AmqpStream(spec) => spec
+                    .validate()
+                    .map(|_| ())
+                    .map_err(|e| at(&knob(e.knob()), format!("amqp-stream source: {e}")))?,
                 _ => {}
             }
         }
@@ -407,6 +411,43 @@ mod tests {
         let text = "[[groups]]\nname = \"a\"\nsink = { type = \"amqp\", url = \"amqp://h/\", exchange = \"x\", routing_key = \"{colour}\" }\n";
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn amqp_stream_sources_parse_and_are_checked() {
+        let text = "[[sources]]\ntype = \"amqp-stream\"\nurl = \"amqp://u:pw@h/\"\nstream = \"s\"\ncatch_up_after = 500\n\
+                    [[groups]]\nname = \"a\"\n";
+        let c = FileConfig::parse(text, "t.toml").unwrap();
+        let SourceSpec::AmqpStream(s) = &c.sources[0] else {
+            panic!("not amqp-stream")
+        };
+        assert_eq!(
+            (s.catch_up_after, s.catch_up, s.prefetch),
+            (500, true, 1000)
+        );
+        assert_eq!(s.start, crate::amqp::StreamStart::First);
+        assert!(!format!("{c:?}").contains("pw"));
+
+        let text = "[[groups]]\nname = \"a\"\n\n[[sources]]\ntype = \"amqp-stream\"\nurl = \"amqp://h/\"\nstream = \"s\"\nprefetch = 0\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:8:"), "{err}");
+        assert!(err.contains("prefetch"), "{err}");
+
+        // A wrong value inside a tagged table is placed at its table.
+        let text = "[[groups]]\nname = \"a\"\n[[sources]]\ntype = \"amqp-stream\"\nstream = \"s\"\nstart = \"middle\"\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:3:"), "{err}");
+        assert!(err.contains("middle"), "{err}");
+    }
+
+    #[test]
+    fn the_amqp_stream_example_parses() {
+        let c = FileConfig::parse(
+            include_str!("../../examples/amqp-stream.toml"),
+            "amqp-stream.toml",
+        )
+        .unwrap();
+        assert!(matches!(c.sources[0], SourceSpec::AmqpStream(_)));
     }
 
     #[test]

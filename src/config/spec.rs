@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::amqp::{AmqpSinkConfig, AmqpSourceConfig};
+use crate::amqp::{AmqpSinkConfig, AmqpSourceConfig, AmqpStreamConfig};
 use crate::backlog::DiskBacklogConfig;
 use crate::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::source::LanePolicy;
@@ -24,6 +24,10 @@ pub enum SourceSpec {
     Amqp(AmqpSourceConfig),
     /// Kafka topics, consumed in a consumer group with manual commits.
     Kafka(KafkaSourceConfig),
+    /// A RabbitMQ stream queue, with laneway storing the offset and
+    /// catching up a lagging one live-first (docs/streams.md).
+    #[serde(rename = "amqp-stream")]
+    AmqpStream(AmqpStreamConfig),
 }
 
 /// A JSONL source.

@@ -147,31 +147,38 @@ impl Checkpoint {
 
     /// Replaces the checkpoint atomically and durably.
     pub fn store(&self, saved: &Saved) -> Result<(), CheckpointError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| self.io(e))?;
-        let mut tmp_name = self.path.as_os_str().to_owned();
-        tmp_name.push(".tmp");
-        let tmp = PathBuf::from(tmp_name);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| self.io(e))?;
-        file.write_all(encode(saved).as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| self.io(e))?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| self.io(e))
+        replace_durably(&self.path, encode(saved).as_bytes()).map_err(|e| self.io(e))
     }
+}
+
+/// Replaces `path` with `bytes` atomically and durably: a temporary file
+/// beside it (created 0600), fsync, rename over `path`, fsync of the
+/// directory (created 0700 when missing). A crash leaves the old contents
+/// or the new ones, never a mix. Also used for the stream sources' stored
+/// offsets.
+pub(crate) fn replace_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
 }
 
 fn encode(saved: &Saved) -> String {
