@@ -65,6 +65,10 @@ async fn laneway(brokers: &str, group: &str, n: u64) -> Clocks {
         brokers: brokers.to_string(),
         topics: vec!["bench".into()],
         group_id: group.to_string(),
+        // Every record in order through the live lane, as the plain
+        // consumer reads them: this measures throughput. Live-first
+        // catch-up has its own scenario (`laneway bench --scenario catch-up`).
+        catch_up: false,
         ..KafkaSourceConfig::default()
     })
     .unwrap();
