@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::Message as _;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -207,9 +207,12 @@ async fn send(producer: &FutureProducer, message: &Message) -> Result<(), String
     loop {
         match producer.send_result(out) {
             Ok(_) => return Ok(()),
-            Err((rdkafka::error::KafkaError::MessageProduction(
-                rdkafka::types::RDKafkaErrorCode::QueueFull,
-            ), back)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
                 out = back;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -293,7 +296,11 @@ impl Sink for Probe {
             .fetch_add(batch.len() as u64 - fresh, Ordering::Relaxed);
         if fresh > 0 {
             self.first_fresh.send_if_modified(|first| {
-                first.is_none().then(|| *first = Some((Instant::now(), before))).is_some()
+                let unset = first.is_none();
+                if unset {
+                    *first = Some((Instant::now(), before));
+                }
+                unset
             });
         }
         Ok(())
@@ -431,7 +438,9 @@ async fn time_plain(
             .headers()
             .and_then(|h| {
                 use rdkafka::message::Headers as _;
-                h.iter().find(|h| h.key == "messageId").and_then(|h| h.value)
+                h.iter()
+                    .find(|h| h.key == "messageId")
+                    .and_then(|h| h.value)
             })
             .is_some_and(|id| id.starts_with(FRESH.as_bytes()));
         if fresh {

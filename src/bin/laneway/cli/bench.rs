@@ -262,7 +262,11 @@ async fn bench_catch_up(args: &BenchArgs) -> ExitCode {
             (
                 "laneway (live-first catch-up)",
                 "#1f77b4",
-                report.points.iter().map(|p| p.laneway.to_fresh_ms).collect(),
+                report
+                    .points
+                    .iter()
+                    .map(|p| p.laneway.to_fresh_ms)
+                    .collect(),
             ),
             (
                 "plain rdkafka consumer",
