@@ -102,6 +102,15 @@ pub struct AmqpError {
 }
 
 impl AmqpError {
+    /// The error that ends the source named `origin` (the broker URL stays
+    /// out of it: the message already says what failed).
+    pub fn ends_source(self, origin: &str) -> crate::source::SourceError {
+        crate::source::SourceError::Origin {
+            origin: origin.to_string(),
+            message: self.message,
+        }
+    }
+
     /// An error about `what` on `url`, from any error text; counted as
     /// transient.
     pub fn new(url: &BrokerUrl, what: &str, error: impl std::fmt::Display) -> AmqpError {

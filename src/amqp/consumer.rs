@@ -380,15 +380,8 @@ impl QueueConsumer {
                 &self.health,
             )
             .await;
-            let conn = match connected {
-                Ok(Some(conn)) => conn,
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    return Err(SourceError::Origin {
-                        origin: who,
-                        message: e.message,
-                    });
-                }
+            let Some(conn) = connected.map_err(|e| e.ends_source(&who))? else {
+                return Ok(()); // stopped while connecting
             };
             sessions += 1;
             if sessions > 1 {

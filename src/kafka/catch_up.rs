@@ -183,16 +183,11 @@ impl CatchUpReader {
         format: ValueFormat,
         records: Vec<BorrowedMessage<'_>>,
     ) {
-        let mut start = 0;
-        while start < records.len() {
-            let (topic, partition) = (records[start].topic(), records[start].partition());
-            let end = records[start..]
-                .iter()
-                .position(|r| r.topic() != topic || r.partition() != partition)
-                .map_or(records.len(), |n| start + n);
-            let run = &records[start..end];
-            start = end;
-            let Some(r) = reading.get_mut(&(topic.to_string(), partition)) else {
+        for run in records.chunk_by(record::same_partition) {
+            let Some(first) = run.first() else {
+                continue;
+            };
+            let Some(r) = reading.get_mut(&(first.topic().to_string(), first.partition())) else {
                 continue; // no longer planned (revoked, or read)
             };
             let inside: Vec<&BorrowedMessage<'_>> = run

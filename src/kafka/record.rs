@@ -33,6 +33,12 @@ pub(super) fn origin(record: &impl rdkafka::Message) -> String {
     )
 }
 
+/// Whether two records come from the same partition (batches are handed
+/// to the engine one run of one partition at a time).
+pub(super) fn same_partition(a: &impl rdkafka::Message, b: &impl rdkafka::Message) -> bool {
+    a.partition() == b.partition() && a.topic() == b.topic()
+}
+
 /// Turns one record into what the engine ingests.
 pub(super) fn to_incoming(record: &impl rdkafka::Message, format: ValueFormat) -> Incoming {
     let value = record.payload().unwrap_or_default();

@@ -349,19 +349,18 @@ async fn submit_by_partition(
     records: Vec<BorrowedMessage<'_>>,
     format: super::ValueFormat,
 ) {
-    let mut start = 0;
-    while start < records.len() {
-        let (topic, partition) = (records[start].topic(), records[start].partition());
-        let end = records[start..]
-            .iter()
-            .position(|r| r.topic() != topic || r.partition() != partition)
-            .map_or(records.len(), |n| start + n);
-        let run = &records[start..end];
-        let (first, last) = (run[0].offset(), run[run.len() - 1].offset());
+    for run in records.chunk_by(record::same_partition) {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            continue;
+        };
         let batch: Vec<Incoming> = run.iter().map(|r| record::to_incoming(r, format)).collect();
-        let ack = offsets.register(topic, partition, first, last);
+        let ack = offsets.register(
+            first.topic(),
+            first.partition(),
+            first.offset(),
+            last.offset(),
+        );
         ctx.ingest.submit(batch, ack).await;
-        start = end;
     }
 }
 

@@ -25,6 +25,22 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// A name made safe for a file name: ASCII letters, digits, `.`, `-` and
+/// `_` kept, anything else `_`, at most 64 characters. Files laneway keeps
+/// beside its data (checkpoints, stream offsets) start with one.
+pub(crate) fn file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
 /// How many bytes each fingerprint covers (fewer when the offset is smaller).
 const FINGERPRINT_BYTES: u64 = 4096;
 
@@ -99,20 +115,12 @@ impl Checkpoint {
             .or_else(|_| std::path::absolute(source))
             .unwrap_or_else(|_| source.to_path_buf());
         let crc = crc32c::crc32c(absolute.as_os_str().as_encoded_bytes());
-        let stem: String = source
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(64)
-            .collect();
+        let stem = file_stem(
+            &source
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
         Checkpoint {
             path: dir.join(format!("{stem}-{crc:08x}.checkpoint")),
         }

@@ -72,17 +72,7 @@ impl OffsetFile {
     /// stream), so two brokers' streams of the same name never share one.
     pub fn in_dir(dir: &Path, stream: &str, identity: &str) -> OffsetFile {
         let crc = crc32c::crc32c(identity.as_bytes());
-        let stem: String = stream
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(64)
-            .collect();
+        let stem = crate::source::checkpoint::file_stem(stream);
         OffsetFile::at(dir.join(format!("stream-{stem}-{crc:08x}.offset")), stream)
     }
 

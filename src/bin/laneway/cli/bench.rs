@@ -199,14 +199,10 @@ pub async fn bench(args: BenchArgs) -> ExitCode {
         modes: reports,
     };
     print!("{}", report.table());
-    if let Some(path) = &args.json {
-        let written = simd_json::to_string_pretty(&report)
-            .map_err(|e| e.to_string())
-            .and_then(|text| std::fs::write(path, text + "\n").map_err(|e| e.to_string()));
-        if let Err(e) = written {
-            eprintln!("error: writing {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &args.json
+        && !write_json(path, &report)
+    {
+        return ExitCode::FAILURE;
     }
     if let Some(path) = &args.svg {
         let title = format!(
@@ -243,14 +239,10 @@ async fn bench_catch_up(args: &BenchArgs) -> ExitCode {
         }
     };
     print!("{}", report.table());
-    if let Some(path) = &args.json {
-        let written = simd_json::to_string_pretty(&report)
-            .map_err(|e| e.to_string())
-            .and_then(|text| std::fs::write(path, text + "\n").map_err(|e| e.to_string()));
-        if let Err(e) = written {
-            eprintln!("error: writing {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &args.json
+        && !write_json(path, &report)
+    {
+        return ExitCode::FAILURE;
     }
     if let Some(path) = &args.svg {
         let categories: Vec<String> = report
@@ -298,4 +290,17 @@ async fn bench_catch_up(args: &BenchArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Writes `report` as pretty JSON to `path`; false (said on stderr) if it
+/// could not.
+fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> bool {
+    let written = simd_json::to_string_pretty(report)
+        .map_err(|e| e.to_string())
+        .and_then(|text| std::fs::write(path, text + "\n").map_err(|e| e.to_string()));
+    if let Err(e) = written {
+        eprintln!("error: writing {}: {e}", path.display());
+        return false;
+    }
+    true
 }
