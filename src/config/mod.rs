@@ -233,6 +233,14 @@ impl FileConfig {
                         }
                     }
                 }
+                BacklogSpec::Amqp(b) => {
+                    b.check(&g.name).map_err(|e| {
+                        at(
+                            &nested("backlog", e.knob()),
+                            format!("group {:?}: amqp backlog: {e}", g.name),
+                        )
+                    })?;
+                }
                 BacklogSpec::Disk(d) => {
                     d.validate().map_err(|e| {
                         at(
@@ -313,7 +321,8 @@ impl FileConfig {
     }
 
     /// Where a group's disk backlog lives: its `dir`, or
-    /// `<data_dir>/backlog/<group name>`; `None` for a memory backlog.
+    /// `<data_dir>/backlog/<group name>`; `None` for a memory or broker
+    /// backlog.
     pub fn backlog_dir(&self, group: &GroupSpec) -> Option<PathBuf> {
         match &group.backlog {
             BacklogSpec::Disk(c) => Some(
@@ -321,7 +330,7 @@ impl FileConfig {
                     .clone()
                     .unwrap_or_else(|| self.data_dir.join("backlog").join(group.name())),
             ),
-            BacklogSpec::Memory { .. } => None,
+            BacklogSpec::Memory { .. } | BacklogSpec::Amqp(_) => None,
         }
     }
 }

@@ -110,6 +110,12 @@ impl AmqpBacklogConfig {
         format!("laneway.{group}.backlog")
     }
 
+    /// Checks the config for `group` (the URL, the queue names, the knobs)
+    /// without connecting.
+    pub fn check(&self, group: &str) -> Result<(), AmqpConfigError> {
+        self.validate(group).map(|_| ())
+    }
+
     /// The broker URL and the queue names, or what is wrong.
     pub(crate) fn validate(&self, group: &str) -> Result<(BrokerUrl, QueueNames), AmqpConfigError> {
         let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())

@@ -17,7 +17,7 @@ use crate::backlog::BacklogError;
 use crate::message::now_epoch_ms;
 
 /// What a broker backlog holds, as the broker tells it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BacklogQueueInspection {
     /// The backlog queue.
     pub queue: String,
