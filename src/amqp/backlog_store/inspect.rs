@@ -3,11 +3,13 @@
 //! oldest one's age, read from their headers.
 //!
 //! Invariant: nothing is removed and nothing is declared. The first
-//! records are read with `basic.get` and never acked; closing the channel
-//! gives them back to the queue, in their place. A quorum queue counts
-//! that as one delivery toward `x-delivery-limit`.
+//! records are read with `basic.get` and never acked; they are given back
+//! (`basic.nack` with requeue, one by one in queue order) to the head of
+//! the queue. A quorum queue counts that as one delivery toward
+//! `x-delivery-limit`, and for that moment other instances cannot take
+//! them.
 
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
 use super::AmqpBacklogConfig;
@@ -77,6 +79,7 @@ pub async fn inspect(
     let now = now_epoch_ms();
     let mut first_kinds = Vec::new();
     let mut oldest: Option<i64> = None;
+    let mut tags = Vec::new();
     while first_kinds.len() < first {
         let got = channel
             .basic_get(names.backlog.clone(), BasicGetOptions::default())
@@ -84,6 +87,7 @@ pub async fn inspect(
             .map_err(|e| failed(format!("reading queue {}", names.backlog), e))?;
         let Some(got) = got else { break };
         let d = got.delivery;
+        tags.push(d.delivery_tag);
         if let Some(at) = record::stored_at(&d.properties) {
             oldest = Some(oldest.map_or(at, |o| o.min(at)));
         }
@@ -92,7 +96,20 @@ pub async fn inspect(
             Err(_) => "?".into(),
         });
     }
-    // Never acked: closing gives them back.
+    // Never acked: given back one by one, in queue order, so they keep
+    // their places (closing the channel would give them back all at once,
+    // in an order the broker chooses).
+    for tag in tags {
+        let _ = channel
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                },
+            )
+            .await;
+    }
     let _ = channel.close(200, "inspected".into()).await;
     let _ = connection.close(200, "inspected".into()).await;
     Ok(BacklogQueueInspection {

@@ -31,9 +31,10 @@
 //!   release or retry of a record taken on an older channel does nothing
 //!   (its original is back in the queue);
 //! - "nothing ready" is decided by `basic.get` answering empty on the
-//!   consuming channel, after which every delivery the broker pushed before
-//!   has arrived (frames on a channel are ordered); so `take_ready` returns
-//!   nothing only when the queue had nothing ready for this instance.
+//!   consuming channel, followed by one more round trip on that channel,
+//!   after which every delivery the broker pushed before the answer has
+//!   arrived; so `take_ready` returns nothing only when the queue had
+//!   nothing ready for this instance, and records come out in queue order.
 //!
 //! What the counts mean: `depth().records` is this instance's view: the
 //! ready messages of the backlog and wait queues (from the broker, refreshed
@@ -272,6 +273,36 @@ impl Inner {
                 Err(unavailable(e))
             }
         }
+    }
+
+    /// Replaces the publishing channel of link `generation` by a new one in
+    /// confirm mode (the old one is closed).
+    async fn renew_publisher(&self, generation: u64) {
+        let mut state = self.link.lock().await;
+        let Some(link) = state.link.as_mut() else {
+            return;
+        };
+        if link.generation != generation {
+            return;
+        }
+        let fresh = match link.connection.create_channel().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %AmqpError::new(&self.url, "opening a channel", e), "keeping the publishing channel");
+                return;
+            }
+        };
+        if fresh
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let old = std::mem::replace(&mut link.publish, fresh);
+        tokio::spawn(async move {
+            let _ = old.close(200, "laneway renewing".into()).await;
+        });
     }
 
     /// Drops the link after a failure, so the next call reconnects.
@@ -691,6 +722,25 @@ impl Inner {
         }
     }
 
+    /// A round trip on the consuming channel (a `basic.qos` that changes
+    /// nothing). RabbitMQ's channel answers a `basic.get` (or a passive
+    /// declare) before it writes the deliveries the queue pushed while it
+    /// waited for the queue's answer; those are queued in the channel ahead
+    /// of the next request, so once this returns they have all arrived.
+    async fn settle_channel(&self, link: &Link) -> Result<(), BacklogError> {
+        link.consume
+            .basic_qos(self.config.read_ahead, BasicQosOptions::default())
+            .await
+            .map_err(|e| {
+                unavailable(AmqpError::classify(
+                    &self.url,
+                    "setting the prefetch",
+                    &e,
+                    false,
+                ))
+            })
+    }
+
     /// Re-reads the ready counts of the backlog and wait queues.
     async fn refresh(&self) -> Result<(), BacklogError> {
         let link = self.link().await?;
@@ -722,8 +772,9 @@ impl Inner {
                 })?;
             ready += u64::from(q.message_count());
         }
-        // Deliveries pushed before the answer have arrived (a channel's
-        // frames are ordered) and are not in the count.
+        // Deliveries pushed before the answer are not in the count; after
+        // one more round trip they have all arrived.
+        self.settle_channel(&link).await?;
         self.drain(&mut reader, false).await;
         self.ready.store(ready, Ordering::Relaxed);
         Ok(())
@@ -779,6 +830,13 @@ impl BacklogStore for AmqpBacklog {
             .iter()
             .take_while(|r| matches!(r, Published::Confirmed))
             .count();
+        if confirmed < results.len() {
+            // A quorum queue over its limit tells each publishing channel
+            // to refuse, and does not always tell it when it has room again:
+            // the next append starts on a fresh channel, which the queue
+            // judges by its length then.
+            inner.renew_publisher(link.generation).await;
+        }
         if stored < wanted {
             if confirmed > stored {
                 // Room freed while the batch was in flight: the records
@@ -869,7 +927,10 @@ impl BacklogStore for AmqpBacklog {
                         false,
                     ))
                 })?;
-            // Deliveries pushed before the answer are older: first them.
+            // Deliveries the queue pushed before it answered are older, but
+            // the broker may write them after its answer: one more round
+            // trip on the channel brings them in (see `settle_channel`).
+            inner.settle_channel(&link).await?;
             inner.drain(&mut reader, true).await;
             let Some(got) = got else {
                 inner.take_due(&mut reader, &mut out, max, now_ms);
