@@ -37,9 +37,9 @@
 //!   nothing ready for this instance, and records come out in queue order.
 //!
 //! What the counts mean: `depth().records` is this instance's view: the
-//! ready messages of the backlog and wait queues (from the broker, refreshed
-//! every `refresh_interval`, adjusted by this instance's own appends and
-//! takes in between), plus the records this instance holds or has in
+//! ready messages of the backlog and wait queues (from the broker, read
+//! every `refresh_interval` and whenever a take finds nothing, adjusted by
+//! this instance's own appends and takes in between), plus the records this instance holds or has in
 //! flight. Records other instances have taken are not counted. `bytes` is
 //! not known (0).
 //!
@@ -57,7 +57,7 @@ pub use inspect::{BacklogQueueInspection, inspect};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use futures_util::{FutureExt, StreamExt};
@@ -106,6 +106,12 @@ struct Inner {
     held: AtomicU64,
     /// Records handed out and not released or retried yet.
     in_flight: AtomicU64,
+    /// The background refresh lowered the count (other instances took
+    /// records): `has_waiting` stays true until the next `take_ready`, so
+    /// the engine takes once more and so learns the new depth. (The engine
+    /// re-checks whether a group is idle after each take, not when a count
+    /// changes by itself.)
+    recheck: AtomicBool,
 }
 
 struct LinkState {
@@ -200,6 +206,7 @@ impl AmqpBacklog {
             ready: AtomicU64::new(0),
             held: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            recheck: AtomicBool::new(false),
             url,
             names,
             config,
@@ -741,12 +748,25 @@ impl Inner {
             })
     }
 
-    /// Re-reads the ready counts of the backlog and wait queues.
+    /// Re-reads the ready counts of the backlog and wait queues (the
+    /// background refresh).
     async fn refresh(&self) -> Result<(), BacklogError> {
         let link = self.link().await?;
         let mut reader = self.reader.lock().await;
         self.sync(&mut reader, &link);
-        self.drain(&mut reader, true).await;
+        self.recount(&mut reader, &link, true).await
+    }
+
+    /// Re-reads the ready counts of the backlog and wait queues. With
+    /// `flag_drop`, a count that fell raises `recheck` (see
+    /// [`Inner::recheck`]).
+    async fn recount(
+        &self,
+        reader: &mut Reader,
+        link: &Link,
+        flag_drop: bool,
+    ) -> Result<(), BacklogError> {
+        self.drain(reader, true).await;
         let _publishing = self.publishing.lock().await;
         let mut ready = 0u64;
         for queue in [&self.names.backlog, &self.names.wait] {
@@ -774,9 +794,12 @@ impl Inner {
         }
         // Deliveries pushed before the answer are not in the count; after
         // one more round trip they have all arrived.
-        self.settle_channel(&link).await?;
-        self.drain(&mut reader, false).await;
-        self.ready.store(ready, Ordering::Relaxed);
+        self.settle_channel(link).await?;
+        self.drain(reader, false).await;
+        let before = self.ready.swap(ready, Ordering::Relaxed);
+        if flag_drop && ready < before {
+            self.recheck.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 }
@@ -905,6 +928,7 @@ impl BacklogStore for AmqpBacklog {
         let link = inner.link().await?;
         let mut reader = inner.reader.lock().await;
         inner.sync(&mut reader, &link);
+        inner.recheck.store(false, Ordering::Relaxed);
         inner.consume(&mut reader).await?;
         let mut out = Vec::new();
         inner.drain(&mut reader, true).await;
@@ -940,6 +964,12 @@ impl BacklogStore for AmqpBacklog {
             inner.take_due(&mut reader, &mut out, max, now_ms);
         }
         inner.park(&mut reader, now_ms).await;
+        if out.is_empty()
+            && reader.held_records.is_empty()
+            && let Err(e) = inner.recount(&mut reader, &link, false).await
+        {
+            tracing::debug!(error = %e, "recounting the broker backlog failed");
+        }
         Ok(out)
     }
 
@@ -975,6 +1005,12 @@ impl BacklogStore for AmqpBacklog {
             );
         }
         Ok(())
+    }
+
+    fn has_waiting(&self) -> bool {
+        let inner = &self.inner;
+        inner.ready.load(Ordering::Relaxed) + inner.held.load(Ordering::Relaxed) > 0
+            || inner.recheck.load(Ordering::Relaxed)
     }
 
     fn depth(&self) -> BacklogDepth {

@@ -1,0 +1,170 @@
+//! Acceptance: three `laneway run` processes of one group share one backlog
+//! queue on RabbitMQ (`backlog = { store = "amqp" }`); one is killed with
+//! SIGKILL while the backlog drains, and the two survivors deliver every
+//! message, the killed one's included, without it being restarted.
+//!
+//! Each process reads its third of a stale pile on stdin (so every message
+//! goes to the shared backlog) and keeps stdin open, so it keeps running
+//! while the backlog has work. Every message must come out at least once,
+//! byte for byte as sent; duplicates (what the killed process delivered
+//! and had not acked) are counted and bounded by its in-flight window.
+//!
+//! Synchronisation: the kill happens on one of the victim's status lines,
+//! once its output holds a (random) number of deliveries; the survivors are
+//! told to finish (stdin closed) on one of their status lines once the
+//! outputs hold every message, and then end by themselves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod amqp_common;
+mod process;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use amqp_common::records::{json_records, records_in_jsonl};
+use amqp_common::{Copies, assert_delivered, broker_lock, unique};
+use process::Watched;
+
+const N: u64 = 6_000;
+const SLOTS: usize = 2;
+const BATCH: usize = 50;
+
+fn write_config(path: &Path, data: &Path, output: &Path, queue: &str) {
+    let url = amqp_common::url();
+    let text = format!(
+        "data_dir = {data:?}\nstatus_interval = \"100ms\"\n\
+         [[sources]]\ntype = \"jsonl\"\npath = \"-\"\n\
+         [[groups]]\nname = \"g\"\nslots = {SLOTS}\nbatch_size = {BATCH}\nbacklog_rate = 500.0\n\
+         sink = {{ type = \"jsonl\", path = {output:?}, sync = true }}\n\
+         backlog = {{ store = \"amqp\", url = {url:?}, queue = {queue:?}, read_ahead = 64 }}\n"
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+fn ids_in(path: &Path) -> HashSet<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return HashSet::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let start = l.find("\"messageId\":\"")? + 13;
+            let end = start + l[start..].find('"')?;
+            Some(l[start..end].to_string())
+        })
+        .collect()
+}
+
+fn all_delivered(outputs: &[PathBuf]) -> bool {
+    let mut seen = HashSet::new();
+    for o in outputs {
+        seen.extend(ids_in(o));
+    }
+    seen.len() as u64 >= N
+}
+
+#[test]
+fn survivors_deliver_what_a_killed_instance_accumulated() {
+    let _lock = broker_lock(false);
+    let tmp = tempfile::tempdir().unwrap();
+    let queue = unique("backlog-procs");
+    let an_hour_ago = laneway::message::now_epoch_ms() - 3_600_000;
+    let sent = json_records("p", N, |_| an_hour_ago);
+    let exe = env!("CARGO_BIN_EXE_laneway");
+    let outputs: Vec<PathBuf> = (0..3)
+        .map(|i| tmp.path().join(format!("out{i}.jsonl")))
+        .collect();
+    let mut runs = Vec::new();
+    for (i, output) in outputs.iter().enumerate() {
+        let config = tmp.path().join(format!("c{i}.toml"));
+        write_config(
+            &config,
+            &tmp.path().join(format!("data{i}")),
+            output,
+            &queue,
+        );
+        let mut run = Watched::spawn(
+            Command::new(exe)
+                .args(["run", "--config"])
+                .arg(&config)
+                .stdin(Stdio::piped()),
+        );
+        let mut stdin = run.take_stdin().unwrap();
+        for r in sent.iter().skip(i).step_by(3) {
+            writeln!(stdin, "{}", r.envelope_line()).unwrap();
+        }
+        stdin.flush().unwrap();
+        runs.push((run, Some(stdin)));
+    }
+
+    // Kill instance 0 at a random point of its draining.
+    let at = 100 + (laneway::message::now_epoch_ms() as usize % 900);
+    let (victim, _) = &mut runs[0];
+    victim.wait_for_line(
+        Duration::from_secs(120),
+        "the victim's status line after its deliveries began",
+        |line| line.starts_with('[') && ids_in(&outputs[0]).len() >= at,
+    );
+    victim.kill(); // SIGKILL
+    let by_victim = ids_in(&outputs[0]).len();
+
+    // The survivors deliver the rest, the victim's unacked records included.
+    {
+        let (survivor, _) = &mut runs[1];
+        let line = survivor.wait_for_line(
+            Duration::from_secs(180),
+            "a survivor's status line once every message was delivered",
+            |line| line.starts_with('[') && all_delivered(&outputs),
+        );
+        eprintln!("survivor 1: {line}");
+    }
+    for (mut run, stdin) in runs.drain(..).skip(1) {
+        drop(stdin); // end of input: the run ends once its group is drained
+        let end = run.wait_for_line(Duration::from_secs(60), "the survivor's summary", |l| {
+            l.starts_with("summary:")
+        });
+        eprintln!("{end}");
+        let out = run.finish(Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "a survivor failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let mut delivered = Vec::new();
+    for o in &outputs {
+        delivered.extend(records_in_jsonl(o));
+    }
+    let tally = assert_delivered(&sent, &delivered, Copies::AtLeastOnce);
+    eprintln!("killed after {by_victim} deliveries (aimed at {at}); {tally:?}");
+    // Duplicates: what the victim delivered and had not acked yet, at most
+    // its deliveries in flight and awaiting their release.
+    assert!(
+        tally.duplicates <= 2 * SLOTS * BATCH,
+        "{} duplicates",
+        tally.duplicates
+    );
+
+    let conn = amqp_common::connection();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = conn.await;
+        let ch = conn.create_channel().await.unwrap();
+        assert_eq!(amqp_common::ready(&ch, &queue).await, 0);
+        let names = [
+            queue.clone(),
+            format!("{queue}.wait"),
+            format!("{queue}.poison"),
+        ];
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        amqp_common::cleanup(&ch, &names, &[]).await;
+    });
+}
