@@ -353,6 +353,35 @@ mod tests {
     }
 
     #[test]
+    fn an_amqp_backlog_parses_and_hides_its_password() {
+        let text = "[[groups]]\nname = \"work\"\n\
+                    backlog = { store = \"amqp\", url = \"amqp://u:topsecret@h:5672/%2f\", queue = \"q.backlog\", max_records = 10 }\n";
+        let c = FileConfig::parse(text, "t.toml").unwrap();
+        let BacklogSpec::Amqp(b) = &c.groups[0].backlog else {
+            panic!("not an amqp backlog: {:?}", c.groups[0].backlog)
+        };
+        assert_eq!(b.queue.as_deref(), Some("q.backlog"));
+        assert_eq!(b.max_records, Some(10));
+        assert!(c.backlog_dir(&c.groups[0]).is_none());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("topsecret"), "{shown}");
+        // The default queue is named after the group.
+        let text = "[[groups]]\nname = \"work\"\nbacklog = { store = \"amqp\" }\n";
+        let c = FileConfig::parse(text, "t.toml").unwrap();
+        let BacklogSpec::Amqp(b) = &c.groups[0].backlog else {
+            panic!("not an amqp backlog")
+        };
+        assert_eq!(b.queue, None);
+        assert_eq!(
+            crate::amqp::AmqpBacklogConfig::default_queue("work"),
+            "laneway.work.backlog"
+        );
+        let text = "[[groups]]\nname = \"work\"\nbacklog = { store = \"amqp\", read_ahead = 0 }\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("read_ahead"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_and_wrong_types_name_their_line() {
         let text = "[[groups]]\nname = \"a\"\nslots = 2\nslotz = 3\n";
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
