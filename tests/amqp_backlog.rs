@@ -3,7 +3,8 @@
 //! instance held when it stopped is delivered by another, a queue at its
 //! `x-max-length` refuses appends (backpressure; the quorum queue applies
 //! the limit after the fact, so what was already on its way gets in) and
-//! drops nothing, a broker restart loses nothing, and
+//! drops nothing, retries wait out their backoff in the wait queue and come
+//! back, a broker restart loses nothing, and
 //! `backlog inspect`'s reading removes nothing.
 //!
 //! Each test uses its own queue names and deletes its queues at the end.
@@ -287,6 +288,66 @@ async fn a_broker_restart_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(store.depth().in_flight, 0);
+    store.close().await.unwrap();
+    delete_queues(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_wait_in_the_wait_queue_and_come_back_with_their_attempts() {
+    let _lock = broker_lock(false);
+    let queue = unique("backlog-wait");
+    let store = AmqpBacklog::open(
+        AmqpBacklogConfig {
+            park_after: Duration::from_millis(200),
+            ..config(&queue, None)
+        },
+        "g",
+    )
+    .await
+    .unwrap();
+    let now = laneway::message::now_epoch_ms();
+    // Record 0 is appended already waiting (a failed live delivery), record
+    // 1 is taken and retried: both go to the wait queue for about a second.
+    let mut waiting = sent(0);
+    waiting.attempts = 1;
+    waiting.not_before_ms = now + 1_000;
+    store.append(&[waiting, sent(1)]).await.unwrap();
+    let mut taken = store
+        .take_ready(10, laneway::message::now_epoch_ms())
+        .await
+        .unwrap();
+    assert_eq!(numbers(&taken), vec![1]);
+    taken[0].record.attempts = 3;
+    taken[0].record.not_before_ms = now + 1_200;
+    store.retry(&taken).await.unwrap();
+    assert_eq!(store.depth().records, 2);
+    assert!(store.has_waiting());
+
+    // Offered again and again, as the engine's reader does, until both are
+    // back; neither before its time.
+    let mut back = Vec::new();
+    let mut tries = 0;
+    while back.len() < 2 {
+        tries += 1;
+        assert!(tries < 600, "the retries never came back: {back:?}");
+        let now = laneway::message::now_epoch_ms();
+        for r in store.take_ready(10, now).await.unwrap() {
+            assert!(now >= r.record.not_before_ms, "handed out early");
+            back.push(r);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    back.sort_by_key(|r| r.record.attempts);
+    assert_eq!(numbers(&back), vec![0, 1]);
+    assert_eq!(back[0].record.attempts, 1);
+    assert_eq!(back[1].record.attempts, 3);
+    assert_eq!(back[1].record.not_before_ms, now + 1_200);
+    store
+        .release(&back.iter().map(|r| r.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(store.take_ready(10, i64::MAX).await.unwrap().is_empty());
+    assert_eq!(store.depth().records, 0);
     store.close().await.unwrap();
     delete_queues(&queue).await;
 }
