@@ -31,7 +31,11 @@ pub struct AmqpBacklogConfig {
     pub read_ahead: u16,
     /// The most records ready in the backlog queue (`x-max-length` with
     /// `x-overflow = reject-publish`): a full queue refuses appends, which
-    /// is backpressure on the source, never a drop. `None`: unbounded.
+    /// is backpressure on the source, never a drop (the disk store's
+    /// `when_full = "drop_oldest"` has no counterpart here). A quorum queue
+    /// applies the limit after the fact: publishes already on their way
+    /// when it crosses it get in. Each instance also keeps to it by its own
+    /// count. `None`: unbounded.
     pub max_records: Option<u64>,
     /// Deliveries of one message before the broker moves it to the poison
     /// queue (`x-delivery-limit`): a message that kills every instance that

@@ -41,7 +41,8 @@
 //! every `refresh_interval` and whenever a take finds nothing, adjusted by
 //! this instance's own appends and takes in between), plus the records this instance holds or has in
 //! flight. Records other instances have taken are not counted. `bytes` is
-//! not known (0).
+//! not known (0), nor is `oldest_ms` (the metric is absent; `laneway
+//! backlog inspect --queue` reads the head's age from its header).
 //!
 //! Order: records come out in the queue's order. The wait queue expires
 //! messages from its head only, so a retry may wait longer than its backoff
