@@ -25,9 +25,10 @@ pub struct AmqpBacklogConfig {
     /// The backlog queue; `laneway.<group>.backlog` when not set. Its wait
     /// queue is `<queue>.wait` and its poison queue `<queue>.poison`.
     pub queue: Option<String>,
-    /// Messages the broker pushes ahead to this instance (`basic_qos`
-    /// prefetch): the store's read-ahead, and the most an instance that
-    /// dies leaves to be redelivered on top of what it had in flight.
+    /// Messages the broker pushes ahead to this instance beyond those it
+    /// has handed out (the consumer's prefetch is this plus room for what
+    /// the engine holds): the store's read-ahead, and part of what an
+    /// instance that dies leaves to be redelivered.
     pub read_ahead: u16,
     /// The most records ready in the backlog queue (`x-max-length` with
     /// `x-overflow = reject-publish`): a full queue refuses appends, which

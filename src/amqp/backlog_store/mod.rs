@@ -84,6 +84,10 @@ use crate::backlog::{
 use crate::backoff::Backoff;
 use crate::message::now_epoch_ms;
 
+/// How long a take that has records already waits for the consumer's next
+/// delivery before it returns what it has (the queue may have no more).
+const CONSUMER_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A backlog store on a RabbitMQ quorum queue, shared by every instance of
 /// a group; see the module docs.
 pub struct AmqpBacklog {
@@ -97,9 +101,11 @@ struct Inner {
     config: AmqpBacklogConfig,
     link: tokio::sync::Mutex<LinkState>,
     reader: tokio::sync::Mutex<Reader>,
-    /// Held while publishing and while refreshing the counts, so a refresh
-    /// never counts a record that an append is about to count again.
-    publishing: tokio::sync::Mutex<()>,
+    /// Publishes (appends, retries, parks) under way, and how many have
+    /// ended: a recount that overlapped one is not stored, so it never
+    /// counts a record that the publish is about to count again.
+    publishing: AtomicU64,
+    published: AtomicU64,
     /// Ready messages in the backlog and wait queues, as far as this
     /// instance knows.
     ready: AtomicU64,
@@ -163,11 +169,30 @@ struct Reader {
     generation: u64,
     channel: Option<Channel>,
     consumer: Option<lapin::Consumer>,
+    /// The consumer's prefetch (see [`Inner::consume`]).
+    prefetch: usize,
     next_id: RecordId,
     /// Held records, soonest not-before first, then in arrival order.
     held: BinaryHeap<Reverse<(i64, RecordId)>>,
     held_records: HashMap<RecordId, Held>,
     in_flight: HashMap<RecordId, Taken>,
+}
+
+/// A publish under way (see [`Inner::publishing`]); ends when dropped.
+struct Publishing<'a>(&'a Inner);
+
+impl<'a> Publishing<'a> {
+    fn start(inner: &'a Inner) -> Publishing<'a> {
+        inner.publishing.fetch_add(1, Ordering::SeqCst);
+        Publishing(inner)
+    }
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        self.0.published.fetch_add(1, Ordering::SeqCst);
+        self.0.publishing.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What a publish came to.
@@ -203,7 +228,8 @@ impl AmqpBacklog {
                 not_before: None,
             }),
             reader: tokio::sync::Mutex::new(Reader::default()),
-            publishing: tokio::sync::Mutex::new(()),
+            publishing: AtomicU64::new(0),
+            published: AtomicU64::new(0),
             ready: AtomicU64::new(0),
             held: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -550,7 +576,14 @@ impl Inner {
 
     /// Starts consuming the backlog queue on the reader's channel, if not
     /// yet (lazily: an instance that never reads pulls nothing ahead).
-    async fn consume(&self, reader: &mut Reader) -> Result<(), BacklogError> {
+    ///
+    /// The broker counts every unacked record against the prefetch, those
+    /// handed out and not yet released included, so the prefetch is
+    /// `read_ahead` plus room for twice the first take's `max` (what the
+    /// caller holds: its read-ahead and its deliveries in flight). With a
+    /// smaller one the consumer would stall and every record would take a
+    /// `basic.get` round trip.
+    async fn consume(&self, reader: &mut Reader, max: usize) -> Result<(), BacklogError> {
         if reader.consumer.is_some() {
             return Ok(());
         }
@@ -560,10 +593,15 @@ impl Inner {
         let failed = |what: &str, e: lapin::Error| {
             unavailable(AmqpError::classify(&self.url, what, &e, false))
         };
+        let prefetch = u16::try_from(
+            usize::from(self.config.read_ahead).saturating_add(max.saturating_mul(2)),
+        )
+        .unwrap_or(u16::MAX);
         channel
-            .basic_qos(self.config.read_ahead, BasicQosOptions::default())
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| failed("setting the prefetch", e))?;
+        reader.prefetch = usize::from(prefetch);
         let consumer = channel
             .basic_consume(
                 self.names.backlog.clone(),
@@ -636,6 +674,33 @@ impl Inner {
         }
     }
 
+    /// Waits up to [`CONSUMER_WAIT`] for the consumer's next delivery and
+    /// takes it in with whatever followed it; whether one came.
+    async fn wait_delivery(&self, reader: &mut Reader) -> bool {
+        let Some(consumer) = reader.consumer.as_mut() else {
+            return false;
+        };
+        let next = tokio::time::timeout(CONSUMER_WAIT, consumer.next()).await;
+        match next {
+            Ok(Some(Ok(d))) => {
+                self.receive(reader, d, true).await;
+                self.drain(reader, true).await;
+                true
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %AmqpError::new(&self.url, "consuming the backlog", e), "backlog consumer broke");
+                reader.consumer = None;
+                false
+            }
+            Ok(None) => {
+                tracing::warn!(queue = %self.names.backlog, "the broker cancelled the backlog consumer");
+                reader.consumer = None;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Moves held records that are due into `out`, oldest first, up to
     /// `max`; collects those due later than `park_after` into `park`.
     fn take_due(&self, reader: &mut Reader, out: &mut Vec<StoredRecord>, max: usize, now_ms: i64) {
@@ -688,7 +753,7 @@ impl Inner {
             return;
         }
         let wall = now_epoch_ms();
-        let _publishing = self.publishing.lock().await;
+        let _publishing = Publishing::start(self);
         let messages = far
             .iter()
             .filter_map(|id| reader.held_records.get(id))
@@ -735,9 +800,10 @@ impl Inner {
     /// declare) before it writes the deliveries the queue pushed while it
     /// waited for the queue's answer; those are queued in the channel ahead
     /// of the next request, so once this returns they have all arrived.
-    async fn settle_channel(&self, link: &Link) -> Result<(), BacklogError> {
+    async fn settle_channel(&self, link: &Link, prefetch: usize) -> Result<(), BacklogError> {
+        let prefetch = u16::try_from(prefetch.max(1)).unwrap_or(u16::MAX);
         link.consume
-            .basic_qos(self.config.read_ahead, BasicQosOptions::default())
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| {
                 unavailable(AmqpError::classify(
@@ -768,7 +834,10 @@ impl Inner {
         flag_drop: bool,
     ) -> Result<(), BacklogError> {
         self.drain(reader, true).await;
-        let _publishing = self.publishing.lock().await;
+        let (busy, epoch) = (
+            self.publishing.load(Ordering::SeqCst),
+            self.published.load(Ordering::SeqCst),
+        );
         let mut ready = 0u64;
         for queue in [&self.names.backlog, &self.names.wait] {
             let q = link
@@ -795,8 +864,15 @@ impl Inner {
         }
         // Deliveries pushed before the answer are not in the count; after
         // one more round trip they have all arrived.
-        self.settle_channel(link).await?;
+        self.settle_channel(link, reader.prefetch).await?;
         self.drain(reader, false).await;
+        if busy > 0
+            || self.publishing.load(Ordering::SeqCst) > 0
+            || self.published.load(Ordering::SeqCst) != epoch
+        {
+            // A publish overlapped the count: keep the running count.
+            return Ok(());
+        }
         let before = self.ready.swap(ready, Ordering::Relaxed);
         if flag_drop && ready < before {
             self.recheck.store(true, Ordering::Relaxed);
@@ -811,7 +887,7 @@ impl BacklogStore for AmqpBacklog {
         let wanted = records.len();
         let inner = &self.inner;
         let link = inner.link().await?;
-        let _publishing = inner.publishing.lock().await;
+        let _publishing = Publishing::start(inner);
         // The broker's limit is the shared one, but a quorum queue applies
         // it after the fact (it takes the publish that crosses it, then
         // refuses until it drains below it): this instance also keeps to it
@@ -899,7 +975,7 @@ impl BacklogStore for AmqpBacklog {
             return Ok(());
         }
         let published = {
-            let _publishing = inner.publishing.lock().await;
+            let _publishing = Publishing::start(inner);
             inner.republish(&link, &current).await
         };
         if let Err(e) = published {
@@ -930,15 +1006,28 @@ impl BacklogStore for AmqpBacklog {
         let mut reader = inner.reader.lock().await;
         inner.sync(&mut reader, &link);
         inner.recheck.store(false, Ordering::Relaxed);
-        inner.consume(&mut reader).await?;
+        inner.consume(&mut reader, max).await?;
         let mut out = Vec::new();
         inner.drain(&mut reader, true).await;
         inner.take_due(&mut reader, &mut out, max, now_ms);
-        // Not enough at hand: ask the queue itself (a get is not held back
-        // by the prefetch, which records not yet due may fill), until it
-        // has nothing ready for this instance.
+        // Not enough at hand. While the consumer can still be pushed more,
+        // wait a moment for it; with nothing at all (or a full prefetch),
+        // ask the queue itself (a get is not held back by the prefetch,
+        // which records not yet due may fill), until it has nothing ready
+        // for this instance.
         let mut gets = 0;
-        while out.len() < max && gets < max {
+        while out.len() < max {
+            let saturated = reader.held_records.len() + reader.in_flight.len() >= reader.prefetch;
+            if !out.is_empty() && !saturated && reader.consumer.is_some() {
+                if !inner.wait_delivery(&mut reader).await {
+                    break;
+                }
+                inner.take_due(&mut reader, &mut out, max, now_ms);
+                continue;
+            }
+            if gets >= max {
+                break;
+            }
             gets += 1;
             let got = link
                 .consume
@@ -955,7 +1044,7 @@ impl BacklogStore for AmqpBacklog {
             // Deliveries the queue pushed before it answered are older, but
             // the broker may write them after its answer: one more round
             // trip on the channel brings them in (see `settle_channel`).
-            inner.settle_channel(&link).await?;
+            inner.settle_channel(&link, reader.prefetch).await?;
             inner.drain(&mut reader, true).await;
             let Some(got) = got else {
                 inner.take_due(&mut reader, &mut out, max, now_ms);
