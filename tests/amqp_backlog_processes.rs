@@ -9,6 +9,10 @@
 //! byte for byte as sent; duplicates (what the killed process delivered
 //! and had not acked) are counted and bounded by its in-flight window.
 //!
+//! A second run has a backlog queue that holds 200 records and a stale
+//! pile of 3,000: the source is held back (backpressure) whenever the queue
+//! is full, and every message still comes out.
+//!
 //! Synchronisation: the kill happens on one of the victim's status lines,
 //! once its output holds a (random) number of deliveries; the survivors are
 //! told to finish (stdin closed) on one of their status lines once the
@@ -157,6 +161,71 @@ fn survivors_deliver_what_a_killed_instance_accumulated() {
         .unwrap();
     rt.block_on(async {
         let conn = conn.await;
+        let ch = conn.create_channel().await.unwrap();
+        assert_eq!(amqp_common::ready(&ch, &queue).await, 0);
+        let names = [
+            queue.clone(),
+            format!("{queue}.wait"),
+            format!("{queue}.poison"),
+        ];
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        amqp_common::cleanup(&ch, &names, &[]).await;
+    });
+}
+
+#[test]
+fn a_full_backlog_queue_holds_the_source_back_and_drops_nothing() {
+    let _lock = broker_lock(false);
+    let tmp = tempfile::tempdir().unwrap();
+    let queue = unique("backlog-full-run");
+    let an_hour_ago = laneway::message::now_epoch_ms() - 3_600_000;
+    let n = 3_000;
+    let sent = json_records("f", n, |_| an_hour_ago);
+    let input = tmp.path().join("in.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    for r in &sent {
+        writeln!(f, "{}", r.envelope_line()).unwrap();
+    }
+    f.flush().unwrap();
+    drop(f);
+    let output = tmp.path().join("out.jsonl");
+    let config = tmp.path().join("c.toml");
+    let url = amqp_common::url();
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nstatus_interval = \"100ms\"\n\
+             [[sources]]\ntype = \"jsonl\"\npath = {input:?}\n\
+             [[groups]]\nname = \"g\"\nslots = 2\nbatch_size = 50\nbacklog_rate = 1000.0\n\
+             sink = {{ type = \"jsonl\", path = {output:?}, sync = true }}\n\
+             backlog = {{ store = \"amqp\", url = {url:?}, queue = {queue:?}, max_records = 200, read_ahead = 32 }}\n",
+            tmp.path().join("data")
+        ),
+    )
+    .unwrap();
+    // The whole pile is stale: it can only reach the sink through a backlog
+    // queue that holds 200, so the source is held back again and again.
+    let run = Watched::spawn(
+        Command::new(env!("CARGO_BIN_EXE_laneway"))
+            .args(["run", "--config"])
+            .arg(&config),
+    );
+    let out = run.finish(Duration::from_secs(180));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(
+        stderr.contains("backlog is full"),
+        "the backlog never filled: {stderr}"
+    );
+    let tally = assert_delivered(&sent, &records_in_jsonl(&output), Copies::AtLeastOnce);
+    eprintln!("{tally:?}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = amqp_common::connection().await;
         let ch = conn.create_channel().await.unwrap();
         assert_eq!(amqp_common::ready(&ch, &queue).await, 0);
         let names = [
