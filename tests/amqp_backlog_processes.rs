@@ -11,7 +11,9 @@
 //!
 //! A second run has a backlog queue that holds 200 records and a stale
 //! pile of 3,000: the source is held back (backpressure) whenever the queue
-//! is full, and every message still comes out.
+//! is full, and every message still comes out. A third run has the broker
+//! restarted (`stop_app` / `start_app`) while it drains its backlog queue:
+//! it reconnects and every message comes out.
 //!
 //! Synchronisation: the kill happens on one of the victim's status lines,
 //! once its output holds a (random) number of deliveries; the survivors are
@@ -236,4 +238,86 @@ fn a_full_backlog_queue_holds_the_source_back_and_drops_nothing() {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         amqp_common::cleanup(&ch, &names, &[]).await;
     });
+}
+
+#[test]
+fn a_broker_restart_mid_run_loses_nothing() {
+    // Exclusive: no other RabbitMQ test runs while the broker restarts.
+    let _lock = broker_lock(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let queue = unique("backlog-restart-run");
+    let an_hour_ago = laneway::message::now_epoch_ms() - 3_600_000;
+    let n = 4_000;
+    let sent = json_records("r", n, |_| an_hour_ago);
+    let input = tmp.path().join("in.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    for r in &sent {
+        writeln!(f, "{}", r.envelope_line()).unwrap();
+    }
+    f.flush().unwrap();
+    drop(f);
+    let output = tmp.path().join("out.jsonl");
+    let config = tmp.path().join("c.toml");
+    let url = amqp_common::url();
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nstatus_interval = \"100ms\"\n\
+             [[sources]]\ntype = \"jsonl\"\npath = {input:?}\n\
+             [[groups]]\nname = \"g\"\nslots = 2\nbatch_size = 50\nbacklog_rate = 400.0\n\
+             sink = {{ type = \"jsonl\", path = {output:?}, sync = true }}\n\
+             backlog = {{ store = \"amqp\", url = {url:?}, queue = {queue:?}, read_ahead = 32, \
+             reconnect_initial = \"100ms\", reconnect_max = \"1s\" }}\n",
+            tmp.path().join("data")
+        ),
+    )
+    .unwrap();
+    let mut run = Watched::spawn(
+        Command::new(env!("CARGO_BIN_EXE_laneway"))
+            .args(["run", "--config"])
+            .arg(&config),
+    );
+    run.wait_for_line(
+        Duration::from_secs(60),
+        "a status line once deliveries from the backlog began",
+        |line| line.starts_with('[') && ids_in(&output).len() >= 300,
+    );
+    rabbitmqctl(&["stop_app"]);
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    let out = run.finish(Duration::from_secs(180));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(!stderr.contains("guest:guest"), "a password in the logs");
+    let tally = assert_delivered(&sent, &records_in_jsonl(&output), Copies::AtLeastOnce);
+    eprintln!("{tally:?}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = amqp_common::connection().await;
+        let ch = conn.create_channel().await.unwrap();
+        assert_eq!(amqp_common::ready(&ch, &queue).await, 0);
+        let names = [
+            queue.clone(),
+            format!("{queue}.wait"),
+            format!("{queue}.poison"),
+        ];
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        amqp_common::cleanup(&ch, &names, &[]).await;
+    });
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl is installed");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -171,6 +171,9 @@ struct Reader {
     consumer: Option<lapin::Consumer>,
     /// The consumer's prefetch (see [`Inner::consume`]).
     prefetch: usize,
+    /// The generation after whose loss unackable releases were last
+    /// reported (so a lost channel is reported once, not per release).
+    warned_generation: u64,
     next_id: RecordId,
     /// Held records, soonest not-before first, then in arrival order.
     held: BinaryHeap<Reverse<(i64, RecordId)>>,
@@ -1085,9 +1088,16 @@ impl BacklogStore for AmqpBacklog {
             }
         }
         saturating_sub(&inner.in_flight, released);
-        if lost > 0 {
+        if lost > 0 && reader.warned_generation == reader.generation {
+            tracing::debug!(
+                queue = %inner.names.backlog,
+                records = lost,
+                "released records could not be acked; they will be delivered again"
+            );
+        } else if lost > 0 {
             // Their channel is gone: the broker has them back and delivers
-            // them again (at-least-once).
+            // them again (at-least-once). Said once per lost channel.
+            reader.warned_generation = reader.generation;
             tracing::warn!(
                 queue = %inner.names.backlog,
                 records = lost,
