@@ -14,11 +14,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use laneway::amqp::{AmqpBacklog, AmqpBacklogConfig};
 use laneway::backlog::{
     BacklogError, BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, MemoryBacklog,
     MemoryLimits, StoredRecord,
 };
 use laneway::message::Message;
+
+mod amqp_common;
 
 /// A store under test.
 trait Subject {
@@ -26,14 +29,21 @@ trait Subject {
     const DURABLE: bool;
     /// Opens the store kept in `dir` (created empty by the suite), holding
     /// at most `max_records` records when given.
-    fn open(dir: &Path, max_records: Option<u64>) -> Arc<dyn BacklogStore>;
+    async fn open(dir: &Path, max_records: Option<u64>) -> Arc<dyn BacklogStore>;
+    /// Removes what the store kept outside `dir` (the suite calls it at the
+    /// end of each test).
+    async fn finish(_dir: &Path) {}
+    /// A lock held for the whole test (the broker lock, for the broker).
+    fn lock() -> Option<amqp_common::BrokerLock> {
+        None
+    }
 }
 
 struct Memory;
 
 impl Subject for Memory {
     const DURABLE: bool = false;
-    fn open(_dir: &Path, max_records: Option<u64>) -> Arc<dyn BacklogStore> {
+    async fn open(_dir: &Path, max_records: Option<u64>) -> Arc<dyn BacklogStore> {
         Arc::new(MemoryBacklog::new(MemoryLimits {
             max_records: max_records.unwrap_or(u64::MAX),
             max_bytes: u64::MAX,
@@ -45,7 +55,7 @@ struct Disk;
 
 impl Subject for Disk {
     const DURABLE: bool = true;
-    fn open(dir: &Path, max_records: Option<u64>) -> Arc<dyn BacklogStore> {
+    async fn open(dir: &Path, max_records: Option<u64>) -> Arc<dyn BacklogStore> {
         Arc::new(
             DiskBacklog::open(
                 dir,
@@ -58,6 +68,47 @@ impl Subject for Disk {
             )
             .unwrap(),
         )
+    }
+}
+
+/// The broker store on the local RabbitMQ: one backlog queue per test,
+/// named after the test's directory (so a reopen finds the same queue),
+/// deleted with its wait and poison queues by `finish`.
+struct Broker;
+
+fn broker_queue(dir: &Path) -> String {
+    let leaf = dir.file_name().and_then(|n| n.to_str()).unwrap_or("x");
+    format!("laneway-test.conformance.{}.{leaf}", std::process::id())
+}
+
+impl Subject for Broker {
+    const DURABLE: bool = true;
+    async fn open(dir: &Path, max_records: Option<u64>) -> Arc<dyn BacklogStore> {
+        let config = AmqpBacklogConfig {
+            url: Some(amqp_common::url()),
+            queue: Some(broker_queue(dir)),
+            max_records,
+            // The suite checks one instance's exact counts: no refresh
+            // from the broker races with them.
+            refresh_interval: Duration::ZERO,
+            ..AmqpBacklogConfig::default()
+        };
+        Arc::new(AmqpBacklog::open(config, "conformance").await.unwrap())
+    }
+    fn lock() -> Option<amqp_common::BrokerLock> {
+        Some(amqp_common::broker_lock(false))
+    }
+    async fn finish(dir: &Path) {
+        let queue = broker_queue(dir);
+        let conn = amqp_common::connection().await;
+        let ch = conn.create_channel().await.unwrap();
+        let names = [
+            queue.clone(),
+            format!("{queue}.wait"),
+            format!("{queue}.poison"),
+        ];
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        amqp_common::cleanup(&ch, &names, &[]).await;
     }
 }
 
@@ -108,8 +159,9 @@ async fn release_all(store: &dyn BacklogStore, records: &[StoredRecord]) {
 }
 
 async fn what_goes_in_comes_out_in_order_byte_for_byte<S: Subject>() {
+    let _lock = S::lock();
     let dir = tempfile::tempdir().unwrap();
-    let store = S::open(dir.path(), None);
+    let store = S::open(dir.path(), None).await;
     let n = 200;
     let batch: Vec<_> = (0..n).map(|i| sent(i, 0)).collect();
     store.append(&batch[..50]).await.unwrap();
@@ -123,11 +175,13 @@ async fn what_goes_in_comes_out_in_order_byte_for_byte<S: Subject>() {
     assert_eq!(store.depth().records, 0);
     assert_eq!(store.depth().in_flight, 0);
     assert!(take_all(store.as_ref(), 0).await.is_empty());
+    S::finish(dir.path()).await;
 }
 
 async fn records_not_yet_due_are_passed_over_and_kept<S: Subject>() {
+    let _lock = S::lock();
     let dir = tempfile::tempdir().unwrap();
-    let store = S::open(dir.path(), None);
+    let store = S::open(dir.path(), None).await;
     store
         .append(&[sent(0, 0), sent(1, 100), sent(2, 0)])
         .await
@@ -142,11 +196,13 @@ async fn records_not_yet_due_are_passed_over_and_kept<S: Subject>() {
     release_all(store.as_ref(), &later).await;
     assert_eq!(store.depth().records, 0);
     assert!(!store.has_waiting());
+    S::finish(dir.path()).await;
 }
 
 async fn retries_keep_their_attempts_and_wait_for_their_backoff<S: Subject>() {
+    let _lock = S::lock();
     let dir = tempfile::tempdir().unwrap();
-    let store = S::open(dir.path(), None);
+    let store = S::open(dir.path(), None).await;
     store.append(&[sent(0, 0), sent(1, 0)]).await.unwrap();
     let mut taken = take_all(store.as_ref(), 0).await;
     for r in &mut taken {
@@ -163,11 +219,13 @@ async fn retries_keep_their_attempts_and_wait_for_their_backoff<S: Subject>() {
     assert!(again.iter().all(|r| r.record.not_before_ms == 1_000));
     release_all(store.as_ref(), &again).await;
     assert_eq!(store.depth().records, 0);
+    S::finish(dir.path()).await;
 }
 
 async fn a_full_store_is_backpressure_never_a_drop<S: Subject>() {
+    let _lock = S::lock();
     let dir = tempfile::tempdir().unwrap();
-    let store = S::open(dir.path(), Some(3));
+    let store = S::open(dir.path(), Some(3)).await;
     let err = store
         .append(&[sent(0, 0), sent(1, 0), sent(2, 0), sent(3, 0)])
         .await
@@ -197,15 +255,17 @@ async fn a_full_store_is_backpressure_never_a_drop<S: Subject>() {
     store.append(&[sent(3, 0)]).await.unwrap();
     let rest = take_all(store.as_ref(), 0).await;
     assert_records(&rest, &[3]);
+    S::finish(dir.path()).await;
 }
 
 async fn a_reopen_brings_back_exactly_what_was_not_released<S: Subject>() {
+    let _lock = S::lock();
     if !S::DURABLE {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = S::open(dir.path(), None);
+        let store = S::open(dir.path(), None).await;
         store
             .append(&(0..30).map(|i| sent(i, 0)).collect::<Vec<_>>())
             .await
@@ -220,13 +280,14 @@ async fn a_reopen_brings_back_exactly_what_was_not_released<S: Subject>() {
         store.retry(&later).await.unwrap();
         store.close().await.unwrap();
     }
-    let store = S::open(dir.path(), None);
+    let store = S::open(dir.path(), None).await;
     let out = take_all(store.as_ref(), 10).await;
     let mut expect: Vec<u64> = (1..10).step_by(2).collect();
     expect.extend(11..30);
     expect.push(10);
     assert_records(&out, &expect);
     assert_eq!(out.last().map(|r| r.record.attempts), Some(1));
+    S::finish(dir.path()).await;
 }
 
 macro_rules! conformance {
@@ -264,3 +325,4 @@ macro_rules! conformance {
 
 conformance!(memory, Memory);
 conformance!(disk, Disk);
+conformance!(broker, Broker);

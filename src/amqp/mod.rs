@@ -10,11 +10,15 @@
 //! - [`consumer`]: the queue source, [`AmqpSource`];
 //! - [`stream`]: the stream source, [`AmqpStreamSource`], which stores its
 //!   own offset and catches up a lagging one live-first;
-//! - [`publisher`]: the sink, [`AmqpSink`].
+//! - [`publisher`]: the sink, [`AmqpSink`];
+//! - [`backlog_store`]: a group's backlog on a shared quorum queue,
+//!   [`AmqpBacklog`], implementing [`crate::backlog::BacklogStore`] here so
+//!   that `backlog` keeps importing only `message`.
 //!
 //! Invariant across the module: no text it logs or returns contains a
 //! broker password.
 
+pub mod backlog_store;
 mod batch;
 pub mod connect;
 pub mod consumer;
@@ -24,6 +28,7 @@ pub mod publisher;
 pub mod stream;
 pub mod url;
 
+pub use backlog_store::{AmqpBacklog, AmqpBacklogConfig};
 pub use connect::AmqpError;
 pub use consumer::{AmqpConfigError, AmqpSource, AmqpSourceConfig};
 pub use publisher::{AmqpSink, AmqpSinkConfig, RoutingKey};

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{BacklogSpec, ConfigError, FileConfig, GroupSpec, SinkSpec, SourceSpec};
-use crate::amqp::{AmqpSink, AmqpSource, AmqpStreamSource};
+use crate::amqp::{AmqpBacklog, AmqpSink, AmqpSource, AmqpStreamSource};
 use crate::backlog::{BacklogError, BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
 use crate::engine::{DeadLetters, EngineBuilder};
 use crate::kafka::{KafkaSink, KafkaSource};
@@ -95,6 +95,21 @@ impl FileConfig {
                         .await
                         .map_err(|e| failed(BacklogError::Unavailable(e.to_string())))?;
                 Arc::new(opened.map_err(failed)?)
+            }
+            BacklogSpec::Amqp(config) => {
+                let name = group.name();
+                let opened = AmqpBacklog::open(config.clone(), &name).await;
+                Arc::new(opened.map_err(|source| {
+                    ConfigError::Backlog {
+                        dir: config
+                            .queue
+                            .clone()
+                            .unwrap_or_else(|| crate::amqp::AmqpBacklogConfig::default_queue(&name))
+                            .into(),
+                        group: name,
+                        source,
+                    }
+                })?)
             }
             BacklogSpec::Memory {
                 max_records,

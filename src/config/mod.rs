@@ -233,6 +233,14 @@ impl FileConfig {
                         }
                     }
                 }
+                BacklogSpec::Amqp(b) => {
+                    b.check(&g.name).map_err(|e| {
+                        at(
+                            &nested("backlog", e.knob()),
+                            format!("group {:?}: amqp backlog: {e}", g.name),
+                        )
+                    })?;
+                }
                 BacklogSpec::Disk(d) => {
                     d.validate().map_err(|e| {
                         at(
@@ -313,7 +321,8 @@ impl FileConfig {
     }
 
     /// Where a group's disk backlog lives: its `dir`, or
-    /// `<data_dir>/backlog/<group name>`; `None` for a memory backlog.
+    /// `<data_dir>/backlog/<group name>`; `None` for a memory or broker
+    /// backlog.
     pub fn backlog_dir(&self, group: &GroupSpec) -> Option<PathBuf> {
         match &group.backlog {
             BacklogSpec::Disk(c) => Some(
@@ -321,7 +330,7 @@ impl FileConfig {
                     .clone()
                     .unwrap_or_else(|| self.data_dir.join("backlog").join(group.name())),
             ),
-            BacklogSpec::Memory { .. } => None,
+            BacklogSpec::Memory { .. } | BacklogSpec::Amqp(_) => None,
         }
     }
 }
@@ -341,6 +350,35 @@ mod tests {
                 .iter()
                 .all(|g| matches!(g.backlog, BacklogSpec::Disk(_)))
         );
+    }
+
+    #[test]
+    fn an_amqp_backlog_parses_and_hides_its_password() {
+        let text = "[[groups]]\nname = \"work\"\n\
+                    backlog = { store = \"amqp\", url = \"amqp://u:topsecret@h:5672/%2f\", queue = \"q.backlog\", max_records = 10 }\n";
+        let c = FileConfig::parse(text, "t.toml").unwrap();
+        let BacklogSpec::Amqp(b) = &c.groups[0].backlog else {
+            panic!("not an amqp backlog: {:?}", c.groups[0].backlog)
+        };
+        assert_eq!(b.queue.as_deref(), Some("q.backlog"));
+        assert_eq!(b.max_records, Some(10));
+        assert!(c.backlog_dir(&c.groups[0]).is_none());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("topsecret"), "{shown}");
+        // The default queue is named after the group.
+        let text = "[[groups]]\nname = \"work\"\nbacklog = { store = \"amqp\" }\n";
+        let c = FileConfig::parse(text, "t.toml").unwrap();
+        let BacklogSpec::Amqp(b) = &c.groups[0].backlog else {
+            panic!("not an amqp backlog")
+        };
+        assert_eq!(b.queue, None);
+        assert_eq!(
+            crate::amqp::AmqpBacklogConfig::default_queue("work"),
+            "laneway.work.backlog"
+        );
+        let text = "[[groups]]\nname = \"work\"\nbacklog = { store = \"amqp\", read_ahead = 0 }\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("read_ahead"), "{err}");
     }
 
     #[test]

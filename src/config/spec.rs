@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::amqp::{AmqpSinkConfig, AmqpSourceConfig, AmqpStreamConfig};
+use crate::amqp::{AmqpBacklogConfig, AmqpSinkConfig, AmqpSourceConfig, AmqpStreamConfig};
 use crate::backlog::DiskBacklogConfig;
 use crate::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::source::LanePolicy;
@@ -92,6 +92,10 @@ pub enum BacklogSpec {
     /// On disk, durable: survives crashes; the default, because the
     /// backlog is where undeliverable messages wait and none may be lost.
     Disk(DiskBacklogConfig),
+    /// On a RabbitMQ quorum queue shared by every instance of the group
+    /// (`store = "amqp"`): what one instance accumulated survives it and is
+    /// delivered by the others.
+    Amqp(AmqpBacklogConfig),
     /// In memory: fast, bounded, lost with the process (tests, benchmarks).
     Memory {
         /// The most records held.

@@ -1,10 +1,15 @@
 //! `laneway backlog inspect DIR` and `laneway backlog verify DIR`: look at a
 //! disk backlog without opening it (safe beside the running process).
+//! `laneway backlog inspect --queue Q [--url URL]`: look at a broker
+//! backlog through the broker (passive declares and `basic.get` without
+//! acks: nothing is removed).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use laneway::amqp::AmqpBacklogConfig;
+use laneway::amqp::backlog_store::BacklogQueueInspection;
 use laneway::backlog::disk::{Inspection, LedgerState, Verification, inspect_dir, verify_dir};
 
 /// Arguments of `backlog`.
@@ -18,8 +23,10 @@ pub struct BacklogArgs {
 /// The `backlog` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum BacklogAction {
-    /// Summarise a backlog: records, bytes, segments, oldest/newest age, kinds.
-    Inspect(DirArgs),
+    /// Summarise a backlog: records, bytes, segments, oldest/newest age,
+    /// kinds; or, with `--queue`, a broker backlog: depth, oldest age, the
+    /// first records' kinds.
+    Inspect(InspectArgs),
     /// Check every record's checksum; exit non-zero if any record is damaged.
     Verify(DirArgs),
 }
@@ -34,10 +41,50 @@ pub struct DirArgs {
     pub json: bool,
 }
 
+/// What `backlog inspect` looks at: a disk backlog directory, or a broker
+/// backlog queue.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The backlog directory (for example laneway-data/backlog/all).
+    #[arg(required_unless_present = "queue", conflicts_with = "queue")]
+    pub dir: Option<PathBuf>,
+    /// A broker backlog queue (for example laneway.all.backlog).
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// The broker URL for `--queue`; `AMQP_URL`, or the local default,
+    /// when not given.
+    #[arg(long, requires = "queue")]
+    pub url: Option<String>,
+    /// How many records at the head of the broker queue to read the kinds
+    /// and age of.
+    #[arg(long, default_value_t = 100, requires = "queue")]
+    pub first: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Runs a `backlog` subcommand.
-pub fn backlog(args: BacklogArgs) -> ExitCode {
+pub async fn backlog(args: BacklogArgs) -> ExitCode {
     match args.action {
-        BacklogAction::Inspect(a) => match inspect_dir(&a.dir) {
+        BacklogAction::Inspect(InspectArgs {
+            queue: Some(queue),
+            url,
+            first,
+            json,
+            ..
+        }) => {
+            let config = AmqpBacklogConfig {
+                url,
+                queue: Some(queue),
+                ..AmqpBacklogConfig::default()
+            };
+            match laneway::amqp::backlog_store::inspect(&config, "", first).await {
+                Ok(i) => print(json, &i, broker_text(&i), ExitCode::SUCCESS),
+                Err(e) => fail(&e),
+            }
+        }
+        BacklogAction::Inspect(a) => match inspect_dir(&a.dir.unwrap_or_default()) {
             Ok(i) => print(a.json, &i, inspect_text(&i), ExitCode::SUCCESS),
             Err(e) => fail(&e),
         },
@@ -128,6 +175,40 @@ fn inspect_text(i: &Inspection) -> String {
             seg.file, seg.bytes, seg.records, seg.owed
         );
     }
+    s
+}
+
+fn broker_text(i: &BacklogQueueInspection) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: {} records ready, {} retries waiting, {} poison; {} consumer{}",
+        i.queue,
+        i.ready,
+        i.waiting,
+        i.poison,
+        i.consumers,
+        if i.consumers == 1 { "" } else { "s" }
+    );
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for k in &i.first_kinds {
+        match kinds.iter_mut().find(|(n, _)| n == k) {
+            Some((_, c)) => *c += 1,
+            None => kinds.push((k, 1)),
+        }
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let _ = writeln!(
+        s,
+        "  first {}: oldest {} old; kinds: {}",
+        i.first_kinds.len(),
+        age(i.oldest_age_ms),
+        if kinds.is_empty() {
+            "-".into()
+        } else {
+            kinds.join(", ")
+        }
+    );
     s
 }
 

@@ -48,7 +48,7 @@ pub enum Command {
     CheckConfig(check_config::CheckConfigArgs),
     /// Run a load scenario (steady, outage, flood) against a FIFO baseline.
     Bench(bench::BenchArgs),
-    /// Look at a disk backlog directory: `inspect` summarises, `verify` checks every checksum.
+    /// Look at a backlog: `inspect` summarises a disk directory or a broker queue, `verify` checks every checksum on disk.
     Backlog(backlog::BacklogArgs),
     /// Publish the simulated fleet to an AMQP exchange or a Kafka topic, with confirms, printing the rate.
     Simulate(simulate::SimulateArgs),
@@ -63,7 +63,7 @@ impl Cli {
             Command::Run(args) => run::run(args).await,
             Command::CheckConfig(args) => check_config::check_config(args),
             Command::Bench(args) => bench::bench(args).await,
-            Command::Backlog(args) => backlog::backlog(args),
+            Command::Backlog(args) => backlog::backlog(args).await,
             Command::Simulate(args) => simulate::simulate(args).await,
             Command::KafkaMock(args) => kafka_mock::kafka_mock(args).await,
         }
