@@ -199,11 +199,19 @@ fn encode(saved: &Saved) -> String {
         saved.tail.len,
         saved.tail.crc
     );
+    seal(body)
+}
+
+/// `body` with a last line `crc32c XXXXXXXX` of its CRC32C: how laneway's
+/// small state files (checkpoints, stream offsets) guard their text.
+pub(crate) fn seal(body: String) -> String {
     let crc = crc32c::crc32c(body.as_bytes());
     format!("{body}crc32c {crc:08x}\n")
 }
 
-fn decode(bytes: &[u8]) -> Result<Saved, String> {
+/// The body of text made by [`seal`], once its checksum line is read and
+/// matches; why not, otherwise.
+pub(crate) fn unseal(bytes: &[u8]) -> Result<&str, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
     let crc_at = text
         .rfind("crc32c ")
@@ -217,6 +225,11 @@ fn decode(bytes: &[u8]) -> Result<Saved, String> {
     if crc32c::crc32c(body.as_bytes()) != stated {
         return Err("checksum mismatch".into());
     }
+    Ok(body)
+}
+
+fn decode(bytes: &[u8]) -> Result<Saved, String> {
+    let body = unseal(bytes)?;
     let mut lines = body.lines();
     if lines.next() != Some(MAGIC) {
         return Err(format!("the first line is not {MAGIC:?}"));

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::source::checkpoint::replace_durably;
+use crate::source::checkpoint::{file_stem, replace_durably, seal, unseal};
 
 /// The first line of every offset file; the number is the format version.
 const MAGIC: &str = "laneway-stream-offset 1";
@@ -72,7 +72,7 @@ impl OffsetFile {
     /// stream), so two brokers' streams of the same name never share one.
     pub fn in_dir(dir: &Path, stream: &str, identity: &str) -> OffsetFile {
         let crc = crc32c::crc32c(identity.as_bytes());
-        let stem = crate::source::checkpoint::file_stem(stream);
+        let stem = file_stem(stream);
         OffsetFile::at(dir.join(format!("stream-{stem}-{crc:08x}.offset")), stream)
     }
 
@@ -120,25 +120,11 @@ impl OffsetFile {
 }
 
 fn encode(stream: &str, offset: u64) -> String {
-    let body = format!("{MAGIC}\nstream {stream}\noffset {offset}\n");
-    let crc = crc32c::crc32c(body.as_bytes());
-    format!("{body}crc32c {crc:08x}\n")
+    seal(format!("{MAGIC}\nstream {stream}\noffset {offset}\n"))
 }
 
 fn decode(bytes: &[u8]) -> Result<(String, u64), String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
-    let crc_at = text
-        .rfind("crc32c ")
-        .ok_or_else(|| "no checksum line".to_string())?;
-    let (body, crc_line) = text.split_at(crc_at);
-    let stated = crc_line["crc32c ".len()..]
-        .strip_suffix('\n')
-        .filter(|d| d.len() == 8)
-        .and_then(|d| u32::from_str_radix(d, 16).ok())
-        .ok_or_else(|| "unreadable checksum".to_string())?;
-    if crc32c::crc32c(body.as_bytes()) != stated {
-        return Err("checksum mismatch".into());
-    }
+    let body = unseal(bytes)?;
     let mut lines = body.lines();
     if lines.next() != Some(MAGIC) {
         return Err(format!("the first line is not {MAGIC:?}"));
