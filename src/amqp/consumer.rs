@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::batch;
-use super::connect::{AmqpError, connect_with_retry};
+use super::connect::{AmqpError, connect_with_retry, wait_to_reconnect};
 use super::declare::Declaration;
 use super::headers;
 use super::url::{BrokerUrl, UrlError};
@@ -399,18 +399,11 @@ impl QueueConsumer {
                     });
                 }
                 SessionEnd::Lost(why) => {
-                    if self.stop.is_cancelled() {
+                    let after = "unacknowledged messages will be redelivered";
+                    if !wait_to_reconnect(&mut backoff, &self.stop, &self.health, &who, &why, after)
+                        .await
+                    {
                         return Ok(());
-                    }
-                    let wait = backoff.next_delay();
-                    tracing::warn!(source = %who, reason = %why,
-                        "consumer session lost; retrying in {wait:?}; unacknowledged messages will be redelivered");
-                    self.health
-                        .troubled(format!("connection lost, reconnecting in {wait:?}"));
-                    self.health.reconnecting();
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
             }

@@ -38,7 +38,7 @@ use async_trait::async_trait;
 pub use config::{AmqpStreamConfig, StreamStart};
 pub use offset_file::{OffsetFile, OffsetFileError};
 
-use super::connect::connect_with_retry;
+use super::connect::{connect_with_retry, wait_to_reconnect};
 use super::consumer::AmqpConfigError;
 use super::url::BrokerUrl;
 use crate::backoff::Backoff;
@@ -195,18 +195,11 @@ impl Source for AmqpStreamSource {
                     });
                 }
                 End::Lost(why) => {
-                    if ctx.stop.is_cancelled() {
+                    let after = "resuming at the stored offset";
+                    if !wait_to_reconnect(&mut backoff, &ctx.stop, &ctx.health, &who, &why, after)
+                        .await
+                    {
                         return Ok(());
-                    }
-                    let wait = backoff.next_delay();
-                    tracing::warn!(source = %who, reason = %why,
-                        "stream session lost; retrying in {wait:?}; resuming at the stored offset");
-                    ctx.health
-                        .troubled(format!("connection lost, reconnecting in {wait:?}"));
-                    ctx.health.reconnecting();
-                    tokio::select! {
-                        _ = ctx.stop.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
             }
