@@ -4,7 +4,9 @@
 //! `x-max-length` refuses appends (backpressure; the quorum queue applies
 //! the limit after the fact, so what was already on its way gets in) and
 //! drops nothing, retries wait out their backoff in the wait queue and come
-//! back, a broker restart loses nothing, and
+//! back, a record whose every taker dies goes to the poison queue after
+//! `delivery_limit` returns without wedging what is behind it, a broker
+//! restart loses nothing, and
 //! `backlog inspect`'s reading removes nothing.
 //!
 //! Each test uses its own queue names and deletes its queues at the end.
@@ -349,5 +351,84 @@ async fn retries_wait_in_the_wait_queue_and_come_back_with_their_attempts() {
     assert!(store.take_ready(10, i64::MAX).await.unwrap().is_empty());
     assert_eq!(store.depth().records, 0);
     store.close().await.unwrap();
+    delete_queues(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_keeps_killing_its_taker_goes_to_the_poison_queue() {
+    let _lock = broker_lock(false);
+    let queue = unique("backlog-poison");
+    let limit = 2;
+    let cfg = AmqpBacklogConfig {
+        delivery_limit: limit,
+        ..config(&queue, None)
+    };
+    let first = AmqpBacklog::open(cfg.clone(), "g").await.unwrap();
+    first.append(&[sent(0)]).await.unwrap();
+    first.close().await.unwrap();
+    drop(first);
+
+    // Every instance that takes record 0 dies holding it (closed without
+    // releasing it), as one a poison message crashes would: the broker gets
+    // it back each time and counts the return.
+    let conn = amqp_common::connection().await;
+    let ch = conn.create_channel().await.unwrap();
+    let poison = format!("{queue}.poison");
+    let mut deliveries = 0;
+    let mut polls = 0;
+    while amqp_common::ready(&ch, &poison).await == 0 {
+        polls += 1;
+        assert!(polls < 500, "record 0 never reached the poison queue");
+        let taker = AmqpBacklog::open(cfg.clone(), "g").await.unwrap();
+        let got = taker.take_ready(1, i64::MAX).await.unwrap();
+        if !got.is_empty() {
+            assert_eq!(numbers(&got), vec![0]);
+            deliveries += 1;
+        } else {
+            // The return or the dead-lettering is still on its way.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        taker.close().await.unwrap();
+    }
+    // x-delivery-limit counts returns: the limit's worth, plus the one
+    // delivery whose return crosses it.
+    assert_eq!(deliveries, limit + 1);
+
+    // The queue is not wedged: what comes behind the poison record flows.
+    let store = AmqpBacklog::open(cfg.clone(), "g").await.unwrap();
+    store
+        .append(&(1..20).map(sent).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let out = take_all(&store).await;
+    assert_eq!(numbers(&out), (1..20).collect::<Vec<_>>());
+    store
+        .release(&out.iter().map(|r| r.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let seen = inspect(&cfg, "g", 0).await.unwrap();
+    assert_eq!((seen.ready, seen.poison), (0, 1));
+    store.close().await.unwrap();
+
+    // The poison record is kept as it was stored, byte for byte, for an
+    // operator to look at.
+    let got = ch
+        .basic_get(poison.as_str().into(), Default::default())
+        .await
+        .unwrap()
+        .expect("the poison record");
+    let incoming = laneway::amqp::headers::to_incoming(
+        &got.delivery.properties,
+        got.delivery.data.clone(),
+        String::new,
+    );
+    let laneway::source::Incoming::Message(kept) = incoming else {
+        panic!("the poison record does not read back as a message");
+    };
+    let want = sent(0).message;
+    assert_eq!(kept.topic(), want.topic());
+    assert_eq!(kept.message_id(), want.message_id());
+    assert_eq!(kept.generate_time_ms(), want.generate_time_ms());
+    assert_eq!(kept.payload(), want.payload());
     delete_queues(&queue).await;
 }
