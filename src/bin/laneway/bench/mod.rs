@@ -87,3 +87,68 @@ impl BenchReport {
         out
     }
 }
+
+/// The same scenario in laneway mode once per backlog store, in one run
+/// (`--backlog disk,amqp`): what the store costs live traffic.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreComparison {
+    /// The knobs every store's run used (`backlog` is the first store's).
+    pub options: BenchOptions,
+    /// One laneway-mode report per store, in the order run.
+    pub stores: Vec<StoreReport>,
+}
+
+/// One store's run in a [`StoreComparison`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreReport {
+    /// The store.
+    pub backlog: BacklogKind,
+    /// Its laneway-mode report.
+    pub report: ModeReport,
+}
+
+impl StoreComparison {
+    /// The table printed on stdout: one column per store, and each store's
+    /// ratio to the first.
+    pub fn table(&self) -> String {
+        let o = &self.options;
+        let mut out = format!(
+            "scenario {:?} per backlog store: handler {} slots × {:?}/msg, live {:.0} msgs/s, pile {}, backlog_share {}\n",
+            o.scenario, o.slots, o.cost, o.rate, o.pile, o.backlog_share
+        );
+        let Some(first) = self.stores.first() else {
+            return out;
+        };
+        let _ = write!(out, "{:<30}", "");
+        for s in &self.stores {
+            let _ = write!(out, "{:>14}", format!("{:?}", s.backlog).to_lowercase());
+        }
+        for s in &self.stores[1..] {
+            let name = format!("{:?}/{:?}", s.backlog, first.backlog).to_lowercase();
+            let _ = write!(out, "{name:>14}");
+        }
+        out.push('\n');
+        let mut row = |name: &str, f: &dyn Fn(&ModeReport) -> Option<f64>| {
+            let _ = write!(out, "{name:<30}");
+            for s in &self.stores {
+                let _ = write!(out, "{:>14}", ms(f(&s.report)));
+            }
+            for s in &self.stores[1..] {
+                let r = ratio(f(&s.report), f(&first.report));
+                let _ = write!(out, "{r:>14}");
+            }
+            out.push('\n');
+        };
+        row("live latency p50 ms", &|r| Some(r.live_latency_ms.p50));
+        row("live latency p99 ms", &|r| Some(r.live_latency_ms.p99));
+        row("live latency max ms", &|r| Some(r.live_latency_ms.max));
+        row("throughput msgs/s", &|r| Some(r.throughput_msgs_per_s));
+        row("backlog delivered", &|r| Some(r.delivered_backlog as f64));
+        row("backlog msgs/s (whole run)", &|r| {
+            Some(r.delivered_backlog as f64 / r.elapsed_s.max(1e-9))
+        });
+        row("backlog drain ms", &|r| r.backlog_drain_ms);
+        row("run s", &|r| Some(r.elapsed_s));
+        out
+    }
+}

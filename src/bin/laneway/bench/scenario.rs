@@ -16,6 +16,8 @@ use serde::Serialize;
 use super::fifo::FifoConsumer;
 use super::timeline::{MeasuredSink, PhaseReport, Timeline, WINDOW, Window, phase, window_p99_ms};
 use laneway::ack::AckRef;
+use laneway::amqp::connect::connect;
+use laneway::amqp::{AmqpBacklog, AmqpBacklogConfig, BrokerUrl};
 use laneway::backlog::{
     BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, MemoryBacklog,
 };
@@ -24,6 +26,7 @@ use laneway::message::{Message, now_epoch_ms};
 use laneway::sink::{SimulatedHandler, Sink};
 use laneway::source::simulator::Fleet;
 use laneway::source::{Incoming, LanePolicy};
+use lapin::options::QueueDeleteOptions;
 use tokio_util::sync::CancellationToken;
 
 /// Which scenario to run.
@@ -56,6 +59,37 @@ pub enum BacklogKind {
     Disk,
     /// The in-memory store.
     Memory,
+    /// The broker store: a quorum queue on RabbitMQ at `$AMQP_URL`
+    /// ([`BENCH_QUEUE`], deleted before and after the run).
+    Amqp,
+}
+
+/// The broker store's queue in a benchmark run (with its `.wait` and
+/// `.poison` queues); scratch, deleted before and after.
+pub const BENCH_QUEUE: &str = "laneway.bench.backlog";
+
+/// Deletes the benchmark's broker queues, so a run starts from nothing and
+/// leaves nothing behind.
+async fn delete_bench_queues() -> Result<(), String> {
+    let url = BrokerUrl::resolve(None, None).map_err(|e| e.to_string())?;
+    let connection = connect(&url, "laneway bench")
+        .await
+        .map_err(|e| e.to_string())?;
+    for suffix in ["", ".wait", ".poison"] {
+        // A fresh channel each: deleting a missing queue is not an error,
+        // but a refused one would close the channel.
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| url.scrub(&e.to_string()))?;
+        let name = format!("{BENCH_QUEUE}{suffix}");
+        channel
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .map_err(|e| format!("deleting {name}: {}", url.scrub(&e.to_string())))?;
+    }
+    let _ = connection.close(0, "bench queues deleted".into()).await;
+    Ok(())
 }
 
 /// Every knob of a scenario run.
@@ -179,6 +213,11 @@ pub struct ModeReport {
     pub backlog_drain_ms: Option<f64>,
     /// Backlog messages drained per second while draining.
     pub drain_rate_msgs_per_s: Option<f64>,
+    /// Messages delivered from the backlog in the whole run (laneway mode),
+    /// for a drain rate when the run ended before the backlog was empty.
+    pub delivered_backlog: u64,
+    /// The measured run's length, seconds.
+    pub elapsed_s: f64,
     /// The handler's capacity (slots / cost).
     pub handler_capacity_msgs_per_s: f64,
     /// Per phase.
@@ -253,6 +292,17 @@ async fn build_store(
             .await
             .map_err(|e| e.to_string())?;
             Arc::new(opened.map_err(|e| e.to_string())?)
+        }
+        BacklogKind::Amqp => {
+            delete_bench_queues().await?;
+            let config = AmqpBacklogConfig {
+                queue: Some(BENCH_QUEUE.into()),
+                ..AmqpBacklogConfig::default()
+            };
+            let store = AmqpBacklog::open(config, "bench")
+                .await
+                .map_err(|e| e.to_string())?;
+            Arc::new(store)
         }
     };
     let records: Vec<BacklogRecord> = pile.into_iter().map(BacklogRecord::fresh).collect();
@@ -474,6 +524,10 @@ pub async fn run_mode(
         // The engine closed the store; the directory is scratch.
         let _ = std::fs::remove_dir_all(bench_dir(opts));
     }
+    if mode == Mode::Laneway && opts.backlog == BacklogKind::Amqp {
+        // What the run did not drain is scratch too.
+        delete_bench_queues().await?;
+    }
 
     let windows = timeline.windows();
     Ok(report(
@@ -561,6 +615,8 @@ fn report(
         backlog_peak: peak,
         backlog_drain_ms: drained_ms,
         drain_rate_msgs_per_s: drain_rate,
+        delivered_backlog: all.delivered_backlog,
+        elapsed_s: elapsed.as_secs_f64(),
         handler_capacity_msgs_per_s: opts.capacity(),
         phases,
         timeline: windows

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::bench::BacklogKind;
 use crate::bench::catch_up::{self, CatchUpOptions};
 use crate::bench::svg::{bars, render};
-use crate::bench::{BacklogKind, BenchOptions, BenchReport, Mode, Scenario, run_mode};
+use crate::bench::{
+    BenchOptions, BenchReport, Mode, Scenario, StoreComparison, StoreReport, run_mode,
+};
 
 /// The scenarios `--scenario` names: the load scenarios, and catch-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -98,9 +101,11 @@ pub struct BenchArgs {
     /// Upper bound on each mode's run.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub max_run: Option<Duration>,
-    /// The backlog store laneway mode uses.
-    #[arg(long, value_enum)]
-    pub backlog: Option<BacklogKind>,
+    /// The backlog store laneway mode uses. Several, comma-separated (for
+    /// example `disk,amqp`), run laneway mode once per store in this run
+    /// and compare them; `amqp` uses RabbitMQ at `$AMQP_URL`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub backlog: Vec<BacklogKind>,
     /// Where a disk backlog lives (emptied before each run).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -151,9 +156,11 @@ impl BenchArgs {
             pile,
             threshold,
             max_run,
-            backlog,
             data_dir
         );
+        if let Some(&first) = self.backlog.first() {
+            o.backlog = first;
+        }
         if o.slots == 0 || o.batch == 0 || o.live_capacity == 0 {
             return Err("--slots, --batch and --live-capacity must be at least 1".into());
         }
@@ -178,6 +185,9 @@ pub async fn bench(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.backlog.len() > 1 {
+        return compare_stores(&args, options).await;
+    }
     let modes: &[Mode] = match args.mode {
         ModeChoice::Laneway => &[Mode::Laneway],
         ModeChoice::Fifo => &[Mode::Fifo],
@@ -218,6 +228,38 @@ pub async fn bench(args: BenchArgs) -> ExitCode {
             eprintln!("error: writing {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `--backlog a,b,...`: laneway mode once per store, same knobs, one table.
+async fn compare_stores(args: &BenchArgs, options: BenchOptions) -> ExitCode {
+    if args.svg.is_some() {
+        eprintln!("error: --svg plots one store's run; give one --backlog, or drop --svg");
+        return ExitCode::FAILURE;
+    }
+    let progress = |line: &str| eprintln!("bench: {line}");
+    let mut stores = Vec::new();
+    for &backlog in &args.backlog {
+        let opts = BenchOptions {
+            backlog,
+            ..options.clone()
+        };
+        progress(&format!("backlog store {backlog:?}"));
+        match run_mode(&opts, Mode::Laneway, &progress).await {
+            Ok(report) => stores.push(StoreReport { backlog, report }),
+            Err(e) => {
+                eprintln!("error: the {backlog:?} store's run failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let comparison = StoreComparison { options, stores };
+    print!("{}", comparison.table());
+    if let Some(path) = &args.json
+        && !write_json(path, &comparison)
+    {
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }
