@@ -351,7 +351,16 @@ pub async fn run_mode(
     // Build the consumer; the timeline starts once the pile is in place.
     let (target, stop_engine, workers, timeline) = match mode {
         Mode::Laneway => {
+            let loading = Instant::now();
+            let records = pile.len();
             let store = build_store(opts, pile).await?;
+            if records > 0 {
+                progress(&format!(
+                    "{mode:?}: {records} records pre-loaded into the {:?} store in {:.1} s",
+                    opts.backlog,
+                    loading.elapsed().as_secs_f64()
+                ));
+            }
             let timeline = Timeline::new();
             let sink: Arc<dyn Sink> = Arc::new(MeasuredSink::new(
                 handler,
