@@ -289,6 +289,25 @@ impl FileConfig {
                     .validate()
                     .map(|_| ())
                     .map_err(|e| at(&knob(e.knob()), format!("amqp-stream source: {e}")))?,
+                SourceSpec::Jsonl(spec) => {
+                    // One file, one reader: two would deliver every line
+                    // twice and overwrite each other's checkpoint.
+                    let same =
+                        |o: &SourceSpec| matches!(o, SourceSpec::Jsonl(p) if p.path == spec.path);
+                    if config.sources[..i].iter().any(same) {
+                        let what = if spec.path.as_os_str() == "-" {
+                            "standard input".to_string()
+                        } else {
+                            spec.path.display().to_string()
+                        };
+                        return Err(at(
+                            &knob("path"),
+                            format!(
+                                "two jsonl sources read {what}: one reader per file (they would share its checkpoint)"
+                            ),
+                        ));
+                    }
+                }
                 _ => {}
             }
         }
@@ -349,6 +368,19 @@ mod tests {
             c.groups
                 .iter()
                 .all(|g| matches!(g.backlog, BacklogSpec::Disk(_)))
+        );
+    }
+
+    #[test]
+    fn two_jsonl_sources_on_one_file_are_refused_at_the_second() {
+        let text = "[[groups]]\nname = \"g\"\n\
+                    [[sources]]\ntype = \"jsonl\"\npath = \"in.jsonl\"\n\
+                    [[sources]]\ntype = \"jsonl\"\npath = \"other.jsonl\"\n\
+                    [[sources]]\ntype = \"jsonl\"\npath = \"in.jsonl\"\n";
+        let e = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "t.toml:11:8: two jsonl sources read in.jsonl: one reader per file (they would share its checkpoint)"
         );
     }
 
