@@ -95,7 +95,13 @@ impl ClientContext for Callbacks {
 
     fn error(&self, error: KafkaError, reason: &str) {
         // librdkafka retries connections itself; say so in the status line.
-        tracing::warn!(error = %error, reason, "kafka client error; it keeps retrying");
+        // An error that ends the source (see `is_fatal`) is reported when
+        // the consumer returns it, without a promise of retrying.
+        if is_fatal(&error) {
+            tracing::warn!(error = %error, reason, "kafka client error");
+        } else {
+            tracing::warn!(error = %error, reason, "kafka client error; it keeps retrying");
+        }
         self.health.troubled(format!("kafka: {reason}"));
     }
 }
