@@ -27,6 +27,7 @@
 //! - [`sink`]: the [`Sink`](sink::Sink) trait and
 //!   [`DeliveryError`](sink::DeliveryError); the handler, JSONL and null sinks.
 //! - [`amqp`]: AMQP 0-9-1 source and sink (uses `source` and `sink`).
+//! - [`amqp1`]: AMQP 1.0 source and the Alibaba Cloud preset (uses `source`).
 //! - [`kafka`]: Kafka source (consumer groups, commits of done offsets) and
 //!   sink (idempotent producer) (uses `source` and `sink`).
 //! - [`engine`]: routing, groups, lanes, scheduling, dead letters, running
@@ -42,6 +43,7 @@
 pub mod ack;
 pub mod admin;
 pub mod amqp;
+pub mod amqp1;
 pub mod backlog;
 pub mod backoff;
 pub mod config;

@@ -41,6 +41,7 @@ pub struct BrokerUrl {
     redacted: String,
     tls: bool,
     user: String,
+    password: String,
     host: String,
     port: u16,
     vhost: String,
@@ -75,6 +76,7 @@ impl BrokerUrl {
             redacted,
             tls: uri.scheme == AMQPScheme::AMQPS,
             user: uri.authority.userinfo.username,
+            password: uri.authority.userinfo.password,
             host: uri.authority.host,
             port: uri.authority.port,
             vhost: uri.vhost,
@@ -84,6 +86,12 @@ impl BrokerUrl {
     /// The user name the URL logs in with (not a secret: shown in errors).
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The password, decoded, for a login that sends it apart from the
+    /// URL (SASL PLAIN over AMQP 1.0): never log or print it.
+    pub(crate) fn password(&self) -> &str {
+        &self.password
     }
 
     /// The broker's host name or address.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{BacklogSpec, ConfigError, FileConfig, GroupSpec, SinkSpec, SourceSpec};
 use crate::amqp::{AmqpBacklog, AmqpSink, AmqpSource, AmqpStreamSource};
+use crate::amqp1::Amqp1Source;
 use crate::backlog::{BacklogError, BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
 use crate::engine::{DeadLetters, EngineBuilder};
 use crate::kafka::{KafkaSink, KafkaSource};
@@ -64,6 +65,15 @@ impl FileConfig {
                         })?
                         // Its offset lives beside the file sources' checkpoints.
                         .offsets_in(&self.data_dir.join("sources"));
+                    builder.source(source, spec.lane)
+                }
+                SourceSpec::Amqp1(spec) => {
+                    let source = Amqp1Source::new((**spec).clone()).map_err(|source| {
+                        ConfigError::Amqp1 {
+                            what: "amqp1 source".into(),
+                            source,
+                        }
+                    })?;
                     builder.source(source, spec.lane)
                 }
                 SourceSpec::Kafka(spec) => {

@@ -156,6 +156,15 @@ pub enum ConfigError {
         #[source]
         source: crate::kafka::KafkaConfigError,
     },
+    /// An AMQP 1.0 source could not be set up.
+    #[error("{what}: {source}")]
+    Amqp1 {
+        /// Which (`amqp1 source`).
+        what: String,
+        /// Why.
+        #[source]
+        source: crate::amqp1::Amqp1ConfigError,
+    },
     /// An AMQP source or sink could not be set up.
     #[error("{what}: {source}")]
     Amqp {
@@ -289,6 +298,12 @@ impl FileConfig {
                     .validate()
                     .map(|_| ())
                     .map_err(|e| at(&knob(e.knob()), format!("amqp-stream source: {e}")))?,
+                SourceSpec::Amqp1(spec) => spec.validate().map(|_| ()).map_err(|e| {
+                    // Preset knobs are nested: `aliyun.uid` is [sources.aliyun] uid.
+                    let mut path = vec![Step::Key("sources"), Step::Index(i)];
+                    path.extend(e.knob().split('.').map(Step::Key));
+                    at(&path, format!("amqp1 source: {e}"))
+                })?,
                 SourceSpec::Jsonl(spec) => {
                     // One file, one reader: two would deliver every line
                     // twice and overwrite each other's checkpoint.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::amqp::{AmqpBacklogConfig, AmqpSinkConfig, AmqpSourceConfig, AmqpStreamConfig};
+use crate::amqp1::Amqp1SourceConfig;
 use crate::backlog::DiskBacklogConfig;
 use crate::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::source::LanePolicy;
@@ -28,6 +29,10 @@ pub enum SourceSpec {
     /// catching up a lagging one live-first (docs/streams.md).
     #[serde(rename = "amqp-stream")]
     AmqpStream(AmqpStreamConfig),
+    /// An AMQP 1.0 node (the Alibaba Cloud IoT Platform's server-side
+    /// subscription with `[sources.aliyun]`, RabbitMQ's AMQP 1.0 plugin),
+    /// accepted only when done (docs/amqp1.md).
+    Amqp1(Box<Amqp1SourceConfig>),
 }
 
 /// A JSONL source.

@@ -1,0 +1,26 @@
+//! AMQP 1.0 through `fe2o3-amqp`: a source that reads one node with a
+//! receiver link in manual credit mode and accepts each message only once
+//! the engine is done with it, and the `aliyun` preset that logs in to the
+//! Alibaba Cloud IoT Platform's server-side subscription.
+//!
+//! - [`config`]: the `type = "amqp1"` source entry;
+//! - [`aliyun`]: the platform's endpoint and signed SASL login;
+//! - [`login`]: opening one connection (TCP, TLS, SASL PLAIN);
+//! - [`mapping`]: application properties and body → a message;
+//! - [`pacing`]: the cap on connection attempts per minute;
+//! - [`source`]: the source, [`Amqp1Source`].
+//!
+//! Invariant across the module: no secret (a password, an AccessKey
+//! secret, an STS token, a signed user name) appears in a log line, an
+//! error or `Debug` output.
+
+pub mod aliyun;
+pub mod config;
+pub mod login;
+pub mod mapping;
+mod pacing;
+pub mod source;
+
+pub use aliyun::{AliyunConfig, SignMethod};
+pub use config::{Amqp1ConfigError, Amqp1SourceConfig};
+pub use source::Amqp1Source;

@@ -1,0 +1,491 @@
+//! The AMQP 1.0 source: `connections` connections, each with one session
+//! and one receiver link in manual credit mode, reconnecting until stopped.
+//!
+//! Invariants:
+//! - a message is **accepted** only once the engine is done with it
+//!   (delivered by every group, or durably held by every group's backlog,
+//!   or durably a dead letter): acceptance follows the [`AckTracker`]'s
+//!   contiguous watermark over received batches;
+//! - link credit is the window: the peer may have at most `credit`
+//!   messages out that are not accepted, since credit is given back only as
+//!   messages are accepted. That is also the most a crash redelivers;
+//! - on shutdown the link stops taking messages (credit 0), the engine
+//!   drains, the done ones are accepted and every undone one is
+//!   **released** (the peer delivers it again), never accepted;
+//! - a lost connection drops its tracker: its unsettled messages return to
+//!   the peer and come again through a new connection (duplicates, never
+//!   a loss);
+//! - connection attempts are paced (see [`super::pacing`]) and retried with
+//!   jittered backoff; a login refused before any connection worked ends
+//!   the source (wrong credentials), later it is retried.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::link::delivery::DeliveryInfo;
+use fe2o3_amqp::link::{CreditMode, Receiver};
+use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::primitives::Value;
+use futures_util::FutureExt;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{Amqp1ConfigError, Amqp1SourceConfig};
+use super::login::{self, Login, OpenFailure};
+use super::mapping;
+use super::pacing::ConnectPacer;
+use crate::ack::AckTracker;
+use crate::amqp::url::BrokerUrl;
+use crate::backoff::Backoff;
+use crate::source::{Ingest, LanePolicy, Source, SourceContext, SourceError, SourceHealth};
+
+/// How often acceptance follows the watermark even without a wake-up.
+const SETTLE_TICK: Duration = Duration::from_millis(20);
+/// How long one connection attempt may take (TCP, TLS, SASL, open).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads an AMQP 1.0 node into the engine; see the module docs.
+pub struct Amqp1Source {
+    config: Arc<Amqp1SourceConfig>,
+    url: Option<BrokerUrl>,
+}
+
+impl Amqp1Source {
+    /// A source for this configuration (checked; nothing connects yet).
+    pub fn new(config: Amqp1SourceConfig) -> Result<Amqp1Source, Amqp1ConfigError> {
+        let url = config.validate()?;
+        Ok(Amqp1Source {
+            config: Arc::new(config),
+            url,
+        })
+    }
+
+    /// The lane policy its messages take.
+    pub fn lane(&self) -> LanePolicy {
+        self.config.lane
+    }
+
+    fn shown(&self) -> String {
+        match (&self.config.aliyun, &self.url) {
+            (Some(a), _) => format!(
+                "amqp1 aliyun group {} {}",
+                a.consumer_group_id, self.config.address
+            ),
+            (None, Some(url)) => format!("amqp1 {url} {}", self.config.address),
+            (None, None) => format!("amqp1 {}", self.config.address),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for Amqp1Source {
+    fn connects(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> String {
+        self.shown()
+    }
+
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError> {
+        let origin = self.shown();
+        let tls_wanted =
+            self.config.aliyun.is_some() || self.url.as_ref().is_some_and(|u| u.is_tls());
+        let tls = if tls_wanted {
+            let config = login::tls_config(self.config.ca_file.as_deref()).map_err(|e| {
+                SourceError::Origin {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            Some(config)
+        } else {
+            None
+        };
+        let pacer = Arc::new(ConnectPacer::new(self.config.connects_per_minute));
+        ctx.health.acknowledges();
+        let mut tasks = tokio::task::JoinSet::new();
+        for number in 1..=self.config.connections {
+            let link = LinkRunner {
+                config: Arc::clone(&self.config),
+                url: self.url.clone(),
+                tls: tls.clone(),
+                pacer: Arc::clone(&pacer),
+                number,
+                origin: origin.clone(),
+                ingest: ctx.ingest.clone(),
+                stop: ctx.stop.clone(),
+                drained: ctx.drained.clone(),
+                health: ctx.health.clone(),
+            };
+            tasks.spawn(link.run());
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined.unwrap_or_else(|e| {
+                Err(SourceError::Origin {
+                    origin: origin.clone(),
+                    message: format!("a connection task failed: {e}"),
+                })
+            });
+            if let Err(e) = result {
+                tasks.detach_all();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How one connection's session ended.
+enum End {
+    /// Shut down on `stop`, everything settled or released.
+    Stopped,
+    /// Finished after `idle_exit` with everything accepted.
+    Idle,
+    /// The connection, session or link failed: start over.
+    Lost(String),
+}
+
+/// One connection, reconnecting until stopped.
+struct LinkRunner {
+    config: Arc<Amqp1SourceConfig>,
+    url: Option<BrokerUrl>,
+    tls: Option<Arc<ClientConfig>>,
+    pacer: Arc<ConnectPacer>,
+    number: usize,
+    origin: String,
+    ingest: Ingest,
+    stop: CancellationToken,
+    drained: CancellationToken,
+    health: SourceHealth,
+}
+
+impl LinkRunner {
+    fn fatal(&self, message: String) -> SourceError {
+        SourceError::Origin {
+            origin: self.origin.clone(),
+            message,
+        }
+    }
+
+    /// The login for the next attempt (signed now, for a preset).
+    fn login(&self) -> Result<Login, SourceError> {
+        let c = &self.config;
+        match (&c.aliyun, &self.url) {
+            (Some(aliyun), _) => {
+                let credentials = aliyun.credentials().map_err(|m| self.fatal(m))?;
+                aliyun
+                    .login(
+                        &credentials,
+                        crate::message::now_epoch_ms(),
+                        self.number,
+                        c.connections,
+                    )
+                    .map_err(|e| self.fatal(e.to_string()))
+            }
+            (None, Some(url)) => Ok(Login {
+                host: url.host().to_string(),
+                port: url.port(),
+                tls: url.is_tls(),
+                username: url.user().to_string(),
+                password: url.password().to_string(),
+                shown_as: url.redacted().to_string(),
+            }),
+            (None, None) => Err(self.fatal("no URL and no preset".into())),
+        }
+    }
+
+    async fn run(self) -> Result<(), SourceError> {
+        let c = &self.config;
+        let mut backoff = Backoff::new(c.reconnect_initial, c.reconnect_max);
+        let mut sessions = 0u64;
+        let container = format!("laneway-{}-{}", std::process::id(), self.number);
+        loop {
+            let paced = self
+                .pacer
+                .turn(&self.stop, |wait| {
+                    tracing::warn!(source = %self.origin, "connection attempts are at connects_per_minute; waiting {wait:?}");
+                    self.health
+                        .troubled(format!("pacing connection attempts, next in {wait:?}"));
+                })
+                .await;
+            if !paced {
+                return Ok(());
+            }
+            let login = self.login()?;
+            let opened = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return Ok(()),
+                o = login::open(&login, &container, c.idle_timeout, self.tls.as_ref(), OPEN_TIMEOUT) => o,
+            };
+            let why = match opened {
+                Ok(mut connection) => {
+                    sessions += 1;
+                    if sessions > 1 {
+                        tracing::info!(source = %self.origin, connection = self.number, "reconnected");
+                    }
+                    let end = self.session(&mut connection).await;
+                    let _ = connection.close().await;
+                    match end {
+                        End::Stopped | End::Idle => return Ok(()),
+                        End::Lost(why) => {
+                            backoff.reset();
+                            why
+                        }
+                    }
+                }
+                Err(OpenFailure::Tls(m)) => return Err(self.fatal(m)),
+                Err(OpenFailure::Refused(m)) if sessions == 0 => return Err(self.fatal(m)),
+                Err(other) => other.to_string(),
+            };
+            let wait = backoff.next_delay();
+            tracing::warn!(source = %self.origin, connection = self.number, reason = %why,
+                "no connection; retrying in {wait:?}; unaccepted messages will be redelivered");
+            self.health
+                .troubled(format!("connection lost, reconnecting in {wait:?}"));
+            self.health.reconnecting();
+            tokio::select! {
+                _ = self.stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn session(&self, connection: &mut ConnectionHandle<()>) -> End {
+        let c = &self.config;
+        let mut session = match fe2o3_amqp::Session::begin(connection).await {
+            Ok(s) => s,
+            Err(e) => return End::Lost(format!("beginning a session: {e}")),
+        };
+        let name = format!("laneway-{}-{}", std::process::id(), self.number);
+        let attached = Receiver::builder()
+            .name(name)
+            .source(c.address.as_str())
+            .credit_mode(CreditMode::Manual)
+            .auto_accept(false)
+            .attach(&mut session)
+            .await;
+        let mut receiver = match attached {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = session.end().await;
+                return End::Lost(format!("attaching to {}: {e}", c.address));
+            }
+        };
+        if let Err(e) = receiver.set_credit(c.credit).await {
+            return End::Lost(format!("granting credit: {e}"));
+        }
+        self.health.healthy();
+        tracing::info!(source = %self.origin, connection = self.number, credit = c.credit, "receiving");
+        let mut state = Settlement::new(self.health.clone());
+        let end = self.receive(&mut receiver, &mut state).await;
+        let end = match end {
+            End::Stopped => self.finish(&mut receiver, &mut state).await,
+            lost => lost,
+        };
+        if matches!(end, End::Stopped | End::Idle) {
+            let _ = receiver.detach().await;
+            let _ = session.end().await;
+        } else {
+            drop(receiver);
+            drop(session);
+        }
+        end
+    }
+
+    /// Takes deliveries and accepts done ones until stopped or lost.
+    async fn receive(&self, receiver: &mut Receiver, state: &mut Settlement) -> End {
+        let c = &self.config;
+        let mut tick = tokio::time::interval(SETTLE_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_at = || c.idle_exit.map(|d| tokio::time::Instant::now() + d);
+        let mut idle = idle_at();
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return End::Stopped,
+                _ = sleep_until_opt(idle) => {
+                    if state.unsettled == 0 {
+                        tracing::info!(source = %self.origin, "nothing arrived for idle_exit and everything is accepted; finishing");
+                        return End::Idle;
+                    }
+                    idle = idle_at();
+                    Event::Settle
+                }
+                _ = state.tracker.changed() => Event::Settle,
+                _ = tick.tick() => Event::Settle,
+                got = receiver.recv::<Body<Value>>() => Event::Received(Box::new(got)),
+            };
+            match event {
+                Event::Settle => {
+                    if let Err(why) = state.settle(receiver, c.credit).await {
+                        return End::Lost(why);
+                    }
+                    if state.tracker.is_stuck() {
+                        return End::Lost("a batch was abandoned".into());
+                    }
+                }
+                Event::Received(got) => match *got {
+                    Err(e) => return End::Lost(format!("receiving: {e}")),
+                    Ok(first) => {
+                        idle = idle_at();
+                        let mut deliveries = vec![first];
+                        while deliveries.len() < c.batch {
+                            // `recv` is cancel-safe: polling it once and dropping
+                            // it loses nothing.
+                            match receiver.recv::<Body<Value>>().now_or_never() {
+                                Some(Ok(d)) => deliveries.push(d),
+                                Some(Err(e)) => {
+                                    // Submit what was read; the next recv reports
+                                    // the failure again.
+                                    tracing::debug!(error = %e, "a receive failed while batching");
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        let mut infos = Vec::with_capacity(deliveries.len());
+                        let mut batch = Vec::with_capacity(deliveries.len());
+                        for d in deliveries {
+                            let info = DeliveryInfo::from(&d);
+                            let id = info.delivery_id();
+                            infos.push(info);
+                            batch.push(mapping::to_incoming(d.into_message(), || {
+                                format!("{} delivery {id}", self.origin)
+                            }));
+                        }
+                        let ack = state.register(infos);
+                        self.ingest.submit(batch, ack).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// After `stop`: no more credit, wait for the engine to drain, accept
+    /// what is done and release the rest.
+    async fn finish(&self, receiver: &mut Receiver, state: &mut Settlement) -> End {
+        if let Err(e) = receiver.set_credit(0).await {
+            tracing::debug!(error = %e, "withdrawing credit failed");
+        }
+        self.drained.cancelled().await;
+        if let Err(why) = state.settle(receiver, 0).await {
+            tracing::warn!(source = %self.origin, reason = %why, "final acceptance failed; those messages will be redelivered");
+        }
+        let undone = state.undone();
+        if !undone.is_empty() {
+            let n = undone.len();
+            match receiver.release_all(undone).await {
+                Ok(()) => tracing::info!(source = %self.origin, released = n,
+                    "released messages the engine had not finished; the peer delivers them again"),
+                Err(e) => tracing::warn!(source = %self.origin, error = %e,
+                    "releasing unfinished messages failed; the peer returns them when the link closes"),
+            }
+        }
+        End::Stopped
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+type Received =
+    Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>;
+
+enum Event {
+    Settle,
+    /// Boxed: a delivery is several hundred bytes, a settle tick none.
+    Received(Box<Received>),
+}
+
+/// One link's received batches, in order, and what is accepted.
+struct Settlement {
+    tracker: Arc<AckTracker>,
+    health: SourceHealth,
+    /// Per registered batch, in sequence order: its sequence number and
+    /// its deliveries.
+    batches: VecDeque<(u64, Vec<DeliveryInfo>)>,
+    /// Received and not yet accepted.
+    unsettled: u32,
+}
+
+impl Settlement {
+    fn new(health: SourceHealth) -> Settlement {
+        Settlement {
+            tracker: AckTracker::new(),
+            health,
+            batches: VecDeque::new(),
+            unsettled: 0,
+        }
+    }
+
+    fn register(&mut self, infos: Vec<DeliveryInfo>) -> crate::ack::AckRef {
+        let ack = self.tracker.register();
+        self.unsettled = self
+            .unsettled
+            .saturating_add(u32::try_from(infos.len()).unwrap_or(u32::MAX));
+        if let Some(seq) = ack.seq() {
+            self.batches.push_back((seq, infos));
+        }
+        ack
+    }
+
+    /// Accepts every batch below the watermark, then, once the last grant
+    /// is used up, grants `window` minus what is still unaccepted (when
+    /// `window` is 0, grants nothing).
+    async fn settle(&mut self, receiver: &mut Receiver, window: u32) -> Result<(), String> {
+        let watermark = self.tracker.watermark();
+        let mut done = Vec::new();
+        while self
+            .batches
+            .front()
+            .is_some_and(|(seq, _)| *seq < watermark)
+        {
+            if let Some((_, infos)) = self.batches.pop_front() {
+                done.extend(infos);
+            }
+        }
+        if !done.is_empty() {
+            let n = done.len();
+            receiver
+                .accept_all(done)
+                .await
+                .map_err(|e| format!("accepting: {e}"))?;
+            self.unsettled = self
+                .unsettled
+                .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+            self.health.acked(n as u64);
+        }
+        if window == 0 {
+            return Ok(());
+        }
+        // New credit only once the last grant is used up: then no transfer
+        // is in flight, and the grant means the same to every peer (a peer
+        // that counts credit from its own delivery count, not from the one
+        // in the flow frame, would otherwise overrun the link). The grant
+        // is what the window has room for.
+        let room = window.saturating_sub(self.unsettled);
+        if receiver.credit() == 0 && room > 0 {
+            receiver
+                .set_credit(room)
+                .await
+                .map_err(|e| format!("granting credit: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The deliveries of batches not yet accepted.
+    fn undone(&mut self) -> Vec<DeliveryInfo> {
+        self.batches
+            .drain(..)
+            .flat_map(|(_, infos)| infos)
+            .collect()
+    }
+}

@@ -1,0 +1,378 @@
+//! The AMQP 1.0 source against a real AMQP 1.0 peer: RabbitMQ's
+//! `rabbitmq_amqp1_0` plugin (enabled by scripts/test), reading a durable
+//! queue through the address `/amq/queue/NAME`. Messages are published
+//! over AMQP 1.0 as the platform sends them (durable, the application
+//! properties `topic`, `messageId` and `generateTime`, the payload as a
+//! data section), and every delivered copy is compared with what was sent
+//! byte for byte (topic, id, generate time, payload).
+//!
+//! - a `laneway run` process reads 50,000 messages, each exactly once, and
+//!   leaves the queue empty (everything accepted);
+//! - a `laneway run` killed with SIGKILL part way, then restarted, delivers
+//!   every message; the duplicates stay within two credit windows;
+//! - acceptance waits for the engine: while a sink holds every message,
+//!   none is accepted (a dropped connection gives them all back), and a
+//!   graceful stop releases what is undone instead of accepting it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod amqp_common;
+mod process;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use amqp_common::*;
+use laneway::amqp1::{Amqp1Source, Amqp1SourceConfig};
+use laneway::engine::{Engine, GroupConfig};
+use laneway::sink::{BatchError, Delivery, Sink};
+use laneway::source::LanePolicy;
+use lapin::types::FieldTable;
+use process::{Watched, wait_or_kill};
+
+/// The test broker over AMQP 1.0 (the same RabbitMQ, no virtual host).
+fn url1() -> String {
+    std::env::var("AMQP1_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+}
+
+/// Declares the durable queue `name` (the AMQP 1.0 address
+/// `/amq/queue/NAME` needs it to exist).
+async fn durable_queue(ch: &lapin::Channel, name: &str) {
+    declare_queue(ch, name, FieldTable::default()).await;
+}
+
+/// `n` records as the platform sends them (JSON payloads of every length
+/// mod 8, generate times an hour old and older: the test reads them all
+/// through the backlog lane as well as the live one).
+fn records_to_send(prefix: &str, n: u64) -> Vec<Record> {
+    let now = laneway::message::now_epoch_ms();
+    records::json_records(prefix, n, |i| now - (i % 2) as i64 * 3_600_000)
+}
+
+/// Publishes `sent` to the queue over AMQP 1.0, as the platform does:
+/// durable, the three application properties, the payload as one data
+/// section; every transfer settled as accepted by the broker.
+async fn publish1(queue: &str, sent: &[Record]) {
+    use fe2o3_amqp::types::messaging::{ApplicationProperties, Header, Message, Outcome};
+    let mut connection = fe2o3_amqp::Connection::builder()
+        .container_id(unique("amqp1-publisher"))
+        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
+            username: "guest".into(),
+            password: "guest".into(),
+        })
+        .open("amqp://127.0.0.1:5672")
+        .await
+        .expect("AMQP 1.0 on RabbitMQ (rabbitmq_amqp1_0 enabled)");
+    let mut session = fe2o3_amqp::Session::begin(&mut connection).await.unwrap();
+    let mut sender =
+        fe2o3_amqp::Sender::attach(&mut session, "publisher", format!("/amq/queue/{queue}"))
+            .await
+            .unwrap();
+    for chunk in sent.chunks(500) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            let props = ApplicationProperties::builder()
+                .insert("topic", r.topic.clone())
+                .insert("messageId", r.id.clone())
+                .insert("generateTime", r.generate_time_ms)
+                .build();
+            let message = Message::builder()
+                .header(Header::builder().durable(true).build())
+                .application_properties(props)
+                .data(fe2o3_amqp::types::primitives::Binary::from(
+                    r.payload.clone(),
+                ))
+                .build();
+            pending.push(sender.send_batchable(message).await.unwrap());
+        }
+        for fut in pending {
+            let outcome = fut.await.unwrap();
+            assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        }
+    }
+    sender.detach().await.map_err(|(_, e)| e).unwrap();
+    session.end().await.unwrap();
+    connection.close().await.unwrap();
+}
+
+fn write_config(path: &Path, data: &Path, queue: &str, out: &Path, credit: u32, idle: bool) {
+    let idle = if idle { "idle_exit = \"2s\"\n" } else { "" };
+    std::fs::write(
+        path,
+        format!(
+            r#"
+data_dir = "{data}"
+[[sources]]
+type = "amqp1"
+url_env = "LANEWAY_TEST_AMQP1_URL"
+address = "/amq/queue/{queue}"
+credit = {credit}
+{idle}
+[[groups]]
+name = "all"
+sink = {{ type = "jsonl", path = "{out}", sync = true }}
+"#,
+            data = data.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_thousand_messages_arrive_exactly_once_byte_for_byte() {
+    const COUNT: u64 = 50_000;
+    let _lock = broker_lock(false);
+    let name = unique("amqp1-roundtrip");
+    let conn = connection().await;
+    let ch = conn.create_channel().await.unwrap();
+    durable_queue(&ch, &name).await;
+    let sent = records_to_send(&name, COUNT);
+    publish1(&name, &sent).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let config = dir.path().join("laneway.toml");
+    write_config(&config, &dir.path().join("data"), &name, &out, 500, true);
+    let run = Command::new(env!("CARGO_BIN_EXE_laneway"))
+        .args(["run", "--json", "-q", "--config"])
+        .arg(&config)
+        .env("LANEWAY_TEST_AMQP1_URL", url1())
+        .output()
+        .expect("run laneway");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "laneway run failed: {stderr}");
+    assert!(
+        !stderr.contains("guest:guest"),
+        "a password was printed: {stderr}"
+    );
+
+    let delivered = records::records_in_jsonl(&out);
+    assert_delivered(&sent, &delivered, Copies::ExactlyOnce);
+    assert_eq!(ready(&ch, &name).await, 0, "everything was accepted");
+    cleanup(&ch, &[&name], &[]).await;
+}
+
+fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_with_sigkill_then_restarted_loses_nothing() {
+    const COUNT: u64 = 20_000;
+    const CREDIT: u32 = 300;
+    let _lock = broker_lock(false);
+    let name = unique("amqp1-sigkill");
+    let conn = connection().await;
+    let ch = conn.create_channel().await.unwrap();
+    durable_queue(&ch, &name).await;
+    let sent = records_to_send(&name, COUNT);
+    publish1(&name, &sent).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let data = dir.path().join("data");
+    let config = dir.path().join("laneway.toml");
+    write_config(&config, &data, &name, &out, CREDIT, false);
+    let exe = env!("CARGO_BIN_EXE_laneway");
+    let mut run = Watched::spawn(
+        Command::new(exe)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("LANEWAY_TEST_AMQP1_URL", url1()),
+    );
+    // Killed once part of the queue is delivered: polling the output file
+    // for the run's own progress (bounded), not sleeping for a guess.
+    let mut polls = 0;
+    while lines_in(&out) < 5_000 {
+        polls += 1;
+        assert!(polls < 6_000, "the first run delivered too little to kill");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    run.kill();
+    let before = lines_in(&out);
+    assert!(
+        (before as u64) < COUNT,
+        "the first run finished before the kill: the test would prove little"
+    );
+
+    write_config(&config, &data, &name, &out, CREDIT, true);
+    let second = Command::new(exe)
+        .args(["run", "-q", "--config"])
+        .arg(&config)
+        .env("LANEWAY_TEST_AMQP1_URL", url1())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = wait_or_kill(second, Duration::from_secs(240));
+    assert!(
+        output.status.success(),
+        "the restarted run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let delivered = records::records_in_jsonl(&out);
+    let tally = assert_delivered(&sent, &delivered, Copies::AtLeastOnce);
+    println!(
+        "killed after {before} deliveries; {} duplicates after the restart",
+        tally.duplicates
+    );
+    // Only messages delivered and not accepted at the broker come again:
+    // the credit window still unaccepted, plus acceptances that were on
+    // their way when the process died (a killed process's socket can be
+    // reset before they leave), at most one more window.
+    assert!(
+        tally.duplicates <= 2 * CREDIT as usize,
+        "{} duplicates, more than two credit windows ({CREDIT} each)",
+        tally.duplicates
+    );
+    assert_eq!(ready(&ch, &name).await, 0, "everything was accepted");
+    cleanup(&ch, &[&name], &[]).await;
+}
+
+/// A sink that holds every batch until opened, counting what it was given.
+struct Gate {
+    open: AtomicBool,
+    opened: tokio::sync::Notify,
+    given: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Sink for Gate {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
+        self.given.fetch_add(batch.len() as u64, Ordering::SeqCst);
+        while !self.open.load(Ordering::SeqCst) {
+            let opened = self.opened.notified();
+            if self.open.load(Ordering::SeqCst) {
+                break;
+            }
+            opened.await;
+        }
+        Ok(())
+    }
+}
+
+async fn ready_becomes(ch: &lapin::Channel, queue: &str, want: u32, what: &str) {
+    // Broker-side state, read with a bounded poll.
+    let mut polls = 0;
+    loop {
+        let n = ready(ch, queue).await;
+        if n == want {
+            return;
+        }
+        polls += 1;
+        assert!(polls < 3_000, "{what}: {n} ready, not {want}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_accepted_before_it_is_done_and_a_stop_releases_the_rest() {
+    const COUNT: u64 = 1_000;
+    const CREDIT: u32 = 100;
+    let _lock = broker_lock(false);
+    let name = unique("amqp1-settle");
+    let conn = connection().await;
+    let ch = conn.create_channel().await.unwrap();
+    durable_queue(&ch, &name).await;
+    let sent = records_to_send(&name, COUNT);
+    publish1(&name, &sent).await;
+    let config = Amqp1SourceConfig {
+        url: Some(url1()),
+        address: format!("/amq/queue/{name}"),
+        credit: CREDIT,
+        ..Amqp1SourceConfig::default()
+    };
+
+    // 1. Every message the engine holds is unaccepted: the peer has handed
+    //    out exactly the credit window, and the rest waits in the queue.
+    let gate = Arc::new(Gate {
+        open: AtomicBool::new(false),
+        opened: tokio::sync::Notify::new(),
+        given: AtomicU64::new(0),
+    });
+    let engine = Engine::builder()
+        .group_with(
+            GroupConfig::named("held"),
+            Arc::clone(&gate) as Arc<dyn Sink>,
+            None,
+        )
+        .source(Amqp1Source::new(config.clone()).unwrap(), LanePolicy::Live)
+        .build()
+        .unwrap();
+    let monitor = engine.monitor();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(engine.run(async move {
+        let _ = stop_rx.await;
+    }));
+    ready_becomes(
+        &ch,
+        &name,
+        (COUNT - u64::from(CREDIT)) as u32,
+        "with the sink holding everything",
+    )
+    .await;
+    assert_eq!(
+        monitor.sources()[0].1.acked,
+        Some(0),
+        "a message was accepted before the sink had it"
+    );
+
+    // 2. A graceful stop while the sink still holds them: each undone
+    //    message is released, none accepted, so all are back in the queue.
+    let _ = stop_tx.send(());
+    // The engine waits for the sink's batches: let them end (they are
+    // abandoned or finished), then the source settles.
+    gate.open.store(true, Ordering::SeqCst);
+    gate.opened.notify_waiters();
+    let summary = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run stopped")
+        .unwrap();
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    let accepted = COUNT - u64::from(ready(&ch, &name).await);
+    let given = gate.given.load(Ordering::SeqCst);
+    assert!(
+        accepted <= given,
+        "{accepted} accepted, but the sink was only ever given {given}"
+    );
+
+    // 3. What was not accepted is all there for the next run, unchanged.
+    let copies = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&copies);
+    let sink = laneway::sink::handler_fn(move |d: Delivery| {
+        seen.lock().push(records::Record::of(&d.message));
+        async { Ok::<(), laneway::sink::DeliveryError>(()) }
+    });
+    let engine = Engine::builder()
+        .group(GroupConfig::named("rest"), sink)
+        .source(
+            Amqp1Source::new(Amqp1SourceConfig {
+                idle_exit: Some(Duration::from_secs(1)),
+                ..config
+            })
+            .unwrap(),
+            LanePolicy::Live,
+        )
+        .build()
+        .unwrap();
+    let summary =
+        tokio::time::timeout(Duration::from_secs(120), engine.run(std::future::pending()))
+            .await
+            .expect("the second run finished");
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    let rest = copies.lock().clone();
+    let tally = assert_delivered(&sent, &rest, Copies::Unchanged);
+    assert_eq!(
+        tally.copies as u64,
+        COUNT - accepted,
+        "the released ones came back, once each"
+    );
+    assert_eq!(ready(&ch, &name).await, 0);
+    cleanup(&ch, &[&name], &[]).await;
+}
