@@ -73,7 +73,7 @@ pub fn decrypt(mode: EncryptMode, access_key: &str, data: &str) -> Result<Vec<u8
 }
 
 fn decrypt_ecb(key: &[u8], mut raw: Vec<u8>) -> Result<Vec<u8>, DecryptError> {
-    if raw.is_empty() || raw.len() % 16 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(16) {
         return Err(DecryptError::BlockLength(raw.len()));
     }
     let cipher = Aes128::new(GenericArray::from_slice(key));
