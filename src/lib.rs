@@ -50,6 +50,7 @@ pub mod config;
 pub mod engine;
 pub mod kafka;
 pub mod message;
+pub mod pulsar;
 pub mod sink;
 pub mod source;
 
