@@ -10,6 +10,8 @@
 //!   leaves the queue empty (everything accepted);
 //! - a `laneway run` killed with SIGKILL part way, then restarted, delivers
 //!   every message; the duplicates stay within two credit windows;
+//! - fresh messages behind a stale pile are handled long before the pile
+//!   (read through at the broker's speed into the backlog lane);
 //! - acceptance waits for the engine: while a sink holds every message,
 //!   none is accepted (a dropped connection gives them all back), and a
 //!   graceful stop releases what is undone instead of accepting it.
@@ -373,6 +375,124 @@ async fn nothing_is_accepted_before_it_is_done_and_a_stop_releases_the_rest() {
         COUNT - accepted,
         "the released ones came back, once each"
     );
+    assert_eq!(ready(&ch, &name).await, 0);
+    cleanup(&ch, &[&name], &[]).await;
+}
+
+/// A slow handler (2 ms a message on 2 slots) that records when the first
+/// fresh message and the last pile message were handled.
+struct Slow {
+    start: std::time::Instant,
+    pile: u64,
+    seen: parking_lot::Mutex<PileTimeline>,
+}
+
+#[derive(Default)]
+struct PileTimeline {
+    stale: u64,
+    first_fresh: Option<(Duration, u64)>,
+    pile_done: Option<Duration>,
+    delivered: Vec<Record>,
+}
+
+#[async_trait::async_trait]
+impl Sink for Slow {
+    async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
+        tokio::time::sleep(Duration::from_millis(2) * batch.len() as u32).await;
+        let now = laneway::message::now_epoch_ms();
+        let at = self.start.elapsed();
+        let mut t = self.seen.lock();
+        for d in batch {
+            t.delivered.push(Record::of(&d.message));
+            if d.message.age_ms(now) > 30 * 60 * 1000 {
+                t.stale += 1;
+                if t.stale == self.pile {
+                    t.pile_done = Some(at);
+                }
+            } else if t.first_fresh.is_none() {
+                t.first_fresh = Some((at, t.stale));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_messages_behind_a_stale_pile_are_handled_long_before_the_pile() {
+    const PILE: u64 = if cfg!(debug_assertions) {
+        5_000
+    } else {
+        20_000
+    };
+    const FRESH: u64 = 200;
+    let _lock = broker_lock(false);
+    let name = unique("amqp1-pile");
+    let conn = connection().await;
+    let ch = conn.create_channel().await.unwrap();
+    durable_queue(&ch, &name).await;
+    // The pile, an hour old, then fresh messages behind it in the queue.
+    let hour_ago = laneway::message::now_epoch_ms() - 3_600_000;
+    let mut sent = records::json_records("pile-", PILE, |i| hour_ago + i as i64);
+    publish1(&name, &sent).await;
+    let fresh = records::json_records("fresh-", FRESH, |_| laneway::message::now_epoch_ms());
+    publish1(&name, &fresh).await;
+    sent.extend(fresh);
+
+    let sink = Arc::new(Slow {
+        start: std::time::Instant::now(),
+        pile: PILE,
+        seen: parking_lot::Mutex::new(PileTimeline::default()),
+    });
+    let config = Amqp1SourceConfig {
+        url: Some(url1()),
+        address: format!("/amq/queue/{name}"),
+        ..Amqp1SourceConfig::default()
+    };
+    let group = GroupConfig {
+        // Fresh messages stay fresh however long the pile takes to read.
+        live_window: Duration::from_secs(600),
+        slots: 2,
+        batch_size: 64,
+        validate_json: false,
+        ..GroupConfig::named("slow")
+    };
+    let engine = Engine::builder()
+        .group_with(group, Arc::clone(&sink) as Arc<dyn Sink>, None)
+        .source(Amqp1Source::new(config).unwrap(), LanePolicy::Auto)
+        .build()
+        .unwrap();
+    let monitor = engine.monitor();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(engine.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let watched = Arc::clone(&sink);
+    eventually(
+        &monitor,
+        Duration::from_secs(600),
+        "the pile and the fresh messages",
+        move |_| {
+            let t = watched.seen.lock();
+            t.pile_done.is_some() && t.delivered.len() as u64 >= PILE + FRESH
+        },
+    )
+    .await;
+    let _ = stop_tx.send(());
+    let summary = run.await.unwrap();
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+
+    let t = std::mem::take(&mut *sink.seen.lock());
+    let (first_fresh, stale_before) = t.first_fresh.expect("fresh messages were handled");
+    let pile_done = t.pile_done.expect("the pile was handled");
+    println!(
+        "pile {PILE}: first fresh at {first_fresh:?} after {stale_before} stale; pile done at {pile_done:?}"
+    );
+    assert!(first_fresh * 3 < pile_done, "fresh first, by a wide margin");
+    assert!(
+        stale_before * 4 < PILE,
+        "{stale_before} of {PILE} stale were handled first"
+    );
+    assert_delivered(&sent, &t.delivered, Copies::ExactlyOnce);
     assert_eq!(ready(&ch, &name).await, 0);
     cleanup(&ch, &[&name], &[]).await;
 }
