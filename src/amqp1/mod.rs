@@ -7,7 +7,7 @@
 //! - [`aliyun`]: the platform's endpoint and signed SASL login;
 //! - [`login`]: opening one connection (TCP, TLS, SASL PLAIN);
 //! - [`mapping`]: application properties and body → a message;
-//! - [`pacing`]: the cap on connection attempts per minute;
+//! - `pacing`: the cap on connection attempts per minute;
 //! - [`source`]: the source, [`Amqp1Source`].
 //!
 //! Invariant across the module: no secret (a password, an AccessKey

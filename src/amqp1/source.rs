@@ -15,7 +15,7 @@
 //! - a lost connection drops its tracker: its unsettled messages return to
 //!   the peer and come again through a new connection (duplicates, never
 //!   a loss);
-//! - connection attempts are paced (see [`super::pacing`]) and retried with
+//! - connection attempts are paced (see the `pacing` module) and retried with
 //!   jittered backoff; a login refused before any connection worked ends
 //!   the source (wrong credentials), later it is retried.
 
