@@ -54,6 +54,18 @@ fn records_to_send(prefix: &str, n: u64) -> Vec<Record> {
     records::json_records(prefix, n, |i| now - (i % 2) as i64 * 3_600_000)
 }
 
+/// A durable queue `name` holding `count` records sent over AMQP 1.0; the
+/// connection and channel that declared it (to watch and clean it up), and
+/// the records.
+async fn queue_holding(name: &str, count: u64) -> (lapin::Connection, lapin::Channel, Vec<Record>) {
+    let conn = connection().await;
+    let ch = conn.create_channel().await.unwrap();
+    durable_queue(&ch, name).await;
+    let sent = records_to_send(name, count);
+    publish1(name, &sent).await;
+    (conn, ch, sent)
+}
+
 /// Publishes `sent` to the queue over AMQP 1.0, as the platform does:
 /// durable, the three application properties, the payload as one data
 /// section; every transfer settled as accepted by the broker.
@@ -129,11 +141,7 @@ async fn fifty_thousand_messages_arrive_exactly_once_byte_for_byte() {
     const COUNT: u64 = 50_000;
     let _lock = broker_lock(false);
     let name = unique("amqp1-roundtrip");
-    let conn = connection().await;
-    let ch = conn.create_channel().await.unwrap();
-    durable_queue(&ch, &name).await;
-    let sent = records_to_send(&name, COUNT);
-    publish1(&name, &sent).await;
+    let (_conn, ch, sent) = queue_holding(&name, COUNT).await;
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
@@ -170,11 +178,7 @@ async fn a_run_killed_with_sigkill_then_restarted_loses_nothing() {
     const CREDIT: u32 = 300;
     let _lock = broker_lock(false);
     let name = unique("amqp1-sigkill");
-    let conn = connection().await;
-    let ch = conn.create_channel().await.unwrap();
-    durable_queue(&ch, &name).await;
-    let sent = records_to_send(&name, COUNT);
-    publish1(&name, &sent).await;
+    let (_conn, ch, sent) = queue_holding(&name, COUNT).await;
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
@@ -279,11 +283,7 @@ async fn nothing_is_accepted_before_it_is_done_and_a_stop_releases_the_rest() {
     const CREDIT: u32 = 100;
     let _lock = broker_lock(false);
     let name = unique("amqp1-settle");
-    let conn = connection().await;
-    let ch = conn.create_channel().await.unwrap();
-    durable_queue(&ch, &name).await;
-    let sent = records_to_send(&name, COUNT);
-    publish1(&name, &sent).await;
+    let (_conn, ch, sent) = queue_holding(&name, COUNT).await;
     let config = Amqp1SourceConfig {
         url: Some(url1()),
         address: format!("/amq/queue/{name}"),

@@ -113,14 +113,25 @@ impl BrokerUrl {
     /// variable `url_env` (default [`DEFAULT_URL_ENV`]), else [`DEFAULT_URL`]
     /// when no variable was named explicitly.
     pub fn resolve(url: Option<&str>, url_env: Option<&str>) -> Result<BrokerUrl, UrlError> {
+        BrokerUrl::resolve_or(url, url_env, DEFAULT_URL_ENV, DEFAULT_URL)
+    }
+
+    /// [`BrokerUrl::resolve`] with another default variable and URL (the
+    /// AMQP 1.0 source's, whose URLs carry no virtual host).
+    pub fn resolve_or(
+        url: Option<&str>,
+        url_env: Option<&str>,
+        default_env: &str,
+        default_url: &str,
+    ) -> Result<BrokerUrl, UrlError> {
         if let Some(url) = url {
             return BrokerUrl::parse(url);
         }
-        let var = url_env.unwrap_or(DEFAULT_URL_ENV);
+        let var = url_env.unwrap_or(default_env);
         match std::env::var(var) {
             Ok(value) if !value.trim().is_empty() => BrokerUrl::parse(&value),
             _ if url_env.is_some() => Err(UrlError::MissingEnv(var.to_string())),
-            _ => BrokerUrl::parse(DEFAULT_URL),
+            _ => BrokerUrl::parse(default_url),
         }
     }
 

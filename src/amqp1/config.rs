@@ -195,22 +195,12 @@ impl Amqp1SourceConfig {
                 aliyun.validate()?;
                 Ok(None)
             }
-            None => {
-                let url = match (&self.url, &self.url_env) {
-                    (Some(url), _) => BrokerUrl::parse(url)?,
-                    (None, var) => {
-                        let name = var.as_deref().unwrap_or(DEFAULT_URL_ENV);
-                        match std::env::var(name) {
-                            Ok(v) if !v.trim().is_empty() => BrokerUrl::parse(&v)?,
-                            _ if var.is_some() => {
-                                return Err(UrlError::MissingEnv(name.to_string()).into());
-                            }
-                            _ => BrokerUrl::parse(DEFAULT_URL)?,
-                        }
-                    }
-                };
-                Ok(Some(url))
-            }
+            None => Ok(Some(BrokerUrl::resolve_or(
+                self.url.as_deref(),
+                self.url_env.as_deref(),
+                DEFAULT_URL_ENV,
+                DEFAULT_URL,
+            )?)),
         }
     }
 }
