@@ -339,12 +339,13 @@ async fn nothing_is_accepted_before_it_is_done_and_a_stop_releases_the_rest() {
         .expect("the run stopped")
         .unwrap();
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
-    let accepted = COUNT - u64::from(ready(&ch, &name).await);
+    // Exactly what the sink was given is accepted; everything else comes
+    // back to the queue (the broker requeues released messages
+    // asynchronously: a bounded poll). A message accepted before it was
+    // done would keep the queue short of this for good.
     let given = gate.given.load(Ordering::SeqCst);
-    assert!(
-        accepted <= given,
-        "{accepted} accepted, but the sink was only ever given {given}"
-    );
+    ready_becomes(&ch, &name, (COUNT - given) as u32, "after the stop").await;
+    let accepted = given;
 
     // 3. What was not accepted is all there for the next run, unchanged.
     let copies = Arc::new(parking_lot::Mutex::new(Vec::new()));
