@@ -28,6 +28,7 @@
 //!   [`DeliveryError`](sink::DeliveryError); the handler, JSONL and null sinks.
 //! - [`amqp`]: AMQP 0-9-1 source and sink (uses `source` and `sink`).
 //! - [`amqp1`]: AMQP 1.0 source and the Alibaba Cloud preset (uses `source`).
+//! - [`pulsar`]: Pulsar source and the Tuya preset (uses `source`).
 //! - [`kafka`]: Kafka source (consumer groups, commits of done offsets) and
 //!   sink (idempotent producer) (uses `source` and `sink`).
 //! - [`engine`]: routing, groups, lanes, scheduling, dead letters, running

@@ -10,6 +10,7 @@ use crate::amqp1::Amqp1Source;
 use crate::backlog::{BacklogError, BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
 use crate::engine::{DeadLetters, EngineBuilder};
 use crate::kafka::{KafkaSink, KafkaSource};
+use crate::pulsar::PulsarSource;
 use crate::sink::{JsonlSink, NullSink, SimulatedHandler, Sink};
 use crate::source::jsonl::JsonlInput;
 use crate::source::{JsonlSource, Simulator};
@@ -71,6 +72,15 @@ impl FileConfig {
                     let source = Amqp1Source::new((**spec).clone()).map_err(|source| {
                         ConfigError::Amqp1 {
                             what: "amqp1 source".into(),
+                            source,
+                        }
+                    })?;
+                    builder.source(source, spec.lane)
+                }
+                SourceSpec::Pulsar(spec) => {
+                    let source = PulsarSource::new((**spec).clone()).map_err(|source| {
+                        ConfigError::Pulsar {
+                            what: "pulsar source".into(),
                             source,
                         }
                     })?;

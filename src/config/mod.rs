@@ -165,6 +165,15 @@ pub enum ConfigError {
         #[source]
         source: crate::amqp1::Amqp1ConfigError,
     },
+    /// A Pulsar source could not be set up.
+    #[error("{what}: {source}")]
+    Pulsar {
+        /// Which (`pulsar source`).
+        what: String,
+        /// Why.
+        #[source]
+        source: crate::pulsar::PulsarConfigError,
+    },
     /// An AMQP source or sink could not be set up.
     #[error("{what}: {source}")]
     Amqp {
@@ -303,6 +312,12 @@ impl FileConfig {
                     let mut path = vec![Step::Key("sources"), Step::Index(i)];
                     path.extend(e.knob().split('.').map(Step::Key));
                     at(&path, format!("amqp1 source: {e}"))
+                })?,
+                SourceSpec::Pulsar(spec) => spec.validate().map(|_| ()).map_err(|e| {
+                    // Preset knobs are nested: `tuya.access_id` is [sources.tuya] access_id.
+                    let mut path = vec![Step::Key("sources"), Step::Index(i)];
+                    path.extend(e.knob.split('.').map(Step::Key));
+                    at(&path, format!("pulsar source: {e}"))
                 })?,
                 SourceSpec::Jsonl(spec) => {
                     // One file, one reader: two would deliver every line

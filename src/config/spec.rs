@@ -10,6 +10,7 @@ use crate::amqp::{AmqpBacklogConfig, AmqpSinkConfig, AmqpSourceConfig, AmqpStrea
 use crate::amqp1::Amqp1SourceConfig;
 use crate::backlog::DiskBacklogConfig;
 use crate::kafka::{KafkaSinkConfig, KafkaSourceConfig};
+use crate::pulsar::PulsarSourceConfig;
 use crate::source::LanePolicy;
 use crate::source::SimulatorConfig;
 
@@ -33,6 +34,9 @@ pub enum SourceSpec {
     /// subscription with `[sources.aliyun]`, RabbitMQ's AMQP 1.0 plugin),
     /// accepted only when done (docs/amqp1.md).
     Amqp1(Box<Amqp1SourceConfig>),
+    /// A Pulsar topic on a failover subscription (Tuya's message service
+    /// with `[sources.tuya]`), acknowledged only when done (docs/pulsar.md).
+    Pulsar(Box<PulsarSourceConfig>),
 }
 
 /// A JSONL source.

@@ -11,7 +11,8 @@ use std::fmt;
 use md5::{Digest, Md5};
 
 /// A Tuya data centre, which decides the broker endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Region {
     /// China.
     Cn,

@@ -1,0 +1,438 @@
+//! The Pulsar source: one consumer on a failover subscription, reconnecting
+//! until stopped.
+//!
+//! Invariants:
+//! - a message is **acknowledged** (individually, by id) only once the
+//!   engine is done with it (delivered by every group, or durably held by
+//!   every group's backlog, or durably a dead letter): acks follow the
+//!   [`AckTracker`]'s contiguous watermark over received batches. No
+//!   cumulative ack is sent: a redelivered older message may still be
+//!   undone behind a newer done one;
+//! - on shutdown the source stops taking messages, the engine drains, the
+//!   done ones are acknowledged and every undone one is **negatively
+//!   acknowledged** (the broker delivers it again), then the consumer is
+//!   closed;
+//! - a lost connection drops its tracker: the broker redelivers every
+//!   unacknowledged message to the next consumer (duplicates, never a
+//!   loss); a batch the engine abandoned is negatively acknowledged;
+//! - the receive queue bounds what the broker pushes ahead; what the
+//!   engine holds is bounded by its lanes (`submit` waits when they are
+//!   full);
+//! - a login refused before any connection worked ends the source (wrong
+//!   credentials); later refusals are retried with jittered backoff.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{FutureExt, StreamExt};
+use pulsar::consumer::InitialPosition;
+use pulsar::error::{ConnectionError, ConsumerError, ServiceDiscoveryError};
+use pulsar::proto::{MessageIdData, ServerError};
+use pulsar::{
+    Authentication, ConnectionRetryOptions, Consumer, ConsumerOptions, Pulsar, SubType,
+    TokioExecutor,
+};
+
+use super::config::{PulsarConfigError, PulsarSourceConfig, Resolved};
+use super::mapping::{self, Received};
+use super::tuya::TuyaCredentials;
+use crate::ack::{AckRef, AckTracker};
+use crate::backoff::Backoff;
+use crate::source::{Incoming, LanePolicy, Source, SourceContext, SourceError, SourceHealth};
+
+/// How often acks follow the watermark even without a wake-up.
+const SETTLE_TICK: Duration = Duration::from_millis(20);
+/// How long one connection attempt (client, lookup, subscribe) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
+
+/// Reads a Pulsar topic into the engine; see the module docs.
+pub struct PulsarSource {
+    config: Arc<PulsarSourceConfig>,
+    resolved: Resolved,
+}
+
+impl PulsarSource {
+    /// A source for this configuration (checked; nothing connects yet).
+    pub fn new(config: PulsarSourceConfig) -> Result<PulsarSource, PulsarConfigError> {
+        let resolved = config.validate()?;
+        Ok(PulsarSource {
+            config: Arc::new(config),
+            resolved,
+        })
+    }
+
+    /// The lane policy its messages take.
+    pub fn lane(&self) -> LanePolicy {
+        self.config.lane
+    }
+
+    fn shown(&self) -> String {
+        match &self.config.tuya {
+            Some(_) => format!("pulsar tuya {}", self.resolved.topic),
+            None => format!("pulsar {} {}", self.resolved.url, self.resolved.topic),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for PulsarSource {
+    fn connects(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> String {
+        self.shown()
+    }
+
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError> {
+        let runner = Runner {
+            origin: self.shown(),
+            config: self.config,
+            resolved: self.resolved,
+            ctx,
+        };
+        runner.run().await
+    }
+}
+
+/// How one consumer's life ended.
+enum End {
+    /// Shut down on `stop`, everything acknowledged or negatively so.
+    Stopped,
+    /// Finished after `idle_exit` with everything acknowledged.
+    Idle,
+    /// The connection or consumer failed: start over.
+    Lost(String),
+}
+
+struct Runner {
+    origin: String,
+    config: Arc<PulsarSourceConfig>,
+    resolved: Resolved,
+    ctx: SourceContext,
+}
+
+impl Runner {
+    fn fatal(&self, message: String) -> SourceError {
+        SourceError::Origin {
+            origin: self.origin.clone(),
+            message,
+        }
+    }
+
+    async fn run(self) -> Result<(), SourceError> {
+        let c = &self.config;
+        let mut backoff = Backoff::new(c.reconnect_initial, c.reconnect_max);
+        let mut sessions = 0u64;
+        self.ctx.health.acknowledges();
+        let ca = match &c.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| self.fatal(format!("reading ca_file {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        loop {
+            let credentials = match &c.tuya {
+                Some(tuya) => Some(tuya.credentials().map_err(|m| self.fatal(m))?),
+                None => None,
+            };
+            let connected = tokio::select! {
+                biased;
+                _ = self.ctx.stop.cancelled() => return Ok(()),
+                c = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(credentials.as_ref(), ca.as_deref())) => c,
+            };
+            let why = match connected {
+                Ok(Ok((client, mut consumer))) => {
+                    sessions += 1;
+                    if sessions > 1 {
+                        tracing::info!(source = %self.origin, "reconnected");
+                    }
+                    self.ctx.health.healthy();
+                    tracing::info!(source = %self.origin, subscription = %self.resolved.subscription, "receiving");
+                    let end = self
+                        .session(&mut consumer, credentials.as_ref().map(|k| k.access_key()))
+                        .await;
+                    if let Err(e) = consumer.close().await {
+                        tracing::debug!(error = %e, "closing the consumer failed");
+                    }
+                    drop(client);
+                    match end {
+                        End::Stopped | End::Idle => return Ok(()),
+                        End::Lost(why) => {
+                            backoff.reset();
+                            why
+                        }
+                    }
+                }
+                Ok(Err(e)) if sessions == 0 && refused(&e) => {
+                    return Err(self.fatal(format!("the broker refused the login: {e}")));
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("connecting took longer than {CONNECT_TIMEOUT:?}"),
+            };
+            let wait = backoff.next_delay();
+            tracing::warn!(source = %self.origin, reason = %why,
+                "no consumer; retrying in {wait:?}; unacknowledged messages will be redelivered");
+            self.ctx
+                .health
+                .troubled(format!("connection lost, reconnecting in {wait:?}"));
+            self.ctx.health.reconnecting();
+            tokio::select! {
+                _ = self.ctx.stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// A client and a consumer on the failover subscription.
+    async fn connect(
+        &self,
+        credentials: Option<&TuyaCredentials>,
+        ca: Option<&[u8]>,
+    ) -> Result<(Pulsar<TokioExecutor>, PulsarConsumer), pulsar::Error> {
+        let c = &self.config;
+        let mut builder = Pulsar::builder(self.resolved.url.as_str(), TokioExecutor)
+            // One attempt per connect here: the loop above owns the
+            // backoff, so a broker that is down shows as trouble at once.
+            .with_connection_retry_options(ConnectionRetryOptions {
+                max_retries: 1,
+                ..ConnectionRetryOptions::default()
+            });
+        if let Some(credentials) = credentials {
+            builder = builder.with_auth(Authentication {
+                name: "auth1".into(),
+                data: credentials.auth_data(),
+            });
+        }
+        if let Some(ca) = ca {
+            builder = builder.with_certificate_chain(ca.to_vec());
+        }
+        let client = builder.build().await?;
+        let consumer = client
+            .consumer()
+            .with_topic(self.resolved.topic.as_str())
+            .with_subscription(self.resolved.subscription.as_str())
+            .with_subscription_type(SubType::Failover)
+            .with_consumer_name(format!("laneway-{}", std::process::id()))
+            .with_batch_size(c.receive_queue)
+            .with_options(
+                ConsumerOptions::default().with_initial_position(InitialPosition::Earliest),
+            )
+            .build::<Vec<u8>>()
+            .await?;
+        Ok((client, consumer))
+    }
+
+    async fn session(&self, consumer: &mut PulsarConsumer, access_key: Option<&str>) -> End {
+        let c = &self.config;
+        let mut state = Settlement::new(self.ctx.health.clone());
+        let mut tick = tokio::time::interval(SETTLE_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_at = || c.idle_exit.map(|d| tokio::time::Instant::now() + d);
+        let mut idle = idle_at();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.ctx.stop.cancelled() => return self.finish(consumer, &mut state).await,
+                _ = sleep_until_opt(idle) => {
+                    state.settle(consumer).await;
+                    if state.unsettled == 0 {
+                        tracing::info!(source = %self.origin, "nothing arrived for idle_exit and everything is acknowledged; finishing");
+                        return End::Idle;
+                    }
+                    idle = idle_at();
+                }
+                _ = state.tracker.changed() => state.settle(consumer).await,
+                _ = tick.tick() => {
+                    state.settle(consumer).await;
+                    if state.tracker.is_stuck() {
+                        state.nack_undone(consumer).await;
+                        return End::Lost("a batch was abandoned".into());
+                    }
+                }
+                got = consumer.next() => {
+                    let first = match got {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => return End::Lost(format!("receiving: {e}")),
+                        None => return End::Lost("the consumer's stream ended".into()),
+                    };
+                    idle = idle_at();
+                    let mut received = vec![first];
+                    while received.len() < c.batch {
+                        // `next` on the consumer is cancel-safe: polling it
+                        // once and dropping the future loses nothing.
+                        match consumer.next().now_or_never() {
+                            Some(Some(Ok(m))) => received.push(m),
+                            Some(Some(Err(e))) => {
+                                tracing::debug!(error = %e, "a receive failed while batching");
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
+                    let mut ids = Vec::with_capacity(received.len());
+                    let mut batch = Vec::with_capacity(received.len());
+                    for m in received {
+                        let id = m.message_id().clone();
+                        batch.push(self.to_incoming(&m.topic, &id, m.payload, access_key));
+                        ids.push((m.topic, id));
+                    }
+                    let ack = state.register(ids);
+                    self.ctx.ingest.submit(batch, ack).await;
+                }
+            }
+        }
+    }
+
+    fn to_incoming(
+        &self,
+        topic: &str,
+        id: &MessageIdData,
+        payload: pulsar::Payload,
+        access_key: Option<&str>,
+    ) -> Incoming {
+        let pulsar::Payload { metadata, data } = payload;
+        let properties: Vec<(String, String)> = metadata
+            .properties
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect();
+        let shown_id = match id.batch_index {
+            Some(b) if b >= 0 => format!("{}:{}:{b}", id.ledger_id, id.entry_id),
+            _ => format!("{}:{}", id.ledger_id, id.entry_id),
+        };
+        let received = Received {
+            properties: &properties,
+            data,
+            event_time_ms: metadata.event_time,
+            publish_time_ms: metadata.publish_time,
+            id: shown_id.clone(),
+        };
+        let origin = || format!("pulsar {topic} message {shown_id}");
+        match access_key {
+            Some(key) => mapping::tuya(received, key, origin),
+            None => mapping::plain(received, origin),
+        }
+    }
+
+    /// After `stop`: wait for the engine to drain, acknowledge what is done
+    /// and negatively acknowledge the rest.
+    async fn finish(&self, consumer: &mut PulsarConsumer, state: &mut Settlement) -> End {
+        self.ctx.drained.cancelled().await;
+        state.settle(consumer).await;
+        let n = state.nack_undone(consumer).await;
+        if n > 0 {
+            tracing::info!(source = %self.origin, negatively_acknowledged = n,
+                "gave back messages the engine had not finished; the broker delivers them again");
+        }
+        End::Stopped
+    }
+}
+
+/// Whether a connect error is the broker refusing the login.
+fn refused(e: &pulsar::Error) -> bool {
+    let server = |c: &ConnectionError| {
+        matches!(
+            c,
+            ConnectionError::Authentication(_)
+                | ConnectionError::PulsarError(
+                    Some(ServerError::AuthenticationError | ServerError::AuthorizationError),
+                    _
+                )
+        )
+    };
+    match e {
+        pulsar::Error::Authentication(_) => true,
+        pulsar::Error::Connection(c) => server(c),
+        pulsar::Error::Consumer(ConsumerError::Connection(c)) => server(c),
+        pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Connection(c)) => server(c),
+        _ => false,
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One consumer's received batches, in order, and what is acknowledged.
+struct Settlement {
+    tracker: Arc<AckTracker>,
+    health: SourceHealth,
+    /// Per registered batch, in sequence order: its sequence number and
+    /// its messages (topic, id).
+    batches: VecDeque<(u64, Vec<(String, MessageIdData)>)>,
+    /// Received and not yet acknowledged.
+    unsettled: u64,
+}
+
+impl Settlement {
+    fn new(health: SourceHealth) -> Settlement {
+        Settlement {
+            tracker: AckTracker::new(),
+            health,
+            batches: VecDeque::new(),
+            unsettled: 0,
+        }
+    }
+
+    fn register(&mut self, ids: Vec<(String, MessageIdData)>) -> AckRef {
+        let ack = self.tracker.register();
+        self.unsettled += ids.len() as u64;
+        if let Some(seq) = ack.seq() {
+            self.batches.push_back((seq, ids));
+        }
+        ack
+    }
+
+    /// Acknowledges every message of the batches below the watermark. An
+    /// ack that cannot be sent (the consumer is gone) is left to the
+    /// broker, which redelivers the message to the next consumer.
+    async fn settle(&mut self, consumer: &mut PulsarConsumer) {
+        let watermark = self.tracker.watermark();
+        let (mut acked, mut settled) = (0u64, 0u64);
+        while self
+            .batches
+            .front()
+            .is_some_and(|(seq, _)| *seq < watermark)
+        {
+            let Some((_, ids)) = self.batches.pop_front() else {
+                break;
+            };
+            settled += ids.len() as u64;
+            for (topic, id) in ids {
+                match consumer.ack_with_id(&topic, id).await {
+                    Ok(()) => acked += 1,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "an ack could not be sent; the broker redelivers")
+                    }
+                }
+            }
+        }
+        self.unsettled = self.unsettled.saturating_sub(settled);
+        if acked > 0 {
+            self.health.acked(acked);
+        }
+    }
+
+    /// Negatively acknowledges every message not yet acknowledged; returns
+    /// how many.
+    async fn nack_undone(&mut self, consumer: &mut PulsarConsumer) -> usize {
+        let mut n = 0;
+        for (_, ids) in self.batches.drain(..) {
+            for (topic, id) in ids {
+                if consumer.nack_with_id(&topic, id).await.is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+}
