@@ -224,3 +224,28 @@ fn ctrl_c_stops_a_run_gracefully_with_its_summary() {
         "{stdout}"
     );
 }
+
+#[test]
+fn every_shipped_example_config_passes_check_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs: Vec<_> = std::fs::read_dir(root.join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    configs.push(root.join("laneway.example.toml"));
+    assert!(configs.len() >= 5, "{configs:?}");
+    for config in configs {
+        let out = laneway()
+            .arg("check-config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
