@@ -166,12 +166,6 @@ async fn fifty_thousand_messages_arrive_exactly_once_byte_for_byte() {
     cleanup(&ch, &[&name], &[]).await;
 }
 
-fn lines_in(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_with_sigkill_then_restarted_loses_nothing() {
     const COUNT: u64 = 20_000;
@@ -195,13 +189,13 @@ async fn a_run_killed_with_sigkill_then_restarted_loses_nothing() {
     // Killed once part of the queue is delivered: polling the output file
     // for the run's own progress (bounded), not sleeping for a guess.
     let mut polls = 0;
-    while lines_in(&out) < 5_000 {
+    while records::lines_in(&out) < 5_000 {
         polls += 1;
         assert!(polls < 6_000, "the first run delivered too little to kill");
         std::thread::sleep(Duration::from_millis(10));
     }
     run.kill();
-    let before = lines_in(&out);
+    let before = records::lines_in(&out);
     assert!(
         (before as u64) < COUNT,
         "the first run finished before the kill: the test would prove little"

@@ -236,11 +236,7 @@ fn every_shipped_example_config_passes_check_config() {
     configs.push(root.join("laneway.example.toml"));
     assert!(configs.len() >= 5, "{configs:?}");
     for config in configs {
-        let out = laneway()
-            .arg("check-config")
-            .arg(&config)
-            .output()
-            .unwrap();
+        let out = laneway().arg("check-config").arg(&config).output().unwrap();
         assert!(
             out.status.success(),
             "{}: {}",

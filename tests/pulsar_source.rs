@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::records;
+use common::records::{self, lines_in};
 use common::{Copies, Record, assert_delivered};
 use process::{Watched, unique, wait_or_kill};
 use pulsar_common::{FrameProxy, Outgoing, PulsarLite, producer, send_all};
@@ -286,12 +286,6 @@ async fn the_tuya_preset_decrypts_both_modes_and_dead_letters_what_it_cannot() {
     );
     assert!(lines.iter().any(|l| l.contains("aes_cbc")), "{letters}");
     assert!(!letters.contains("89abcdefghijklmn"), "{letters}");
-}
-
-fn lines_in(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

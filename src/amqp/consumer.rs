@@ -42,7 +42,7 @@ use super::headers;
 use super::url::{BrokerUrl, UrlError};
 use crate::ack::{AckRef, AckTracker};
 use crate::backoff::Backoff;
-use crate::source::{Incoming, Ingest, LanePolicy};
+use crate::source::{Incoming, Ingest, LanePolicy, sleep_until_opt};
 use crate::source::{Source, SourceContext, SourceError, SourceHealth};
 use tokio_util::sync::CancellationToken;
 
@@ -583,13 +583,6 @@ impl QueueConsumer {
                 _ = tokio::time::sleep(ACK_TICK) => {}
             }
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -40,7 +40,9 @@ use super::pacing::ConnectPacer;
 use crate::ack::AckTracker;
 use crate::amqp::url::BrokerUrl;
 use crate::backoff::Backoff;
-use crate::source::{Ingest, LanePolicy, Source, SourceContext, SourceError, SourceHealth};
+use crate::source::{
+    Ingest, LanePolicy, Source, SourceContext, SourceError, SourceHealth, sleep_until_opt,
+};
 
 /// How often acceptance follows the watermark even without a wake-up.
 const SETTLE_TICK: Duration = Duration::from_millis(20);
@@ -386,13 +388,6 @@ impl LinkRunner {
             }
         }
         End::Stopped
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -40,7 +40,9 @@ use super::mapping::{self, Received};
 use super::tuya::TuyaCredentials;
 use crate::ack::{AckRef, AckTracker};
 use crate::backoff::Backoff;
-use crate::source::{Incoming, LanePolicy, Source, SourceContext, SourceError, SourceHealth};
+use crate::source::{
+    Incoming, LanePolicy, Source, SourceContext, SourceError, SourceHealth, sleep_until_opt,
+};
 
 /// How often acks follow the watermark even without a wake-up.
 const SETTLE_TICK: Duration = Duration::from_millis(20);
@@ -352,13 +354,6 @@ fn refused(e: &pulsar::Error) -> bool {
         pulsar::Error::Consumer(ConsumerError::Connection(c)) => server(c),
         pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Connection(c)) => server(c),
         _ => false,
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

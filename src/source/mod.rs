@@ -183,6 +183,15 @@ impl Default for SourceCounters {
     }
 }
 
+/// Sleeps until `at`, or forever when there is no deadline: the idle-exit
+/// timer of a broker source inside its `select!` loop.
+pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A failure that ends a source, and with it the run: return one only for
 /// what retrying cannot fix (a missing file or queue, refused credentials,
 /// an unknown host); ride out transient trouble (a broker restarting, a

@@ -317,6 +317,14 @@ pub fn json_records(prefix: &str, n: u64, time: impl Fn(u64) -> i64) -> Vec<Reco
         .collect()
 }
 
+/// How many lines a file has so far (0 when it does not exist yet): a
+/// running process's own progress, for a test to poll with a bound.
+pub fn lines_in(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
 /// The whole envelope lines of a JSONL file, as records. A last line cut
 /// short (no newline: a process killed mid-write) is left out.
 pub fn records_in_jsonl(path: &std::path::Path) -> Vec<Record> {
