@@ -42,7 +42,7 @@ use super::headers;
 use super::url::{BrokerUrl, UrlError};
 use crate::ack::{AckRef, AckTracker};
 use crate::backoff::Backoff;
-use crate::source::{Incoming, Ingest, LanePolicy, sleep_until_opt};
+use crate::source::{Incoming, Ingest, LanePolicy, first_failure, sleep_until_opt};
 use crate::source::{Source, SourceContext, SourceError, SourceHealth};
 use tokio_util::sync::CancellationToken;
 
@@ -243,22 +243,12 @@ impl Source for AmqpSource {
             };
             tasks.spawn(consumer.run());
         }
-        while let Some(joined) = tasks.join_next().await {
-            let result = joined.unwrap_or_else(|e| {
-                Err(SourceError::Origin {
-                    origin: format!("amqp {}", self.url),
-                    message: format!("a queue consumer task failed: {e}"),
-                })
-            });
-            if let Err(e) = result {
-                // Report at once: the engine then stops the run, and the
-                // other queues' consumers (left running) shut down as usual
-                // on the stop signal.
-                tasks.detach_all();
-                return Err(e);
-            }
-        }
-        Ok(())
+        first_failure(
+            tasks,
+            &format!("amqp {}", self.url),
+            "a queue consumer task",
+        )
+        .await
     }
 }
 

@@ -41,7 +41,8 @@ use crate::ack::AckTracker;
 use crate::amqp::url::BrokerUrl;
 use crate::backoff::Backoff;
 use crate::source::{
-    Ingest, LanePolicy, Source, SourceContext, SourceError, SourceHealth, sleep_until_opt,
+    Ingest, LanePolicy, Source, SourceContext, SourceError, SourceHealth, first_failure,
+    sleep_until_opt,
 };
 
 /// How often acceptance follows the watermark even without a wake-up.
@@ -125,19 +126,7 @@ impl Source for Amqp1Source {
             };
             tasks.spawn(link.run());
         }
-        while let Some(joined) = tasks.join_next().await {
-            let result = joined.unwrap_or_else(|e| {
-                Err(SourceError::Origin {
-                    origin: origin.clone(),
-                    message: format!("a connection task failed: {e}"),
-                })
-            });
-            if let Err(e) = result {
-                tasks.detach_all();
-                return Err(e);
-            }
-        }
-        Ok(())
+        first_failure(tasks, &origin, "a connection task").await
     }
 }
 

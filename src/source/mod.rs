@@ -192,6 +192,31 @@ pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// Waits for a source's tasks (one per queue or connection) and returns
+/// the first error at once: the engine then stops the run, and the tasks
+/// left running shut down as usual on the stop signal (they are detached,
+/// not aborted, so they still settle their acks). A task that panicked is
+/// an error of `origin`, `what` naming the task.
+pub(crate) async fn first_failure(
+    mut tasks: tokio::task::JoinSet<Result<(), SourceError>>,
+    origin: &str,
+    what: &str,
+) -> Result<(), SourceError> {
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.unwrap_or_else(|e| {
+            Err(SourceError::Origin {
+                origin: origin.to_string(),
+                message: format!("{what} failed: {e}"),
+            })
+        });
+        if let Err(e) = result {
+            tasks.detach_all();
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// A failure that ends a source, and with it the run: return one only for
 /// what retrying cannot fix (a missing file or queue, refused credentials,
 /// an unknown host); ride out transient trouble (a broker restarting, a
