@@ -49,6 +49,7 @@ pub mod backlog;
 pub mod backoff;
 pub mod config;
 pub mod engine;
+mod env;
 pub mod kafka;
 pub mod message;
 pub mod pulsar;

@@ -124,15 +124,9 @@ impl BrokerUrl {
         default_env: &str,
         default_url: &str,
     ) -> Result<BrokerUrl, UrlError> {
-        if let Some(url) = url {
-            return BrokerUrl::parse(url);
-        }
-        let var = url_env.unwrap_or(default_env);
-        match std::env::var(var) {
-            Ok(value) if !value.trim().is_empty() => BrokerUrl::parse(&value),
-            _ if url_env.is_some() => Err(UrlError::MissingEnv(var.to_string())),
-            _ => BrokerUrl::parse(default_url),
-        }
+        let url = crate::env::url_text(url, url_env, default_env, default_url)
+            .map_err(UrlError::MissingEnv)?;
+        BrokerUrl::parse(&url)
     }
 
     /// The full URL, for the connection only: never log or print it.

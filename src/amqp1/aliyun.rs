@@ -234,21 +234,11 @@ impl AliyunConfig {
 
     /// Reads the secret (and the STS token) from where the config names.
     pub fn credentials(&self) -> Result<Credentials, String> {
-        let secret = match &self.access_key_secret_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("reading the AccessKey secret file {}: {e}", path.display()))?
-                .trim_end()
-                .to_string(),
-            None => std::env::var(&self.access_key_secret_env).map_err(|_| {
-                format!(
-                    "environment variable {} is not set (it should hold the AccessKey secret)",
-                    self.access_key_secret_env
-                )
-            })?,
-        };
-        if secret.is_empty() {
-            return Err("the AccessKey secret is empty".into());
-        }
+        let secret = crate::env::read_secret(
+            self.access_key_secret_file.as_deref(),
+            &self.access_key_secret_env,
+            "AccessKey secret",
+        )?;
         let security_token = match &self.security_token_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
                 format!("environment variable {var} is not set (it should hold the STS token)")

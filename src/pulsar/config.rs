@@ -118,18 +118,11 @@ impl TuyaConfig {
     /// The access ID and the access key, read now from where the config
     /// says. The error names the variable or file, never the key.
     pub fn credentials(&self) -> Result<TuyaCredentials, String> {
-        let key = match &self.access_key_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("reading the access key file {}: {e}", path.display()))?
-                .trim_end()
-                .to_string(),
-            None => std::env::var(&self.access_key_env).map_err(|_| {
-                format!(
-                    "environment variable {} is not set (it should hold the Tuya access key)",
-                    self.access_key_env
-                )
-            })?,
-        };
+        let key = crate::env::read_secret(
+            self.access_key_file.as_deref(),
+            &self.access_key_env,
+            "Tuya access key",
+        )?;
         if key.len() < 24 {
             return Err(format!(
                 "the Tuya access key is {} characters; it must have at least 24 (its characters 8..24 are the AES key)",
@@ -223,25 +216,18 @@ impl PulsarSourceConfig {
                 }
             }
             None => {
-                let url = match (&self.url, &self.url_env) {
-                    (Some(url), None) => url.clone(),
-                    (Some(_), Some(_)) => {
-                        return Err(invalid("url", "set `url` or `url_env`, not both"));
-                    }
-                    (None, var) => {
-                        let var = var.as_deref().unwrap_or(DEFAULT_URL_ENV);
-                        match std::env::var(var) {
-                            Ok(url) => url,
-                            Err(_) if self.url_env.is_some() => {
-                                return Err(invalid(
-                                    "url_env",
-                                    format!("environment variable {var} is not set"),
-                                ));
-                            }
-                            Err(_) => DEFAULT_URL.to_string(),
-                        }
-                    }
-                };
+                if self.url.is_some() && self.url_env.is_some() {
+                    return Err(invalid("url", "set `url` or `url_env`, not both"));
+                }
+                let url = crate::env::url_text(
+                    self.url.as_deref(),
+                    self.url_env.as_deref(),
+                    DEFAULT_URL_ENV,
+                    DEFAULT_URL,
+                )
+                .map_err(|var| {
+                    invalid("url_env", format!("environment variable {var} is not set"))
+                })?;
                 let topic = match &self.topic {
                     Some(t) if !t.is_empty() => t.clone(),
                     _ => return Err(invalid("topic", "name the topic to consume")),
