@@ -52,6 +52,17 @@ fn as_pulsar(sent: &[Record]) -> Vec<Outgoing> {
         .collect()
 }
 
+/// A fresh broker, its proxy, and a new topic holding `count` records (as
+/// [`records_to_send`]), which are returned with the topic's name.
+async fn topic_holding(tag: &str, count: u64) -> (PulsarLite, FrameProxy, String, Vec<Record>) {
+    let broker = PulsarLite::start();
+    let proxy = FrameProxy::start(broker.addr);
+    let topic = unique(tag);
+    let sent = records_to_send(&topic, count);
+    send_all(&mut producer(&broker, &topic).await, as_pulsar(&sent)).await;
+    (broker, proxy, topic, sent)
+}
+
 fn write_config(path: &Path, data: &Path, source: &str, out: &Path) {
     std::fs::write(
         path,
@@ -94,11 +105,7 @@ fn run_to_idle(config: &Path) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_messages_arrive_byte_for_byte_and_are_acknowledged() {
     const COUNT: u64 = 20_000;
-    let broker = PulsarLite::start();
-    let proxy = FrameProxy::start(broker.addr);
-    let topic = unique("roundtrip");
-    let sent = records_to_send(&topic, COUNT);
-    send_all(&mut producer(&broker, &topic).await, as_pulsar(&sent)).await;
+    let (_broker, proxy, topic, sent) = topic_holding("roundtrip", COUNT).await;
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
@@ -291,11 +298,7 @@ async fn the_tuya_preset_decrypts_both_modes_and_dead_letters_what_it_cannot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_with_sigkill_then_restarted_loses_nothing() {
     const COUNT: u64 = 20_000;
-    let broker = PulsarLite::start();
-    let proxy = FrameProxy::start(broker.addr);
-    let topic = unique("sigkill");
-    let sent = records_to_send(&topic, COUNT);
-    send_all(&mut producer(&broker, &topic).await, as_pulsar(&sent)).await;
+    let (_broker, proxy, topic, sent) = topic_holding("sigkill", COUNT).await;
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
@@ -349,11 +352,7 @@ async fn nothing_is_acknowledged_before_it_is_done_and_a_stop_gives_the_rest_bac
     use std::sync::Arc;
 
     const COUNT: u64 = 3_000;
-    let broker = PulsarLite::start();
-    let proxy = FrameProxy::start(broker.addr);
-    let topic = unique("settle");
-    let sent = records_to_send(&topic, COUNT);
-    send_all(&mut producer(&broker, &topic).await, as_pulsar(&sent)).await;
+    let (_broker, proxy, topic, sent) = topic_holding("settle", COUNT).await;
     let config = PulsarSourceConfig {
         url: Some(proxy.url()),
         topic: Some(topic.clone()),
