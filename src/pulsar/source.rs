@@ -243,7 +243,7 @@ impl Runner {
                 _ = self.ctx.stop.cancelled() => return self.finish(consumer, &mut state).await,
                 _ = sleep_until_opt(idle) => {
                     state.settle(consumer).await;
-                    if state.unsettled == 0 {
+                    if state.batches.is_empty() {
                         tracing::info!(source = %self.origin, "nothing arrived for idle_exit and everything is acknowledged; finishing");
                         return End::Idle;
                     }
@@ -364,8 +364,6 @@ struct Settlement {
     /// Per registered batch, in sequence order: its sequence number and
     /// its messages (topic, id).
     batches: VecDeque<(u64, Vec<(String, MessageIdData)>)>,
-    /// Received and not yet acknowledged.
-    unsettled: u64,
 }
 
 impl Settlement {
@@ -374,13 +372,11 @@ impl Settlement {
             tracker: AckTracker::new(),
             health,
             batches: VecDeque::new(),
-            unsettled: 0,
         }
     }
 
     fn register(&mut self, ids: Vec<(String, MessageIdData)>) -> AckRef {
         let ack = self.tracker.register();
-        self.unsettled += ids.len() as u64;
         if let Some(seq) = ack.seq() {
             self.batches.push_back((seq, ids));
         }
@@ -392,7 +388,7 @@ impl Settlement {
     /// broker, which redelivers the message to the next consumer.
     async fn settle(&mut self, consumer: &mut PulsarConsumer) {
         let watermark = self.tracker.watermark();
-        let (mut acked, mut settled) = (0u64, 0u64);
+        let mut acked = 0u64;
         while self
             .batches
             .front()
@@ -401,7 +397,6 @@ impl Settlement {
             let Some((_, ids)) = self.batches.pop_front() else {
                 break;
             };
-            settled += ids.len() as u64;
             for (topic, id) in ids {
                 match consumer.ack_with_id(&topic, id).await {
                     Ok(()) => acked += 1,
@@ -411,7 +406,6 @@ impl Settlement {
                 }
             }
         }
-        self.unsettled = self.unsettled.saturating_sub(settled);
         if acked > 0 {
             self.health.acked(acked);
         }
