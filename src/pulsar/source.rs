@@ -48,6 +48,8 @@ use crate::source::{
 const SETTLE_TICK: Duration = Duration::from_millis(20);
 /// How long one connection attempt (client, lookup, subscribe) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long closing the consumer may take before it is dropped instead.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
 
@@ -159,8 +161,13 @@ impl Runner {
                     let end = self
                         .session(&mut consumer, credentials.as_ref().map(|k| k.access_key()))
                         .await;
-                    if let Err(e) = consumer.close().await {
-                        tracing::debug!(error = %e, "closing the consumer failed");
+                    // Bounded: a broker that does not answer the close must
+                    // not hold up the stop (dropping the client closes the
+                    // connection, and the broker redelivers what is unacked).
+                    match tokio::time::timeout(CLOSE_TIMEOUT, consumer.close()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(error = %e, "closing the consumer failed"),
+                        Err(_) => tracing::debug!("closing the consumer timed out"),
                     }
                     drop(client);
                     match end {
