@@ -292,13 +292,7 @@ async fn nothing_is_accepted_before_it_is_done_and_a_stop_releases_the_rest() {
     // (held durably) and accepted, and the second delivers them.
     let backlog_dir = tempfile::tempdir().unwrap();
     let backlog = || -> Arc<dyn laneway::backlog::BacklogStore> {
-        Arc::new(
-            laneway::backlog::DiskBacklog::open(
-                backlog_dir.path(),
-                laneway::backlog::DiskBacklogConfig::default(),
-            )
-            .unwrap(),
-        )
+        Arc::new(process::open_backlog_when_free(backlog_dir.path()))
     };
 
     // 1. Every message the engine holds is unaccepted: the peer has handed

@@ -345,7 +345,6 @@ async fn a_run_killed_with_sigkill_then_restarted_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_acknowledged_before_it_is_done_and_a_stop_gives_the_rest_back() {
     use common::{RecordingSink, spawn_engine, wait_until};
-    use laneway::backlog::{DiskBacklog, DiskBacklogConfig};
     use laneway::engine::{Engine, GroupConfig};
     use laneway::pulsar::{PulsarSource, PulsarSourceConfig};
     use laneway::source::LanePolicy;
@@ -364,7 +363,7 @@ async fn nothing_is_acknowledged_before_it_is_done_and_a_stop_gives_the_rest_bac
     // durably), and the second delivers it.
     let backlog_dir = tempfile::tempdir().unwrap();
     let engine = |sink: RecordingSink, config: PulsarSourceConfig| {
-        let backlog = DiskBacklog::open(backlog_dir.path(), DiskBacklogConfig::default()).unwrap();
+        let backlog = process::open_backlog_when_free(backlog_dir.path());
         Engine::builder()
             .group_with(
                 GroupConfig::named("g"),

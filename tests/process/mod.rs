@@ -181,3 +181,22 @@ pub fn rabbitmqctl(args: &[&str]) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// Opens the disk backlog in `dir`, waiting (bounded) while an earlier
+/// run still holds its lock: an engine waits for its sources only up to its
+/// shutdown grace, so a source still closing its connection (and holding
+/// the engine's groups) may outlive the run by a moment. The lock is the
+/// real condition waited on.
+pub fn open_backlog_when_free(dir: &std::path::Path) -> laneway::backlog::DiskBacklog {
+    use laneway::backlog::{BacklogError, DiskBacklog, DiskBacklogConfig};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match DiskBacklog::open(dir, DiskBacklogConfig::default()) {
+            Ok(b) => return b,
+            Err(BacklogError::Unavailable(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("opening the backlog in {}: {e}", dir.display()),
+        }
+    }
+}
