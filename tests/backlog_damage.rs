@@ -336,3 +336,156 @@ fn verify_exits_non_zero_on_a_damaged_ledger() {
     assert!(text.contains("ledger DAMAGED"), "{text}");
     assert!(!text.contains(": ok"), "{text}");
 }
+
+/// A copy of the last segment under a name that sorts before every other
+/// (`cp <last>.seg 00000000000000000000.seg`): its header names the segment
+/// it copies, so the copy is the one set aside, and no genuine segment is
+/// quarantined or any record reported lost.
+#[test]
+fn a_copy_named_to_sort_first_is_set_aside_and_every_genuine_segment_is_read() {
+    let dir = filled(N);
+    let segs = segments(dir.path());
+    assert!(segs.len() > 3, "{segs:?}");
+    let copy = dir.path().join("00000000000000000000.seg");
+    std::fs::copy(segs.last().unwrap(), &copy).unwrap();
+    let v = verify_dir(dir.path()).unwrap();
+    assert_eq!(v.lost, 0, "{v:?}");
+    let set_aside: Vec<&str> = v
+        .damage
+        .iter()
+        .filter(|d| d.kind == DamageKind::Duplicate)
+        .map(|d| d.segment.as_str())
+        .collect();
+    assert_eq!(set_aside.len(), 1, "{v:?}");
+    assert!(set_aside[0].ends_with("00000000000000000000.seg"), "{v:?}");
+    rt().block_on(async {
+        let store = DiskBacklog::open(dir.path(), config()).unwrap();
+        assert_eq!(store.recovery().quarantined, 1, "{:?}", store.recovery());
+        assert_eq!(store.recovery().lost, 0, "{:?}", store.recovery());
+        store.close().await.unwrap();
+    });
+    for s in &segs {
+        assert!(s.exists(), "a genuine segment was moved: {}", s.display());
+    }
+    assert!(
+        dir.path()
+            .join("quarantine/00000000000000000000.seg")
+            .exists()
+    );
+    open_and_check(dir.path(), 0, &ids(1..=N));
+}
+
+/// An old segment, delivered and deleted long ago, restored from a backup:
+/// its ids lie below the ledger's head, so it is known delivered. Nothing
+/// is reported lost and none of its records is delivered again.
+#[test]
+fn an_old_delivered_segment_restored_is_known_delivered_not_lost() {
+    let dir = filled(N);
+    let first = segments(dir.path())[0].clone();
+    let backup = std::fs::read(&first).unwrap();
+    let delivered = 300u64;
+    rt().block_on(async {
+        let store = DiskBacklog::open(dir.path(), config()).unwrap();
+        let got = store.take_ready(delivered as usize, 0).await.unwrap();
+        let got_ids: Vec<u64> = got.iter().map(|r| r.id).collect();
+        assert_eq!(got_ids, ids(1..=delivered));
+        store.release(&got_ids).await.unwrap();
+        store.close().await.unwrap();
+    });
+    assert!(!first.exists(), "the delivered segment was deleted");
+    std::fs::write(&first, &backup).unwrap();
+    let v = verify_dir(dir.path()).unwrap();
+    assert_eq!(v.lost, 0, "{v:?}");
+    assert!(v.ok, "a restored delivered segment is no damage: {v:?}");
+    assert!(
+        v.damage.iter().any(|d| d.kind == DamageKind::Delivered),
+        "{v:?}"
+    );
+    open_and_check(dir.path(), 0, &ids(delivered + 1..=N));
+    assert!(!first.exists());
+    assert!(
+        dir.path()
+            .join("quarantine")
+            .join(first.file_name().unwrap())
+            .exists()
+    );
+}
+
+/// The ledger's next id, as `docs/backlog-format.md` lays the file out.
+fn ledger_next_id(dir: &Path) -> u64 {
+    std::fs::read(dir.join("ledger"))
+        .ok()
+        .and_then(|b| {
+            b.get(16..24)
+                .map(|s| u64::from_le_bytes(s.try_into().unwrap()))
+        })
+        .unwrap_or(0)
+}
+
+/// Records appended and acknowledged, none delivered, then the process
+/// dies (the directory is copied as a SIGKILL leaves it: no close) and the
+/// active segment's end is cut inside a record, or zeroed. The ledger knew
+/// the acknowledged tail, so every record cut off is counted lost, by id,
+/// `verify` fails (and exits non-zero), and the rest comes out intact.
+/// Before, the ledger was saved only on release: the cut was called a torn
+/// tail and the records vanished uncounted.
+#[test]
+fn a_cut_or_zeroed_tail_after_acknowledged_records_is_loss_not_a_torn_tail() {
+    for damage in ["cut", "zeroed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let store = DiskBacklog::open(dir.path(), config()).unwrap();
+            let batch: Vec<_> = (0..N).map(sent).collect();
+            store.append(&batch).await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while ledger_next_id(dir.path()) <= N {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{damage}: the ledger never learnt the acknowledged tail (next id {} on disk, {} acknowledged)",
+                    ledger_next_id(dir.path()),
+                    N
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let p = entry.unwrap().path();
+                let name = p.file_name().unwrap().to_owned();
+                if name == "ledger" || p.extension().is_some_and(|e| e == "seg") {
+                    std::fs::copy(&p, crashed.path().join(name)).unwrap();
+                }
+            }
+            store.close().await.unwrap();
+        });
+        let last = segments(crashed.path()).pop().unwrap();
+        let fr = frames(&last);
+        assert!(!fr.is_empty(), "{fr:?}");
+        let (offset, first_gone) = fr[fr.len() / 2];
+        let mut bytes = std::fs::read(&last).unwrap();
+        match damage {
+            "cut" => bytes.truncate(offset as usize + 11),
+            _ => bytes[offset as usize..].fill(0),
+        }
+        std::fs::write(&last, &bytes).unwrap();
+        let gone = N + 1 - first_gone;
+        let v = verify_dir(crashed.path()).unwrap();
+        assert!(!v.ok, "{damage}: {v:?}");
+        assert_eq!(v.lost, gone, "{damage}: {v:?}");
+        assert_eq!(v.lost_ids, [(first_gone, N + 1)], "{damage}");
+        assert!(
+            v.damage.iter().all(|d| d.kind != DamageKind::TornTail),
+            "{damage}: acknowledged records are no torn tail: {v:?}"
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_laneway"))
+            .args(["backlog", "verify"])
+            .arg(crashed.path())
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{damage}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        open_and_check(crashed.path(), gone, &ids(1..=first_gone - 1));
+    }
+}

@@ -15,9 +15,17 @@
 //!   before their fsync were never acknowledged: they lie past every id the
 //!   ledger and the segment headers vouch for and are not counted as lost
 //!   (a torn tail);
-//! - a segment whose ids repeat ids of an earlier segment (a copied or
-//!   restored file) is set aside for quarantine, never read as owed records:
-//!   two records under one id could not be released apart;
+//! - a file is judged by its content, not its name: a segment whose header
+//!   names another segment that is present (a copy under another name) is
+//!   set aside, whatever its name sorts as, so the genuine one is read; a
+//!   segment whose ids all lie below the ledger's head (an old segment,
+//!   delivered and deleted, restored from a backup) is set aside as
+//!   delivered, neither owed nor counted as lost; any other segment whose
+//!   ids repeat ids of an earlier segment is set aside too, never read as
+//!   owed records: two records under one id could not be released apart;
+//! - records the ledger vouches for (below its `next_id`) were acknowledged:
+//!   a cut or zeroed tail that took any of them is damage and each is
+//!   counted, never called a torn tail;
 //! - memory is one read chunk plus one entry per segment and per damaged
 //!   range, whatever the size of the backlog.
 
@@ -26,9 +34,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::format::{BodyView, FormatError, SEGMENT_HEADER_LEN};
+use super::format::{BodyView, FormatError, SEGMENT_HEADER_LEN, SegmentHeader};
 use super::ledger::{Ledger, LedgerError, RangeSet};
-use super::segment::{SegmentReader, Step, list_segments};
+use super::segment::{SegmentReader, Step, list_segments, read_at_most};
 use super::state::SegMeta;
 
 /// How many lost id ranges a report names (the count is always exact).
@@ -63,8 +71,13 @@ pub enum DamageKind {
     TornTail,
     /// The last segment, whose creation was cut short (no header).
     Interrupted,
-    /// A segment whose ids repeat an earlier segment's.
+    /// A segment whose ids repeat an earlier segment's, or a copy of a
+    /// segment under another name.
     Duplicate,
+    /// An old segment whose records were all delivered (and the segment
+    /// deleted) before it came back, restored from a backup: set aside,
+    /// nothing owed, nothing lost.
+    Delivered,
 }
 
 impl DamageKind {
@@ -72,7 +85,10 @@ impl DamageKind {
     /// creation are what a crash leaves of writes never acknowledged, cut
     /// on the next open, and cost nothing.
     pub fn is_damage(self) -> bool {
-        !matches!(self, DamageKind::TornTail | DamageKind::Interrupted)
+        !matches!(
+            self,
+            DamageKind::TornTail | DamageKind::Interrupted | DamageKind::Delivered
+        )
     }
 }
 
@@ -100,6 +116,8 @@ pub struct Audit {
     /// Ids owed no more: released per the ledger, and the lost ones (so a
     /// loss is counted by the recovery that finds it, not at every start).
     pub released: RangeSet,
+    /// Ids the ledger file itself calls released (what is durable now).
+    pub ledger_released: RangeSet,
     /// The next id to assign: above every id seen or vouched for.
     pub next_id: u64,
     /// The ledger's state.
@@ -130,6 +148,8 @@ pub struct Audit {
     pub interrupted: Option<PathBuf>,
     /// Segment files to set aside (their ids repeat earlier ones).
     pub duplicates: Vec<PathBuf>,
+    /// Segment files to set aside as delivered long ago (restored files).
+    pub delivered: Vec<PathBuf>,
 }
 
 impl Audit {
@@ -195,8 +215,9 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
             Ledger::default()
         }
     };
-    let files = list_segments(dir).map_err(io_error(|| format!("listing {}", dir.display())))?;
-    out.segment_files = files.len() as u64;
+    let listed = list_segments(dir).map_err(io_error(|| format!("listing {}", dir.display())))?;
+    out.segment_files = listed.len() as u64;
+    let files = judge_by_content(listed, ledger.head, &mut out)?;
     // Ids seen valid, as ranges; the run being extended is kept apart so a
     // healthy log costs one comparison per record, not a map update.
     let mut found = RangeSet::default();
@@ -209,6 +230,7 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
         *first_id = Some(first_id.map_or(id, |f| f.min(id)));
     };
     let count = files.len();
+    let mut last_cut: Option<(usize, u64)> = None;
     for (i, (seq, path)) in files.into_iter().enumerate() {
         let last = i + 1 == count;
         let name = path.display().to_string();
@@ -338,6 +360,9 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
                     if last {
                         out.cut_at = Some((path.clone(), offset, len));
                         meta.end = offset;
+                        if torn {
+                            last_cut = Some((out.damage.len() - 1, max_id));
+                        }
                     }
                 }
                 Step::End => break,
@@ -356,11 +381,24 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
         active.sealed = false;
     }
     let end = vouched.max(max_id + 1).max(1);
+    // A tail that looked torn but took records the ledger or a header
+    // vouches for held acknowledged records: damage, counted below.
+    if let Some((at, last_id)) = last_cut
+        && vouched > last_id + 1
+        && let Some(d) = out.damage.get_mut(at)
+    {
+        d.kind = DamageKind::Tail;
+        d.problem = format!(
+            "the end of the last segment is cut or zeroed, and with it acknowledged records up to id {} (the ledger vouches for them)",
+            vouched - 1
+        );
+    }
     let start = first_id.unwrap_or(end).min(end);
     let mut covered = found;
     for (s, e) in ledger.released.iter() {
         covered.insert_range(s, e);
     }
+    out.ledger_released = ledger.released.clone();
     let mut settled = ledger.released;
     for (s, e) in covered.gaps(start, end) {
         out.lost += e - s;
@@ -378,4 +416,64 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
         out.released = RangeSet::default();
     }
     Ok(out)
+}
+
+/// Reads only the header of a segment file (a short or unreadable one is
+/// an error value, judged later with the rest of the file).
+fn read_header(path: &Path) -> Result<Result<SegmentHeader, FormatError>, AuditError> {
+    let file =
+        std::fs::File::open(path).map_err(io_error(|| format!("opening {}", path.display())))?;
+    let mut head = [0u8; SEGMENT_HEADER_LEN as usize];
+    let got = read_at_most(&file, &mut head, 0)
+        .map_err(io_error(|| format!("reading {}", path.display())))?;
+    Ok(SegmentHeader::decode(head.get(..got).unwrap_or_default()))
+}
+
+/// Sets aside, before any record is read, the files whose content says they
+/// are not the segment their name claims: a copy of a segment that is
+/// present under its own name, and an old segment restored from below the
+/// ledger's `head` (everything below it was delivered and its segments
+/// deleted). Returns the rest, in log order.
+fn judge_by_content(
+    listed: Vec<(u64, PathBuf)>,
+    head: Option<u64>,
+    out: &mut Audit,
+) -> Result<Vec<(u64, PathBuf)>, AuditError> {
+    let names: std::collections::HashSet<u64> = listed.iter().map(|(seq, _)| *seq).collect();
+    let mut kept = Vec::with_capacity(listed.len());
+    for (seq, path) in listed {
+        let header = read_header(&path)?;
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        match header {
+            Ok(h) if h.seq != seq && names.contains(&h.seq) => {
+                out.damage.push(Damage {
+                    segment: path.display().to_string(),
+                    offset: 0,
+                    len: size,
+                    kind: DamageKind::Duplicate,
+                    problem: format!(
+                        "its header says it is segment {} (first id {}), which is present under its own name: a copy",
+                        h.seq, h.first_id
+                    ),
+                });
+                out.duplicates.push(path);
+            }
+            Ok(h) if head.is_some_and(|head| h.first_id < head) => {
+                out.damage.push(Damage {
+                    segment: path.display().to_string(),
+                    offset: 0,
+                    len: size,
+                    kind: DamageKind::Delivered,
+                    problem: format!(
+                        "its ids start at {}, below the ledger's head {}: an old segment whose records were all delivered, restored (set aside, nothing owed)",
+                        h.first_id,
+                        head.unwrap_or_default()
+                    ),
+                });
+                out.delivered.push(path);
+            }
+            _ => kept.push((seq, path)),
+        }
+    }
+    Ok(kept)
 }

@@ -1,6 +1,7 @@
-//! The file operations the backlog writer performs, behind a trait, so that
-//! tests can make them fail the way disks fail (a full disk, EIO on a write
-//! or on an fsync, a short write) and check that nothing acknowledged is
+//! The file operations the backlog writer performs (segments, the ledger,
+//! the space reserve), behind a trait, so that tests can make them fail the
+//! way disks fail (a full disk, EIO on a write or on an fsync, a short
+//! write) and check that nothing acknowledged is
 //! lost and nothing torn is left behind.
 //!
 //! Invariants: [`RealFilesystem`] is a thin pass-through to `std::fs`; files
@@ -28,8 +29,14 @@ pub trait SegmentFile: Send {
 pub trait Filesystem: Send + Sync + 'static {
     /// Creates a new file (it must not exist), readable by its owner only.
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
+    /// Creates a file, or empties an existing one, readable by its owner
+    /// only (the ledger's temporary file, the space reserve).
+    fn create(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
     /// Opens an existing file for reading and writing.
     fn open(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
+    /// Renames a file, replacing `to` if it exists (the ledger's atomic
+    /// replacement).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (files created, removed, renamed)
@@ -66,10 +73,25 @@ impl Filesystem for RealFilesystem {
         Ok(Box::new(file))
     }
 
+    fn create(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Box::new(file))
+    }
+
     fn open(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
         Ok(Box::new(
             OpenOptions::new().read(true).write(true).open(path)?,
         ))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {

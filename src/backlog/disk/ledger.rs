@@ -19,10 +19,10 @@
 //!   CRC32C; a ledger that fails its check is ignored and reported.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
-use super::segment::{private_file, sync_dir};
+use super::fs::{Filesystem, write_all_at};
 
 /// The ledger's file name in a backlog directory.
 pub const LEDGER_FILE: &str = "ledger";
@@ -146,9 +146,14 @@ pub enum LedgerError {
 }
 
 impl Ledger {
+    /// The size of a ledger holding `ranges` released ranges, in bytes.
+    pub fn encoded_len(ranges: usize) -> u64 {
+        44 + 16 * ranges as u64
+    }
+
     /// The ledger's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(32 + self.released.len() * 16);
+        let mut b = Vec::with_capacity(Ledger::encoded_len(self.released.len()) as usize);
         b.extend_from_slice(&LEDGER_MAGIC);
         b.push(LEDGER_VERSION);
         b.extend_from_slice(&[0u8; 7]);
@@ -222,14 +227,15 @@ impl Ledger {
 
     /// Replaces the ledger of `dir` atomically and durably: once this
     /// returns, a crash brings back this ledger or a later one.
-    pub fn save(&self, dir: &Path) -> io::Result<()> {
+    /// Its file operations go through `fs`, like the segments', so that a
+    /// full disk is met (and tested) the same way.
+    pub fn save(&self, fs: &dyn Filesystem, dir: &Path) -> io::Result<()> {
         let tmp = dir.join(LEDGER_TMP);
-        let mut f = private_file(&tmp)?;
-        f.write_all(&self.encode())?;
-        f.sync_data()?;
+        let f = fs.create(&tmp)?;
+        write_all_at(f.as_ref(), &self.encode(), 0).and_then(|()| f.sync_data())?;
         drop(f);
-        std::fs::rename(&tmp, dir.join(LEDGER_FILE))?;
-        sync_dir(dir)
+        fs.rename(&tmp, &dir.join(LEDGER_FILE))?;
+        fs.sync_dir(dir)
     }
 }
 
@@ -273,7 +279,8 @@ mod tests {
         };
         l.released.insert_range(3, 9);
         l.released.insert(20);
-        l.save(dir.path()).unwrap();
+        l.save(&crate::backlog::disk::RealFilesystem, dir.path())
+            .unwrap();
         assert_eq!(Ledger::load(dir.path()).unwrap(), l);
         let mut bytes = l.encode();
         bytes[33] ^= 1;

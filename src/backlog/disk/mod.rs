@@ -27,6 +27,7 @@ mod ledger;
 mod lock;
 mod reader;
 mod recovery;
+mod reserve;
 mod segment;
 mod state;
 mod writer;
@@ -220,6 +221,7 @@ impl DiskBacklog {
             cut = report.cut,
             cut_bytes = report.cut_bytes,
             quarantined = report.quarantined,
+            delivered_files = report.delivered_files,
             ledger = report.ledger,
             took_ms = report.took.as_secs_f64() * 1e3,
             "backlog recovered"
@@ -257,6 +259,7 @@ impl DiskBacklog {
                 (seq, format::SEGMENT_HEADER_LEN)
             }
         };
+        let saved = std::mem::take(&mut recovered.saved);
         let counters = Counters::default();
         counters.records.store(report.records, Ordering::Relaxed);
         counters.bytes.store(report.bytes, Ordering::Relaxed);
@@ -276,11 +279,17 @@ impl DiskBacklog {
             closed: AtomicBool::new(false),
             fs,
         });
-        let writer = Writer::new(Arc::clone(&shared), active.0, active.1, recovered.next_id)
-            .map_err(|source| BacklogError::Io {
-                action: format!("opening the active segment in {}", dir.display()),
-                source,
-            })?;
+        let writer = Writer::new(
+            Arc::clone(&shared),
+            active.0,
+            active.1,
+            recovered.next_id,
+            saved,
+        )
+        .map_err(|source| BacklogError::Io {
+            action: format!("opening the active segment in {}", dir.display()),
+            source,
+        })?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("laneway-backlog-writer".into())

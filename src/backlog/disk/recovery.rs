@@ -9,8 +9,10 @@
 //! - only a segment written whole by another format version stops the
 //!   store from opening (reading it could misread data that is not damaged);
 //! - repairs: the last segment's unusable tail is cut (truncated), a last
-//!   segment whose creation was cut short is removed, and a segment whose
-//!   ids repeat an earlier one's is moved to `quarantine/` for an operator;
+//!   segment whose creation was cut short is removed, and a copy of a
+//!   segment, a segment whose ids repeat an earlier one's and an old
+//!   delivered segment restored from a backup are moved to `quarantine/` for
+//!   an operator;
 //!   nothing else is written;
 //! - the next id is above every id in the segments, their headers and the
 //!   ledger.
@@ -51,8 +53,12 @@ pub struct RecoveryReport {
     pub cut: u64,
     /// Bytes cut off.
     pub cut_bytes: u64,
-    /// Segment files moved to `quarantine/` (their ids repeat earlier ones).
+    /// Segment files moved to `quarantine/`: copies of a segment under
+    /// another name, or files whose ids repeat earlier ones.
     pub quarantined: u64,
+    /// Old segments, all delivered before, found restored and moved to
+    /// `quarantine/` (not damage: nothing owed, nothing lost).
+    pub delivered_files: u64,
     /// How the ledger was: `loaded`, `missing` or `damaged` (the last two
     /// mean it was rebuilt from the segments).
     pub ledger: &'static str,
@@ -71,6 +77,8 @@ pub struct Recovered {
     pub segments: std::collections::BTreeMap<u64, SegMeta>,
     /// Released ids.
     pub released: RangeSet,
+    /// Released ids as the ledger on disk says (lost ids are not in it).
+    pub saved: RangeSet,
     /// The next id to assign.
     pub next_id: u64,
     /// What was found.
@@ -125,17 +133,35 @@ pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
         }
         report.cut_bytes += len;
     }
-    if !found.duplicates.is_empty() {
+    if !found.duplicates.is_empty() || !found.delivered.is_empty() {
         let quarantine = dir.join(QUARANTINE_DIR);
         private_dir(&quarantine).map_err(io_err(format!("creating {}", quarantine.display())))?;
-        for path in &found.duplicates {
+        for (path, delivered) in found
+            .duplicates
+            .iter()
+            .map(|p| (p, false))
+            .chain(found.delivered.iter().map(|p| (p, true)))
+        {
             let Some(name) = path.file_name() else {
                 continue;
             };
-            let to = quarantine.join(name);
-            tracing::warn!(segment = %path.display(), to = %to.display(), "moving a segment whose ids repeat an earlier segment's to quarantine");
+            let mut to = quarantine.join(name);
+            if to.exists() {
+                // Never overwrite what an earlier recovery set aside.
+                to = quarantine.join(format!(
+                    "{}.{}",
+                    name.to_string_lossy(),
+                    crate::message::now_epoch_ms()
+                ));
+            }
+            if delivered {
+                tracing::info!(segment = %path.display(), to = %to.display(), "moving an old segment whose records were all delivered (restored from a backup?) to quarantine");
+                report.delivered_files += 1;
+            } else {
+                tracing::warn!(segment = %path.display(), to = %to.display(), "moving a copy of a segment, or a segment whose ids repeat an earlier segment's, to quarantine");
+                report.quarantined += 1;
+            }
             std::fs::rename(path, &to).map_err(io_err(format!("moving {}", path.display())))?;
-            report.quarantined += 1;
         }
         sync_dir(dir).map_err(io_err(format!("syncing {}", dir.display())))?;
     }
@@ -143,6 +169,7 @@ pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
     Ok(Recovered {
         segments: found.segments,
         released: found.released,
+        saved: found.ledger_released,
         next_id: found.next_id,
         report,
     })

@@ -10,9 +10,9 @@
 //!   and after a damaged frame resumes at the next valid frame, reporting
 //!   the damaged span instead of giving up on the segment.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 
 use super::format::{
@@ -53,17 +53,6 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// fsyncs a directory, so that files created or renamed in it stay.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Creates (or truncates) a file only its owner can read: backlog files hold
-/// customers' device data, whatever the process's umask.
-pub fn private_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
 }
 
 /// Creates `dir` and its missing parents, each only its owner can enter.

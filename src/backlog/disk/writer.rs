@@ -8,11 +8,20 @@
 //! - a failed write or fsync is rolled back (the segment is truncated to its
 //!   durable end and unpublished ids are reused), so a full disk never leaves
 //!   a torn record behind, and ids stay dense within a segment;
+//! - the ledger is saved within `ledger_interval` of any release and of
+//!   any append, so its next id vouches for every record acknowledged
+//!   before then (a cut tail that takes such records is counted as loss);
 //! - a record never spans two segments; the active segment is never deleted
 //!   (its header keeps the next id known even when everything is released);
 //! - a segment is deleted only when sealed and holding no owed record, and
-//!   only after a ledger naming its records released (and the log's head)
-//!   is durable, so recovery can tell a deleted segment from a lost one;
+//!   only once a durable ledger names its records released, so recovery can
+//!   tell a deleted segment from a lost one: a fresh ledger is saved first,
+//!   or, when none can be saved, only segments the last saved ledger already
+//!   covers are deleted;
+//! - saving the ledger on a full disk gives up the space reserve (see
+//!   [`super::reserve`]) rather than fail, and the reserve is taken back once
+//!   there is room, so deleting delivered segments never waits for space
+//!   that only deleting could free;
 //! - on a full disk, an active segment holding no owed record is recycled
 //!   in place (the ledger saved, its header rewritten to start at the next
 //!   id, its records cut), so space held only by released records is always
@@ -29,7 +38,8 @@ use tokio::sync::oneshot;
 use super::WhenFull;
 use super::format::{BodyView, SEGMENT_HEADER_LEN, SegmentHeader, seal_frame};
 use super::fs::{SegmentFile, write_all_at};
-use super::ledger::Ledger;
+use super::ledger::{Ledger, RangeSet};
+use super::reserve::Reserve;
 use super::segment::{SegmentReader, Step, create_segment, segment_path};
 use super::state::{Gone, SegMeta, Shared};
 use crate::backlog::BacklogError;
@@ -121,6 +131,18 @@ pub struct Writer {
     /// When a full disk was last reported (it is reported again every
     /// [`FULL_REMINDER`] while it lasts).
     full_said: Instant,
+    /// When a failed ledger save was last reported (at most once per
+    /// [`FULL_REMINDER`], however often it is retried).
+    ledger_failure_said: Option<Instant>,
+    /// The released ids of the last ledger made durable: segments wholly in
+    /// it may be deleted even when no newer ledger can be saved.
+    saved: RangeSet,
+    /// Space given up to save a ledger on a full disk.
+    reserve: Reserve,
+    /// The next id as the ledger on disk has it (0: not saved yet): the
+    /// ledger is due again once appends move past it, so it always knows
+    /// the acknowledged tail to within `ledger_interval`.
+    saved_next_id: u64,
 }
 
 /// How often a disk that stays full is reported again.
@@ -139,10 +161,18 @@ enum CycleError {
 }
 
 impl Writer {
-    /// A writer appending to segment `seq` (already in the index) from `end`.
-    pub fn new(shared: Arc<Shared>, seq: u64, end: u64, next_id: u64) -> io::Result<Writer> {
+    /// A writer appending to segment `seq` (already in the index) from
+    /// `end`; `saved` is what the ledger on disk calls released.
+    pub fn new(
+        shared: Arc<Shared>,
+        seq: u64,
+        end: u64,
+        next_id: u64,
+        saved: RangeSet,
+    ) -> io::Result<Writer> {
         let path = segment_path(&shared.dir, seq);
         let file = shared.fs.open(&path)?;
+        let reserve = Reserve::find(&shared.dir);
         Ok(Writer {
             shared,
             file,
@@ -157,6 +187,10 @@ impl Writer {
             last_ledger_save: Instant::now(),
             disk_full: false,
             full_said: Instant::now(),
+            ledger_failure_said: None,
+            saved,
+            reserve,
+            saved_next_id: 0,
         })
     }
 
@@ -576,33 +610,86 @@ impl Writer {
             }
         }
         let due = self.last_ledger_save.elapsed() >= self.shared.config.ledger_interval;
-        if (force || (due && self.shared.index.lock().ledger_dirty))
+        let stale = self.next_id != self.saved_next_id || self.shared.index.lock().ledger_dirty;
+        if (force || (due && stale))
             && let Err(e) = self.save_ledger()
         {
-            tracing::warn!(error = %e, "saving the backlog ledger failed; will retry");
+            self.ledger_failed(&e, "saving the backlog ledger failed; will retry");
+        }
+        if !self.reserve.is_held() && !force {
+            self.retake_reserve();
+        }
+    }
+
+    /// Takes the space reserve back (after it was given up, or when a
+    /// store opens without one); a disk still full leaves it for later.
+    fn retake_reserve(&mut self) {
+        let fs = Arc::clone(&self.shared.fs);
+        let want = Reserve::needed(self.ledger_len());
+        match self.reserve.take(fs.as_ref(), want) {
+            Ok(()) => {
+                tracing::debug!(dir = %self.shared.dir.display(), bytes = want, "backlog space reserve in place");
+            }
+            Err(e) => {
+                tracing::debug!(dir = %self.shared.dir.display(), error = %e, "backlog space reserve not taken yet");
+            }
+        }
+    }
+
+    /// The size of the ledger as it would be saved now.
+    fn ledger_len(&self) -> u64 {
+        Ledger::encoded_len(self.shared.index.lock().released.len())
+    }
+
+    /// Reports a failed ledger save, at most once per [`FULL_REMINDER`]
+    /// (it is retried at every tick while the disk stays full).
+    fn ledger_failed(&mut self, e: &BacklogError, what: &str) {
+        if self
+            .ledger_failure_said
+            .is_none_or(|t| t.elapsed() >= FULL_REMINDER)
+        {
+            self.ledger_failure_said = Some(Instant::now());
+            tracing::warn!(dir = %self.shared.dir.display(), error = %e, "{what}");
         }
     }
 
     fn delete_released_segments(&mut self) {
-        let doomed: Vec<(u64, std::path::PathBuf)> = {
+        // Each doomed segment with the ids it held: from its first id to
+        // the next segment's.
+        let mut doomed: Vec<(u64, std::path::PathBuf, u64, u64)> = {
             let idx = self.shared.index.lock();
-            idx.segments
-                .iter()
-                .filter(|(_, s)| s.sealed && s.live == 0 && s.in_flight == 0)
-                .map(|(&seq, s)| (seq, s.path.clone()))
-                .collect()
+            let mut out = Vec::new();
+            let mut segs = idx.segments.iter().peekable();
+            while let Some((&seq, s)) = segs.next() {
+                let next_first = segs.peek().map_or(self.next_id, |(_, n)| n.first_id);
+                if s.sealed && s.live == 0 && s.in_flight == 0 {
+                    out.push((seq, s.path.clone(), s.first_id, next_first));
+                }
+            }
+            out
         };
         if doomed.is_empty() {
             return;
         }
         // The ledger must say these records were released before they
-        // vanish, or recovery would count them as lost.
+        // vanish, or recovery would count them as lost. When no ledger can
+        // be saved, the one on disk may already say so for some of them.
         if self.shared.index.lock().ledger_dirty
             && let Err(e) = self.save_ledger()
         {
-            tracing::warn!(error = %e, "saving the backlog ledger before deleting segments failed; will retry");
-            return;
+            doomed.retain(|(_, _, first, end)| self.saved.gaps(*first, *end).is_empty());
+            if doomed.is_empty() {
+                self.ledger_failed(
+                    &e,
+                    "saving the backlog ledger before deleting delivered segments failed; will retry",
+                );
+                return;
+            }
         }
+        let doomed: Vec<(u64, std::path::PathBuf)> = doomed
+            .into_iter()
+            .map(|(seq, path, ..)| (seq, path))
+            .collect();
         let mut removed = Vec::new();
         for (seq, path) in doomed {
             match self.shared.fs.remove_file(&path) {
@@ -690,6 +777,8 @@ impl Writer {
         tracing::info!(segment = %path.display(), freed_bytes = freed, "backlog disk full: recycled the fully delivered active segment; taking messages again");
     }
 
+    /// Saves the ledger; on a full disk, gives up the space reserve to do
+    /// it (the reserve is taken back at a later tick, once there is room).
     fn save_ledger(&mut self) -> Result<(), BacklogError> {
         let ledger = {
             let mut idx = self.shared.index.lock();
@@ -701,13 +790,29 @@ impl Writer {
             }
         };
         self.last_ledger_save = Instant::now();
-        ledger.save(&self.shared.dir).map_err(|source| {
-            self.shared.index.lock().ledger_dirty = true;
-            BacklogError::Io {
-                action: format!("saving the ledger in {}", self.shared.dir.display()),
-                source,
+        let fs = Arc::clone(&self.shared.fs);
+        let mut saved = ledger.save(fs.as_ref(), &self.shared.dir);
+        if let Err(e) = &saved
+            && is_space_error(e)
+            && self.reserve.give_up(fs.as_ref())
+        {
+            tracing::info!(dir = %self.shared.dir.display(), "backlog disk full: gave up the space reserve to save the ledger");
+            saved = ledger.save(fs.as_ref(), &self.shared.dir);
+        }
+        match saved {
+            Ok(()) => {
+                self.saved = ledger.released;
+                self.saved_next_id = ledger.next_id;
+                Ok(())
             }
-        })
+            Err(source) => {
+                self.shared.index.lock().ledger_dirty = true;
+                Err(BacklogError::Io {
+                    action: format!("saving the ledger in {}", self.shared.dir.display()),
+                    source,
+                })
+            }
+        }
     }
 }
 

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use laneway::amqp::AmqpBacklogConfig;
 use laneway::amqp::backlog_store::BacklogQueueInspection;
-use laneway::backlog::disk::{Inspection, LedgerState, Verification, inspect_dir, verify_dir};
+use laneway::backlog::disk::{
+    DamageKind, Inspection, LedgerState, Verification, inspect_dir, verify_dir,
+};
 
 /// Arguments of `backlog`.
 #[derive(Debug, clap::Args)]
@@ -217,6 +219,8 @@ fn verify_text(v: &Verification) -> String {
     for d in &v.damage {
         let note = if d.kind.is_damage() {
             ""
+        } else if d.kind == DamageKind::Delivered {
+            "; set aside on the next open, not damage"
         } else {
             "; cut on the next open, not damage"
         };
