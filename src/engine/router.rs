@@ -19,7 +19,7 @@ use super::monitor::SourceFailure;
 use super::stats::{EngineStats, bump};
 use crate::ack::AckRef;
 use crate::message::Message;
-use crate::source::{Incoming, LanePolicy, Route, SourceHealth};
+use crate::source::{Incoming, IntakeHold, LanePolicy, Route, SourceHealth};
 
 pub(crate) struct Router {
     pub groups: Vec<Arc<Group>>,
@@ -34,6 +34,8 @@ pub(crate) struct Router {
     pub progress: Arc<Notify>,
     /// Batches being routed now.
     intake: TaskTracker,
+    /// Sources handing in, after a stop, what they cannot read again.
+    holds: TaskTracker,
     /// Cancelled when the engine stops taking input.
     intake_closed: CancellationToken,
 }
@@ -56,6 +58,7 @@ impl Router {
             max_message_bytes,
             progress,
             intake: TaskTracker::new(),
+            holds: TaskTracker::new(),
             intake_closed: CancellationToken::new(),
         }
     }
@@ -66,8 +69,11 @@ impl Router {
     }
 
     /// Stops taking input, then waits until every batch that was being
-    /// routed has been admitted by its groups.
+    /// routed has been admitted by its groups. Sources holding intake open
+    /// (see [`crate::source::Ingest::hold`]) hand in their last lines first.
     pub async fn close_intake(&self) {
+        self.holds.close();
+        self.holds.wait().await;
         self.intake_closed.cancel();
         self.intake.close();
         self.intake.wait().await;
@@ -158,5 +164,12 @@ impl Route for Router {
             return;
         }
         self.route_batch(batch, ack, policy, source).await;
+    }
+
+    fn hold(&self) -> Option<IntakeHold> {
+        if self.holds.is_closed() {
+            return None;
+        }
+        Some(IntakeHold::new(self.holds.token()))
     }
 }

@@ -37,12 +37,34 @@ pub enum Incoming {
     },
 }
 
+/// Keeps the engine taking input after a stop, while a source hands in
+/// what it has read and cannot read again (standard input); dropping it
+/// lets intake close. See [`Ingest::hold`].
+pub struct IntakeHold {
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl IntakeHold {
+    /// A hold that lasts as long as `guard` lives.
+    pub fn new(guard: impl Send + Sync + 'static) -> IntakeHold {
+        IntakeHold {
+            _guard: Box::new(guard),
+        }
+    }
+}
+
 /// Where an [`Ingest`] hands its batches: the engine's router. A trait so
 /// that sources depend on this module alone.
 #[async_trait]
 pub trait Route: Send + Sync + 'static {
     /// Takes a batch from the source named `source` (see [`Ingest::submit`]).
     async fn route(&self, batch: Vec<Incoming>, ack: AckRef, policy: LanePolicy, source: &str);
+
+    /// A hold on intake (see [`Ingest::hold`]); `None` once intake is
+    /// closing, or where nothing closes it.
+    fn hold(&self) -> Option<IntakeHold> {
+        None
+    }
 }
 
 /// The handle sources use to hand batches to the engine. Cheap to clone.
@@ -82,6 +104,15 @@ impl Ingest {
     pub fn counting(mut self, health: super::SourceHealth) -> Ingest {
         self.health = Some(health);
         self
+    }
+
+    /// Keeps intake open after a stop until the hold is dropped: a source
+    /// whose input cannot be read again (standard input) takes one while it
+    /// runs, and drops it once it has handed in every line it read, so a
+    /// graceful stop loses none. The holder must drop it promptly after the
+    /// stop (a bounded wait), or the shutdown waits with it.
+    pub fn hold(&self) -> Option<IntakeHold> {
+        self.route.hold()
     }
 
     /// Routes a batch to every matching group. Resolves when each message is

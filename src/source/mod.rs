@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 
 use tokio_util::sync::CancellationToken;
 
-pub use ingest::{Incoming, Ingest, Route};
+pub use ingest::{Incoming, Ingest, IntakeHold, Route};
 pub use jsonl::JsonlSource;
 pub use lane_policy::LanePolicy;
 pub use simulator::{Simulator, SimulatorConfig};

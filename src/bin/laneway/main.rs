@@ -30,5 +30,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(cli.execute())
+    let code = runtime.block_on(cli.execute());
+    // Everything is settled and said; a read still blocked on standard
+    // input (a run that ended by `--duration` with its input open) must not
+    // keep the process alive.
+    runtime.shutdown_background();
+    code
 }
