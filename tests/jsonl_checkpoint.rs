@@ -445,3 +445,119 @@ fn a_replaced_file_is_read_from_line_1_and_says_so() {
     expected.sort();
     assert_eq!(lines, expected);
 }
+
+/// Runs `config` to its end with a JSON summary and warnings on stderr.
+fn run_quiet(config: &Path) -> std::process::Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_laneway"))
+        .args(["run", "-q", "--json", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = process::wait_or_kill(child, RUN_LIMIT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A number in the JSON summary, by key.
+fn summary_number(stdout: &[u8], key: &str) -> u64 {
+    let text = String::from_utf8_lossy(stdout);
+    let needle = format!("\"{key}\":");
+    let at = text.find(&needle).expect("a JSON summary") + needle.len();
+    text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// The middle of a file rewritten after a run finished it, keeping its
+/// first 8 KiB and the 8 KiB before the checkpoint (what the checkpoint's
+/// head and tail fingerprints cover): the fingerprint of everything below
+/// the checkpoint tells, the file is read again from line 1 with a warning,
+/// and every rewritten line is delivered byte for byte. Before, they were
+/// all skipped without a word.
+#[test]
+fn a_file_rewritten_in_the_middle_is_read_again_not_skipped() {
+    let s = setup();
+    let (read1, _) = s.run_to_end(1);
+    assert_eq!(read1, N as u64);
+    let full = std::fs::read(&s.input).unwrap();
+    let mut rewritten = full.clone();
+    let mut changed = Vec::new();
+    let mut at = 0usize;
+    for line in &s.sent {
+        let end = at + line.len() + 1;
+        if at >= 8192 && end + 8192 <= full.len() {
+            let key = b"\"messageId\":\"m";
+            let pos = line.windows(key.len()).position(|w| w == key).unwrap();
+            rewritten[at + pos + key.len() - 1] = b'r';
+            changed.push(rewritten[at..end - 1].to_vec());
+        }
+        at = end;
+    }
+    assert!(changed.len() > N / 2);
+    std::fs::write(&s.input, &rewritten).unwrap();
+    let out2 = s.dir.join("out2.jsonl");
+    let config = s.dir.join("c2.toml");
+    write_config(&config, &s.data, &s.input, &out2, false);
+    let run = run_quiet(&config);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("does not belong to this file") && stderr.contains("middle"),
+        "no clear warning: {stderr}"
+    );
+    assert_eq!(summary_number(&run.stdout, "ingested"), N as u64);
+    let (lines, torn) = output_lines(&out2);
+    assert_eq!(torn, 0);
+    let delivered: std::collections::HashSet<Vec<u8>> = lines.into_iter().collect();
+    let missing = changed.iter().filter(|l| !delivered.contains(*l)).count();
+    assert_eq!(missing, 0, "rewritten lines not delivered");
+}
+
+/// The writer is mid-line when a run reads the file: the half line is no
+/// dead letter, it waits; once the writer finishes it, the next run
+/// delivers it whole, once.
+#[test]
+fn a_half_written_last_line_waits_for_its_newline() {
+    let s = setup();
+    let full = std::fs::read(&s.input).unwrap();
+    let whole = 100usize;
+    let cut: usize = s.sent[..whole].iter().map(|l| l.len() + 1).sum();
+    let half = cut + s.sent[whole].len() / 2;
+    std::fs::write(&s.input, &full[..half]).unwrap();
+    let out1 = s.dir.join("out1.jsonl");
+    let config = s.dir.join("c1.toml");
+    write_config(&config, &s.data, &s.input, &out1, false);
+    let run = run_quiet(&config);
+    assert_eq!(
+        summary_number(&run.stdout, "dead_letter"),
+        0,
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let (mut lines, torn) = output_lines(&out1);
+    assert_eq!(torn, 0);
+    lines.sort();
+    let mut expected = s.sent[..whole].to_vec();
+    expected.sort();
+    assert_eq!(lines, expected);
+    // The writer finishes the line.
+    let done = cut + s.sent[whole].len() + 1;
+    std::fs::write(&s.input, &full[..done]).unwrap();
+    let out2 = s.dir.join("out2.jsonl");
+    let config = s.dir.join("c2.toml");
+    write_config(&config, &s.data, &s.input, &out2, false);
+    let run = run_quiet(&config);
+    assert_eq!(summary_number(&run.stdout, "dead_letter"), 0);
+    let (lines, torn) = output_lines(&out2);
+    assert_eq!(torn, 0);
+    assert_eq!(lines, [s.sent[whole].clone()]);
+}

@@ -3,10 +3,13 @@
 //!
 //! A checkpoint records a byte offset (and the line number there) below
 //! which every line is done: delivered by every group, held durably by
-//! every group's backlog, or recorded as a dead letter. It also records two
-//! fingerprints of the file (CRC32C of up to 4 KiB at its start, and of up
-//! to 4 KiB just before the offset), so a restart can tell the same file
-//! from one that was replaced, rewritten or truncated.
+//! every group's backlog, or recorded as a dead letter. It also records
+//! fingerprints of the file: the CRC32C of everything below the offset
+//! (kept incrementally: each checkpoint reads only the bytes done since the
+//! last one), and, as version 1 did, of up to 4 KiB at its start and up to
+//! 4 KiB just before the offset. A restart tells the same file from one
+//! that was replaced, rewritten (anywhere below the offset, its middle
+//! included) or truncated.
 //!
 //! Invariants:
 //! - a checkpoint is written atomically: a temporary file, fsync, rename
@@ -18,7 +21,9 @@
 //!   reported as [`CheckpointError::Damaged`], never trusted: the caller
 //!   starts over (duplicates, never a loss);
 //! - [`verify`] only says [`Verdict::Resume`] when the file is at least as
-//!   long as the offset and both fingerprints match.
+//!   long as the offset and every fingerprint matches; a version 1
+//!   checkpoint (no whole-prefix fingerprint) is still read and checked as
+//!   before, and the next checkpoint written is version 2.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -45,7 +50,11 @@ pub(crate) fn file_stem(name: &str) -> String {
 const FINGERPRINT_BYTES: u64 = 4096;
 
 /// The first line of every checkpoint file; the number is the format version.
-const MAGIC: &str = "laneway-jsonl-checkpoint 1";
+const MAGIC: &str = "laneway-jsonl-checkpoint 2";
+/// The first line of a version 1 checkpoint (no `whole` line), still read.
+const MAGIC_V1: &str = "laneway-jsonl-checkpoint 1";
+/// Bytes read at once when fingerprinting a span.
+const READ_CHUNK: usize = 1 << 20;
 
 /// A place in a file: the byte offset just after a line, and that line's
 /// number (1-based; 0 at the start of the file).
@@ -75,6 +84,8 @@ pub struct Saved {
     pub head: Fingerprint,
     /// The bytes just before `done.offset`.
     pub tail: Fingerprint,
+    /// Every byte below `done.offset` (`None` in a version 1 checkpoint).
+    pub whole: Option<Fingerprint>,
 }
 
 /// Why a checkpoint could not be read or written.
@@ -191,7 +202,12 @@ pub(crate) fn replace_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> 
 
 fn encode(saved: &Saved) -> String {
     let body = format!(
-        "{MAGIC}\noffset {}\nline {}\nhead {} {:08x}\ntail {} {:08x}\n",
+        "{}\noffset {}\nline {}\nhead {} {:08x}\ntail {} {:08x}\n",
+        if saved.whole.is_some() {
+            MAGIC
+        } else {
+            MAGIC_V1
+        },
         saved.done.offset,
         saved.done.line,
         saved.head.len,
@@ -199,6 +215,10 @@ fn encode(saved: &Saved) -> String {
         saved.tail.len,
         saved.tail.crc
     );
+    let body = match saved.whole {
+        Some(w) => format!("{body}whole {} {:08x}\n", w.len, w.crc),
+        None => body,
+    };
     seal(body)
 }
 
@@ -231,9 +251,11 @@ pub(crate) fn unseal(bytes: &[u8]) -> Result<&str, String> {
 fn decode(bytes: &[u8]) -> Result<Saved, String> {
     let body = unseal(bytes)?;
     let mut lines = body.lines();
-    if lines.next() != Some(MAGIC) {
-        return Err(format!("the first line is not {MAGIC:?}"));
-    }
+    let version = match lines.next() {
+        Some(MAGIC) => 2,
+        Some(MAGIC_V1) => 1,
+        _ => return Err(format!("the first line is not {MAGIC:?}")),
+    };
     let mut field = |name: &str| -> Result<Vec<&str>, String> {
         let line = lines.next().ok_or_else(|| format!("no {name} line"))?;
         let mut words = line.split(' ');
@@ -265,10 +287,27 @@ fn decode(bytes: &[u8]) -> Result<Saved, String> {
     if head.len > offset.min(FINGERPRINT_BYTES) || tail.len > offset.min(FINGERPRINT_BYTES) {
         return Err("a fingerprint is longer than the offset".into());
     }
+    let whole = if version == 2 {
+        let whole = field("whole")?;
+        let whole = Fingerprint {
+            len: number(whole.first(), "whole length")?,
+            crc: hex(whole.get(1), "whole checksum")?,
+        };
+        if whole.len != offset {
+            return Err("the whole-prefix fingerprint does not end at the offset".into());
+        }
+        Some(whole)
+    } else {
+        None
+    };
+    if lines.next().is_some() {
+        return Err("lines after the last field".into());
+    }
     Ok(Saved {
         done: Position { offset, line },
         head,
         tail,
+        whole,
     })
 }
 
@@ -281,14 +320,49 @@ fn crc_of(file: &File, start: u64, len: u64) -> std::io::Result<Fingerprint> {
     })
 }
 
+/// CRC32C of `[start, end)` of `file`, continuing `crc` (the CRC32C of
+/// the bytes before `start`), read in bounded chunks.
+fn crc_span(file: &File, start: u64, end: u64, mut crc: u32) -> std::io::Result<u32> {
+    let mut buf = vec![0u8; READ_CHUNK.min(end.saturating_sub(start) as usize)];
+    let mut at = start;
+    while at < end {
+        let n = ((end - at) as usize).min(buf.len());
+        let chunk = buf.get_mut(..n).unwrap_or_default();
+        file.read_exact_at(chunk, at)?;
+        crc = crc32c::crc32c_append(crc, chunk);
+        at += n as u64;
+    }
+    Ok(crc)
+}
+
 /// The checkpoint for `done` in `file` (read with positioned reads: the
-/// file's cursor does not move).
+/// file's cursor does not move). Reads every byte below `done`; see
+/// [`fingerprint_after`] to read only what is new.
 pub fn fingerprint(file: &File, done: Position) -> std::io::Result<Saved> {
+    fingerprint_after(file, None, done)
+}
+
+/// The checkpoint for `done` in `file`, continuing `last` (an earlier
+/// checkpoint of the same file, at or below `done`): only the bytes done
+/// since are read for the whole-prefix fingerprint.
+pub fn fingerprint_after(
+    file: &File,
+    last: Option<&Saved>,
+    done: Position,
+) -> std::io::Result<Saved> {
     let len = done.offset.min(FINGERPRINT_BYTES);
+    let (from, crc) = match last.and_then(|l| l.whole.map(|w| (l.done.offset, w))) {
+        Some((offset, w)) if offset <= done.offset => (offset, w.crc),
+        _ => (0, 0),
+    };
     Ok(Saved {
         done,
         head: crc_of(file, 0, len)?,
         tail: crc_of(file, done.offset - len, len)?,
+        whole: Some(Fingerprint {
+            len: done.offset,
+            crc: crc_span(file, from, done.offset, crc)?,
+        }),
     })
 }
 
@@ -319,6 +393,12 @@ pub fn verify(file: &File, saved: &Saved) -> std::io::Result<Verdict> {
     if now.tail != saved.tail {
         return Ok(Verdict::Replaced(format!(
             "the bytes before offset {} differ from those the checkpoint was written for (rewritten)",
+            saved.done.offset
+        )));
+    }
+    if saved.whole.is_some() && now.whole != saved.whole {
+        return Ok(Verdict::Replaced(format!(
+            "the bytes below offset {} differ from those the checkpoint was written for (rewritten in the middle)",
             saved.done.offset
         )));
     }
@@ -405,6 +485,10 @@ mod tests {
                 crc: 0xdead_beef,
             },
             tail: Fingerprint { len: 4096, crc: 7 },
+            whole: Some(Fingerprint {
+                len: 123456,
+                crc: 0x0bad_f00d,
+            }),
         };
         let good = encode(&saved);
         assert_eq!(decode(good.as_bytes()).unwrap(), saved);
@@ -417,6 +501,45 @@ mod tests {
                 "a cut at {i} was accepted"
             );
         }
+    }
+
+    /// A rewrite of the middle that keeps the first 4 KiB and the 4 KiB
+    /// before the offset: only the whole-prefix fingerprint sees it.
+    #[test]
+    fn a_rewritten_middle_is_told_apart_and_a_version_1_checkpoint_still_reads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let original = b"0123456789abcdef\n".repeat(4000);
+        let data = file_with(tmp.path(), "in.jsonl", &original);
+        let f = File::open(&data).unwrap();
+        let done = Position {
+            offset: 17 * 3000,
+            line: 3000,
+        };
+        // Kept incrementally, in three steps, it equals one read of it all.
+        let mut last = None;
+        for step in [1000u64, 2000, 3000] {
+            let at = Position {
+                offset: 17 * step,
+                line: step,
+            };
+            last = Some(fingerprint_after(&f, last.as_ref(), at).unwrap());
+        }
+        let saved = last.unwrap();
+        assert_eq!(saved, fingerprint(&f, done).unwrap());
+        let mut rewritten = original.clone();
+        rewritten[17 * 1500 + 3] = b'X';
+        std::fs::write(&data, &rewritten).unwrap();
+        let f = File::open(&data).unwrap();
+        assert!(matches!(verify(&f, &saved).unwrap(), Verdict::Replaced(_)));
+        // A version 1 checkpoint loads and is checked as it was.
+        let v1 = Saved {
+            whole: None,
+            ..saved.clone()
+        };
+        let text = encode(&v1);
+        assert!(text.starts_with(MAGIC_V1));
+        assert_eq!(decode(text.as_bytes()).unwrap(), v1);
+        assert_eq!(verify(&f, &v1).unwrap(), Verdict::Resume(done));
     }
 
     #[test]

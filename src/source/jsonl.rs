@@ -11,14 +11,18 @@
 //!
 //! Standard input cannot be read twice: lines read from stdin and not yet
 //! done when the process is killed are lost. A graceful stop (Ctrl-C,
-//! `--duration`, end of input) loses nothing: the engine moves what the
-//! live lanes hold to the backlog before it exits.
+//! `--duration`, end of input) loses nothing: the source holds intake open
+//! (see [`crate::source::Ingest::hold`]) until it has handed in every line it
+//! read (those in its buffer, the batch it was assembling, and a last line
+//! cut short by the stop), for at most [`HANDOVER_LIMIT`]; the engine then
+//! moves what the live lanes hold to the backlog before it exits.
 //!
 //! Invariants: the checkpoint never passes a line that is not done; a last
-//! line without its newline is read but never covered by the checkpoint (the
-//! file may still be growing), so it is read again after a restart; a
-//! checkpoint written for another file (truncated below the offset, its
-//! first bytes or the bytes before the offset changed) is reported with a
+//! line without its newline is never covered by the checkpoint (the file may
+//! still be growing), so it is read again after a restart, and when it is
+//! not a whole envelope yet (a writer mid-line) it is left for then, never
+//! made a dead letter; a checkpoint written for another file (truncated
+//! below the offset, or any byte below it changed) is reported with a
 //! warning and the file is read from line 1; a malformed line becomes a dead
 //! letter naming its file and line number and the run goes on; a line longer
 //! than the limit is never held in memory whole (its first bytes are kept for
@@ -104,7 +108,17 @@ impl JsonlSource {
     }
 }
 
+/// How long a stopped source may take to hand in what it has read (a
+/// backlog that stays full would otherwise hold the shutdown up); lines of
+/// standard input still not handed in then are reported lost.
+pub const HANDOVER_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a stopped stdin source waits for a read already under way to
+/// finish (its bytes are out of the pipe: they must be handed in).
+const STDIN_SETTLE: Duration = Duration::from_millis(100);
+
 /// One line as read: its bytes (cut at the limit) and whether it was cut.
+#[derive(Default)]
 struct Line {
     bytes: Vec<u8>,
     oversize: bool,
@@ -115,39 +129,71 @@ struct Line {
 }
 
 /// Reads one line of at most `limit` bytes kept; returns `None` at the end.
+///
+/// Cancel-safe: the part of a line read so far is kept in `partial`, so a
+/// stop while a line is half read loses none of its bytes.
 async fn read_line_limited(
     reader: &mut (impl AsyncBufRead + Unpin),
     limit: usize,
+    partial: &mut Line,
 ) -> std::io::Result<Option<Line>> {
-    let mut line = Line {
-        bytes: Vec::new(),
-        oversize: false,
-        consumed: 0,
-        terminated: false,
-    };
     loop {
         let chunk = reader.fill_buf().await?;
         if chunk.is_empty() {
-            return Ok((line.consumed > 0).then_some(line));
+            return Ok((partial.consumed > 0).then(|| std::mem::take(partial)));
         }
-        let (take, done) = match memchr_newline(chunk) {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        let content = &chunk[..if done { take - 1 } else { take }];
-        let room = limit.saturating_sub(line.bytes.len());
-        if content.len() > room {
-            line.oversize = true;
-        }
-        line.bytes
-            .extend_from_slice(&content[..content.len().min(room)]);
+        let (take, done) = absorb(partial, chunk, limit);
         reader.consume(take);
-        line.consumed += take as u64;
         if done {
-            line.terminated = true;
-            return Ok(Some(line));
+            return Ok(Some(std::mem::take(partial)));
         }
     }
+}
+
+/// Adds `chunk`'s bytes up to and including the first newline to `line`;
+/// returns how many bytes it took and whether the line is now whole.
+fn absorb(line: &mut Line, chunk: &[u8], limit: usize) -> (usize, bool) {
+    let (take, done) = match memchr_newline(chunk) {
+        Some(i) => (i + 1, true),
+        None => (chunk.len(), false),
+    };
+    let content = chunk
+        .get(..if done { take - 1 } else { take })
+        .unwrap_or_default();
+    let room = limit.saturating_sub(line.bytes.len());
+    if content.len() > room {
+        line.oversize = true;
+    }
+    line.bytes
+        .extend_from_slice(content.get(..content.len().min(room)).unwrap_or_default());
+    line.consumed += take as u64;
+    line.terminated = done;
+    (take, done)
+}
+
+/// Takes every line already in `reader`'s buffer, without reading more,
+/// and then the line the buffer ends inside (cut short by a stop).
+fn buffered_lines(
+    reader: &mut BufReader<Box<dyn AsyncRead + Unpin + Send>>,
+    limit: usize,
+    partial: &mut Line,
+) -> Vec<Line> {
+    let mut out = Vec::new();
+    loop {
+        let chunk = reader.buffer();
+        if chunk.is_empty() {
+            break;
+        }
+        let (take, done) = absorb(partial, chunk, limit);
+        reader.consume(take);
+        if done {
+            out.push(std::mem::take(partial));
+        }
+    }
+    if partial.consumed > 0 {
+        out.push(std::mem::take(partial));
+    }
+    out
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
@@ -187,6 +233,7 @@ async fn keep_checkpoint(
     file: std::fs::File,
     progress: Progress,
     mut done: Position,
+    resumed: Option<checkpoint::Saved>,
     finish: CancellationToken,
     drained: CancellationToken,
     health: SourceHealth,
@@ -194,6 +241,9 @@ async fn keep_checkpoint(
     let Progress { tracker, ends } = progress;
     health.acknowledges();
     let mut written = done;
+    // The last checkpoint written (or resumed from): the next one continues
+    // its whole-prefix fingerprint instead of reading the file again.
+    let mut last_saved = resumed;
     let mut failing = false;
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,18 +264,21 @@ async fn keep_checkpoint(
             }
         }
         if done != written {
-            let (cp, f) = (checkpoint.clone(), Arc::clone(&file));
+            let (cp, f, last) = (checkpoint.clone(), Arc::clone(&file), last_saved.clone());
             let result = tokio::task::spawn_blocking(move || {
                 let saved =
-                    checkpoint::fingerprint(&f, done).map_err(|source| CheckpointError::Io {
-                        path: cp.path().display().to_string(),
-                        source,
+                    checkpoint::fingerprint_after(&f, last.as_ref(), done).map_err(|source| {
+                        CheckpointError::Io {
+                            path: cp.path().display().to_string(),
+                            source,
+                        }
                     })?;
-                cp.store(&saved)
+                cp.store(&saved).map(|()| saved)
             })
             .await;
             match result {
-                Ok(Ok(())) => {
+                Ok(Ok(saved)) => {
+                    last_saved = Some(saved);
                     if failing {
                         tracing::info!(checkpoint = %checkpoint.path().display(), "checkpoint written again");
                     }
@@ -250,10 +303,11 @@ async fn keep_checkpoint(
 }
 
 /// Opens `path`, and finds where to start from its checkpoint.
+/// Also returns the checkpoint resumed from, if any.
 fn open_at_checkpoint(
     path: &Path,
     checkpoint: Option<&Checkpoint>,
-) -> Result<(std::fs::File, Position), SourceError> {
+) -> Result<(std::fs::File, Position, Option<checkpoint::Saved>), SourceError> {
     let origin = || path.display().to_string();
     let io_err = |source| SourceError::Io {
         origin: origin(),
@@ -261,26 +315,26 @@ fn open_at_checkpoint(
     };
     let mut file = std::fs::File::open(path).map_err(io_err)?;
     let Some(checkpoint) = checkpoint else {
-        return Ok((file, Position::default()));
+        return Ok((file, Position::default(), None));
     };
-    let start = match checkpoint.load() {
-        Ok(None) => Position::default(),
+    let (start, resumed) = match checkpoint.load() {
+        Ok(None) => (Position::default(), None),
         Ok(Some(saved)) => match checkpoint::verify(&file, &saved).map_err(io_err)? {
             Verdict::Resume(at) => {
                 tracing::info!(source = %origin(), offset = at.offset, line = at.line,
                     "resuming after the checkpoint");
-                at
+                (at, Some(saved))
             }
             Verdict::Replaced(why) => {
                 tracing::warn!(source = %origin(), checkpoint = %checkpoint.path().display(),
                     "{why}: the checkpoint does not belong to this file; reading it from line 1");
-                Position::default()
+                (Position::default(), None)
             }
         },
         Err(CheckpointError::Damaged { path, reason }) => {
             tracing::warn!(source = %origin(), checkpoint = %path,
                 "the checkpoint is damaged ({reason}); reading the file from line 1");
-            Position::default()
+            (Position::default(), None)
         }
         Err(e) => {
             return Err(SourceError::Origin {
@@ -290,7 +344,7 @@ fn open_at_checkpoint(
         }
     };
     file.seek(SeekFrom::Start(start.offset)).map_err(io_err)?;
-    Ok((file, start))
+    Ok((file, start, resumed))
 }
 
 #[async_trait]
@@ -313,7 +367,7 @@ impl Source for JsonlSource {
                     .as_ref()
                     .map(|dir| Checkpoint::for_file(dir, path));
                 let (path, cp) = (path.clone(), checkpoint.clone());
-                let (file, start) =
+                let (file, start, resumed) =
                     tokio::task::spawn_blocking(move || open_at_checkpoint(&path, cp.as_ref()))
                         .await
                         .map_err(|e| SourceError::Origin {
@@ -334,6 +388,7 @@ impl Source for JsonlSource {
                                 ends: Arc::clone(&ends),
                             },
                             start,
+                            resumed,
                             finished,
                             ctx.drained.clone(),
                             ctx.health.clone(),
@@ -392,61 +447,54 @@ impl JsonlSource {
         ctx: &SourceContext,
     ) -> std::io::Result<()> {
         let label = self.label();
+        let stdin = matches!(self.input, JsonlInput::Stdin);
+        // Standard input cannot be read again: what was read is handed in
+        // even after a stop, intake held open until then.
+        let hold = if stdin { ctx.ingest.hold() } else { None };
         let mut reader = BufReader::with_capacity(1 << 16, raw);
         let mut pos = start;
         // The end of the last line a registered batch covers.
         let mut covered = start;
         let mut batch = Vec::with_capacity(BATCH);
+        let mut partial = Line::default();
+        let mut stopped = false;
         // A submission still waiting on backpressure once the engine has
-        // drained (a shutdown with full backlogs) can never be admitted:
-        // give it up. Its reference is dropped, so its batch is abandoned and
-        // never covered by the checkpoint: read again next run, not lost.
+        // drained (a shutdown with full backlogs), or for longer than the
+        // hand-over limit after a stop, can never be admitted: give it up.
+        // Its reference is dropped, so its batch is abandoned and never
+        // covered by the checkpoint: a file's lines are read again next run.
         let submit = async |batch: Vec<Incoming>, end: Position| -> bool {
             let ack = match progress {
                 Some(p) => p.register(end),
                 None => AckRef::none(),
             };
-            tokio::select! {
+            let n = batch.len();
+            let give_up = async {
+                ctx.stop.cancelled().await;
+                tokio::time::sleep(HANDOVER_LIMIT).await;
+            };
+            let taken = tokio::select! {
                 () = ctx.ingest.submit(batch, ack) => true,
                 () = ctx.drained.cancelled() => false,
+                () = give_up => false,
+            };
+            if !taken && stdin {
+                tracing::warn!(source = %label, lines = n,
+                    "shut down while waiting for room: lines read from stdin were not handed in (lost)");
             }
+            taken
         };
         loop {
             let next = tokio::select! {
                 biased;
-                _ = ctx.stop.cancelled() => break,
-                next = read_line_limited(&mut reader, self.max_line_bytes) => next?,
+                _ = ctx.stop.cancelled() => {
+                    stopped = true;
+                    break;
+                }
+                next = read_line_limited(&mut reader, self.max_line_bytes, &mut partial) => next?,
             };
             let Some(line) = next else { break };
-            let line_no = pos.line + 1;
-            if line.terminated {
-                pos = Position {
-                    offset: pos.offset + line.consumed,
-                    line: line_no,
-                };
-            }
-            let text = line.bytes.trim_ascii();
-            if !text.is_empty() {
-                batch.push(if line.oversize {
-                    Incoming::Malformed {
-                        raw: Bytes::copy_from_slice(&text[..text.len().min(1024)]),
-                        origin: format!("{label}:{line_no}"),
-                        reason: format!("line is longer than {} bytes", self.max_line_bytes),
-                    }
-                } else {
-                    match parse_envelope(text) {
-                        Ok(message) => Incoming::MessageAt {
-                            message,
-                            line: line_no,
-                        },
-                        Err(e) => Incoming::Malformed {
-                            raw: Bytes::copy_from_slice(text),
-                            origin: format!("{label}:{line_no}"),
-                            reason: e.to_string(),
-                        },
-                    }
-                });
-            }
+            self.take_line(line, &mut pos, &mut batch, &label);
             // Hand over a full batch, or whatever is there when input pauses.
             if batch.len() >= BATCH || (!batch.is_empty() && reader.buffer().is_empty()) {
                 if !submit(std::mem::take(&mut batch), pos).await {
@@ -457,6 +505,25 @@ impl JsonlSource {
                 covered = pos;
             }
         }
+        if stopped && stdin {
+            // A read of stdin may be under way (on a blocking thread): its
+            // bytes are taken from the pipe already, so it is finished, for
+            // a moment at most (an idle stdin may never answer).
+            if reader.buffer().is_empty()
+                && let Ok(filled) = tokio::time::timeout(STDIN_SETTLE, reader.fill_buf()).await
+            {
+                filled?;
+            }
+            for line in buffered_lines(&mut reader, self.max_line_bytes, &mut partial) {
+                self.take_line(line, &mut pos, &mut batch, &label);
+            }
+            while batch.len() > BATCH {
+                let rest = batch.split_off(BATCH);
+                if !submit(std::mem::replace(&mut batch, rest), pos).await {
+                    return Ok(());
+                }
+            }
+        }
         if !batch.is_empty() {
             // Given up or not, nothing follows it.
             let _ = submit(batch, pos).await;
@@ -464,8 +531,56 @@ impl JsonlSource {
             // Blank lines after the last batch: done as soon as read.
             p.register(pos).complete();
         }
+        drop(hold);
         tracing::info!(source = %label, lines = pos.line, "input finished");
         Ok(())
+    }
+
+    /// Turns a line read into what the engine takes (nothing for a blank
+    /// line) and moves `pos` past it when it is whole.
+    fn take_line(&self, line: Line, pos: &mut Position, batch: &mut Vec<Incoming>, label: &str) {
+        let line_no = pos.line + 1;
+        if line.terminated {
+            *pos = Position {
+                offset: pos.offset + line.consumed,
+                line: line_no,
+            };
+        }
+        let text = line.bytes.trim_ascii();
+        if text.is_empty() {
+            return;
+        }
+        let parsed = (!line.oversize).then(|| parse_envelope(text));
+        if !line.terminated
+            && matches!(self.input, JsonlInput::File(_))
+            && matches!(parsed, Some(Err(_)))
+        {
+            // A writer still mid-line: the line is neither a message nor a
+            // dead letter yet. The checkpoint never covers it, so the next
+            // run reads it whole.
+            tracing::info!(source = %label, line = line_no,
+                "the last line has no newline yet and is incomplete; left for the next run");
+            return;
+        }
+        batch.push(if line.oversize {
+            Incoming::Malformed {
+                raw: Bytes::copy_from_slice(text.get(..text.len().min(1024)).unwrap_or_default()),
+                origin: format!("{label}:{line_no}"),
+                reason: format!("line is longer than {} bytes", self.max_line_bytes),
+            }
+        } else {
+            match parsed.unwrap_or_else(|| parse_envelope(text)) {
+                Ok(message) => Incoming::MessageAt {
+                    message,
+                    line: line_no,
+                },
+                Err(e) => Incoming::Malformed {
+                    raw: Bytes::copy_from_slice(text),
+                    origin: format!("{label}:{line_no}"),
+                    reason: e.to_string(),
+                },
+            }
+        });
     }
 }
 
@@ -477,19 +592,34 @@ mod tests {
     async fn long_lines_are_cut_and_flagged_and_the_next_line_is_intact() {
         let input = format!("{}\nshort\nlast-without-newline", "x".repeat(1000));
         let mut reader = BufReader::with_capacity(64, input.as_bytes());
-        let first = read_line_limited(&mut reader, 100).await.unwrap().unwrap();
+        let partial = &mut Line::default();
+        let first = read_line_limited(&mut reader, 100, partial)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(first.oversize);
         assert_eq!(first.bytes.len(), 100);
-        let second = read_line_limited(&mut reader, 100).await.unwrap().unwrap();
+        let second = read_line_limited(&mut reader, 100, partial)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(second.bytes, b"short");
         assert!(!second.oversize);
-        let third = read_line_limited(&mut reader, 100).await.unwrap().unwrap();
+        let third = read_line_limited(&mut reader, 100, partial)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(third.bytes, b"last-without-newline");
         // What the checkpoint counts: raw bytes consumed, and whether the
         // line was whole (a last line without newline is never covered).
         assert_eq!((first.consumed, first.terminated), (1001, true));
         assert_eq!((second.consumed, second.terminated), (6, true));
         assert_eq!((third.consumed, third.terminated), (20, false));
-        assert!(read_line_limited(&mut reader, 100).await.unwrap().is_none());
+        assert!(
+            read_line_limited(&mut reader, 100, partial)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }
