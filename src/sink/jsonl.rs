@@ -1,8 +1,11 @@
 //! JSONL output: one envelope per line to a file or to stdout.
 //!
-//! Invariant: a batch is reported delivered only after its lines were
+//! Invariants: a batch is reported delivered only after its lines were
 //! written and flushed (and, for a file, fsync'd when `sync` is on), so a
-//! crash after the ack cannot lose them.
+//! crash after the ack cannot lose them; a write to a file that fails part
+//! way (a full disk, EIO) is cut back to where the batch began before the
+//! failure is reported, so a retry never glues a torn line to the next one
+//! and every line in the file is a whole envelope.
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +60,27 @@ async fn write_all(out: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> std::io
     out.flush().await
 }
 
+/// Appends `bytes` to `file` (fsync'd with `sync`), or, when that fails,
+/// cuts the file back to its length before, so nothing of the batch stays.
+async fn write_whole(file: &mut File, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+    let start = file.metadata().await?.len();
+    let mut written = write_all(file, bytes).await;
+    if written.is_ok() && sync {
+        written = file.sync_data().await;
+    }
+    let Err(e) = written else {
+        return Ok(());
+    };
+    let cut = async {
+        file.set_len(start).await?;
+        file.sync_data().await
+    };
+    if let Err(cut_error) = cut.await {
+        tracing::error!(error = %cut_error, "cannot cut a failed write back out of the JSONL output; its last line may be torn");
+    }
+    Err(e)
+}
+
 #[async_trait]
 impl Sink for JsonlSink {
     async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
@@ -66,13 +90,7 @@ impl Sink for JsonlSink {
         }
         let mut out = self.out.lock().await;
         let result = match &mut *out {
-            Output::File(f) => {
-                let r = write_all(f, &lines).await;
-                match r {
-                    Ok(()) if self.sync => f.sync_data().await,
-                    other => other,
-                }
-            }
+            Output::File(f) => write_whole(f, &lines, self.sync).await,
             Output::Stdout(s) => write_all(s, &lines).await,
         };
         result.map_err(|e| {

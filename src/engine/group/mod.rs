@@ -63,6 +63,10 @@ pub(crate) struct Group {
     /// Shared by every group of the engine: notified whenever this group
     /// may have become idle or delivered something.
     progress: Arc<Notify>,
+    /// When a sink failure was last logged, and how many failed calls
+    /// since (failures are logged at most once per
+    /// [`outcome::SINK_FAILURE_EVERY`], and always counted).
+    sink_failures: parking_lot::Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 impl Group {
@@ -97,6 +101,7 @@ impl Group {
             backlog_in_flight: AtomicUsize::new(0),
             delivering: AtomicUsize::new(0),
             progress,
+            sink_failures: parking_lot::Mutex::new((None, 0)),
             config,
         };
         Ok((Arc::new(group), writer_rx))

@@ -24,6 +24,10 @@ use crate::sink::{BatchError, Delivery, DeliveryError, Lane};
 /// A message given up on: the message, its ack, its attempts, the last error.
 type Buried = (Message, AckRef, u32, DeliveryError);
 
+/// A sink that keeps failing is logged at most this often (each failure is
+/// counted in `failed_attempts` all the same).
+pub(super) const SINK_FAILURE_EVERY: Duration = Duration::from_secs(10);
+
 impl Group {
     async fn call_sink(&self, batch: &[Delivery]) -> Vec<Option<DeliveryError>> {
         let timeout = self.config.delivery_timeout;
@@ -35,8 +39,25 @@ impl Group {
         };
         match outcome {
             Ok(()) => vec![None; batch.len()],
-            Err(e) => e.per_message(batch.len()),
+            Err(e) => {
+                self.sink_failed(&e, batch.len());
+                e.per_message(batch.len())
+            }
         }
+    }
+
+    /// Logs a failed sink call, at most once per [`SINK_FAILURE_EVERY`],
+    /// with how many calls failed since the last line.
+    fn sink_failed(&self, error: &BatchError, messages: usize) {
+        let mut said = self.sink_failures.lock();
+        said.1 += 1;
+        if said.0.is_some_and(|t| t.elapsed() < SINK_FAILURE_EVERY) {
+            return;
+        }
+        let failed_calls = std::mem::take(&mut said.1);
+        said.0 = Some(Instant::now());
+        drop(said);
+        tracing::warn!(group = self.name(), messages, failed_calls, error = %error, "the sink failed; its messages are retried (said at most every 10 s)");
     }
 
     /// Whether a failed message is done for: it becomes a dead letter.
