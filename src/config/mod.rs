@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminOptions;
 use crate::backlog::BacklogError;
 use crate::engine::EngineOptions;
 
@@ -53,13 +54,48 @@ pub struct FileConfig {
 }
 
 /// The `[admin]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminSpec {
     /// Where the admin listener listens (for example `"127.0.0.1:9464"`);
     /// unset: no listener. A non-loopback address works but is logged as a
     /// warning (the endpoints have no authentication).
     pub listen: Option<std::net::SocketAddr>,
+    /// See [`AdminOptions::header_read_timeout`](crate::admin::AdminOptions::header_read_timeout).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// See [`AdminOptions::idle_timeout`](crate::admin::AdminOptions::idle_timeout).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// See [`AdminOptions::max_connections`](crate::admin::AdminOptions::max_connections).
+    pub max_connections: usize,
+    /// See [`AdminOptions::allowed_hosts`](crate::admin::AdminOptions::allowed_hosts).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        let options = AdminOptions::default();
+        AdminSpec {
+            listen: None,
+            header_read_timeout: options.header_read_timeout,
+            idle_timeout: options.idle_timeout,
+            max_connections: options.max_connections,
+            allowed_hosts: options.allowed_hosts,
+        }
+    }
+}
+
+impl AdminSpec {
+    /// The listener's limits, as [`AdminServer::bind`](crate::admin::AdminServer::bind) takes them.
+    pub fn options(&self) -> AdminOptions {
+        AdminOptions {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            allowed_hosts: self.allowed_hosts.clone(),
+        }
+    }
 }
 
 impl Default for FileConfig {
@@ -217,6 +253,24 @@ impl FileConfig {
             return Err(at(
                 &[Step::Key("max_message_bytes")],
                 "max_message_bytes must be at least 1 (it is 0)".into(),
+            ));
+        }
+        let admin = |key| [Step::Key("admin"), Step::Key(key)];
+        for (key, value) in [
+            ("header_read_timeout", config.admin.header_read_timeout),
+            ("idle_timeout", config.admin.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(at(
+                    &admin(key),
+                    format!("admin.{key} must be more than 0 (a client would be closed before it could ask)"),
+                ));
+            }
+        }
+        if config.admin.max_connections == 0 {
+            return Err(at(
+                &admin("max_connections"),
+                "admin.max_connections must be at least 1 (it is 0: nothing could be served)".into(),
             ));
         }
         for (i, spec) in config.groups.iter().enumerate() {
