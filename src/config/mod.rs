@@ -22,7 +22,7 @@ use crate::engine::EngineOptions;
 pub use group_spec::GroupSpec;
 pub use spec::{BacklogSpec, JsonlSpec, SinkSpec, SourceSpec};
 
-use position::{Step, line_col, value_position};
+use position::{Step, deepest_line, line_col, value_position};
 
 /// The embedded default: what `laneway run` does with no `--config`. It is
 /// the shipped `laneway.example.toml`, so the two can never disagree.
@@ -152,6 +152,12 @@ pub enum ConfigError {
         /// What is wrong, naming the knob and the bad value.
         message: String,
     },
+    /// `data_dir` names something that is not a directory (a file).
+    #[error("data_dir {path}: not a directory (it holds backlogs, dead letters and checkpoints)")]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
     /// The dead-letter file could not be opened.
     #[error("dead-letter file {path}: {source}")]
     DeadLetters {
@@ -225,7 +231,11 @@ impl FileConfig {
     /// Parses and checks a config; `path` is only used in messages.
     pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
         let config: FileConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            // An error without a place (the parser's nesting limit) is put
+            // at the most deeply nested line.
+            let (line, column) = e
+                .span()
+                .map_or_else(|| deepest_line(text), |s| line_col(text, s.start));
             ConfigError::Parse {
                 path: file.to_string(),
                 line,
@@ -400,11 +410,23 @@ impl FileConfig {
 
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let text = String::from_utf8(bytes).map_err(|e| {
+            // Where the first byte that is not UTF-8 sits.
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let (line, column) = line_col(&String::from_utf8_lossy(valid), valid.len());
+            ConfigError::Parse {
+                path: shown.clone(),
+                line,
+                column,
+                message: "invalid UTF-8: a config file must be UTF-8 text".into(),
+            }
+        })?;
+        Self::parse(&text, &shown)
     }
 
     /// The embedded default configuration.
