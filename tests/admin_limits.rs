@@ -136,9 +136,10 @@ impl Run {
                 .stdin(Stdio::piped()),
         );
         let stdin = watched.take_stdin();
-        let line = watched.wait_for_line(Duration::from_secs(60), "the admin listener's line", |l| {
-            l.contains("admin listener on http://")
-        });
+        let line =
+            watched.wait_for_line(Duration::from_secs(60), "the admin listener's line", |l| {
+                l.contains("admin listener on http://")
+            });
         let admin = line
             .split("http://")
             .nth(1)
@@ -209,7 +210,11 @@ impl Run {
 fn records(prefix: &str, n: u64) -> Vec<Record> {
     let now = laneway::message::now_epoch_ms();
     let mut r = json_records(prefix, n, |i| {
-        if i % 2 == 0 { now - 3_600_000 - i as i64 } else { now + 3_600_000 }
+        if i % 2 == 0 {
+            now - 3_600_000 - i as i64
+        } else {
+            now + 3_600_000
+        }
     });
     for (i, rec) in r.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
         rec.payload = format!("\"\\u0000 é \\\"{i}\\\" \\ud83d\\ude00\"").into_bytes();
@@ -260,7 +265,10 @@ fn a_flood_of_idle_connections_does_not_starve_the_data_path() {
             Err(e) if Instant::now() < deadline => {
                 eprintln!("/healthz not answered yet: {e}");
             }
-            Err(e) => panic!("/healthz did not answer within 30 s of a flood of {} connections: {e}", flood.len()),
+            Err(e) => panic!(
+                "/healthz did not answer within 30 s of a flood of {} connections: {e}",
+                flood.len()
+            ),
         }
     };
     assert_eq!(healthy, "ok\n");
@@ -287,7 +295,9 @@ fn a_flood_of_idle_connections_does_not_starve_the_data_path() {
     let mut files = Vec::new();
     files_under(&tmp.path().join("data"), &mut files);
     assert!(
-        files.iter().any(|f| f.to_string_lossy().contains("backlog")),
+        files
+            .iter()
+            .any(|f| f.to_string_lossy().contains("backlog")),
         "no backlog files in {files:?}"
     );
 }
@@ -301,7 +311,11 @@ fn long_polls_count_against_the_connection_cap() {
     let host = run.admin.to_string();
     let poll = || {
         let mut s = TcpStream::connect(run.admin).unwrap();
-        write!(s, "GET /status?after=999999999 HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET /status?after=999999999 HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        )
+        .unwrap();
         s.set_nonblocking(true).unwrap();
         s
     };

@@ -49,9 +49,20 @@ async fn a_user_without_permission_ends_the_run_with_one_line() {
     declare_queue(&ch, &queue, FieldTable::default()).await;
     let user = unique("amqp1-noperm");
     let password = "Np-7734-pw";
-    assert!(rabbitmqctl(&["add_user", &user, password]), "rabbitmqctl add_user");
+    assert!(
+        rabbitmqctl(&["add_user", &user, password]),
+        "rabbitmqctl add_user"
+    );
     // Access to the virtual host, permission on nothing in it.
-    assert!(rabbitmqctl(&["set_permissions", "-p", "/", &user, "^$", "^$", "^$"]));
+    assert!(rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        "/",
+        &user,
+        "^$",
+        "^$",
+        "^$"
+    ]));
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[[sources]]\ntype = \"amqp1\"\nurl = \"amqp://{user}:{password}@127.0.0.1:5672\"\n\
@@ -94,7 +105,10 @@ fn each_warning_states_the_real_next_attempt_pacing_included() {
         })
         .collect();
     assert_eq!(next.len(), 2, "{all}");
-    assert!(next[0] < 1_000, "the first retry is the backoff's: {next:?}\n{all}");
+    assert!(
+        next[0] < 1_000,
+        "the first retry is the backoff's: {next:?}\n{all}"
+    );
     assert!(
         next[1] >= 55_000,
         "the second states the pacing wait (about 60 s): {next:?}\n{all}"

@@ -100,7 +100,9 @@ fn payloads_deeper_than_the_limit_are_dead_letters_and_the_rest_arrive_unchanged
             .find(|l| l.contains(&format!("\"{id}\"")))
             .unwrap_or_else(|| panic!("no dead letter for {id}"));
         assert!(
-            line.contains(&format!("nests {depth} deep, deeper than max_json_depth (512)")),
+            line.contains(&format!(
+                "nests {depth} deep, deeper than max_json_depth (512)"
+            )),
             "{line}"
         );
     }

@@ -22,7 +22,11 @@ use simd_json::prelude::*;
 fn get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
@@ -35,7 +39,14 @@ fn the_embedded_default_emits_every_series_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut run = Watched::spawn(
         Command::new(env!("CARGO_BIN_EXE_laneway"))
-            .args(["run", "--duration", "4s", "--admin", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "run",
+                "--duration",
+                "4s",
+                "--admin",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(dir.path().join("data")),
     );
     let line = run.wait_for_line(Duration::from_secs(60), "the admin listener's line", |l| {
@@ -70,7 +81,10 @@ fn the_embedded_default_emits_every_series_once() {
     for sample in &scrape.samples {
         let labels: BTreeMap<_, _> = sample.labels.iter().collect();
         let key = format!("{}{labels:?}", sample.metric);
-        assert!(seen.insert(key.clone()), "a duplicate series: {key}\n{text}");
+        assert!(
+            seen.insert(key.clone()),
+            "a duplicate series: {key}\n{text}"
+        );
     }
     assert!(
         scrape
@@ -80,5 +94,9 @@ fn the_embedded_default_emits_every_series_once() {
         "{text}"
     );
     let out = run.finish(Duration::from_secs(60));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

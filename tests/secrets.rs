@@ -206,7 +206,9 @@ const MARK: &str = "Zq9-SECRET";
 /// backlog kind.
 fn credential_configs(url_for: impl Fn(&str) -> String) -> Vec<(&'static str, String)> {
     let group = |extra: &str| {
-        format!("[[groups]]\nname = \"all\"\nsink = {{ type = \"null\" }}\nbacklog = {{ store = \"memory\" }}\n{extra}")
+        format!(
+            "[[groups]]\nname = \"all\"\nsink = {{ type = \"null\" }}\nbacklog = {{ store = \"memory\" }}\n{extra}"
+        )
     };
     let amqp = url_for("amqp");
     vec![
@@ -278,7 +280,11 @@ fn a_marker_secret_in_any_credential_position_is_never_printed() {
     // password, and an empty user.
     let forms: Vec<Box<dyn Fn(&str) -> String>> = vec![
         Box::new(|scheme| {
-            let host = if scheme == "pulsar" { "127.0.0.1:1" } else { host.as_str() };
+            let host = if scheme == "pulsar" {
+                "127.0.0.1:1"
+            } else {
+                host.as_str()
+            };
             format!("{scheme}://guest:{MARK}@{host}/%2f")
         }),
         Box::new(|scheme| format!("{scheme}://user@{MARK}@127.0.0.1:1/vh")),
@@ -316,16 +322,28 @@ fn a_marker_secret_in_any_credential_position_is_never_printed() {
                     for level in [None, Some("info"), Some("trace")] {
                         all.push_str(&printed(
                             dir.path(),
-                            &["run", "-c", "l.toml", "--data-dir", "data", "--duration", "2s"],
+                            &[
+                                "run",
+                                "-c",
+                                "l.toml",
+                                "--data-dir",
+                                "data",
+                                "--duration",
+                                "2s",
+                            ],
                             level,
                         ));
                     }
-                    let leaked = all.contains(MARK) || all.contains("Zq9") || all.contains("SECRET");
+                    let leaked =
+                        all.contains(MARK) || all.contains("Zq9") || all.contains("SECRET");
                     leaked.then(|| format!("{kind} with\n{config}\nprinted the secret:\n{all}"))
                 })
             })
             .collect();
-        handles.into_iter().filter_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect()
     });
     assert!(failures.is_empty(), "{}", failures.join("\n----\n"));
 }
@@ -334,15 +352,27 @@ fn a_marker_secret_in_any_credential_position_is_never_printed() {
 fn messages_that_redact_still_name_the_user_and_an_empty_user_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("amqp://probe-user:{MARK}@{}/%2f", broker());
-    std::fs::write(dir.path().join("l.toml"), amqp_config(&url, "laneway-unused")).unwrap();
-    let all = printed(dir.path(), &["run", "-c", "l.toml", "--data-dir", "data"], None);
+    std::fs::write(
+        dir.path().join("l.toml"),
+        amqp_config(&url, "laneway-unused"),
+    )
+    .unwrap();
+    let all = printed(
+        dir.path(),
+        &["run", "-c", "l.toml", "--data-dir", "data"],
+        None,
+    );
     assert!(all.contains("probe-user"), "the user is not named:\n{all}");
     assert!(!all.contains(MARK), "{all}");
 
     // `amqp://:pw@host` is no login as guest: it is refused before any
     // connection, naming the knob.
     let url = format!("amqp://:{MARK}@{}/%2f", broker());
-    std::fs::write(dir.path().join("l.toml"), amqp_config(&url, "laneway-unused")).unwrap();
+    std::fs::write(
+        dir.path().join("l.toml"),
+        amqp_config(&url, "laneway-unused"),
+    )
+    .unwrap();
     for args in [
         &["check-config", "l.toml"][..],
         &["run", "-c", "l.toml", "--data-dir", "data"][..],
@@ -388,7 +418,11 @@ fn the_tuya_preset_never_sends_its_login_in_clear_unless_allowed() {
     );
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("allow_plaintext"), "{all}");
-    assert_eq!(all.lines().filter(|l| l.contains("error")).count(), 1, "{all}");
+    assert_eq!(
+        all.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{all}"
+    );
     match capture.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("the capture listener was reached: {other:?}"),

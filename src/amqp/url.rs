@@ -420,7 +420,10 @@ mod tests {
 
     #[test]
     fn an_empty_user_is_an_error_not_the_default_account() {
-        for url in ["amqp://:Zq9-SECRET@127.0.0.1:5672/%2f", "amqp://@127.0.0.1/"] {
+        for url in [
+            "amqp://:Zq9-SECRET@127.0.0.1:5672/%2f",
+            "amqp://@127.0.0.1/",
+        ] {
             let err = BrokerUrl::parse(url).unwrap_err().to_string();
             assert!(err.contains("names no user"), "{url}: {err}");
             assert!(!err.contains("Zq9"), "{err}");

@@ -240,7 +240,9 @@ impl LinkRunner {
                     match end {
                         End::Stopped | End::Idle => return Ok(()),
                         End::Forbidden(why)
-                            if !self.attached_once.load(std::sync::atomic::Ordering::Relaxed) =>
+                            if !self
+                                .attached_once
+                                .load(std::sync::atomic::Ordering::Relaxed) =>
                         {
                             return Err(self.fatal(why));
                         }

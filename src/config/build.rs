@@ -152,15 +152,15 @@ async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
         SinkSpec::Simulated { cost } => Arc::new(SimulatedHandler::new(*cost)),
         SinkSpec::Null => Arc::new(NullSink),
         SinkSpec::Stdout => Arc::new(JsonlSink::stdout()),
-        SinkSpec::Jsonl { path, sync, mode } => {
-            Arc::new(JsonlSink::file_with_mode(path, *sync, *mode).await.map_err(|source| {
-                ConfigError::SinkFile {
+        SinkSpec::Jsonl { path, sync, mode } => Arc::new(
+            JsonlSink::file_with_mode(path, *sync, *mode)
+                .await
+                .map_err(|source| ConfigError::SinkFile {
                     group: group.name(),
                     path: path.clone(),
                     source,
-                }
-            })?)
-        }
+                })?,
+        ),
         SinkSpec::Amqp(spec) => {
             Arc::new(
                 AmqpSink::new(spec.clone()).map_err(|source| ConfigError::Amqp {

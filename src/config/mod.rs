@@ -273,14 +273,17 @@ impl FileConfig {
             if value.is_zero() {
                 return Err(at(
                     &admin(key),
-                    format!("admin.{key} must be more than 0 (a client would be closed before it could ask)"),
+                    format!(
+                        "admin.{key} must be more than 0 (a client would be closed before it could ask)"
+                    ),
                 ));
             }
         }
         if config.admin.max_connections == 0 {
             return Err(at(
                 &admin("max_connections"),
-                "admin.max_connections must be at least 1 (it is 0: nothing could be served)".into(),
+                "admin.max_connections must be at least 1 (it is 0: nothing could be served)"
+                    .into(),
             ));
         }
         for (i, spec) in config.groups.iter().enumerate() {

@@ -205,10 +205,22 @@ mod unique_name_tests {
 
     #[test]
     fn repeated_source_names_are_numbered() {
-        let names = ["simulator", "jsonl in", "simulator", "simulator", "simulator #2"];
+        let names = [
+            "simulator",
+            "jsonl in",
+            "simulator",
+            "simulator",
+            "simulator #2",
+        ];
         assert_eq!(
             unique_names(names.iter().map(|s| s.to_string())),
-            ["simulator", "jsonl in", "simulator #2", "simulator #3", "simulator #2 #2"]
+            [
+                "simulator",
+                "jsonl in",
+                "simulator #2",
+                "simulator #3",
+                "simulator #2 #2"
+            ]
         );
     }
 }

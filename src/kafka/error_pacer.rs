@@ -118,7 +118,10 @@ mod tests {
         // At 0 s, then after 1, 2, 4 and 8 s of quiet: 0, 1, 3, 7, 15 s.
         assert_eq!(logged.len(), 5, "{logged:?}");
         assert_eq!(
-            logged.iter().map(|w| w.quiet_for.as_secs()).collect::<Vec<_>>(),
+            logged
+                .iter()
+                .map(|w| w.quiet_for.as_secs())
+                .collect::<Vec<_>>(),
             [1, 2, 4, 8, 16]
         );
         assert_eq!(logged[0].unlogged, 0);

@@ -161,7 +161,9 @@ impl SourceHealth {
     /// Counts a client error that was not logged, because a warning for
     /// the same trouble was logged within the retry interval.
     pub fn error_unlogged(&self) {
-        self.counters.unlogged_errors.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .unlogged_errors
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters now.

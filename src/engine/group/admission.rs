@@ -118,9 +118,9 @@ impl Group {
         let limit = self.config.max_json_depth;
         let reason = match message.payload_json_depth() {
             Some(depth) if depth <= limit => return None,
-            Some(depth) => format!(
-                "payload nests {depth} deep, deeper than max_json_depth ({limit})"
-            ),
+            Some(depth) => {
+                format!("payload nests {depth} deep, deeper than max_json_depth ({limit})")
+            }
             // Only on this rare path: say what is wrong and where.
             None => match crate::message::json::validate(message.payload()) {
                 Err(e) => format!("payload is not valid JSON: {e}"),
