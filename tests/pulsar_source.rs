@@ -257,13 +257,17 @@ async fn the_tuya_preset_decrypts_both_modes_and_dead_letters_what_it_cannot() {
     let data = dir.path().join("data");
     let config = dir.path().join("laneway.toml");
     let source = format!(
-        "idle_exit = \"2s\"\n[sources.tuya]\naccess_id = \"{TUYA_ID}\"\naccess_key_env = \"LANEWAY_TEST_TUYA_KEY\"\nendpoint = \"{}\"\n",
+        "idle_exit = \"2s\"\n[sources.tuya]\naccess_id = \"{TUYA_ID}\"\naccess_key_env = \"LANEWAY_TEST_TUYA_KEY\"\nendpoint = \"{}\"\nallow_plaintext = true\n",
         proxy.url()
     );
     write_config(&config, &data, &source, &out);
     let run = run_to_idle(&config);
     let stderr = String::from_utf8_lossy(&run.stderr);
     let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stderr.contains("WARN") && stderr.contains("tuya.allow_plaintext"),
+        "no warning about the plaintext login: {stderr}"
+    );
     assert!(
         !stderr.contains(TUYA_KEY)
             && !stdout.contains(TUYA_KEY)

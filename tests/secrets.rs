@@ -197,3 +197,234 @@ fn urls_whose_password_holds_a_delimiter_are_refused_without_showing_it() {
         }
     }
 }
+
+/// The marker put in every credential position below.
+const MARK: &str = "Zq9-SECRET";
+
+/// Every place a credential can be written, for one URL `url` (built for
+/// the kind's scheme by `url_for`): one config per source, sink and
+/// backlog kind.
+fn credential_configs(url_for: impl Fn(&str) -> String) -> Vec<(&'static str, String)> {
+    let group = |extra: &str| {
+        format!(
+            "[[groups]]\nname = \"all\"\nsink = {{ type = \"null\" }}\nbacklog = {{ store = \"memory\" }}\n{extra}"
+        )
+    };
+    let amqp = url_for("amqp");
+    vec![
+        (
+            "amqp source",
+            format!(
+                "[[sources]]\ntype = \"amqp\"\nurl = \"{amqp}\"\nqueues = [\"laneway-secret-probe\"]\n\n{}",
+                group("")
+            ),
+        ),
+        (
+            "amqp-stream source",
+            format!(
+                "[[sources]]\ntype = \"amqp-stream\"\nurl = \"{amqp}\"\nstream = \"laneway-secret-probe\"\n\n{}",
+                group("")
+            ),
+        ),
+        (
+            "amqp1 source",
+            format!(
+                "[[sources]]\ntype = \"amqp1\"\nurl = \"{amqp}\"\naddress = \"/queues/laneway-secret-probe\"\n\n{}",
+                group("")
+            ),
+        ),
+        (
+            "pulsar source",
+            format!(
+                "[[sources]]\ntype = \"pulsar\"\nurl = \"{}\"\ntopic = \"t\"\n\n{}",
+                url_for("pulsar"),
+                group("")
+            ),
+        ),
+        (
+            "amqp sink",
+            format!(
+                "[[sources]]\ntype = \"simulator\"\n\n[[groups]]\nname = \"all\"\nbacklog = {{ store = \"memory\" }}\nsink = {{ type = \"amqp\", url = \"{amqp}\", exchange = \"laneway-secret-probe\" }}\n"
+            ),
+        ),
+        (
+            "amqp backlog",
+            format!(
+                "[[sources]]\ntype = \"simulator\"\n\n[[groups]]\nname = \"all\"\nsink = {{ type = \"null\" }}\nbacklog = {{ store = \"amqp\", url = \"{amqp}\", queue = \"laneway-secret-probe\", max_records = 10 }}\n"
+            ),
+        ),
+    ]
+}
+
+/// Runs `laneway` in `dir` with `args` and `RUST_LOG` (unset: the
+/// default level), bounded; everything it printed.
+fn printed(dir: &Path, args: &[&str], rust_log: Option<&str>) -> String {
+    let mut cmd = laneway(dir, args);
+    match rust_log {
+        Some(level) => cmd.env("RUST_LOG", level),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    let out = wait(cmd.spawn().unwrap());
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_marker_secret_in_any_credential_position_is_never_printed() {
+    let host = broker();
+    // Well-formed with a wrong password, an '@' typed for the ':', the
+    // secret alone in the URL knob, an unescaped delimiter in the
+    // password, and an empty user.
+    let forms: Vec<Box<dyn Fn(&str) -> String>> = vec![
+        Box::new(|scheme| {
+            let host = if scheme == "pulsar" {
+                "127.0.0.1:1"
+            } else {
+                host.as_str()
+            };
+            format!("{scheme}://guest:{MARK}@{host}/%2f")
+        }),
+        Box::new(|scheme| format!("{scheme}://user@{MARK}@127.0.0.1:1/vh")),
+        Box::new(|_| MARK.to_string()),
+        Box::new(|scheme| format!("{scheme}://app:{MARK}/x@127.0.0.1:1/%2f")),
+        Box::new(|scheme| format!("{scheme}://:{MARK}@127.0.0.1:1/%2f")),
+    ];
+    let mut cases = Vec::new();
+    for form in &forms {
+        for (kind, config) in credential_configs(form) {
+            cases.push((kind, config));
+        }
+    }
+    // The Kafka client's SASL password, given as a librdkafka property.
+    cases.push((
+        "kafka source",
+        format!(
+            "[[sources]]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]\n\
+             [sources.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"PLAIN\"\n\
+             \"sasl.username\" = \"probe\"\n\"sasl.password\" = \"{MARK}\"\n\n\
+             [[groups]]\nname = \"all\"\nsink = {{ type = \"null\" }}\nbacklog = {{ store = \"memory\" }}\n"
+        ),
+    ));
+    // One thread per case: the runs are bounded by --duration, and mostly
+    // wait on the network.
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|(kind, config)| {
+                scope.spawn(move || {
+                    let dir = tempfile::tempdir().unwrap();
+                    std::fs::write(dir.path().join("l.toml"), config).unwrap();
+                    let mut all = String::new();
+                    all.push_str(&printed(dir.path(), &["check-config", "l.toml"], None));
+                    for level in [None, Some("info"), Some("trace")] {
+                        all.push_str(&printed(
+                            dir.path(),
+                            &[
+                                "run",
+                                "-c",
+                                "l.toml",
+                                "--data-dir",
+                                "data",
+                                "--duration",
+                                "2s",
+                            ],
+                            level,
+                        ));
+                    }
+                    let leaked =
+                        all.contains(MARK) || all.contains("Zq9") || all.contains("SECRET");
+                    leaked.then(|| format!("{kind} with\n{config}\nprinted the secret:\n{all}"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n----\n"));
+}
+
+#[test]
+fn messages_that_redact_still_name_the_user_and_an_empty_user_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("amqp://probe-user:{MARK}@{}/%2f", broker());
+    std::fs::write(
+        dir.path().join("l.toml"),
+        amqp_config(&url, "laneway-unused"),
+    )
+    .unwrap();
+    let all = printed(
+        dir.path(),
+        &["run", "-c", "l.toml", "--data-dir", "data"],
+        None,
+    );
+    assert!(all.contains("probe-user"), "the user is not named:\n{all}");
+    assert!(!all.contains(MARK), "{all}");
+
+    // `amqp://:pw@host` is no login as guest: it is refused before any
+    // connection, naming the knob.
+    let url = format!("amqp://:{MARK}@{}/%2f", broker());
+    std::fs::write(
+        dir.path().join("l.toml"),
+        amqp_config(&url, "laneway-unused"),
+    )
+    .unwrap();
+    for args in [
+        &["check-config", "l.toml"][..],
+        &["run", "-c", "l.toml", "--data-dir", "data"][..],
+    ] {
+        let mut cmd = laneway(dir.path(), args);
+        let out = wait(cmd.spawn().unwrap());
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {all}");
+        assert!(all.contains("names no user"), "{args:?}: {all}");
+        assert!(!all.contains(MARK), "{all}");
+    }
+}
+
+#[test]
+fn the_tuya_preset_never_sends_its_login_in_clear_unless_allowed() {
+    // A capture listener: the endpoint a plaintext login would reach.
+    let capture = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    capture.set_nonblocking(true).unwrap();
+    let port = capture.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("l.toml"),
+        format!(
+            "[[sources]]\ntype = \"pulsar\"\n[sources.tuya]\naccess_id = \"probeid\"\naccess_key_env = \"LANEWAY_TEST_TUYA_KEY\"\nendpoint = \"pulsar://127.0.0.1:{port}\"\n\n\
+             [[groups]]\nname = \"all\"\nsink = {{ type = \"null\" }}\nbacklog = {{ store = \"memory\" }}\n"
+        ),
+    )
+    .unwrap();
+    let out = wait(
+        laneway(dir.path(), &["run", "-c", "l.toml", "--data-dir", "data"])
+            .env("LANEWAY_TEST_TUYA_KEY", "0123456789abcdefghijklmnopqrstuv")
+            .spawn()
+            .unwrap(),
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("allow_plaintext"), "{all}");
+    assert_eq!(
+        all.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{all}"
+    );
+    match capture.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the capture listener was reached: {other:?}"),
+    }
+}

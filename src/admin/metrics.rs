@@ -418,6 +418,15 @@ impl prometheus_client::collector::Collector for EngineCollector {
                 .iter()
                 .filter_map(|(n, s)| s.lag.map(|l| (label(n), gauge(gi(l))))),
         )?;
+        family(
+            e,
+            "laneway_source_unlogged_errors",
+            "Client errors counted but not logged: a retrying source logs one warning per retry interval.",
+            Counter,
+            sources
+                .iter()
+                .map(|(n, s)| (label(n), counter(s.unlogged_errors))),
+        )?;
         Ok(())
     }
 }

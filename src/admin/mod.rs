@@ -12,25 +12,48 @@
 //!
 //! The listener is off unless configured; it is meant for loopback (a
 //! non-loopback address is allowed but logged as a warning: it has no
-//! authentication, and `/status` names sources and groups). It may import
+//! authentication, and `/status` names sources and groups).
+//!
+//! Invariants: whatever clients do, the listener holds at most
+//! `max_connections` connections (so a bounded number of file descriptors,
+//! which the data path needs for its backlogs, checkpoints and sinks); a
+//! client that sends no complete request head within `header_read_timeout`
+//! is closed, and so is a connection idle for `idle_timeout`
+//! ([`AdminOptions`]); a request whose `Host` names the listener by a name
+//! it does not know is refused (403), against DNS rebinding. It may import
 //! `engine`, `source`, `backlog`, `sink` and `message`; `engine` never
 //! imports it.
 
+mod connections;
+mod host;
 pub mod metrics;
+mod options;
 pub mod status;
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use connections::{Admitted, BusyHandle, Connections};
+use host::HostPolicy;
 
 pub use metrics::Metrics;
+pub use options::AdminOptions;
 pub use status::{GroupState, Status, Tracker};
 
 /// The dashboard page, embedded in the binary.
@@ -38,6 +61,14 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// How long `/status?after=N` waits for a newer sample at most.
 const LONG_POLL: Duration = Duration::from_secs(30);
+
+/// How long a stop lets requests under way finish before their
+/// connections are dropped.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// The pause after a failed `accept` (out of descriptors, say) before the
+/// next: the listener gives way instead of spinning.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Why the admin listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +89,14 @@ pub enum AdminError {
 pub struct AdminServer {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
+    options: AdminOptions,
 }
 
 impl AdminServer {
-    /// Binds `addr`. A non-loopback address is allowed but logged as a
-    /// warning: the endpoints have no authentication.
-    pub async fn bind(addr: SocketAddr) -> Result<AdminServer, AdminError> {
+    /// Binds `addr`, to serve within `options`. A non-loopback address is
+    /// allowed but logged as a warning: the endpoints have no
+    /// authentication.
+    pub async fn bind(addr: SocketAddr, options: AdminOptions) -> Result<AdminServer, AdminError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AdminError::Bind { addr, source })?;
@@ -76,6 +109,7 @@ impl AdminServer {
         Ok(AdminServer {
             listener,
             addr: bound,
+            options,
         })
     }
 
@@ -97,9 +131,119 @@ impl AdminServer {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .with_state(state);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+        let options = Arc::new(self.options);
+        let hosts = Arc::new(HostPolicy::new(self.addr, &options.allowed_hosts));
+        let table = Connections::new(options.max_connections);
+        let tasks = TaskTracker::new();
+        let mut refused: u64 = 0;
+        loop {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin listener: accept failed");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_PAUSE) => continue,
+                    }
+                }
+            };
+            let Some(admitted) = table.admit() else {
+                // Every slot holds a request under way: this one is
+                // closed at once, unanswered.
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        refused,
+                        max_connections = options.max_connections,
+                        "admin listener: a connection was refused, every slot holds a request under way"
+                    );
+                }
+                drop(stream);
+                continue;
+            };
+            let service = AdminService {
+                app: TowerToHyperService::new(app.clone()),
+                hosts: Arc::clone(&hosts),
+                busy: admitted.busy_handle(),
+            };
+            tasks.spawn(connection(
+                stream,
+                admitted,
+                service,
+                Arc::clone(&options),
+                stop.clone(),
+            ));
+        }
+        drop(self.listener);
+        tasks.close();
+        tasks.wait().await;
+        Ok(())
+    }
+}
+
+/// Serves one connection until it ends, is evicted, stays idle too long,
+/// or the listener stops (then requests under way get [`STOP_GRACE`]).
+async fn connection(
+    stream: tokio::net::TcpStream,
+    admitted: Admitted,
+    service: AdminService,
+    options: Arc<AdminOptions>,
+    stop: CancellationToken,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        ended = conn.as_mut() => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "admin listener: connection closed");
+            }
+            return;
+        }
+        () = admitted.evicted() => return,
+        () = admitted.idle_for(options.idle_timeout) => return,
+        () = stop.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(STOP_GRACE, conn).await;
+}
+
+/// The endpoints behind the `Host` check, marking their connection busy
+/// while a request is handled.
+#[derive(Clone)]
+struct AdminService {
+    app: TowerToHyperService<Router>,
+    hosts: Arc<HostPolicy>,
+    busy: BusyHandle,
+}
+
+impl hyper::service::Service<Request<Incoming>> for AdminService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        if !self.hosts.allows(request.headers().get(header::HOST)) {
+            return Box::pin(std::future::ready(Ok((
+                StatusCode::FORBIDDEN,
+                "this Host is not allowed: use a loopback name or the listen address, or add the name to [admin] allowed_hosts\n",
+            )
+                .into_response())));
+        }
+        let busy = self.busy.enter();
+        let answer = self.app.call(request);
+        Box::pin(async move {
+            let response = answer.await;
+            drop(busy);
+            response
+        })
     }
 }
 

@@ -33,4 +33,4 @@ pub use connect::AmqpError;
 pub use consumer::{AmqpConfigError, AmqpSource, AmqpSourceConfig};
 pub use publisher::{AmqpSink, AmqpSinkConfig, RoutingKey};
 pub use stream::{AmqpStreamConfig, AmqpStreamSource, StreamStart};
-pub use url::BrokerUrl;
+pub use url::{BrokerUrl, redact};

@@ -5,6 +5,15 @@
 //! [`BrokerUrl`] keeps the full URL private and its `Display` and `Debug`
 //! show the redacted form (`amqp://user:***@host:5672/%2f`), so a log line
 //! or an error that formats a `BrokerUrl` cannot leak a credential.
+//!
+//! The redaction rule ([`redact`]): the password is always replaced by
+//! `***` and the user name is kept (it says which login failed), unless the
+//! user info cannot be split into user and password (an unescaped `@` in
+//! it): then all of it is hidden. Text that is no URL at all (no `://`) is
+//! shown as `<unparseable URL>`, since it may be a password pasted into
+//! the wrong knob. A URL whose user info holds an unescaped `@`, or names
+//! an empty user, is refused: the first would send part of the password as
+//! the user name, the second would log in as the default account.
 
 use std::fmt;
 use std::str::FromStr;
@@ -57,6 +66,31 @@ impl BrokerUrl {
     pub fn parse(raw: &str) -> Result<BrokerUrl, UrlError> {
         let raw = raw.trim();
         let redacted = redact(raw);
+        if !raw.contains("://") {
+            return Err(UrlError::Invalid {
+                redacted,
+                reason: "not a URL (expected amqp://user:password@host:port/vhost)".into(),
+            });
+        }
+        if let Some(userinfo) = userinfo(raw) {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            if user.contains('@') {
+                return Err(UrlError::Invalid {
+                    redacted,
+                    reason: "the user info holds an unescaped '@': percent-encode '@' in the user \
+                             name and password (%40), and separate them with ':'"
+                        .into(),
+                });
+            }
+            if user.is_empty() {
+                return Err(UrlError::Invalid {
+                    redacted,
+                    reason: "the URL names no user before its '@': give the user name (an empty \
+                             one would log in as the default account)"
+                        .into(),
+                });
+            }
+        }
         if ambiguous_userinfo(raw) {
             return Err(UrlError::Invalid {
                 redacted,
@@ -163,18 +197,44 @@ impl fmt::Debug for BrokerUrl {
     }
 }
 
-/// The URL with the password of its user-info part replaced by `***`;
-/// anything that does not look like a URL with credentials is returned as is.
+/// The URL with the password of its user-info part replaced by `***`,
+/// the user name kept; user info that cannot be split into user and
+/// password (an unescaped `@` without a `:` before it) is hidden whole;
+/// text that is no URL (no `://`) is `<unparseable URL>`. A URL without
+/// user info is returned as is.
 ///
 /// When an `@` appears after the host part (a password holding an
 /// unescaped `/`, `?` or `#` looks like that), everything from the first
 /// `:` of the user info up to the last `@` is taken as the password: when
 /// in doubt, too much is hidden rather than too little.
 pub fn redact(raw: &str) -> String {
-    let Some((scheme, user, _password, after)) = split_userinfo(raw) else {
-        return raw.to_string();
+    let Some(scheme_end) = raw.find("://") else {
+        return UNPARSEABLE.to_string();
     };
-    format!("{scheme}://{user}:***@{after}")
+    if let Some((scheme, user, _password, after)) = split_userinfo(raw) {
+        if user.contains('@') {
+            return format!("{scheme}://***@{after}");
+        }
+        return format!("{scheme}://{user}:***@{after}");
+    }
+    match userinfo(raw) {
+        Some(info) if info.contains('@') => {
+            let rest = &raw[scheme_end + 3..];
+            let after = rest.rfind('@').map_or("", |at| &rest[at + 1..]);
+            format!("{}://***@{after}", &raw[..scheme_end])
+        }
+        _ => raw.to_string(),
+    }
+}
+
+/// How text that is no URL at all is shown.
+const UNPARSEABLE: &str = "<unparseable URL>";
+
+/// The user info of `scheme://userinfo@rest` (up to the last `@`), if any.
+fn userinfo(raw: &str) -> Option<&str> {
+    let scheme_end = raw.find("://")?;
+    let rest = &raw[scheme_end + 3..];
+    rest.rfind('@').map(|at| &rest[..at])
 }
 
 /// Splits `scheme://user:password@rest` at the user info:
@@ -210,6 +270,18 @@ fn ambiguous_userinfo(raw: &str) -> bool {
 /// in a message by their redacted forms.
 fn scrub(message: &str, raw: &str, redacted: &str) -> String {
     let mut out = message.replace(raw, redacted);
+    if !raw.contains("://") && !raw.is_empty() {
+        return out;
+    }
+    if let Some(info) = userinfo(raw)
+        && info.contains('@')
+        && !info.is_empty()
+    {
+        // Which part is the password cannot be told: none of it shows.
+        for piece in info.split([':', '@']).filter(|p| p.len() >= 3) {
+            out = out.replace(piece, "***");
+        }
+    }
     if let Some((_, _, password, _)) = split_userinfo(raw)
         && !password.is_empty()
     {
@@ -264,7 +336,7 @@ mod tests {
     fn urls_without_credentials_are_left_alone() {
         assert_eq!(redact("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
         assert_eq!(redact("amqp://user@host/"), "amqp://user@host/");
-        assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(redact("not a url"), "<unparseable URL>");
     }
 
     #[test]
@@ -321,6 +393,43 @@ mod tests {
         );
         let scrubbed = ok.scrub("the password pa/ss leaked");
         assert!(!scrubbed.contains("pa/ss"), "{scrubbed}");
+    }
+
+    #[test]
+    fn user_info_that_cannot_be_split_and_text_that_is_no_url_never_show() {
+        for (url, shown) in [
+            (
+                "amqp://user@Zq9-SECRET@127.0.0.1:5672/vh",
+                "amqp://***@127.0.0.1:5672/vh",
+            ),
+            ("Zq9-SECRET", "<unparseable URL>"),
+            ("amqp:/u:Zq9-SECRET@h/", "<unparseable URL>"),
+            (
+                "amqp://us@er:Zq9-SECRET@127.0.0.1/",
+                "amqp://***@127.0.0.1/",
+            ),
+        ] {
+            let err = BrokerUrl::parse(url).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains("Zq9"), "{url}: {text}");
+            assert!(!text.contains("SECRET"), "{url}: {text}");
+            assert!(text.contains(shown), "{url}: {text}");
+            assert_eq!(redact(url), shown);
+        }
+    }
+
+    #[test]
+    fn an_empty_user_is_an_error_not_the_default_account() {
+        for url in [
+            "amqp://:Zq9-SECRET@127.0.0.1:5672/%2f",
+            "amqp://@127.0.0.1/",
+        ] {
+            let err = BrokerUrl::parse(url).unwrap_err().to_string();
+            assert!(err.contains("names no user"), "{url}: {err}");
+            assert!(!err.contains("Zq9"), "{err}");
+        }
+        // No user info at all is the documented default account.
+        assert!(BrokerUrl::parse("amqp://127.0.0.1/").is_ok());
     }
 
     #[test]

@@ -30,6 +30,29 @@ impl ConnectPacer {
         }
     }
 
+    /// How long from now until an attempt could go through if it were
+    /// made no sooner than `delay` from now: `delay`, or longer when the
+    /// minute's attempts are used up then. At the earliest: other
+    /// connections sharing the pacer may take turns meanwhile.
+    pub fn next_turn_in(&self, delay: Duration) -> Duration {
+        let now = Instant::now();
+        let at = now + delay;
+        let attempts = self.attempts.lock();
+        let live: Vec<Instant> = attempts
+            .iter()
+            .copied()
+            .filter(|&a| at.saturating_duration_since(a) < WINDOW)
+            .collect();
+        if live.len() < self.per_minute {
+            return delay;
+        }
+        // The attempt that must leave the window before one more fits.
+        match live.get(live.len() - self.per_minute) {
+            Some(&oldest) => (oldest + WINDOW).saturating_duration_since(now).max(delay),
+            None => delay,
+        }
+    }
+
     /// Waits until an attempt may be made and counts it: `false` when
     /// `stop` was raised first. `waiting` is told how long, when it must
     /// wait at all (for the log line and the status line).
@@ -89,6 +112,24 @@ mod tests {
                 "{in_window} attempts within a minute of {t:?}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_turn_includes_the_pacing_wait() {
+        let pacer = ConnectPacer::new(2);
+        let stop = CancellationToken::new();
+        let delay = Duration::from_millis(200);
+        assert_eq!(pacer.next_turn_in(delay), delay);
+        assert!(pacer.turn(&stop, |_| {}).await);
+        assert_eq!(pacer.next_turn_in(delay), delay);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(pacer.turn(&stop, |_| {}).await);
+        // Two in the window: the next waits for the first to leave it.
+        assert_eq!(pacer.next_turn_in(delay), Duration::from_secs(50));
+        let start = Instant::now();
+        tokio::time::sleep(delay).await;
+        assert!(pacer.turn(&stop, |_| {}).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(50));
     }
 
     #[tokio::test(start_paused = true)]

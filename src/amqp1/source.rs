@@ -109,6 +109,7 @@ impl Source for Amqp1Source {
             None
         };
         let pacer = Arc::new(ConnectPacer::new(self.config.connects_per_minute));
+        let attached_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
         ctx.health.acknowledges();
         let mut tasks = tokio::task::JoinSet::new();
         for number in 1..=self.config.connections {
@@ -117,6 +118,7 @@ impl Source for Amqp1Source {
                 url: self.url.clone(),
                 tls: tls.clone(),
                 pacer: Arc::clone(&pacer),
+                attached_once: Arc::clone(&attached_once),
                 number,
                 origin: origin.clone(),
                 ingest: ctx.ingest.clone(),
@@ -138,6 +140,18 @@ enum End {
     Idle,
     /// The connection, session or link failed: start over.
     Lost(String),
+    /// The peer refused the link for want of permission (the user may not
+    /// read the address): fatal before any link of the source was ever
+    /// attached, as retrying cannot fix a configuration; afterwards, a
+    /// loss like any other (permissions may be restored).
+    Forbidden(String),
+}
+
+/// Whether an error from the peer is a permission refusal
+/// (`amqp:unauthorized-access`), however it arrived (a link detached, a
+/// session or connection ended with it).
+fn forbidden(error: &impl std::fmt::Debug) -> bool {
+    format!("{error:?}").contains("UnauthorizedAccess")
 }
 
 /// One connection, reconnecting until stopped.
@@ -146,6 +160,9 @@ struct LinkRunner {
     url: Option<BrokerUrl>,
     tls: Option<Arc<ClientConfig>>,
     pacer: Arc<ConnectPacer>,
+    /// Whether a link of this source attached once: a permission refusal
+    /// is then worth retrying (shared by the source's connections).
+    attached_once: Arc<std::sync::atomic::AtomicBool>,
     number: usize,
     origin: String,
     ingest: Ingest,
@@ -222,7 +239,14 @@ impl LinkRunner {
                     let _ = connection.close().await;
                     match end {
                         End::Stopped | End::Idle => return Ok(()),
-                        End::Lost(why) => {
+                        End::Forbidden(why)
+                            if !self
+                                .attached_once
+                                .load(std::sync::atomic::Ordering::Relaxed) =>
+                        {
+                            return Err(self.fatal(why));
+                        }
+                        End::Lost(why) | End::Forbidden(why) => {
                             backoff.reset();
                             why
                         }
@@ -233,10 +257,15 @@ impl LinkRunner {
                 Err(other) => other.to_string(),
             };
             let wait = backoff.next_delay();
+            // The real next attempt: the backoff, or later when the
+            // connects_per_minute cap is used up by then.
+            let next = self.pacer.next_turn_in(wait);
             tracing::warn!(source = %self.origin, connection = self.number, reason = %why,
-                "no connection; retrying in {wait:?}; unaccepted messages will be redelivered");
+                next_attempt_in_ms = next.as_millis() as u64,
+                "no connection; next attempt in {next:?} (backoff {wait:?}, connects_per_minute {}); unaccepted messages will be redelivered",
+                c.connects_per_minute);
             self.health
-                .troubled(format!("connection lost, reconnecting in {wait:?}"));
+                .troubled(format!("connection lost, reconnecting in {next:?}"));
             self.health.reconnecting();
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
@@ -249,6 +278,9 @@ impl LinkRunner {
         let c = &self.config;
         let mut session = match fe2o3_amqp::Session::begin(connection).await {
             Ok(s) => s,
+            Err(e) if forbidden(&e) => {
+                return End::Forbidden(format!("beginning a session: permission refused: {e}"));
+            }
             Err(e) => return End::Lost(format!("beginning a session: {e}")),
         };
         let name = format!("laneway-{}-{}", std::process::id(), self.number);
@@ -263,9 +295,17 @@ impl LinkRunner {
             Ok(r) => r,
             Err(e) => {
                 let _ = session.end().await;
+                if forbidden(&e) {
+                    return End::Forbidden(format!(
+                        "attaching to {}: permission refused (the user may not read it): {e}",
+                        c.address
+                    ));
+                }
                 return End::Lost(format!("attaching to {}: {e}", c.address));
             }
         };
+        self.attached_once
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = receiver.set_credit(c.credit).await {
             return End::Lost(format!("granting credit: {e}"));
         }

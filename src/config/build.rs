@@ -18,6 +18,11 @@ use crate::source::{JsonlSource, Simulator};
 impl FileConfig {
     /// Opens everything the config names and returns the engine builder.
     pub async fn build(&self) -> Result<EngineBuilder, ConfigError> {
+        if self.data_dir.exists() && !self.data_dir.is_dir() {
+            return Err(ConfigError::NotADirectory {
+                path: self.data_dir.clone(),
+            });
+        }
         let dead_path = self
             .dead_letters
             .clone()
@@ -147,15 +152,15 @@ async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
         SinkSpec::Simulated { cost } => Arc::new(SimulatedHandler::new(*cost)),
         SinkSpec::Null => Arc::new(NullSink),
         SinkSpec::Stdout => Arc::new(JsonlSink::stdout()),
-        SinkSpec::Jsonl { path, sync } => {
-            Arc::new(JsonlSink::file(path, *sync).await.map_err(|source| {
-                ConfigError::SinkFile {
+        SinkSpec::Jsonl { path, sync, mode } => Arc::new(
+            JsonlSink::file_with_mode(path, *sync, *mode)
+                .await
+                .map_err(|source| ConfigError::SinkFile {
                     group: group.name(),
                     path: path.clone(),
                     source,
-                }
-            })?)
-        }
+                })?,
+        ),
         SinkSpec::Amqp(spec) => {
             Arc::new(
                 AmqpSink::new(spec.clone()).map_err(|source| ConfigError::Amqp {

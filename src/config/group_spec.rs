@@ -48,6 +48,8 @@ pub struct GroupSpec {
     pub delivery_timeout: Option<Duration>,
     /// [`GroupConfig::validate_json`].
     pub validate_json: Option<bool>,
+    /// [`GroupConfig::max_json_depth`].
+    pub max_json_depth: Option<usize>,
     /// Where the group delivers (a simulated handler by default).
     pub sink: SinkSpec,
     /// Which backlog store the group uses (on disk by default).
@@ -80,6 +82,7 @@ impl GroupSpec {
             retry_max: self.retry_max.unwrap_or(d.retry_max),
             delivery_timeout: self.delivery_timeout.unwrap_or(d.delivery_timeout),
             validate_json: self.validate_json.unwrap_or(d.validate_json),
+            max_json_depth: self.max_json_depth.unwrap_or(d.max_json_depth),
         }
     }
 }

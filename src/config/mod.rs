@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminOptions;
 use crate::backlog::BacklogError;
 use crate::engine::EngineOptions;
 
 pub use group_spec::GroupSpec;
 pub use spec::{BacklogSpec, JsonlSpec, SinkSpec, SourceSpec};
 
-use position::{Step, line_col, value_position};
+use position::{Step, deepest_line, line_col, value_position};
 
 /// The embedded default: what `laneway run` does with no `--config`. It is
 /// the shipped `laneway.example.toml`, so the two can never disagree.
@@ -53,13 +54,48 @@ pub struct FileConfig {
 }
 
 /// The `[admin]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminSpec {
     /// Where the admin listener listens (for example `"127.0.0.1:9464"`);
     /// unset: no listener. A non-loopback address works but is logged as a
     /// warning (the endpoints have no authentication).
     pub listen: Option<std::net::SocketAddr>,
+    /// See [`AdminOptions::header_read_timeout`](crate::admin::AdminOptions::header_read_timeout).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// See [`AdminOptions::idle_timeout`](crate::admin::AdminOptions::idle_timeout).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// See [`AdminOptions::max_connections`](crate::admin::AdminOptions::max_connections).
+    pub max_connections: usize,
+    /// See [`AdminOptions::allowed_hosts`](crate::admin::AdminOptions::allowed_hosts).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        let options = AdminOptions::default();
+        AdminSpec {
+            listen: None,
+            header_read_timeout: options.header_read_timeout,
+            idle_timeout: options.idle_timeout,
+            max_connections: options.max_connections,
+            allowed_hosts: options.allowed_hosts,
+        }
+    }
+}
+
+impl AdminSpec {
+    /// The listener's limits, as [`AdminServer::bind`](crate::admin::AdminServer::bind) takes them.
+    pub fn options(&self) -> AdminOptions {
+        AdminOptions {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            allowed_hosts: self.allowed_hosts.clone(),
+        }
+    }
 }
 
 impl Default for FileConfig {
@@ -115,6 +151,12 @@ pub enum ConfigError {
         column: usize,
         /// What is wrong, naming the knob and the bad value.
         message: String,
+    },
+    /// `data_dir` names something that is not a directory (a file).
+    #[error("data_dir {path}: not a directory (it holds backlogs, dead letters and checkpoints)")]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
     },
     /// The dead-letter file could not be opened.
     #[error("dead-letter file {path}: {source}")]
@@ -189,7 +231,11 @@ impl FileConfig {
     /// Parses and checks a config; `path` is only used in messages.
     pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
         let config: FileConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            // An error without a place (the parser's nesting limit) is put
+            // at the most deeply nested line.
+            let (line, column) = e
+                .span()
+                .map_or_else(|| deepest_line(text), |s| line_col(text, s.start));
             ConfigError::Parse {
                 path: file.to_string(),
                 line,
@@ -217,6 +263,27 @@ impl FileConfig {
             return Err(at(
                 &[Step::Key("max_message_bytes")],
                 "max_message_bytes must be at least 1 (it is 0)".into(),
+            ));
+        }
+        let admin = |key| [Step::Key("admin"), Step::Key(key)];
+        for (key, value) in [
+            ("header_read_timeout", config.admin.header_read_timeout),
+            ("idle_timeout", config.admin.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(at(
+                    &admin(key),
+                    format!(
+                        "admin.{key} must be more than 0 (a client would be closed before it could ask)"
+                    ),
+                ));
+            }
+        }
+        if config.admin.max_connections == 0 {
+            return Err(at(
+                &admin("max_connections"),
+                "admin.max_connections must be at least 1 (it is 0: nothing could be served)"
+                    .into(),
             ));
         }
         for (i, spec) in config.groups.iter().enumerate() {
@@ -346,11 +413,23 @@ impl FileConfig {
 
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let text = String::from_utf8(bytes).map_err(|e| {
+            // Where the first byte that is not UTF-8 sits.
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let (line, column) = line_col(&String::from_utf8_lossy(valid), valid.len());
+            ConfigError::Parse {
+                path: shown.clone(),
+                line,
+                column,
+                message: "invalid UTF-8: a config file must be UTF-8 text".into(),
+            }
+        })?;
+        Self::parse(&text, &shown)
     }
 
     /// The embedded default configuration.

@@ -11,6 +11,51 @@ pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// 1-based line and column of the most deeply nested line: the most dots
+/// in keys plus the deepest bracket or brace nesting, outside strings and
+/// comments (first such line on a tie, at its first non-blank character).
+/// For parser errors that carry no position, such as its nesting limit.
+pub(super) fn deepest_line(text: &str) -> (usize, usize) {
+    let mut best = (0usize, 1usize, 1usize);
+    let mut depth = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let mut score_depth = depth;
+        let mut dots = 0usize;
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        for c in line.chars() {
+            match quote {
+                Some(q) => {
+                    if escaped {
+                        escaped = false;
+                    } else if c == '\\' && q == '"' {
+                        escaped = true;
+                    } else if c == q {
+                        quote = None;
+                    }
+                }
+                None => match c {
+                    '"' | '\'' => quote = Some(c),
+                    '#' => break,
+                    '.' => dots += 1,
+                    '[' | '{' => {
+                        depth += 1;
+                        score_depth = score_depth.max(depth);
+                    }
+                    ']' | '}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                },
+            }
+        }
+        let score = dots + score_depth;
+        if score > best.0 {
+            let column = line.len() - line.trim_start().len() + 1;
+            best = (score, i + 1, column);
+        }
+    }
+    (best.1, best.2)
+}
+
 /// One step of a path into the document: a key, or an index into an array
 /// (of tables).
 #[derive(Clone, Copy)]

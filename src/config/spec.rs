@@ -71,11 +71,20 @@ pub enum SinkSpec {
         /// fsync every batch before it counts as delivered.
         #[serde(default = "yes")]
         sync: bool,
+        /// The permission bits the file is created with (before the
+        /// umask), for example `0o640`. Default `0o600`: the lines hold
+        /// device data, as dead letters do.
+        #[serde(default = "private_mode")]
+        mode: u32,
     },
     /// Publish to an AMQP exchange with publisher confirms.
     Amqp(AmqpSinkConfig),
     /// Produce to a Kafka topic with an idempotent producer.
     Kafka(KafkaSinkConfig),
+}
+
+fn private_mode() -> u32 {
+    crate::sink::JsonlSink::DEFAULT_MODE
 }
 
 fn default_cost() -> Duration {

@@ -159,10 +159,9 @@ impl EngineBuilder {
             groups.push(group);
             writers.push(writer);
         }
-        let health = self
-            .sources
-            .iter()
-            .map(|(source, _)| (source.name(), SourceHealth::default()))
+        let health = unique_names(self.sources.iter().map(|(source, _)| source.name()))
+            .into_iter()
+            .map(|name| (name, SourceHealth::default()))
             .collect();
         let router = Arc::new(Router::new(
             groups,
@@ -179,5 +178,49 @@ impl EngineBuilder {
             dead,
             self.options,
         ))
+    }
+}
+
+/// Source names made unique: the second and later sources sharing a name
+/// get ` #2`, ` #3`, … appended, so that `/status`, the dashboard and the
+/// metric label sets can tell them apart (two series with one label set
+/// are invalid OpenMetrics, and a scraper would keep only one).
+fn unique_names(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let mut candidate = name.clone();
+        let mut n = 1;
+        while out.contains(&candidate) {
+            n += 1;
+            candidate = format!("{name} #{n}");
+        }
+        out.push(candidate);
+    }
+    out
+}
+
+#[cfg(test)]
+mod unique_name_tests {
+    use super::unique_names;
+
+    #[test]
+    fn repeated_source_names_are_numbered() {
+        let names = [
+            "simulator",
+            "jsonl in",
+            "simulator",
+            "simulator",
+            "simulator #2",
+        ];
+        assert_eq!(
+            unique_names(names.iter().map(|s| s.to_string())),
+            [
+                "simulator",
+                "jsonl in",
+                "simulator #2",
+                "simulator #3",
+                "simulator #2 #2"
+            ]
+        );
     }
 }

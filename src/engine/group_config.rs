@@ -44,6 +44,11 @@ pub struct GroupConfig {
     pub delivery_timeout: Duration,
     /// Check that each payload is JSON; a payload that is not becomes a dead letter.
     pub validate_json: bool,
+    /// With `validate_json`: the deepest nesting of arrays and objects a
+    /// payload may have (`[[1]]` is 2 deep). Deeper payloads are valid JSON
+    /// but crash the recursive parsers downstream consumers use, so they
+    /// become dead letters with that reason. Default 512.
+    pub max_json_depth: usize,
 }
 
 impl Default for GroupConfig {
@@ -63,6 +68,7 @@ impl Default for GroupConfig {
             retry_max: Duration::from_secs(60),
             delivery_timeout: Duration::from_secs(30),
             validate_json: true,
+            max_json_depth: 512,
         }
     }
 }
@@ -113,6 +119,9 @@ impl GroupConfig {
         }
         if self.max_attempts == 0 {
             return fail("max_attempts", "0".into(), "must be at least 1");
+        }
+        if self.max_json_depth == 0 {
+            return fail("max_json_depth", "0".into(), "must be at least 1");
         }
         if self.delivery_timeout.is_zero() {
             return fail("delivery_timeout", "0s".into(), "must be longer than zero");

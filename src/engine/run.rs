@@ -100,8 +100,10 @@ impl Engine {
         // Counted down by each source as it ends, before it notifies
         // progress (the tracker counts a task until after its last step).
         let running = Arc::new(AtomicUsize::new(self.sources.len()));
-        for ((source, policy), (_, health)) in self.sources.into_iter().zip(&self.router.health) {
-            let name = source.name();
+        for ((source, policy), (name, health)) in self.sources.into_iter().zip(&self.router.health)
+        {
+            // The engine's name for it: unique among the sources.
+            let name = name.clone();
             health.starting(source.connects());
             let ctx = SourceContext {
                 ingest: Ingest::new(self.router.clone(), policy, &name).counting(health.clone()),

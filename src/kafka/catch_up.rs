@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::ValueFormat;
 use super::offsets::{CatchUpPlan, Offsets};
 use super::record;
+use super::source::CatchUpContext;
 use crate::source::{Incoming, Ingest};
 
 /// How long to wait before trying a failed assignment again.
@@ -42,7 +43,7 @@ struct Reading {
 
 /// Reads catch-up ranges as `offsets` plans them, until `stop`.
 pub(super) struct CatchUpReader {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<CatchUpContext>,
     offsets: Arc<Offsets>,
     ingest: Ingest,
     format: ValueFormat,
@@ -57,6 +58,7 @@ impl CatchUpReader {
     /// `client` holds the group consumer's connection settings.
     pub fn new(
         client: &ClientConfig,
+        context: CatchUpContext,
         offsets: Arc<Offsets>,
         ingest: Ingest,
         format: ValueFormat,
@@ -69,7 +71,7 @@ impl CatchUpReader {
         let group = client.get("group.id").unwrap_or("laneway").to_string();
         client.set("group.id", format!("{group}.catch-up"));
         client.remove("statistics.interval.ms");
-        let consumer: StreamConsumer = client.create()?;
+        let consumer: StreamConsumer<CatchUpContext> = client.create_with_context(context)?;
         Ok(CatchUpReader {
             consumer,
             offsets,

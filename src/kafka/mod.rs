@@ -17,6 +17,7 @@
 
 mod catch_up;
 mod config;
+mod error_pacer;
 mod offsets;
 mod record;
 mod sink;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
@@ -20,6 +21,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use super::catch_up::CatchUpReader;
 use super::config::{KafkaConfigError, KafkaSourceConfig, resolve_brokers};
+use super::error_pacer::ErrorPacer;
 use super::offsets::Offsets;
 use super::record;
 use super::split::SplitPolicy;
@@ -77,10 +79,27 @@ struct Callbacks {
     offsets: Arc<Offsets>,
     health: SourceHealth,
     split: Option<SplitPolicy>,
+    pacer: Arc<ErrorPacer>,
+    name: String,
 }
 
 impl ClientContext for Callbacks {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_paced(&self.pacer, &self.name, level, fac, log_message);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
+        // Without a broker up, the partitions' figures are stale or absent:
+        // the lag is unknown, not zero.
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        if !up {
+            self.health.lag_unknown();
+            return;
+        }
+        self.pacer.recovered();
         // A partition not yet fetched reports -1: it adds nothing.
         let lag: i64 = statistics
             .topics
@@ -97,12 +116,15 @@ impl ClientContext for Callbacks {
         // librdkafka retries connections itself; say so in the status line.
         // An error that ends the source (see `is_fatal`) is reported when
         // the consumer returns it, without a promise of retrying.
+        // Others are paced: one warning per interval, the rest counted.
         if is_fatal(&error) {
             tracing::warn!(error = %error, reason, "kafka client error");
         } else {
-            tracing::warn!(error = %error, reason, "kafka client error; it keeps retrying");
+            self.pacer
+                .client_error(&self.name, &format!("{error}: {reason}"));
         }
         self.health.troubled(format!("kafka: {reason}"));
+        self.health.lag_unknown();
     }
 }
 
@@ -189,6 +211,39 @@ impl Callbacks {
     }
 }
 
+/// The catch-up reader's consumer context: its client errors are the
+/// group consumer's trouble seen twice, so they share its pacer.
+pub(super) struct CatchUpContext {
+    pacer: Arc<ErrorPacer>,
+    name: String,
+}
+
+impl ClientContext for CatchUpContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_paced(&self.pacer, &self.name, level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.pacer
+            .client_error(&self.name, &format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for CatchUpContext {}
+
+/// librdkafka's own log lines: warnings and worse go through the pacer
+/// (they repeat the errors the error callback reports), the rest at debug.
+fn log_paced(pacer: &ErrorPacer, source: &str, level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error
+        | RDKafkaLogLevel::Warning => pacer.client_error(source, &format!("{fac}: {message}")),
+        _ => tracing::debug!(source, fac, message, "librdkafka"),
+    }
+}
+
 fn commit<C: Consumer<X>, X: ConsumerContext>(
     consumer: &C,
     due: &[(String, i32, i64)],
@@ -235,10 +290,13 @@ impl Source for KafkaSource {
         let name = self.name();
         let offsets = Arc::new(Offsets::default());
         ctx.health.acknowledges();
+        let pacer = Arc::new(ErrorPacer::new(ctx.health.clone()));
         let callbacks = Callbacks {
             offsets: Arc::clone(&offsets),
             health: ctx.health.clone(),
             split: SplitPolicy::of(&self.config),
+            pacer: Arc::clone(&pacer),
+            name: name.clone(),
         };
         let origin_error = |message: String| SourceError::Origin {
             origin: name.clone(),
@@ -258,6 +316,10 @@ impl Source for KafkaSource {
             true => {
                 let reader = CatchUpReader::new(
                     &self.client,
+                    CatchUpContext {
+                        pacer: Arc::clone(&pacer),
+                        name: name.clone(),
+                    },
                     Arc::clone(&offsets),
                     ctx.ingest.with_policy(LanePolicy::CatchUp),
                     self.config.format,
@@ -300,7 +362,7 @@ impl Source for KafkaSource {
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(source = %name, error = %e, "kafka consumer error; continuing");
+                    pacer.client_error(&name, &e.to_string());
                     ctx.health.troubled(format!("kafka: {e}"));
                     continue;
                 }

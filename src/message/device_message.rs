@@ -43,7 +43,8 @@ struct Inner {
     parts: TopicParts,
     payload: Bytes,
     received_at: Instant,
-    payload_is_json: OnceLock<bool>,
+    /// The payload's nesting depth when it is JSON; `None` when it is not.
+    payload_json_depth: OnceLock<Option<usize>>,
 }
 
 impl Message {
@@ -83,7 +84,7 @@ impl Message {
                 parts,
                 payload: payload.into(),
                 received_at,
-                payload_is_json: OnceLock::new(),
+                payload_json_depth: OnceLock::new(),
             }),
         })
     }
@@ -141,13 +142,22 @@ impl Message {
     /// Whether the payload is JSON (any size of number included). Checked at
     /// most once per message, however many groups ask.
     pub fn payload_is_json(&self) -> bool {
-        *self.inner.payload_is_json.get_or_init(|| {
+        self.payload_json_depth().is_some()
+    }
+
+    /// How deeply the payload nests arrays and objects (`[[1]]`: 2; a
+    /// scalar: 0) when it is JSON; `None` when it is not. Computed once.
+    pub fn payload_json_depth(&self) -> Option<usize> {
+        *self.inner.payload_json_depth.get_or_init(|| {
             // The vectorised parser answers the common case fast; it refuses
-            // some valid JSON (integers beyond 64 bits), so its "no" is
-            // checked again by the strict scanner, which has no such limit.
-            let mut scratch = self.inner.payload.to_vec();
-            simd_json::to_tape(&mut scratch).is_ok()
-                || super::json::validate(&self.inner.payload).is_ok()
+            // some valid JSON (integers beyond 64 bits, very deep nesting),
+            // so its "no" is checked again by the strict scanner, which has
+            // no such limit.
+            let payload = &self.inner.payload;
+            let mut scratch = payload.to_vec();
+            let valid =
+                simd_json::to_tape(&mut scratch).is_ok() || super::json::validate(payload).is_ok();
+            valid.then(|| super::json::nesting_depth(payload))
         })
     }
 

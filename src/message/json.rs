@@ -103,6 +103,37 @@ pub fn validate(bytes: &[u8]) -> Result<(), JsonError> {
     s.end()
 }
 
+/// The deepest nesting of arrays and objects in `bytes`, which must be
+/// valid JSON (`[[1]]` is 2, a scalar 0): the measure `max_json_depth`
+/// limits, since recursive parsers downstream fail on deep nesting. One
+/// pass, no recursion; brackets inside strings do not count.
+pub fn nesting_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// The members of a top-level JSON object: each key's raw bytes (between
 /// its quotes, escapes undecoded) and the byte range of its value.
 pub(crate) struct Member {
@@ -542,6 +573,22 @@ fn literal_name(word: &[u8]) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_depth_counts_brackets_outside_strings() {
+        for (text, depth) in [
+            ("1", 0),
+            ("\"[[[\"", 0),
+            ("[]", 1),
+            ("[[1]]", 2),
+            ("{\"a\":[{\"b\":\"]\\\"[\"}]}", 3),
+            ("[1,[2],[[3]],4]", 3),
+        ] {
+            assert_eq!(nesting_depth(text.as_bytes()), depth, "{text}");
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(nesting_depth(deep.as_bytes()), 100_000);
+    }
 
     #[test]
     fn valid_json_of_every_shape_passes() {

@@ -99,6 +99,12 @@ pub struct TuyaConfig {
     /// Read the test environment's topic `${access_id}/out/event-test`.
     /// Default false.
     pub test_environment: bool,
+    /// Accept a `pulsar://` (non-TLS) `endpoint`. The login sends the
+    /// access ID and a password derived from the access key that stays
+    /// valid as long as the key: in clear, anyone on the path could replay
+    /// it. Off by default; when on, the start logs a warning. For a test
+    /// peer on loopback only.
+    pub allow_plaintext: bool,
 }
 
 impl Default for TuyaConfig {
@@ -110,6 +116,7 @@ impl Default for TuyaConfig {
             region: Region::Cn,
             endpoint: None,
             test_environment: false,
+            allow_plaintext: false,
         }
     }
 }
@@ -165,6 +172,9 @@ pub struct Resolved {
     pub topic: String,
     /// The subscription name.
     pub subscription: String,
+    /// A static password crosses the connection in clear (a `tuya` preset
+    /// allowed onto a `pulsar://` endpoint): the start warns about it.
+    pub plaintext_login: bool,
 }
 
 impl PulsarSourceConfig {
@@ -203,11 +213,23 @@ impl PulsarSourceConfig {
                         "name the variable (or tuya.access_key_file) that holds the access key",
                     ));
                 }
+                let url = tuya
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| tuya.region.url().to_string());
+                let plaintext_login = url.starts_with("pulsar://");
+                if plaintext_login && !tuya.allow_plaintext {
+                    return Err(invalid(
+                        "tuya.endpoint",
+                        format!(
+                            "{} is not TLS: the login would send the access ID and a replayable password in clear; use pulsar+ssl://, or set tuya.allow_plaintext = true (for a test peer)",
+                            crate::amqp::redact(&url)
+                        ),
+                    ));
+                }
                 Resolved {
-                    url: tuya
-                        .endpoint
-                        .clone()
-                        .unwrap_or_else(|| tuya.region.url().to_string()),
+                    url,
+                    plaintext_login,
                     topic: topic_name(&tuya.access_id, tuya.test_environment),
                     subscription: self
                         .subscription
@@ -234,6 +256,7 @@ impl PulsarSourceConfig {
                 };
                 Resolved {
                     url,
+                    plaintext_login: false,
                     topic,
                     subscription: self
                         .subscription
@@ -250,7 +273,28 @@ impl PulsarSourceConfig {
             };
             return Err(invalid(
                 knob,
-                format!("{:?} is not a pulsar:// or pulsar+ssl:// URL", resolved.url),
+                format!(
+                    "{} is not a pulsar:// or pulsar+ssl:// URL",
+                    crate::amqp::redact(&resolved.url)
+                ),
+            ));
+        }
+        if resolved
+            .url
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.contains('@'))
+        {
+            let knob = if self.tuya.is_some() {
+                "tuya.endpoint"
+            } else {
+                "url"
+            };
+            return Err(invalid(
+                knob,
+                format!(
+                    "{}: a Pulsar service URL carries no user or password (the tuya preset logs in with its access key)",
+                    crate::amqp::redact(&resolved.url)
+                ),
             ));
         }
         if resolved.subscription.is_empty() {
@@ -300,6 +344,22 @@ mod tests {
             ..PulsarSourceConfig::default()
         };
         assert_eq!(bad.validate().unwrap_err().knob, "url");
+    }
+
+    #[test]
+    fn the_tuya_preset_refuses_a_plaintext_endpoint_unless_allowed() {
+        let mut c = tuya();
+        if let Some(t) = c.tuya.as_mut() {
+            t.endpoint = Some("pulsar://127.0.0.1:6650".into());
+        }
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.knob, "tuya.endpoint");
+        assert!(e.message.contains("allow_plaintext"), "{e}");
+        if let Some(t) = c.tuya.as_mut() {
+            t.allow_plaintext = true;
+        }
+        assert!(c.validate().unwrap().plaintext_login);
+        assert!(!tuya().validate().unwrap().plaintext_login);
     }
 
     #[test]

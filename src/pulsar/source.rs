@@ -77,7 +77,11 @@ impl PulsarSource {
     fn shown(&self) -> String {
         match &self.config.tuya {
             Some(_) => format!("pulsar tuya {}", self.resolved.topic),
-            None => format!("pulsar {} {}", self.resolved.url, self.resolved.topic),
+            None => format!(
+                "pulsar {} {}",
+                crate::amqp::redact(&self.resolved.url),
+                self.resolved.topic
+            ),
         }
     }
 }
@@ -133,6 +137,9 @@ impl Runner {
         let mut backoff = Backoff::new(c.reconnect_initial, c.reconnect_max);
         let mut sessions = 0u64;
         self.ctx.health.acknowledges();
+        if self.resolved.plaintext_login {
+            tracing::warn!(source = %self.origin, "tuya.allow_plaintext: the login (access ID and a password derived from the access key, replayable) crosses this non-TLS connection in clear");
+        }
         let ca = match &c.ca_file {
             Some(path) => Some(
                 std::fs::read(path)

@@ -30,14 +30,27 @@ enum Output {
 }
 
 impl JsonlSink {
-    /// Appends to `path` (created if missing). With `sync`, every batch is
-    /// fsync'd before it counts as delivered.
+    /// The permission bits a new output file gets by default: owner only,
+    /// since the lines hold device data (as dead letters do).
+    pub const DEFAULT_MODE: u32 = 0o600;
+
+    /// Appends to `path` (created with [`JsonlSink::DEFAULT_MODE`] if
+    /// missing). With `sync`, every batch is fsync'd before it counts as
+    /// delivered.
     pub async fn file(path: &Path, sync: bool) -> std::io::Result<JsonlSink> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
+        Self::file_with_mode(path, sync, Self::DEFAULT_MODE).await
+    }
+
+    /// [`JsonlSink::file`], a missing file created with the permission
+    /// bits `mode` (before the umask; an existing file keeps its own).
+    pub async fn file_with_mode(path: &Path, sync: bool, mode: u32) -> std::io::Result<JsonlSink> {
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        options.mode(mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        let file = options.open(path).await?;
         Ok(JsonlSink {
             out: Mutex::new(Output::File(file)),
             sync,

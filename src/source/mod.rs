@@ -64,6 +64,7 @@ struct SourceCounters {
     reconnects: AtomicU64,
     /// `u64::MAX` while the source does not know its lag.
     lag: AtomicU64,
+    unlogged_errors: AtomicU64,
 }
 
 /// A source's counters at one moment (see [`SourceHealth::snapshot`]).
@@ -84,6 +85,9 @@ pub struct SourceSnapshot {
     pub lag: Option<u64>,
     /// The trouble being ridden out now, if any.
     pub trouble: Option<String>,
+    /// Client errors counted but not logged: a source that retries logs
+    /// one warning per retry interval, not one per error.
+    pub unlogged_errors: u64,
     /// Whether the source is connected to its origin (a file source or the
     /// simulator is, once it runs).
     pub connected: bool,
@@ -148,6 +152,20 @@ impl SourceHealth {
             .store(messages.min(u64::MAX - 1), Ordering::Relaxed);
     }
 
+    /// The source does not know its lag now (it has no broker to ask):
+    /// the status shows it as unknown, not as zero.
+    pub fn lag_unknown(&self) {
+        self.counters.lag.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    /// Counts a client error that was not logged, because a warning for
+    /// the same trouble was logged within the retry interval.
+    pub fn error_unlogged(&self) {
+        self.counters
+            .unlogged_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> SourceSnapshot {
         let c = &*self.counters;
@@ -166,6 +184,7 @@ impl SourceHealth {
             },
             connected: trouble.is_none() && c.state.load(Ordering::Relaxed) == CONNECTED,
             trouble,
+            unlogged_errors: c.unlogged_errors.load(Ordering::Relaxed),
         }
     }
 }
@@ -179,6 +198,7 @@ impl Default for SourceCounters {
             state: AtomicU8::new(NOT_STARTED),
             reconnects: AtomicU64::new(0),
             lag: AtomicU64::new(u64::MAX),
+            unlogged_errors: AtomicU64::new(0),
         }
     }
 }

@@ -112,13 +112,20 @@ impl Group {
 
     /// A dead letter for a message whose payload must be JSON and is not.
     fn invalid_json(&self, message: &Message) -> Option<DeadLetter> {
-        if !self.config.validate_json || message.payload_is_json() {
+        if !self.config.validate_json {
             return None;
         }
-        // Only on this rare path: say what is wrong and where.
-        let reason = match crate::message::json::validate(message.payload()) {
-            Err(e) => format!("payload is not valid JSON: {e}"),
-            Ok(()) => "payload is not valid JSON".to_string(),
+        let limit = self.config.max_json_depth;
+        let reason = match message.payload_json_depth() {
+            Some(depth) if depth <= limit => return None,
+            Some(depth) => {
+                format!("payload nests {depth} deep, deeper than max_json_depth ({limit})")
+            }
+            // Only on this rare path: say what is wrong and where.
+            None => match crate::message::json::validate(message.payload()) {
+                Err(e) => format!("payload is not valid JSON: {e}"),
+                Ok(()) => "payload is not valid JSON".to_string(),
+            },
         };
         Some(DeadLetter::for_message(message, self.name(), 0, reason))
     }

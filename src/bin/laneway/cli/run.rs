@@ -67,7 +67,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     // Bound before the engine is built: a taken port fails the start
     // before any backlog store is opened or any source is read.
     let admin = match config.admin.listen {
-        Some(addr) => match AdminServer::bind(addr).await {
+        Some(addr) => match AdminServer::bind(addr, config.admin.options()).await {
             Ok(server) => Some(server),
             Err(e) => {
                 eprintln!("error: {e}");
