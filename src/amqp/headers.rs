@@ -6,13 +6,18 @@
 //! the generate time.
 //!
 //! Invariants: a delivery without a usable topic never becomes a message: it
-//! is malformed input with a reason (a dead letter); a delivery without any
-//! generate time is stamped with its receipt time (it counts as fresh); a
-//! missing id is the empty string, never an invented one.
+//! is malformed input with a reason (a dead letter); so is one whose
+//! `topic` or `messageId` header is bytes that are not UTF-8 (the reason
+//! gives them as base64): a message's topic and id are text, and neither
+//! a converted id nor a stand-in would be the one sent; a delivery without
+//! any generate time is stamped with its receipt time (it counts as
+//! fresh); a missing id is the empty string, never an invented one.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 
 use crate::message::{Message, now_epoch_ms};
 use crate::source::Incoming;
@@ -48,15 +53,26 @@ pub fn to_incoming(
                     body,
                     origin,
                     format!(
-                        "unusable topic: the `topic` header is {}, not UTF-8 text",
-                        type_name(value)
+                        "unusable topic: the `topic` header is {}, not UTF-8 text{}",
+                        type_name(value),
+                        shown_bytes(value)
                     ),
                 );
             }
         },
     };
-    let message_id = headers
-        .and_then(|h| h.inner().get(MESSAGE_ID))
+    let id_header = headers.and_then(|h| h.inner().get(MESSAGE_ID));
+    if let Some(value) = id_header.filter(|v| text(v).is_none() && !bytes(v).is_empty()) {
+        return malformed(
+            body,
+            origin,
+            format!(
+                "unusable message id: the `messageId` header is not UTF-8 text{}",
+                shown_bytes(value)
+            ),
+        );
+    }
+    let message_id = id_header
         .and_then(|v| text(v).or_else(|| integer(v).map(|i| i.to_string())))
         .or_else(|| {
             properties
@@ -105,6 +121,25 @@ fn text(value: &AMQPValue) -> Option<String> {
         AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
         AMQPValue::ByteArray(b) => std::str::from_utf8(b.as_slice()).ok().map(str::to_string),
         _ => None,
+    }
+}
+
+/// The bytes of a string-like header value (empty for any other type).
+fn bytes(value: &AMQPValue) -> &[u8] {
+    match value {
+        AMQPValue::LongString(s) => s.as_bytes(),
+        AMQPValue::ShortString(s) => s.as_str().as_bytes(),
+        AMQPValue::ByteArray(b) => b.as_slice(),
+        _ => &[],
+    }
+}
+
+/// ` (base64 ...)` with a string-like value's exact bytes, so that the
+/// dead letter keeps them; empty for any other type.
+fn shown_bytes(value: &AMQPValue) -> String {
+    match bytes(value) {
+        [] => String::new(),
+        b => format!(" (base64 {})", BASE64.encode(b)),
     }
 }
 
@@ -158,6 +193,58 @@ pub fn properties(
         props = props.with_delivery_mode(2);
     }
     props
+}
+
+/// The header carrying a message's record key (a Kafka record's), when it
+/// came with one.
+pub const RECORD_KEY: &str = "recordKey";
+
+/// The properties the sink publishes a message with: [`properties`], then
+/// the message's key as `recordKey` and its extra headers under their own
+/// names (each value its bytes as a long string, a header without a value
+/// as void, a name given more than once as an array of its values).
+/// `Err` names what AMQP cannot carry: a header name longer than 255 bytes.
+pub fn properties_of(message: &Message, persistent: bool) -> Result<BasicProperties, String> {
+    let props = properties(
+        message.topic(),
+        message.message_id(),
+        message.generate_time_ms(),
+        persistent,
+    );
+    let Some(extras) = message.extras() else {
+        return Ok(props);
+    };
+    let mut table = props.headers().clone().unwrap_or_default();
+    if let Some(key) = &extras.key {
+        table.insert(
+            RECORD_KEY.into(),
+            AMQPValue::LongString(LongString::from(key.to_vec())),
+        );
+    }
+    for h in &extras.headers {
+        let name = ShortString::try_new(h.name.to_string()).map_err(|_| {
+            format!(
+                "a header name is {} bytes, longer than AMQP's 255",
+                h.name.len()
+            )
+        })?;
+        let value = match &h.value {
+            Some(v) => AMQPValue::LongString(LongString::from(v.to_vec())),
+            None => AMQPValue::Void,
+        };
+        let repeated = extras.headers.iter().filter(|o| o.name == h.name).count() > 1;
+        if !repeated {
+            table.insert(name, value);
+            continue;
+        }
+        let mut values = match table.inner().get(name.as_str()) {
+            Some(AMQPValue::FieldArray(a)) => a.clone(),
+            _ => FieldArray::default(),
+        };
+        values.push(value);
+        table.insert(name, AMQPValue::FieldArray(values));
+    }
+    Ok(props.with_headers(table))
 }
 
 #[cfg(test)]
@@ -246,7 +333,18 @@ mod tests {
             ),
             (
                 props_with(&[("topic", AMQPValue::LongString(vec![0xff, 0xfe].into()))]),
-                "unusable topic",
+                "unusable topic: the `topic` header is LongString, not UTF-8 text (base64 //4=)",
+            ),
+            (
+                props_with(&[
+                    (
+                        "topic",
+                        AMQPValue::LongString("/a/b/thing/lifecycle".into()),
+                    ),
+                    ("messageId", AMQPValue::LongString(vec![0xff, 0xfe].into())),
+                ])
+                .with_message_id("stand-in".into()),
+                "unusable message id: the `messageId` header is not UTF-8 text (base64 //4=)",
             ),
         ] {
             match to_incoming(&p, b"x".to_vec(), || "queue q".into()) {
@@ -264,5 +362,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_sink_writes_the_key_and_extra_headers_as_headers() {
+        use crate::message::{Extras, Header};
+        let m = Message::new("/pk/dn/thing/lifecycle", "1", 2, &b"x"[..])
+            .unwrap()
+            .with_extras(Extras {
+                key: Some(Bytes::from_static(b"\xffk")),
+                headers: vec![
+                    Header::new("a", &b"\x80"[..]),
+                    Header {
+                        name: "none".into(),
+                        value: None,
+                    },
+                    Header::new("a", &b"2"[..]),
+                ],
+            });
+        let props = properties_of(&m, true).unwrap();
+        let table = props.headers().clone().unwrap();
+        let get = |k: &str| table.inner().get(k).cloned();
+        assert_eq!(
+            get(RECORD_KEY),
+            Some(AMQPValue::LongString(vec![0xff, b'k'].into()))
+        );
+        assert_eq!(get("none"), Some(AMQPValue::Void));
+        assert_eq!(
+            get("a"),
+            Some(AMQPValue::FieldArray(
+                vec![
+                    AMQPValue::LongString(vec![0x80].into()),
+                    AMQPValue::LongString(b"2".to_vec().into())
+                ]
+                .into()
+            ))
+        );
+        assert!(get(TOPIC).is_some());
+        let long = Message::new("/pk/dn/thing/lifecycle", "1", 2, &b"x"[..])
+            .unwrap()
+            .with_extras(Extras {
+                key: None,
+                headers: vec![Header::new("n".repeat(256), &b""[..])],
+            });
+        assert!(
+            properties_of(&long, true)
+                .unwrap_err()
+                .contains("256 bytes")
+        );
     }
 }

@@ -11,7 +11,11 @@
 //!   `confirm_timeout` → retryable as well; the channel is dropped and
 //!   reopened (with backoff) on a later delivery;
 //! - unroutable (returned by the broker under `mandatory`) or a routing key
-//!   that cannot be built → permanent: a dead letter with the reason.
+//!   or header that cannot be built → permanent: a dead letter with the
+//!   reason.
+//!
+//! A message's key and extra headers (a Kafka record's) go out as headers:
+//! `recordKey` and each under its own name (see `headers::properties_of`).
 //!
 //! Invariants: `Ok` is returned only when every message of the batch was
 //! confirmed by the broker; the in-flight window counts published,
@@ -418,12 +422,15 @@ impl Sink for AmqpSink {
                 ));
                 continue;
             };
-            let props = headers::properties(
-                m.topic(),
-                m.message_id(),
-                m.generate_time_ms(),
-                self.config.persistent,
-            );
+            let props = match headers::properties_of(m, self.config.persistent) {
+                Ok(props) => props,
+                Err(why) => {
+                    outcome
+                        .unroutable
+                        .push((i, format!("unpublishable: {why}")));
+                    continue;
+                }
+            };
             match channel
                 .basic_publish(
                     self.exchange.clone(),

@@ -6,10 +6,15 @@
 //! sections concatenated, or a binary or string amqp-value); a message
 //! without a usable topic, or with a body that carries no bytes (an
 //! amqp-sequence, a non-binary value), is malformed input with its reason
-//! (a dead letter), never a message with an invented field; a missing id is
+//! (a dead letter), never a message with an invented field; so is one
+//! whose `topic` or `messageId` is binary that is not UTF-8 (the reason
+//! gives its bytes as base64), since a converted id would not be the one
+//! sent; a missing id is
 //! the standard `message-id` property or empty; a missing generate time is
 //! the `creation-time` property, else the receipt time.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use fe2o3_amqp::types::messaging::{Body, Message, MessageId};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
@@ -54,11 +59,27 @@ pub fn to_incoming(message: Message<Body<Value>>, origin: impl FnOnce() -> Strin
                 return malformed(
                     payload,
                     origin,
-                    "unusable topic: the `topic` application property is not a string".into(),
+                    format!(
+                        "unusable topic: the `topic` application property is not a string{}",
+                        shown_binary(value)
+                    ),
                 );
             }
         },
     };
+    if let Some(value) = get(MESSAGE_ID)
+        && let SimpleValue::Binary(b) = value
+        && std::str::from_utf8(b).is_err()
+    {
+        return malformed(
+            payload,
+            origin,
+            format!(
+                "unusable message id: the `messageId` application property is not UTF-8{}",
+                shown_binary(value)
+            ),
+        );
+    }
     let message_id = get(MESSAGE_ID)
         .and_then(|v| text(v).or_else(|| integer(v).map(|i| i.to_string())))
         .or_else(|| {
@@ -122,6 +143,15 @@ fn text(value: &SimpleValue) -> Option<String> {
         SimpleValue::Symbol(s) => Some(s.0.clone()),
         SimpleValue::Binary(b) => std::str::from_utf8(b).ok().map(str::to_string),
         _ => None,
+    }
+}
+
+/// ` (base64 ...)` with a binary value's exact bytes, so that the dead
+/// letter keeps them; empty for any other type.
+fn shown_binary(value: &SimpleValue) -> String {
+    match value {
+        SimpleValue::Binary(b) => format!(" (base64 {})", BASE64.encode(&b[..])),
+        _ => String::new(),
     }
 }
 

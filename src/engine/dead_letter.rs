@@ -4,7 +4,9 @@
 //! source is acknowledged for it; nothing reaches the dead letters without a
 //! reason; the most recent ones stay readable in memory for library users
 //! and tests; the file is readable by its owner only (0600, its directories
-//! 0700 when laneway creates them), since it holds customer device data.
+//! 0700 when laneway creates them), since it holds customer device data; a
+//! dead letter's body (and a message's key and headers) are kept exactly:
+//! whole, and as `bodyBase64` when they are not UTF-8, never converted.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -15,16 +17,21 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde::Serialize;
 
 use crate::backoff::Backoff;
-use crate::message::Message;
+use crate::message::{Extras, Message, write_base64, write_extras, write_json_string};
 
 /// How many dead letters stay in memory for [`DeadLetters::recent`].
 const RECENT: usize = 10_000;
 
 /// One undeliverable message (or input that never became one).
-#[derive(Debug, Clone, Serialize)]
+///
+/// In the file, one JSON object a line: `reason`, `group`, `origin`,
+/// `attempts`, `topic`, `messageId`, then a message's `key` (or
+/// `keyBase64`) and `headers` when it had them (as in the JSONL envelope),
+/// and last the body: `body`, a string, when it is UTF-8, else
+/// `bodyBase64`; either way its exact bytes.
+#[derive(Debug, Clone)]
 pub struct DeadLetter {
     /// Why it can never be delivered.
     pub reason: String,
@@ -37,10 +44,11 @@ pub struct DeadLetter {
     /// The topic, if there was one.
     pub topic: Option<String>,
     /// The message id, if there was one.
-    #[serde(rename = "messageId")]
     pub message_id: Option<String>,
-    /// The body or raw input, lossily as text.
-    pub body: String,
+    /// A message's key and extra headers, when it had any.
+    pub extras: Option<Extras>,
+    /// The body or raw input, exactly (shared with the message, not copied).
+    pub body: Bytes,
 }
 
 impl DeadLetter {
@@ -58,13 +66,14 @@ impl DeadLetter {
             attempts,
             topic: Some(message.topic().to_string()),
             message_id: Some(message.message_id().to_string()),
-            body: body_text(message.payload()),
+            extras: message.extras().cloned(),
+            body: message.payload().clone(),
         }
     }
 
     /// A dead letter for input that never became a message.
     pub fn for_input(
-        raw: &[u8],
+        raw: impl Into<Bytes>,
         origin: impl Into<String>,
         reason: impl Into<String>,
     ) -> DeadLetter {
@@ -75,17 +84,50 @@ impl DeadLetter {
             attempts: 0,
             topic: None,
             message_id: None,
-            body: body_text(raw),
+            extras: None,
+            body: raw.into(),
         }
     }
-}
 
-/// Bodies are kept whole up to this many bytes, then cut (the reason says why).
-const BODY_LIMIT: usize = 64 * 1024;
-
-fn body_text(raw: &[u8]) -> String {
-    let cut = &raw[..raw.len().min(BODY_LIMIT)];
-    String::from_utf8_lossy(cut).into_owned()
+    /// Appends this dead letter as one line of the file (see [`DeadLetter`]).
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        let text = |out: &mut Vec<u8>, name: &str, value: Option<&str>| {
+            write_json_string(out, name);
+            out.push(b':');
+            match value {
+                Some(v) => write_json_string(out, v),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.push(b',');
+        };
+        out.push(b'{');
+        text(out, "reason", Some(&self.reason));
+        text(out, "group", self.group.as_deref());
+        text(out, "origin", self.origin.as_deref());
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "\"attempts\":{},", self.attempts);
+        text(out, "topic", self.topic.as_deref());
+        write_json_string(out, "messageId");
+        out.push(b':');
+        match &self.message_id {
+            Some(id) => write_json_string(out, id),
+            None => out.extend_from_slice(b"null"),
+        }
+        if let Some(extras) = &self.extras {
+            write_extras(out, extras);
+        }
+        match std::str::from_utf8(&self.body) {
+            Ok(body) => {
+                out.extend_from_slice(b",\"body\":");
+                write_json_string(out, body);
+            }
+            Err(_) => {
+                out.extend_from_slice(b",\"bodyBase64\":");
+                write_base64(out, &self.body);
+            }
+        }
+        out.extend_from_slice(b"}\n");
+    }
 }
 
 /// Where dead letters go: an append-only JSONL file, plus the recent ones in memory.
@@ -147,9 +189,7 @@ impl DeadLetters {
         if self.file.is_some() {
             let mut lines = Vec::new();
             for l in &letters {
-                // Serializing a plain struct of strings into a Vec cannot fail.
-                let _ = simd_json::to_writer(&mut lines, l);
-                lines.push(b'\n');
+                l.write_line(&mut lines);
             }
             let lines = Bytes::from(lines);
             let mut backoff = Backoff::new(
@@ -202,6 +242,45 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn bodies_keys_and_headers_are_written_exactly() {
+        use crate::message::{Header, parse_envelope};
+        let raw = Bytes::from_static(b"\xff\0{\"a\":1}");
+        let mut line = Vec::new();
+        DeadLetter::for_input(raw.clone(), "q", "no topic").write_line(&mut line);
+        let value = simd_json::to_owned_value(&mut line.clone()).unwrap();
+        assert_eq!(
+            value["bodyBase64"],
+            "/wB7ImEiOjF9",
+            "{}",
+            line.escape_ascii()
+        );
+        assert_eq!(value["topic"], ());
+        let message = Message::new("/pk/dn/thing/lifecycle", "m\"1", 3, raw.clone())
+            .unwrap()
+            .with_extras(Extras {
+                key: Some(Bytes::from_static(b"\x80k")),
+                headers: vec![Header::new("h", &b"v"[..])],
+            });
+        let mut line = Vec::new();
+        DeadLetter::for_message(&message, "g", 2, "invalid JSON").write_line(&mut line);
+        // A message's dead letter reads back as an envelope would (the
+        // body standing for the payload): every byte is there.
+        let text = String::from_utf8(line.clone()).unwrap();
+        let as_envelope = text
+            .replace("\"bodyBase64\"", "\"payloadBase64\"")
+            .replace("\"attempts\":2,", "\"generateTime\":3,");
+        let back = parse_envelope(as_envelope.trim_end().as_bytes()).unwrap();
+        assert_eq!(back.payload(), &raw);
+        assert_eq!(back.message_id(), "m\"1");
+        assert_eq!(back.extras(), message.extras());
+        let mut line = Vec::new();
+        DeadLetter::for_input(Bytes::from_static("caf\u{e9}\n".as_bytes()), "f:1", "x")
+            .write_line(&mut line);
+        let value = simd_json::to_owned_value(&mut line).unwrap();
+        assert_eq!(value["body"], "caf\u{e9}\n");
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl Router {
                     origin,
                     reason,
                 } => {
-                    dead.push(DeadLetter::for_input(&raw, origin, reason));
+                    dead.push(DeadLetter::for_input(raw, origin, reason));
                     bump(&self.stats.dead_malformed, 1);
                     continue;
                 }
@@ -146,9 +146,10 @@ impl Router {
             Some(line) => format!("{source}:{line}"),
             None => source.to_string(),
         };
-        let mut letter = DeadLetter::for_input(message.payload(), origin, reason);
+        let mut letter = DeadLetter::for_input(message.payload().clone(), origin, reason);
         letter.topic = Some(message.topic().to_string());
         letter.message_id = Some(message.message_id().to_string());
+        letter.extras = message.extras().cloned();
         letter
     }
 }

@@ -96,6 +96,19 @@ impl Default for KafkaSourceConfig {
     }
 }
 
+/// Which key the Kafka sink gives a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyChoice {
+    /// The key the message came with (a Kafka record's), byte for byte;
+    /// `productKey/deviceName` for a message that came without one.
+    #[default]
+    Original,
+    /// Always `productKey/deviceName` (the topic when it names no device),
+    /// so one device's messages share a partition whatever their origin.
+    Device,
+}
+
 /// A Kafka sink: every delivered message produced to one topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -110,6 +123,10 @@ pub struct KafkaSinkConfig {
     /// backlog. Default 30s.
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
+    /// The record key: `original` (the message's own key when it has one,
+    /// else `productKey/deviceName`) or `device` (always
+    /// `productKey/deviceName`). Default `original`.
+    pub key: KeyChoice,
     /// Extra librdkafka properties, set after laneway's own; never logged.
     pub properties: BTreeMap<String, String>,
 }
@@ -120,6 +137,7 @@ impl Default for KafkaSinkConfig {
             brokers: String::new(),
             topic: String::new(),
             delivery_timeout: Duration::from_secs(30),
+            key: KeyChoice::Original,
             properties: BTreeMap::new(),
         }
     }

@@ -11,6 +11,10 @@
 //!   revoke (for the partitions going away), and on shutdown;
 //! - a record that cannot become a message is a dead letter naming its
 //!   topic, partition and offset;
+//! - a record's key and its headers beyond `topic`, `messageId` and
+//!   `generateTime` travel with its message, through both lanes and both
+//!   backlog stores, and the sink writes them again (the key as its `key`
+//!   knob says);
 //! - the sink reports a full producer queue or a failed delivery as "push
 //!   limited" (the message waits in the backlog), and only errors no retry
 //!   can fix (an unknown topic, a record too large) as permanent.
@@ -24,7 +28,9 @@ mod sink;
 mod source;
 mod split;
 
-pub use config::{BROKERS_ENV, KafkaConfigError, KafkaSinkConfig, KafkaSourceConfig, ValueFormat};
-pub use record::{headers_of, key_of};
+pub use config::{
+    BROKERS_ENV, KafkaConfigError, KafkaSinkConfig, KafkaSourceConfig, KeyChoice, ValueFormat,
+};
+pub use record::{headers_of, key_of, record_key};
 pub use sink::KafkaSink;
 pub use source::KafkaSource;

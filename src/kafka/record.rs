@@ -5,15 +5,24 @@
 //! timestamp stands in for a missing generate time. An envelope record
 //! carries all four in a JSON envelope.
 //!
+//! The record key and every header beyond the platform's three are kept on
+//! the message ([`Message::key`], [`Message::headers`]) and written again
+//! by the sink.
+//!
 //! Invariants: a record without a usable topic never becomes a message: it
 //! is malformed input with a reason and its `topic[partition]@offset` (a
-//! dead letter); payload bytes are taken as they are, never re-encoded.
+//! dead letter); a `topic` or `messageId` header that is not UTF-8 is
+//! malformed too, its bytes given in the reason (as base64), since a
+//! message's topic and id are text and converting them would change them;
+//! payload, key and header bytes are taken as they are, never re-encoded.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
 use super::ValueFormat;
-use crate::message::{Message, now_epoch_ms, parse_envelope};
+use crate::message::{self, Extras, Message, now_epoch_ms, parse_envelope};
 use crate::source::Incoming;
 
 /// The header carrying the platform topic.
@@ -39,12 +48,39 @@ pub(super) fn same_partition(a: &impl rdkafka::Message, b: &impl rdkafka::Messag
     a.partition() == b.partition() && a.topic() == b.topic()
 }
 
+/// Whether a header is one of the platform's three (carried as the
+/// message's own fields, not among its extra headers).
+fn is_platform_header(name: &str) -> bool {
+    matches!(name, TOPIC | MESSAGE_ID | GENERATE_TIME)
+}
+
+/// The record's key and its headers beyond the platform's three.
+fn extras_of(record: &impl rdkafka::Message) -> Extras {
+    let headers = record.headers().map_or_else(Vec::new, |headers| {
+        headers
+            .iter()
+            .filter(|h| !is_platform_header(h.key))
+            .map(|h| message::Header {
+                name: h.key.into(),
+                value: h.value.map(Bytes::copy_from_slice),
+            })
+            .collect()
+    });
+    Extras {
+        key: record.key().map(Bytes::copy_from_slice),
+        headers,
+    }
+}
+
 /// Turns one record into what the engine ingests.
 pub(super) fn to_incoming(record: &impl rdkafka::Message, format: ValueFormat) -> Incoming {
     let value = record.payload().unwrap_or_default();
     match format {
         ValueFormat::Envelope => match parse_envelope(value) {
-            Ok(m) => Incoming::Message(m),
+            // An envelope that carries its own key and headers keeps them;
+            // else the record's are the message's.
+            Ok(m) if m.extras().is_some() => Incoming::Message(m),
+            Ok(m) => Incoming::Message(m.with_extras(extras_of(record))),
             Err(e) => malformed(value, record, format!("not an envelope: {e}")),
         },
         ValueFormat::Raw => {
@@ -66,12 +102,27 @@ pub(super) fn to_incoming(record: &impl rdkafka::Message, format: ValueFormat) -
                 return malformed(
                     value,
                     record,
-                    "unusable topic: the `topic` header is not UTF-8".into(),
+                    format!(
+                        "unusable topic: the `topic` header is not UTF-8 (base64 {})",
+                        BASE64.encode(topic)
+                    ),
                 );
             };
-            let message_id = header(MESSAGE_ID)
-                .map(|id| String::from_utf8_lossy(id).into_owned())
-                .unwrap_or_default();
+            let message_id = match header(MESSAGE_ID).map(std::str::from_utf8) {
+                None => "",
+                Some(Ok(id)) => id,
+                Some(Err(_)) => {
+                    let id = header(MESSAGE_ID).unwrap_or_default();
+                    return malformed(
+                        value,
+                        record,
+                        format!(
+                            "unusable message id: the `messageId` header is not UTF-8 (base64 {})",
+                            BASE64.encode(id)
+                        ),
+                    );
+                }
+            };
             let generate_time_ms = header(GENERATE_TIME)
                 .and_then(|t| std::str::from_utf8(t).ok())
                 .and_then(|t| t.trim().parse::<i64>().ok())
@@ -83,7 +134,7 @@ pub(super) fn to_incoming(record: &impl rdkafka::Message, format: ValueFormat) -
                 generate_time_ms,
                 Bytes::copy_from_slice(value),
             ) {
-                Ok(m) => Incoming::Message(m),
+                Ok(m) => Incoming::Message(m.with_extras(extras_of(record))),
                 Err(e) => malformed(value, record, format!("unusable topic: {e}")),
             }
         }
@@ -99,10 +150,11 @@ fn malformed(value: &[u8], record: &impl rdkafka::Message, reason: String) -> In
 }
 
 /// The headers the platform (and so laneway's sink and simulator) puts on
-/// a raw record.
+/// a raw record, then the message's extra headers in their order.
 pub fn headers_of(message: &Message) -> OwnedHeaders {
     let time = message.generate_time_ms().to_string();
-    OwnedHeaders::new_with_capacity(3)
+    let extra = message.headers();
+    let platform = OwnedHeaders::new_with_capacity(3 + extra.len())
         .insert(Header {
             key: TOPIC,
             value: Some(message.topic().as_bytes()),
@@ -114,14 +166,132 @@ pub fn headers_of(message: &Message) -> OwnedHeaders {
         .insert(Header {
             key: GENERATE_TIME,
             value: Some(time.as_bytes()),
+        });
+    extra.iter().fold(platform, |headers, h| {
+        headers.insert(Header {
+            key: &h.name,
+            value: h.value.as_deref(),
         })
+    })
 }
 
-/// The record key: `productKey/deviceName`, so one device's messages land in
+/// The device key: `productKey/deviceName`, so one device's messages land in
 /// one partition and keep their order; the topic when it names no device.
 pub fn key_of(message: &Message) -> String {
     match (message.product_key(), message.device_name()) {
         (Some(p), Some(d)) => format!("{p}/{d}"),
         _ => message.topic().to_string(),
+    }
+}
+
+/// The record key the sink gives a message, as its `key` knob says: the
+/// key the message came with, or the device key.
+pub fn record_key(message: &Message, choice: super::KeyChoice) -> Bytes {
+    match (choice, message.key()) {
+        (super::KeyChoice::Original, Some(key)) => key.clone(),
+        _ => Bytes::from(key_of(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    use super::*;
+
+    fn raw(key: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> OwnedMessage {
+        let headers = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header { key: *k, value: *v })
+        });
+        OwnedMessage::new(
+            Some(b"\xff\0payload".to_vec()),
+            key.map(<[u8]>::to_vec),
+            "in".into(),
+            Timestamp::CreateTime(5),
+            0,
+            7,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn the_key_and_every_extra_header_are_kept_and_written_again() {
+        let record = raw(
+            Some(b"\x80key"),
+            &[
+                ("trace", Some(b"\xff")),
+                (TOPIC, Some(b"/pk/dn/thing/lifecycle")),
+                ("empty", None),
+                (MESSAGE_ID, Some(b"m1")),
+                ("trace", Some(b"")),
+            ],
+        );
+        let Incoming::Message(m) = to_incoming(&record, ValueFormat::Raw) else {
+            panic!("not a message")
+        };
+        assert_eq!(
+            (m.topic(), m.message_id(), m.generate_time_ms()),
+            ("/pk/dn/thing/lifecycle", "m1", 5)
+        );
+        assert_eq!(m.key().map(|k| &k[..]), Some(&b"\x80key"[..]));
+        let names: Vec<(&str, Option<&[u8]>)> = m
+            .headers()
+            .iter()
+            .map(|h| (&*h.name, h.value.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("trace", Some(&b"\xff"[..])),
+                ("empty", None),
+                ("trace", Some(&b""[..]))
+            ]
+        );
+        let out = headers_of(&m);
+        let written: Vec<(&str, Option<&[u8]>)> = out.iter().map(|h| (h.key, h.value)).collect();
+        assert_eq!(written.len(), 6);
+        assert_eq!(&written[3..], &names[..]);
+        assert_eq!(
+            &record_key(&m, super::super::KeyChoice::Original)[..],
+            b"\x80key"
+        );
+        assert_eq!(
+            &record_key(&m, super::super::KeyChoice::Device)[..],
+            b"pk/dn"
+        );
+    }
+
+    #[test]
+    fn an_id_or_topic_that_is_not_utf8_is_a_dead_letter_that_keeps_its_bytes() {
+        for (headers, want) in [
+            (
+                [
+                    (TOPIC, Some(&b"/pk/dn/thing/lifecycle"[..])),
+                    (MESSAGE_ID, Some(&b"\xff\xfe"[..])),
+                ],
+                "unusable message id: the `messageId` header is not UTF-8 (base64 //4=)",
+            ),
+            (
+                [
+                    (TOPIC, Some(&b"/pk/\xc0/x"[..])),
+                    (MESSAGE_ID, Some(&b"m"[..])),
+                ],
+                "unusable topic: the `topic` header is not UTF-8 (base64 L3BrL8AveA==)",
+            ),
+        ] {
+            match to_incoming(&raw(None, &headers), ValueFormat::Raw) {
+                Incoming::Malformed {
+                    raw,
+                    reason,
+                    origin,
+                } => {
+                    assert_eq!(reason, want);
+                    assert_eq!(&raw[..], b"\xff\0payload");
+                    assert_eq!(origin, "in[0]@7");
+                }
+                _ => panic!("accepted"),
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The Kafka sink: an idempotent producer (`acks=all`) that produces each
 //! delivered message as a raw record (payload as value, the platform's
-//! fields as headers), keyed by product and device.
+//! fields and the message's extra headers as headers), keyed by the
+//! message's own key or by product and device (the `key` knob).
 
 use std::time::Duration;
 
@@ -9,14 +10,15 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::config::{KafkaConfigError, KafkaSinkConfig, resolve_brokers};
-use super::record::{headers_of, key_of};
+use super::config::{KafkaConfigError, KafkaSinkConfig, KeyChoice, resolve_brokers};
+use super::record::{headers_of, record_key};
 use crate::sink::{BatchError, Delivery, DeliveryError, Sink};
 
 /// Produces delivered messages to a Kafka topic.
 pub struct KafkaSink {
     producer: FutureProducer,
     topic: String,
+    key: KeyChoice,
     flush_timeout: Duration,
 }
 
@@ -43,6 +45,7 @@ impl KafkaSink {
         Ok(KafkaSink {
             producer,
             topic: config.topic,
+            key: config.key,
             flush_timeout: config.delivery_timeout,
         })
     }
@@ -73,10 +76,10 @@ impl Sink for KafkaSink {
         let mut pending = Vec::with_capacity(batch.len());
         for (i, d) in batch.iter().enumerate() {
             let m = &d.message;
-            let key = key_of(m);
+            let key = record_key(m, self.key);
             let record = FutureRecord::to(&self.topic)
                 .payload(m.payload().as_ref())
-                .key(key.as_bytes())
+                .key(key.as_ref())
                 .headers(headers_of(m));
             match self.producer.send_result(record) {
                 Ok(future) => pending.push((i, future)),

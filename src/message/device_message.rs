@@ -1,8 +1,11 @@
 //! The message type that flows through laneway.
 //!
-//! Invariants: a [`Message`] is immutable once built; cloning it is one
-//! reference-count increment, so fan-out to many groups copies no bytes; its
-//! kind and parts always agree with its topic.
+//! Invariants: a [`Message`] is immutable once shared (only
+//! [`Message::with_extras`] on a message not yet cloned changes it in
+//! place); cloning it is one reference-count increment, so fan-out to many
+//! groups copies no bytes; its kind and parts always agree with its topic;
+//! a message without a key or extra headers carries one null pointer for
+//! them, nothing more.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -10,7 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{Kind, TopicParts, classify};
+use super::{Extras, Header, Kind, TopicParts, classify};
 
 /// The longest topic accepted; longer ones are malformed input, not messages.
 pub const MAX_TOPIC_LEN: usize = 4096;
@@ -26,7 +29,9 @@ pub enum MessageError {
     TopicTooLong(usize),
 }
 
-/// One device message: topic, message id, generate time and payload.
+/// One device message: topic, message id, generate time and payload, and,
+/// for a message that came with them (a Kafka record), its key and extra
+/// headers.
 ///
 /// Routing needs only the three header fields; the payload is carried as
 /// shared bytes and parsed only when a group asks for JSON validation (and
@@ -36,6 +41,7 @@ pub struct Message {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     topic: Box<str>,
     message_id: Box<str>,
@@ -45,6 +51,7 @@ struct Inner {
     received_at: Instant,
     /// The payload's nesting depth when it is JSON; `None` when it is not.
     payload_json_depth: OnceLock<Option<usize>>,
+    extras: Option<Box<Extras>>,
 }
 
 impl Message {
@@ -85,8 +92,39 @@ impl Message {
                 payload: payload.into(),
                 received_at,
                 payload_json_depth: OnceLock::new(),
+                extras: None,
             }),
         })
+    }
+
+    /// This message with `extras` as its key and extra headers (empty
+    /// extras: none). Sources call it on a message they just built, which
+    /// is changed in place; on a message already cloned, the fields are
+    /// copied once (the payload is shared either way).
+    pub fn with_extras(mut self, extras: Extras) -> Message {
+        let extras = (!extras.is_empty()).then(|| Box::new(extras));
+        Arc::make_mut(&mut self.inner).extras = extras;
+        self
+    }
+
+    /// The key and extra headers, when the message has any.
+    pub fn extras(&self) -> Option<&Extras> {
+        self.inner.extras.as_deref()
+    }
+
+    /// The key of the record the message came in (a Kafka record key), byte
+    /// for byte; `None` when it had none. Sinks that key their output keep it.
+    pub fn key(&self) -> Option<&Bytes> {
+        self.extras().and_then(|e| e.key.as_ref())
+    }
+
+    /// The headers the message came with beyond the platform's `topic`,
+    /// `messageId` and `generateTime` (a Kafka record's), in their order;
+    /// empty for most messages.
+    pub fn headers(&self) -> &[Header] {
+        self.extras()
+            .map(|e| e.headers.as_slice())
+            .unwrap_or_default()
     }
 
     /// The platform topic the message was published on.
@@ -163,7 +201,11 @@ impl Message {
 
     /// Bytes this message occupies in memory, roughly (for capacity accounting).
     pub fn size_bytes(&self) -> usize {
-        self.inner.topic.len() + self.inner.message_id.len() + self.inner.payload.len() + 64
+        self.inner.topic.len()
+            + self.inner.message_id.len()
+            + self.inner.payload.len()
+            + self.extras().map_or(0, Extras::size_bytes)
+            + 64
     }
 
     fn part(&self, range: &Option<std::ops::Range<usize>>) -> Option<&str> {
@@ -179,6 +221,8 @@ impl fmt::Debug for Message {
             .field("generate_time_ms", &self.generate_time_ms())
             .field("kind", &self.kind())
             .field("payload_len", &self.payload().len())
+            .field("key", &self.key())
+            .field("headers", &self.headers().len())
             .finish()
     }
 }
@@ -202,6 +246,22 @@ mod tests {
         assert_eq!(m.payload().as_ptr(), c.payload().as_ptr());
         assert_eq!(c.product_key(), Some("pk"));
         assert_eq!(c.device_name(), Some("dn"));
+    }
+
+    #[test]
+    fn extras_are_kept_and_a_message_without_them_stays_small() {
+        assert!(std::mem::size_of::<Option<Box<Extras>>>() == std::mem::size_of::<usize>());
+        let m = Message::new("/pk/dn/thing/lifecycle", "1", 5, Bytes::from_static(b"{}")).unwrap();
+        assert_eq!((m.key(), m.headers().len()), (None, 0));
+        let shared = m.clone();
+        let keyed = m.with_extras(Extras {
+            key: Some(Bytes::from_static(b"\xff\0k")),
+            headers: vec![Header::new("h", &b"\x80"[..])],
+        });
+        assert_eq!(keyed.key().map(|k| &k[..]), Some(&b"\xff\0k"[..]));
+        assert_eq!(keyed.headers()[0].value.as_deref(), Some(&b"\x80"[..]));
+        assert_eq!(keyed.payload().as_ptr(), shared.payload().as_ptr());
+        assert_eq!(shared.key(), None, "a clone made before is not changed");
     }
 
     #[test]

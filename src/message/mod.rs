@@ -1,14 +1,18 @@
-//! Device messages: the type, its kind, topic classification and the JSONL
-//! envelope.
+//! Device messages: the type, its kind, topic classification, the key and
+//! headers some carry, and the JSONL envelope.
 
 mod device_message;
 mod envelope;
+mod extras;
 pub mod json;
 mod kind;
 mod topic;
 
 pub use device_message::{MAX_TOPIC_LEN, Message, MessageError, now_epoch_ms};
-pub use envelope::{EnvelopeError, parse_envelope, write_envelope, write_json_string};
+pub use envelope::{
+    EnvelopeError, parse_envelope, write_base64, write_envelope, write_extras, write_json_string,
+};
+pub use extras::{Extras, ExtrasError, Header};
 pub use json::{JsonError, JsonProblem};
 pub use kind::{Kind, UnknownKind};
 pub use topic::{TopicParts, classify};

@@ -73,11 +73,15 @@ impl Record {
     /// Reads one envelope line as laneway's JSONL sink writes it: topic,
     /// id and time parsed, the payload taken as the raw bytes that follow
     /// `"payload":` up to the closing brace (so a payload that came out as
-    /// a JSON string, or with bytes added, is seen as it is).
+    /// a JSON string, or with bytes added, is seen as it is), or decoded
+    /// from `"payloadBase64"`.
     pub fn from_envelope_line(line: &[u8]) -> Result<Record, String> {
         let shown = || String::from_utf8_lossy(line).into_owned();
         let m = laneway::message::parse_envelope(line)
             .map_err(|e| format!("not an envelope ({e}): {}", shown()))?;
+        if line.windows(17).any(|w| w == b",\"payloadBase64\":") {
+            return Ok(Record::of(&m));
+        }
         let key = b",\"payload\":";
         let start = line
             .windows(key.len())

@@ -2,20 +2,25 @@
 //! (`topic`, `messageId`, `generateTime`, as the sink writes them), the
 //! payload as the body, and laneway's own headers for what the store needs
 //! across instances: the attempts made, the not-before time and when the
-//! record was first stored.
+//! record was first stored; and, for a message that has a key or extra
+//! headers, both in one `x-laneway-extras` header (the binary form of
+//! [`Extras::encode`], byte for byte). A record without that header (all
+//! those stored before it existed) reads as a message without extras.
 //!
 //! Invariants: decoding what [`encode`] wrote gives back the same topic,
-//! id, generate time, payload, attempts and not-before time; the broker's
+//! id, generate time, payload, key, headers, attempts and not-before time;
+//! a record whose extras header is damaged is not a record (its reason
+//! says so), never a message without them; the broker's
 //! own `x-death` history is never copied into a republished record (a
 //! record carrying it back into the wait queue would look like a
 //! dead-letter cycle to the broker, which drops such messages).
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, ShortString};
+use lapin::types::{AMQPValue, LongString, ShortString};
 
 use crate::amqp::headers;
 use crate::backlog::BacklogRecord;
-use crate::message::Message;
+use crate::message::{Extras, Message};
 use crate::source::Incoming;
 
 /// Delivery attempts already made.
@@ -24,6 +29,8 @@ pub const ATTEMPTS: &str = "x-laneway-attempts";
 pub const NOT_BEFORE: &str = "x-laneway-not-before";
 /// Epoch milliseconds when the record first entered the backlog.
 pub const STORED_AT: &str = "x-laneway-stored-at";
+/// The message's key and extra headers, in [`Extras::encode`]'s form.
+pub const EXTRAS: &str = "x-laneway-extras";
 
 /// The properties of a record first stored at `stored_at_ms`; with
 /// `expiration_ms`, a per-message TTL (for the wait queue).
@@ -41,6 +48,14 @@ pub fn encode(
         AMQPValue::LongLongInt(record.not_before_ms),
     );
     table.insert(STORED_AT.into(), AMQPValue::LongLongInt(stored_at_ms));
+    if let Some(extras) = m.extras() {
+        let mut encoded = Vec::with_capacity(extras.size_bytes());
+        extras.encode(&mut encoded);
+        table.insert(
+            EXTRAS.into(),
+            AMQPValue::LongString(LongString::from(encoded)),
+        );
+    }
     props = props.with_headers(table);
     if let Some(ms) = expiration_ms {
         props = props.with_expiration(ShortString::from(ms.max(0).to_string()));
@@ -64,6 +79,18 @@ pub fn decode(properties: &BasicProperties, body: Vec<u8>) -> Result<Decoded, St
         Incoming::Malformed { reason, .. } => return Err(reason),
     };
     let table = properties.headers().as_ref();
+    let message = match table.and_then(|t| t.inner().get(EXTRAS)) {
+        None => message,
+        Some(AMQPValue::LongString(encoded)) => message.with_extras(
+            Extras::decode(encoded.as_bytes())
+                .map_err(|e| format!("damaged record: the `{EXTRAS}` header: {e}"))?,
+        ),
+        Some(_) => {
+            return Err(format!(
+                "damaged record: the `{EXTRAS}` header is not bytes"
+            ));
+        }
+    };
     let int = |key: &str| table.and_then(|t| t.inner().get(key)).and_then(integer);
     let attempts = int(ATTEMPTS)
         .and_then(|a| u32::try_from(a).ok())
@@ -132,6 +159,33 @@ mod tests {
         assert_eq!(back.record.not_before_ms, 1_700_000_009_000);
         assert_eq!(back.stored_at_ms, 1_700_000_000_500);
         assert_eq!(stored_at(&props), Some(1_700_000_000_500));
+    }
+
+    #[test]
+    fn a_key_and_headers_read_back_byte_for_byte() {
+        use crate::message::Header;
+        let extras = Extras {
+            key: Some(bytes::Bytes::from_static(b"\xff\0key")),
+            headers: vec![
+                Header::new("h", &b"\x80"[..]),
+                Header {
+                    name: "h".into(),
+                    value: None,
+                },
+            ],
+        };
+        let record = BacklogRecord::fresh(
+            Message::new("/pk/dn/thing/lifecycle", "m", 1, vec![0xffu8])
+                .unwrap()
+                .with_extras(extras.clone()),
+        );
+        let props = encode(&record, 5, None);
+        let back = decode(&props, vec![0xff]).unwrap();
+        assert_eq!(back.record.message.extras(), Some(&extras));
+        // Damaged extras are not a record without them.
+        let mut table = props.headers().clone().unwrap();
+        table.insert(EXTRAS.into(), AMQPValue::LongString(vec![9u8].into()));
+        assert!(decode(&props.clone().with_headers(table), vec![0xff]).is_err());
     }
 
     #[test]

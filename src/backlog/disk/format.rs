@@ -8,17 +8,26 @@
 //! - a frame starts on an 8-byte boundary, is `16 + body length` bytes rounded
 //!   up to 8, and its CRC32C covers the id and the body, so any flipped bit
 //!   in either is caught;
+//! - a record body says in its flags what it holds beyond the version 1
+//!   fields (a message's key and extra headers); version 1 wrote the flags
+//!   as zero, so its segments read as they always did;
 //! - decoding never panics on any input: a bad frame is an error value.
 
 use bytes::Bytes;
 
 use crate::backlog::BacklogRecord;
-use crate::message::{MAX_TOPIC_LEN, Message};
+use crate::message::{Extras, MAX_TOPIC_LEN, Message};
 
 /// The first eight bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"LNWYSEG\0";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version this code writes (version 2 added the record flags
+/// and a message's key and extra headers).
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest format version this code still reads.
+pub const OLDEST_READ_VERSION: u8 = 1;
+/// Record flag: the body holds the message's key and extra headers (a
+/// `u32` length and [`Extras::encode`]'s bytes) between its id and payload.
+pub const FLAG_EXTRAS: u32 = 1;
 /// Bytes of the segment header; the first frame starts here.
 pub const SEGMENT_HEADER_LEN: u64 = 64;
 /// Bytes of a frame header: length, checksum, id.
@@ -47,7 +56,7 @@ pub enum FormatError {
     BadMagic,
     /// The segment was written by a newer laneway.
     #[error(
-        "segment format version {0} is not supported (this laneway reads version {FORMAT_VERSION})"
+        "segment format version {0} is not supported (this laneway reads versions {OLDEST_READ_VERSION} to {FORMAT_VERSION})"
     )]
     UnsupportedVersion(u8),
     /// The segment header's checksum does not match.
@@ -103,7 +112,7 @@ impl SegmentHeader {
         if bytes[0..8] != SEGMENT_MAGIC {
             return Err(FormatError::BadMagic);
         }
-        if bytes[8] != FORMAT_VERSION {
+        if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&bytes[8]) {
             return Err(FormatError::UnsupportedVersion(bytes[8]));
         }
         Ok(SegmentHeader {
@@ -118,14 +127,24 @@ impl SegmentHeader {
 /// (see [`seal_frame`]); returns the frame's size.
 pub fn encode_frame(buf: &mut Vec<u8>, record: &BacklogRecord, appended_ms: i64) -> u64 {
     let m = &record.message;
-    let body_len = BODY_FIXED_LEN + m.topic().len() + m.message_id().len() + m.payload().len();
+    let mut extras = Vec::new();
+    if let Some(e) = m.extras() {
+        e.encode(&mut extras);
+    }
+    let (flags, extras_len) = if m.extras().is_some() {
+        (FLAG_EXTRAS, 4 + extras.len())
+    } else {
+        (0, 0)
+    };
+    let body_len =
+        BODY_FIXED_LEN + m.topic().len() + m.message_id().len() + extras_len + m.payload().len();
     let start = buf.len();
     let total = frame_len(body_len);
     buf.reserve(total as usize);
     buf.extend_from_slice(&(body_len as u32).to_le_bytes());
     buf.extend_from_slice(&[0u8; 12]);
     buf.extend_from_slice(&record.attempts.to_le_bytes());
-    buf.extend_from_slice(&0u32.to_le_bytes());
+    buf.extend_from_slice(&flags.to_le_bytes());
     buf.extend_from_slice(&record.not_before_ms.to_le_bytes());
     buf.extend_from_slice(&appended_ms.to_le_bytes());
     buf.extend_from_slice(&m.generate_time_ms().to_le_bytes());
@@ -133,6 +152,10 @@ pub fn encode_frame(buf: &mut Vec<u8>, record: &BacklogRecord, appended_ms: i64)
     buf.extend_from_slice(&(m.message_id().len() as u32).to_le_bytes());
     buf.extend_from_slice(m.topic().as_bytes());
     buf.extend_from_slice(m.message_id().as_bytes());
+    if flags & FLAG_EXTRAS != 0 {
+        buf.extend_from_slice(&(extras.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&extras);
+    }
     buf.extend_from_slice(m.payload());
     buf.resize(start + total as usize, 0);
     total
@@ -206,6 +229,9 @@ pub struct BodyView<'a> {
     pub topic: &'a [u8],
     /// The message id bytes.
     pub message_id: &'a [u8],
+    /// The encoded key and extra headers, when the record has them
+    /// (decoded by [`BodyView::record`]).
+    pub extras: Option<&'a [u8]>,
     /// The payload.
     pub payload: &'a [u8],
 }
@@ -215,6 +241,10 @@ impl<'a> BodyView<'a> {
     pub fn parse(body: &'a [u8]) -> Result<BodyView<'a>, FormatError> {
         if body.len() < BODY_FIXED_LEN {
             return Err(FormatError::BadBody("shorter than its fixed fields"));
+        }
+        let flags = le_u32(body, 4);
+        if flags & !FLAG_EXTRAS != 0 {
+            return Err(FormatError::BadBody("unknown record flags"));
         }
         let topic_len = le_u32(body, 32) as usize;
         let id_len = le_u32(body, 36) as usize;
@@ -227,6 +257,21 @@ impl<'a> BodyView<'a> {
         }
         let topic_end = BODY_FIXED_LEN + topic_len;
         let id_end = topic_end + id_len;
+        let mut payload_start = id_end;
+        let mut extras = None;
+        if flags & FLAG_EXTRAS != 0 {
+            let len_end = id_end
+                .checked_add(4)
+                .filter(|&e| e <= body.len())
+                .ok_or(FormatError::BadBody("field lengths exceed the body"))?;
+            let extras_len = le_u32(body, id_end) as usize;
+            let extras_end = len_end
+                .checked_add(extras_len)
+                .filter(|&e| e <= body.len())
+                .ok_or(FormatError::BadBody("field lengths exceed the body"))?;
+            extras = Some(&body[len_end..extras_end]);
+            payload_start = extras_end;
+        }
         Ok(BodyView {
             attempts: le_u32(body, 0),
             not_before_ms: le_u64(body, 8) as i64,
@@ -234,7 +279,8 @@ impl<'a> BodyView<'a> {
             generate_time_ms: le_u64(body, 24) as i64,
             topic: &body[BODY_FIXED_LEN..topic_end],
             message_id: &body[topic_end..id_end],
-            payload: &body[id_end..],
+            extras,
+            payload: &body[payload_start..],
         })
     }
 
@@ -244,13 +290,18 @@ impl<'a> BodyView<'a> {
             .map_err(|_| FormatError::BadBody("topic is not UTF-8"))?;
         let id = std::str::from_utf8(self.message_id)
             .map_err(|_| FormatError::BadBody("message id is not UTF-8"))?;
-        let message = Message::new(
+        let mut message = Message::new(
             topic,
             id,
             self.generate_time_ms,
             Bytes::copy_from_slice(self.payload),
         )
         .map_err(|_| FormatError::BadBody("topic is not a valid topic"))?;
+        if let Some(extras) = self.extras {
+            let extras = Extras::decode(extras)
+                .map_err(|_| FormatError::BadBody("the key and headers are malformed"))?;
+            message = message.with_extras(extras);
+        }
         Ok(BacklogRecord {
             message,
             attempts: self.attempts,
@@ -306,6 +357,52 @@ mod tests {
     }
 
     #[test]
+    fn a_key_and_headers_round_trip_and_a_record_without_them_keeps_the_old_layout() {
+        use crate::message::Header;
+        let extras = Extras {
+            key: Some(Bytes::from_static(b"\xff\0k")),
+            headers: vec![
+                Header::new("trace", &b"\x80\x81"[..]),
+                Header {
+                    name: "none".into(),
+                    value: None,
+                },
+            ],
+        };
+        let keyed = BacklogRecord {
+            message: record().message.with_extras(extras.clone()),
+            ..record()
+        };
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, &keyed, 1);
+        seal_frame(&mut buf, 1);
+        let h = FrameHeader::read(&buf);
+        let r = BodyView::parse(h.body(&buf).unwrap())
+            .unwrap()
+            .record()
+            .unwrap();
+        assert_eq!(r.message.extras(), Some(&extras));
+        assert_eq!(&r.message.payload()[..], b"{\"a\":1}");
+        // Without extras the body is the version 1 body, flags zero.
+        let mut plain = Vec::new();
+        encode_frame(&mut plain, &record(), 1);
+        assert_eq!(&plain[20..24], &[0u8; 4]);
+        assert_eq!(
+            FrameHeader::read(&plain).body_len,
+            BODY_FIXED_LEN + 22 + 3 + 7
+        );
+        // An unknown flag, or extras running past the body, is an error.
+        let body_at = FRAME_HEADER_LEN;
+        let mut bad = buf.clone();
+        bad[body_at + 4] = 0x02;
+        assert!(BodyView::parse(FrameHeader::read(&bad).body(&bad).unwrap()).is_err());
+        let mut bad = buf.clone();
+        let extras_len_at = body_at + BODY_FIXED_LEN + 22 + 3;
+        bad[extras_len_at..extras_len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(BodyView::parse(FrameHeader::read(&bad).body(&bad).unwrap()).is_err());
+    }
+
+    #[test]
     fn any_flipped_bit_in_id_or_body_fails_the_checksum() {
         let mut buf = Vec::new();
         encode_frame(&mut buf, &record(), 0);
@@ -328,6 +425,12 @@ mod tests {
         };
         let bytes = h.encode();
         assert_eq!(SegmentHeader::decode(&bytes).unwrap(), h);
+        // The previous version still reads.
+        let mut v1 = bytes;
+        v1[8] = 1;
+        let crc = crc32c::crc32c(&v1[0..60]);
+        v1[60..64].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&v1), Ok(h));
         // A newer version, written whole (its checksum holds).
         let mut v = bytes;
         v[8] = 9;

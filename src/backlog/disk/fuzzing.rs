@@ -45,7 +45,11 @@ fn check_body(body: &[u8]) {
         return;
     };
     assert_eq!(
-        format::BODY_FIXED_LEN + view.topic.len() + view.message_id.len() + view.payload.len(),
+        format::BODY_FIXED_LEN
+            + view.topic.len()
+            + view.message_id.len()
+            + view.extras.map_or(0, |e| 4 + e.len())
+            + view.payload.len(),
         body.len(),
         "a body's fields cover it exactly"
     );
@@ -77,6 +81,11 @@ pub fn frame_round_trip(record: &BacklogRecord, id: u64, appended_ms: i64) {
     assert_eq!(a.message_id(), b.message_id());
     assert_eq!(a.generate_time_ms(), b.generate_time_ms());
     assert_eq!(a.payload(), b.payload(), "the payload comes back unchanged");
+    assert_eq!(
+        a.extras(),
+        b.extras(),
+        "the key and headers come back unchanged"
+    );
     assert_eq!(record.attempts, back.attempts);
     assert_eq!(record.not_before_ms, back.not_before_ms);
 }
