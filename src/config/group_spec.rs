@@ -48,6 +48,10 @@ pub struct GroupSpec {
     pub delivery_timeout: Option<Duration>,
     /// [`GroupConfig::validate_json`].
     pub validate_json: Option<bool>,
+    /// [`GroupConfig::dedup_window`]; kept on disk beside the group's
+    /// backlog (`<data_dir>/dedup/<group>`).
+    #[serde(with = "humantime_serde::option")]
+    pub dedup_window: Option<Duration>,
     /// Where the group delivers (a simulated handler by default).
     pub sink: SinkSpec,
     /// Which backlog store the group uses (on disk by default).
@@ -80,6 +84,7 @@ impl GroupSpec {
             retry_max: self.retry_max.unwrap_or(d.retry_max),
             delivery_timeout: self.delivery_timeout.unwrap_or(d.delivery_timeout),
             validate_json: self.validate_json.unwrap_or(d.validate_json),
+            dedup_window: self.dedup_window.or(d.dedup_window),
         }
     }
 }
