@@ -288,6 +288,13 @@ impl prometheus_client::collector::Collector for EngineCollector {
         )?;
         family(
             e,
+            "laneway_group_duplicates",
+            "Messages the group's duplicate window had already seen (dedup_window): acknowledged to their source, not delivered again.",
+            Counter,
+            count_by_group(|g| g.duplicates),
+        )?;
+        family(
+            e,
             "laneway_group_backlog_lost_records",
             "Records the backlog store gave up, by reason: cut (torn tails cut at recovery; never acknowledged), corrupt (found damaged), expired (past max_age), dropped (drop_oldest made room).",
             Counter,

@@ -149,6 +149,9 @@ pub struct GroupStatus {
     pub dead_letters: u64,
     /// Dead letters per second over the last minute.
     pub dead_letter_rate: f64,
+    /// Messages the duplicate window recognised and acknowledged without
+    /// delivering them again (`dedup_window`).
+    pub duplicates: u64,
     /// Live latency over the last interval (ms).
     pub live_latency_ms: LatencySummary,
     /// Delivery slots, and those busy now.
@@ -411,6 +414,7 @@ impl Tracker {
                     delivered: delivered(g),
                     dead_letters: g.dead_letter,
                     dead_letter_rate: rate(m1, |g| g.dead_letter),
+                    duplicates: g.duplicates,
                     live_latency_ms: now.latency.get(i).copied().unwrap_or_default(),
                     slots: g.slots,
                     slots_busy: g.slots_busy,

@@ -165,6 +165,11 @@ impl BacklogStore for MemoryBacklog {
         Ok(())
     }
 
+    /// A crash loses what this store holds.
+    fn survives_crash(&self) -> bool {
+        false
+    }
+
     fn depth(&self) -> BacklogDepth {
         BacklogDepth {
             records: self.records.load(Ordering::Relaxed),

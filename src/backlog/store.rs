@@ -137,6 +137,16 @@ pub trait BacklogStore: Send + Sync + 'static {
         None
     }
 
+    /// Whether a stored record survives a crash of this process (the disk
+    /// and broker stores; not the memory store). A group's duplicate window
+    /// remembers a message as stored only in a store that keeps it: after a
+    /// crash, the source's copy of a message a memory store lost must not
+    /// be taken for a duplicate. Defaults to the contract of
+    /// [`BacklogStore::append`]: true.
+    fn survives_crash(&self) -> bool {
+        true
+    }
+
     /// Flushes whatever the store keeps for a clean restart (ledgers, ...).
     async fn close(&self) -> Result<(), BacklogError> {
         Ok(())

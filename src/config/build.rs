@@ -8,7 +8,7 @@ use super::{BacklogSpec, ConfigError, FileConfig, GroupSpec, SinkSpec, SourceSpe
 use crate::amqp::{AmqpBacklog, AmqpSink, AmqpSource, AmqpStreamSource};
 use crate::amqp1::Amqp1Source;
 use crate::backlog::{BacklogError, BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
-use crate::engine::{DeadLetters, EngineBuilder};
+use crate::engine::{DeadLetters, DuplicateWindow, DuplicateWindowError, EngineBuilder};
 use crate::kafka::{KafkaSink, KafkaSource};
 use crate::pulsar::PulsarSource;
 use crate::sink::{JsonlSink, NullSink, SimulatedHandler, Sink};
@@ -37,7 +37,26 @@ impl FileConfig {
         for group in &self.groups {
             let sink = build_sink(group).await?;
             let store = self.build_backlog(group).await?;
-            builder = builder.group_with(group.group_config(), sink, Some(store));
+            let config = group.group_config();
+            if let Some(window) = config.dedup_window {
+                let dir = self.dedup_dir(group);
+                let failed = |source| ConfigError::DuplicateWindow {
+                    group: group.name(),
+                    source,
+                };
+                // Loading reads the whole window: keep it off the runtime.
+                let opened =
+                    tokio::task::spawn_blocking(move || DuplicateWindow::open(&dir, window))
+                        .await
+                        .map_err(|e| {
+                            failed(DuplicateWindowError::Io {
+                                dir: self.dedup_dir(group),
+                                source: std::io::Error::other(e),
+                            })
+                        })?;
+                builder = builder.duplicate_window(group.name(), opened.map_err(failed)?);
+            }
+            builder = builder.group_with(config, sink, Some(store));
         }
         for source in &self.sources {
             builder = match source {

@@ -50,6 +50,10 @@ pub struct GroupSpec {
     pub validate_json: Option<bool>,
     /// [`GroupConfig::max_json_depth`].
     pub max_json_depth: Option<usize>,
+    /// [`GroupConfig::dedup_window`]; kept on disk beside the group's
+    /// backlog (`<data_dir>/dedup/<group>`).
+    #[serde(with = "humantime_serde::option")]
+    pub dedup_window: Option<Duration>,
     /// Where the group delivers (a simulated handler by default).
     pub sink: SinkSpec,
     /// Which backlog store the group uses (on disk by default).
@@ -83,6 +87,7 @@ impl GroupSpec {
             delivery_timeout: self.delivery_timeout.unwrap_or(d.delivery_timeout),
             validate_json: self.validate_json.unwrap_or(d.validate_json),
             max_json_depth: self.max_json_depth.unwrap_or(d.max_json_depth),
+            dedup_window: self.dedup_window.or(d.dedup_window),
         }
     }
 }

@@ -178,6 +178,15 @@ pub enum ConfigError {
         #[source]
         source: BacklogError,
     },
+    /// A group's duplicate window could not be opened.
+    #[error("group {group:?}: {source}")]
+    DuplicateWindow {
+        /// The group.
+        group: String,
+        /// Why it could not be opened (names the directory).
+        #[source]
+        source: crate::engine::DuplicateWindowError,
+    },
     /// A group's JSONL sink file could not be opened.
     #[error("group {group:?}: sink file {path}: {source}")]
     SinkFile {
@@ -446,6 +455,13 @@ impl FileConfig {
             shutdown_grace: self.shutdown_grace,
             ..EngineOptions::default()
         }
+    }
+
+    /// Where a group's duplicate window lives: beside its backlog, in
+    /// `<data_dir>/dedup/<group name>` (whatever store the backlog uses, the
+    /// window is this process's own file).
+    pub fn dedup_dir(&self, group: &GroupSpec) -> PathBuf {
+        self.data_dir.join("dedup").join(group.name())
     }
 
     /// Where a group's disk backlog lives: its `dir`, or

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::dead_letter::DeadLetters;
+use super::dedup::DuplicateWindow;
 use super::group::Group;
 use super::group_config::{GroupConfig, GroupConfigError};
 use super::router::Router;
@@ -30,6 +31,9 @@ pub enum EngineError {
     /// A group's configuration cannot run.
     #[error(transparent)]
     Group(#[from] GroupConfigError),
+    /// A duplicate window was given for a group the builder does not have.
+    #[error("a duplicate window was given for group {0:?}, which was not added")]
+    WindowWithoutGroup(String),
 }
 
 /// Engine-wide knobs.
@@ -81,6 +85,7 @@ pub struct EngineBuilder {
     sources: Vec<(Box<dyn Source>, LanePolicy)>,
     dead_letters: Option<Arc<DeadLetters>>,
     options: EngineOptions,
+    windows: Vec<(String, DuplicateWindow)>,
 }
 
 impl EngineBuilder {
@@ -118,6 +123,16 @@ impl EngineBuilder {
         self
     }
 
+    /// Gives the group named `group` a duplicate window (see
+    /// [`GroupConfig::dedup_window`]), for example one opened with
+    /// [`DuplicateWindow::open`] beside its backlog, so that it survives a
+    /// restart. A group whose config sets `dedup_window` and is given none
+    /// here keeps its window in memory.
+    pub fn duplicate_window(mut self, group: impl Into<String>, window: DuplicateWindow) -> Self {
+        self.windows.push((group.into(), window));
+        self
+    }
+
     /// Where dead letters go (in memory by default).
     pub fn dead_letters(mut self, dead: Arc<DeadLetters>) -> Self {
         self.dead_letters = Some(dead);
@@ -137,6 +152,13 @@ impl EngineBuilder {
         }
         let dead = self.dead_letters.unwrap_or_else(DeadLetters::in_memory);
         let progress = Arc::new(Notify::new());
+        let mut windows = self.windows;
+        if let Some((name, _)) = windows
+            .iter()
+            .find(|(name, _)| !self.groups.iter().any(|g| &g.config.name == name))
+        {
+            return Err(EngineError::WindowWithoutGroup(name.clone()));
+        }
         let mut groups = Vec::new();
         let mut writers = Vec::new();
         for GroupParts {
@@ -149,12 +171,20 @@ impl EngineBuilder {
                 return Err(EngineError::DuplicateGroup(config.name));
             }
             let store = backlog.unwrap_or_else(|| Arc::new(MemoryBacklog::default()));
+            let given = windows
+                .iter()
+                .position(|(name, _)| *name == config.name)
+                .map(|i| windows.swap_remove(i).1);
+            let dedup = given
+                .or_else(|| config.dedup_window.map(DuplicateWindow::in_memory))
+                .map(Arc::new);
             let (group, writer) = Group::new(
                 config,
                 store,
                 sink,
                 Arc::clone(&dead),
                 Arc::clone(&progress),
+                dedup,
             )?;
             groups.push(group);
             writers.push(writer);

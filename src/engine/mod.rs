@@ -5,7 +5,8 @@
 //! One concept to a file: [`EngineBuilder`] (`builder.rs`) checks and
 //! assembles; the router (`router.rs`) fans batches out; each group
 //! (`group/`) admits, writes its backlog, dispatches and settles outcomes,
-//! over its two lanes (`lanes/`) and its scheduler (`scheduler.rs`);
+//! over its two lanes (`lanes/`) and its scheduler (`scheduler.rs`),
+//! remembering recent ids in its [`DuplicateWindow`] (`dedup/`) when asked;
 //! [`Engine::run`] (`run.rs`) starts and stops it all; [`Monitor`]
 //! (`monitor.rs`) reads it.
 //!
@@ -22,6 +23,7 @@
 
 mod builder;
 mod dead_letter;
+mod dedup;
 mod filter;
 mod group;
 mod group_config;
@@ -34,9 +36,10 @@ mod stats;
 
 pub use builder::{EngineBuilder, EngineError, EngineOptions};
 pub use dead_letter::{DeadLetter, DeadLetters};
+pub use dedup::{DuplicateWindow, DuplicateWindowError, MAX_IDS as DUPLICATE_WINDOW_MAX_IDS, Mark};
 pub use filter::{Filter, FilterError};
 pub use group_config::{GroupConfig, GroupConfigError, GroupNameError, check_group_name};
-pub use monitor::{IntakeSnapshot, Monitor, RunSummary, SourceFailure};
+pub use monitor::{IntakeSnapshot, Monitor, RunSummary, SourceFailure, SourceLag};
 pub use run::Engine;
 pub use stats::{BacklogLoss, DeadLetterReasons, EngineStats, GroupSnapshot, LatencySummary};
 

@@ -146,6 +146,11 @@ impl Monitor {
             live_latency_ms: merged.as_ref().map(LatencySummary::of).unwrap_or_default(),
             groups,
             failures: self.router.failures.lock().clone(),
+            lag: self
+                .sources()
+                .into_iter()
+                .filter_map(|(source, s)| s.lag.map(|lag| SourceLag { source, lag }))
+                .collect(),
         }
     }
 }
@@ -191,6 +196,20 @@ pub struct RunSummary {
     /// is a failed run (`laneway run` exits 1). Empty when all went well.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<SourceFailure>,
+    /// Records left to read at the sources whose origin tells (Kafka: the
+    /// group's uncommitted records on its topics, looked up at the stop),
+    /// so that a run that stopped before the end says how far it got.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lag: Vec<SourceLag>,
+}
+
+/// What a source had left to read when the run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceLag {
+    /// The source's name.
+    pub source: String,
+    /// Records at the origin not yet done (0: caught up).
+    pub lag: u64,
 }
 
 impl RunSummary {

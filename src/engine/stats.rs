@@ -136,6 +136,9 @@ pub struct GroupStats {
     pub dead_exhausted: AtomicU64,
     /// Times the backlog was found full (backpressure episodes).
     pub backlog_full: AtomicU64,
+    /// Messages whose id the duplicate window had already seen: acknowledged
+    /// to their source, not delivered again.
+    pub duplicates: AtomicU64,
     /// Live latency from receipt to delivery.
     pub live_latency: LatencyRecorder,
 }
@@ -210,6 +213,9 @@ pub struct GroupSnapshot {
     pub backlog_oldest_age_s: Option<f64>,
     /// Backpressure episodes (backlog full).
     pub backlog_full: u64,
+    /// Messages the duplicate window recognised (`dedup_window`):
+    /// acknowledged to their source, not delivered again.
+    pub duplicates: u64,
     /// Records the backlog dropped (`drop_oldest`), expired or found corrupt.
     pub backlog_lost: BacklogLoss,
     /// Live latency over the whole run.

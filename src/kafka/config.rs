@@ -51,8 +51,11 @@ pub struct KafkaSourceConfig {
     /// How often done offsets are committed while they move. Default 1s.
     #[serde(with = "humantime_serde")]
     pub commit_every: Duration,
-    /// Finish once no record has arrived for this long (read a topic to its
-    /// end, then exit). Default: never.
+    /// Finish once no record has arrived for this long and the consumer is
+    /// caught up: it holds partitions and has read each to its end,
+    /// catch-up ranges included (read a topic to its end, then exit).
+    /// Right after a member of the group died, that waits for its session
+    /// to time out (`session.timeout.ms`, 45 s by default). Default: never.
     #[serde(with = "humantime_serde")]
     pub idle_exit: Option<Duration>,
     /// Live-first catch-up: a partition assigned with at least

@@ -9,6 +9,10 @@
 //!   by what was in flight);
 //! - offsets are committed on a timer while they move, on partition
 //!   revoke (for the partitions going away), and on shutdown;
+//! - `idle_exit` ends a run only once the consumer holds partitions and has
+//!   read each to its end, catch-up ranges included (a restart while a
+//!   killed member still holds the partitions waits for its session to
+//!   time out); a run that stops reports the records its group has left;
 //! - a record that cannot become a message is a dead letter naming its
 //!   topic, partition and offset;
 //! - a record's key and its headers beyond `topic`, `messageId` and
@@ -22,6 +26,7 @@
 mod catch_up;
 mod config;
 mod error_pacer;
+mod lag;
 mod offsets;
 mod record;
 mod sink;

@@ -3,6 +3,10 @@
 //! partition's done offset (see `offsets.rs`). A partition assigned with a
 //! pile behind it is split (`split.rs`): this consumer reads it live from
 //! its live start while the catch-up reader (`catch_up.rs`) reads the pile.
+//! `idle_exit` ends the run only once the consumer is caught up (`lag.rs`):
+//! it holds partitions and has read every one of them, catch-up ranges
+//! included, to its end; a run that stops otherwise reports the records its
+//! group has left to read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +26,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use super::catch_up::CatchUpReader;
 use super::config::{KafkaConfigError, KafkaSourceConfig, resolve_brokers};
 use super::error_pacer::ErrorPacer;
+use super::lag::{self, Progress};
 use super::offsets::Offsets;
 use super::record;
 use super::split::SplitPolicy;
@@ -343,15 +348,44 @@ impl Source for KafkaSource {
 
         let mut failure = None;
         let idle_exit = self.config.idle_exit;
+        let from_earliest = self.config.start == "earliest";
+        // What the last idle period found short of caught up, said once
+        // per change so that a wait for a dead member's session is visible.
+        let mut last_short = None;
         loop {
             let first = tokio::select! {
                 _ = ctx.stop.cancelled() => break,
                 _ = idle(idle_exit) => {
-                    if offsets.catching_up() {
-                        continue;
+                    let progress = if offsets.catching_up() {
+                        Ok(Progress::Behind(offsets.catch_up_left()))
+                    } else {
+                        let consumer = Arc::clone(&consumer);
+                        match tokio::task::spawn_blocking(move || lag::progress(consumer.as_ref(), from_earliest)).await {
+                            Ok(found) => found,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the caught-up check did not finish");
+                                Err(KafkaError::Canceled)
+                            }
+                        }
+                    };
+                    match progress {
+                        Ok(Progress::CaughtUp) => {
+                            tracing::info!(source = %name, "caught up, and no record for the idle_exit period; finishing");
+                            break;
+                        }
+                        Ok(short) => {
+                            if last_short.as_ref() != Some(&short) {
+                                match &short {
+                                    Progress::Unassigned => tracing::info!(source = %name, "idle_exit period passed but no partition is assigned yet (a member that died holds them until its session times out); waiting"),
+                                    Progress::Behind(n) => tracing::info!(source = %name, unread = n, "idle_exit period passed but records are unread; waiting"),
+                                    Progress::CaughtUp => {}
+                                }
+                                last_short = Some(short);
+                            }
+                        }
+                        Err(e) => tracing::warn!(source = %name, error = %e, "cannot tell whether the consumer is caught up; idle_exit waits"),
                     }
-                    tracing::info!(source = %name, "no record for the idle_exit period; finishing");
-                    break;
+                    continue;
                 }
                 r = consumer.recv() => r,
             };
@@ -397,7 +431,40 @@ impl Source for KafkaSource {
             commit(consumer.as_ref(), &due, CommitMode::Sync)
                 .map_err(|e| origin_error(format!("committing offsets at shutdown: {e}")))?;
         }
+        report_lag(&name, &consumer, &self.config.topics, from_earliest, &ctx.health).await;
         Ok(())
+    }
+}
+
+/// Looks up, after the last commit, the records the group has left to
+/// read on the source's topics, and reports them (the run summary's lag).
+async fn report_lag(
+    name: &str,
+    consumer: &Arc<StreamConsumer<Callbacks>>,
+    topics: &[String],
+    from_earliest: bool,
+    health: &SourceHealth,
+) {
+    let (consumer, topics) = (Arc::clone(consumer), topics.to_vec());
+    let found = tokio::task::spawn_blocking(move || {
+        lag::group_lag(consumer.as_ref(), &topics, from_earliest)
+    })
+    .await;
+    match found {
+        Ok(Ok(0)) => {
+            health.lag(0);
+            tracing::info!(source = %name, "stopping with every record of its topics done");
+        }
+        Ok(Ok(left)) => {
+            health.lag(left);
+            tracing::warn!(source = %name, lag = left, "stopping with records left to read: the group's next run reads them");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(source = %name, error = %e, "cannot look up the lag left at the stop");
+        }
+        Err(e) => {
+            tracing::warn!(source = %name, error = %e, "the lag look-up did not finish");
+        }
     }
 }
 

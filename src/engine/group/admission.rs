@@ -4,7 +4,9 @@
 //! At shutdown, what is left in the live lane moves to the backlog too.
 //! Messages their source holds itself ([`LanePolicy::CatchUp`]) take the
 //! catch-up lane, waiting for room there: they are never copied to the
-//! backlog store on admission.
+//! backlog store on admission. With a duplicate window, a message whose id
+//! it holds takes no lane: it is counted, and its ack settles with its
+//! batch.
 
 use super::Group;
 use super::writer::PendingWrite;
@@ -32,6 +34,7 @@ impl Group {
         closed: &CancellationToken,
     ) {
         bump(&self.stats.admitted, messages.len() as u64);
+        let messages = self.without_duplicates(messages);
         if policy == LanePolicy::CatchUp {
             return self.admit_catch_up(messages, ack, closed).await;
         }
@@ -42,7 +45,7 @@ impl Group {
         let mut live = Vec::with_capacity(messages.len());
         for message in messages {
             if let Some(letter) = self.invalid_json(&message) {
-                invalid.push(letter);
+                invalid.push((letter, message));
                 continue;
             }
             let fresh = match policy {
@@ -92,7 +95,7 @@ impl Group {
         let mut invalid = Vec::new();
         for message in messages {
             if let Some(letter) = self.invalid_json(&message) {
-                invalid.push(letter);
+                invalid.push((letter, message));
                 continue;
             }
             items.push(LiveItem {
@@ -130,13 +133,17 @@ impl Group {
         Some(DeadLetter::for_message(message, self.name(), 0, reason))
     }
 
-    async fn bury_invalid(&self, invalid: Vec<DeadLetter>) {
+    /// Records dead letters for invalid payloads; the batch's ack settles
+    /// after this returns.
+    async fn bury_invalid(&self, invalid: Vec<(DeadLetter, Message)>) {
         if invalid.is_empty() {
             return;
         }
         bump(&self.stats.dead_letters, invalid.len() as u64);
         bump(&self.stats.dead_invalid, invalid.len() as u64);
-        self.dead.record(invalid).await;
+        let (letters, messages): (Vec<_>, Vec<_>) = invalid.into_iter().unzip();
+        self.dead.record(letters).await;
+        self.remember_delivered(messages.iter()).await;
     }
 
     /// At shutdown: hands what the live lane still holds to the backlog

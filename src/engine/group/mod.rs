@@ -1,7 +1,8 @@
 //! One consumer group at run time. The jobs live one to a file:
 //! [`admission`] (into the lanes), [`writer`] (the backlog writer queue),
-//! [`dispatch`] (filling delivery slots from the lanes) and [`outcome`]
-//! (what a delivery's result does to each message). This file holds the
+//! [`dispatch`] (filling delivery slots from the lanes), [`outcome`]
+//! (what a delivery's result does to each message) and [`duplicates`]
+//! (the group's duplicate window, when it keeps one). This file holds the
 //! group's state and its lifecycle.
 //!
 //! Invariants:
@@ -17,6 +18,7 @@
 
 mod admission;
 mod dispatch;
+mod duplicates;
 mod outcome;
 mod writer;
 
@@ -28,6 +30,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::DeadLetters;
+use super::dedup::DuplicateWindow;
 use super::filter::Filter;
 use super::group_config::{GroupConfig, GroupConfigError};
 use super::lanes::{LiveLane, ReadAhead};
@@ -67,6 +70,8 @@ pub(crate) struct Group {
     /// since (failures are logged at most once per
     /// [`outcome::SINK_FAILURE_EVERY`], and always counted).
     sink_failures: parking_lot::Mutex<(Option<std::time::Instant>, u64)>,
+    /// The ids this group admitted recently (`dedup_window`), if it keeps them.
+    dedup: Option<Arc<DuplicateWindow>>,
 }
 
 impl Group {
@@ -76,6 +81,7 @@ impl Group {
         sink: Arc<dyn Sink>,
         dead: Arc<DeadLetters>,
         progress: Arc<Notify>,
+        dedup: Option<Arc<DuplicateWindow>>,
     ) -> Result<(Arc<Group>, WriterQueue), GroupConfigError> {
         config.validate()?;
         let filter = Filter::new(&config.products, &config.kinds).map_err(|error| {
@@ -102,6 +108,7 @@ impl Group {
             delivering: AtomicUsize::new(0),
             progress,
             sink_failures: parking_lot::Mutex::new((None, 0)),
+            dedup,
             config,
         };
         Ok((Arc::new(group), writer_rx))
@@ -222,6 +229,7 @@ impl Group {
                 })
             },
             backlog_full: read(&self.stats.backlog_full),
+            duplicates: read(&self.stats.duplicates),
             backlog_lost: BacklogLoss {
                 cut: backlog.cut,
                 dropped: backlog.dropped,

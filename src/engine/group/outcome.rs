@@ -106,7 +106,7 @@ impl Group {
         loop {
             let failed = self.call_sink(&batch).await;
             if failed.iter().all(Option::is_none) {
-                self.settle_held(&batch, acks, lane);
+                self.settle_held(&batch, acks, lane).await;
                 return;
             }
             let (mut delivered, mut delivered_acks) = (Vec::new(), Vec::new());
@@ -135,7 +135,7 @@ impl Group {
                 retry.push(d);
                 retry_acks.push(ack);
             }
-            self.settle_held(&delivered, delivered_acks, lane);
+            self.settle_held(&delivered, delivered_acks, lane).await;
             self.bury(dead).await;
             if retry.is_empty() {
                 return;
@@ -152,6 +152,8 @@ impl Group {
                 }
             };
             bump(&self.stats.diverted_failed, stored as u64);
+            self.remember_stored(records[..stored].iter().map(|r| &r.message))
+                .await;
             let rest_acks = retry_acks.split_off(stored);
             retry_acks.into_iter().for_each(AckRef::complete);
             if stored > 0 {
@@ -168,11 +170,13 @@ impl Group {
     }
 
     /// Counts and acknowledges delivered messages, recording the latency
-    /// of live ones.
-    fn settle_held(&self, delivered: &[Delivery], acks: Vec<AckRef>, lane: Lane) {
+    /// of live ones (and their ids in the duplicate window, first).
+    async fn settle_held(&self, delivered: &[Delivery], acks: Vec<AckRef>, lane: Lane) {
         if delivered.is_empty() {
             return;
         }
+        self.remember_delivered(delivered.iter().map(|d| &d.message))
+            .await;
         if lane == Lane::Live {
             let now = Instant::now();
             self.stats
@@ -185,7 +189,17 @@ impl Group {
         acks.into_iter().for_each(AckRef::complete);
     }
 
-    pub(super) async fn deliver_backlog(&self, mut records: Vec<StoredRecord>) {
+    pub(super) async fn deliver_backlog(&self, records: Vec<StoredRecord>) {
+        let (mut records, already) = self.undelivered(records);
+        if !already.is_empty() {
+            self.until_ok("releasing backlog records already delivered", || {
+                self.store.release(&already)
+            })
+            .await;
+        }
+        if records.is_empty() {
+            return;
+        }
         let backoff = self.config.retry_backoff();
         let batch: Vec<Delivery> = records
             .iter()
@@ -198,11 +212,13 @@ impl Group {
         let failed = self.call_sink(&batch).await;
         let now_ms = now_epoch_ms();
         let mut release = Vec::with_capacity(records.len());
+        let mut delivered = Vec::with_capacity(records.len());
         let mut retry = Vec::new();
         let mut dead = Vec::new();
         for (mut r, failure) in records.drain(..).zip(failed) {
             let Some(error) = failure else {
                 release.push(r.id);
+                delivered.push(r.record.message);
                 continue;
             };
             if self.spend_attempt(&mut r.record.attempts, &error) {
@@ -214,6 +230,9 @@ impl Group {
             }
         }
         bump(&self.stats.delivered_backlog, release.len() as u64);
+        // Before the release: a crash between the two finds the id
+        // delivered and the record still stored, and does not deliver it again.
+        self.remember_delivered(delivered.iter()).await;
         if !retry.is_empty() {
             bump(&self.stats.failed_attempts, retry.len() as u64);
             self.until_ok("retrying backlog records", || self.store.retry(&retry))
@@ -243,7 +262,8 @@ impl Group {
         }
         bump(&self.stats.dead_letters, dead.len() as u64);
         let mut acks = Vec::with_capacity(dead.len());
-        let letters = dead
+        let mut messages = Vec::with_capacity(dead.len());
+        let letters: Vec<DeadLetter> = dead
             .into_iter()
             .map(|(message, ack, attempts, error)| {
                 acks.push(ack);
@@ -260,10 +280,13 @@ impl Group {
                         )
                     }
                 };
-                DeadLetter::for_message(&message, self.name(), attempts, why)
+                let letter = DeadLetter::for_message(&message, self.name(), attempts, why);
+                messages.push(message);
+                letter
             })
             .collect();
         self.dead.record(letters).await;
+        self.remember_delivered(messages.iter()).await;
         acks.into_iter().for_each(AckRef::complete);
     }
 

@@ -114,10 +114,14 @@ impl Group {
         while !records.is_empty() {
             match self.store.append(&records).await {
                 Ok(()) => {
+                    self.remember_stored(records.iter().map(|r| &r.message))
+                        .await;
                     records.clear();
                     acks.drain(..).for_each(AckRef::complete);
                 }
                 Err(BacklogError::Full { stored }) => {
+                    self.remember_stored(records[..stored].iter().map(|r| &r.message))
+                        .await;
                     records.drain(..stored);
                     acks.drain(..stored).for_each(AckRef::complete);
                     if stored > 0 {

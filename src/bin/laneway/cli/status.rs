@@ -77,7 +77,7 @@ pub fn summary_text(s: &RunSummary) -> String {
     for g in &s.groups {
         let _ = writeln!(
             out,
-            "  {}: admitted {}, delivered live {} backlog {}, to backlog: stale {} full {} failed {}, dead {}, left in backlog {}",
+            "  {}: admitted {}, delivered live {} backlog {}, to backlog: stale {} full {} failed {}, dead {}, duplicates {}, left in backlog {}",
             g.name,
             g.admitted,
             g.delivered_live,
@@ -86,8 +86,20 @@ pub fn summary_text(s: &RunSummary) -> String {
             g.diverted_full,
             g.diverted_failed,
             g.dead_letter,
+            g.duplicates,
             g.backlog_depth,
         );
+    }
+    for l in &s.lag {
+        let _ = if l.lag == 0 {
+            writeln!(out, "  {}: caught up, nothing left to read", l.source)
+        } else {
+            writeln!(
+                out,
+                "  {}: lag {}: records left to read (the next run reads them)",
+                l.source, l.lag
+            )
+        };
     }
     out
 }
