@@ -3,8 +3,9 @@
 //! exponential, capped, with full jitter.
 //!
 //! Invariant: a delay is never longer than its ceiling
-//! (`initial × 2^(attempt-1)`, capped at `max`) and never shorter than one
-//! millisecond. Full jitter (a uniform draw below the ceiling) keeps many
+//! (`initial × 2^(attempt-1)`, capped at `max`), never shorter than one
+//! millisecond, and a whole number of milliseconds (so a log line reads
+//! `retrying in 1.055s`, not `1.05533057s`). Full jitter (a uniform draw below the ceiling) keeps many
 //! clients that failed together from retrying together.
 
 use std::time::Duration;
@@ -41,11 +42,11 @@ impl Backoff {
     }
 
     /// A wait before retry number `attempt`: drawn uniformly between one
-    /// millisecond and [`Backoff::ceiling`].
+    /// millisecond and [`Backoff::ceiling`], in whole milliseconds.
     pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rand::rng().random_range(0..=nanos)).max(FLOOR)
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=millis)).max(FLOOR)
     }
 
     /// The wait before the next attempt of a run of failures.
@@ -63,6 +64,18 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delays_are_whole_milliseconds() {
+        let b = Backoff::new(Duration::from_millis(1000), Duration::from_secs(30));
+        for attempt in 1..=8 {
+            for _ in 0..200 {
+                let d = b.delay(attempt);
+                assert_eq!(d.subsec_nanos() % 1_000_000, 0, "{d:?}");
+                assert!(d >= FLOOR && d <= b.ceiling(attempt), "{d:?}");
+            }
+        }
+    }
 
     #[test]
     fn ceilings_double_up_to_the_cap() {

@@ -130,6 +130,17 @@ async fn a_stopped_instance_leaves_its_records_to_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspecting_a_queue_that_does_not_exist_says_what_creates_it() {
+    let _lock = broker_lock(false);
+    let queue = unique("backlog-missing");
+    let e = inspect(&config(&queue, None), "g", 10).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("does not exist"), "{text}");
+    assert!(text.contains("declared by the first `laneway run`"), "{text}");
+    assert!(!text.contains("declare = true"), "inspect has no such option: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_backlog_queue_refuses_appends_and_drops_nothing() {
     let _lock = broker_lock(false);
     let queue = unique("backlog-full");
@@ -174,7 +185,18 @@ async fn a_full_backlog_queue_refuses_appends_and_drops_nothing() {
     let seen = inspect(&config(&queue, None), "g", 3).await.unwrap();
     assert_eq!(seen.ready, max + stored as u64);
     assert_eq!(seen.first_kinds.len(), 3);
-    assert!(seen.oldest_age_ms.is_some());
+    // The oldest message's age is the message's own (generated in November
+    // 2023), not its time in the backlog, which is seconds at most.
+    let since_generated = laneway::message::now_epoch_ms() - 1_700_000_000_000;
+    assert!(
+        seen.oldest_age_ms
+            .is_some_and(|ms| ms >= since_generated - 60_000),
+        "{seen:?}"
+    );
+    assert!(
+        seen.longest_stored_ms.is_some_and(|ms| ms < 600_000),
+        "{seen:?}"
+    );
     let again = inspect(&config(&queue, None), "g", 100).await.unwrap();
     assert_eq!(again.ready, seen.ready);
     assert_eq!(again.first_kinds.len() as u64, seen.ready);

@@ -93,7 +93,9 @@ fn a_missing_vhost_exits_1_naming_it() {
     let vhost = unique("no-vhost");
     let url = format!("amqp://guest:guest@{}/{vhost}", broker());
     let out = run_config(dir.path(), &amqp_config(&url, "laneway-never-used", true));
-    assert_fatal(&out, &["virtual host", &vhost]);
+    // The user name is shown even when it equals the password (guest/guest):
+    // the advice names no password, and the URL stays redacted.
+    assert_fatal(&out, &["virtual host", &vhost, "user \"guest\"", "guest:***@"]);
 }
 
 #[test]

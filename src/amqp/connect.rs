@@ -140,15 +140,20 @@ impl AmqpError {
         error: impl std::fmt::Display,
     ) -> AmqpError {
         let advice = failure.advice(url);
+        // The advice is built from the user name, host and virtual host,
+        // never the password, so it is not scrubbed: scrubbing it would
+        // hide a user name that happens to equal the password (guest/guest).
         let message = if advice.is_empty() {
-            format!("{what}: {error}")
+            url.scrub(&format!("{what}: {error}"))
         } else {
+            let what = url.scrub(what);
+            let error = url.scrub(&error.to_string());
             format!("{what}: {advice} ({error})")
         };
         AmqpError {
             broker: url.redacted().to_string(),
             failure,
-            message: url.scrub(&message),
+            message,
         }
     }
 

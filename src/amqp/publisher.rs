@@ -293,7 +293,7 @@ impl AmqpSink {
             Err(e) => {
                 let wait = state.backoff.next_delay();
                 state.not_before = Some(Instant::now() + wait);
-                tracing::warn!(error = %e, retry_in = ?wait, "sink cannot reach the broker");
+                tracing::warn!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "sink cannot reach the broker");
                 Err(format!("push failed: {e}"))
             }
         }

@@ -7,6 +7,8 @@
 //! - [`aliyun`]: the platform's endpoint and signed SASL login;
 //! - [`login`]: opening one connection (TCP, TLS, SASL PLAIN);
 //! - [`mapping`]: application properties and body → a message;
+//! - [`publisher`]: sending messages as the platform does (the simulator's
+//!   AMQP 1.0 output, so the source can be tried without the platform);
 //! - `pacing`: the cap on connection attempts per minute;
 //! - [`source`]: the source, [`Amqp1Source`].
 //!
@@ -18,9 +20,11 @@ pub mod aliyun;
 pub mod config;
 pub mod login;
 pub mod mapping;
+pub mod publisher;
 mod pacing;
 pub mod source;
 
 pub use aliyun::{AliyunConfig, SignMethod};
 pub use config::{Amqp1ConfigError, Amqp1SourceConfig};
+pub use publisher::{Amqp1PublishError, Amqp1Publisher};
 pub use source::Amqp1Source;

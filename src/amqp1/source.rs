@@ -215,6 +215,8 @@ impl LinkRunner {
             let paced = self
                 .pacer
                 .turn(&self.stop, |wait| {
+                    // Whole milliseconds: what a person reads.
+                    let wait = Duration::from_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
                     tracing::warn!(source = %self.origin, "connection attempts are at connects_per_minute; waiting {wait:?}");
                     self.health
                         .troubled(format!("pacing connection attempts, next in {wait:?}"));

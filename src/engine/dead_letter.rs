@@ -184,7 +184,9 @@ impl DeadLetters {
             return;
         }
         for l in &letters {
-            tracing::warn!(group = ?l.group, origin = ?l.origin, topic = ?l.topic, reason = %l.reason, "dead letter");
+            // Optional fields are plain strings when present and left out
+            // when absent (not `Some("...")` / `None` debug text).
+            tracing::warn!(group = shown(&l.group), origin = shown(&l.origin), topic = shown(&l.topic), reason = %l.reason, "dead letter");
         }
         if self.file.is_some() {
             let mut lines = Vec::new();
@@ -203,7 +205,7 @@ impl DeadLetters {
                 match written {
                     Ok(Ok(())) => break,
                     Ok(Err(e)) => {
-                        tracing::error!(path = ?self.path(), error = %e, "cannot write dead letters; retrying")
+                        tracing::error!(path = self.path().map(|p| tracing::field::display(p.display())), error = %e, "cannot write dead letters; retrying")
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "dead-letter writer task failed; retrying")
@@ -234,6 +236,12 @@ impl DeadLetters {
     pub fn recent(&self) -> Vec<DeadLetter> {
         self.recent.lock().iter().cloned().collect()
     }
+}
+
+/// An optional field for a log line: its plain text when present, left out
+/// of the line when absent (never `Some("...")` or `None`).
+fn shown(value: &Option<String>) -> Option<tracing::field::DisplayValue<&str>> {
+    value.as_deref().map(tracing::field::display)
 }
 
 #[cfg(test)]

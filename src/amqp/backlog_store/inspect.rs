@@ -1,6 +1,8 @@
 //! Looking at a broker backlog from outside (`laneway backlog inspect`):
-//! the depth of its three queues, and the first records' kinds and the
-//! oldest one's age, read from their headers.
+//! the depth of its three queues, and the first records' kinds, the oldest
+//! message's age (from its generate time, as the platform stamped it) and
+//! the longest any of them has waited in the backlog (from the time it was
+//! stored), read from their headers.
 //!
 //! Invariant: nothing is removed and nothing is declared. The first
 //! records are read with `basic.get` and never acked; they are given back
@@ -14,7 +16,7 @@ use lapin::types::FieldTable;
 
 use super::AmqpBacklogConfig;
 use super::record;
-use crate::amqp::connect::{AmqpError, connect};
+use crate::amqp::connect::{AmqpError, Failure, connect};
 use crate::backlog::BacklogError;
 use crate::message::now_epoch_ms;
 
@@ -32,9 +34,13 @@ pub struct BacklogQueueInspection {
     /// Messages in the poison queue (past the delivery limit, or not
     /// laneway records).
     pub poison: u64,
-    /// Age in milliseconds of the oldest of the first records, by its
-    /// stored-at header.
+    /// Age in milliseconds of the oldest message among the first records:
+    /// now minus its generate time (a pile ten minutes old reads ten
+    /// minutes, however recently it reached the backlog).
     pub oldest_age_ms: Option<i64>,
+    /// The longest any of the first records has been in the backlog, in
+    /// milliseconds, by its stored-at header.
+    pub longest_stored_ms: Option<i64>,
     /// The kind of each of the first records, in queue order (`?` for a
     /// message that is not a laneway record).
     pub first_kinds: Vec<String>,
@@ -54,7 +60,16 @@ pub async fn inspect(
         .await
         .map_err(|e| BacklogError::Unavailable(e.to_string()))?;
     let failed = |what: String, e: lapin::Error| {
-        BacklogError::Unavailable(AmqpError::classify(&url, &what, &e, false).to_string())
+        let error = AmqpError::classify(&url, &what, &e, false);
+        if error.failure == Failure::NotFound {
+            // `inspect` declares nothing: say what creates the queue.
+            return BacklogError::Unavailable(format!(
+                "{}: {what}: it does not exist; a broker backlog's queues are declared by the first `laneway run` whose group has backlog = {{ store = \"amqp\", queue = \"{}\" }}",
+                url.redacted(),
+                names.backlog
+            ));
+        }
+        BacklogError::Unavailable(error.to_string())
     };
     let channel = connection
         .create_channel()
@@ -79,6 +94,7 @@ pub async fn inspect(
     let now = now_epoch_ms();
     let mut first_kinds = Vec::new();
     let mut oldest: Option<i64> = None;
+    let mut first_stored: Option<i64> = None;
     let mut tags = Vec::new();
     while first_kinds.len() < first {
         let got = channel
@@ -89,10 +105,14 @@ pub async fn inspect(
         let d = got.delivery;
         tags.push(d.delivery_tag);
         if let Some(at) = record::stored_at(&d.properties) {
-            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            first_stored = Some(first_stored.map_or(at, |o| o.min(at)));
         }
         first_kinds.push(match record::decode(&d.properties, d.data) {
-            Ok(r) => r.record.message.kind().as_str().to_string(),
+            Ok(r) => {
+                let born = r.record.message.generate_time_ms();
+                oldest = Some(oldest.map_or(born, |o| o.min(born)));
+                r.record.message.kind().as_str().to_string()
+            }
             Err(_) => "?".into(),
         });
     }
@@ -118,7 +138,8 @@ pub async fn inspect(
         consumers: counts[0].1,
         waiting: counts[1].0,
         poison: counts[2].0,
-        oldest_age_ms: oldest.map(|at| now.saturating_sub(at)),
+        oldest_age_ms: oldest.map(|at| now.saturating_sub(at).max(0)),
+        longest_stored_ms: first_stored.map(|at| now.saturating_sub(at).max(0)),
         first_kinds,
     })
 }

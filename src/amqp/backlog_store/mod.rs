@@ -306,7 +306,7 @@ impl Inner {
             Err(e) => {
                 let wait = state.backoff.next_delay();
                 state.not_before = Some(Instant::now() + wait);
-                tracing::warn!(error = %e, retry_in = ?wait, "broker backlog cannot reach the broker");
+                tracing::warn!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "broker backlog cannot reach the broker");
                 Err(unavailable(e))
             }
         }
