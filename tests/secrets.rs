@@ -279,7 +279,7 @@ fn a_marker_secret_in_any_credential_position_is_never_printed() {
     // secret alone in the URL knob, an unescaped delimiter in the
     // password, and an empty user.
     let forms: Vec<Box<dyn Fn(&str) -> String>> = vec![
-        Box::new(|scheme| {
+        Box::new(move |scheme: &str| {
             let host = if scheme == "pulsar" {
                 "127.0.0.1:1"
             } else {
@@ -287,10 +287,10 @@ fn a_marker_secret_in_any_credential_position_is_never_printed() {
             };
             format!("{scheme}://guest:{MARK}@{host}/%2f")
         }),
-        Box::new(|scheme| format!("{scheme}://user@{MARK}@127.0.0.1:1/vh")),
-        Box::new(|_| MARK.to_string()),
-        Box::new(|scheme| format!("{scheme}://app:{MARK}/x@127.0.0.1:1/%2f")),
-        Box::new(|scheme| format!("{scheme}://:{MARK}@127.0.0.1:1/%2f")),
+        Box::new(|scheme: &str| format!("{scheme}://user@{MARK}@127.0.0.1:1/vh")),
+        Box::new(|_: &str| MARK.to_string()),
+        Box::new(|scheme: &str| format!("{scheme}://app:{MARK}/x@127.0.0.1:1/%2f")),
+        Box::new(|scheme: &str| format!("{scheme}://:{MARK}@127.0.0.1:1/%2f")),
     ];
     let mut cases = Vec::new();
     for form in &forms {
