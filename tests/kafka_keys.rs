@@ -8,6 +8,9 @@
 //! wire here, independently of laneway's own parsing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// The Kafka and the RabbitMQ helpers each bring the shared record module,
+// of which this test uses neither's re-exports.
+#![allow(clippy::duplicate_mod, unused_imports)]
 
 mod amqp_common;
 mod common;
@@ -93,7 +96,7 @@ fn record(i: usize, rng: &mut impl Rng) -> Wire {
         ("empty".into(), None),
         ("dup".into(), Some(b"\xff\0second".to_vec())),
     ];
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         headers.push(("blank".into(), Some(Vec::new())));
     }
     Wire {
