@@ -80,7 +80,8 @@ fn record(i: usize, rng: &mut impl Rng) -> Wire {
     let now = now_epoch_ms();
     let time = if i < STALE { now - 3_600_000 } else { now };
     let key = match i % 3 {
-        0 => Some(random(rng, i % 40)),
+        // Never empty: Kafka need not tell an empty key from none.
+        0 => Some(random(rng, 1 + i % 40)),
         1 => Some(format!("text-key-{i}").into_bytes()),
         _ => None,
     };
