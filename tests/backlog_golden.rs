@@ -23,7 +23,7 @@ const RECORDS: u64 = 40;
 /// beyond ASCII.
 fn golden(i: u64) -> BacklogRecord {
     let len = (i * 37) % 301;
-    let payload: Vec<u8> = if i % 5 == 0 {
+    let payload: Vec<u8> = if i.is_multiple_of(5) {
         format!("{{\"n\":{i},\"s\":\"caf\u{e9}\"}}").into_bytes()
     } else {
         (0..len)

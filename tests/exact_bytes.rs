@@ -64,8 +64,12 @@ fn sent(prefix: &str) -> Vec<Record> {
         .into_iter()
         .enumerate()
         .map(|(i, payload)| {
-            let time = if i % 3 == 0 { now - 3_600_000 } else { now };
-            let id = if i % 7 == 0 {
+            let time = if i.is_multiple_of(3) {
+                now - 3_600_000
+            } else {
+                now
+            };
+            let id = if i.is_multiple_of(7) {
                 format!("{prefix}-{i}-\u{0}\u{e9}\"")
             } else {
                 format!("{prefix}-{i}")

@@ -202,7 +202,7 @@ mod tests {
 
     fn raw(key: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> OwnedMessage {
         let headers = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-            h.insert(Header { key: *k, value: *v })
+            h.insert(Header { key: k, value: *v })
         });
         OwnedMessage::new(
             Some(b"\xff\0payload".to_vec()),
