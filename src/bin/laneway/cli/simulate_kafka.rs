@@ -174,10 +174,9 @@ async fn create_topic(
     .map_err(|e| format!("kafka {brokers}: reading the cluster's metadata: {e}"))?;
     let replication = i32::try_from(broker_count.clamp(1, 3)).unwrap_or(1);
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-    let created = admin.create_topics(
-        &[new],
-        &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)),
-    );
+    let topics = [new];
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let created = admin.create_topics(&topics, &options);
     let results = tokio::time::timeout(ADMIN_TIMEOUT * 2, created)
         .await
         .map_err(|_| format!("kafka {brokers}: creating topic {topic}: no answer"))?
