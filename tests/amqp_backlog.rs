@@ -136,8 +136,14 @@ async fn inspecting_a_queue_that_does_not_exist_says_what_creates_it() {
     let e = inspect(&config(&queue, None), "g", 10).await.unwrap_err();
     let text = e.to_string();
     assert!(text.contains("does not exist"), "{text}");
-    assert!(text.contains("declared by the first `laneway run`"), "{text}");
-    assert!(!text.contains("declare = true"), "inspect has no such option: {text}");
+    assert!(
+        text.contains("declared by the first `laneway run`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("declare = true"),
+        "inspect has no such option: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -245,3 +245,218 @@ fn every_shipped_example_config_passes_check_config() {
         );
     }
 }
+
+#[test]
+fn quiet_hides_the_status_lines_and_keeps_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = laneway()
+        .args(["run", "-q", "--duration", "2s", "--data-dir", "data"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.lines().any(|l| l.starts_with('[')),
+        "-q keeps status lines out:\n{stderr}"
+    );
+    assert!(
+        stderr.lines().any(|l| l.starts_with("summary:")),
+        "-q keeps the summary:\n{stderr}"
+    );
+    let out = laneway()
+        .args(["run", "-q", "--no-summary", "--duration", "1s"])
+        .args(["--data-dir", "data2"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("summary:"), "--no-summary:\n{stderr}");
+}
+
+#[test]
+fn help_lists_every_scenario_source_and_sink_and_holds_no_code_reference() {
+    let help = |args: &[&str]| {
+        let out = laneway().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&["--help"]);
+    for word in [
+        "JSONL",
+        "AMQP 0-9-1",
+        "stream",
+        "Kafka",
+        "AMQP 1.0",
+        "Pulsar",
+        "handler",
+        "null",
+        "catch-up",
+    ] {
+        assert!(top.contains(word), "laneway --help lacks {word:?}:\n{top}");
+    }
+    let bench = help(&["bench", "--help"]);
+    for scenario in ["steady", "outage", "flood", "catch-up"] {
+        assert!(
+            bench.contains(scenario),
+            "bench --help lacks {scenario}:\n{bench}"
+        );
+    }
+    assert!(bench.contains("laneway.bench.backlog"), "{bench}");
+    let simulate = help(&["simulate", "--help"]);
+    for flag in [
+        "--exchange",
+        "--amqp1",
+        "--kafka",
+        "--partitions",
+        "--pulsar",
+        "--record",
+    ] {
+        assert!(
+            simulate.contains(flag),
+            "simulate --help lacks {flag}:\n{simulate}"
+        );
+    }
+    let inspect = help(&["backlog", "inspect", "--help"]);
+    assert!(inspect.contains("declared by the first"), "{inspect}");
+    for (what, text) in [
+        ("--help", &top),
+        ("bench --help", &bench),
+        ("simulate --help", &simulate),
+        ("backlog inspect --help", &inspect),
+        ("run --help", &help(&["run", "--help"])),
+    ] {
+        assert!(
+            !text.contains("[`"),
+            "{what} holds a code reference:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn the_catch_up_bench_refuses_a_pile_no_partition_would_split() {
+    // 20,000 records over 32 partitions is 625 each, below the Kafka
+    // source's catch_up_after (1,000): nothing would be split, so the
+    // comparison would measure two plain consumers.
+    let out = laneway()
+        .args(["bench", "--scenario", "catch-up", "--piles", "20000"])
+        .args(["--partitions", "32", "--max-run", "5s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no partition would be split"), "{stderr}");
+    assert!(stderr.contains("catch_up_after (1000)"), "{stderr}");
+}
+
+/// A JSONL input with one line that is not an envelope: a dead letter at
+/// ingest, which has no group.
+fn dead_letter_run(dir: &std::path::Path, format: &str) -> String {
+    std::fs::write(
+        dir.join("in.jsonl"),
+        concat!(
+            r#"{"topic":"/pk/dn/thing/event/property/post","messageId":"1","generateTime":1795869908045,"payload":{}}"#,
+            "\n",
+            "not an envelope\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("laneway.toml"),
+        "[[sources]]\ntype = \"jsonl\"\npath = \"in.jsonl\"\n[[groups]]\nname = \"all\"\nsink = { type = \"null\" }\n",
+    )
+    .unwrap();
+    let out = laneway()
+        .args(["run", "-q", "--no-summary", "--log-format", format])
+        .args(["--config", "laneway.toml", "--data-dir", format])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_dead_letter_log_line_has_plain_values_and_no_absent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dead_letter_run(dir.path(), "text");
+    let line = text
+        .lines()
+        .find(|l| l.contains("dead letter"))
+        .unwrap_or_else(|| panic!("no dead-letter line in:\n{text}"));
+    assert!(line.contains("origin=in.jsonl:2"), "{line}");
+    for debug in ["Some(", "None", "group="] {
+        assert!(!line.contains(debug), "{debug:?} in {line}");
+    }
+
+    let json = dead_letter_run(dir.path(), "json");
+    let line = json
+        .lines()
+        .find(|l| l.contains("dead letter"))
+        .unwrap_or_else(|| panic!("no dead-letter line in:\n{json}"));
+    let mut bytes = line.as_bytes().to_vec();
+    let value = simd_json::to_owned_value(&mut bytes).unwrap();
+    let fields = value.get("fields").expect("fields");
+    assert_eq!(
+        fields.get("origin").and_then(|v| v.as_str()),
+        Some("in.jsonl:2"),
+        "{line}"
+    );
+    let group = fields.get("group");
+    assert!(
+        group.is_none() || group.is_some_and(|g| g.is_null()),
+        "an absent group is left out or null: {line}"
+    );
+    assert!(!line.contains("None") && !line.contains("Some("), "{line}");
+    // Every line on stderr is JSON: no text summary among them.
+    for l in json.lines() {
+        let mut b = l.as_bytes().to_vec();
+        assert!(simd_json::to_owned_value(&mut b).is_ok(), "not JSON: {l}");
+    }
+}
+
+#[test]
+fn inspecting_an_empty_backlog_says_it_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        r#"{"topic":"/pk/dn/thing/event/property/post","messageId":"1","generateTime":1795869908045,"payload":{}}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("laneway.toml"),
+        "[[sources]]\ntype = \"jsonl\"\npath = \"in.jsonl\"\n[[groups]]\nname = \"all\"\nsink = { type = \"null\" }\n",
+    )
+    .unwrap();
+    let run = laneway()
+        .args([
+            "run",
+            "-q",
+            "--config",
+            "laneway.toml",
+            "--data-dir",
+            "data",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out = laneway()
+        .args(["backlog", "inspect", "data/backlog/all"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("0 records waiting"), "{text}");
+    assert!(text.contains("empty"), "{text}");
+    assert!(!text.contains("- old"), "{text}");
+}

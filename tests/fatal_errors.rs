@@ -95,7 +95,10 @@ fn a_missing_vhost_exits_1_naming_it() {
     let out = run_config(dir.path(), &amqp_config(&url, "laneway-never-used", true));
     // The user name is shown even when it equals the password (guest/guest):
     // the advice names no password, and the URL stays redacted.
-    assert_fatal(&out, &["virtual host", &vhost, "user \"guest\"", "guest:***@"]);
+    assert_fatal(
+        &out,
+        &["virtual host", &vhost, "user \"guest\"", "guest:***@"],
+    );
 }
 
 #[test]

@@ -20,8 +20,8 @@ pub mod aliyun;
 pub mod config;
 pub mod login;
 pub mod mapping;
-pub mod publisher;
 mod pacing;
+pub mod publisher;
 pub mod source;
 
 pub use aliyun::{AliyunConfig, SignMethod};

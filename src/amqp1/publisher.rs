@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use fe2o3_amqp::connection::ConnectionHandle;
-use fe2o3_amqp::link::delivery::DeliveryFut;
 use fe2o3_amqp::link::SendError;
+use fe2o3_amqp::link::delivery::DeliveryFut;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Header, Outcome};
 use fe2o3_amqp::types::primitives::Binary;

@@ -49,8 +49,9 @@ pub struct CatchUpOptions {
     pub slots: usize,
     /// Messages per delivery.
     pub batch: usize,
-    /// Partitions of the topic (the mock keeps a few MiB per partition).
-    pub partitions: i32,
+    /// Partitions of the topic (the mock keeps a few MiB per partition);
+    /// `None`: sized from each pile by [`partitions_for`].
+    pub partitions: Option<i32>,
     /// Upper bound on each consumer's wait for its first fresh record.
     #[serde(with = "humantime_serde")]
     pub max_run: Duration,
@@ -63,7 +64,7 @@ impl Default for CatchUpOptions {
             cost: Duration::from_micros(10),
             slots: 4,
             batch: 256,
-            partitions: 32,
+            partitions: None,
             max_run: Duration::from_secs(120),
         }
     }
@@ -88,6 +89,12 @@ pub struct Timing {
 pub struct CatchUpPoint {
     /// Records in the pile.
     pub pile: u64,
+    /// Partitions of the topic.
+    pub partitions: i32,
+    /// Partitions that held at least `catch_up_after` pile records, so
+    /// that laneway split them (read the pile beside the live cursor); the
+    /// others it read in order, as the plain consumer does.
+    pub split_partitions: i32,
     /// laneway.
     pub laneway: Timing,
     /// The plain consumer.
@@ -108,11 +115,10 @@ impl CatchUpReport {
     pub fn table(&self) -> String {
         let o = &self.options;
         let mut out = format!(
-            "scenario catch-up: handler {} slots × {:?}/msg (capacity {:.0} msgs/s), {} partitions\n",
+            "scenario catch-up: handler {} slots × {:?}/msg (capacity {:.0} msgs/s)\n",
             o.slots,
             o.cost,
             o.slots as f64 / o.cost.as_secs_f64().max(1e-9),
-            o.partitions
         );
         out.push_str("time to real-time: from the partitions' assignment to the first fresh record handled\n");
         out.push_str(&format!(
@@ -135,8 +141,11 @@ impl CatchUpReport {
         }
         for p in &self.points {
             out.push_str(&format!(
-                "pile {}: group join took {} ms (laneway), {} ms (plain)\n",
+                "pile {}: {} of {} partitions split (at least {} records each); group join took {} ms (laneway), {} ms (plain)\n",
                 p.pile,
+                p.split_partitions,
+                p.partitions,
+                catch_up_after(),
                 ms(p.laneway.joined_ms),
                 ms(p.plain.joined_ms)
             ));
@@ -145,11 +154,42 @@ impl CatchUpReport {
     }
 }
 
+/// The lag from which the Kafka source splits a partition (its default
+/// `catch_up_after`, which the scenario runs with).
+pub fn catch_up_after() -> u64 {
+    KafkaSourceConfig::default().catch_up_after
+}
+
+/// The partitions a pile is spread over by default: enough that each holds
+/// about twice `catch_up_after` (records are keyed by device, so partitions
+/// are not filled evenly), at most 32 (the mock keeps a few MiB per
+/// partition; a pile of 1,000,000 fits in 32).
+pub fn partitions_for(pile: u64) -> i32 {
+    let each = catch_up_after().saturating_mul(2).max(1);
+    i32::try_from((pile / each).clamp(1, 32)).unwrap_or(32)
+}
+
+/// Refuses a pile that no partition would be split for: the comparison
+/// would then measure two plain consumers.
+pub fn check_split_possible(pile: u64, partitions: i32) -> Result<(), String> {
+    let per_partition = pile / u64::try_from(partitions.max(1)).unwrap_or(1);
+    if per_partition < catch_up_after() {
+        return Err(format!(
+            "a pile of {pile} over {partitions} partitions is {per_partition} records per partition, below catch_up_after ({}): no partition would be split, and the run would measure nothing; use fewer --partitions (or leave it out to size it from the pile) or a larger pile",
+            catch_up_after()
+        ));
+    }
+    Ok(())
+}
+
 /// Runs every pile size.
 pub async fn run(
     options: &CatchUpOptions,
     progress: &dyn Fn(&str),
 ) -> Result<CatchUpReport, String> {
+    for &pile in &options.piles {
+        check_split_possible(pile, options.partitions.unwrap_or(partitions_for(pile)))?;
+    }
     let mut points = Vec::new();
     for &pile in &options.piles {
         points.push(run_pile(options, pile, progress).await?);
@@ -165,10 +205,11 @@ async fn run_pile(
     pile: u64,
     progress: &dyn Fn(&str),
 ) -> Result<CatchUpPoint, String> {
+    let partitions = options.partitions.unwrap_or(partitions_for(pile));
     let cluster = MockCluster::new(3).map_err(|e| format!("mock cluster: {e}"))?;
     let brokers = cluster.bootstrap_servers();
     cluster
-        .create_topic("pile", options.partitions, 1)
+        .create_topic("pile", partitions, 1)
         .map_err(|e| format!("creating the topic: {e}"))?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -177,9 +218,34 @@ async fn run_pile(
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .map_err(|e| format!("producer: {e}"))?;
-    progress(&format!("pile {pile}: producing"));
+    progress(&format!(
+        "pile {pile}: producing over {partitions} partitions"
+    ));
     produce_pile(&producer, pile).await?;
-    check_kept(&brokers, options.partitions, pile)?;
+    let sizes = partition_sizes(&brokers, partitions)?;
+    let kept: i64 = sizes.iter().sum();
+    if kept as u64 != pile {
+        return Err(format!(
+            "the mock cluster keeps {kept} of the {pile} records: use more --partitions"
+        ));
+    }
+    let split = sizes
+        .iter()
+        .filter(|&&n| n as u64 >= catch_up_after())
+        .count();
+    let split_partitions = i32::try_from(split).unwrap_or(i32::MAX);
+    if split_partitions == 0 {
+        return Err(format!(
+            "pile {pile}: no partition holds catch_up_after ({}) records, so none would be split and the run would measure nothing; use fewer --partitions or a larger pile",
+            catch_up_after()
+        ));
+    }
+    if split_partitions < partitions {
+        eprintln!(
+            "bench: warning: pile {pile}: only {split_partitions} of {partitions} partitions hold catch_up_after ({}) records; the others are read in order, as by a plain consumer",
+            catch_up_after()
+        );
+    }
 
     progress(&format!("pile {pile}: laneway"));
     let laneway = time_laneway(options, &brokers, &producer).await?;
@@ -187,6 +253,8 @@ async fn run_pile(
     let plain = time_plain(options, &brokers, &producer).await?;
     Ok(CatchUpPoint {
         pile,
+        partitions,
+        split_partitions,
         laneway,
         plain,
     })
@@ -233,27 +301,22 @@ async fn produce_pile(producer: &FutureProducer, pile: u64) -> Result<(), String
         .map_err(|e| format!("flushing the pile: {e}"))
 }
 
-/// Fails when the mock dropped part of the pile (it keeps a few MiB per
-/// partition): the times would be for a smaller pile.
-fn check_kept(brokers: &str, partitions: i32, pile: u64) -> Result<(), String> {
+/// The records each partition holds (the mock keeps a few MiB per
+/// partition and drops the rest, so the sum can fall short of the pile).
+fn partition_sizes(brokers: &str, partitions: i32) -> Result<Vec<i64>, String> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "check")
         .create()
         .map_err(|e| e.to_string())?;
-    let mut kept = 0;
-    for p in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks("pile", p, Duration::from_secs(10))
-            .map_err(|e| format!("watermarks: {e}"))?;
-        kept += high - low;
-    }
-    if kept as u64 != pile {
-        return Err(format!(
-            "the mock cluster keeps {kept} of the {pile} records: use more --partitions"
-        ));
-    }
-    Ok(())
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks("pile", p, Duration::from_secs(10))
+                .map(|(low, high)| high - low)
+                .map_err(|e| format!("watermarks: {e}"))
+        })
+        .collect()
 }
 
 /// Produces a fresh record every [`FRESH_EVERY`] until `stop`.

@@ -59,8 +59,9 @@ pub enum BacklogKind {
     Disk,
     /// The in-memory store.
     Memory,
+    // Not a doc link: clap shows this text in `--help` as it is.
     /// The broker store: a quorum queue on RabbitMQ at `$AMQP_URL`
-    /// ([`BENCH_QUEUE`], deleted before and after the run).
+    /// (laneway.bench.backlog, deleted before and after the run).
     Amqp,
 }
 

@@ -25,9 +25,10 @@ pub struct BacklogArgs {
 /// The `backlog` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum BacklogAction {
-    /// Summarise a backlog: records, bytes, segments, oldest/newest age,
-    /// kinds; or, with `--queue`, a broker backlog: depth, oldest age, the
-    /// first records' kinds.
+    /// Summarise a backlog: records, bytes, segments, how long its oldest
+    /// and newest records have been stored, kinds; or, with `--queue`, a
+    /// broker backlog: depth, the oldest message's age, the first records'
+    /// kinds.
     Inspect(InspectArgs),
     /// Check every record's checksum; exit non-zero if any record is damaged.
     Verify(DirArgs),
@@ -50,7 +51,9 @@ pub struct InspectArgs {
     /// The backlog directory (for example laneway-data/backlog/all).
     #[arg(required_unless_present = "queue", conflicts_with = "queue")]
     pub dir: Option<PathBuf>,
-    /// A broker backlog queue (for example laneway.all.backlog).
+    /// A broker backlog queue (for example laneway.work.backlog). It is
+    /// declared by the first `laneway run` whose group has `backlog = {
+    /// store = "amqp", queue = ... }`; inspecting declares nothing.
     #[arg(long)]
     pub queue: Option<String>,
     /// The broker URL for `--queue`; `AMQP_URL`, or the local default,
@@ -150,14 +153,20 @@ fn inspect_text(i: &Inspection) -> String {
             ""
         }
     );
+    // An empty backlog has no oldest or newest record to give an age of.
+    let ages = match (i.records, i.oldest_age_ms, i.newest_age_ms) {
+        (0, _, _) => "empty".to_string(),
+        (_, Some(oldest), Some(newest)) => format!(
+            "oldest stored {} ago, newest {} ago",
+            age(Some(oldest)),
+            age(Some(newest))
+        ),
+        _ => "ages unknown".to_string(),
+    };
     let _ = writeln!(
         s,
-        "  oldest {} old, newest {} old; {} retried; {} released awaiting deletion; ledger {}",
-        age(i.oldest_age_ms),
-        age(i.newest_age_ms),
-        i.retried,
-        i.released,
-        i.ledger
+        "  {ages}; {} retried; {} released awaiting deletion; ledger {}",
+        i.retried, i.released, i.ledger
     );
     if i.corrupt > 0 || i.lost > 0 || i.tail_bytes > 0 {
         let _ = writeln!(
@@ -200,16 +209,17 @@ fn broker_text(i: &BacklogQueueInspection) -> String {
         }
     }
     let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    if i.first_kinds.is_empty() {
+        let _ = writeln!(s, "  empty");
+        return s;
+    }
     let _ = writeln!(
         s,
-        "  first {}: oldest {} old; kinds: {}",
+        "  first {}: oldest message {} old (by its generate time), longest in the backlog {}; kinds: {}",
         i.first_kinds.len(),
         age(i.oldest_age_ms),
-        if kinds.is_empty() {
-            "-".into()
-        } else {
-            kinds.join(", ")
-        }
+        age(i.longest_stored_ms),
+        kinds.join(", ")
     );
     s
 }

@@ -113,8 +113,11 @@ pub struct BenchArgs {
     /// 100000,1000000).
     #[arg(long, value_delimiter = ',')]
     pub piles: Vec<u64>,
-    /// catch-up: partitions of the Kafka topic (default 32; the in-memory
-    /// cluster keeps a few MiB per partition).
+    /// catch-up: partitions of the Kafka topic. Default: sized from each
+    /// pile, about 2,000 records per partition, at most 32 (the in-memory
+    /// cluster keeps a few MiB per partition). A pile with fewer than
+    /// 1,000 records per partition (the source's catch_up_after) is
+    /// refused: no partition would be split.
     #[arg(long)]
     pub partitions: Option<i32>,
 }
@@ -128,8 +131,9 @@ impl BenchArgs {
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { o.$field = v; } )* };
         }
-        take!(cost, slots, batch, partitions, max_run);
-        if o.slots == 0 || o.batch == 0 || o.partitions < 1 {
+        take!(cost, slots, batch, max_run);
+        o.partitions = self.partitions;
+        if o.slots == 0 || o.batch == 0 || o.partitions.is_some_and(|p| p < 1) {
             return Err("--slots, --batch and --partitions must be at least 1".into());
         }
         if o.piles.contains(&0) {

@@ -9,7 +9,9 @@ mod kafka_mock;
 pub mod logging;
 mod run;
 mod simulate;
+mod simulate_amqp1;
 mod simulate_kafka;
+mod simulate_pulsar;
 mod status;
 
 use std::process::ExitCode;
@@ -18,7 +20,10 @@ use clap::{Parser, Subcommand};
 
 /// laneway: a backlog-aware dispatcher for IoT server-side subscriptions.
 ///
-/// Messages flow from a source (simulator, JSONL, AMQP, Kafka) to consumer groups.
+/// Messages flow from sources (the simulator, a JSONL file or stdin, an AMQP
+/// 0-9-1 queue, a RabbitMQ stream, Kafka, AMQP 1.0 such as Alibaba Cloud
+/// IoT, Pulsar such as Tuya) to consumer groups, each delivering to its sink
+/// (a handler, JSONL or stdout, null, an AMQP exchange, a Kafka topic).
 /// Each group serves its live lane first and drains its durable backlog
 /// beside it, so a consumer back from an outage is real-time again at once.
 #[derive(Debug, Parser)]
@@ -46,11 +51,11 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check a config file and report the first error with its line and column.
     CheckConfig(check_config::CheckConfigArgs),
-    /// Run a load scenario (steady, outage, flood) against a FIFO baseline.
+    /// Run a benchmark: a load scenario (steady, outage, flood) against a FIFO baseline, or catch-up on a lagging Kafka log.
     Bench(bench::BenchArgs),
     /// Look at a backlog: `inspect` summarises a disk directory or a broker queue, `verify` checks every checksum on disk.
     Backlog(backlog::BacklogArgs),
-    /// Publish the simulated fleet to an AMQP exchange or a Kafka topic, with confirms, printing the rate.
+    /// Publish the simulated fleet, confirmed, to an AMQP exchange, an AMQP 1.0 node, a Kafka topic or a Pulsar topic.
     Simulate(simulate::SimulateArgs),
     /// Start an in-memory Kafka-protocol broker (for trying laneway without Kafka) and print its address.
     KafkaMock(kafka_mock::KafkaMockArgs),
@@ -60,7 +65,7 @@ impl Cli {
     /// Runs the chosen command.
     pub async fn execute(self) -> ExitCode {
         match self.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(args, self.log_format).await,
             Command::CheckConfig(args) => check_config::check_config(args),
             Command::Bench(args) => bench::bench(args).await,
             Command::Backlog(args) => backlog::backlog(args).await,

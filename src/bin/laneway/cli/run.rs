@@ -1,9 +1,13 @@
 //! `laneway run`: the dispatcher, with status lines and a final summary.
+//!
+//! `-q` silences the status lines only: the summary is what a run is for,
+//! and it stays unless `--no-summary` (or JSON logs) asks otherwise.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use super::logging::LogFormat;
 use super::status::{status_line, summary_text};
 use laneway::admin::{AdminServer, Tracker};
 use laneway::config::FileConfig;
@@ -36,9 +40,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 
-    /// No status lines.
+    /// No status lines (nor the start-up lines); the summary at the end
+    /// stays.
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// No text summary at the end (with --json, the JSON line on stdout
+    /// stays). With --log-format json the text summary is left out anyway,
+    /// so that stderr holds JSON objects only.
+    #[arg(long)]
+    pub no_summary: bool,
 
     /// Serve /metrics, /status, the dashboard (/), /healthz and /readyz on
     /// this address (for example 127.0.0.1:9464); overrides the config's
@@ -47,7 +58,9 @@ pub struct RunArgs {
     pub admin: Option<std::net::SocketAddr>,
 }
 
-pub async fn run(args: RunArgs) -> ExitCode {
+/// Runs the dispatcher; `log_format` decides whether the text summary may
+/// go to stderr (not among JSON log lines).
+pub async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
     let mut config = match &args.config {
         Some(path) => match FileConfig::load(path) {
             Ok(c) => c,
@@ -157,7 +170,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     if let Some(task) = admin_task {
         let _ = task.await;
     }
-    if !args.quiet {
+    if !args.no_summary && log_format == LogFormat::Text {
         eprint!("{}", summary_text(&summary));
     }
     if args.json {

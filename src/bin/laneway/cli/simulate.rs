@@ -1,13 +1,25 @@
-//! `laneway simulate --amqp URL --exchange X` (or `--kafka BROKERS --topic
-//! T`, see `simulate_kafka.rs`): the device simulator as a publisher, with
-//! the platform's headers and publisher confirms. It is also the load
-//! generator of the AMQP and Kafka tests and benchmarks.
+//! `laneway simulate`: the device simulator as a publisher, so that every
+//! source can be tried with laneway's own tools. It writes the platform's
+//! fields the way each source reads them:
 //!
-//! Invariants: a message counts as sent only once the broker confirmed it;
+//! - `--exchange X` (AMQP 0-9-1, here): the `topic` / `messageId` /
+//!   `generateTime` headers, with publisher confirms;
+//! - `--amqp1 URL --address A` (`simulate_amqp1.rs`): application
+//!   properties and a data section, as the platform's AMQP 1.0 subscription;
+//! - `--kafka BROKERS --topic T` (`simulate_kafka.rs`): record headers;
+//! - `--pulsar URL --topic T` (`simulate_pulsar.rs`): message properties.
+//!
+//! It is also the load generator of the AMQP and Kafka tests and benchmarks.
+//!
+//! Invariants: a message counts as sent only once the peer confirmed it;
 //! the exit code is non-zero when any message was refused, returned
-//! unroutable or left unconfirmed; the URL is only ever shown redacted.
+//! unroutable or left unconfirmed; a URL is only ever shown redacted;
+//! `--record` holds every message published, as the JSONL sink would
+//! write it, so a test can compare what arrives with what was sent.
 
 use std::collections::VecDeque;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -20,13 +32,13 @@ use lapin::{Confirmation, ExchangeKind, PublisherConfirm};
 
 use super::status::human;
 use laneway::amqp::{AmqpError, BrokerUrl, RoutingKey, connect::connect, headers};
-use laneway::message::now_epoch_ms;
+use laneway::message::{Message, now_epoch_ms, write_envelope};
 use laneway::source::simulator::Fleet;
 
 /// Arguments of `simulate`.
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("limit").args(["count", "duration"])))]
-#[command(group(clap::ArgGroup::new("target").args(["exchange", "kafka"]).required(true)))]
+#[command(group(clap::ArgGroup::new("target").args(["exchange", "kafka", "amqp1", "pulsar"]).required(true)))]
 pub struct SimulateArgs {
     /// The broker URL (amqp:// or amqps://); default: $AMQP_URL, then
     /// amqp://guest:guest@127.0.0.1:5672/%2f. Shown redacted.
@@ -41,9 +53,39 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "BROKERS", requires = "topic", conflicts_with_all = ["amqp", "queue", "no_queue", "routing_key", "transient"])]
     pub kafka: Option<String>,
 
-    /// The Kafka topic to produce to (with --kafka).
-    #[arg(long, requires = "kafka")]
+    /// With --kafka: create the topic with this many partitions when it
+    /// does not exist (without it, a missing topic is an error on a broker
+    /// that does not create topics itself).
+    #[arg(long, value_name = "N", requires = "kafka")]
+    pub partitions: Option<i32>,
+
+    /// Publish over AMQP 1.0 instead, as the IoT platform's server-side
+    /// subscription does (application properties topic, messageId,
+    /// generateTime; the payload as a data section), for the `amqp1`
+    /// source: the peer's URL (amqp:// or amqps://, no virtual host).
+    #[arg(long, value_name = "URL", requires = "address", conflicts_with_all = ["amqp", "queue", "no_queue", "routing_key", "transient"])]
+    pub amqp1: Option<String>,
+
+    /// With --amqp1: the node to send to. On RabbitMQ, `/queue/NAME`
+    /// declares the queue NAME; `/amq/queue/NAME` needs it to exist.
+    #[arg(long, requires = "amqp1")]
+    pub address: Option<String>,
+
+    /// Produce to a Pulsar topic instead, for the `pulsar` source: the
+    /// service URL (pulsar:// or pulsar+ssl://); the platform's fields go
+    /// in the message properties topic, messageId and generateTime.
+    #[arg(long, value_name = "URL", requires = "topic", conflicts_with_all = ["amqp", "queue", "no_queue", "routing_key", "transient"])]
+    pub pulsar: Option<String>,
+
+    /// The Kafka or Pulsar topic to produce to (with --kafka or --pulsar).
+    #[arg(long)]
     pub topic: Option<String>,
+
+    /// Also write every message published to this file, one JSONL envelope
+    /// a line (as the JSONL sink writes it): what to compare deliveries
+    /// with.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 
     /// A durable queue to declare and bind to the exchange with `#`, so
     /// nothing published is lost before a consumer starts; default: a queue
@@ -132,9 +174,63 @@ struct Counts {
     unroutable: u64,
 }
 
+/// Every message published, as JSONL envelopes, when `--record` asks.
+pub struct Recorder {
+    out: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
+    line: Vec<u8>,
+}
+
+impl Recorder {
+    /// Creates (truncates) the file, when there is one.
+    pub fn open(path: Option<&Path>) -> Result<Recorder, String> {
+        let out = match path {
+            Some(p) => {
+                let file = std::fs::File::create(p)
+                    .map_err(|e| format!("--record {}: {e}", p.display()))?;
+                Some((p.to_path_buf(), std::io::BufWriter::new(file)))
+            }
+            None => None,
+        };
+        Ok(Recorder {
+            out,
+            line: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Writes one message published.
+    pub fn record(&mut self, m: &Message) -> Result<(), String> {
+        let Some((path, out)) = &mut self.out else {
+            return Ok(());
+        };
+        self.line.clear();
+        write_envelope(&mut self.line, m);
+        self.line.push(b'\n');
+        out.write_all(&self.line)
+            .map_err(|e| format!("--record {}: {e}", path.display()))
+    }
+
+    /// Flushes the file to disk.
+    pub fn finish(self) -> Result<(), String> {
+        let Some((path, out)) = self.out else {
+            return Ok(());
+        };
+        let file = out
+            .into_inner()
+            .map_err(|e| format!("--record {}: {}", path.display(), e.error()))?;
+        file.sync_all()
+            .map_err(|e| format!("--record {}: {e}", path.display()))
+    }
+}
+
 pub async fn simulate(args: SimulateArgs) -> ExitCode {
     let published = if args.kafka.is_some() {
         super::simulate_kafka::produce(args).await
+    } else if args.amqp1.is_some() {
+        super::simulate_amqp1::publish(args).await
+    } else if args.pulsar.is_some() {
+        super::simulate_pulsar::produce(args).await
+    } else if args.topic.is_some() {
+        Err("--topic goes with --kafka or --pulsar".into())
     } else {
         publish(args).await
     };
@@ -217,6 +313,7 @@ async fn publish(args: SimulateArgs) -> Result<bool, String> {
             args.limit_words()
         );
     }
+    let mut recorder = Recorder::open(args.record.as_deref())?;
     let mut fleet = Fleet::new(args.products, args.devices, args.seed);
     let options = BasicPublishOptions {
         mandatory: true,
@@ -271,6 +368,10 @@ async fn publish(args: SimulateArgs) -> Result<bool, String> {
             }
         }
         counts.published += 1;
+        if let Err(e) = recorder.record(&m) {
+            failure = Some(e);
+            break;
+        }
         if !args.quiet && last_report.0.elapsed() >= Duration::from_secs(1) {
             let now = Instant::now();
             let rate = (counts.confirmed - last_report.1) as f64
@@ -294,6 +395,9 @@ async fn publish(args: SimulateArgs) -> Result<bool, String> {
     let elapsed = start.elapsed().as_secs_f64();
     let _ = channel.close(200, "done".into()).await;
     let _ = conn.close(200, "done".into()).await;
+    if let Err(e) = recorder.finish() {
+        failure.get_or_insert(e);
+    }
     let ok = failure.is_none()
         && counts.nacked == 0
         && counts.unroutable == 0

@@ -3,16 +3,23 @@
 //! does: the payload as the value, `topic` / `messageId` / `generateTime` as
 //! headers, keyed by product and device.
 //!
+//! With `--partitions N` it creates the topic first when it is missing;
+//! without, a missing topic is said plainly before anything is produced
+//! (a broker without auto-create would otherwise fail every record).
+//!
 //! Invariant: a message counts as sent only once the broker acknowledged
 //! it; the exit code is non-zero when any was not.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use super::simulate::SimulateArgs;
+use super::simulate::{Recorder, SimulateArgs};
 use super::status::human;
 use laneway::kafka::{headers_of, key_of};
 use laneway::message::now_epoch_ms;
@@ -30,6 +37,16 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
         .set("message.timeout.ms", "60000")
         .create()
         .map_err(|e| format!("kafka producer: {e}"))?;
+    if let Some(partitions) = args.partitions
+        && !topic_exists(&producer, &brokers, &topic)?
+    {
+        create_topic(&brokers, &topic, partitions, args.quiet).await?;
+    }
+    if !topic_exists(&producer, &brokers, &topic)? {
+        return Err(format!(
+            "kafka {brokers}: topic {topic} does not exist (and the broker does not create topics on first use): create it, or pass --partitions N to have simulate create it"
+        ));
+    }
     if !args.quiet {
         eprintln!(
             "simulate: producing to kafka {brokers} topic {topic} ({} products x {} devices{})",
@@ -38,6 +55,7 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
             args.limit_words()
         );
     }
+    let mut recorder = Recorder::open(args.record.as_deref())?;
     let mut fleet = Fleet::new(args.products, args.devices, args.seed);
     let age_ms = args.age.as_millis() as i64;
     let window = args.in_flight.max(1);
@@ -95,6 +113,7 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
             }
         }
         produced += 1;
+        recorder.record(&m)?;
         if !args.quiet && last_report.0.elapsed() >= Duration::from_secs(1) {
             let now = Instant::now();
             let rate = produced.saturating_sub(last_report.1) as f64
@@ -112,6 +131,7 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
     }
     let flushed =
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await;
+    recorder.finish()?;
     let elapsed = start.elapsed().as_secs_f64();
     eprintln!(
         "simulate: produced {produced}, acknowledged {acked}, failed {failed} in {elapsed:.1}s ({}/s)",
@@ -124,4 +144,69 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
         return Err("kafka producer: flushing at the end failed".into());
     }
     Ok(failed == 0 && acked == produced)
+}
+
+/// How long a metadata request or a topic creation may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Creates `topic` with `partitions` partitions (replicated on up to three
+/// brokers) unless it exists.
+async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    quiet: bool,
+) -> Result<(), String> {
+    if partitions < 1 {
+        return Err("--partitions must be at least 1".into());
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("kafka admin client: {e}"))?;
+    // A blocking call; the runtime has other threads meanwhile.
+    let broker_count = tokio::task::block_in_place(|| {
+        admin
+            .inner()
+            .fetch_metadata(None, ADMIN_TIMEOUT)
+            .map(|m| m.brokers().len())
+    })
+    .map_err(|e| format!("kafka {brokers}: reading the cluster's metadata: {e}"))?;
+    let replication = i32::try_from(broker_count.clamp(1, 3)).unwrap_or(1);
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let topics = [new];
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let created = admin.create_topics(&topics, &options);
+    let results = tokio::time::timeout(ADMIN_TIMEOUT * 2, created)
+        .await
+        .map_err(|_| format!("kafka {brokers}: creating topic {topic}: no answer"))?
+        .map_err(|e| format!("kafka {brokers}: creating topic {topic}: {e}"))?;
+    for result in results {
+        match result {
+            Ok(_) => {
+                if !quiet {
+                    eprintln!("simulate: created topic {topic} with {partitions} partitions");
+                }
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(format!("kafka {brokers}: creating topic {topic}: {code}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `topic` exists (a broker that creates topics on first use
+/// creates it when asked for its metadata).
+fn topic_exists(producer: &FutureProducer, brokers: &str, topic: &str) -> Result<bool, String> {
+    // A blocking call; the runtime has other threads meanwhile.
+    let metadata = tokio::task::block_in_place(|| {
+        producer.client().fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+    })
+    .map_err(|e| format!("kafka {brokers}: reading topic {topic}'s metadata: {e}"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
 }
