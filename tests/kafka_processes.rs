@@ -1,6 +1,9 @@
 //! The Kafka source in real `laneway run` processes against a mock cluster
 //! that lives in the test: a SIGKILL mid-stream and a restart lose nothing
-//! (duplicates only, counted and bounded by what was in flight), and two processes in one consumer group
+//! (duplicates only, counted and bounded by what was in flight), a restart
+//! with `idle_exit` right after a SIGKILL waits for the partitions and
+//! finishes the topic (and a run stopped before then reports its lag), and
+//! two processes in one consumer group
 //! share the partitions, one taking over the other's when it is killed.
 //! Every check compares the records delivered (topic, id, time, payload)
 //! with those sent.
@@ -37,6 +40,17 @@ fn runtime() -> tokio::runtime::Runtime {
 /// A config: the Kafka source in group `group`, one group delivering to
 /// `out` as JSONL, status lines every 100 ms (what the tests wait on).
 fn config(dir: &Path, name: &str, brokers: &str, group: &str) -> (PathBuf, PathBuf) {
+    config_with(dir, name, brokers, group, "")
+}
+
+/// [`config`], with `source_extra` added to the source's table.
+fn config_with(
+    dir: &Path,
+    name: &str,
+    brokers: &str,
+    group: &str,
+    source_extra: &str,
+) -> (PathBuf, PathBuf) {
     let out = dir.join(format!("{name}.jsonl"));
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
@@ -49,6 +63,7 @@ brokers = "{brokers}"
 topics = ["in"]
 group_id = "{group}"
 properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+{source_extra}
 
 [[groups]]
 name = "out"
@@ -155,6 +170,96 @@ fn a_sigkill_mid_stream_then_a_restart_loses_nothing() {
         tally.duplicates <= in_flight,
         "duplicates ({}) exceed what was in flight at the kill: {replayed} past the last commit + {held} held in the backlog",
         tally.duplicates
+    );
+}
+
+/// The group's records not yet committed on topic `in`.
+fn group_lag(brokers: &str, group: &str) -> u64 {
+    committed_and_ends(brokers, group, "in", PARTITIONS)
+        .iter()
+        .map(|(_, committed, end)| (end - (*committed).max(0)) as u64)
+        .sum()
+}
+
+/// The `lag` the `--json` summary on `stdout` reports for its one source.
+fn reported_lag(stdout: &[u8]) -> u64 {
+    use simd_json::prelude::*;
+    let text = String::from_utf8_lossy(stdout);
+    let mut last = text
+        .lines()
+        .last()
+        .expect("a summary line")
+        .as_bytes()
+        .to_vec();
+    let summary = simd_json::to_owned_value(&mut last).unwrap();
+    summary
+        .get("lag")
+        .and_then(|l| l.as_array())
+        .and_then(|l| l.first())
+        .and_then(|s| s.get("lag"))
+        .and_then(|l| l.as_u64())
+        .unwrap_or_else(|| panic!("no lag in the summary: {text}"))
+}
+
+#[test]
+fn a_restart_with_idle_exit_right_after_a_sigkill_finishes_the_topic() {
+    const N: u64 = 6_000;
+    let rt = runtime();
+    let cluster = cluster(&["in"], PARTITIONS);
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    // The session timeout is 6 s, the idle period 2 s: a restart that
+    // trusted the idle period alone would give up before the dead
+    // member's partitions came free.
+    let (cfg, out) = config_with(dir.path(), "idle", &brokers, "idle", "idle_exit = \"2s\"");
+    let sent = stale_share("i", N);
+    rt.block_on(produce(&brokers, "in", &sent));
+
+    let mut first = start(&cfg);
+    wait_for_distinct(&mut first, &[&out], N as usize / 4);
+    first.kill(); // SIGKILL: the dead member holds the partitions
+    let before = records_in_jsonl(&out).len();
+    assert!(before < N as usize, "the kill should land mid-topic");
+
+    // Stopped (--duration) while the dead member still holds everything:
+    // it read nothing, and says how much is left.
+    let stopped = Watched::spawn(
+        Command::new(env!("CARGO_BIN_EXE_laneway"))
+            .args(["run", "--duration", "1s", "--json", "--config"])
+            .arg(&cfg),
+    )
+    .finish(LIMIT);
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert!(stopped.status.success(), "{stderr}");
+    let left = group_lag(&brokers, "idle");
+    assert!(left > 0, "records are left after the kill");
+    assert_eq!(reported_lag(&stopped.stdout), left, "{stderr}");
+    assert!(
+        stderr.contains(&format!("lag {left}: records left to read")),
+        "the last lines say what is left:\n{stderr}"
+    );
+
+    // Started again at once with idle_exit: it must wait for the
+    // partitions and read to the end before it ends on its own.
+    let second = Watched::spawn(
+        Command::new(env!("CARGO_BIN_EXE_laneway"))
+            .args(["-v", "run", "--json", "--config"])
+            .arg(&cfg),
+    );
+    let exit = second.finish(LIMIT);
+    let stderr = String::from_utf8_lossy(&exit.stderr);
+    assert!(exit.status.success(), "{stderr}");
+    assert_eq!(
+        group_lag(&brokers, "idle"),
+        0,
+        "the topic is done:\n{stderr}"
+    );
+    assert_eq!(reported_lag(&exit.stdout), 0, "{stderr}");
+    let delivered = records_in_jsonl(&out);
+    let tally = assert_delivered(&sent, &delivered, Copies::AtLeastOnce);
+    eprintln!(
+        "kill after {before} lines; {left} left; then {} copies, {} duplicates",
+        tally.copies, tally.duplicates
     );
 }
 

@@ -86,6 +86,10 @@ struct Callbacks {
     split: Option<SplitPolicy>,
     pacer: Arc<ErrorPacer>,
     name: String,
+    /// Set once the lag left at the stop is reported: the statistics'
+    /// figure (which counts nothing for a member without partitions) must
+    /// not replace it.
+    lag_final: std::sync::atomic::AtomicBool,
 }
 
 impl ClientContext for Callbacks {
@@ -94,6 +98,9 @@ impl ClientContext for Callbacks {
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
+        if self.lag_final.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         // Without a broker up, the partitions' figures are stale or absent:
         // the lag is unknown, not zero.
         let up = statistics
@@ -302,6 +309,7 @@ impl Source for KafkaSource {
             split: SplitPolicy::of(&self.config),
             pacer: Arc::clone(&pacer),
             name: name.clone(),
+            lag_final: std::sync::atomic::AtomicBool::new(false),
         };
         let origin_error = |message: String| SourceError::Origin {
             origin: name.clone(),
@@ -431,7 +439,14 @@ impl Source for KafkaSource {
             commit(consumer.as_ref(), &due, CommitMode::Sync)
                 .map_err(|e| origin_error(format!("committing offsets at shutdown: {e}")))?;
         }
-        report_lag(&name, &consumer, &self.config.topics, from_earliest, &ctx.health).await;
+        report_lag(
+            &name,
+            &consumer,
+            &self.config.topics,
+            from_earliest,
+            &ctx.health,
+        )
+        .await;
         Ok(())
     }
 }
@@ -445,11 +460,17 @@ async fn report_lag(
     from_earliest: bool,
     health: &SourceHealth,
 ) {
-    let (consumer, topics) = (Arc::clone(consumer), topics.to_vec());
+    let (looking, topics) = (Arc::clone(consumer), topics.to_vec());
     let found = tokio::task::spawn_blocking(move || {
-        lag::group_lag(consumer.as_ref(), &topics, from_earliest)
+        lag::group_lag(looking.as_ref(), &topics, from_earliest)
     })
     .await;
+    if matches!(found, Ok(Ok(_))) {
+        consumer
+            .context()
+            .lag_final
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
     match found {
         Ok(Ok(0)) => {
             health.lag(0);

@@ -109,7 +109,10 @@ fn file_name(number: u64) -> String {
 
 fn file_number(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
-    name.strip_prefix("ids-")?.strip_suffix(".log")?.parse().ok()
+    name.strip_prefix("ids-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 /// Makes a new file's directory entry durable.
@@ -235,7 +238,9 @@ impl WindowLog {
             return Err(e);
         }
         files.current_bytes += len;
-        files.current_first_ms.get_or_insert(first_ms.unwrap_or(last_ms));
+        files
+            .current_first_ms
+            .get_or_insert(first_ms.unwrap_or(last_ms));
         files.current_last_ms = files.current_last_ms.max(last_ms);
         *durable = upto;
         Ok(())
@@ -324,7 +329,9 @@ mod tests {
         let (log, _) = WindowLog::open(dir.path(), window, t0).unwrap();
         // Each append half a window after the last starts a new file.
         for i in 0..8 {
-            log.append(&[entry(i, t0 + i as i64 * 5_000)]).await.unwrap();
+            log.append(&[entry(i, t0 + i as i64 * 5_000)])
+                .await
+                .unwrap();
         }
         drop(log);
         let files = fs::read_dir(dir.path()).unwrap().count();

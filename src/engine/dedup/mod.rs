@@ -82,7 +82,10 @@ struct Index {
 
 impl Index {
     fn insert(&mut self, entry: Entry, horizon: i64) {
-        let slot = self.ids.entry(entry.digest).or_insert((entry.at_ms, entry.mark));
+        let slot = self
+            .ids
+            .entry(entry.digest)
+            .or_insert((entry.at_ms, entry.mark));
         // A mark only moves forward: delivered stays delivered.
         *slot = (entry.at_ms.max(slot.0), entry.mark.max(slot.1));
         self.order.push_back((entry.at_ms, entry.digest));
@@ -97,7 +100,11 @@ impl Index {
             }
             self.order.pop_front();
             // Only if this was its latest recording.
-            if self.ids.get(&digest).is_some_and(|(latest, _)| *latest <= at) {
+            if self
+                .ids
+                .get(&digest)
+                .is_some_and(|(latest, _)| *latest <= at)
+            {
                 self.ids.remove(&digest);
             }
         }
