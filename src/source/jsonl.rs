@@ -232,13 +232,13 @@ async fn keep_checkpoint(
     checkpoint: Checkpoint,
     file: std::fs::File,
     progress: Progress,
-    mut done: Position,
-    resumed: Option<checkpoint::Saved>,
+    resumed: (Position, Option<checkpoint::Saved>),
     finish: CancellationToken,
     drained: CancellationToken,
     health: SourceHealth,
 ) {
     let Progress { tracker, ends } = progress;
+    let (mut done, resumed) = resumed;
     health.acknowledges();
     let mut written = done;
     // The last checkpoint written (or resumed from): the next one continues
@@ -387,8 +387,7 @@ impl Source for JsonlSource {
                                 tracker: Arc::clone(&tracker),
                                 ends: Arc::clone(&ends),
                             },
-                            start,
-                            resumed,
+                            (start, resumed),
                             finished,
                             ctx.drained.clone(),
                             ctx.health.clone(),
