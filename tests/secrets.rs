@@ -272,13 +272,16 @@ fn printed(dir: &Path, args: &[&str], rust_log: Option<&str>) -> String {
     )
 }
 
+/// Writes one URL form for a scheme (`amqp`, `pulsar`, ...).
+type UrlForm = Box<dyn Fn(&str) -> String>;
+
 #[test]
 fn a_marker_secret_in_any_credential_position_is_never_printed() {
     let host = broker();
     // Well-formed with a wrong password, an '@' typed for the ':', the
     // secret alone in the URL knob, an unescaped delimiter in the
     // password, and an empty user.
-    let forms: Vec<Box<dyn Fn(&str) -> String>> = vec![
+    let forms: Vec<UrlForm> = vec![
         Box::new(move |scheme: &str| {
             let host = if scheme == "pulsar" {
                 "127.0.0.1:1"
