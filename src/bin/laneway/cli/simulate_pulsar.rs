@@ -40,6 +40,10 @@ fn pulsar_message(m: &Message) -> pulsar::producer::Message {
     }
 }
 
+/// How long to wait before sending again when the broker connection says
+/// `SlowDown` and no receipt is out to wait for instead.
+const SLOW_DOWN_PAUSE: Duration = Duration::from_millis(10);
+
 /// Produces; `Ok(false)` when some message got no receipt.
 pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
     let url = args.pulsar.clone().unwrap_or_default();
@@ -105,7 +109,21 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
             settle(receipt.await);
         }
         let m = fleet.next_message(now_epoch_ms() - age_ms);
-        match producer.send_non_blocking(pulsar_message(&m)).await {
+        let sent = loop {
+            match producer.send_non_blocking(pulsar_message(&m)).await {
+                // The connection's outbound queue is full: wait for the
+                // oldest receipt (or a moment, when none is out) and send
+                // the same message again.
+                Err(pulsar::Error::Producer(pulsar::error::ProducerError::Connection(
+                    pulsar::error::ConnectionError::SlowDown,
+                ))) => match in_flight.pop_front() {
+                    Some(receipt) => settle(receipt.await),
+                    None => tokio::time::sleep(SLOW_DOWN_PAUSE).await,
+                },
+                other => break other,
+            }
+        };
+        match sent {
             Ok(future) => in_flight.push_back(Box::pin(async move {
                 future.await.map(|_| ()).map_err(|e| e.to_string())
             })),
