@@ -324,7 +324,7 @@ async fn publish(args: SimulateArgs) -> Result<bool, String> {
     let mut in_flight: VecDeque<PublisherConfirm> = VecDeque::with_capacity(window);
     let mut counts = Counts::default();
     let start = Instant::now();
-    let mut last_report = (start, 0u64);
+    let mut progress = ProgressLine::new(start, args.quiet);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut failure = None;
@@ -372,19 +372,12 @@ async fn publish(args: SimulateArgs) -> Result<bool, String> {
             failure = Some(e);
             break;
         }
-        if !args.quiet && last_report.0.elapsed() >= Duration::from_secs(1) {
-            let now = Instant::now();
-            let rate = (counts.confirmed - last_report.1) as f64
-                / now.duration_since(last_report.0).as_secs_f64();
-            eprintln!(
-                "[{:6.1}s] published {} confirmed {} | {}/s",
-                start.elapsed().as_secs_f64(),
-                counts.published,
-                counts.confirmed,
-                human(rate)
-            );
-            last_report = (now, counts.confirmed);
-        }
+        progress.tick(counts.confirmed, || {
+            format!(
+                "published {} confirmed {}",
+                counts.published, counts.confirmed
+            )
+        });
     }
     while let Some(confirm) = in_flight.pop_front() {
         if let Err(e) = settle(confirm, &mut counts).await {
@@ -429,4 +422,42 @@ async fn settle(confirm: PublisherConfirm, counts: &mut Counts) -> Result<(), la
         Confirmation::Nack(_) => counts.nacked += 1,
     }
     Ok(())
+}
+
+/// Prints a simulate run's progress line at most once a second (unless
+/// quiet): the time since the start, what was sent, and the rate of
+/// `count` since the previous line. One place for every protocol's loop.
+pub struct ProgressLine {
+    start: Instant,
+    last: (Instant, u64),
+    quiet: bool,
+}
+
+impl ProgressLine {
+    /// Starts counting from `start`, with nothing sent yet.
+    pub fn new(start: Instant, quiet: bool) -> ProgressLine {
+        ProgressLine {
+            start,
+            last: (start, 0),
+            quiet,
+        }
+    }
+
+    /// Prints `[elapsed] {what} | rate/s` when a second has passed since
+    /// the previous line; `count` is the figure the rate follows.
+    pub fn tick(&mut self, count: u64, what: impl FnOnce() -> String) {
+        if self.quiet || self.last.0.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        let now = Instant::now();
+        let rate = count.saturating_sub(self.last.1) as f64
+            / now.duration_since(self.last.0).as_secs_f64();
+        eprintln!(
+            "[{:6.1}s] {} | {}/s",
+            self.start.elapsed().as_secs_f64(),
+            what(),
+            human(rate)
+        );
+        self.last = (now, count);
+    }
 }

@@ -7,11 +7,11 @@
 //! accepted; the exit code is non-zero when any was not.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fe2o3_amqp::types::messaging::Outcome;
 
-use super::simulate::{Recorder, SimulateArgs};
+use super::simulate::{ProgressLine, Recorder, SimulateArgs};
 use super::status::human;
 use laneway::amqp::BrokerUrl;
 use laneway::amqp1::Amqp1Publisher;
@@ -46,7 +46,7 @@ pub async fn publish(args: SimulateArgs) -> Result<bool, String> {
     let mut first_refusal: Option<String> = None;
     let mut failure: Option<String> = None;
     let start = Instant::now();
-    let mut last_report = (start, 0u64);
+    let mut progress = ProgressLine::new(start, args.quiet);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut settle = |outcome: Result<Outcome, fe2o3_amqp::link::SendError>| match outcome {
@@ -90,17 +90,7 @@ pub async fn publish(args: SimulateArgs) -> Result<bool, String> {
             failure = Some(e);
             break;
         }
-        if !args.quiet && last_report.0.elapsed() >= Duration::from_secs(1) {
-            let now = Instant::now();
-            let rate = sent.saturating_sub(last_report.1) as f64
-                / now.duration_since(last_report.0).as_secs_f64();
-            eprintln!(
-                "[{:6.1}s] sent {sent} | {}/s",
-                start.elapsed().as_secs_f64(),
-                human(rate)
-            );
-            last_report = (now, sent);
-        }
+        progress.tick(sent, || format!("sent {sent}"));
     }
     while let Some(settlement) = in_flight.pop_front() {
         settle(settlement.await);

@@ -19,7 +19,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use super::simulate::{Recorder, SimulateArgs};
+use super::simulate::{ProgressLine, Recorder, SimulateArgs};
 use super::status::human;
 use laneway::kafka::{headers_of, key_of};
 use laneway::message::now_epoch_ms;
@@ -63,7 +63,7 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
     let (mut produced, mut acked, mut failed) = (0u64, 0u64, 0u64);
     let mut first_error = None;
     let start = Instant::now();
-    let mut last_report = (start, 0u64);
+    let mut progress = ProgressLine::new(start, args.quiet);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut settle =
@@ -114,17 +114,7 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
         }
         produced += 1;
         recorder.record(&m)?;
-        if !args.quiet && last_report.0.elapsed() >= Duration::from_secs(1) {
-            let now = Instant::now();
-            let rate = produced.saturating_sub(last_report.1) as f64
-                / now.duration_since(last_report.0).as_secs_f64();
-            eprintln!(
-                "[{:6.1}s] produced {produced} | {}/s",
-                start.elapsed().as_secs_f64(),
-                human(rate)
-            );
-            last_report = (now, produced);
-        }
+        progress.tick(produced, || format!("produced {produced}"));
     }
     while let Some(future) = in_flight.pop_front() {
         settle(future.await);

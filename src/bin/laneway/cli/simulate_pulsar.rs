@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use super::simulate::{Recorder, SimulateArgs};
+use super::simulate::{ProgressLine, Recorder, SimulateArgs};
 use super::status::human;
 use laneway::message::{Message, now_epoch_ms};
 use laneway::pulsar::{GENERATE_TIME, MESSAGE_ID, TOPIC};
@@ -81,7 +81,7 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
     let mut first_error: Option<String> = None;
     let mut failure: Option<String> = None;
     let start = Instant::now();
-    let mut last_report = (start, 0u64);
+    let mut progress = ProgressLine::new(start, args.quiet);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut settle = |result: Result<(), String>| match result {
@@ -137,17 +137,7 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
             failure = Some(e);
             break;
         }
-        if !args.quiet && last_report.0.elapsed() >= Duration::from_secs(1) {
-            let now = Instant::now();
-            let rate = produced.saturating_sub(last_report.1) as f64
-                / now.duration_since(last_report.0).as_secs_f64();
-            eprintln!(
-                "[{:6.1}s] produced {produced} | {}/s",
-                start.elapsed().as_secs_f64(),
-                human(rate)
-            );
-            last_report = (now, produced);
-        }
+        progress.tick(produced, || format!("produced {produced}"));
     }
     while let Some(receipt) = in_flight.pop_front() {
         settle(receipt.await);
