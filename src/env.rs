@@ -7,6 +7,8 @@
 
 use std::path::Path;
 
+use crate::secret::Secret;
+
 /// `url` when given; else the variable `url_env` (or `default_env` when
 /// none is named) when it is set and not blank; else `default_url`, unless
 /// `url_env` named the variable explicitly: then the error is its name.
@@ -30,7 +32,7 @@ pub(crate) fn url_text(
 /// A secret from `file` (its trailing whitespace dropped), or else from the
 /// variable `var`; `what` (such as "AccessKey secret") names it in errors.
 /// An empty secret is an error too.
-pub(crate) fn read_secret(file: Option<&Path>, var: &str, what: &str) -> Result<String, String> {
+pub(crate) fn read_secret(file: Option<&Path>, var: &str, what: &str) -> Result<Secret, String> {
     let secret = match file {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| format!("reading the {what} file {}: {e}", path.display()))?
@@ -43,7 +45,7 @@ pub(crate) fn read_secret(file: Option<&Path>, var: &str, what: &str) -> Result<
     if secret.is_empty() {
         return Err(format!("the {what} is empty"));
     }
-    Ok(secret)
+    Ok(Secret::new(secret))
 }
 
 #[cfg(test)]
@@ -69,7 +71,7 @@ mod tests {
         std::fs::write(&file, "s3cret\n").unwrap();
         assert_eq!(
             read_secret(Some(&file), "UNUSED", "key"),
-            Ok("s3cret".into())
+            Ok(Secret::new("s3cret"))
         );
         std::fs::write(&file, "\n").unwrap();
         assert_eq!(

@@ -16,8 +16,8 @@
 //! # Module map
 //!
 //! Dependencies point one way, with the flow of a message (each module may
-//! import those above it in this list, and the leaves [`ack`] and
-//! [`backoff`]):
+//! import those above it in this list, and the leaves [`ack`], [`backoff`]
+//! and [`secret`]):
 //!
 //! - [`message`]: the message type, its kind, topics, the JSONL envelope.
 //! - [`source`]: the [`Source`](source::Source) trait and what sources push
@@ -53,6 +53,7 @@ mod env;
 pub mod kafka;
 pub mod message;
 pub mod pulsar;
+pub mod secret;
 pub mod sink;
 pub mod source;
 

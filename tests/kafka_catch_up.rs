@@ -55,7 +55,7 @@ fn source(brokers: &str, group: &str) -> KafkaSource {
             ("heartbeat.interval.ms", "500"),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), v.into()))
         .collect(),
         ..KafkaSourceConfig::default()
     })

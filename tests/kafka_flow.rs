@@ -132,7 +132,7 @@ async fn a_record_too_large_for_the_producer_is_a_dead_letter_and_the_rest_go_th
     let brokers = cluster.bootstrap_servers();
     let mut properties = std::collections::BTreeMap::new();
     // The producer refuses records above this size: a permanent failure.
-    properties.insert("message.max.bytes".to_string(), "20000".to_string());
+    properties.insert("message.max.bytes".to_string(), "20000".into());
     let sink = KafkaSink::new(KafkaSinkConfig {
         brokers: brokers.clone(),
         topic: "out".into(),

@@ -56,6 +56,11 @@ pub struct AmqpSourceConfig {
     /// Which lane its messages take: `auto` (fresh → live, stale → backlog),
     /// `live`, or `backlog` (a separate accumulation queue). Default `auto`.
     pub lane: LanePolicy,
+    /// The source's name in `/status`, the dashboard, metric labels and
+    /// the run summary. Default: what it reads (a path, a queue, a topic),
+    /// numbered when two sources share it. Two sources may not be given
+    /// one name.
+    pub name: Option<String>,
     /// The broker URL (`amqp://` or `amqps://`, credentials included). When
     /// absent, the variable named by `url_env` is read. Never printed whole.
     pub url: Option<String>,
@@ -63,6 +68,10 @@ pub struct AmqpSourceConfig {
     /// Default: `AMQP_URL`, and when that is unset too,
     /// `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url_env: Option<String>,
+    /// Allow a plain `amqp://` URL that holds a password to a host that is
+    /// not this machine: the password then crosses the network in clear (a
+    /// WARN at start). Default false: such a URL is refused; use `amqps://`.
+    pub allow_plaintext: bool,
     /// The queues to consume (at least one).
     pub queues: Vec<String>,
     /// Declare the queues (durable) and the exchange if they do not exist.
@@ -95,8 +104,10 @@ impl Default for AmqpSourceConfig {
     fn default() -> Self {
         AmqpSourceConfig {
             lane: LanePolicy::Auto,
+            name: None,
             url: None,
             url_env: None,
+            allow_plaintext: false,
             queues: Vec::new(),
             declare: true,
             exchange: None,
@@ -114,8 +125,10 @@ impl std::fmt::Debug for AmqpSourceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpSourceConfig")
             .field("lane", &self.lane)
+            .field("name", &self.name)
             .field("url", &self.url.as_deref().map(super::url::redact))
             .field("url_env", &self.url_env)
+            .field("allow_plaintext", &self.allow_plaintext)
             .field("queues", &self.queues)
             .field("declare", &self.declare)
             .field("exchange", &self.exchange)
@@ -173,6 +186,7 @@ impl AmqpSourceConfig {
     /// Checks the knobs and resolves the URL.
     pub fn validate(&self) -> Result<BrokerUrl, AmqpConfigError> {
         let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())?;
+        url.check_plaintext(self.allow_plaintext)?;
         if self.queues.is_empty() {
             return Err(AmqpConfigError::invalid(
                 "queues",
@@ -209,6 +223,7 @@ impl AmqpSource {
     /// A source for this configuration (checked, URL resolved; nothing connects yet).
     pub fn new(config: AmqpSourceConfig) -> Result<AmqpSource, AmqpConfigError> {
         let url = config.validate()?;
+        url.warn_if_plaintext();
         Ok(AmqpSource { config, url })
     }
 

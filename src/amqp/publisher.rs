@@ -54,6 +54,10 @@ pub struct AmqpSinkConfig {
     /// The environment variable holding the URL when `url` is absent.
     /// Default: `AMQP_URL`, then `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url_env: Option<String>,
+    /// Allow a plain `amqp://` URL that holds a password to a host that is
+    /// not this machine: the password then crosses the network in clear (a
+    /// WARN at start). Default false: such a URL is refused; use `amqps://`.
+    pub allow_plaintext: bool,
     /// The exchange to publish to (required).
     pub exchange: String,
     /// Declare the exchange (durable, `topic`) if it does not exist.
@@ -90,6 +94,7 @@ impl Default for AmqpSinkConfig {
         AmqpSinkConfig {
             url: None,
             url_env: None,
+            allow_plaintext: false,
             exchange: String::new(),
             declare_exchange: true,
             routing_key: "{kind}.{product}.{device}".into(),
@@ -108,6 +113,7 @@ impl std::fmt::Debug for AmqpSinkConfig {
         f.debug_struct("AmqpSinkConfig")
             .field("url", &self.url.as_deref().map(super::url::redact))
             .field("url_env", &self.url_env)
+            .field("allow_plaintext", &self.allow_plaintext)
             .field("exchange", &self.exchange)
             .field("declare_exchange", &self.declare_exchange)
             .field("routing_key", &self.routing_key)
@@ -198,6 +204,7 @@ impl AmqpSinkConfig {
     /// Checks the knobs and resolves the URL.
     pub fn validate(&self) -> Result<(BrokerUrl, RoutingKey), AmqpConfigError> {
         let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())?;
+        url.check_plaintext(self.allow_plaintext)?;
         if self.exchange.is_empty() {
             return Err(AmqpConfigError::Invalid {
                 knob: "exchange",
@@ -249,6 +256,7 @@ impl AmqpSink {
     /// A sink for this configuration; it connects on the first delivery.
     pub fn new(config: AmqpSinkConfig) -> Result<AmqpSink, AmqpConfigError> {
         let (url, key) = config.validate()?;
+        url.warn_if_plaintext();
         let exchange = short("exchange", &config.exchange)?;
         Ok(AmqpSink {
             window: Arc::new(Semaphore::new(config.max_in_flight)),

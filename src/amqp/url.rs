@@ -41,6 +41,14 @@ pub enum UrlError {
     /// The configured environment variable is not set.
     #[error("environment variable {0} is not set (it should hold the broker URL)")]
     MissingEnv(String),
+    /// The URL would send its password in clear to another machine.
+    #[error(
+        "{redacted}: a plain connection (not TLS) would send the password in clear to a host that is not this machine; use amqps://, or set allow_plaintext = true"
+    )]
+    Plaintext {
+        /// The URL, password redacted.
+        redacted: String,
+    },
 }
 
 /// A parsed broker URL whose password is never displayed.
@@ -183,6 +191,46 @@ impl BrokerUrl {
     pub fn is_tls(&self) -> bool {
         self.tls
     }
+
+    /// Whether logging in sends a password the URL gives in clear across a
+    /// network: no TLS, a password in the URL, and a host that is not this
+    /// machine (a loopback address or `localhost`).
+    pub fn sends_password_in_clear(&self) -> bool {
+        let has_password = userinfo(&self.raw).is_some_and(|u| u.contains(':'));
+        !self.tls && has_password && !is_loopback(&self.host)
+    }
+
+    /// Refuses a URL that [sends its password in
+    /// clear](BrokerUrl::sends_password_in_clear) unless `allowed` (the
+    /// `allow_plaintext` knob); when allowed, says so once at WARN.
+    pub fn check_plaintext(&self, allowed: bool) -> Result<(), UrlError> {
+        if !self.sends_password_in_clear() {
+            return Ok(());
+        }
+        if !allowed {
+            return Err(UrlError::Plaintext {
+                redacted: self.redacted.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Logs a WARN when this URL's password crosses the network in clear
+    /// (allowed by `allow_plaintext`): called once when a client is made.
+    pub fn warn_if_plaintext(&self) {
+        if self.sends_password_in_clear() {
+            tracing::warn!(url = %self.redacted, "allow_plaintext is set: the password crosses the network in clear");
+        }
+    }
+}
+
+/// Whether `host` names this machine.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl fmt::Display for BrokerUrl {
@@ -337,6 +385,25 @@ mod tests {
         assert_eq!(redact("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
         assert_eq!(redact("amqp://user@host/"), "amqp://user@host/");
         assert_eq!(redact("not a url"), "<unparseable URL>");
+    }
+
+    #[test]
+    fn a_password_in_clear_to_another_machine_is_refused_unless_allowed() {
+        let remote = BrokerUrl::parse("amqp://app:s3cret@rabbit.example:5672/%2f").unwrap();
+        let e = remote.check_plaintext(false).unwrap_err().to_string();
+        assert!(e.contains("in clear") && !e.contains("s3cret"), "{e}");
+        assert!(remote.check_plaintext(true).is_ok());
+        for fine in [
+            "amqps://app:s3cret@rabbit.example:5671/%2f",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "amqp://guest:guest@localhost/%2f",
+            "amqp://guest:guest@[::1]:5672/%2f",
+            "amqp://app@rabbit.example/%2f",
+            "amqp://rabbit.example/%2f",
+        ] {
+            let url = BrokerUrl::parse(fine).unwrap();
+            assert!(url.check_plaintext(false).is_ok(), "{fine}");
+        }
     }
 
     #[test]

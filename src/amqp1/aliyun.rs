@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Amqp1ConfigError;
 use super::login::Login;
+use crate::secret::Secret;
 
 /// The platform's server-side subscription endpoint and signed login.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -146,11 +147,12 @@ pub fn sign(method: SignMethod, secret: &[u8], content: &[u8]) -> String {
 }
 
 /// The credentials a login is signed with, read when connecting.
+#[derive(Debug, Clone)]
 pub struct Credentials {
     /// The AccessKey secret.
-    pub secret: String,
+    pub secret: Secret,
     /// The STS security token, for a temporary key pair.
-    pub security_token: Option<String>,
+    pub security_token: Option<Secret>,
 }
 
 impl AliyunConfig {
@@ -240,9 +242,9 @@ impl AliyunConfig {
             "AccessKey secret",
         )?;
         let security_token = match &self.security_token_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| {
+            Some(var) => Some(Secret::new(std::env::var(var).map_err(|_| {
                 format!("environment variable {var} is not set (it should hold the STS token)")
-            })?),
+            })?)),
             None => None,
         };
         Ok(Credentials {
@@ -274,8 +276,11 @@ impl AliyunConfig {
                 format!("authId={id}&timestamp={timestamp_ms}"),
             ),
             Some(token) => (
-                format!("authMode=ststoken,securityToken={token}"),
-                format!("authId={id}&securityToken={token}&timestamp={timestamp_ms}"),
+                format!("authMode=ststoken,securityToken={}", token.expose()),
+                format!(
+                    "authId={id}&securityToken={}&timestamp={timestamp_ms}",
+                    token.expose()
+                ),
             ),
         };
         let instance = if self.instance_id.is_empty() {
@@ -289,15 +294,15 @@ impl AliyunConfig {
         );
         let password = sign(
             self.sign_method,
-            credentials.secret.as_bytes(),
+            credentials.secret.expose().as_bytes(),
             content.as_bytes(),
         );
         Ok(Login {
             host,
             port,
             tls: true,
-            username,
-            password,
+            username: username.into(),
+            password: password.into(),
             shown_as: format!(
                 "aliyun {}:{port} client {client_id} group {}",
                 self.host_port()?.0,

@@ -23,6 +23,11 @@ use crate::source::LanePolicy;
 pub struct Amqp1SourceConfig {
     /// Which lane its messages take. Default `auto`.
     pub lane: LanePolicy,
+    /// The source's name in `/status`, the dashboard, metric labels and
+    /// the run summary. Default: what it reads (a path, a queue, a topic),
+    /// numbered when two sources share it. Two sources may not be given
+    /// one name.
+    pub name: Option<String>,
     /// The peer's URL, `amqp://user:password@host:5672` or `amqps://…`
     /// (TLS). When absent and no preset is set, the variable named by
     /// `url_env` is read. Never printed whole.
@@ -30,6 +35,10 @@ pub struct Amqp1SourceConfig {
     /// The environment variable holding the URL. Default `AMQP1_URL`, and
     /// when that is unset too, `amqp://guest:guest@127.0.0.1:5672`.
     pub url_env: Option<String>,
+    /// Allow a plain `amqp://` URL that holds a password to a host that is
+    /// not this machine: the password then crosses the network in clear (a
+    /// WARN at start). Default false: such a URL is refused; use `amqps://`.
+    pub allow_plaintext: bool,
     /// The node the receiver link attaches to: for RabbitMQ's AMQP 1.0
     /// plugin `/amq/queue/NAME` (a queue declared beforehand). Default
     /// `default` (what the Alibaba Cloud preset attaches to).
@@ -77,8 +86,10 @@ impl Default for Amqp1SourceConfig {
     fn default() -> Self {
         Amqp1SourceConfig {
             lane: LanePolicy::Auto,
+            name: None,
             url: None,
             url_env: None,
+            allow_plaintext: false,
             address: "default".into(),
             credit: 500,
             batch: 256,
@@ -99,8 +110,10 @@ impl std::fmt::Debug for Amqp1SourceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Amqp1SourceConfig")
             .field("lane", &self.lane)
+            .field("name", &self.name)
             .field("url", &self.url.as_deref().map(crate::amqp::url::redact))
             .field("url_env", &self.url_env)
+            .field("allow_plaintext", &self.allow_plaintext)
             .field("address", &self.address)
             .field("credit", &self.credit)
             .field("batch", &self.batch)
@@ -195,12 +208,16 @@ impl Amqp1SourceConfig {
                 aliyun.validate()?;
                 Ok(None)
             }
-            None => Ok(Some(BrokerUrl::resolve_or(
-                self.url.as_deref(),
-                self.url_env.as_deref(),
-                DEFAULT_URL_ENV,
-                DEFAULT_URL,
-            )?)),
+            None => {
+                let url = BrokerUrl::resolve_or(
+                    self.url.as_deref(),
+                    self.url_env.as_deref(),
+                    DEFAULT_URL_ENV,
+                    DEFAULT_URL,
+                )?;
+                url.check_plaintext(self.allow_plaintext)?;
+                Ok(Some(url))
+            }
         }
     }
 }

@@ -19,6 +19,8 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
+use crate::secret::Secret;
+
 /// Where and as whom one connection logs in.
 pub struct Login {
     /// The peer's host name (also the TLS server name).
@@ -29,9 +31,9 @@ pub struct Login {
     pub tls: bool,
     /// The SASL PLAIN user name (the platform's carries an STS token, when
     /// there is one: a secret too).
-    pub username: String,
+    pub username: Secret,
     /// The SASL PLAIN password.
-    pub password: String,
+    pub password: Secret,
     /// How the login is named in logs and errors: never a secret.
     pub shown_as: String,
 }
@@ -137,8 +139,8 @@ async fn open_now(
         .map_err(|e| OpenFailure::Transient(format!("{at}: connecting: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let profile = SaslProfile::Plain {
-        username: login.username.clone(),
-        password: login.password.clone(),
+        username: login.username.expose().to_string(),
+        password: login.password.expose().to_string(),
     };
     let idle_ms = u32::try_from(idle_timeout.as_millis()).unwrap_or(u32::MAX);
     let builder = fe2o3_amqp::Connection::builder()

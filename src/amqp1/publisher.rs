@@ -75,8 +75,8 @@ impl Amqp1Publisher {
             host: url.host().to_string(),
             port: url.port(),
             tls: url.is_tls(),
-            username: url.user().to_string(),
-            password: url.password().to_string(),
+            username: url.user().into(),
+            password: url.password().into(),
             shown_as: peer.clone(),
         };
         let container = format!("laneway-simulate-{}", std::process::id());

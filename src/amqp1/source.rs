@@ -60,6 +60,9 @@ impl Amqp1Source {
     /// A source for this configuration (checked; nothing connects yet).
     pub fn new(config: Amqp1SourceConfig) -> Result<Amqp1Source, Amqp1ConfigError> {
         let url = config.validate()?;
+        if let Some(url) = &url {
+            url.warn_if_plaintext();
+        }
         Ok(Amqp1Source {
             config: Arc::new(config),
             url,
@@ -198,8 +201,8 @@ impl LinkRunner {
                 host: url.host().to_string(),
                 port: url.port(),
                 tls: url.is_tls(),
-                username: url.user().to_string(),
-                password: url.password().to_string(),
+                username: url.user().into(),
+                password: url.password().into(),
                 shown_as: url.redacted().to_string(),
             }),
             (None, None) => Err(self.fatal("no URL and no preset".into())),

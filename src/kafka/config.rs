@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
 use crate::source::LanePolicy;
 
 /// How a record's value carries the message.
@@ -29,6 +30,11 @@ pub enum ValueFormat {
 pub struct KafkaSourceConfig {
     /// Which lane its messages take (`auto`, `live`, `backlog`). Default `auto`.
     pub lane: LanePolicy,
+    /// The source's name in `/status`, the dashboard, metric labels and
+    /// the run summary. Default: what it reads (a path, a queue, a topic),
+    /// numbered when two sources share it. Two sources may not be given
+    /// one name.
+    pub name: Option<String>,
     /// The bootstrap servers (`host:port,...`); when empty, the
     /// `KAFKA_BROKERS` environment variable.
     pub brokers: String,
@@ -75,13 +81,18 @@ pub struct KafkaSourceConfig {
     pub catch_up_live_from: Duration,
     /// Extra librdkafka properties (for example `security.protocol`), set
     /// after laneway's own; never logged, since they may hold secrets.
-    pub properties: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, Secret>,
+    /// Allow `sasl.mechanism = PLAIN` over `security.protocol =
+    /// SASL_PLAINTEXT`, which sends the password in clear (a WARN at
+    /// start). Default false: such a config is refused.
+    pub allow_plaintext: bool,
 }
 
 impl Default for KafkaSourceConfig {
     fn default() -> Self {
         KafkaSourceConfig {
             lane: LanePolicy::Auto,
+            name: None,
             brokers: String::new(),
             topics: Vec::new(),
             group_id: "laneway".into(),
@@ -95,6 +106,7 @@ impl Default for KafkaSourceConfig {
             catch_up_after: 1_000,
             catch_up_live_from: Duration::from_secs(10),
             properties: BTreeMap::new(),
+            allow_plaintext: false,
         }
     }
 }
@@ -131,7 +143,9 @@ pub struct KafkaSinkConfig {
     /// `productKey/deviceName`). Default `original`.
     pub key: KeyChoice,
     /// Extra librdkafka properties, set after laneway's own; never logged.
-    pub properties: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, Secret>,
+    /// Allow a PLAIN login over SASL_PLAINTEXT (see the source's knob).
+    pub allow_plaintext: bool,
 }
 
 impl Default for KafkaSinkConfig {
@@ -142,6 +156,7 @@ impl Default for KafkaSinkConfig {
             delivery_timeout: Duration::from_secs(30),
             key: KeyChoice::Original,
             properties: BTreeMap::new(),
+            allow_plaintext: false,
         }
     }
 }
@@ -198,6 +213,35 @@ pub(super) fn resolve_brokers(brokers: &str) -> Result<String, KafkaConfigError>
     }
 }
 
+/// Refuses properties that would send a static password in clear (SASL
+/// PLAIN without TLS) unless `allowed`.
+fn check_plaintext(
+    properties: &BTreeMap<String, Secret>,
+    allowed: bool,
+) -> Result<(), KafkaConfigError> {
+    if allowed || !sends_password_in_clear(properties) {
+        return Ok(());
+    }
+    Err(KafkaConfigError::invalid(
+        "properties",
+        "sasl.mechanism PLAIN over security.protocol SASL_PLAINTEXT sends the password in clear: use SASL_SSL (or SCRAM), or set allow_plaintext = true",
+    ))
+}
+
+/// Whether these properties log in with SASL PLAIN over a plain TCP
+/// connection.
+pub(super) fn sends_password_in_clear(properties: &BTreeMap<String, Secret>) -> bool {
+    let value = |key: &str| {
+        properties
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.expose().trim().to_ascii_uppercase())
+    };
+    let plain_protocol = value("security.protocol").as_deref() == Some("SASL_PLAINTEXT");
+    let mechanism = value("sasl.mechanism").or_else(|| value("sasl.mechanisms"));
+    plain_protocol && mechanism.as_deref() == Some("PLAIN")
+}
+
 impl KafkaSourceConfig {
     /// Checks the knobs (the brokers are resolved when the source is made,
     /// so a config naming none checks fine wherever `KAFKA_BROKERS` is unset).
@@ -238,7 +282,7 @@ impl KafkaSourceConfig {
                 "must be longer than zero",
             ));
         }
-        Ok(())
+        check_plaintext(&self.properties, self.allow_plaintext)
     }
 }
 
@@ -257,6 +301,48 @@ impl KafkaSinkConfig {
                 "must be longer than zero",
             ));
         }
-        Ok(())
+        check_plaintext(&self.properties, self.allow_plaintext)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn a_printed_config_never_shows_a_property_value() {
+        let text = "topics = [\"t\"]\n[properties]\n\"sasl.password\" = \"Zq9-MARK\"\n";
+        let source: KafkaSourceConfig = toml::from_str(text).unwrap();
+        let sink: KafkaSinkConfig =
+            toml::from_str("topic = \"t\"\n[properties]\n\"sasl.password\" = \"Zq9-MARK\"\n")
+                .unwrap();
+        for printed in [
+            format!("{source:?}"),
+            format!("{sink:?}"),
+            format!("{source:#?}"),
+        ] {
+            assert!(printed.contains("sasl.password"), "{printed}");
+            assert!(!printed.contains("Zq9-MARK"), "{printed}");
+        }
+        assert_eq!(source.properties["sasl.password"].expose(), "Zq9-MARK");
+    }
+
+    #[test]
+    fn a_plain_login_in_clear_is_refused_unless_allowed() {
+        let text = "topics = [\"t\"]\n[properties]\n\"security.protocol\" = \"sasl_plaintext\"\n\"sasl.mechanism\" = \"PLAIN\"\n\"sasl.password\" = \"Zq9-MARK\"\n";
+        let mut source: KafkaSourceConfig = toml::from_str(text).unwrap();
+        let e = source.validate().unwrap_err().to_string();
+        assert!(e.contains("in clear") && !e.contains("Zq9-MARK"), "{e}");
+        source.allow_plaintext = true;
+        source.validate().unwrap();
+        let tls = text.replace("sasl_plaintext", "SASL_SSL");
+        let source: KafkaSourceConfig = toml::from_str(&tls).unwrap();
+        source.validate().unwrap();
+        let mut sink: KafkaSinkConfig =
+            toml::from_str(&text.replace("topics = [\"t\"]", "topic = \"t\"")).unwrap();
+        assert!(sink.validate().is_err());
+        sink.allow_plaintext = true;
+        sink.validate().unwrap();
     }
 }

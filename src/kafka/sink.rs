@@ -26,6 +26,11 @@ impl KafkaSink {
     /// Creates the producer (it connects in the background).
     pub fn new(config: KafkaSinkConfig) -> Result<KafkaSink, KafkaConfigError> {
         config.validate()?;
+        if super::config::sends_password_in_clear(&config.properties) {
+            tracing::warn!(
+                "kafka sink: allow_plaintext is set: the SASL PLAIN password crosses the network in clear"
+            );
+        }
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", resolve_brokers(&config.brokers)?)
@@ -37,7 +42,7 @@ impl KafkaSink {
             )
             .set("linger.ms", "5");
         for (key, value) in &config.properties {
-            client.set(key, value);
+            client.set(key, value.expose());
         }
         let producer: FutureProducer = client
             .create()

@@ -43,6 +43,11 @@ impl KafkaSource {
     /// Checks the configuration; nothing connects until the source runs.
     pub fn new(config: KafkaSourceConfig) -> Result<KafkaSource, KafkaConfigError> {
         config.validate()?;
+        if super::config::sends_password_in_clear(&config.properties) {
+            tracing::warn!(
+                "kafka source: allow_plaintext is set: the SASL PLAIN password crosses the network in clear"
+            );
+        }
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", resolve_brokers(&config.brokers)?)
@@ -71,7 +76,7 @@ impl KafkaSource {
             .set("enable.partition.eof", "false")
             .set("allow.auto.create.topics", "false");
         for (key, value) in &config.properties {
-            client.set(key, value);
+            client.set(key, value.expose());
         }
         Ok(KafkaSource { config, client })
     }

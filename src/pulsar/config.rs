@@ -22,6 +22,11 @@ use crate::source::LanePolicy;
 pub struct PulsarSourceConfig {
     /// Which lane its messages take. Default `auto`.
     pub lane: LanePolicy,
+    /// The source's name in `/status`, the dashboard, metric labels and
+    /// the run summary. Default: what it reads (a path, a queue, a topic),
+    /// numbered when two sources share it. Two sources may not be given
+    /// one name.
+    pub name: Option<String>,
     /// The service URL, `pulsar://host:6650` or `pulsar+ssl://host:6651`.
     /// When absent and no preset is set, the variable named by `url_env`
     /// is read.
@@ -64,6 +69,7 @@ impl Default for PulsarSourceConfig {
     fn default() -> Self {
         PulsarSourceConfig {
             lane: LanePolicy::Auto,
+            name: None,
             url: None,
             url_env: None,
             topic: None,
@@ -130,10 +136,10 @@ impl TuyaConfig {
             &self.access_key_env,
             "Tuya access key",
         )?;
-        if key.len() < 24 {
+        if key.expose().len() < 24 {
             return Err(format!(
                 "the Tuya access key is {} characters; it must have at least 24 (its characters 8..24 are the AES key)",
-                key.len()
+                key.expose().len()
             ));
         }
         Ok(TuyaCredentials::new(self.access_id.clone(), key))

@@ -10,6 +10,8 @@ use std::fmt;
 
 use md5::{Digest, Md5};
 
+use crate::secret::Secret;
+
 /// A Tuya data centre, which decides the broker endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,14 +58,14 @@ pub fn subscription_name(access_id: &str) -> String {
 #[derive(Clone)]
 pub struct TuyaCredentials {
     access_id: String,
-    access_key: String,
+    access_key: Secret,
 }
 
 impl fmt::Debug for TuyaCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TuyaCredentials")
             .field("access_id", &self.access_id)
-            .field("access_key", &"<redacted>")
+            .field("access_key", &self.access_key)
             .finish()
     }
 }
@@ -71,7 +73,7 @@ impl fmt::Debug for TuyaCredentials {
 impl TuyaCredentials {
     /// Credentials from an access ID and key (the key read from the
     /// environment variable the config names).
-    pub fn new(access_id: String, access_key: String) -> Self {
+    pub fn new(access_id: String, access_key: Secret) -> Self {
         TuyaCredentials {
             access_id,
             access_key,
@@ -85,12 +87,12 @@ impl TuyaCredentials {
 
     /// The access key, for decryption.
     pub fn access_key(&self) -> &str {
-        &self.access_key
+        self.access_key.expose()
     }
 
     /// The `auth1` password: `md5hex(accessId + md5hex(accessKey))[8..24]`.
     pub fn password(&self) -> String {
-        let inner = hex(&Md5::digest(self.access_key.as_bytes()));
+        let inner = hex(&Md5::digest(self.access_key.expose().as_bytes()));
         let outer = hex(&Md5::digest(
             format!("{}{inner}", self.access_id).as_bytes(),
         ));

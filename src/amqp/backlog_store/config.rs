@@ -22,6 +22,10 @@ pub struct AmqpBacklogConfig {
     /// An environment variable holding the URL instead (`AMQP_URL` when
     /// neither is set), so the password stays out of the file.
     pub url_env: Option<String>,
+    /// Allow a plain `amqp://` URL that holds a password to a host that is
+    /// not this machine: the password then crosses the network in clear (a
+    /// WARN at start). Default false: such a URL is refused; use `amqps://`.
+    pub allow_plaintext: bool,
     /// The backlog queue; `laneway.<group>.backlog` when not set. Its wait
     /// queue is `<queue>.wait` and its poison queue `<queue>.poison`.
     pub queue: Option<String>,
@@ -67,6 +71,7 @@ impl Default for AmqpBacklogConfig {
         AmqpBacklogConfig {
             url: None,
             url_env: None,
+            allow_plaintext: false,
             queue: None,
             read_ahead: 256,
             max_records: None,
@@ -86,6 +91,7 @@ impl std::fmt::Debug for AmqpBacklogConfig {
         f.debug_struct("AmqpBacklogConfig")
             .field("url", &self.url.as_deref().map(crate::amqp::url::redact))
             .field("url_env", &self.url_env)
+            .field("allow_plaintext", &self.allow_plaintext)
             .field("queue", &self.queue)
             .field("read_ahead", &self.read_ahead)
             .field("max_records", &self.max_records)
@@ -124,6 +130,7 @@ impl AmqpBacklogConfig {
     /// The broker URL and the queue names, or what is wrong.
     pub(crate) fn validate(&self, group: &str) -> Result<(BrokerUrl, QueueNames), AmqpConfigError> {
         let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())
+            .and_then(|url| url.check_plaintext(self.allow_plaintext).map(|()| url))
             .map_err(AmqpConfigError::Url)?;
         let queue = self
             .queue

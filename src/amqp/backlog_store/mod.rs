@@ -223,6 +223,7 @@ impl AmqpBacklog {
         let (url, names) = config
             .validate(group)
             .map_err(|e: AmqpConfigError| BacklogError::Unavailable(e.to_string()))?;
+        url.warn_if_plaintext();
         let inner = Arc::new(Inner {
             link: tokio::sync::Mutex::new(LinkState {
                 link: None,

@@ -38,6 +38,11 @@ pub struct AmqpStreamConfig {
     /// stale → backlog), `live`, or `backlog`. Default `auto`. The catch-up
     /// cursor's records take the catch-up lane (see `catch_up`).
     pub lane: LanePolicy,
+    /// The source's name in `/status`, the dashboard, metric labels and
+    /// the run summary. Default: what it reads (a path, a queue, a topic),
+    /// numbered when two sources share it. Two sources may not be given
+    /// one name.
+    pub name: Option<String>,
     /// The broker URL (`amqp://` or `amqps://`, credentials included). When
     /// absent, the variable named by `url_env` is read. Never printed whole.
     pub url: Option<String>,
@@ -45,6 +50,10 @@ pub struct AmqpStreamConfig {
     /// Default: `AMQP_URL`, and when that is unset too,
     /// `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url_env: Option<String>,
+    /// Allow a plain `amqp://` URL that holds a password to a host that is
+    /// not this machine: the password then crosses the network in clear (a
+    /// WARN at start). Default false: such a URL is refused; use `amqps://`.
+    pub allow_plaintext: bool,
     /// The stream queue to read (required).
     pub stream: String,
     /// Declare the stream (durable, `x-queue-type = stream`) and the
@@ -100,8 +109,10 @@ impl Default for AmqpStreamConfig {
     fn default() -> Self {
         AmqpStreamConfig {
             lane: LanePolicy::Auto,
+            name: None,
             url: None,
             url_env: None,
+            allow_plaintext: false,
             stream: String::new(),
             declare: true,
             exchange: None,
@@ -124,8 +135,10 @@ impl std::fmt::Debug for AmqpStreamConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpStreamConfig")
             .field("lane", &self.lane)
+            .field("name", &self.name)
             .field("url", &self.url.as_deref().map(url::redact))
             .field("url_env", &self.url_env)
+            .field("allow_plaintext", &self.allow_plaintext)
             .field("stream", &self.stream)
             .field("declare", &self.declare)
             .field("exchange", &self.exchange)
@@ -148,6 +161,7 @@ impl AmqpStreamConfig {
     /// Checks the knobs and resolves the URL.
     pub fn validate(&self) -> Result<BrokerUrl, AmqpConfigError> {
         let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())?;
+        url.check_plaintext(self.allow_plaintext)?;
         let invalid = |knob, message: &str| AmqpConfigError::Invalid {
             knob,
             message: message.into(),
@@ -186,7 +200,7 @@ mod tests {
     #[test]
     fn a_stream_is_required_and_knobs_are_checked() {
         let base = AmqpStreamConfig {
-            url: Some("amqp://u:secret@h/".into()),
+            url: Some("amqp://u:secret@127.0.0.1/".into()),
             stream: "s".into(),
             ..AmqpStreamConfig::default()
         };

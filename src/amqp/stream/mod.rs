@@ -65,6 +65,7 @@ impl AmqpStreamSource {
     /// in `laneway-data/sources` until [`AmqpStreamSource::offsets_in`].
     pub fn new(config: AmqpStreamConfig) -> Result<AmqpStreamSource, AmqpConfigError> {
         let url = config.validate()?;
+        url.warn_if_plaintext();
         let file = match &config.offset_file {
             Some(path) => OffsetFile::at(path.clone(), &config.stream),
             None => Self::default_file(Path::new(DEFAULT_DIR), &url, &config.stream),
