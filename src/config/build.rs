@@ -119,6 +119,9 @@ impl FileConfig {
                     builder.source(source, spec.lane)
                 }
             };
+            if let Some(name) = source.name() {
+                builder = builder.name_last_source(name);
+            }
         }
         Ok(builder)
     }

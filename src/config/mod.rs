@@ -371,6 +371,23 @@ impl FileConfig {
         }
         for (i, source) in config.sources.iter().enumerate() {
             let knob = |key| [Step::Key("sources"), Step::Index(i), Step::Key(key)];
+            if let Some(name) = source.name() {
+                if name.trim().is_empty() {
+                    return Err(at(
+                        &knob("name"),
+                        "a source's name must not be empty (leave `name` out for the default)"
+                            .into(),
+                    ));
+                }
+                if config.sources[..i].iter().any(|o| o.name() == Some(name)) {
+                    return Err(at(
+                        &knob("name"),
+                        format!(
+                            "two sources are named {name:?}: a name tells a source apart in /status and the metrics"
+                        ),
+                    ));
+                }
+            }
             match source {
                 SourceSpec::Amqp(spec) => spec
                     .validate()
@@ -497,6 +514,29 @@ mod tests {
     }
 
     #[test]
+    fn two_sources_given_one_name_are_refused_at_the_second_name() {
+        let text = "[[groups]]\nname = \"a\"\n\
+                    [[sources]]\ntype = \"simulator\"\nname = \"fleet\"\n\
+                    [[sources]]\ntype = \"simulator\"\nname = \"other\"\n\
+                    [[sources]]\ntype = \"jsonl\"\npath = \"in.jsonl\"\nname = \"fleet\"\n";
+        let e = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "t.toml:12:8: two sources are named \"fleet\": a name tells a source apart in /status and the metrics"
+        );
+        let blank = "[[groups]]\nname = \"a\"\n[[sources]]\ntype = \"simulator\"\nname = \" \"\n";
+        let e = FileConfig::parse(blank, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml:5:8: a source's name must not be empty"),
+            "{e}"
+        );
+        let named =
+            "[[groups]]\nname = \"a\"\n[[sources]]\ntype = \"simulator\"\nname = \"fleet\"\n";
+        let c = FileConfig::parse(named, "t.toml").unwrap();
+        assert_eq!(c.sources[0].name(), Some("fleet"));
+    }
+
+    #[test]
     fn two_jsonl_sources_on_one_file_are_refused_at_the_second() {
         let text = "[[groups]]\nname = \"g\"\n\
                     [[sources]]\ntype = \"jsonl\"\npath = \"in.jsonl\"\n\
@@ -510,9 +550,27 @@ mod tests {
     }
 
     #[test]
+    fn a_password_in_clear_to_another_machine_is_refused_at_its_url() {
+        let text = "[[groups]]\nname = \"a\"\n\n[[sources]]\ntype = \"amqp\"\nqueues = [\"q\"]\nurl = \"amqp://app:Zq9-MARK@rabbit.example/%2f\"\n";
+        let e = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "t.toml:7:7: amqp source: amqp://app:***@rabbit.example/%2f: a plain connection"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("allow_plaintext") && !e.contains("Zq9-MARK"),
+            "{e}"
+        );
+        let allowed = text.replace("queues = [", "allow_plaintext = true\nqueues = [");
+        FileConfig::parse(&allowed, "t.toml").unwrap();
+    }
+
+    #[test]
     fn an_amqp_backlog_parses_and_hides_its_password() {
         let text = "[[groups]]\nname = \"work\"\n\
-                    backlog = { store = \"amqp\", url = \"amqp://u:topsecret@h:5672/%2f\", queue = \"q.backlog\", max_records = 10 }\n";
+                    backlog = { store = \"amqp\", url = \"amqp://u:topsecret@h:5672/%2f\", allow_plaintext = true, queue = \"q.backlog\", max_records = 10 }\n";
         let c = FileConfig::parse(text, "t.toml").unwrap();
         let BacklogSpec::Amqp(b) = &c.groups[0].backlog else {
             panic!("not an amqp backlog: {:?}", c.groups[0].backlog)
@@ -588,8 +646,8 @@ mod tests {
 
     #[test]
     fn amqp_sources_and_sinks_parse_and_are_checked() {
-        let text = "[[sources]]\ntype = \"amqp\"\nurl = \"amqp://u:pw@h:5672/%2f\"\nqueues = [\"q\"]\nprefetch = 50\n\
-                    [[groups]]\nname = \"a\"\nsink = { type = \"amqp\", url = \"amqp://u:pw@h/\", exchange = \"x\" }\n";
+        let text = "[[sources]]\ntype = \"amqp\"\nurl = \"amqp://u:pw@127.0.0.1:5672/%2f\"\nqueues = [\"q\"]\nprefetch = 50\n\
+                    [[groups]]\nname = \"a\"\nsink = { type = \"amqp\", url = \"amqp://u:pw@localhost/\", exchange = \"x\" }\n";
         let c = FileConfig::parse(text, "t.toml").unwrap();
         let SourceSpec::Amqp(s) = &c.sources[0] else {
             panic!("not amqp")
@@ -610,7 +668,7 @@ mod tests {
 
     #[test]
     fn amqp_stream_sources_parse_and_are_checked() {
-        let text = "[[sources]]\ntype = \"amqp-stream\"\nurl = \"amqp://u:pw@h/\"\nstream = \"s\"\ncatch_up_after = 500\n\
+        let text = "[[sources]]\ntype = \"amqp-stream\"\nurl = \"amqp://u:pw@127.0.0.1/\"\nstream = \"s\"\ncatch_up_after = 500\n\
                     [[groups]]\nname = \"a\"\n";
         let c = FileConfig::parse(text, "t.toml").unwrap();
         let SourceSpec::AmqpStream(s) = &c.sources[0] else {

@@ -39,6 +39,21 @@ pub enum SourceSpec {
     Pulsar(Box<PulsarSourceConfig>),
 }
 
+impl SourceSpec {
+    /// The name its `name` knob gives it, if any.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            SourceSpec::Simulator(s) => s.name.as_deref(),
+            SourceSpec::Jsonl(s) => s.name.as_deref(),
+            SourceSpec::Amqp(s) => s.name.as_deref(),
+            SourceSpec::Kafka(s) => s.name.as_deref(),
+            SourceSpec::AmqpStream(s) => s.name.as_deref(),
+            SourceSpec::Amqp1(s) => s.name.as_deref(),
+            SourceSpec::Pulsar(s) => s.name.as_deref(),
+        }
+    }
+}
+
 /// A JSONL source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +61,11 @@ pub struct JsonlSpec {
     /// Which lane its messages take.
     #[serde(default)]
     pub lane: LanePolicy,
+    /// The source's name in `/status`, the dashboard, metric labels and
+    /// the run summary. Default: what it reads (a path, a queue, a topic),
+    /// numbered when two sources share it. Two sources may not be given
+    /// one name.
+    pub name: Option<String>,
     /// The file to read; `-` reads standard input.
     pub path: PathBuf,
 }

@@ -123,6 +123,17 @@ impl EngineBuilder {
         self
     }
 
+    /// Gives the source added last the name `name` in `/status`, the
+    /// metric labels and the run summary (a config's `name` knob), in
+    /// place of what it reads. Sources sharing a name are still numbered.
+    pub fn name_last_source(mut self, name: &str) -> Self {
+        if let Some((source, policy)) = self.sources.pop() {
+            self.sources
+                .push((Box::new(crate::source::Named::new(name, source)), policy));
+        }
+        self
+    }
+
     /// Gives the group named `group` a duplicate window (see
     /// [`GroupConfig::dedup_window`]), for example one opened with
     /// [`DuplicateWindow::open`] beside its backlog, so that it survives a

@@ -12,6 +12,7 @@ pub mod checkpoint;
 mod ingest;
 pub mod jsonl;
 mod lane_policy;
+mod named;
 pub mod simulator;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use ingest::{Incoming, Ingest, IntakeHold, Route};
 pub use jsonl::JsonlSource;
 pub use lane_policy::LanePolicy;
+pub use named::Named;
 pub use simulator::{Simulator, SimulatorConfig};
 
 /// What a source gets from the engine when it starts.

@@ -26,6 +26,11 @@ use crate::message::{Kind, Message, now_epoch_ms};
 pub struct SimulatorConfig {
     /// Which lane its messages take (in a config file).
     pub lane: crate::source::LanePolicy,
+    /// The source's name in `/status`, the dashboard, metric labels and
+    /// the run summary. Default: what it reads (a path, a queue, a topic),
+    /// numbered when two sources share it. Two sources may not be given
+    /// one name.
+    pub name: Option<String>,
     /// Products in the fleet (each with its own product key).
     pub products: usize,
     /// Devices per product.
@@ -56,6 +61,7 @@ impl Default for SimulatorConfig {
     fn default() -> Self {
         SimulatorConfig {
             lane: crate::source::LanePolicy::Auto,
+            name: None,
             products: 3,
             devices: 100,
             rate: 10_000.0,
