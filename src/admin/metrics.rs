@@ -184,11 +184,11 @@ impl prometheus_client::collector::Collector for EngineCollector {
         )?;
         family(
             e,
-            "laneway_group_backlog_oldest_age_seconds",
-            "Age of the oldest record in the backlog (the disk store measures it from its oldest segment's creation, so it may overstate by the time that segment took to fill); absent when the backlog is empty or the store cannot tell.",
+            "laneway_group_backlog_oldest_stored_seconds",
+            "How long the oldest record has waited in the backlog (time stored, not the message's age since its generateTime; the disk store measures it from its oldest segment's creation, so it may overstate by the time that segment took to fill); absent when the backlog is empty or the store cannot tell.",
             Gauge,
             groups.iter().filter_map(|g| {
-                g.backlog_oldest_age_s.map(|a| {
+                g.backlog_oldest_stored_s.map(|a| {
                     (
                         GroupLabel {
                             group: g.name.clone(),

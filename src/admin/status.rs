@@ -126,8 +126,9 @@ pub struct GroupStatus {
     pub backlog_depth: u64,
     /// Their bytes in the store.
     pub backlog_bytes: u64,
-    /// Age of the oldest backlog record, where the store tells.
-    pub backlog_oldest_age_s: Option<f64>,
+    /// Seconds the oldest backlog record has waited in the store (time
+    /// stored, not the message's age), where the store tells.
+    pub backlog_oldest_stored_s: Option<f64>,
     /// Deliveries per second from the live lane.
     pub live_rate: Rates,
     /// Deliveries per second from the backlog.
@@ -404,7 +405,7 @@ impl Tracker {
                     live_capacity: g.live_capacity,
                     backlog_depth: g.backlog_depth,
                     backlog_bytes: g.backlog_bytes,
-                    backlog_oldest_age_s: g.backlog_oldest_age_s,
+                    backlog_oldest_stored_s: g.backlog_oldest_stored_s,
                     live_rate,
                     backlog_rate,
                     net_drain_rate,

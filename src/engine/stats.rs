@@ -207,10 +207,11 @@ pub struct GroupSnapshot {
     pub slots_busy: u64,
     /// Bytes the backlog's records take in its store now.
     pub backlog_bytes: u64,
-    /// Seconds since the oldest record still in the backlog was stored,
+    /// Seconds since the oldest record still in the backlog was stored
+    /// (time stored, not the message's age since its `generateTime`),
     /// where the store can tell cheaply (the disk store, to a segment's
     /// creation); `None` when the backlog is empty or the store cannot tell.
-    pub backlog_oldest_age_s: Option<f64>,
+    pub backlog_oldest_stored_s: Option<f64>,
     /// Backpressure episodes (backlog full).
     pub backlog_full: u64,
     /// Messages the duplicate window recognised (`dedup_window`):

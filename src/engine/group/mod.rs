@@ -221,7 +221,7 @@ impl Group {
             slots: self.config.slots as u64,
             slots_busy: self.delivering_slots(),
             backlog_bytes: backlog.bytes,
-            backlog_oldest_age_s: if backlog.records == 0 {
+            backlog_oldest_stored_s: if backlog.records == 0 {
                 None
             } else {
                 self.store.oldest_ms().map(|ms| {
