@@ -72,8 +72,29 @@ fn extras_of(record: &impl rdkafka::Message) -> Extras {
     }
 }
 
-/// Turns one record into what the engine ingests.
+/// Turns one record into what the engine ingests. A record the Kafka
+/// client cannot read is a dead letter, never a crash: the client panics
+/// on a header name that is not UTF-8 (it reads names as C strings and
+/// unwraps their UTF-8), and no safe call reads them as bytes instead.
 pub(super) fn to_incoming(record: &impl rdkafka::Message, format: ValueFormat) -> Incoming {
+    guarded(
+        || read_record(record, format),
+        || {
+            malformed(
+                record.payload().unwrap_or_default(),
+                record,
+                "unreadable headers: a header name is not UTF-8".into(),
+            )
+        },
+    )
+}
+
+/// `read()`, or `unreadable()` when reading panics.
+fn guarded(read: impl FnOnce() -> Incoming, unreadable: impl FnOnce() -> Incoming) -> Incoming {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| unreadable())
+}
+
+fn read_record(record: &impl rdkafka::Message, format: ValueFormat) -> Incoming {
     let value = record.payload().unwrap_or_default();
     match format {
         ValueFormat::Envelope => match parse_envelope(value) {
@@ -199,6 +220,28 @@ mod tests {
     use rdkafka::message::OwnedMessage;
 
     use super::*;
+
+    #[test]
+    fn a_record_whose_reading_panics_is_a_dead_letter_not_a_crash() {
+        let dead = || Incoming::Malformed {
+            raw: Bytes::from_static(b"\xff"),
+            origin: "t[0]@7".into(),
+            reason: "unreadable headers: a header name is not UTF-8".into(),
+        };
+        let got = guarded(|| panic!("invalid utf-8 in a header name"), dead);
+        let Incoming::Malformed { reason, raw, .. } = got else {
+            panic!("not a dead letter")
+        };
+        assert_eq!(
+            (reason.as_str(), &raw[..]),
+            (
+                "unreadable headers: a header name is not UTF-8",
+                &b"\xff"[..]
+            )
+        );
+        let read = guarded(dead, || panic!("not called"));
+        assert!(matches!(read, Incoming::Malformed { .. }));
+    }
 
     fn raw(key: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> OwnedMessage {
         let headers = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
