@@ -1,15 +1,18 @@
 //! Any bytes come out as they went in: a binary corpus (random bytes of
 //! every length from 0 to 300, bytes that are not UTF-8, NULs, valid JSON
 //! with garbage behind it) through real `laneway run` processes, from a
-//! JSONL file and from a RabbitMQ queue, into the JSONL sink, the AMQP sink
-//! and the dead letters, a third of it stale so that it goes through the
-//! disk or the broker backlog. Every line written is read back here with a
+//! JSONL file, from a RabbitMQ queue (AMQP 0-9-1 and AMQP 1.0) and from a
+//! Pulsar topic, into the JSONL sink, the AMQP sink and the dead letters, a
+//! third of it stale so that it goes through the disk or the broker backlog
+//! (Kafka's sources and sinks walk the same corpus in tests/kafka_keys.rs). Every line written is read back here with a
 //! JSON parser and a base64 decoder of its own, not with laneway's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;
 mod process;
+#[cfg(feature = "pulsar")]
+mod pulsar_common;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -392,4 +395,109 @@ sink = {{ type = "amqp", url_env = "LANEWAY_TEST_AMQP_URL", exchange = "{out_exc
     queues.extend(backlogs.iter().map(String::as_str));
     queues.extend(waits.iter().map(String::as_str));
     cleanup(&ch, &queues, &[&out_exchange]).await;
+}
+
+/// The groups every source-side corpus run feeds: `raw` forwards any bytes
+/// (`validate_json = false`), `checked` delivers the JSON and dead-letters
+/// the rest; both to JSONL files, through the disk backlog.
+const CORPUS_GROUPS: &str = r#"
+[[groups]]
+name = "raw"
+validate_json = false
+sink = { type = "jsonl", path = "raw.jsonl" }
+
+[[groups]]
+name = "checked"
+sink = { type = "jsonl", path = "checked.jsonl" }
+"#;
+
+/// What a corpus run must have written in `dir`: every record in `raw`
+/// (`copies` times), the JSON ones in `checked`, and the others as exact
+/// dead letters of `checked`.
+fn assert_corpus_out(dir: &Path, sent: &[Record], copies: Copies) {
+    assert_delivered(sent, &envelopes(&dir.join("raw.jsonl")), copies);
+    let (json, not_json): (Vec<&Record>, Vec<&Record>) = sent.iter().partition(|r| is_json(r));
+    let json: Vec<Record> = json.into_iter().cloned().collect();
+    assert_delivered(&json, &envelopes(&dir.join("checked.jsonl")), copies);
+    let letters = dead_letters(&dir.join("data/dead-letters.jsonl"));
+    if copies == Copies::ExactlyOnce {
+        assert_dead_letters_exact(&letters, "checked", &not_json);
+    } else {
+        // Redelivered copies may be dead-lettered again: each body exact.
+        for r in not_json {
+            assert!(
+                letters
+                    .iter()
+                    .any(|l| l.id.as_deref() == Some(r.id.as_str()) && l.body == r.payload),
+                "no exact dead letter for {r:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_corpus_over_amqp_1_0_comes_out_exact() {
+    let _lock = broker_lock(false);
+    let name = unique("exact1");
+    let conn = connection().await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, &name, FieldTable::default()).await;
+    let sent = sent("a1");
+    publish1(&name, &sent).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("laneway.toml"),
+        format!(
+            "data_dir = \"data\"\n\n[[sources]]\ntype = \"amqp1\"\naddress = \"/amq/queue/{name}\"\nidle_exit = \"3s\"\n{CORPUS_GROUPS}"
+        ),
+    )
+    .unwrap();
+    let run_dir = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || run(&run_dir, &[]))
+        .await
+        .unwrap();
+    assert_corpus_out(dir.path(), &sent, Copies::ExactlyOnce);
+    assert_eq!(ready(&ch, &name).await, 0, "everything was accepted");
+    cleanup(&ch, &[&name], &[]).await;
+}
+
+#[cfg(feature = "pulsar")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_corpus_from_a_pulsar_topic_comes_out_exact() {
+    use pulsar_common::{FrameProxy, PulsarLite, producer, send_all};
+    let broker = PulsarLite::start();
+    let proxy = FrameProxy::start(broker.addr);
+    let topic = unique("exact-pulsar");
+    let sent = sent("p");
+    let outgoing = sent
+        .iter()
+        .map(|r| {
+            (
+                vec![
+                    ("topic".to_string(), r.topic.clone()),
+                    ("messageId".to_string(), r.id.clone()),
+                    ("generateTime".to_string(), r.generate_time_ms.to_string()),
+                ],
+                r.payload.clone(),
+            )
+        })
+        .collect();
+    send_all(&mut producer(&broker, &topic).await, outgoing).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("laneway.toml"),
+        format!(
+            "data_dir = \"data\"\n\n[[sources]]\ntype = \"pulsar\"\nurl = \"{}\"\ntopic = \"{topic}\"\nidle_exit = \"3s\"\n{CORPUS_GROUPS}",
+            proxy.url()
+        ),
+    )
+    .unwrap();
+    let run_dir = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || run(&run_dir, &[]))
+        .await
+        .unwrap();
+    // Pulsar may redeliver (at least once); every copy is exact.
+    assert_corpus_out(dir.path(), &sent, Copies::AtLeastOnce);
 }

@@ -292,3 +292,49 @@ pub async fn read_records(conn: &Connection, queue: &str, count: usize) -> Vec<R
     let _ = ch.close(200, "done".into()).await;
     out
 }
+
+/// Publishes `sent` to the queue over AMQP 1.0, as the platform does:
+/// durable, the three application properties, the payload as one data
+/// section; every transfer settled as accepted by the broker.
+pub async fn publish1(queue: &str, sent: &[Record]) {
+    use fe2o3_amqp::types::messaging::{ApplicationProperties, Header, Message, Outcome};
+    let mut connection = fe2o3_amqp::Connection::builder()
+        .container_id(unique("amqp1-publisher"))
+        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
+            username: "guest".into(),
+            password: "guest".into(),
+        })
+        .open("amqp://127.0.0.1:5672")
+        .await
+        .expect("AMQP 1.0 on RabbitMQ (rabbitmq_amqp1_0 enabled)");
+    let mut session = fe2o3_amqp::Session::begin(&mut connection).await.unwrap();
+    let mut sender =
+        fe2o3_amqp::Sender::attach(&mut session, "publisher", format!("/amq/queue/{queue}"))
+            .await
+            .unwrap();
+    for chunk in sent.chunks(500) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            let props = ApplicationProperties::builder()
+                .insert("topic", r.topic.clone())
+                .insert("messageId", r.id.clone())
+                .insert("generateTime", r.generate_time_ms)
+                .build();
+            let message = Message::builder()
+                .header(Header::builder().durable(true).build())
+                .application_properties(props)
+                .data(fe2o3_amqp::types::primitives::Binary::from(
+                    r.payload.clone(),
+                ))
+                .build();
+            pending.push(sender.send_batchable(message).await.unwrap());
+        }
+        for fut in pending {
+            let outcome = fut.await.unwrap();
+            assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        }
+    }
+    sender.detach().await.map_err(|(_, e)| e).unwrap();
+    session.end().await.unwrap();
+    connection.close().await.unwrap();
+}
