@@ -21,8 +21,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::simulate::{ProgressLine, Recorder, SimulateArgs};
 use super::status::human;
+use bytes::Bytes;
 use laneway::kafka::{headers_of, key_of};
-use laneway::message::now_epoch_ms;
+use laneway::message::{Extras, now_epoch_ms};
 use laneway::source::simulator::Fleet;
 
 /// Produces; `Ok(false)` when some message was not acknowledged.
@@ -113,7 +114,12 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
             }
         }
         produced += 1;
-        recorder.record(&m)?;
+        // Recorded with its key, as a Kafka source hands it on and the
+        // JSONL sink writes it.
+        recorder.record(&m.with_extras(Extras {
+            key: Some(Bytes::from(key.into_bytes())),
+            headers: Vec::new(),
+        }))?;
         progress.tick(produced, || format!("produced {produced}"));
     }
     while let Some(future) = in_flight.pop_front() {
