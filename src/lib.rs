@@ -16,8 +16,8 @@
 //! # Module map
 //!
 //! Dependencies point one way, with the flow of a message (each module may
-//! import those above it in this list, and the leaves [`ack`] and
-//! [`backoff`]):
+//! import those above it in this list, and the leaves [`ack`], [`backoff`]
+//! and [`broker_url`]):
 //!
 //! - [`message`]: the message type, its kind, topics, the JSONL envelope.
 //! - [`source`]: the [`Source`](source::Source) trait and what sources push
@@ -47,6 +47,7 @@ pub mod amqp;
 pub mod amqp1;
 pub mod backlog;
 pub mod backoff;
+pub mod broker_url;
 pub mod config;
 pub mod engine;
 mod env;

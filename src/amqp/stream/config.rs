@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::amqp::consumer::{AmqpConfigError, short};
-use crate::amqp::url::{self, BrokerUrl};
+use crate::broker_url::{self, BrokerUrl};
 use crate::source::LanePolicy;
 
 /// Where a stream source starts when it has no stored offset (its first
@@ -124,7 +124,7 @@ impl std::fmt::Debug for AmqpStreamConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpStreamConfig")
             .field("lane", &self.lane)
-            .field("url", &self.url.as_deref().map(url::redact))
+            .field("url", &self.url.as_deref().map(broker_url::redact))
             .field("url_env", &self.url_env)
             .field("stream", &self.stream)
             .field("declare", &self.declare)

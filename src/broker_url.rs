@@ -1,5 +1,8 @@
 //! Broker URLs: where they come from (the config, an environment variable,
-//! the default) and how they are shown.
+//! the default) and how they are shown. Shared by the AMQP 0-9-1 source,
+//! sink and backlog store ([`crate::amqp`], which re-exports this module as
+//! `amqp::url`), the AMQP 1.0 source ([`crate::amqp1`]) and, for
+//! [`redact`], the Pulsar source: a leaf that needs none of them.
 //!
 //! Invariant: a password never leaves this module in text meant for people.
 //! [`BrokerUrl`] keeps the full URL private and its `Display` and `Debug`
@@ -18,7 +21,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use lapin::uri::{AMQPScheme, AMQPUri};
+use amq_protocol_uri::{AMQPScheme, AMQPUri};
 
 /// The environment variable consulted when no URL is configured.
 pub const DEFAULT_URL_ENV: &str = "AMQP_URL";
