@@ -17,7 +17,8 @@
 //!
 //! Dependencies point one way, with the flow of a message (each module may
 //! import those above it in this list, and the leaves [`ack`], [`backoff`]
-//! and [`broker_url`]):
+//! and [`broker_url`]). The adapters each sit behind a cargo feature, named
+//! in brackets; the rest is always built:
 //!
 //! - [`message`]: the message type, its kind, topics, the JSONL envelope.
 //! - [`source`]: the [`Source`](source::Source) trait and what sources push
@@ -26,14 +27,23 @@
 //!   memory and the durable disk store.
 //! - [`sink`]: the [`Sink`](sink::Sink) trait and
 //!   [`DeliveryError`](sink::DeliveryError); the handler, JSONL and null sinks.
-//! - [`amqp`]: AMQP 0-9-1 source and sink (uses `source` and `sink`).
-//! - [`amqp1`]: AMQP 1.0 source and the Alibaba Cloud preset (uses `source`).
-//! - [`pulsar`]: Pulsar source and the Tuya preset (uses `source`).
-//! - [`kafka`]: Kafka source (consumer groups, commits of done offsets) and
-//!   sink (idempotent producer) (uses `source` and `sink`).
+//! - `amqp` (feature `amqp`): AMQP 0-9-1 queue and stream sources, sink,
+//!   and the broker backlog store (uses `source`, `sink` and `backlog`).
+//! - `amqp1` (feature `amqp1`): AMQP 1.0 source and the Alibaba Cloud
+//!   preset (uses `source`).
+//! - `pulsar` (feature `pulsar`): Pulsar source and the Tuya preset (uses
+//!   `source`).
+//! - `kafka` (feature `kafka`): Kafka source (consumer groups, commits of
+//!   done offsets) and sink (idempotent producer) (uses `source` and
+//!   `sink`).
 //! - [`engine`]: routing, groups, lanes, scheduling, dead letters, running
 //!   and stopping (uses all of the above).
-//! - [`config`]: `laneway.toml` and building an engine from it (on top).
+//! - [`admin`]: the status [`Tracker`](admin::Tracker) (always), and the
+//!   HTTP listener with `/metrics` and the dashboard (feature `admin`)
+//!   (uses `engine`).
+//! - [`config`]: `laneway.toml` and building an engine from it (on top). A
+//!   file that names an adapter this build lacks is refused at its line,
+//!   naming the feature.
 //!
 //! The `laneway` program (its commands and `laneway bench`'s scenarios)
 //! sits on top of the library in `src/bin/laneway` and is not part of it.
@@ -43,7 +53,9 @@
 
 pub mod ack;
 pub mod admin;
+#[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "amqp1")]
 pub mod amqp1;
 pub mod backlog;
 pub mod backoff;
@@ -51,8 +63,10 @@ pub mod broker_url;
 pub mod config;
 pub mod engine;
 mod env;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod message;
+#[cfg(feature = "pulsar")]
 pub mod pulsar;
 pub mod sink;
 pub mod source;

@@ -1,4 +1,4 @@
-//! The listener itself: binding, the accept loop within
+//! The listener itself (feature `admin`): binding, the accept loop within
 //! [`AdminOptions`]'s limits, the `Host` check and the endpoints. See the
 //! module above for what it serves and promises.
 

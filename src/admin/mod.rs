@@ -1,6 +1,11 @@
 //! The admin HTTP listener: what an operator watches a running engine by.
 //!
-//! - `/metrics`: every counter in the OpenMetrics text format ([`metrics`]);
+//! The listener (`AdminServer`) and `/metrics` (the `metrics` module) come
+//! with the cargo feature `admin` (on by default; it brings axum, hyper and
+//! prometheus-client). The status [`Tracker`], which `laneway run`'s status
+//! lines read too, and the listener's [`AdminOptions`] are always built.
+//!
+//! - `/metrics`: every counter in the OpenMetrics text format (`metrics`);
 //! - `/status`: the consumer-group status as JSON ([`status`]); with
 //!   `?after=N` it waits (up to 30 s) for the sample after sample `N`, so a
 //!   client follows the status without polling; `/status/history` holds
@@ -24,14 +29,20 @@
 //! `engine`, `source`, `backlog`, `sink` and `message`; `engine` never
 //! imports it.
 
+#[cfg(feature = "admin")]
 mod connections;
+#[cfg(feature = "admin")]
 mod host;
+#[cfg(feature = "admin")]
 mod listener;
+#[cfg(feature = "admin")]
 pub mod metrics;
 mod options;
 pub mod status;
 
+#[cfg(feature = "admin")]
 pub use listener::{AdminError, AdminServer};
+#[cfg(feature = "admin")]
 pub use metrics::Metrics;
 pub use options::AdminOptions;
 pub use status::{GroupState, Status, Tracker};
