@@ -6,6 +6,7 @@
 //! disk or the broker backlog. Every line written is read back here with a
 //! JSON parser and a base64 decoder of its own, not with laneway's.
 
+#![cfg(feature = "amqp")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;
