@@ -31,8 +31,8 @@
 //!   and the broker backlog store (uses `source`, `sink` and `backlog`).
 //! - `amqp1` (feature `amqp1`): AMQP 1.0 source and the Alibaba Cloud
 //!   preset (uses `source`).
-//! - `pulsar` (feature `pulsar`): Pulsar source and the Tuya preset (uses
-//!   `source`).
+//! - `pulsar` (feature `pulsar`, off by default: its client needs `protoc`
+//!   to build): Pulsar source and the Tuya preset (uses `source`).
 //! - `kafka` (feature `kafka`): Kafka source (consumer groups, commits of
 //!   done offsets) and sink (idempotent producer) (uses `source` and
 //!   `sink`).
@@ -44,6 +44,12 @@
 //! - [`config`]: `laneway.toml` and building an engine from it (on top). A
 //!   file that names an adapter this build lacks is refused at its line,
 //!   naming the feature.
+//!
+//! The default features are `amqp`, `amqp1`, `kafka` and `admin`; none of
+//! them needs more than the Rust toolchain and a C compiler. With
+//! `default-features = false` the library holds the engine, the JSONL and
+//! simulator sources, the disk and memory backlogs and the handler, JSONL
+//! and null sinks.
 //!
 //! The `laneway` program (its commands and `laneway bench`'s scenarios)
 //! sits on top of the library in `src/bin/laneway` and is not part of it.
