@@ -12,6 +12,11 @@ use crate::secret::Secret;
 /// `url` when given; else the variable `url_env` (or `default_env` when
 /// none is named) when it is set and not blank; else `default_url`, unless
 /// `url_env` named the variable explicitly: then the error is its name.
+/// (Only the broker adapters name URLs.)
+#[cfg_attr(
+    not(any(feature = "amqp", feature = "amqp1", feature = "pulsar")),
+    allow(dead_code)
+)]
 pub(crate) fn url_text(
     url: Option<&str>,
     url_env: Option<&str>,
@@ -32,6 +37,8 @@ pub(crate) fn url_text(
 /// A secret from `file` (its trailing whitespace dropped), or else from the
 /// variable `var`; `what` (such as "AccessKey secret") names it in errors.
 /// An empty secret is an error too.
+/// (Only the `amqp1` and `pulsar` presets read secrets.)
+#[cfg_attr(not(any(feature = "amqp1", feature = "pulsar")), allow(dead_code))]
 pub(crate) fn read_secret(file: Option<&Path>, var: &str, what: &str) -> Result<Secret, String> {
     let secret = match file {
         Some(path) => std::fs::read_to_string(path)

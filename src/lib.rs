@@ -16,8 +16,9 @@
 //! # Module map
 //!
 //! Dependencies point one way, with the flow of a message (each module may
-//! import those above it in this list, and the leaves [`ack`], [`backoff`]
-//! and [`secret`]):
+//! import those above it in this list, and the leaves [`ack`], [`backoff`],
+//! [`broker_url`] and [`secret`]). The adapters each sit behind a cargo
+//! feature, named in brackets; the rest is always built:
 //!
 //! - [`message`]: the message type, its kind, topics, the JSONL envelope.
 //! - [`source`]: the [`Source`](source::Source) trait and what sources push
@@ -26,14 +27,29 @@
 //!   memory and the durable disk store.
 //! - [`sink`]: the [`Sink`](sink::Sink) trait and
 //!   [`DeliveryError`](sink::DeliveryError); the handler, JSONL and null sinks.
-//! - [`amqp`]: AMQP 0-9-1 source and sink (uses `source` and `sink`).
-//! - [`amqp1`]: AMQP 1.0 source and the Alibaba Cloud preset (uses `source`).
-//! - [`pulsar`]: Pulsar source and the Tuya preset (uses `source`).
-//! - [`kafka`]: Kafka source (consumer groups, commits of done offsets) and
-//!   sink (idempotent producer) (uses `source` and `sink`).
+//! - `amqp` (feature `amqp`): AMQP 0-9-1 queue and stream sources, sink,
+//!   and the broker backlog store (uses `source`, `sink` and `backlog`).
+//! - `amqp1` (feature `amqp1`): AMQP 1.0 source and the Alibaba Cloud
+//!   preset (uses `source`).
+//! - `pulsar` (feature `pulsar`, off by default: its client needs `protoc`
+//!   to build): Pulsar source and the Tuya preset (uses `source`).
+//! - `kafka` (feature `kafka`): Kafka source (consumer groups, commits of
+//!   done offsets) and sink (idempotent producer) (uses `source` and
+//!   `sink`).
 //! - [`engine`]: routing, groups, lanes, scheduling, dead letters, running
 //!   and stopping (uses all of the above).
-//! - [`config`]: `laneway.toml` and building an engine from it (on top).
+//! - [`admin`]: the status [`Tracker`](admin::Tracker) (always), and the
+//!   HTTP listener with `/metrics` and the dashboard (feature `admin`)
+//!   (uses `engine`).
+//! - [`config`]: `laneway.toml` and building an engine from it (on top). A
+//!   file that names an adapter this build lacks is refused at its line,
+//!   naming the feature.
+//!
+//! The default features are `amqp`, `amqp1`, `kafka` and `admin`; none of
+//! them needs more than the Rust toolchain and a C compiler. With
+//! `default-features = false` the library holds the engine, the JSONL and
+//! simulator sources, the disk and memory backlogs and the handler, JSONL
+//! and null sinks.
 //!
 //! The `laneway` program (its commands and `laneway bench`'s scenarios)
 //! sits on top of the library in `src/bin/laneway` and is not part of it.
@@ -43,15 +59,20 @@
 
 pub mod ack;
 pub mod admin;
+#[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "amqp1")]
 pub mod amqp1;
 pub mod backlog;
 pub mod backoff;
+pub mod broker_url;
 pub mod config;
 pub mod engine;
 mod env;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod message;
+#[cfg(feature = "pulsar")]
 pub mod pulsar;
 pub mod secret;
 pub mod sink;

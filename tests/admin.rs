@@ -13,6 +13,7 @@
 //! deadline. A run is ended by closing its stdin source (it then drains and
 //! exits with its summary).
 
+#![cfg(feature = "admin")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod process;

@@ -11,6 +11,7 @@
 //! sampling), closes through a blocking read with a bounded timeout; every
 //! wait has a deadline. A run ends by closing its stdin source.
 
+#![cfg(feature = "admin")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod process;

@@ -13,6 +13,7 @@
 //! signed login is refused. The signature function is also checked against
 //! vectors computed with Python's `hmac`.
 
+#![cfg(feature = "amqp1")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "common/records.rs"]

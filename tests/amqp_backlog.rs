@@ -11,6 +11,7 @@
 //!
 //! Each test uses its own queue names and deletes its queues at the end.
 
+#![cfg(feature = "amqp")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

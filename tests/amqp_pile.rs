@@ -14,6 +14,7 @@
 //! Every message, stale (through the backlog) or fresh, is delivered once,
 //! byte for byte as published (compared with a mirror queue's copy).
 
+#![cfg(feature = "amqp")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

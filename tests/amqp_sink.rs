@@ -8,6 +8,7 @@
 //! consumer receives is compared with what was submitted byte for byte
 //! (headers and body).
 
+#![cfg(feature = "amqp")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

@@ -8,6 +8,7 @@
 //! Waits are on engine progress (the monitor) or broker events, never on a
 //! timer; the time limits only guard against a hang.
 
+#![cfg(feature = "amqp")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // Both helper modules include the shared record checks (`records.rs`);

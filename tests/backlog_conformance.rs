@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "amqp")]
 use laneway::amqp::{AmqpBacklog, AmqpBacklogConfig};
 use laneway::backlog::{
     BacklogError, BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, MemoryBacklog,
@@ -21,7 +22,15 @@ use laneway::backlog::{
 };
 use laneway::message::Message;
 
+#[cfg(feature = "amqp")]
 mod amqp_common;
+
+/// What a store holds for a whole test: the broker lock for the broker
+/// store; nothing can be held without the `amqp` feature.
+#[cfg(feature = "amqp")]
+type Lock = amqp_common::BrokerLock;
+#[cfg(not(feature = "amqp"))]
+type Lock = std::convert::Infallible;
 
 /// A store under test.
 trait Subject {
@@ -34,7 +43,7 @@ trait Subject {
     /// end of each test).
     async fn finish(_dir: &Path) {}
     /// A lock held for the whole test (the broker lock, for the broker).
-    fn lock() -> Option<amqp_common::BrokerLock> {
+    fn lock() -> Option<Lock> {
         None
     }
 }
@@ -74,13 +83,16 @@ impl Subject for Disk {
 /// The broker store on the local RabbitMQ: one backlog queue per test,
 /// named after the test's directory (so a reopen finds the same queue),
 /// deleted with its wait and poison queues by `finish`.
+#[cfg(feature = "amqp")]
 struct Broker;
 
+#[cfg(feature = "amqp")]
 fn broker_queue(dir: &Path) -> String {
     let leaf = dir.file_name().and_then(|n| n.to_str()).unwrap_or("x");
     format!("laneway-test.conformance.{}.{leaf}", std::process::id())
 }
 
+#[cfg(feature = "amqp")]
 impl Subject for Broker {
     const DURABLE: bool = true;
     async fn open(dir: &Path, max_records: Option<u64>) -> Arc<dyn BacklogStore> {
@@ -95,7 +107,7 @@ impl Subject for Broker {
         };
         Arc::new(AmqpBacklog::open(config, "conformance").await.unwrap())
     }
-    fn lock() -> Option<amqp_common::BrokerLock> {
+    fn lock() -> Option<Lock> {
         Some(amqp_common::broker_lock(false))
     }
     async fn finish(dir: &Path) {
@@ -325,4 +337,5 @@ macro_rules! conformance {
 
 conformance!(memory, Memory);
 conformance!(disk, Disk);
+#[cfg(feature = "amqp")]
 conformance!(broker, Broker);

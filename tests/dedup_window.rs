@@ -7,6 +7,7 @@
 //! every record sent is delivered with its exact bytes (topic, id, time,
 //! payload).
 
+#![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

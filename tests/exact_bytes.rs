@@ -7,6 +7,7 @@
 //! (Kafka's sources and sinks walk the same corpus in tests/kafka_keys.rs). Every line written is read back here with a
 //! JSON parser and a base64 decoder of its own, not with laneway's.
 
+#![cfg(feature = "amqp")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;
@@ -400,6 +401,7 @@ sink = {{ type = "amqp", url_env = "LANEWAY_TEST_AMQP_URL", exchange = "{out_exc
 /// The groups every source-side corpus run feeds: `raw` forwards any bytes
 /// (`validate_json = false`), `checked` delivers the JSON and dead-letters
 /// the rest; both to JSONL files, through the disk backlog.
+#[cfg(any(feature = "amqp1", feature = "pulsar"))]
 const CORPUS_GROUPS: &str = r#"
 [[groups]]
 name = "raw"
@@ -414,6 +416,7 @@ sink = { type = "jsonl", path = "checked.jsonl" }
 /// What a corpus run must have written in `dir`: every record in `raw`
 /// (`copies` times), the JSON ones in `checked`, and the others as exact
 /// dead letters of `checked`.
+#[cfg(any(feature = "amqp1", feature = "pulsar"))]
 fn assert_corpus_out(dir: &Path, sent: &[Record], copies: Copies) {
     assert_delivered(sent, &envelopes(&dir.join("raw.jsonl")), copies);
     let (json, not_json): (Vec<&Record>, Vec<&Record>) = sent.iter().partition(|r| is_json(r));
@@ -435,6 +438,7 @@ fn assert_corpus_out(dir: &Path, sent: &[Record], copies: Copies) {
     }
 }
 
+#[cfg(feature = "amqp1")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_corpus_over_amqp_1_0_comes_out_exact() {
     let _lock = broker_lock(false);

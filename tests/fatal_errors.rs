@@ -1,7 +1,8 @@
 //! Fatal source errors end `laneway run` with exit status 1 and one clear
 //! `error:` line naming the source (never a password); transient ones are
 //! retried with a WARN line per retry. Runs the real binary against the
-//! real RabbitMQ on 127.0.0.1:5672 (or `AMQP_HOST_PORT`).
+//! real RabbitMQ on 127.0.0.1:5672 (or `AMQP_HOST_PORT`); those tests need
+//! the `amqp` feature.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 mod process;
-use process::{broker, rabbitmqctl, stderr_lines, unique, wait_or_kill};
+use process::wait_or_kill;
+#[cfg(feature = "amqp")]
+use process::{broker, rabbitmqctl, stderr_lines, unique};
 
 /// How long a run may take before the test calls it hung.
 const HANG: Duration = Duration::from_secs(90);
@@ -47,6 +50,7 @@ fn assert_fatal(out: &Output, needles: &[&str]) -> String {
     errors[0].to_string()
 }
 
+#[cfg(feature = "amqp")]
 fn amqp_config(url: &str, queue: &str, declare: bool) -> String {
     format!(
         "[[sources]]\ntype = \"amqp\"\nurl = \"{url}\"\nqueues = [\"{queue}\"]\ndeclare = {declare}\n\
@@ -66,6 +70,7 @@ fn a_missing_jsonl_file_exits_1_naming_the_file() {
     assert_fatal(&out, &["no-such-input.jsonl", "No such file"]);
 }
 
+#[cfg(feature = "amqp")]
 #[test]
 fn a_missing_queue_with_declare_false_exits_1_naming_the_queue() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,6 +80,7 @@ fn a_missing_queue_with_declare_false_exits_1_naming_the_queue() {
     assert_fatal(&out, &[&queue, "does not exist", "guest:***@"]);
 }
 
+#[cfg(feature = "amqp")]
 #[test]
 fn a_wrong_password_exits_1_without_showing_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,6 +93,7 @@ fn a_wrong_password_exits_1_without_showing_it() {
     }
 }
 
+#[cfg(feature = "amqp")]
 #[test]
 fn a_missing_vhost_exits_1_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,6 +108,7 @@ fn a_missing_vhost_exits_1_naming_it() {
     );
 }
 
+#[cfg(feature = "amqp")]
 #[test]
 fn an_unknown_host_exits_1_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,6 +118,7 @@ fn an_unknown_host_exits_1_naming_it() {
     assert_fatal(&out, &["no-such-host.invalid", "does not resolve"]);
 }
 
+#[cfg(feature = "amqp")]
 #[test]
 fn a_forbidden_queue_exits_1_naming_the_user() {
     let user = unique("forbidden");
@@ -138,6 +147,7 @@ fn a_forbidden_queue_exits_1_naming_the_user() {
     }
 }
 
+#[cfg(feature = "amqp")]
 #[test]
 fn a_refused_connection_is_retried_with_warnings_and_a_status_line_and_ctrl_c_still_stops() {
     let dir = tempfile::tempdir().unwrap();

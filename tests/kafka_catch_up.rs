@@ -5,6 +5,7 @@
 //! the committed offsets end at the log end. Also when the group's
 //! partitions move to another process in the middle of the catch-up.
 
+#![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -6,6 +6,7 @@
 //! output is compared, byte for byte, with the records read back from the
 //! topic.
 
+#![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -3,6 +3,7 @@
 //! payload, key), a stale share through the backlog, and the group's
 //! committed offsets at the log end afterwards.
 
+#![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

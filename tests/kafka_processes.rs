@@ -8,6 +8,7 @@
 //! Every check compares the records delivered (topic, id, time, payload)
 //! with those sent.
 
+#![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

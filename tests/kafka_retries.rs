@@ -7,6 +7,7 @@
 //! `/status?after=N` waits on the engine's sampling; the run ends on its
 //! own `--duration`. Every wait has a deadline.
 
+#![cfg(all(feature = "kafka", feature = "admin"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod process;

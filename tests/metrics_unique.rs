@@ -6,6 +6,7 @@
 //! `/status?after=N` waits for the engine's next sample; the run ends on
 //! its own `--duration`.
 
+#![cfg(feature = "admin")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod process;

@@ -14,6 +14,7 @@
 //! - a `laneway run` killed with SIGKILL part way, then restarted, gets the
 //!   unacknowledged messages again: nothing is lost.
 
+#![cfg(feature = "pulsar")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -4,12 +4,14 @@
 //! process, the topic created by `simulate --partitions`), and a `laneway
 //! run` process delivers every message. What arrives is compared byte for
 //! byte (topic, id, generate time, payload) with what simulate sent, as
-//! `--record` wrote it.
+//! `--record` wrote it. Each test needs its source's cargo feature.
 
+#![cfg(any(feature = "amqp1", feature = "kafka", feature = "pulsar"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod process;
+#[cfg(feature = "pulsar")]
 mod pulsar_common;
 
 use std::path::Path;
@@ -18,7 +20,14 @@ use std::time::Duration;
 
 use common::records::records_in_jsonl;
 use common::{Copies, assert_delivered};
-use process::{Watched, rabbitmqctl, unique, wait_or_kill};
+#[cfg(feature = "kafka")]
+use process::Watched;
+#[cfg(feature = "amqp1")]
+use process::rabbitmqctl;
+#[cfg(any(feature = "amqp1", feature = "pulsar"))]
+use process::unique;
+use process::wait_or_kill;
+#[cfg(feature = "pulsar")]
 use pulsar_common::{FrameProxy, PulsarLite};
 
 const COUNT: u64 = 2_000;
@@ -100,6 +109,7 @@ fn compare(sent: &Path, delivered: &Path, copies: Copies) {
     );
 }
 
+#[cfg(feature = "amqp1")]
 #[test]
 fn simulate_amqp1_feeds_the_amqp1_source_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,6 +136,7 @@ fn simulate_amqp1_feeds_the_amqp1_source_byte_for_byte() {
     compare(&sent, &out, Copies::ExactlyOnce);
 }
 
+#[cfg(feature = "pulsar")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_pulsar_feeds_the_pulsar_source_byte_for_byte() {
     let broker = PulsarLite::start();
@@ -153,6 +164,7 @@ async fn simulate_pulsar_feeds_the_pulsar_source_byte_for_byte() {
 }
 
 /// A `laneway kafka-mock` process with no topic; its bootstrap servers.
+#[cfg(feature = "kafka")]
 fn kafka_mock() -> (Watched, String) {
     let mut mock = Watched::spawn(laneway().arg("kafka-mock"));
     let line = mock.wait_for_line(Duration::from_secs(30), "the mock's address", |l| {
@@ -167,6 +179,7 @@ fn kafka_mock() -> (Watched, String) {
     (mock, brokers)
 }
 
+#[cfg(feature = "kafka")]
 #[test]
 fn simulate_kafka_creates_its_topic_when_asked_and_feeds_the_kafka_source() {
     let (mock, brokers) = kafka_mock();

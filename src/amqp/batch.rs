@@ -11,7 +11,7 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 
 use super::connect::AmqpError;
-use super::url::BrokerUrl;
+use crate::broker_url::BrokerUrl;
 
 /// `first` and the deliveries the client already holds, up to `max` in all;
 /// with the reason the consumer broke, if it did while gathering.

@@ -9,8 +9,8 @@
 
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 
-use super::url::BrokerUrl;
 use crate::backoff::Backoff;
+use crate::broker_url::BrokerUrl;
 use crate::source::SourceHealth;
 use tokio_util::sync::CancellationToken;
 

@@ -11,7 +11,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, ExchangeKind};
 
 use super::connect::AmqpError;
-use super::url::BrokerUrl;
+use crate::broker_url::BrokerUrl;
 
 /// What to declare for one consumer.
 pub(crate) struct Declaration<'a> {

@@ -3,7 +3,8 @@
 //! confirms, and the pieces they share.
 //!
 //! - [`url`]: broker URLs from the config or the environment, always shown
-//!   with the password redacted;
+//!   with the password redacted (kept in [`crate::broker_url`], which the
+//!   AMQP 1.0 source shares; re-exported here under its old path);
 //! - [`headers`]: the platform's `topic` / `messageId` / `generateTime`
 //!   headers, read (with fallbacks) and written;
 //! - [`connect`]: connections, reconnect backoff and redacted errors;
@@ -26,11 +27,11 @@ mod declare;
 pub mod headers;
 pub mod publisher;
 pub mod stream;
-pub mod url;
 
+pub use crate::broker_url as url;
+pub use crate::broker_url::{BrokerUrl, redact};
 pub use backlog_store::{AmqpBacklog, AmqpBacklogConfig};
 pub use connect::AmqpError;
 pub use consumer::{AmqpConfigError, AmqpSource, AmqpSourceConfig};
 pub use publisher::{AmqpSink, AmqpSinkConfig, RoutingKey};
 pub use stream::{AmqpStreamConfig, AmqpStreamSource, StreamStart};
-pub use url::{BrokerUrl, redact};

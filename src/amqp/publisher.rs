@@ -39,8 +39,8 @@ use tokio::time::Instant;
 use super::connect::{AmqpError, connect};
 use super::consumer::{AmqpConfigError, short};
 use super::headers;
-use super::url::BrokerUrl;
 use crate::backoff::Backoff;
+use crate::broker_url::BrokerUrl;
 use crate::message::Message;
 use crate::sink::{BatchError, Delivery, DeliveryError, Sink};
 

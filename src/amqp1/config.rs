@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::aliyun::AliyunConfig;
-use crate::amqp::url::{BrokerUrl, UrlError};
+use crate::broker_url::{BrokerUrl, UrlError};
 use crate::source::LanePolicy;
 
 /// An AMQP 1.0 source: a receiver link on each of `connections`
@@ -111,7 +111,7 @@ impl std::fmt::Debug for Amqp1SourceConfig {
         f.debug_struct("Amqp1SourceConfig")
             .field("lane", &self.lane)
             .field("name", &self.name)
-            .field("url", &self.url.as_deref().map(crate::amqp::url::redact))
+            .field("url", &self.url.as_deref().map(crate::broker_url::redact))
             .field("url_env", &self.url_env)
             .field("allow_plaintext", &self.allow_plaintext)
             .field("address", &self.address)

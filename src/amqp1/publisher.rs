@@ -24,7 +24,7 @@ use fe2o3_amqp::{Sender, Session};
 
 use super::login::{self, Login};
 use super::mapping::{GENERATE_TIME, MESSAGE_ID, TOPIC};
-use crate::amqp::BrokerUrl;
+use crate::broker_url::BrokerUrl;
 use crate::message::Message;
 
 /// How long opening the connection may take before it counts as failed.

@@ -38,8 +38,8 @@ use super::login::{self, Login, OpenFailure};
 use super::mapping;
 use super::pacing::ConnectPacer;
 use crate::ack::AckTracker;
-use crate::amqp::url::BrokerUrl;
 use crate::backoff::Backoff;
+use crate::broker_url::BrokerUrl;
 use crate::source::{
     Ingest, LanePolicy, Source, SourceContext, SourceError, SourceHealth, first_failure,
     sleep_until_opt,

@@ -4,12 +4,24 @@
 
 use std::sync::Arc;
 
+#[cfg(not(all(
+    feature = "amqp",
+    feature = "amqp1",
+    feature = "kafka",
+    feature = "pulsar"
+)))]
+use super::MissingFeature;
+use super::position::path_text;
 use super::{BacklogSpec, ConfigError, FileConfig, GroupSpec, SinkSpec, SourceSpec};
+#[cfg(feature = "amqp")]
 use crate::amqp::{AmqpBacklog, AmqpSink, AmqpSource, AmqpStreamSource};
+#[cfg(feature = "amqp1")]
 use crate::amqp1::Amqp1Source;
 use crate::backlog::{BacklogError, BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
 use crate::engine::{DeadLetters, DuplicateWindow, DuplicateWindowError, EngineBuilder};
+#[cfg(feature = "kafka")]
 use crate::kafka::{KafkaSink, KafkaSource};
+#[cfg(feature = "pulsar")]
 use crate::pulsar::PulsarSource;
 use crate::sink::{JsonlSink, NullSink, SimulatedHandler, Sink};
 use crate::source::jsonl::JsonlInput;
@@ -18,6 +30,14 @@ use crate::source::{JsonlSource, Simulator};
 impl FileConfig {
     /// Opens everything the config names and returns the engine builder.
     pub async fn build(&self) -> Result<EngineBuilder, ConfigError> {
+        // An adapter this build lacks is refused before anything is opened
+        // (a config read by `parse` was refused there, at its line).
+        if let Some((path, missing)) = self.first_missing_feature() {
+            return Err(ConfigError::NotBuilt {
+                place: path_text(&path),
+                missing,
+            });
+        }
         if self.data_dir.exists() && !self.data_dir.is_dir() {
             return Err(ConfigError::NotADirectory {
                 path: self.data_dir.clone(),
@@ -59,6 +79,14 @@ impl FileConfig {
             builder = builder.group_with(config, sink, Some(store));
         }
         for source in &self.sources {
+            // Refused above already; the arms below keep `match` whole.
+            #[cfg(not(all(
+                feature = "amqp",
+                feature = "amqp1",
+                feature = "kafka",
+                feature = "pulsar"
+            )))]
+            let place = || "source".to_string();
             builder = match source {
                 SourceSpec::Simulator(sim) => builder.source(Simulator::new(sim.clone()), sim.lane),
                 SourceSpec::Jsonl(spec) => {
@@ -74,6 +102,7 @@ impl FileConfig {
                         .checkpoint_in(self.data_dir.join("sources"));
                     builder.source(source, spec.lane)
                 }
+                #[cfg(feature = "amqp")]
                 SourceSpec::Amqp(spec) => {
                     let source =
                         AmqpSource::new(spec.clone()).map_err(|source| ConfigError::Amqp {
@@ -82,6 +111,7 @@ impl FileConfig {
                         })?;
                     builder.source(source, spec.lane)
                 }
+                #[cfg(feature = "amqp")]
                 SourceSpec::AmqpStream(spec) => {
                     let source = AmqpStreamSource::new(spec.clone())
                         .map_err(|source| ConfigError::Amqp {
@@ -92,6 +122,7 @@ impl FileConfig {
                         .offsets_in(&self.data_dir.join("sources"));
                     builder.source(source, spec.lane)
                 }
+                #[cfg(feature = "amqp1")]
                 SourceSpec::Amqp1(spec) => {
                     let source = Amqp1Source::new((**spec).clone()).map_err(|source| {
                         ConfigError::Amqp1 {
@@ -101,6 +132,7 @@ impl FileConfig {
                     })?;
                     builder.source(source, spec.lane)
                 }
+                #[cfg(feature = "pulsar")]
                 SourceSpec::Pulsar(spec) => {
                     let source = PulsarSource::new((**spec).clone()).map_err(|source| {
                         ConfigError::Pulsar {
@@ -110,6 +142,7 @@ impl FileConfig {
                     })?;
                     builder.source(source, spec.lane)
                 }
+                #[cfg(feature = "kafka")]
                 SourceSpec::Kafka(spec) => {
                     let source =
                         KafkaSource::new(spec.clone()).map_err(|source| ConfigError::Kafka {
@@ -117,6 +150,24 @@ impl FileConfig {
                             source,
                         })?;
                     builder.source(source, spec.lane)
+                }
+                #[cfg(not(feature = "amqp"))]
+                SourceSpec::Amqp(_) => return Err(not_built(place(), MissingFeature::AMQP_SOURCE)),
+                #[cfg(not(feature = "amqp"))]
+                SourceSpec::AmqpStream(_) => {
+                    return Err(not_built(place(), MissingFeature::AMQP_STREAM_SOURCE));
+                }
+                #[cfg(not(feature = "amqp1"))]
+                SourceSpec::Amqp1(_) => {
+                    return Err(not_built(place(), MissingFeature::AMQP1_SOURCE));
+                }
+                #[cfg(not(feature = "pulsar"))]
+                SourceSpec::Pulsar(_) => {
+                    return Err(not_built(place(), MissingFeature::PULSAR_SOURCE));
+                }
+                #[cfg(not(feature = "kafka"))]
+                SourceSpec::Kafka(_) => {
+                    return Err(not_built(place(), MissingFeature::KAFKA_SOURCE));
                 }
             };
             if let Some(name) = source.name() {
@@ -143,6 +194,7 @@ impl FileConfig {
                         .map_err(|e| failed(BacklogError::Unavailable(e.to_string())))?;
                 Arc::new(opened.map_err(failed)?)
             }
+            #[cfg(feature = "amqp")]
             BacklogSpec::Amqp(config) => {
                 let name = group.name();
                 let opened = AmqpBacklog::open(config.clone(), &name).await;
@@ -158,6 +210,11 @@ impl FileConfig {
                     }
                 })?)
             }
+            #[cfg(not(feature = "amqp"))]
+            BacklogSpec::Amqp(_) => {
+                let place = format!("group {:?}: backlog", group.name());
+                return Err(not_built(place, MissingFeature::AMQP_BACKLOG));
+            }
             BacklogSpec::Memory {
                 max_records,
                 max_bytes,
@@ -170,6 +227,8 @@ impl FileConfig {
 }
 
 async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
+    #[cfg(not(all(feature = "amqp", feature = "kafka")))]
+    let sink_place = || format!("group {:?}: sink", group.name());
     Ok(match &group.sink {
         SinkSpec::Simulated { cost } => Arc::new(SimulatedHandler::new(*cost)),
         SinkSpec::Null => Arc::new(NullSink),
@@ -183,6 +242,7 @@ async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
                     source,
                 })?,
         ),
+        #[cfg(feature = "amqp")]
         SinkSpec::Amqp(spec) => {
             Arc::new(
                 AmqpSink::new(spec.clone()).map_err(|source| ConfigError::Amqp {
@@ -191,6 +251,7 @@ async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
                 })?,
             )
         }
+        #[cfg(feature = "kafka")]
         SinkSpec::Kafka(spec) => {
             Arc::new(
                 KafkaSink::new(spec.clone()).map_err(|source| ConfigError::Kafka {
@@ -199,5 +260,20 @@ async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
                 })?,
             )
         }
+        #[cfg(not(feature = "amqp"))]
+        SinkSpec::Amqp(_) => return Err(not_built(sink_place(), MissingFeature::AMQP_SOURCE)),
+        #[cfg(not(feature = "kafka"))]
+        SinkSpec::Kafka(_) => return Err(not_built(sink_place(), MissingFeature::KAFKA_SOURCE)),
     })
+}
+
+/// The error for an entry naming an adapter this build lacks.
+#[cfg(not(all(
+    feature = "amqp",
+    feature = "amqp1",
+    feature = "kafka",
+    feature = "pulsar"
+)))]
+fn not_built(place: String, missing: MissingFeature) -> ConfigError {
+    ConfigError::NotBuilt { place, missing }
 }

@@ -20,7 +20,7 @@ use crate::backlog::BacklogError;
 use crate::engine::EngineOptions;
 
 pub use group_spec::GroupSpec;
-pub use spec::{BacklogSpec, JsonlSpec, SinkSpec, SourceSpec};
+pub use spec::{BacklogSpec, Disabled, JsonlSpec, MissingFeature, SinkSpec, SourceSpec};
 
 use position::{Step, deepest_line, line_col, value_position};
 
@@ -87,7 +87,7 @@ impl Default for AdminSpec {
 }
 
 impl AdminSpec {
-    /// The listener's limits, as [`AdminServer::bind`](crate::admin::AdminServer::bind) takes them.
+    /// The listener's limits, as `AdminServer::bind` (feature `admin`) takes them.
     pub fn options(&self) -> AdminOptions {
         AdminOptions {
             header_read_timeout: self.header_read_timeout,
@@ -199,6 +199,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// A Kafka source or sink could not be set up.
+    #[cfg(feature = "kafka")]
     #[error("{what}: {source}")]
     Kafka {
         /// Which (`kafka source`, or `group "x": kafka sink`).
@@ -208,6 +209,7 @@ pub enum ConfigError {
         source: crate::kafka::KafkaConfigError,
     },
     /// An AMQP 1.0 source could not be set up.
+    #[cfg(feature = "amqp1")]
     #[error("{what}: {source}")]
     Amqp1 {
         /// Which (`amqp1 source`).
@@ -217,6 +219,7 @@ pub enum ConfigError {
         source: crate::amqp1::Amqp1ConfigError,
     },
     /// A Pulsar source could not be set up.
+    #[cfg(feature = "pulsar")]
     #[error("{what}: {source}")]
     Pulsar {
         /// Which (`pulsar source`).
@@ -226,6 +229,7 @@ pub enum ConfigError {
         source: crate::pulsar::PulsarConfigError,
     },
     /// An AMQP source or sink could not be set up.
+    #[cfg(feature = "amqp")]
     #[error("{what}: {source}")]
     Amqp {
         /// Which (`amqp source`, or `group "x": amqp sink`).
@@ -233,6 +237,16 @@ pub enum ConfigError {
         /// Why.
         #[source]
         source: crate::amqp::AmqpConfigError,
+    },
+    /// The config names an adapter this laneway was built without. A file
+    /// read by [`FileConfig::parse`] is refused there, at its line; this is
+    /// for a [`FileConfig`] built in code.
+    #[error("{place}: {missing}")]
+    NotBuilt {
+        /// Where in the config (`sources[1].type`, `groups[0].backlog.store`).
+        place: String,
+        /// The adapter and its feature.
+        missing: MissingFeature,
     },
 }
 
@@ -262,6 +276,12 @@ impl FileConfig {
                 message,
             }
         };
+        // An adapter this build lacks is refused first, at its `type` (or
+        // `store`) key: nothing else about a file this laneway cannot run
+        // matters.
+        if let Some((path, missing)) = config.first_missing_feature() {
+            return Err(at(&path, missing.to_string()));
+        }
         if config.groups.is_empty() {
             return Err(at(
                 &[],
@@ -327,6 +347,7 @@ impl FileConfig {
                         }
                     }
                 }
+                #[cfg(feature = "amqp")]
                 BacklogSpec::Amqp(b) => {
                     b.check(&g.name).map_err(|e| {
                         at(
@@ -352,14 +373,19 @@ impl FileConfig {
                         ));
                     }
                 }
+                // Refused above, at its `store` key.
+                #[cfg(not(feature = "amqp"))]
+                BacklogSpec::Amqp(_) => {}
             }
             match &spec.sink {
+                #[cfg(feature = "amqp")]
                 SinkSpec::Amqp(sink) => sink.validate().map(|_| ()).map_err(|e| {
                     at(
                         &nested("sink", e.knob()),
                         format!("group {:?}: amqp sink: {e}", g.name),
                     )
                 })?,
+                #[cfg(feature = "kafka")]
                 SinkSpec::Kafka(sink) => sink.validate().map_err(|e| {
                     at(
                         &nested("sink", e.knob()),
@@ -389,23 +415,28 @@ impl FileConfig {
                 }
             }
             match source {
+                #[cfg(feature = "amqp")]
                 SourceSpec::Amqp(spec) => spec
                     .validate()
                     .map(|_| ())
                     .map_err(|e| at(&knob(e.knob()), format!("amqp source: {e}")))?,
+                #[cfg(feature = "kafka")]
                 SourceSpec::Kafka(spec) => spec
                     .validate()
                     .map_err(|e| at(&knob(e.knob()), format!("kafka source: {e}")))?,
+                #[cfg(feature = "amqp")]
                 SourceSpec::AmqpStream(spec) => spec
                     .validate()
                     .map(|_| ())
                     .map_err(|e| at(&knob(e.knob()), format!("amqp-stream source: {e}")))?,
+                #[cfg(feature = "amqp1")]
                 SourceSpec::Amqp1(spec) => spec.validate().map(|_| ()).map_err(|e| {
                     // Preset knobs are nested: `aliyun.uid` is [sources.aliyun] uid.
                     let mut path = vec![Step::Key("sources"), Step::Index(i)];
                     path.extend(e.knob().split('.').map(Step::Key));
                     at(&path, format!("amqp1 source: {e}"))
                 })?,
+                #[cfg(feature = "pulsar")]
                 SourceSpec::Pulsar(spec) => spec.validate().map(|_| ()).map_err(|e| {
                     // Preset knobs are nested: `tuya.access_id` is [sources.tuya] access_id.
                     let mut path = vec![Step::Key("sources"), Step::Index(i)];
@@ -435,6 +466,42 @@ impl FileConfig {
             }
         }
         Ok(config)
+    }
+
+    /// The first entry that names an adapter this build lacks: the path
+    /// to its `type` (or `store`, or `[admin] listen`) key, and what it
+    /// needs.
+    fn first_missing_feature(&self) -> Option<(Vec<Step<'static>>, MissingFeature)> {
+        if let Some(missing) = self.admin_missing_feature() {
+            return Some((vec![Step::Key("admin"), Step::Key("listen")], missing));
+        }
+        for (i, group) in self.groups.iter().enumerate() {
+            let key = |table, key| {
+                let steps = [Step::Key(table), Step::Key(key)];
+                [Step::Key("groups"), Step::Index(i)]
+                    .into_iter()
+                    .chain(steps)
+                    .collect()
+            };
+            if let Some(missing) = group.sink.missing_feature() {
+                return Some((key("sink", "type"), missing));
+            }
+            if let Some(missing) = group.backlog.missing_feature() {
+                return Some((key("backlog", "store"), missing));
+            }
+        }
+        self.sources.iter().enumerate().find_map(|(i, source)| {
+            let missing = source.missing_feature()?;
+            let key = vec![Step::Key("sources"), Step::Index(i), Step::Key("type")];
+            Some((key, missing))
+        })
+    }
+
+    /// What `[admin] listen` needs when it is set and this build has no
+    /// admin listener.
+    pub fn admin_missing_feature(&self) -> Option<MissingFeature> {
+        self.admin.listen?;
+        MissingFeature::ADMIN_LISTEN.if_missing()
     }
 
     /// Reads and checks a config file.
@@ -549,6 +616,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "amqp")]
     #[test]
     fn a_password_in_clear_to_another_machine_is_refused_at_its_url() {
         let text = "[[groups]]\nname = \"a\"\n\n[[sources]]\ntype = \"amqp\"\nqueues = [\"q\"]\nurl = \"amqp://app:Zq9-MARK@rabbit.example/%2f\"\n";
@@ -567,6 +635,7 @@ mod tests {
         FileConfig::parse(&allowed, "t.toml").unwrap();
     }
 
+    #[cfg(feature = "amqp")]
     #[test]
     fn an_amqp_backlog_parses_and_hides_its_password() {
         let text = "[[groups]]\nname = \"work\"\n\
@@ -644,6 +713,7 @@ mod tests {
         assert!(FileConfig::parse(text, "t.toml").is_ok());
     }
 
+    #[cfg(feature = "amqp")]
     #[test]
     fn amqp_sources_and_sinks_parse_and_are_checked() {
         let text = "[[sources]]\ntype = \"amqp\"\nurl = \"amqp://u:pw@127.0.0.1:5672/%2f\"\nqueues = [\"q\"]\nprefetch = 50\n\
@@ -666,6 +736,7 @@ mod tests {
         assert!(err.contains("colour"), "{err}");
     }
 
+    #[cfg(feature = "amqp")]
     #[test]
     fn amqp_stream_sources_parse_and_are_checked() {
         let text = "[[sources]]\ntype = \"amqp-stream\"\nurl = \"amqp://u:pw@127.0.0.1/\"\nstream = \"s\"\ncatch_up_after = 500\n\
@@ -693,6 +764,7 @@ mod tests {
         assert!(err.contains("middle"), "{err}");
     }
 
+    #[cfg(feature = "amqp")]
     #[test]
     fn the_amqp_stream_example_parses() {
         let c = FileConfig::parse(
@@ -703,6 +775,7 @@ mod tests {
         assert!(matches!(c.sources[0], SourceSpec::AmqpStream(_)));
     }
 
+    #[cfg(feature = "amqp")]
     #[test]
     fn the_amqp_example_parses() {
         let c = FileConfig::parse(include_str!("../../examples/amqp.toml"), "amqp.toml").unwrap();
@@ -710,6 +783,7 @@ mod tests {
         assert!(matches!(c.groups[1].sink, SinkSpec::Amqp(_)));
     }
 
+    #[cfg(feature = "kafka")]
     #[test]
     fn the_kafka_example_parses_and_kafka_knobs_are_checked_at_their_value() {
         let c = FileConfig::parse(include_str!("../../examples/kafka.toml"), "kafka.toml").unwrap();
@@ -729,8 +803,19 @@ mod tests {
         let c = FileConfig::parse("[[groups]]\nname = \"a\"\n", "t.toml").unwrap();
         assert_eq!(c.admin.listen, None);
         let text = "[admin]\nlisten = \"127.0.0.1:9464\"\n[[groups]]\nname = \"a\"\n";
-        let c = FileConfig::parse(text, "t.toml").unwrap();
-        assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        #[cfg(feature = "admin")]
+        {
+            let c = FileConfig::parse(text, "t.toml").unwrap();
+            assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        }
+        #[cfg(not(feature = "admin"))]
+        {
+            let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "t.toml:2:10: [admin] listen: this laneway was built without the `admin` feature (cargo build --release --features admin)"
+            );
+        }
         let text = "[admin]\nlisten = \"localhost\"\n[[groups]]\nname = \"a\"\n";
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
         assert!(err.starts_with("t.toml:2:10: "), "{err}");
@@ -825,10 +910,12 @@ mod tests {
             ("backlog = { store = \"disk\", segment_bytes = 100 }", "100"),
             ("backlog = { store = \"disk\", max_age = \"0s\" }", "\"0s\""),
             ("backlog = { store = \"memory\", max_bytes = 0 }", "0"),
+            #[cfg(feature = "amqp")]
             (
                 "sink = { type = \"amqp\", url = \"amqp://h/\", exchange = \"x\", max_in_flight = 0 }",
                 "0",
             ),
+            #[cfg(feature = "amqp")]
             (
                 "sink = { type = \"amqp\", url = \"amqp://h/\", exchange = \"x\", routing_key = \"{x}\" }",
                 "\"{x}\"",
@@ -854,6 +941,84 @@ mod tests {
         assert!(err.starts_with("t.toml:4:8: "), "{err}");
         let text = "[[sources]]\ntype = \"amqp\"\nurl = \"amqp://h/\"\nqueues = [\"q\"]\nprefetch = 0\n[[groups]]\nname = \"a\"\n";
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        #[cfg(feature = "amqp")]
         assert!(err.starts_with("t.toml:5:12: "), "{err}");
+        #[cfg(not(feature = "amqp"))]
+        assert!(err.starts_with("t.toml:2:8: "), "{err}");
+    }
+
+    #[cfg(not(feature = "pulsar"))]
+    #[test]
+    fn a_pulsar_source_without_the_feature_is_refused_at_its_type() {
+        let text = "[[groups]]\nname = \"a\"\n[[sources]]\ntype = \"pulsar\"\ntopic = \"t\"\nno_such_knob = 1\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.toml:4:8: type = \"pulsar\": this laneway was built without the `pulsar` feature (cargo build --release --features pulsar; it needs protoc)"
+        );
+        // A config built in code is refused by `build`, before anything opens.
+        let config: FileConfig = toml::from_str(text).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let Err(err) = runtime.block_on(config.build()) else {
+            panic!("a pulsar source was built without the feature");
+        };
+        assert!(
+            err.to_string()
+                .starts_with("sources[0].type: type = \"pulsar\": this laneway was built without"),
+            "{err}"
+        );
+        assert!(
+            matches!(err, ConfigError::NotBuilt { missing, .. } if missing.feature == "pulsar"),
+            "{err}"
+        );
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    #[test]
+    fn a_kafka_source_or_sink_without_the_feature_is_refused_at_its_type() {
+        let text = "[[groups]]\nname = \"a\"\nsink = { type = \"kafka\", topic = \"t\" }\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.toml:3:17: type = \"kafka\": this laneway was built without the `kafka` feature (cargo build --release --features kafka)"
+        );
+        let text = "[[sources]]\n  type = \"kafka\"\n[[groups]]\nname = \"a\"\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:2:10: type = \"kafka\": "), "{err}");
+    }
+
+    #[cfg(not(feature = "amqp"))]
+    #[test]
+    fn amqp_entries_without_the_feature_are_refused_at_their_key() {
+        let text = "[[groups]]\nname = \"a\"\n[groups.backlog]\nstore = \"amqp\"\nqueue = \"q\"\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.toml:4:9: store = \"amqp\": this laneway was built without the `amqp` feature (cargo build --release --features amqp)"
+        );
+        for (source, what) in [
+            ("amqp", "type = \"amqp\""),
+            ("amqp-stream", "type = \"amqp-stream\""),
+        ] {
+            let text = format!("[[groups]]\nname = \"a\"\n[[sources]]\ntype = \"{source}\"\n");
+            let err = FileConfig::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(err.starts_with(&format!("t.toml:4:8: {what}: ")), "{err}");
+            assert!(err.contains("--features amqp)"), "{err}");
+        }
+    }
+
+    #[cfg(not(feature = "amqp1"))]
+    #[test]
+    fn an_amqp1_source_without_the_feature_is_refused_at_its_type() {
+        let text = include_str!("../../examples/aliyun.toml");
+        let err = FileConfig::parse(text, "aliyun.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("aliyun.toml:19:8: type = \"amqp1\": this laneway was built without the `amqp1` feature"),
+            "{err}"
+        );
     }
 }

@@ -64,6 +64,24 @@ pub(super) enum Step<'a> {
     Index(usize),
 }
 
+/// `path` as text, for a message with no line to point at:
+/// `groups[0].sink.type`.
+pub(super) fn path_text(path: &[Step<'_>]) -> String {
+    let mut text = String::new();
+    for step in path {
+        match step {
+            Step::Key(key) => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(key);
+            }
+            Step::Index(i) => text.push_str(&format!("[{i}]")),
+        }
+    }
+    text
+}
+
 /// 1-based line and column of the value at `path`, or, when the document
 /// stops short of it, of the deepest step it has (a missing key falls
 /// back to its table's position); `None` when not even the first step is

@@ -4,17 +4,116 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+#[cfg(feature = "amqp")]
 use crate::amqp::{AmqpBacklogConfig, AmqpSinkConfig, AmqpSourceConfig, AmqpStreamConfig};
+#[cfg(feature = "amqp1")]
 use crate::amqp1::Amqp1SourceConfig;
 use crate::backlog::DiskBacklogConfig;
+#[cfg(feature = "kafka")]
 use crate::kafka::{KafkaSinkConfig, KafkaSourceConfig};
+#[cfg(feature = "pulsar")]
 use crate::pulsar::PulsarSourceConfig;
 use crate::source::LanePolicy;
 use crate::source::SimulatorConfig;
 
+/// What an entry naming an adapter this laneway was built without holds:
+/// its table, read and dropped. The file still parses, so that
+/// [`FileConfig::parse`](super::FileConfig::parse) can refuse the entry at
+/// its `type` (or `store`) key, naming the cargo feature, instead of
+/// serde's bare "unknown variant".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Disabled;
+
+impl<'de> Deserialize<'de> for Disabled {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer)?;
+        Ok(Disabled)
+    }
+}
+
+impl Serialize for Disabled {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_unit_struct("Disabled")
+    }
+}
+
+/// The adapter features this laneway was built with.
+const BUILT: &[&str] = &[
+    #[cfg(feature = "amqp")]
+    "amqp",
+    #[cfg(feature = "amqp1")]
+    "amqp1",
+    #[cfg(feature = "kafka")]
+    "kafka",
+    #[cfg(feature = "pulsar")]
+    "pulsar",
+    #[cfg(feature = "admin")]
+    "admin",
+];
+
+/// An adapter a config entry needs: what the file says and the cargo
+/// feature that builds it. Shown (when missing) as ``type = "pulsar": this
+/// laneway was built without the `pulsar` feature (cargo build --release
+/// --features pulsar; it needs protoc)``.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingFeature {
+    /// What the file (or the command line) says, such as `type = "kafka"`,
+    /// `store = "amqp"` or `--admin`.
+    pub what: &'static str,
+    /// The cargo feature, such as `kafka`.
+    pub feature: &'static str,
+}
+
+impl MissingFeature {
+    pub(super) const AMQP_SOURCE: MissingFeature = MissingFeature::new("type = \"amqp\"", "amqp");
+    pub(super) const AMQP_STREAM_SOURCE: MissingFeature =
+        MissingFeature::new("type = \"amqp-stream\"", "amqp");
+    pub(super) const AMQP1_SOURCE: MissingFeature =
+        MissingFeature::new("type = \"amqp1\"", "amqp1");
+    pub(super) const KAFKA_SOURCE: MissingFeature =
+        MissingFeature::new("type = \"kafka\"", "kafka");
+    pub(super) const PULSAR_SOURCE: MissingFeature =
+        MissingFeature::new("type = \"pulsar\"", "pulsar");
+    pub(super) const AMQP_BACKLOG: MissingFeature = MissingFeature::new("store = \"amqp\"", "amqp");
+    pub(super) const ADMIN_LISTEN: MissingFeature = MissingFeature::new("[admin] listen", "admin");
+
+    const fn new(what: &'static str, feature: &'static str) -> MissingFeature {
+        MissingFeature { what, feature }
+    }
+
+    /// Whether this laneway was built with the feature.
+    pub fn is_built(&self) -> bool {
+        BUILT.contains(&self.feature)
+    }
+
+    /// `Some(self)` when this build lacks the feature.
+    pub(super) fn if_missing(self) -> Option<MissingFeature> {
+        (!self.is_built()).then_some(self)
+    }
+}
+
+impl std::fmt::Display for MissingFeature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let feature = self.feature;
+        write!(
+            f,
+            "{}: this laneway was built without the `{feature}` feature (cargo build --release --features {feature}",
+            self.what
+        )?;
+        if feature == "pulsar" {
+            // The Pulsar client's build script compiles its protocol files.
+            f.write_str("; it needs protoc")?;
+        }
+        f.write_str(")")
+    }
+}
+
 /// One `[[sources]]` entry; `type` says which kind.
+///
+/// An adapter this laneway was built without keeps its variant, holding
+/// [`Disabled`]: see [`SourceSpec::missing_feature`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceSpec {
@@ -23,20 +122,55 @@ pub enum SourceSpec {
     /// JSONL envelopes from a file, or from stdin with `path = "-"`.
     Jsonl(JsonlSpec),
     /// AMQP queues on a broker (RabbitMQ), consumed with manual acks.
+    #[cfg(feature = "amqp")]
     Amqp(AmqpSourceConfig),
+    /// AMQP queues (this build lacks the `amqp` feature).
+    #[cfg(not(feature = "amqp"))]
+    Amqp(Disabled),
     /// Kafka topics, consumed in a consumer group with manual commits.
+    #[cfg(feature = "kafka")]
     Kafka(KafkaSourceConfig),
+    /// Kafka topics (this build lacks the `kafka` feature).
+    #[cfg(not(feature = "kafka"))]
+    Kafka(Disabled),
     /// A RabbitMQ stream queue, with laneway storing the offset and
     /// catching up a lagging one live-first (docs/streams.md).
+    #[cfg(feature = "amqp")]
     #[serde(rename = "amqp-stream")]
     AmqpStream(AmqpStreamConfig),
+    /// A RabbitMQ stream queue (this build lacks the `amqp` feature).
+    #[cfg(not(feature = "amqp"))]
+    #[serde(rename = "amqp-stream")]
+    AmqpStream(Disabled),
     /// An AMQP 1.0 node (the Alibaba Cloud IoT Platform's server-side
     /// subscription with `[sources.aliyun]`, RabbitMQ's AMQP 1.0 plugin),
     /// accepted only when done (docs/amqp1.md).
+    #[cfg(feature = "amqp1")]
     Amqp1(Box<Amqp1SourceConfig>),
+    /// An AMQP 1.0 node (this build lacks the `amqp1` feature).
+    #[cfg(not(feature = "amqp1"))]
+    Amqp1(Disabled),
     /// A Pulsar topic on a failover subscription (Tuya's message service
     /// with `[sources.tuya]`), acknowledged only when done (docs/pulsar.md).
+    #[cfg(feature = "pulsar")]
     Pulsar(Box<PulsarSourceConfig>),
+    /// A Pulsar topic (this build lacks the `pulsar` feature).
+    #[cfg(not(feature = "pulsar"))]
+    Pulsar(Disabled),
+}
+
+impl SourceSpec {
+    /// The cargo feature this entry needs and this build lacks, if any.
+    pub fn missing_feature(&self) -> Option<MissingFeature> {
+        match self {
+            SourceSpec::Simulator(_) | SourceSpec::Jsonl(_) => None,
+            SourceSpec::Amqp(_) => MissingFeature::AMQP_SOURCE.if_missing(),
+            SourceSpec::Kafka(_) => MissingFeature::KAFKA_SOURCE.if_missing(),
+            SourceSpec::AmqpStream(_) => MissingFeature::AMQP_STREAM_SOURCE.if_missing(),
+            SourceSpec::Amqp1(_) => MissingFeature::AMQP1_SOURCE.if_missing(),
+            SourceSpec::Pulsar(_) => MissingFeature::PULSAR_SOURCE.if_missing(),
+        }
+    }
 }
 
 impl SourceSpec {
@@ -45,11 +179,19 @@ impl SourceSpec {
         match self {
             SourceSpec::Simulator(s) => s.name.as_deref(),
             SourceSpec::Jsonl(s) => s.name.as_deref(),
+            #[cfg(feature = "amqp")]
             SourceSpec::Amqp(s) => s.name.as_deref(),
+            #[cfg(feature = "kafka")]
             SourceSpec::Kafka(s) => s.name.as_deref(),
+            #[cfg(feature = "amqp")]
             SourceSpec::AmqpStream(s) => s.name.as_deref(),
+            #[cfg(feature = "amqp1")]
             SourceSpec::Amqp1(s) => s.name.as_deref(),
+            #[cfg(feature = "pulsar")]
             SourceSpec::Pulsar(s) => s.name.as_deref(),
+            // An adapter this build lacks is refused before its name counts.
+            #[allow(unreachable_patterns)]
+            _ => None,
         }
     }
 }
@@ -70,7 +212,8 @@ pub struct JsonlSpec {
     pub path: PathBuf,
 }
 
-/// A group's `sink` table; `type` says which kind.
+/// A group's `sink` table; `type` says which kind (an adapter this build
+/// lacks holds [`Disabled`]: see [`SinkSpec::missing_feature`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SinkSpec {
@@ -98,9 +241,31 @@ pub enum SinkSpec {
         mode: u32,
     },
     /// Publish to an AMQP exchange with publisher confirms.
+    #[cfg(feature = "amqp")]
     Amqp(AmqpSinkConfig),
+    /// An AMQP exchange (this build lacks the `amqp` feature).
+    #[cfg(not(feature = "amqp"))]
+    Amqp(Disabled),
     /// Produce to a Kafka topic with an idempotent producer.
+    #[cfg(feature = "kafka")]
     Kafka(KafkaSinkConfig),
+    /// A Kafka topic (this build lacks the `kafka` feature).
+    #[cfg(not(feature = "kafka"))]
+    Kafka(Disabled),
+}
+
+impl SinkSpec {
+    /// The cargo feature this sink needs and this build lacks, if any.
+    pub fn missing_feature(&self) -> Option<MissingFeature> {
+        match self {
+            SinkSpec::Amqp(_) => MissingFeature::AMQP_SOURCE.if_missing(),
+            SinkSpec::Kafka(_) => MissingFeature::KAFKA_SOURCE.if_missing(),
+            SinkSpec::Simulated { .. }
+            | SinkSpec::Null
+            | SinkSpec::Stdout
+            | SinkSpec::Jsonl { .. } => None,
+        }
+    }
 }
 
 fn private_mode() -> u32 {
@@ -123,7 +288,9 @@ impl Default for SinkSpec {
     }
 }
 
-/// A group's `backlog` table; `store` says which kind (`disk` by default).
+/// A group's `backlog` table; `store` says which kind (`disk` by default;
+/// `amqp` in a build without that feature holds [`Disabled`]: see
+/// [`BacklogSpec::missing_feature`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "store", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BacklogSpec {
@@ -133,7 +300,11 @@ pub enum BacklogSpec {
     /// On a RabbitMQ quorum queue shared by every instance of the group
     /// (`store = "amqp"`): what one instance accumulated survives it and is
     /// delivered by the others.
+    #[cfg(feature = "amqp")]
     Amqp(AmqpBacklogConfig),
+    /// On a RabbitMQ quorum queue (this build lacks the `amqp` feature).
+    #[cfg(not(feature = "amqp"))]
+    Amqp(Disabled),
     /// In memory: fast, bounded, lost with the process (tests, benchmarks).
     Memory {
         /// The most records held.
@@ -151,6 +322,16 @@ fn default_memory_records() -> u64 {
 
 fn default_memory_bytes() -> u64 {
     crate::backlog::MemoryLimits::default().max_bytes
+}
+
+impl BacklogSpec {
+    /// The cargo feature this store needs and this build lacks, if any.
+    pub fn missing_feature(&self) -> Option<MissingFeature> {
+        match self {
+            BacklogSpec::Amqp(_) => MissingFeature::AMQP_BACKLOG.if_missing(),
+            BacklogSpec::Disk(_) | BacklogSpec::Memory { .. } => None,
+        }
+    }
 }
 
 impl Default for BacklogSpec {

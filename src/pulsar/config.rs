@@ -229,7 +229,7 @@ impl PulsarSourceConfig {
                         "tuya.endpoint",
                         format!(
                             "{} is not TLS: the login would send the access ID and a replayable password in clear; use pulsar+ssl://, or set tuya.allow_plaintext = true (for a test peer)",
-                            crate::amqp::redact(&url)
+                            crate::broker_url::redact(&url)
                         ),
                     ));
                 }
@@ -281,7 +281,7 @@ impl PulsarSourceConfig {
                 knob,
                 format!(
                     "{} is not a pulsar:// or pulsar+ssl:// URL",
-                    crate::amqp::redact(&resolved.url)
+                    crate::broker_url::redact(&resolved.url)
                 ),
             ));
         }
@@ -299,7 +299,7 @@ impl PulsarSourceConfig {
                 knob,
                 format!(
                     "{}: a Pulsar service URL carries no user or password (the tuya preset logs in with its access key)",
-                    crate::amqp::redact(&resolved.url)
+                    crate::broker_url::redact(&resolved.url)
                 ),
             ));
         }

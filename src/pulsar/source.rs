@@ -79,7 +79,7 @@ impl PulsarSource {
             Some(_) => format!("pulsar tuya {}", self.resolved.topic),
             None => format!(
                 "pulsar {} {}",
-                crate::amqp::redact(&self.resolved.url),
+                crate::broker_url::redact(&self.resolved.url),
                 self.resolved.topic
             ),
         }

@@ -207,6 +207,10 @@ impl Default for SourceCounters {
 
 /// Sleeps until `at`, or forever when there is no deadline: the idle-exit
 /// timer of a broker source inside its `select!` loop.
+#[cfg_attr(
+    not(any(feature = "amqp", feature = "amqp1", feature = "pulsar")),
+    allow(dead_code)
+)]
 pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -219,6 +223,7 @@ pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 /// left running shut down as usual on the stop signal (they are detached,
 /// not aborted, so they still settle their acks). A task that panicked is
 /// an error of `origin`, `what` naming the task.
+#[cfg_attr(not(any(feature = "amqp", feature = "amqp1")), allow(dead_code))]
 pub(crate) async fn first_failure(
     mut tasks: tokio::task::JoinSet<Result<(), SourceError>>,
     origin: &str,

@@ -6,6 +6,7 @@
 //! [`broker_lock`] exclusively; every other RabbitMQ test takes it shared,
 //! so a restart never happens under them.
 
+#![cfg(feature = "amqp")]
 #![allow(dead_code)]
 
 #[path = "../common/records.rs"]

@@ -3,6 +3,7 @@
 //! here independently of laneway's own parsing), against librdkafka's mock
 //! cluster, which each test starts for itself.
 
+#![cfg(feature = "kafka")]
 #![allow(dead_code)]
 
 use std::collections::HashMap;

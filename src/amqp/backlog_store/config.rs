@@ -11,7 +11,7 @@ use lapin::types::ShortString;
 use serde::{Deserialize, Serialize};
 
 use crate::amqp::AmqpConfigError;
-use crate::amqp::url::BrokerUrl;
+use crate::broker_url::BrokerUrl;
 
 /// Where a group's broker backlog lives, and how this instance reads it.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -89,7 +89,7 @@ impl Default for AmqpBacklogConfig {
 impl std::fmt::Debug for AmqpBacklogConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpBacklogConfig")
-            .field("url", &self.url.as_deref().map(crate::amqp::url::redact))
+            .field("url", &self.url.as_deref().map(crate::broker_url::redact))
             .field("url_env", &self.url_env)
             .field("allow_plaintext", &self.allow_plaintext)
             .field("queue", &self.queue)

@@ -77,11 +77,11 @@ use self::config::QueueNames;
 use super::AmqpConfigError;
 use super::connect::{AmqpError, connect};
 use super::declare::Declaration;
-use super::url::BrokerUrl;
 use crate::backlog::{
     BacklogDepth, BacklogError, BacklogRecord, BacklogStore, RecordId, StoredRecord,
 };
 use crate::backoff::Backoff;
+use crate::broker_url::BrokerUrl;
 use crate::message::now_epoch_ms;
 
 /// How long a take that has records already waits for the consumer's next

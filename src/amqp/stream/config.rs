@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::amqp::consumer::{AmqpConfigError, short};
-use crate::amqp::url::{self, BrokerUrl};
+use crate::broker_url::{self, BrokerUrl};
 use crate::source::LanePolicy;
 
 /// Where a stream source starts when it has no stored offset (its first
@@ -136,7 +136,7 @@ impl std::fmt::Debug for AmqpStreamConfig {
         f.debug_struct("AmqpStreamConfig")
             .field("lane", &self.lane)
             .field("name", &self.name)
-            .field("url", &self.url.as_deref().map(url::redact))
+            .field("url", &self.url.as_deref().map(broker_url::redact))
             .field("url_env", &self.url_env)
             .field("allow_plaintext", &self.allow_plaintext)
             .field("stream", &self.stream)

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::amqp::batch;
 use crate::amqp::connect::AmqpError;
 use crate::amqp::headers;
-use crate::amqp::url::BrokerUrl;
+use crate::broker_url::BrokerUrl;
 use crate::source::Incoming;
 
 /// The header and consumer argument carrying a stream offset.

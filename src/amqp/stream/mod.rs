@@ -40,8 +40,8 @@ pub use offset_file::{OffsetFile, OffsetFileError};
 
 use super::connect::{connect_with_retry, wait_to_reconnect};
 use super::consumer::AmqpConfigError;
-use super::url::BrokerUrl;
 use crate::backoff::Backoff;
+use crate::broker_url::BrokerUrl;
 use crate::source::{Source, SourceContext, SourceError};
 use cursor::{Attach, End};
 use session::Session;

@@ -24,7 +24,7 @@ use super::offsets::{Cursor, StreamOffsets};
 use super::stored::{self, Keeper};
 use crate::amqp::connect::AmqpError;
 use crate::amqp::declare::Declaration;
-use crate::amqp::url::BrokerUrl;
+use crate::broker_url::BrokerUrl;
 use crate::message::now_epoch_ms;
 use crate::source::{Incoming, Ingest, LanePolicy, SourceContext};
 

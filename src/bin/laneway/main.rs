@@ -7,7 +7,6 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use cli::Cli;
 
 /// Messages are allocated by the thread that reads them and freed by the
@@ -18,7 +17,7 @@ use cli::Cli;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     cli::logging::init(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

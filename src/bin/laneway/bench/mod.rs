@@ -3,6 +3,7 @@
 //! Latencies come from HDR histograms; the handler's cost per message is a
 //! knob, so the scenarios measure scheduling, not the machine.
 
+#[cfg(feature = "kafka")]
 pub mod catch_up;
 pub mod fifo;
 pub mod scenario;

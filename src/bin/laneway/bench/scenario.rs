@@ -16,7 +16,9 @@ use serde::Serialize;
 use super::fifo::FifoConsumer;
 use super::timeline::{MeasuredSink, PhaseReport, Timeline, WINDOW, Window, phase, window_p99_ms};
 use laneway::ack::AckRef;
+#[cfg(feature = "amqp")]
 use laneway::amqp::connect::connect;
+#[cfg(feature = "amqp")]
 use laneway::amqp::{AmqpBacklog, AmqpBacklogConfig, BrokerUrl};
 use laneway::backlog::{
     BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, MemoryBacklog,
@@ -26,6 +28,7 @@ use laneway::message::{Message, now_epoch_ms};
 use laneway::sink::{SimulatedHandler, Sink};
 use laneway::source::simulator::Fleet;
 use laneway::source::{Incoming, LanePolicy};
+#[cfg(feature = "amqp")]
 use lapin::options::QueueDeleteOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -62,15 +65,18 @@ pub enum BacklogKind {
     // Not a doc link: clap shows this text in `--help` as it is.
     /// The broker store: a quorum queue on RabbitMQ at `$AMQP_URL`
     /// (laneway.bench.backlog, deleted before and after the run).
+    #[value(hide = !crate::cli::built_with("amqp"))]
     Amqp,
 }
 
 /// The broker store's queue in a benchmark run (with its `.wait` and
 /// `.poison` queues); scratch, deleted before and after.
+#[cfg(feature = "amqp")]
 pub const BENCH_QUEUE: &str = "laneway.bench.backlog";
 
 /// Deletes the benchmark's broker queues, so a run starts from nothing and
 /// leaves nothing behind.
+#[cfg(feature = "amqp")]
 async fn delete_bench_queues() -> Result<(), String> {
     let url = BrokerUrl::resolve(None, None).map_err(|e| e.to_string())?;
     let connection = connect(&url, "laneway bench")
@@ -294,6 +300,9 @@ async fn build_store(
             .map_err(|e| e.to_string())?;
             Arc::new(opened.map_err(|e| e.to_string())?)
         }
+        #[cfg(not(feature = "amqp"))]
+        BacklogKind::Amqp => return Err(crate::cli::not_built("--backlog amqp", "amqp")),
+        #[cfg(feature = "amqp")]
         BacklogKind::Amqp => {
             delete_bench_queues().await?;
             let config = AmqpBacklogConfig {
@@ -534,6 +543,7 @@ pub async fn run_mode(
         // The engine closed the store; the directory is scratch.
         let _ = std::fs::remove_dir_all(bench_dir(opts));
     }
+    #[cfg(feature = "amqp")]
     if mode == Mode::Laneway && opts.backlog == BacklogKind::Amqp {
         // What the run did not drain is scratch too.
         delete_bench_queues().await?;

@@ -288,6 +288,7 @@ fn short(v: f64) -> String {
 /// A grouped bar chart: one group of bars per category, one bar per series
 /// (name, colour, one value per category; `None` draws no bar and says
 /// "never"). Values are labelled on their bars.
+#[cfg(feature = "kafka")]
 pub fn bars(
     title: &str,
     y_label: &str,

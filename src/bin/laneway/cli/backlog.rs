@@ -2,13 +2,15 @@
 //! disk backlog without opening it (safe beside the running process).
 //! `laneway backlog inspect --queue Q [--url URL]`: look at a broker
 //! backlog through the broker (passive declares and `basic.get` without
-//! acks: nothing is removed).
+//! acks: nothing is removed); that needs the `amqp` feature.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(feature = "amqp")]
 use laneway::amqp::AmqpBacklogConfig;
+#[cfg(feature = "amqp")]
 use laneway::amqp::backlog_store::BacklogQueueInspection;
 use laneway::backlog::disk::{
     DamageKind, Inspection, LedgerState, Verification, inspect_dir, verify_dir,
@@ -54,15 +56,15 @@ pub struct InspectArgs {
     /// A broker backlog queue (for example laneway.work.backlog). It is
     /// declared by the first `laneway run` whose group has `backlog = {
     /// store = "amqp", queue = ... }`; inspecting declares nothing.
-    #[arg(long)]
+    #[arg(long, hide = !super::built_with("amqp"))]
     pub queue: Option<String>,
     /// The broker URL for `--queue`; `AMQP_URL`, or the local default,
     /// when not given.
-    #[arg(long, requires = "queue")]
+    #[arg(long, requires = "queue", hide = !super::built_with("amqp"))]
     pub url: Option<String>,
     /// How many records at the head of the broker queue to read the kinds
     /// and age of.
-    #[arg(long, default_value_t = 100, requires = "queue")]
+    #[arg(long, default_value_t = 100, requires = "queue", hide = !super::built_with("amqp"))]
     pub first: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -78,17 +80,7 @@ pub async fn backlog(args: BacklogArgs) -> ExitCode {
             first,
             json,
             ..
-        }) => {
-            let config = AmqpBacklogConfig {
-                url,
-                queue: Some(queue),
-                ..AmqpBacklogConfig::default()
-            };
-            match laneway::amqp::backlog_store::inspect(&config, "", first).await {
-                Ok(i) => print(json, &i, broker_text(&i), ExitCode::SUCCESS),
-                Err(e) => fail(&e),
-            }
-        }
+        }) => inspect_queue(queue, url, first, json).await,
         BacklogAction::Inspect(a) => match inspect_dir(&a.dir.unwrap_or_default()) {
             Ok(i) => print(a.json, &i, inspect_text(&i), ExitCode::SUCCESS),
             Err(e) => fail(&e),
@@ -105,6 +97,26 @@ pub async fn backlog(args: BacklogArgs) -> ExitCode {
             Err(e) => fail(&e),
         },
     }
+}
+
+/// `backlog inspect --queue`: a broker backlog, through the broker.
+#[cfg(feature = "amqp")]
+async fn inspect_queue(queue: String, url: Option<String>, first: usize, json: bool) -> ExitCode {
+    let config = AmqpBacklogConfig {
+        url,
+        queue: Some(queue),
+        ..AmqpBacklogConfig::default()
+    };
+    match laneway::amqp::backlog_store::inspect(&config, "", first).await {
+        Ok(i) => print(json, &i, broker_text(&i), ExitCode::SUCCESS),
+        Err(e) => fail(&e),
+    }
+}
+
+/// `backlog inspect --queue` in a build without the `amqp` feature.
+#[cfg(not(feature = "amqp"))]
+async fn inspect_queue(_: String, _: Option<String>, _: usize, _: bool) -> ExitCode {
+    fail(&super::not_built("--queue", "amqp"))
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
@@ -189,6 +201,7 @@ fn inspect_text(i: &Inspection) -> String {
     s
 }
 
+#[cfg(feature = "amqp")]
 fn broker_text(i: &BacklogQueueInspection) -> String {
     let mut s = String::new();
     let _ = writeln!(

@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::bench::BacklogKind;
+#[cfg(feature = "kafka")]
 use crate::bench::catch_up::{self, CatchUpOptions};
-use crate::bench::svg::{bars, render};
+#[cfg(feature = "kafka")]
+use crate::bench::svg::bars;
+use crate::bench::svg::render;
 use crate::bench::{
     BenchOptions, BenchReport, Mode, Scenario, StoreComparison, StoreReport, run_mode,
 };
@@ -23,6 +26,7 @@ pub enum ScenarioChoice {
     Flood,
     /// Time to real-time on a lagging Kafka log, by pile size, laneway
     /// against a plain consumer (starts its own in-memory Kafka cluster).
+    #[value(hide = !super::built_with("kafka"))]
     CatchUp,
 }
 
@@ -123,6 +127,7 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    #[cfg(feature = "kafka")]
     fn catch_up_options(&self) -> Result<CatchUpOptions, String> {
         let mut o = CatchUpOptions::default();
         if !self.piles.is_empty() {
@@ -162,6 +167,9 @@ impl BenchArgs {
             max_run,
             data_dir
         );
+        if self.backlog.contains(&BacklogKind::Amqp) && !super::built_with("amqp") {
+            return Err(super::not_built("--backlog amqp", "amqp"));
+        }
         if let Some(&first) = self.backlog.first() {
             o.backlog = first;
         }
@@ -268,6 +276,18 @@ async fn compare_stores(args: &BenchArgs, options: BenchOptions) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The catch-up scenario in a build without the `kafka` feature.
+#[cfg(not(feature = "kafka"))]
+async fn bench_catch_up(_: &BenchArgs) -> ExitCode {
+    eprintln!(
+        "error: {}",
+        super::not_built("--scenario catch-up", "kafka")
+    );
+    ExitCode::FAILURE
+}
+
+/// `--scenario catch-up`: laneway against a plain consumer, by pile size.
+#[cfg(feature = "kafka")]
 async fn bench_catch_up(args: &BenchArgs) -> ExitCode {
     let options = match args.catch_up_options() {
         Ok(o) => o,

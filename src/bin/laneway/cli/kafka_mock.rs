@@ -2,9 +2,11 @@
 //! Kafka installed (librdkafka's mock cluster, in memory). It prints its
 //! bootstrap address on stdout, then runs until Ctrl-C.
 
+#[cfg(feature = "kafka")]
 use std::io::Write;
 use std::process::ExitCode;
 
+#[cfg(feature = "kafka")]
 use rdkafka::mocking::MockCluster;
 
 /// Arguments of `kafka-mock`.
@@ -23,6 +25,16 @@ pub struct KafkaMockArgs {
     pub partitions: i32,
 }
 
+/// Without the `kafka` feature (the command is hidden then): an error
+/// naming the feature.
+#[cfg(not(feature = "kafka"))]
+pub async fn kafka_mock(_: KafkaMockArgs) -> ExitCode {
+    eprintln!("error: {}", super::not_built("kafka-mock", "kafka"));
+    ExitCode::FAILURE
+}
+
+/// Starts the cluster, prints its address and waits for Ctrl-C.
+#[cfg(feature = "kafka")]
 pub async fn kafka_mock(args: KafkaMockArgs) -> ExitCode {
     let cluster = match MockCluster::new(args.brokers) {
         Ok(c) => c,

@@ -9,14 +9,58 @@ mod kafka_mock;
 pub mod logging;
 mod run;
 mod simulate;
+#[cfg(feature = "amqp")]
+mod simulate_amqp;
+#[cfg(feature = "amqp1")]
 mod simulate_amqp1;
+#[cfg(feature = "kafka")]
 mod simulate_kafka;
+#[cfg(feature = "pulsar")]
 mod simulate_pulsar;
 mod status;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use laneway::config::MissingFeature;
+
+/// The adapters a build may have, as cargo features.
+const FEATURES: [&str; 5] = ["amqp", "amqp1", "kafka", "pulsar", "admin"];
+
+/// Whether this laneway was built with the cargo feature `feature`.
+pub fn built_with(feature: &'static str) -> bool {
+    MissingFeature { what: "", feature }.is_built()
+}
+
+/// The error for a command-line option or command that needs a feature this
+/// build lacks, such as ``--kafka: this laneway was built without the
+/// `kafka` feature (cargo build --release --features kafka)``.
+pub fn not_built(what: &'static str, feature: &'static str) -> String {
+    MissingFeature { what, feature }.to_string()
+}
+
+/// The line `--help` ends with: which adapters this build has. Options
+/// and commands that need a missing one are hidden from `--help`, and
+/// refused, naming the feature, when used.
+fn features_line() -> String {
+    let (with, without): (Vec<&str>, Vec<&str>) = FEATURES.iter().partition(|f| built_with(f));
+    let mut line = format!("Built with the features: {}", or_none(&with));
+    if !without.is_empty() {
+        line.push_str(&format!(
+            "; without: {} (see README.md, Cargo features).",
+            or_none(&without)
+        ));
+    }
+    line
+}
+
+fn or_none(features: &[&str]) -> String {
+    if features.is_empty() {
+        "none".into()
+    } else {
+        features.join(", ")
+    }
+}
 
 /// laneway: a backlog-aware dispatcher for IoT server-side subscriptions.
 ///
@@ -55,13 +99,21 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Look at a backlog: `inspect` summarises a disk directory or a broker queue, `verify` checks every checksum on disk.
     Backlog(backlog::BacklogArgs),
-    /// Publish the simulated fleet, confirmed, to an AMQP exchange, an AMQP 1.0 node, a Kafka topic or a Pulsar topic.
+    /// Publish the simulated fleet, confirmed, to an AMQP exchange, an AMQP 1.0 node, a Kafka topic or a Pulsar topic (each as the build's features allow).
     Simulate(simulate::SimulateArgs),
     /// Start an in-memory Kafka-protocol broker (for trying laneway without Kafka) and print its address.
+    #[command(hide = !built_with("kafka"))]
     KafkaMock(kafka_mock::KafkaMockArgs),
 }
 
 impl Cli {
+    /// Parses the command line (exiting on an error or `--help`), with the
+    /// build's features at the end of `--help`.
+    pub fn parse_args() -> Cli {
+        let matches = Cli::command().after_help(features_line()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
     /// Runs the chosen command.
     pub async fn execute(self) -> ExitCode {
         match self.command {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::logging::LogFormat;
 use super::status::{status_line, summary_text};
-use laneway::admin::{AdminServer, Tracker};
+#[cfg(feature = "admin")]
+use laneway::admin::AdminServer;
+use laneway::admin::Tracker;
 use laneway::config::FileConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +56,7 @@ pub struct RunArgs {
     /// Serve /metrics, /status, the dashboard (/), /healthz and /readyz on
     /// this address (for example 127.0.0.1:9464); overrides the config's
     /// `[admin] listen`. Off unless given here or there.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", hide = !super::built_with("admin"))]
     pub admin: Option<std::net::SocketAddr>,
 }
 
@@ -75,10 +77,17 @@ pub async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
         config.data_dir = dir;
     }
     if let Some(addr) = args.admin {
+        if !super::built_with("admin") {
+            eprintln!("error: {}", super::not_built("--admin", "admin"));
+            return ExitCode::FAILURE;
+        }
         config.admin.listen = Some(addr);
     }
     // Bound before the engine is built: a taken port fails the start
-    // before any backlog store is opened or any source is read.
+    // before any backlog store is opened or any source is read. (Without
+    // the `admin` feature, a config that sets `listen` was refused when
+    // it was read.)
+    #[cfg(feature = "admin")]
     let admin = match config.admin.listen {
         Some(addr) => match AdminServer::bind(addr, config.admin.options()).await {
             Ok(server) => Some(server),
@@ -106,8 +115,10 @@ pub async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
     let tracker = Tracker::new(monitor.clone(), interval);
     let stop_admin = CancellationToken::new();
     tokio::spawn(tracker.clone().run(stop_admin.clone()));
-    let mut admin_task = None;
-    if let Some(server) = admin {
+    #[cfg(not(feature = "admin"))]
+    let admin_task: Option<tokio::task::JoinHandle<()>> = None;
+    #[cfg(feature = "admin")]
+    let admin_task = admin.map(|server| {
         let addr = server.local_addr();
         tracing::info!(%addr, "admin listener: /metrics, /status, /healthz, /readyz and the dashboard at /");
         if !args.quiet {
@@ -116,12 +127,12 @@ pub async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
             );
         }
         let (tracker, stop) = (tracker.clone(), stop_admin.clone());
-        admin_task = Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             if let Err(e) = server.serve(tracker, stop).await {
                 tracing::error!(error = %e, "admin listener failed");
             }
-        }));
-    }
+        })
+    });
     if !args.quiet {
         let what = args
             .config

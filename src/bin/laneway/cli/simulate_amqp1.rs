@@ -13,10 +13,10 @@ use fe2o3_amqp::types::messaging::Outcome;
 
 use super::simulate::{ProgressLine, Recorder, SimulateArgs};
 use super::status::human;
-use laneway::amqp::BrokerUrl;
 use laneway::amqp1::Amqp1Publisher;
 use laneway::amqp1::config::{DEFAULT_URL, DEFAULT_URL_ENV};
 use laneway::amqp1::publisher::Settlement;
+use laneway::broker_url::BrokerUrl;
 use laneway::message::now_epoch_ms;
 use laneway::source::simulator::Fleet;
 

@@ -1,8 +1,14 @@
 //! Broker URLs: where they come from (the config, an environment variable,
-//! the default) and how they are shown.
+//! the default) and how they are shown. Shared by the AMQP 0-9-1 source,
+//! sink and backlog store (`amqp`, which re-exports this module as
+//! `amqp::url`), the AMQP 1.0 source (`amqp1`) and, for [`redact`], the
+//! Pulsar source: a leaf that needs none of them.
+//!
+//! [`redact`] is always there; `BrokerUrl`, which parses with the AMQP URI
+//! grammar (`amq-protocol-uri`), comes with the `amqp` or `amqp1` feature.
 //!
 //! Invariant: a password never leaves this module in text meant for people.
-//! [`BrokerUrl`] keeps the full URL private and its `Display` and `Debug`
+//! `BrokerUrl` keeps the full URL private and its `Display` and `Debug`
 //! show the redacted form (`amqp://user:***@host:5672/%2f`), so a log line
 //! or an error that formats a `BrokerUrl` cannot leak a credential.
 //!
@@ -15,18 +21,24 @@
 //! an empty user, is refused: the first would send part of the password as
 //! the user name, the second would log in as the default account.
 
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 use std::fmt;
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 use std::str::FromStr;
 
-use lapin::uri::{AMQPScheme, AMQPUri};
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
+use amq_protocol_uri::{AMQPScheme, AMQPUri};
 
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 /// The environment variable consulted when no URL is configured.
 pub const DEFAULT_URL_ENV: &str = "AMQP_URL";
 
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 /// The URL used when neither the config nor the environment names one: a
 /// local RabbitMQ with its default account.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 /// Why a broker URL cannot be used. The text never contains the password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
@@ -51,6 +63,7 @@ pub enum UrlError {
     },
 }
 
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 /// A parsed broker URL whose password is never displayed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
@@ -64,6 +77,7 @@ pub struct BrokerUrl {
     vhost: String,
 }
 
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 impl BrokerUrl {
     /// Parses and checks a URL (`amqp://` or `amqps://`).
     ///
@@ -132,6 +146,7 @@ impl BrokerUrl {
 
     /// The password, decoded, for a login that sends it apart from the
     /// URL (SASL PLAIN over AMQP 1.0): never log or print it.
+    #[cfg_attr(not(feature = "amqp1"), allow(dead_code))]
     pub(crate) fn password(&self) -> &str {
         &self.password
     }
@@ -171,7 +186,9 @@ impl BrokerUrl {
         BrokerUrl::parse(&url)
     }
 
-    /// The full URL, for the connection only: never log or print it.
+    /// The full URL, for the connection only (AMQP 0-9-1 connects with
+    /// it): never log or print it.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     pub(crate) fn secret(&self) -> &str {
         &self.raw
     }
@@ -225,6 +242,7 @@ impl BrokerUrl {
 }
 
 /// Whether `host` names this machine.
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.eq_ignore_ascii_case("localhost")
@@ -233,12 +251,14 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted)
     }
 }
 
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 impl fmt::Debug for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "BrokerUrl({})", self.redacted)
@@ -303,6 +323,7 @@ fn split_userinfo(raw: &str) -> Option<(&str, &str, &str, &str)> {
     ))
 }
 
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 /// Whether the user info cannot be told from the rest: an `@` after the
 /// first `/`, `?` or `#` that follows the scheme, with a `:` before it.
 fn ambiguous_userinfo(raw: &str) -> bool {
@@ -314,6 +335,7 @@ fn ambiguous_userinfo(raw: &str) -> bool {
     rest[authority_end..].contains('@') && split_userinfo(raw).is_some()
 }
 
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 /// Replaces the raw URL and its password (as written and percent-decoded)
 /// in a message by their redacted forms.
 fn scrub(message: &str, raw: &str, redacted: &str) -> String {
@@ -342,6 +364,7 @@ fn scrub(message: &str, raw: &str, redacted: &str) -> String {
     out
 }
 
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 /// `%XX` sequences decoded (lossily); used only to find a password's
 /// decoded form in text.
 fn percent_decode(text: &str) -> String {
@@ -371,6 +394,7 @@ fn percent_decode(text: &str) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(any(feature = "amqp", feature = "amqp1"))]
     #[test]
     fn passwords_are_redacted_everywhere_they_show() {
         let url = BrokerUrl::parse("amqp://app:s3cr%40t@rabbit.example:5672/%2f").unwrap();
@@ -387,6 +411,7 @@ mod tests {
         assert_eq!(redact("not a url"), "<unparseable URL>");
     }
 
+    #[cfg(any(feature = "amqp", feature = "amqp1"))]
     #[test]
     fn a_password_in_clear_to_another_machine_is_refused_unless_allowed() {
         let remote = BrokerUrl::parse("amqp://app:s3cret@rabbit.example:5672/%2f").unwrap();
@@ -406,6 +431,7 @@ mod tests {
         }
     }
 
+    #[cfg(any(feature = "amqp", feature = "amqp1"))]
     #[test]
     fn amqps_is_tls() {
         let url = BrokerUrl::parse("amqps://u:p@broker:5671/vh").unwrap();
@@ -413,6 +439,7 @@ mod tests {
         assert_eq!(url.to_string(), "amqps://u:***@broker:5671/vh");
     }
 
+    #[cfg(any(feature = "amqp", feature = "amqp1"))]
     #[test]
     fn parse_errors_do_not_leak_the_password() {
         let err = BrokerUrl::parse("http://u:hunter2@host/")
@@ -422,6 +449,7 @@ mod tests {
         assert!(err.contains("u:***@host"), "{err}");
     }
 
+    #[cfg(any(feature = "amqp", feature = "amqp1"))]
     #[test]
     fn passwords_with_unescaped_delimiters_never_show() {
         for (url, password) in [
@@ -462,6 +490,7 @@ mod tests {
         assert!(!scrubbed.contains("pa/ss"), "{scrubbed}");
     }
 
+    #[cfg(any(feature = "amqp", feature = "amqp1"))]
     #[test]
     fn user_info_that_cannot_be_split_and_text_that_is_no_url_never_show() {
         for (url, shown) in [
@@ -485,6 +514,7 @@ mod tests {
         }
     }
 
+    #[cfg(any(feature = "amqp", feature = "amqp1"))]
     #[test]
     fn an_empty_user_is_an_error_not_the_default_account() {
         for url in [
@@ -499,6 +529,7 @@ mod tests {
         assert!(BrokerUrl::parse("amqp://127.0.0.1/").is_ok());
     }
 
+    #[cfg(any(feature = "amqp", feature = "amqp1"))]
     #[test]
     fn a_named_variable_that_is_missing_is_an_error() {
         let err = BrokerUrl::resolve(None, Some("LANEWAY_TEST_SURELY_UNSET_VAR")).unwrap_err();
