@@ -315,16 +315,30 @@ fn a_marker_secret_in_any_credential_position_is_never_printed() {
             cases.push((kind, config));
         }
     }
-    // The Kafka client's SASL password, given as a librdkafka property.
-    cases.push((
-        "kafka source",
-        format!(
-            "[[sources]]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]\n\
-             [sources.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"PLAIN\"\n\
-             \"sasl.username\" = \"probe\"\n\"sasl.password\" = \"{MARK}\"\n\n\
-             [[groups]]\nname = \"all\"\nsink = {{ type = \"null\" }}\nbacklog = {{ store = \"memory\" }}\n"
-        ),
-    ));
+    // The Kafka client's SASL password, given as a librdkafka property: a
+    // login in clear is refused unless allowed, so both ways (the allowed
+    // one connects and logs at every level).
+    for allow in [false, true] {
+        cases.push((
+            "kafka source",
+            format!(
+                "[[sources]]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]\nallow_plaintext = {allow}\n\
+                 [sources.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"PLAIN\"\n\
+                 \"sasl.username\" = \"probe\"\n\"sasl.password\" = \"{MARK}\"\n\n\
+                 [[groups]]\nname = \"all\"\nsink = {{ type = \"null\" }}\nbacklog = {{ store = \"memory\" }}\n"
+            ),
+        ));
+        cases.push((
+            "kafka sink",
+            format!(
+                "[[sources]]\ntype = \"simulator\"\nrate = 100.0\n\n\
+                 [[groups]]\nname = \"all\"\nbacklog = {{ store = \"memory\" }}\n\
+                 [groups.sink]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopic = \"t\"\nallow_plaintext = {allow}\n\
+                 [groups.sink.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"PLAIN\"\n\
+                 \"sasl.username\" = \"probe\"\n\"sasl.password\" = \"{MARK}\"\n"
+            ),
+        ));
+    }
     // One thread per case: the runs are bounded by --duration, and mostly
     // wait on the network.
     let failures: Vec<String> = std::thread::scope(|scope| {
