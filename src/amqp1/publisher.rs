@@ -60,6 +60,9 @@ impl std::fmt::Debug for Amqp1Publisher {
     }
 }
 
+/// How long [`Amqp1Publisher::close`] waits for the peer.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Amqp1Publisher {
     /// Connects to `url` (`amqp://` or `amqps://`, SASL PLAIN with the
     /// URL's user and password) and attaches a sender link to `address`
@@ -128,12 +131,21 @@ impl Amqp1Publisher {
             })
     }
 
-    /// Detaches the link and closes the session and connection.
+    /// Detaches the link and closes the session and connection, waiting
+    /// at most [`CLOSE_TIMEOUT`]: everything sent was settled before, and a
+    /// peer that never answers the detach (seen once in a kill campaign
+    /// against RabbitMQ, the client spinning) must not hold the caller;
+    /// dropping the connection closes its socket.
     pub async fn close(mut self) {
-        // Detached, not closed: RabbitMQ 3.10 answers a link close with an
-        // illegal-state error.
-        let _ = self.sender.detach().await;
-        let _ = self.session.end().await;
-        let _ = self.connection.close().await;
+        let closing = async {
+            // Detached, not closed: RabbitMQ 3.10 answers a link close with
+            // an illegal-state error.
+            let _ = self.sender.detach().await;
+            let _ = self.session.end().await;
+            let _ = self.connection.close().await;
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+            tracing::warn!(peer = %self.peer, "closing the AMQP 1.0 connection took over {CLOSE_TIMEOUT:?}; dropped it");
+        }
     }
 }
