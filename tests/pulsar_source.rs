@@ -28,7 +28,7 @@ use std::time::Duration;
 use common::records::{self, lines_in};
 use common::{Copies, Record, assert_delivered};
 use process::{Watched, unique, wait_or_kill};
-use pulsar_common::{FrameProxy, Outgoing, PulsarLite, producer, send_all};
+use pulsar_common::{FrameProxy, Outgoing, PulsarLite, platform_message, producer, send_all};
 
 /// Records as the platform sends them over a plain topic: the three
 /// properties and the payload; generate times an hour old and older for
@@ -40,16 +40,7 @@ fn records_to_send(prefix: &str, n: u64) -> Vec<Record> {
 
 fn as_pulsar(sent: &[Record]) -> Vec<Outgoing> {
     sent.iter()
-        .map(|r| {
-            (
-                vec![
-                    ("topic".to_string(), r.topic.clone()),
-                    ("messageId".to_string(), r.id.clone()),
-                    ("generateTime".to_string(), r.generate_time_ms.to_string()),
-                ],
-                r.payload.clone(),
-            )
-        })
+        .map(|r| platform_message(&r.topic, &r.id, r.generate_time_ms, &r.payload))
         .collect()
 }
 

@@ -226,6 +226,19 @@ fn normalise(frame: &[u8], me_url: &str) -> Vec<u8> {
 /// One message to produce: its properties and its payload.
 pub type Outgoing = (Vec<(String, String)>, Vec<u8>);
 
+/// A message as the platform sends it over a plain topic: the properties
+/// `topic`, `messageId` and `generateTime`, and the payload.
+pub fn platform_message(topic: &str, id: &str, generate_time_ms: i64, payload: &[u8]) -> Outgoing {
+    (
+        vec![
+            ("topic".to_string(), topic.to_string()),
+            ("messageId".to_string(), id.to_string()),
+            ("generateTime".to_string(), generate_time_ms.to_string()),
+        ],
+        payload.to_vec(),
+    )
+}
+
 /// A producer client straight to the broker.
 pub async fn producer(broker: &PulsarLite, topic: &str) -> pulsar::Producer<pulsar::TokioExecutor> {
     let client = pulsar::Pulsar::builder(broker.url(), pulsar::TokioExecutor)
