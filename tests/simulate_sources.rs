@@ -94,6 +94,13 @@ fn run_to_idle(dir: &Path, source: &str, out: &Path) -> Output {
 }
 
 fn compare(sent: &Path, delivered: &Path, copies: Copies) {
+    // Line for line as the JSONL sink writes (no blank line between), so
+    // that a byte comparison of whole files works.
+    let text = std::fs::read(sent).unwrap();
+    assert!(
+        text.ends_with(b"\n") && !text.windows(2).any(|w| w == b"\n\n"),
+        "--record wrote a blank line"
+    );
     let sent = records_in_jsonl(sent);
     assert_eq!(
         sent.len() as u64,

@@ -210,8 +210,8 @@ impl Recorder {
             return Ok(());
         };
         self.line.clear();
+        // One line, newline included, as the JSONL sink writes it.
         write_envelope(&mut self.line, m);
-        self.line.push(b'\n');
         out.write_all(&self.line)
             .map_err(|e| format!("--record {}: {e}", path.display()))
     }
