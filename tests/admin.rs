@@ -233,6 +233,15 @@ fn metrics_after_a_stale_pile_match_the_json_summary() {
     // Drained: every message delivered and the backlog empty.
     run.follow("the pile delivered", |s| {
         let g = group(s);
+        // Time in the backlog is named for what it is (not an age), and
+        // the disk store tells it whenever it holds a record.
+        assert!(g.get("backlog_oldest_age_s").is_none(), "{g:?}");
+        let stored = g
+            .get("backlog_oldest_stored_s")
+            .expect("backlog_oldest_stored_s");
+        if g["backlog_depth"].as_u64() > Some(0) {
+            assert!(stored.as_f64().is_some_and(|s| s >= 0.0), "{g:?}");
+        }
         g["delivered"].as_u64() == Some(sent.len() as u64) && g["backlog_depth"].as_u64() == Some(0)
     });
     let (code, text) = get(run.admin, "/metrics");
