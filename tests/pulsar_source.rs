@@ -308,7 +308,7 @@ async fn a_run_killed_with_sigkill_then_restarted_loses_nothing() {
 const IN_FLIGHT: usize = 2 * 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect: the window cuts the duplicates of a Pulsar SIGKILL restart from about 4,500 to about 700 (one run each), not to the 200 in flight; not understood yet"]
+#[ignore = "open defect: with the window a Pulsar SIGKILL restart still repeats 700 to 1,400 (4,500 without), not at most the 200 in flight; the first run alone already delivers about 130 twice before the kill, so copies arrive again while the first is still in flight; not understood yet"]
 async fn with_a_duplicate_window_a_restart_after_sigkill_repeats_at_most_what_was_in_flight() {
     let group = "slots = 2\nbatch_size = 100\ndedup_window = \"10m\"";
     let (first, duplicates) = kill_then_restart("sigkill-window", group).await;
