@@ -219,17 +219,15 @@ impl BrokerUrl {
 
     /// Refuses a URL that [sends its password in
     /// clear](BrokerUrl::sends_password_in_clear) unless `allowed` (the
-    /// `allow_plaintext` knob); when allowed, says so once at WARN.
+    /// `allow_plaintext` knob; [`BrokerUrl::warn_if_plaintext`] then says
+    /// so when the client is made).
     pub fn check_plaintext(&self, allowed: bool) -> Result<(), UrlError> {
-        if !self.sends_password_in_clear() {
+        if allowed || !self.sends_password_in_clear() {
             return Ok(());
         }
-        if !allowed {
-            return Err(UrlError::Plaintext {
-                redacted: self.redacted.clone(),
-            });
-        }
-        Ok(())
+        Err(UrlError::Plaintext {
+            redacted: self.redacted.clone(),
+        })
     }
 
     /// Logs a WARN when this URL's password crosses the network in clear

@@ -171,9 +171,7 @@ impl SourceSpec {
             SourceSpec::Pulsar(_) => MissingFeature::PULSAR_SOURCE.if_missing(),
         }
     }
-}
 
-impl SourceSpec {
     /// The name its `name` knob gives it, if any.
     pub fn name(&self) -> Option<&str> {
         match self {

@@ -228,9 +228,27 @@ fn check_plaintext(
     ))
 }
 
+/// Sets the user's `properties` on a client, after laneway's own; says at
+/// WARN when they send a password in clear (allowed by `allow_plaintext`,
+/// or `validate` would have refused them). `what` names the client.
+pub(super) fn apply_properties(
+    client: &mut rdkafka::config::ClientConfig,
+    properties: &BTreeMap<String, Secret>,
+    what: &str,
+) {
+    if sends_password_in_clear(properties) {
+        tracing::warn!(
+            "{what}: allow_plaintext is set: the SASL PLAIN password crosses the network in clear"
+        );
+    }
+    for (key, value) in properties {
+        client.set(key, value.expose());
+    }
+}
+
 /// Whether these properties log in with SASL PLAIN over a plain TCP
 /// connection.
-pub(super) fn sends_password_in_clear(properties: &BTreeMap<String, Secret>) -> bool {
+fn sends_password_in_clear(properties: &BTreeMap<String, Secret>) -> bool {
     let value = |key: &str| {
         properties
             .iter()

@@ -10,7 +10,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::config::{KafkaConfigError, KafkaSinkConfig, KeyChoice, resolve_brokers};
+use super::config::{
+    KafkaConfigError, KafkaSinkConfig, KeyChoice, apply_properties, resolve_brokers,
+};
 use super::record::{headers_of, record_key};
 use crate::sink::{BatchError, Delivery, DeliveryError, Sink};
 
@@ -26,11 +28,6 @@ impl KafkaSink {
     /// Creates the producer (it connects in the background).
     pub fn new(config: KafkaSinkConfig) -> Result<KafkaSink, KafkaConfigError> {
         config.validate()?;
-        if super::config::sends_password_in_clear(&config.properties) {
-            tracing::warn!(
-                "kafka sink: allow_plaintext is set: the SASL PLAIN password crosses the network in clear"
-            );
-        }
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", resolve_brokers(&config.brokers)?)
@@ -41,9 +38,7 @@ impl KafkaSink {
                 config.delivery_timeout.as_millis().to_string(),
             )
             .set("linger.ms", "5");
-        for (key, value) in &config.properties {
-            client.set(key, value.expose());
-        }
+        apply_properties(&mut client, &config.properties, "kafka sink");
         let producer: FutureProducer = client
             .create()
             .map_err(|e| KafkaConfigError::Client(e.to_string()))?;

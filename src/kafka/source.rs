@@ -24,7 +24,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use super::catch_up::CatchUpReader;
-use super::config::{KafkaConfigError, KafkaSourceConfig, resolve_brokers};
+use super::config::{KafkaConfigError, KafkaSourceConfig, apply_properties, resolve_brokers};
 use super::error_pacer::ErrorPacer;
 use super::lag::{self, Progress};
 use super::offsets::Offsets;
@@ -43,11 +43,6 @@ impl KafkaSource {
     /// Checks the configuration; nothing connects until the source runs.
     pub fn new(config: KafkaSourceConfig) -> Result<KafkaSource, KafkaConfigError> {
         config.validate()?;
-        if super::config::sends_password_in_clear(&config.properties) {
-            tracing::warn!(
-                "kafka source: allow_plaintext is set: the SASL PLAIN password crosses the network in clear"
-            );
-        }
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", resolve_brokers(&config.brokers)?)
@@ -75,9 +70,7 @@ impl KafkaSource {
             .set("statistics.interval.ms", "5000")
             .set("enable.partition.eof", "false")
             .set("allow.auto.create.topics", "false");
-        for (key, value) in &config.properties {
-            client.set(key, value.expose());
-        }
+        apply_properties(&mut client, &config.properties, "kafka source");
         Ok(KafkaSource { config, client })
     }
 }
