@@ -14,8 +14,9 @@
 //!   watermark never passes it: the broker keeps and redelivers it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -136,6 +137,14 @@ impl AckRef {
         self.batch.as_ref().map(|b| b.seq)
     }
 
+    /// A handle that tells whether this batch may still be done, without
+    /// holding it: something that waits on the batch (a copy of one of
+    /// its messages) must not keep it pending if its holders abandon it.
+    /// `None` for a reference that tracks nothing.
+    pub fn watch(&self) -> Option<AckWatch> {
+        self.batch.as_ref().map(|b| AckWatch(Arc::downgrade(b)))
+    }
+
     /// This holder is done: the work is delivered or durably stored.
     pub fn complete(mut self) {
         if let Some(batch) = self.batch.take() {
@@ -177,6 +186,26 @@ impl Drop for AckRef {
     }
 }
 
+/// Watches a batch without holding it (see [`AckRef::watch`]).
+#[derive(Clone)]
+pub struct AckWatch(Weak<AckBatch>);
+
+impl AckWatch {
+    /// Whether the batch still has holders and none of them abandoned it:
+    /// its messages are still on their way to being done.
+    pub fn is_pending(&self) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|b| !b.abandoned.load(Ordering::Acquire))
+    }
+}
+
+impl std::fmt::Debug for AckWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AckWatch(pending: {})", self.is_pending())
+    }
+}
+
 impl std::fmt::Debug for AckRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "AckRef({:?})", self.seq())
@@ -203,6 +232,26 @@ mod tests {
         b2.complete();
         assert_eq!(tracker.watermark(), 3);
         assert_eq!(tracker.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_watch_sees_a_batch_pending_until_it_is_done_or_abandoned() {
+        let tracker = AckTracker::new();
+        let a = tracker.register();
+        let watch = a.watch().unwrap();
+        let a2 = a.clone();
+        assert!(watch.is_pending());
+        a.complete();
+        assert!(watch.is_pending(), "one holder is left");
+        a2.complete();
+        assert!(!watch.is_pending(), "done");
+        let b = tracker.register();
+        let watch = b.watch().unwrap();
+        let b2 = b.clone();
+        drop(b);
+        assert!(!watch.is_pending(), "a holder abandoned it");
+        b2.complete();
+        assert!(AckRef::none().watch().is_none());
     }
 
     #[test]

@@ -36,7 +36,9 @@ mod stats;
 
 pub use builder::{EngineBuilder, EngineError, EngineOptions};
 pub use dead_letter::{DeadLetter, DeadLetters};
-pub use dedup::{DuplicateWindow, DuplicateWindowError, MAX_IDS as DUPLICATE_WINDOW_MAX_IDS, Mark};
+pub use dedup::{
+    DuplicateWindow, DuplicateWindowError, MAX_IDS as DUPLICATE_WINDOW_MAX_IDS, Mark, Verdict,
+};
 pub use filter::{Filter, FilterError};
 pub use group_config::{GroupConfig, GroupConfigError, GroupNameError, check_group_name};
 pub use monitor::{IntakeSnapshot, Monitor, RunSummary, SourceFailure, SourceLag};

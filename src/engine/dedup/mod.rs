@@ -15,6 +15,10 @@
 //! delivered (a release the store had not saved at a crash) is released
 //! without a second delivery.
 //!
+//! A copy that arrives while the first is still on its way (admitted, not
+//! yet recorded) is held behind it (`in_flight.rs`): its ack is completed
+//! when the first's id is recorded, and it is never delivered.
+//!
 //! Invariants: the window is keyed by a 128-bit digest of the message id
 //! (SHA-256, truncated), never the id itself, so memory per id is fixed;
 //! it holds at most [`MAX_IDS`] ids (the oldest go first past that) and
@@ -22,6 +26,7 @@
 //! is fsync'd before [`DuplicateWindow::record`] returns (see `log.rs`).
 //! A message without an id is never a duplicate.
 
+mod in_flight;
 mod log;
 
 use std::collections::{HashMap, VecDeque};
@@ -31,7 +36,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
+use crate::ack::AckRef;
 use crate::message::now_epoch_ms;
+use in_flight::{Admission, InFlight};
 use log::{Entry, WindowLog};
 
 /// The most ids one group's window holds (about 64 bytes of memory each,
@@ -56,6 +63,18 @@ impl Mark {
             _ => None,
         }
     }
+}
+
+/// What the window says of a message at admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not seen: deliver it.
+    Fresh,
+    /// Recorded within the window: its ack settles with its batch.
+    Duplicate,
+    /// A copy of one admitted and not yet recorded: its ack is held until
+    /// that one is (see [`DuplicateWindow::record`]).
+    Held,
 }
 
 /// Why a duplicate window cannot be opened.
@@ -115,6 +134,8 @@ impl Index {
 pub struct DuplicateWindow {
     window: Duration,
     index: Mutex<Index>,
+    /// Ids admitted and not yet recorded; taken before `index` when both are.
+    in_flight: Mutex<InFlight>,
     log: Option<WindowLog>,
     /// Entries found damaged on disk when the window was opened.
     corrupt: u64,
@@ -125,6 +146,7 @@ impl std::fmt::Debug for DuplicateWindow {
         f.debug_struct("DuplicateWindow")
             .field("window", &self.window)
             .field("ids", &self.len())
+            .field("on_their_way", &self.in_flight.lock().len())
             .field("durable", &self.log.is_some())
             .finish()
     }
@@ -144,6 +166,7 @@ impl DuplicateWindow {
         DuplicateWindow {
             window,
             index: Mutex::new(Index::default()),
+            in_flight: Mutex::default(),
             log: None,
             corrupt: 0,
         }
@@ -174,6 +197,7 @@ impl DuplicateWindow {
         Ok(DuplicateWindow {
             window,
             index: Mutex::new(index),
+            in_flight: Mutex::default(),
             log: Some(log),
             corrupt: loaded.corrupt,
         })
@@ -205,18 +229,66 @@ impl DuplicateWindow {
         if id.is_empty() {
             return None;
         }
+        self.seen_digest(digest(id))
+    }
+
+    fn seen_digest(&self, digest: u128) -> Option<Mark> {
         let horizon = now_epoch_ms().saturating_sub(self.window.as_millis() as i64);
         let index = self.index.lock();
         index
             .ids
-            .get(&digest(id))
+            .get(&digest)
             .filter(|(at, _)| *at >= horizon)
             .map(|(_, mark)| *mark)
     }
 
+    /// Admits a message with `id` from the batch `ack`: a duplicate if the
+    /// window holds its id, held if a copy is on its way (then a clone of
+    /// `ack` is kept until that copy is recorded), else fresh and on its
+    /// way until [`DuplicateWindow::record`] or
+    /// [`DuplicateWindow::arrived_unrecorded`] names it.
+    pub fn admit(&self, id: &str, ack: &AckRef) -> Verdict {
+        if id.is_empty() {
+            return Verdict::Fresh;
+        }
+        let digest = digest(id);
+        // Under the in-flight lock, so a recording cannot slip between the
+        // two looks (it updates the index before it leaves the table).
+        let mut in_flight = self.in_flight.lock();
+        if self.seen_digest(digest).is_some() {
+            return Verdict::Duplicate;
+        }
+        match in_flight.admit(digest, ack) {
+            Admission::First => Verdict::Fresh,
+            Admission::Held => Verdict::Held,
+        }
+    }
+
+    /// These messages are safe without a recording (a backlog store that
+    /// does not survive a crash took them): the copies held behind them
+    /// settle now, and later copies are fresh again.
+    pub fn arrived_unrecorded<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let digests: Vec<u128> = ids
+            .into_iter()
+            .filter(|id| !id.is_empty())
+            .map(digest)
+            .collect();
+        self.settle_held(&digests);
+    }
+
+    /// Forgets the digests on their way and completes the acks of the
+    /// copies held behind them.
+    fn settle_held(&self, digests: &[u128]) {
+        let held: Vec<AckRef> = {
+            let mut in_flight = self.in_flight.lock();
+            digests.iter().flat_map(|d| in_flight.arrived(*d)).collect()
+        };
+        held.into_iter().for_each(AckRef::complete);
+    }
+
     /// Records `ids` with `mark`, durably when the window has a directory,
-    /// and returns once they are. Call it before settling the messages'
-    /// source acks. An I/O failure is returned after the ids are still
+    /// and returns once they are; then completes the acks of the copies
+    /// held behind them. Call it before settling the messages' source acks. An I/O failure is returned after the ids are still
     /// remembered in memory: the caller may settle anyway (nothing is lost,
     /// only a restart's protection against these duplicates).
     pub async fn record<'a>(
@@ -242,10 +314,14 @@ impl DuplicateWindow {
             None => Ok(()),
         };
         let horizon = at_ms.saturating_sub(self.window.as_millis() as i64);
-        let mut index = self.index.lock();
-        for entry in entries {
-            index.insert(entry, horizon);
+        let digests: Vec<u128> = entries.iter().map(|e| e.digest).collect();
+        {
+            let mut index = self.index.lock();
+            for entry in entries {
+                index.insert(entry, horizon);
+            }
         }
+        self.settle_held(&digests);
         written
     }
 }

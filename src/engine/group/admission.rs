@@ -6,7 +6,7 @@
 //! catch-up lane, waiting for room there: they are never copied to the
 //! backlog store on admission. With a duplicate window, a message whose id
 //! it holds takes no lane: it is counted, and its ack settles with its
-//! batch.
+//! batch (or, for a copy of one still on its way, once that one is done).
 
 use super::Group;
 use super::writer::PendingWrite;
@@ -34,7 +34,7 @@ impl Group {
         closed: &CancellationToken,
     ) {
         bump(&self.stats.admitted, messages.len() as u64);
-        let messages = self.without_duplicates(messages);
+        let messages = self.without_duplicates(messages, ack);
         if policy == LanePolicy::CatchUp {
             return self.admit_catch_up(messages, ack, closed).await;
         }

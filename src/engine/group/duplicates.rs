@@ -1,8 +1,10 @@
 //! The group's side of its duplicate window (`dedup_window`, see
 //! [`crate::engine::dedup`]): at admission, a message whose id the window
 //! holds is counted and left out (its ack settles with its batch, as for a
-//! delivered one); wherever the group settles a source ack or releases a
-//! backlog record, the ids are recorded first.
+//! delivered one), and a copy of one still on its way is counted and left
+//! out with its ack held until that one is recorded; wherever the group
+//! settles a source ack or releases a backlog record, the ids are recorded
+//! first.
 //!
 //! Invariant: an id is recorded as [`Mark::Admitted`] only after its record
 //! is durably in a store that survives a crash, as [`Mark::Delivered`] only
@@ -11,21 +13,23 @@
 //! duplicate of one that was lost.
 
 use super::Group;
+use crate::ack::AckRef;
 use crate::backlog::StoredRecord;
-use crate::engine::dedup::Mark;
+use crate::engine::dedup::{Mark, Verdict};
 use crate::engine::stats::bump;
 use crate::message::Message;
 
 impl Group {
-    /// The messages whose id the window does not hold; counts the others.
-    pub(super) fn without_duplicates(&self, messages: Vec<Message>) -> Vec<Message> {
+    /// The messages of the batch `ack` whose id the window does not hold
+    /// and no copy on its way carries; counts the others.
+    pub(super) fn without_duplicates(&self, messages: Vec<Message>, ack: &AckRef) -> Vec<Message> {
         let Some(window) = &self.dedup else {
             return messages;
         };
         let before = messages.len();
         let fresh: Vec<Message> = messages
             .into_iter()
-            .filter(|m| window.seen(m.message_id()).is_none())
+            .filter(|m| window.admit(m.message_id(), ack) == Verdict::Fresh)
             .collect();
         bump(&self.stats.duplicates, (before - fresh.len()) as u64);
         fresh
@@ -54,10 +58,13 @@ impl Group {
     }
 
     /// Records the ids of messages now durably in the backlog store, when
-    /// that store survives a crash.
+    /// that store survives a crash (else only settles the copies held
+    /// behind them: their first copies' acks settle now too).
     pub(super) async fn remember_stored<'a>(&self, messages: impl Iterator<Item = &'a Message>) {
         if self.store.survives_crash() {
             self.remember(messages, Mark::Admitted).await;
+        } else if let Some(window) = &self.dedup {
+            window.arrived_unrecorded(messages.map(Message::message_id));
         }
     }
 
