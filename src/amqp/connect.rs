@@ -183,31 +183,6 @@ pub async fn connect(url: &BrokerUrl, name: &str) -> Result<Connection, AmqpErro
         .map_err(|e| AmqpError::classify(url, "connecting", &e, true))
 }
 
-/// After a source's session was lost: says so (WARN naming `who` and
-/// `why`, then `after`: what the next session does), shows it on the
-/// status line, and waits the next backoff delay. False when `stop` was
-/// raised meanwhile (or before): the source ends instead of reconnecting.
-pub async fn wait_to_reconnect(
-    backoff: &mut Backoff,
-    stop: &CancellationToken,
-    health: &SourceHealth,
-    who: &str,
-    why: &str,
-    after: &str,
-) -> bool {
-    if stop.is_cancelled() {
-        return false;
-    }
-    let wait = backoff.next_delay();
-    tracing::warn!(source = %who, reason = %why, "session lost; retrying in {wait:?}; {after}");
-    health.troubled(format!("connection lost, reconnecting in {wait:?}"));
-    health.reconnecting();
-    tokio::select! {
-        _ = stop.cancelled() => false,
-        _ = tokio::time::sleep(wait) => true,
-    }
-}
-
 /// Connects, retrying with `backoff` until it works: `Ok(None)` once `stop`
 /// is raised, `Err` on a fatal failure. A host name that does not resolve
 /// is fatal only while `first` (no connection has worked yet: a typo in the

@@ -22,7 +22,6 @@
 //!   the last acks are sent once the engine has drained, and the channel and
 //!   connection are closed (anything unacked returns to the queue).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,14 +35,14 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::batch;
-use super::connect::{AmqpError, connect_with_retry, wait_to_reconnect};
+use super::connect::{AmqpError, connect_with_retry};
 use super::declare::Declaration;
 use super::headers;
 use crate::ack::{AckRef, AckTracker};
 use crate::backoff::Backoff;
 use crate::broker_url::{BrokerUrl, UrlError};
-use crate::source::{Incoming, Ingest, LanePolicy, first_failure, sleep_until_opt};
-use crate::source::{Source, SourceContext, SourceError, SourceHealth};
+use crate::source::{Incoming, Ingest, LanePolicy, Positions, first_failure, sleep_until_opt};
+use crate::source::{Source, SourceContext, SourceError, SourceHealth, wait_to_reconnect};
 use tokio_util::sync::CancellationToken;
 
 /// How often the ack task looks at the watermark even without a wake-up.
@@ -282,12 +281,13 @@ enum SessionEnd {
 
 /// The ack state shared by a session's consume loop and its ack task.
 struct Acks {
+    /// The tracker of `tags`, to wait on without taking the lock.
     tracker: Arc<AckTracker>,
     /// Where acknowledged messages are counted.
     health: SourceHealth,
-    /// Per registered batch, in sequence order: its sequence number and last
-    /// delivery tag; and the last tag acknowledged.
-    tags: Mutex<(VecDeque<(u64, u64)>, u64)>,
+    /// Per registered batch, its last delivery tag; and the last tag
+    /// acknowledged.
+    tags: Mutex<(Positions<u64>, u64)>,
     /// Serialises flushes, so acks go out in increasing tag order.
     flushing: tokio::sync::Mutex<()>,
     /// A flush that is not forced waits until this many deliveries are done
@@ -299,10 +299,11 @@ struct Acks {
 impl Acks {
     fn new(prefetch: u16, health: SourceHealth) -> Arc<Acks> {
         health.acknowledges();
+        let tags = Positions::new();
         Arc::new(Acks {
             health,
-            tracker: AckTracker::new(),
-            tags: Mutex::new((VecDeque::new(), 0)),
+            tracker: Arc::clone(tags.tracker()),
+            tags: Mutex::new((tags, 0)),
             flushing: tokio::sync::Mutex::new(()),
             // A quarter of the window: the broker keeps three quarters flowing.
             min_batch: u64::from(prefetch / 4).max(1),
@@ -311,29 +312,24 @@ impl Acks {
 
     /// Registers a batch ending at `last_tag`; the reference goes to the engine.
     fn register(&self, last_tag: u64) -> AckRef {
-        let ack = self.tracker.register();
-        if let Some(seq) = ack.seq() {
-            self.tags.lock().0.push_back((seq, last_tag));
-        }
-        ack
+        self.tags.lock().0.register(last_tag)
     }
 
     /// Acks everything below the watermark with one `multiple` ack; unless
     /// `force`, only once at least `min_batch` deliveries are waiting for it.
     async fn flush(&self, channel: &Channel, force: bool) -> Result<(), lapin::Error> {
         let _one_at_a_time = self.flushing.lock().await;
-        let watermark = self.tracker.watermark();
         let last = {
             let mut state = self.tags.lock();
             let (tags, acked) = &mut *state;
-            let done = tags.iter().take_while(|(seq, _)| *seq < watermark).count();
-            let Some(&(_, tag)) = done.checked_sub(1).and_then(|i| tags.get(i)) else {
+            let Some(&tag) = tags.last_done() else {
                 return Ok(());
             };
             if !force && tag.saturating_sub(*acked) < self.min_batch {
                 return Ok(());
             }
-            tags.drain(..done);
+            // The watermark may have moved on since: ack up to where it is.
+            let tag = tags.take_last_done().unwrap_or(tag);
             let count = tag.saturating_sub(*acked);
             *acked = tag;
             (tag, count)

@@ -4,7 +4,7 @@
 //! Invariants:
 //! - a message is **accepted** only once the engine is done with it
 //!   (delivered by every group, or durably held by every group's backlog,
-//!   or durably a dead letter): acceptance follows the [`AckTracker`]'s
+//!   or durably a dead letter): acceptance follows the [`Positions`]'s
 //!   contiguous watermark over received batches;
 //! - link credit is the window: the peer may have at most `credit`
 //!   messages out that are not accepted, since credit is given back only as
@@ -19,7 +19,6 @@
 //!   jittered backoff; a login refused before any connection worked ends
 //!   the source (wrong credentials), later it is retried.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,11 +36,10 @@ use super::config::{Amqp1ConfigError, Amqp1SourceConfig};
 use super::login::{self, Login, OpenFailure};
 use super::mapping;
 use super::pacing::ConnectPacer;
-use crate::ack::AckTracker;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
 use crate::source::{
-    Ingest, LanePolicy, Source, SourceContext, SourceError, SourceHealth, first_failure,
+    Ingest, LanePolicy, Positions, Source, SourceContext, SourceError, SourceHealth, first_failure,
     sleep_until_opt,
 };
 
@@ -351,7 +349,7 @@ impl LinkRunner {
                     idle = idle_at();
                     Event::Settle
                 }
-                _ = state.tracker.changed() => Event::Settle,
+                _ = state.positions.tracker().changed() => Event::Settle,
                 _ = tick.tick() => Event::Settle,
                 got = receiver.recv::<Body<Value>>() => Event::Received(Box::new(got)),
             };
@@ -360,7 +358,7 @@ impl LinkRunner {
                     if let Err(why) = state.settle(receiver, c.credit).await {
                         return End::Lost(why);
                     }
-                    if state.tracker.is_stuck() {
+                    if state.positions.tracker().is_stuck() {
                         return End::Lost("a batch was abandoned".into());
                     }
                 }
@@ -436,11 +434,9 @@ enum Event {
 
 /// One link's received batches, in order, and what is accepted.
 struct Settlement {
-    tracker: Arc<AckTracker>,
+    /// Per registered batch: its deliveries.
+    positions: Positions<Vec<DeliveryInfo>>,
     health: SourceHealth,
-    /// Per registered batch, in sequence order: its sequence number and
-    /// its deliveries.
-    batches: VecDeque<(u64, Vec<DeliveryInfo>)>,
     /// Received and not yet accepted.
     unsettled: u32,
 }
@@ -448,39 +444,24 @@ struct Settlement {
 impl Settlement {
     fn new(health: SourceHealth) -> Settlement {
         Settlement {
-            tracker: AckTracker::new(),
+            positions: Positions::new(),
             health,
-            batches: VecDeque::new(),
             unsettled: 0,
         }
     }
 
     fn register(&mut self, infos: Vec<DeliveryInfo>) -> crate::ack::AckRef {
-        let ack = self.tracker.register();
         self.unsettled = self
             .unsettled
             .saturating_add(u32::try_from(infos.len()).unwrap_or(u32::MAX));
-        if let Some(seq) = ack.seq() {
-            self.batches.push_back((seq, infos));
-        }
-        ack
+        self.positions.register(infos)
     }
 
     /// Accepts every batch below the watermark, then, once the last grant
     /// is used up, grants `window` minus what is still unaccepted (when
     /// `window` is 0, grants nothing).
     async fn settle(&mut self, receiver: &mut Receiver, window: u32) -> Result<(), String> {
-        let watermark = self.tracker.watermark();
-        let mut done = Vec::new();
-        while self
-            .batches
-            .front()
-            .is_some_and(|(seq, _)| *seq < watermark)
-        {
-            if let Some((_, infos)) = self.batches.pop_front() {
-                done.extend(infos);
-            }
-        }
+        let done: Vec<DeliveryInfo> = self.positions.take_done().into_iter().flatten().collect();
         if !done.is_empty() {
             let n = done.len();
             receiver
@@ -512,9 +493,6 @@ impl Settlement {
 
     /// The deliveries of batches not yet accepted.
     fn undone(&mut self) -> Vec<DeliveryInfo> {
-        self.batches
-            .drain(..)
-            .flat_map(|(_, infos)| infos)
-            .collect()
+        self.positions.drain_undone().flatten().collect()
     }
 }

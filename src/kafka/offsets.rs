@@ -15,20 +15,21 @@
 //! batch of an earlier assignment is refused by its epoch), and a partition
 //! assigned again starts afresh from what the group committed.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
-use crate::ack::{AckRef, AckTracker};
+use crate::ack::AckRef;
+use crate::source::Positions;
 
 type PartitionKey = (String, i32);
 
 /// One cursor's batches and how far they are done.
 struct Cursor {
-    tracker: Arc<AckTracker>,
-    /// Each registered batch's sequence number and the offset after it.
-    ends: VecDeque<(u64, i64)>,
+    /// Each registered batch's offset after its last record.
+    ends: Positions<i64>,
+    /// The offset after the last registered record, if any.
+    read: Option<i64>,
     /// The offset after the last done record, if any.
     done: Option<i64>,
 }
@@ -36,28 +37,26 @@ struct Cursor {
 impl Cursor {
     fn new() -> Cursor {
         Cursor {
-            tracker: AckTracker::new(),
-            ends: VecDeque::new(),
+            ends: Positions::new(),
+            read: None,
             done: None,
         }
     }
 
     fn register(&mut self, last_offset: i64) -> AckRef {
-        let ack = self.tracker.register();
-        if let Some(seq) = ack.seq() {
-            self.ends.push_back((seq, last_offset + 1));
-        }
-        ack
+        self.read = Some(last_offset + 1);
+        self.ends.register(last_offset + 1)
     }
 
     /// Moves `done` over the batches below the watermark.
     fn settle(&mut self) {
-        let watermark = self.tracker.watermark();
-        while self.ends.front().is_some_and(|(seq, _)| *seq < watermark) {
-            if let Some((_, end)) = self.ends.pop_front() {
-                self.done = Some(self.done.map_or(end, |d| d.max(end)));
-            }
+        if let Some(end) = self.ends.take_last_done() {
+            self.done = Some(self.done.map_or(end, |d| d.max(end)));
         }
+    }
+
+    fn outstanding(&self) -> usize {
+        self.ends.tracker().outstanding()
     }
 }
 
@@ -73,7 +72,7 @@ struct CatchUp {
 impl CatchUp {
     /// Whether every record of the range is read and done.
     fn complete(&self) -> bool {
-        self.read_all && self.cursor.tracker.outstanding() == 0
+        self.read_all && self.cursor.outstanding() == 0
     }
 }
 
@@ -229,7 +228,7 @@ impl Offsets {
                 let read = partitions
                     .get(&(plan.topic.clone(), plan.partition))
                     .and_then(|p| p.catch_up.as_ref())
-                    .and_then(|c| c.cursor.ends.back().map(|(_, end)| *end))
+                    .and_then(|c| c.cursor.read)
                     .unwrap_or(plan.from);
                 u64::try_from(plan.to - read.max(plan.from)).unwrap_or(0)
             })
@@ -276,10 +275,7 @@ impl Offsets {
             .lock()
             .values()
             .map(|p| {
-                p.live.tracker.outstanding()
-                    + p.catch_up
-                        .as_ref()
-                        .map_or(0, |c| c.cursor.tracker.outstanding())
+                p.live.outstanding() + p.catch_up.as_ref().map_or(0, |c| c.cursor.outstanding())
             })
             .sum()
     }

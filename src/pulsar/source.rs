@@ -5,7 +5,7 @@
 //! - a message is **acknowledged** (individually, by id) only once the
 //!   engine is done with it (delivered by every group, or durably held by
 //!   every group's backlog, or durably a dead letter): acks follow the
-//!   [`AckTracker`]'s contiguous watermark over received batches. No
+//!   contiguous watermark over received batches ([`Positions`]). No
 //!   cumulative ack is sent: a redelivered older message may still be
 //!   undone behind a newer done one;
 //! - on shutdown the source stops taking messages, the engine drains, the
@@ -21,7 +21,6 @@
 //! - a login refused before any connection worked ends the source (wrong
 //!   credentials); later refusals are retried with jittered backoff.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,10 +37,10 @@ use pulsar::{
 use super::config::{PulsarConfigError, PulsarSourceConfig, Resolved};
 use super::mapping::{self, Received};
 use super::tuya::TuyaCredentials;
-use crate::ack::{AckRef, AckTracker};
 use crate::backoff::Backoff;
 use crate::source::{
-    Incoming, LanePolicy, Source, SourceContext, SourceError, SourceHealth, sleep_until_opt,
+    Incoming, LanePolicy, Positions, Source, SourceContext, SourceError, SourceHealth,
+    sleep_until_opt, wait_to_reconnect,
 };
 
 /// How often acks follow the watermark even without a wake-up.
@@ -191,16 +190,19 @@ impl Runner {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("connecting took longer than {CONNECT_TIMEOUT:?}"),
             };
-            let wait = backoff.next_delay();
-            tracing::warn!(source = %self.origin, reason = %why,
-                "no consumer; retrying in {wait:?}; unacknowledged messages will be redelivered");
-            self.ctx
-                .health
-                .troubled(format!("connection lost, reconnecting in {wait:?}"));
-            self.ctx.health.reconnecting();
-            tokio::select! {
-                _ = self.ctx.stop.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(wait) => {}
+            let after = "unacknowledged messages will be redelivered";
+            let ctx = &self.ctx;
+            if !wait_to_reconnect(
+                &mut backoff,
+                &ctx.stop,
+                &ctx.health,
+                &self.origin,
+                &why,
+                after,
+            )
+            .await
+            {
+                return Ok(());
             }
         }
     }
@@ -257,16 +259,16 @@ impl Runner {
                 _ = self.ctx.stop.cancelled() => return self.finish(consumer, &mut state).await,
                 _ = sleep_until_opt(idle) => {
                     state.settle(consumer).await;
-                    if state.batches.is_empty() {
+                    if state.positions.is_empty() {
                         tracing::info!(source = %self.origin, "nothing arrived for idle_exit and everything is acknowledged; finishing");
                         return End::Idle;
                     }
                     idle = idle_at();
                 }
-                _ = state.tracker.changed() => state.settle(consumer).await,
+                _ = state.positions.tracker().changed() => state.settle(consumer).await,
                 _ = tick.tick() => {
                     state.settle(consumer).await;
-                    if state.tracker.is_stuck() {
+                    if state.positions.tracker().is_stuck() {
                         state.nack_undone(consumer).await;
                         return End::Lost("a batch was abandoned".into());
                     }
@@ -298,7 +300,7 @@ impl Runner {
                         batch.push(self.to_incoming(&m.topic, &id, m.payload, access_key));
                         ids.push((m.topic, id));
                     }
-                    let ack = state.register(ids);
+                    let ack = state.positions.register(ids);
                     self.ctx.ingest.submit(batch, ack).await;
                 }
             }
@@ -373,50 +375,29 @@ fn refused(e: &pulsar::Error) -> bool {
 
 /// One consumer's received batches, in order, and what is acknowledged.
 struct Settlement {
-    tracker: Arc<AckTracker>,
+    /// Per registered batch: its messages (topic, id).
+    positions: Positions<Vec<(String, MessageIdData)>>,
     health: SourceHealth,
-    /// Per registered batch, in sequence order: its sequence number and
-    /// its messages (topic, id).
-    batches: VecDeque<(u64, Vec<(String, MessageIdData)>)>,
 }
 
 impl Settlement {
     fn new(health: SourceHealth) -> Settlement {
         Settlement {
-            tracker: AckTracker::new(),
+            positions: Positions::new(),
             health,
-            batches: VecDeque::new(),
         }
-    }
-
-    fn register(&mut self, ids: Vec<(String, MessageIdData)>) -> AckRef {
-        let ack = self.tracker.register();
-        if let Some(seq) = ack.seq() {
-            self.batches.push_back((seq, ids));
-        }
-        ack
     }
 
     /// Acknowledges every message of the batches below the watermark. An
     /// ack that cannot be sent (the consumer is gone) is left to the
     /// broker, which redelivers the message to the next consumer.
     async fn settle(&mut self, consumer: &mut PulsarConsumer) {
-        let watermark = self.tracker.watermark();
         let mut acked = 0u64;
-        while self
-            .batches
-            .front()
-            .is_some_and(|(seq, _)| *seq < watermark)
-        {
-            let Some((_, ids)) = self.batches.pop_front() else {
-                break;
-            };
-            for (topic, id) in ids {
-                match consumer.ack_with_id(&topic, id).await {
-                    Ok(()) => acked += 1,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "an ack could not be sent; the broker redelivers")
-                    }
+        for (topic, id) in self.positions.take_done().into_iter().flatten() {
+            match consumer.ack_with_id(&topic, id).await {
+                Ok(()) => acked += 1,
+                Err(e) => {
+                    tracing::debug!(error = %e, "an ack could not be sent; the broker redelivers")
                 }
             }
         }
@@ -428,12 +409,11 @@ impl Settlement {
     /// Negatively acknowledges every message not yet acknowledged; returns
     /// how many.
     async fn nack_undone(&mut self, consumer: &mut PulsarConsumer) -> usize {
+        let undone: Vec<_> = self.positions.drain_undone().flatten().collect();
         let mut n = 0;
-        for (_, ids) in self.batches.drain(..) {
-            for (topic, id) in ids {
-                if consumer.nack_with_id(&topic, id).await.is_ok() {
-                    n += 1;
-                }
+        for (topic, id) in undone {
+            if consumer.nack_with_id(&topic, id).await.is_ok() {
+                n += 1;
             }
         }
         n

@@ -28,7 +28,6 @@
 //! than the limit is never held in memory whole (its first bytes are kept for
 //! the dead letter, the rest is skipped); blank lines are ignored.
 
-use std::collections::VecDeque;
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,7 +40,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
 use super::Incoming;
 use super::checkpoint::{self, Checkpoint, CheckpointError, Position, Verdict};
-use super::{Source, SourceContext, SourceError, SourceHealth};
+use super::{Positions, Source, SourceContext, SourceError, SourceHealth};
 use crate::ack::{AckRef, AckTracker};
 use crate::message::parse_envelope;
 use tokio_util::sync::CancellationToken;
@@ -200,26 +199,25 @@ fn memchr_newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
 }
 
-/// What the reader shares with the checkpoint task: the end position of
-/// each registered batch not yet behind the watermark, in order.
-type Ends = Arc<Mutex<VecDeque<(u64, Position)>>>;
-
-/// A file source's acknowledgement state: the tracker and where each
-/// batch ends.
-struct Progress {
-    tracker: Arc<AckTracker>,
-    ends: Ends,
-}
+/// A file source's acknowledgement state, shared by the reader (which
+/// registers each batch with the position after its last line) and the
+/// checkpoint task (which takes the done ones).
+#[derive(Clone, Default)]
+struct Progress(Arc<Mutex<Positions<Position>>>);
 
 impl Progress {
     /// Registers a batch ending at `end` and returns its reference.
     fn register(&self, end: Position) -> AckRef {
-        let mut ends = self.ends.lock();
-        let ack = self.tracker.register();
-        if let Some(seq) = ack.seq() {
-            ends.push_back((seq, end));
-        }
-        ack
+        self.0.lock().register(end)
+    }
+
+    /// The end of the newest batch now done, if any batch became done.
+    fn take_last_done(&self) -> Option<Position> {
+        self.0.lock().take_last_done()
+    }
+
+    fn tracker(&self) -> Arc<AckTracker> {
+        Arc::clone(self.0.lock().tracker())
     }
 }
 
@@ -237,7 +235,6 @@ async fn keep_checkpoint(
     drained: CancellationToken,
     health: SourceHealth,
 ) {
-    let Progress { tracker, ends } = progress;
     let (mut done, resumed) = resumed;
     health.acknowledges();
     let mut written = done;
@@ -254,14 +251,8 @@ async fn keep_checkpoint(
             _ = drained.cancelled() => true,
             _ = tick.tick() => false,
         };
-        {
-            let watermark = tracker.watermark();
-            let mut ends = ends.lock();
-            while ends.front().is_some_and(|(seq, _)| *seq < watermark) {
-                if let Some((_, end)) = ends.pop_front() {
-                    done = end;
-                }
-            }
+        if let Some(end) = progress.take_last_done() {
+            done = end;
         }
         if done != written {
             let (cp, f, last) = (checkpoint.clone(), Arc::clone(&file), last_saved.clone());
@@ -376,24 +367,20 @@ impl Source for JsonlSource {
                         })??;
                 let progress = match checkpoint {
                     Some(checkpoint) => {
-                        let tracker = AckTracker::new();
-                        let ends: Ends = Arc::default();
+                        let progress = Progress::default();
                         let finish = CancellationToken::new();
                         let finished = finish.clone();
                         let task = tokio::spawn(keep_checkpoint(
                             checkpoint,
                             file.try_clone().map_err(io_err)?,
-                            Progress {
-                                tracker: Arc::clone(&tracker),
-                                ends: Arc::clone(&ends),
-                            },
+                            progress.clone(),
                             (start, resumed),
                             finished,
                             ctx.drained.clone(),
                             ctx.health.clone(),
                         ));
                         keeper = Some((finish, task));
-                        Some(Progress { tracker, ends })
+                        Some(progress)
                     }
                     None => None,
                 };
@@ -415,13 +402,14 @@ impl Source for JsonlSource {
 /// Waits until every batch is done (or can never be: abandoned), or until
 /// the engine has drained after a stop.
 async fn settle(progress: &Progress, drained: &CancellationToken) {
+    let tracker = progress.tracker();
     loop {
-        if progress.tracker.outstanding() == 0 || progress.tracker.is_stuck() {
+        if tracker.outstanding() == 0 || tracker.is_stuck() {
             return;
         }
         tokio::select! {
             _ = drained.cancelled() => return,
-            _ = progress.tracker.changed() => {}
+            _ = tracker.changed() => {}
             // `changed` only wakes current waiters: look again now and then.
             _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
         }

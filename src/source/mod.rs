@@ -13,6 +13,8 @@ mod ingest;
 pub mod jsonl;
 mod lane_policy;
 mod named;
+mod positions;
+mod reconnect;
 pub mod simulator;
 
 use std::sync::Arc;
@@ -27,6 +29,8 @@ pub use ingest::{Incoming, Ingest, IntakeHold, Route};
 pub use jsonl::JsonlSource;
 pub use lane_policy::LanePolicy;
 pub use named::Named;
+pub use positions::Positions;
+pub use reconnect::wait_to_reconnect;
 pub use simulator::{Simulator, SimulatorConfig};
 
 /// What a source gets from the engine when it starts.

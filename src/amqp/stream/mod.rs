@@ -38,11 +38,11 @@ use async_trait::async_trait;
 pub use config::{AmqpStreamConfig, StreamStart};
 pub use offset_file::{OffsetFile, OffsetFileError};
 
-use super::connect::{connect_with_retry, wait_to_reconnect};
+use super::connect::connect_with_retry;
 use super::consumer::AmqpConfigError;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
-use crate::source::{Source, SourceContext, SourceError};
+use crate::source::{Source, SourceContext, SourceError, wait_to_reconnect};
 use cursor::{Attach, End};
 use session::Session;
 use stored::Keeper;

@@ -17,12 +17,10 @@
 //!   only offsets at or after `to`, the catch-up cursor only offsets
 //!   before it, so within a session no record is submitted twice.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-
 use parking_lot::Mutex;
 
 use crate::ack::{AckRef, AckTracker};
+use crate::source::Positions;
 
 /// Which cursor a batch was read by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +33,8 @@ pub(super) enum Cursor {
 
 /// One range's batches and how far they are done.
 struct Range {
-    tracker: Arc<AckTracker>,
-    /// Each registered batch's sequence number and the offset after it.
-    ends: VecDeque<(u64, u64)>,
+    /// Each registered batch's offset after its last record.
+    ends: Positions<u64>,
     /// Every offset below this is done (or was never the range's).
     done: u64,
 }
@@ -45,29 +42,23 @@ struct Range {
 impl Range {
     fn new(start: u64) -> Range {
         Range {
-            tracker: AckTracker::new(),
-            ends: VecDeque::new(),
+            ends: Positions::new(),
             done: start,
         }
     }
 
     fn register(&mut self, last: u64) -> AckRef {
-        let ack = self.tracker.register();
-        if let Some(seq) = ack.seq() {
-            self.ends.push_back((seq, last + 1));
-        }
-        ack
+        self.ends.register(last + 1)
     }
 
     fn settle(&mut self) {
-        let watermark = self.tracker.watermark();
-        while let Some(&(seq, end)) = self.ends.front() {
-            if seq >= watermark {
-                break;
-            }
-            self.ends.pop_front();
+        if let Some(end) = self.ends.take_last_done() {
             self.done = self.done.max(end);
         }
+    }
+
+    fn tracker(&self) -> &AckTracker {
+        self.ends.tracker()
     }
 }
 
@@ -148,7 +139,7 @@ impl StreamOffsets {
             return true;
         };
         c.range.settle();
-        if c.read_all && c.range.tracker.outstanding() == 0 {
+        if c.read_all && c.range.tracker().outstanding() == 0 {
             c.range.done = to;
         }
         c.range.done >= to
@@ -169,21 +160,21 @@ impl StreamOffsets {
     /// the stored offset cannot move past it in this session.
     pub fn is_stuck(&self) -> bool {
         let state = self.state.lock();
-        state.live.tracker.is_stuck()
+        state.live.tracker().is_stuck()
             || state
                 .catch_up
                 .as_ref()
-                .is_some_and(|c| c.range.tracker.is_stuck())
+                .is_some_and(|c| c.range.tracker().is_stuck())
     }
 
     /// Batches registered and not yet done, over both cursors.
     pub fn outstanding(&self) -> usize {
         let state = self.state.lock();
-        state.live.tracker.outstanding()
+        state.live.tracker().outstanding()
             + state
                 .catch_up
                 .as_ref()
-                .map_or(0, |c| c.range.tracker.outstanding())
+                .map_or(0, |c| c.range.tracker().outstanding())
     }
 }
 
