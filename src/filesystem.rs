@@ -1,18 +1,22 @@
-//! The file operations the backlog writer performs (segments, the ledger,
-//! the space reserve), behind a trait, so that tests can make them fail the
-//! way disks fail (a full disk, EIO on a write or on an fsync, a short
-//! write) and check that nothing acknowledged is
-//! lost and nothing torn is left behind.
+//! The file operations laneway's durable state is written with, behind a
+//! trait, so that tests can make them fail the way disks fail (a full
+//! disk, EIO on a write or on an fsync, a short write) and check that
+//! nothing acknowledged is lost and nothing torn is left behind: the disk
+//! backlog's segments, its ledger and space reserve, and every small file
+//! replaced whole (the ledger, the JSONL source's checkpoint, the stream
+//! sources' stored offsets) through the one [`replace_durably`].
 //!
 //! Invariants: [`RealFilesystem`] is a thin pass-through to `std::fs`; files
 //! it creates are readable by their owner only (they hold device data);
 //! [`write_all_at`] either writes every byte or returns the error, however
-//! the writes beneath it are cut.
+//! the writes beneath it are cut; after [`replace_durably`] returns, a crash
+//! brings back the new contents, and before, the old ones or the new, never
+//! a mix.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One open segment file, as the writer uses it.
 pub trait SegmentFile: Send {
@@ -123,4 +127,43 @@ pub fn write_all_at(file: &dyn SegmentFile, mut buf: &[u8], mut offset: u64) -> 
         }
     }
     Ok(())
+}
+
+/// Replaces `path` with `bytes` atomically and durably: a temporary file
+/// beside it (`<path>.tmp`, created for its owner only), written and
+/// fsync'd, renamed over `path`, then an fsync of the directory. A crash
+/// leaves the old contents or the new ones, never a mix; a stale temporary
+/// file is simply written over by the next replace.
+pub fn replace_durably(fs: &dyn Filesystem, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let file = fs.create(&tmp)?;
+    write_all_at(file.as_ref(), bytes, 0).and_then(|()| file.sync_data())?;
+    drop(file);
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_replace_leaves_the_new_contents_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        replace_durably(&RealFilesystem, &path, b"first, longer").unwrap();
+        replace_durably(&RealFilesystem, &path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert!(!dir.path().join("state.tmp").exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "readable by its owner only: {mode:o}");
+    }
 }

@@ -17,12 +17,16 @@
 //!
 //! Dependencies point one way, with the flow of a message (each module may
 //! import those above it in this list, and the leaves [`ack`], [`backoff`],
-//! [`broker_url`] and [`secret`]). The adapters each sit behind a cargo
-//! feature, named in brackets; the rest is always built:
+//! [`broker_url`], `env` (values a config names rather than holds: an
+//! environment variable, a secret's file), [`filesystem`] (the seam all
+//! durable state is written through) and [`secret`]; adapters never
+//! import one another; `tests/layering.rs` checks it). The adapters each
+//! sit behind a cargo feature, named in brackets; the rest is always built:
 //!
 //! - [`message`]: the message type, its kind, topics, the JSONL envelope.
-//! - [`source`]: the [`Source`](source::Source) trait and what sources push
-//!   into ([`Ingest`](source::Ingest)); the JSONL and simulator sources.
+//! - [`source`]: the [`Source`](source::Source) trait, what sources push
+//!   into ([`Ingest`](source::Ingest)) and the ack state each keeps
+//!   ([`Positions`](source::Positions)); the JSONL and simulator sources.
 //! - [`backlog`]: the [`BacklogStore`](backlog::BacklogStore) trait; the
 //!   memory and the durable disk store.
 //! - [`sink`]: the [`Sink`](sink::Sink) trait and
@@ -34,8 +38,8 @@
 //! - `pulsar` (feature `pulsar`, off by default: its client needs `protoc`
 //!   to build): Pulsar source and the Tuya preset (uses `source`).
 //! - `kafka` (feature `kafka`): Kafka source (consumer groups, commits of
-//!   done offsets) and sink (idempotent producer) (uses `source` and
-//!   `sink`).
+//!   done offsets, live-first catch-up of a partition's lag beside its
+//!   live reads) and sink (idempotent producer) (uses `source` and `sink`).
 //! - [`engine`]: routing, groups, lanes, scheduling, dead letters, running
 //!   and stopping (uses all of the above).
 //! - [`admin`]: the status [`Tracker`](admin::Tracker) (always), and the
@@ -69,6 +73,7 @@ pub mod broker_url;
 pub mod config;
 pub mod engine;
 mod env;
+pub mod filesystem;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod message;

@@ -25,10 +25,11 @@
 //!   checkpoint (no whole-prefix fingerprint) is still read and checked as
 //!   before, and the next checkpoint written is version 2.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
+
+use crate::filesystem::{self, RealFilesystem};
 
 /// A name made safe for a file name: ASCII letters, digits, `.`, `-` and
 /// `_` kept, anything else `_`, at most 64 characters. Files laneway keeps
@@ -170,34 +171,17 @@ impl Checkpoint {
     }
 }
 
-/// Replaces `path` with `bytes` atomically and durably: a temporary file
-/// beside it (created 0600), fsync, rename over `path`, fsync of the
-/// directory (created 0700 when missing). A crash leaves the old contents
-/// or the new ones, never a mix. Also used for the stream sources' stored
-/// offsets.
+/// Replaces `path` with `bytes` atomically and durably
+/// ([`filesystem::replace_durably`]), creating its directory (0700) when
+/// missing. Also used for the stream sources' stored offsets.
 pub(crate) fn replace_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    filesystem::replace_durably(&RealFilesystem, path, bytes)
 }
 
 fn encode(saved: &Saved) -> String {

@@ -22,11 +22,10 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use super::fs::{Filesystem, write_all_at};
+use crate::filesystem::{Filesystem, replace_durably};
 
 /// The ledger's file name in a backlog directory.
 pub const LEDGER_FILE: &str = "ledger";
-const LEDGER_TMP: &str = "ledger.tmp";
 const LEDGER_MAGIC: [u8; 8] = *b"LNWYLDG\0";
 /// The version written; version 1 (no `head`) is still read.
 const LEDGER_VERSION: u8 = 2;
@@ -230,12 +229,7 @@ impl Ledger {
     /// Its file operations go through `fs`, like the segments', so that a
     /// full disk is met (and tested) the same way.
     pub fn save(&self, fs: &dyn Filesystem, dir: &Path) -> io::Result<()> {
-        let tmp = dir.join(LEDGER_TMP);
-        let f = fs.create(&tmp)?;
-        write_all_at(f.as_ref(), &self.encode(), 0).and_then(|()| f.sync_data())?;
-        drop(f);
-        fs.rename(&tmp, &dir.join(LEDGER_FILE))?;
-        fs.sync_dir(dir)
+        replace_durably(fs, &dir.join(LEDGER_FILE), &self.encode())
     }
 }
 

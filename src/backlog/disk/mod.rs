@@ -19,7 +19,6 @@
 
 mod audit;
 mod format;
-mod fs;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
 mod inspect;
@@ -44,9 +43,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{BacklogDepth, BacklogError, BacklogRecord, BacklogStore, RecordId, StoredRecord};
+pub use crate::filesystem::{Filesystem, RealFilesystem, SegmentFile};
 use crate::message::now_epoch_ms;
 pub use audit::{Damage, DamageKind, LedgerState};
-pub use fs::{Filesystem, RealFilesystem, SegmentFile};
 pub use inspect::{
     InspectError, Inspection, SegmentSummary, Verification, inspect_dir, verify_dir,
 };

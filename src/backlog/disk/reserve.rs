@@ -19,7 +19,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::fs::{Filesystem, write_all_at};
+use crate::filesystem::{Filesystem, write_all_at};
 
 /// The reserve's file name in a backlog directory.
 pub const RESERVE_FILE: &str = "space.reserve";

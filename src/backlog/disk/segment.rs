@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use super::format::{
     FRAME_ALIGN, FRAME_HEADER_LEN, FormatError, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader,
 };
-use super::fs::{Filesystem, SegmentFile, write_all_at};
+use crate::filesystem::{Filesystem, SegmentFile, write_all_at};
 
 /// The file name extension of segments.
 pub const SEGMENT_EXT: &str = "seg";

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::DiskBacklogConfig;
-use super::fs::Filesystem;
 use super::ledger::RangeSet;
 use crate::backlog::BacklogDepth;
+use crate::filesystem::Filesystem;
 
 /// One segment as the store tracks it.
 #[derive(Debug, Clone, Default)]

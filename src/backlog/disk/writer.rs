@@ -37,12 +37,12 @@ use tokio::sync::oneshot;
 
 use super::WhenFull;
 use super::format::{BodyView, SEGMENT_HEADER_LEN, SegmentHeader, seal_frame};
-use super::fs::{SegmentFile, write_all_at};
 use super::ledger::{Ledger, RangeSet};
 use super::reserve::Reserve;
 use super::segment::{SegmentReader, Step, create_segment, segment_path};
 use super::state::{Gone, SegMeta, Shared};
 use crate::backlog::BacklogError;
+use crate::filesystem::{SegmentFile, write_all_at};
 use crate::message::now_epoch_ms;
 
 /// Where a stored record sits (returned for retried records, so the reader
