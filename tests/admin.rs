@@ -569,6 +569,10 @@ fn base64_decode(text: &str) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "browser-tests"),
+    ignore = "needs Chromium and ChromeDriver: scripts/test installs them and turns on browser-tests"
+)]
 fn the_dashboard_renders_charts_and_the_state_of_status_in_chromium() {
     // A pile drained slowly beside a live stream: the charts have both lanes.
     let mut sent = pile(30_000, 0);

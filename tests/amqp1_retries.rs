@@ -5,7 +5,7 @@
 //! `connects_per_minute` pacing included. Against the real RabbitMQ (its
 //! AMQP 1.0 plugin) and a port nothing listens on.
 
-#![cfg(all(feature = "amqp", feature = "amqp1"))]
+#![cfg(all(feature = "amqp", feature = "amqp1", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

@@ -16,7 +16,7 @@
 //!   none is accepted (a dropped connection gives them all back), and a
 //!   graceful stop releases what is undone instead of accepting it.
 
-#![cfg(all(feature = "amqp", feature = "amqp1"))]
+#![cfg(all(feature = "amqp", feature = "amqp1", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

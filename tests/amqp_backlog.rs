@@ -11,7 +11,7 @@
 //!
 //! Each test uses its own queue names and deletes its queues at the end.
 
-#![cfg(feature = "amqp")]
+#![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

@@ -20,7 +20,7 @@
 //! told to finish (stdin closed) on one of their status lines once the
 //! outputs hold every message, and then end by themselves.
 
-#![cfg(feature = "amqp")]
+#![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

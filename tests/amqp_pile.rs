@@ -15,7 +15,7 @@
 //! Every message, stale (through the backlog) or fresh, is delivered once,
 //! byte for byte as published (compared with a mirror queue's copy).
 
-#![cfg(feature = "amqp")]
+#![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

@@ -4,7 +4,7 @@
 //! empty (the poison was acknowledged once recorded). Good messages are
 //! compared with what was published byte for byte.
 
-#![cfg(feature = "amqp")]
+#![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

@@ -8,7 +8,7 @@
 //! holds the broker lock exclusively: the other RabbitMQ tests take it
 //! shared and never run while the broker is down.
 
-#![cfg(feature = "amqp")]
+#![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

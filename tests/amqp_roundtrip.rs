@@ -2,7 +2,7 @@
 //! simulate` publishes 100,000 messages, `laneway run` consumes the queue
 //! into a JSONL file; every message id arrives, none twice.
 
-#![cfg(feature = "amqp")]
+#![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

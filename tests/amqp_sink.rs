@@ -8,7 +8,7 @@
 //! consumer receives is compared with what was submitted byte for byte
 //! (headers and body).
 
-#![cfg(feature = "amqp")]
+#![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

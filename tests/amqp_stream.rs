@@ -8,7 +8,7 @@
 //! Waits are on engine progress (the monitor) or broker events, never on a
 //! timer; the time limits only guard against a hang.
 
-#![cfg(feature = "amqp")]
+#![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // Both helper modules include the shared record checks (`records.rs`);

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 use laneway::amqp::{AmqpBacklog, AmqpBacklogConfig};
 use laneway::backlog::{
     BacklogError, BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, MemoryBacklog,
@@ -22,14 +22,14 @@ use laneway::backlog::{
 };
 use laneway::message::Message;
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 mod amqp_common;
 
 /// What a store holds for a whole test: the broker lock for the broker
 /// store; nothing can be held without the `amqp` feature.
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 type Lock = amqp_common::BrokerLock;
-#[cfg(not(feature = "amqp"))]
+#[cfg(not(all(feature = "amqp", feature = "rabbitmq-tests")))]
 type Lock = std::convert::Infallible;
 
 /// A store under test.
@@ -83,16 +83,16 @@ impl Subject for Disk {
 /// The broker store on the local RabbitMQ: one backlog queue per test,
 /// named after the test's directory (so a reopen finds the same queue),
 /// deleted with its wait and poison queues by `finish`.
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 struct Broker;
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 fn broker_queue(dir: &Path) -> String {
     let leaf = dir.file_name().and_then(|n| n.to_str()).unwrap_or("x");
     format!("laneway-test.conformance.{}.{leaf}", std::process::id())
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 impl Subject for Broker {
     const DURABLE: bool = true;
     async fn open(dir: &Path, max_records: Option<u64>) -> Arc<dyn BacklogStore> {
@@ -337,5 +337,5 @@ macro_rules! conformance {
 
 conformance!(memory, Memory);
 conformance!(disk, Disk);
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 conformance!(broker, Broker);

@@ -7,7 +7,7 @@
 //! (Kafka's sources and sinks walk the same corpus in tests/kafka_keys.rs). Every line written is read back here with a
 //! JSON parser and a base64 decoder of its own, not with laneway's.
 
-#![cfg(feature = "amqp")]
+#![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_common;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 mod process;
 use process::wait_or_kill;
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 use process::{broker, rabbitmqctl, stderr_lines, unique};
 
 /// How long a run may take before the test calls it hung.
@@ -50,7 +50,7 @@ fn assert_fatal(out: &Output, needles: &[&str]) -> String {
     errors[0].to_string()
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 fn amqp_config(url: &str, queue: &str, declare: bool) -> String {
     format!(
         "[[sources]]\ntype = \"amqp\"\nurl = \"{url}\"\nqueues = [\"{queue}\"]\ndeclare = {declare}\n\
@@ -70,7 +70,7 @@ fn a_missing_jsonl_file_exits_1_naming_the_file() {
     assert_fatal(&out, &["no-such-input.jsonl", "No such file"]);
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_missing_queue_with_declare_false_exits_1_naming_the_queue() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,7 +80,7 @@ fn a_missing_queue_with_declare_false_exits_1_naming_the_queue() {
     assert_fatal(&out, &[&queue, "does not exist", "guest:***@"]);
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_wrong_password_exits_1_without_showing_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +93,7 @@ fn a_wrong_password_exits_1_without_showing_it() {
     }
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_missing_vhost_exits_1_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,7 +108,7 @@ fn a_missing_vhost_exits_1_naming_it() {
     );
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn an_unknown_host_exits_1_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,7 +118,7 @@ fn an_unknown_host_exits_1_naming_it() {
     assert_fatal(&out, &["no-such-host.invalid", "does not resolve"]);
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_forbidden_queue_exits_1_naming_the_user() {
     let user = unique("forbidden");
@@ -147,7 +147,7 @@ fn a_forbidden_queue_exits_1_naming_the_user() {
     }
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_refused_connection_is_retried_with_warnings_and_a_status_line_and_ctrl_c_still_stops() {
     let dir = tempfile::tempdir().unwrap();

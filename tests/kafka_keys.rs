@@ -7,7 +7,7 @@
 //! knob keys by product and device instead. Records are read back from the
 //! wire here, independently of laneway's own parsing.
 
-#![cfg(all(feature = "kafka", feature = "amqp"))]
+#![cfg(all(feature = "kafka", feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // The Kafka and the RabbitMQ helpers each bring the shared record module,
 // of which this test uses neither's re-exports.

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -14,12 +14,12 @@ use std::time::Duration;
 
 mod process;
 use process::{broker, wait_or_kill};
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 use process::{rabbitmqctl, stderr_lines, unique};
 
 const HANG: Duration = Duration::from_secs(90);
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 /// The forms a password takes in a log: as text, and as the byte list the
 /// client library's frame dumps print (the SASL response of
 /// `Connection.StartOk` shows as `LongString([0, 117, ...])`).
@@ -28,14 +28,14 @@ fn leaked_forms(password: &str) -> [String; 2] {
     [password.to_string(), bytes.join(", ")]
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 fn assert_no_leak(all: &str, password: &str) {
     for form in leaked_forms(password) {
         assert!(!all.contains(&form), "the password was printed as {form:?}");
     }
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 fn amqp_config(url: &str, queue: &str) -> String {
     format!(
         "[[sources]]\ntype = \"amqp\"\nurl = \"{url}\"\nqueues = [\"{queue}\"]\n\n\
@@ -61,13 +61,13 @@ fn wait(child: std::process::Child) -> Output {
 
 /// A user with a distinctive password, removed on drop; `None` when
 /// `rabbitmqctl` cannot be used here.
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 struct BrokerUser {
     name: String,
     password: String,
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 impl BrokerUser {
     fn create() -> Option<BrokerUser> {
         let name = unique("secret-user");
@@ -80,14 +80,14 @@ impl BrokerUser {
     }
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 impl Drop for BrokerUser {
     fn drop(&mut self) {
         rabbitmqctl(&["delete_user", &self.name]);
     }
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_trace_level_run_that_logs_in_never_prints_the_password() {
     let Some(user) = BrokerUser::create() else {
@@ -151,7 +151,7 @@ fn a_trace_level_run_that_logs_in_never_prints_the_password() {
     rabbitmqctl(&["delete_queue", &queue]);
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_trace_level_run_with_a_wrong_password_never_prints_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,7 +185,7 @@ fn a_trace_level_run_with_a_wrong_password_never_prints_it() {
     assert_no_leak(&all, password);
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn urls_whose_password_holds_a_delimiter_are_refused_without_showing_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -379,7 +379,7 @@ fn a_marker_secret_in_any_credential_position_is_never_printed() {
     assert!(failures.is_empty(), "{}", failures.join("\n----\n"));
 }
 
-#[cfg(feature = "amqp")]
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn messages_that_redact_still_name_the_user_and_an_empty_user_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,8 @@
 //! process, the topic created by `simulate --partitions`), and a `laneway
 //! run` process delivers every message. What arrives is compared byte for
 //! byte (topic, id, generate time, payload) with what simulate sent, as
-//! `--record` wrote it. Each test needs its source's cargo feature.
+//! `--record` wrote it. Each test needs its source's cargo feature (and
+//! the AMQP 1.0 one `rabbitmq-tests`).
 
 #![cfg(any(feature = "amqp1", feature = "kafka", feature = "pulsar"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,9 +23,9 @@ use common::records::records_in_jsonl;
 use common::{Copies, assert_delivered};
 #[cfg(feature = "kafka")]
 use process::Watched;
-#[cfg(feature = "amqp1")]
+#[cfg(all(feature = "amqp1", feature = "rabbitmq-tests"))]
 use process::rabbitmqctl;
-#[cfg(any(feature = "amqp1", feature = "pulsar"))]
+#[cfg(any(all(feature = "amqp1", feature = "rabbitmq-tests"), feature = "pulsar"))]
 use process::unique;
 use process::wait_or_kill;
 #[cfg(feature = "pulsar")]
@@ -116,7 +117,7 @@ fn compare(sent: &Path, delivered: &Path, copies: Copies) {
     );
 }
 
-#[cfg(feature = "amqp1")]
+#[cfg(all(feature = "amqp1", feature = "rabbitmq-tests"))]
 #[test]
 fn simulate_amqp1_feeds_the_amqp1_source_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
