@@ -36,6 +36,8 @@
 //! - `kafka` (feature `kafka`): Kafka source (consumer groups, commits of
 //!   done offsets) and sink (idempotent producer) (uses `source` and
 //!   `sink`).
+//! - `http` (feature `http`): the HTTP sink, batches POSTed to a service
+//!   (uses `sink`).
 //! - [`engine`]: routing, groups, lanes, scheduling, dead letters, running
 //!   and stopping (uses all of the above).
 //! - [`admin`]: the status [`Tracker`](admin::Tracker) (always), and the
@@ -45,7 +47,7 @@
 //!   file that names an adapter this build lacks is refused at its line,
 //!   naming the feature.
 //!
-//! The default features are `amqp`, `amqp1`, `kafka` and `admin`; none of
+//! The default features are `amqp`, `amqp1`, `kafka`, `http` and `admin`; none of
 //! them needs more than the Rust toolchain and a C compiler. With
 //! `default-features = false` the library holds the engine, the JSONL and
 //! simulator sources, the disk and memory backlogs and the handler, JSONL
@@ -69,6 +71,8 @@ pub mod broker_url;
 pub mod config;
 pub mod engine;
 mod env;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod message;
