@@ -23,7 +23,7 @@ use std::time::Duration;
 use amqp_common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use laneway::message::write_envelope;
+use laneway::message::{now_epoch_ms, write_envelope};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use process::wait_or_kill;

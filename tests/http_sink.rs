@@ -57,6 +57,8 @@ const HANG: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 struct Hit {
     at: Instant,
+    /// The client's end of the connection it came on.
+    peer: SocketAddr,
     path: String,
     headers: HeaderMap,
     body: Bytes,
@@ -152,16 +154,16 @@ impl Server {
                     a = listener.accept() => a,
                     _ = stop_rx.wait_for(|&stop| stop) => break,
                 };
-                let Ok((tcp, _)) = accepted else { continue };
+                let Ok((tcp, peer)) = accepted else { continue };
                 let (state, tls) = (Arc::clone(&state), tls.clone());
                 connections.spawn(async move {
                     match tls {
                         Some(tls) => {
                             if let Ok(stream) = tls.accept(tcp).await {
-                                connection(stream, state).await;
+                                connection(stream, state, peer).await;
                             }
                         }
-                        None => connection(tcp, state).await,
+                        None => connection(tcp, state, peer).await,
                     }
                 });
             }
@@ -216,7 +218,7 @@ impl Server {
     }
 }
 
-async fn connection<I>(io: I, state: Arc<State>)
+async fn connection<I>(io: I, state: Arc<State>, peer: SocketAddr)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -231,6 +233,7 @@ where
                 .unwrap_or_default();
             let mut hit = Hit {
                 at: Instant::now(),
+                peer,
                 path: parts.uri.path().to_string(),
                 headers: parts.headers,
                 body,
@@ -420,8 +423,20 @@ fn sink(config: &HttpSinkConfig) -> HttpSink {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_2xx_delivers_every_batch_exactly_once_byte_for_byte_in_both_formats() {
-    for format in [BodyFormat::Json, BodyFormat::Ndjson] {
-        let server = Server::start(|_, _| Reply::Answer(204, Vec::new(), Vec::new())).await;
+    for (format, answer) in [(BodyFormat::Json, 204), (BodyFormat::Ndjson, 200)] {
+        // A 200 comes with a body: read to its end, it keeps the connection.
+        let server = Server::start(move |_, _| {
+            Reply::Answer(
+                answer,
+                Vec::new(),
+                if answer == 200 {
+                    b"accepted".to_vec()
+                } else {
+                    Vec::new()
+                },
+            )
+        })
+        .await;
         let sent = corpus_records("ok");
         let mut config = HttpSinkConfig::new(server.url("/in"));
         config.format = format;
@@ -432,6 +447,16 @@ async fn a_2xx_delivers_every_batch_exactly_once_byte_for_byte_in_both_formats()
         let hits = server.hits();
         assert!(hits.len() > 1, "batches, not one request per run");
         assert!(hits.iter().all(|h| h.path == "/in" && h.accepted()));
+        // One slot, one pooled keep-alive connection for every batch.
+        let connections: std::collections::HashSet<SocketAddr> =
+            hits.iter().map(|h| h.peer).collect();
+        assert_eq!(
+            connections.len(),
+            1,
+            "{format:?}: {} requests on {} connections",
+            hits.len(),
+            connections.len()
+        );
         assert_delivered(&sent, &server.accepted_records(), Copies::ExactlyOnce);
     }
 }

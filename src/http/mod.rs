@@ -6,8 +6,8 @@
 //! the default) or one envelope a line (`format = "ndjson"`), each envelope
 //! exactly what the JSONL sink writes ([`write_envelope`](crate::message::write_envelope)),
 //! so a payload that is not JSON travels as `payloadBase64` and comes back
-//! byte for byte. The answer decides what the group does
-//! ([`outcome`](self::HttpSink)): 2xx delivered; 429 and 503 push-limited
+//! byte for byte. The answer decides what the group does (docs/http.md
+//! has the table): 2xx delivered; 429 and 503 push-limited
 //! (a `Retry-After` pauses the sink until it has passed); 408, other 5xx,
 //! 3xx, connection errors and timeouts retried; any other 4xx a dead letter
 //! with the status and the first bytes of the body. With

@@ -28,6 +28,10 @@ const REASON_BODY_BYTES: usize = 200;
 /// The longest per-message results body read; past it the batch is retried.
 const MAX_RESULTS_BYTES: usize = 16 * 1024 * 1024;
 
+/// How much of a body not otherwise needed is read to its end, so that
+/// the connection goes back to the pool; past it the connection is closed.
+const DRAIN_BYTES: usize = 64 * 1024;
+
 /// How long an idle pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
@@ -232,24 +236,19 @@ impl HttpSink {
     }
 
     /// The outcome a 2xx answer's per-message results give.
-    async fn per_message(&self, mut response: Response, len: usize) -> Result<(), BatchError> {
+    async fn per_message(&self, response: Response, len: usize) -> Result<(), BatchError> {
         let retry = |what: String| -> BatchError {
             DeliveryError::RetryLater(format!("POST {}: {what}", self.shown)).into()
         };
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > MAX_RESULTS_BYTES {
-                        return Err(retry(format!(
-                            "the results body is longer than {MAX_RESULTS_BYTES} bytes"
-                        )));
-                    }
-                }
-                Ok(None) => break,
+        let (mut body, complete) =
+            match read_body(response, MAX_RESULTS_BYTES + 1, MAX_RESULTS_BYTES + 1).await {
+                Ok(read) => read,
                 Err(e) => return Err(retry(format!("reading the results: {}", describe(e)))),
-            }
+            };
+        if !complete || body.len() > MAX_RESULTS_BYTES {
+            return Err(retry(format!(
+                "the results body is longer than {MAX_RESULTS_BYTES} bytes"
+            )));
         }
         if body.trim_ascii().is_empty() {
             return Ok(());
@@ -326,7 +325,11 @@ impl Sink for HttpSink {
             return Err(self.refusal(status, response).await.into());
         }
         match self.results {
-            ResultMode::Batch => Ok(()),
+            ResultMode::Batch => {
+                // Read to its end, the connection is kept alive for the next batch.
+                let _ = read_body(response, 0, DRAIN_BYTES).await;
+                Ok(())
+            }
             ResultMode::PerMessage => self.per_message(response, batch.len()).await,
         }
     }
@@ -349,17 +352,32 @@ fn describe(error: reqwest::Error) -> String {
     text
 }
 
+/// Reads a body: keeps its first `keep` bytes, and reads on to its end
+/// only while at most `limit` bytes have come (a body read to its end lets
+/// the connection be kept alive). Also says whether the end was reached.
+async fn read_body(
+    mut response: Response,
+    keep: usize,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let (mut kept, mut read) = (Vec::new(), 0usize);
+    while read <= limit {
+        let Some(chunk) = response.chunk().await? else {
+            return Ok((kept, true));
+        };
+        read += chunk.len();
+        let room = keep.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    Ok((kept, false))
+}
+
 /// The first bytes of a body, as one line of text (lossy: it is only
 /// shown).
-async fn body_start(mut response: Response) -> String {
-    let mut start = Vec::new();
-    while start.len() < REASON_BODY_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => start.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    start.truncate(REASON_BODY_BYTES);
+async fn body_start(response: Response) -> String {
+    let start = read_body(response, REASON_BODY_BYTES, DRAIN_BYTES)
+        .await
+        .map_or_else(|_| Vec::new(), |(kept, _)| kept);
     String::from_utf8_lossy(&start)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
