@@ -13,4 +13,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)  # 2xx: the batch is delivered; 429/503 slow laneway down
         self.end_headers()
 
+    def log_message(self, *args): pass  # no access log line per batch
+
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 8080), Handler).serve_forever()
