@@ -58,7 +58,7 @@ pub enum ResultMode {
 /// Where a header's value comes from: the config itself, or (for a
 /// secret, which should not sit in a config file) an environment variable
 /// or a file, with an optional literal `prefix` such as `"Bearer "`.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum HeaderSource {
     /// The value as written (still never printed: it may be a token).
@@ -66,15 +66,55 @@ pub enum HeaderSource {
     /// `{ env = "VAR" }` or `{ file = "/path" }`, optionally with `prefix`.
     From {
         /// The environment variable holding the value.
-        #[serde(default)]
         env: Option<String>,
         /// The file holding the value (trailing whitespace dropped).
-        #[serde(default)]
         file: Option<PathBuf>,
         /// Text put before the value (`"Bearer "`); not a secret.
-        #[serde(default)]
         prefix: Option<String>,
     },
+}
+
+/// The table form of a header value, its keys checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderTable {
+    #[serde(default)]
+    env: Option<String>,
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for HeaderSource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = HeaderSource;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a header value: text, or { env = \"VAR\" } or { file = \"/path\" } with an optional prefix")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<HeaderSource, E> {
+                Ok(HeaderSource::Value(Secret::new(value)))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<HeaderSource, A::Error> {
+                let table =
+                    HeaderTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(HeaderSource::From {
+                    env: table.env,
+                    file: table.file,
+                    prefix: table.prefix,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl fmt::Debug for HeaderSource {
@@ -529,6 +569,16 @@ mod tests {
         ] {
             let e = parse(text).validate().unwrap_err();
             assert_eq!(e.knob(), knob, "{text}: {e}");
+        }
+        for bad in ["X = 5", "X = { env = \"A\", colour = 1 }"] {
+            let text = format!("url = \"http://h/\"\n[headers]\n{bad}\n");
+            let e = toml::from_str::<HttpSinkConfig>(&text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("header value") || e.contains("colour"),
+                "{bad}: {e}"
+            );
         }
         let e = parse("url = \"http://h/\"\n[headers]\nX = \"a\\nb\"\n")
             .validate()
