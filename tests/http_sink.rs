@@ -110,6 +110,8 @@ type Behaviour = Arc<dyn Fn(usize, &Hit) -> Reply + Send + Sync>;
 
 struct State {
     hits: Mutex<Vec<Hit>>,
+    /// The number the next request gets.
+    numbered: std::sync::atomic::AtomicUsize,
     count: watch::Sender<usize>,
     behaviour: Mutex<Behaviour>,
 }
@@ -134,6 +136,7 @@ impl Server {
             addr: listener.local_addr().unwrap(),
             state: Arc::new(State {
                 hits: Mutex::new(Vec::new()),
+                numbered: std::sync::atomic::AtomicUsize::new(0),
                 count: watch::Sender::new(0),
                 behaviour: Mutex::new(behaviour),
             }),
@@ -240,16 +243,21 @@ where
                 status: None,
             };
             let behaviour = Arc::clone(&*state.behaviour.lock());
-            let n = state.hits.lock().len();
+            let n = state
+                .numbered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let reply = behaviour(n, &hit);
             if let Reply::Answer(status, ..) = &reply {
                 hit.status = Some(*status);
             }
-            {
+            // The count is sent after the lock is let go: a waiter reads
+            // the hits while it holds the count (lock order: count, hits).
+            let seen = {
                 let mut hits = state.hits.lock();
                 hits.push(hit);
-                state.count.send_replace(hits.len());
-            }
+                hits.len()
+            };
+            state.count.send_replace(seen);
             match reply {
                 Reply::Answer(status, headers, body) => {
                     let mut response = Response::builder().status(status);
@@ -630,7 +638,10 @@ async fn a_server_that_does_not_answer_in_time_is_retried() {
     assert!(failed >= 1);
     let hits = server.hits();
     assert_eq!(hits[0].status, None);
-    assert!(hits[1].at - hits[0].at >= Duration::from_millis(300));
+    // The retry waited for the timeout (300 ms from the send, which came a
+    // little before the server saw the request: 50 ms of slack for that).
+    let gap = hits[1].at - hits[0].at;
+    assert!(gap >= Duration::from_millis(250), "retried {gap:?} later");
     assert_delivered(&sent, &server.accepted_records(), Copies::ExactlyOnce);
 }
 
