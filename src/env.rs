@@ -37,8 +37,12 @@ pub(crate) fn url_text(
 /// A secret from `file` (its trailing whitespace dropped), or else from the
 /// variable `var`; `what` (such as "AccessKey secret") names it in errors.
 /// An empty secret is an error too.
-/// (Only the `amqp1` and `pulsar` presets read secrets.)
-#[cfg_attr(not(any(feature = "amqp1", feature = "pulsar")), allow(dead_code))]
+/// (Only the `amqp1` and `pulsar` presets and the HTTP sink's headers
+/// read secrets.)
+#[cfg_attr(
+    not(any(feature = "amqp1", feature = "pulsar", feature = "http")),
+    allow(dead_code)
+)]
 pub(crate) fn read_secret(file: Option<&Path>, var: &str, what: &str) -> Result<Secret, String> {
     let secret = match file {
         Some(path) => std::fs::read_to_string(path)

@@ -40,6 +40,8 @@
 //! - `kafka` (feature `kafka`): Kafka source (consumer groups, commits of
 //!   done offsets, live-first catch-up of a partition's lag beside its
 //!   live reads) and sink (idempotent producer) (uses `source` and `sink`).
+//! - `http` (feature `http`): the HTTP sink, batches POSTed to a service
+//!   (uses `sink`).
 //! - [`engine`]: routing, groups, lanes, scheduling, dead letters, running
 //!   and stopping (uses all of the above).
 //! - [`admin`]: the status [`Tracker`](admin::Tracker) (always), and the
@@ -49,7 +51,7 @@
 //!   file that names an adapter this build lacks is refused at its line,
 //!   naming the feature.
 //!
-//! The default features are `amqp`, `amqp1`, `kafka` and `admin`; none of
+//! The default features are `amqp`, `amqp1`, `kafka`, `http` and `admin`; none of
 //! them needs more than the Rust toolchain and a C compiler. With
 //! `default-features = false` the library holds the engine, the JSONL and
 //! simulator sources, the disk and memory backlogs and the handler, JSONL
@@ -74,6 +76,8 @@ pub mod config;
 pub mod engine;
 mod env;
 pub mod filesystem;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod message;

@@ -241,7 +241,8 @@ fn every_shipped_example_config_passes_check_config() {
         feature = "amqp",
         feature = "amqp1",
         feature = "kafka",
-        feature = "pulsar"
+        feature = "pulsar",
+        feature = "http"
     ));
     for config in configs {
         let out = laneway().arg("check-config").arg(&config).output().unwrap();

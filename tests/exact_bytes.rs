@@ -27,66 +27,9 @@ use laneway::message::{now_epoch_ms, write_envelope};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use process::wait_or_kill;
-use rand::{Rng, SeedableRng};
 use simd_json::prelude::*;
 
 const HANG: Duration = Duration::from_secs(180);
-
-/// The payloads: random bytes of every length 0..=300, then the shapes
-/// most likely to be mangled.
-fn corpus() -> Vec<Vec<u8>> {
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(0x20);
-    let mut all: Vec<Vec<u8>> = (0..=300)
-        .map(|len| (0..len).map(|_| rng.random::<u8>()).collect())
-        .collect();
-    let shapes: [&[u8]; 16] = [
-        b"\xff\xfe\xfd",
-        b"\0",
-        b"\0\0\0{}",
-        b"{\"a\":1}garbage",
-        b"{\"a\":1}\0",
-        b"[1,2,3] ",
-        b" {\"a\":1}",
-        b"\xed\xa0\x80",
-        b"\xc0\xaf",
-        b"\xf4\x90\x80\x80",
-        b"{\"a\":\"\xff\"}",
-        b"{\"a\":1}",
-        b"\"text \\u0000\"",
-        b"12345",
-        "{\"t\":\"caf\u{e9}\"}".as_bytes(),
-        b"",
-    ];
-    all.extend(shapes.iter().map(|s| s.to_vec()));
-    all
-}
-
-/// The corpus as records; every third is an hour old (the backlog lane).
-fn sent(prefix: &str) -> Vec<Record> {
-    let now = now_epoch_ms();
-    corpus()
-        .into_iter()
-        .enumerate()
-        .map(|(i, payload)| {
-            let time = if i.is_multiple_of(3) {
-                now - 3_600_000
-            } else {
-                now
-            };
-            let id = if i.is_multiple_of(7) {
-                format!("{prefix}-{i}-\u{0}\u{e9}\"")
-            } else {
-                format!("{prefix}-{i}")
-            };
-            Record::new(
-                format!("/pk{}/dev{i}/thing/event/property/post", i % 3),
-                id,
-                time,
-                payload,
-            )
-        })
-        .collect()
-}
 
 fn is_json(r: &Record) -> bool {
     r.message().payload_is_json()
@@ -206,7 +149,7 @@ fn run(dir: &Path, envs: &[(&str, String)]) {
 #[test]
 fn a_binary_corpus_goes_file_to_file_unchanged_and_its_dead_letters_are_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let sent = sent("f");
+    let sent = records::corpus_records("f");
     let mut input = Vec::new();
     for r in &sent {
         write_envelope(&mut input, &r.message());
@@ -260,7 +203,7 @@ async fn a_binary_corpus_from_a_queue_comes_out_exact_in_every_sink_and_dead_let
     declare_queue(&ch, &out_queue, FieldTable::default()).await;
     bind_all(&ch, &out_queue, &out_exchange).await;
 
-    let sent = sent("q");
+    let sent = records::corpus_records("q");
     for r in &sent {
         let props = platform_properties(r.topic.as_bytes(), r.id.as_bytes(), r.generate_time_ms);
         publish_raw(&ch, &name, &r.payload, props).await;
@@ -413,7 +356,7 @@ async fn a_binary_corpus_over_amqp_1_0_comes_out_exact() {
     let conn = connection().await;
     let ch = confirm_channel(&conn).await;
     declare_queue(&ch, &name, FieldTable::default()).await;
-    let sent = sent("a1");
+    let sent = records::corpus_records("a1");
     publish1(&name, &sent).await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -440,7 +383,7 @@ async fn a_binary_corpus_from_a_pulsar_topic_comes_out_exact() {
     let broker = PulsarLite::start();
     let proxy = FrameProxy::start(broker.addr);
     let topic = unique("exact-pulsar");
-    let sent = sent("p");
+    let sent = records::corpus_records("p");
     let outgoing = sent
         .iter()
         .map(|r| platform_message(&r.topic, &r.id, r.generate_time_ms, &r.payload))

@@ -36,13 +36,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("amqp1", &["message", "source"]),
     ("pulsar", &["message", "source"]),
     ("kafka", &["message", "source", "sink"]),
+    ("http", &["message", "sink"]),
     ("engine", &["message", "source", "backlog", "sink"]),
     ("admin", &["message", "source", "backlog", "sink", "engine"]),
     (
         "config",
         &[
-            "message", "source", "backlog", "sink", "amqp", "amqp1", "pulsar", "kafka", "engine",
-            "admin",
+            "message", "source", "backlog", "sink", "amqp", "amqp1", "pulsar", "kafka", "http",
+            "engine", "admin",
         ],
     ),
 ];

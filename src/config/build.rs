@@ -8,7 +8,8 @@ use std::sync::Arc;
     feature = "amqp",
     feature = "amqp1",
     feature = "kafka",
-    feature = "pulsar"
+    feature = "pulsar",
+    feature = "http"
 )))]
 use super::MissingFeature;
 use super::position::path_text;
@@ -19,6 +20,8 @@ use crate::amqp::{AmqpBacklog, AmqpSink, AmqpSource, AmqpStreamSource};
 use crate::amqp1::Amqp1Source;
 use crate::backlog::{BacklogError, BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
 use crate::engine::{DeadLetters, DuplicateWindow, DuplicateWindowError, EngineBuilder};
+#[cfg(feature = "http")]
+use crate::http::HttpSink;
 #[cfg(feature = "kafka")]
 use crate::kafka::{KafkaSink, KafkaSource};
 #[cfg(feature = "pulsar")]
@@ -227,7 +230,7 @@ impl FileConfig {
 }
 
 async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    #[cfg(not(all(feature = "amqp", feature = "kafka")))]
+    #[cfg(not(all(feature = "amqp", feature = "kafka", feature = "http")))]
     let sink_place = || format!("group {:?}: sink", group.name());
     Ok(match &group.sink {
         SinkSpec::Simulated { cost } => Arc::new(SimulatedHandler::new(*cost)),
@@ -260,6 +263,15 @@ async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
                 })?,
             )
         }
+        #[cfg(feature = "http")]
+        SinkSpec::Http(spec) => {
+            Arc::new(HttpSink::new(spec).map_err(|source| ConfigError::Http {
+                what: format!("group {:?}: http sink", group.name()),
+                source,
+            })?)
+        }
+        #[cfg(not(feature = "http"))]
+        SinkSpec::Http(_) => return Err(not_built(sink_place(), MissingFeature::HTTP_SINK)),
         #[cfg(not(feature = "amqp"))]
         SinkSpec::Amqp(_) => return Err(not_built(sink_place(), MissingFeature::AMQP_SOURCE)),
         #[cfg(not(feature = "kafka"))]
@@ -272,7 +284,8 @@ async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
     feature = "amqp",
     feature = "amqp1",
     feature = "kafka",
-    feature = "pulsar"
+    feature = "pulsar",
+    feature = "http"
 )))]
 fn not_built(place: String, missing: MissingFeature) -> ConfigError {
     ConfigError::NotBuilt { place, missing }

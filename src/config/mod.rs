@@ -208,6 +208,17 @@ pub enum ConfigError {
         #[source]
         source: crate::kafka::KafkaConfigError,
     },
+    /// An HTTP sink could not be set up (a header value that could not be
+    /// read, a `ca_file` that holds no certificate).
+    #[cfg(feature = "http")]
+    #[error("{what}: {source}")]
+    Http {
+        /// Which (`group "x": http sink`).
+        what: String,
+        /// Why.
+        #[source]
+        source: crate::http::HttpConfigError,
+    },
     /// An AMQP 1.0 source could not be set up.
     #[cfg(feature = "amqp1")]
     #[error("{what}: {source}")]
@@ -390,6 +401,13 @@ impl FileConfig {
                     at(
                         &nested("sink", e.knob()),
                         format!("group {:?}: kafka sink: {e}", g.name),
+                    )
+                })?,
+                #[cfg(feature = "http")]
+                SinkSpec::Http(sink) => sink.validate().map_err(|e| {
+                    at(
+                        &nested("sink", e.knob()),
+                        format!("group {:?}: http sink: {e}", g.name),
                     )
                 })?,
                 _ => {}
@@ -796,6 +814,44 @@ mod tests {
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
         assert!(err.starts_with("t.toml:4:9: "), "{err}");
         assert!(err.contains("middle"), "{err}");
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn the_http_example_parses_and_http_knobs_are_checked_at_their_value() {
+        let c = FileConfig::parse(include_str!("../../examples/http.toml"), "http.toml").unwrap();
+        let SinkSpec::Http(h) = &c.groups[0].sink else {
+            panic!("not http")
+        };
+        assert_eq!(h.url, "http://127.0.0.1:8080/messages");
+        let line = "sink = { type = \"http\", url = \"http://u:Zq9-MARK@example.com/\" }";
+        let text = format!("[[groups]]\nname = \"a\"\n{line}\n");
+        let err = FileConfig::parse(&text, "t.toml").unwrap_err().to_string();
+        let column = line.find("\"http://u").unwrap() + 1;
+        assert!(err.starts_with(&format!("t.toml:3:{column}: ")), "{err}");
+        assert!(err.contains("allow_plaintext"), "{err}");
+        assert!(!err.contains("Zq9"), "{err}");
+        let c =
+            FileConfig::parse(&text.replace(" }", ", allow_plaintext = true }"), "t.toml").unwrap();
+        assert!(!format!("{c:?}").contains("Zq9"));
+        let line = "sink = { type = \"http\", url = \"http://h/\", timeout = \"0s\" }";
+        let err = FileConfig::parse(&format!("[[groups]]\nname = \"a\"\n{line}\n"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        let column = line.find("\"0s\"").unwrap() + 1;
+        assert!(err.starts_with(&format!("t.toml:3:{column}: ")), "{err}");
+        assert!(err.contains("http sink: timeout"), "{err}");
+    }
+
+    #[cfg(not(feature = "http"))]
+    #[test]
+    fn an_http_sink_without_the_feature_is_refused_at_its_type() {
+        let text = "[[groups]]\nname = \"a\"\nsink = { type = \"http\", url = \"http://h/\" }\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.toml:3:17: type = \"http\": this laneway was built without the `http` feature (cargo build --release --features http)"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ use crate::amqp::{AmqpBacklogConfig, AmqpSinkConfig, AmqpSourceConfig, AmqpStrea
 #[cfg(feature = "amqp1")]
 use crate::amqp1::Amqp1SourceConfig;
 use crate::backlog::DiskBacklogConfig;
+#[cfg(feature = "http")]
+use crate::http::HttpSinkConfig;
 #[cfg(feature = "kafka")]
 use crate::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 #[cfg(feature = "pulsar")]
@@ -49,6 +51,8 @@ const BUILT: &[&str] = &[
     "kafka",
     #[cfg(feature = "pulsar")]
     "pulsar",
+    #[cfg(feature = "http")]
+    "http",
     #[cfg(feature = "admin")]
     "admin",
 ];
@@ -76,6 +80,7 @@ impl MissingFeature {
         MissingFeature::new("type = \"kafka\"", "kafka");
     pub(super) const PULSAR_SOURCE: MissingFeature =
         MissingFeature::new("type = \"pulsar\"", "pulsar");
+    pub(super) const HTTP_SINK: MissingFeature = MissingFeature::new("type = \"http\"", "http");
     pub(super) const AMQP_BACKLOG: MissingFeature = MissingFeature::new("store = \"amqp\"", "amqp");
     pub(super) const ADMIN_LISTEN: MissingFeature = MissingFeature::new("[admin] listen", "admin");
 
@@ -250,6 +255,12 @@ pub enum SinkSpec {
     /// A Kafka topic (this build lacks the `kafka` feature).
     #[cfg(not(feature = "kafka"))]
     Kafka(Disabled),
+    /// POST each batch to a service (JSON array or NDJSON of envelopes).
+    #[cfg(feature = "http")]
+    Http(Box<HttpSinkConfig>),
+    /// An HTTP service (this build lacks the `http` feature).
+    #[cfg(not(feature = "http"))]
+    Http(Disabled),
 }
 
 impl SinkSpec {
@@ -258,6 +269,7 @@ impl SinkSpec {
         match self {
             SinkSpec::Amqp(_) => MissingFeature::AMQP_SOURCE.if_missing(),
             SinkSpec::Kafka(_) => MissingFeature::KAFKA_SOURCE.if_missing(),
+            SinkSpec::Http(_) => MissingFeature::HTTP_SINK.if_missing(),
             SinkSpec::Simulated { .. }
             | SinkSpec::Null
             | SinkSpec::Stdout

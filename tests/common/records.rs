@@ -359,3 +359,62 @@ pub fn numbered(id: u64) -> Record {
         binary_payload(id),
     )
 }
+
+/// The binary corpus every sink's exact-bytes test walks (tests/exact_bytes.rs,
+/// tests/http_sink.rs): random bytes of every length 0..=300, then the
+/// shapes most likely to be mangled.
+pub fn corpus_payloads() -> Vec<Vec<u8>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0x20);
+    let mut all: Vec<Vec<u8>> = (0..=300)
+        .map(|len| (0..len).map(|_| rng.random::<u8>()).collect())
+        .collect();
+    let shapes: [&[u8]; 16] = [
+        b"\xff\xfe\xfd",
+        b"\0",
+        b"\0\0\0{}",
+        b"{\"a\":1}garbage",
+        b"{\"a\":1}\0",
+        b"[1,2,3] ",
+        b" {\"a\":1}",
+        b"\xed\xa0\x80",
+        b"\xc0\xaf",
+        b"\xf4\x90\x80\x80",
+        b"{\"a\":\"\xff\"}",
+        b"{\"a\":1}",
+        b"\"text \\u0000\"",
+        b"12345",
+        "{\"t\":\"caf\u{e9}\"}".as_bytes(),
+        b"",
+    ];
+    all.extend(shapes.iter().map(|s| s.to_vec()));
+    all
+}
+
+/// The corpus as records with ids `{prefix}-{i}` (every seventh with a NUL,
+/// an `é` and a quote in it); every third is an hour old (the backlog lane).
+pub fn corpus_records(prefix: &str) -> Vec<Record> {
+    let now = laneway::message::now_epoch_ms();
+    corpus_payloads()
+        .into_iter()
+        .enumerate()
+        .map(|(i, payload)| {
+            let time = if i.is_multiple_of(3) {
+                now - 3_600_000
+            } else {
+                now
+            };
+            let id = if i.is_multiple_of(7) {
+                format!("{prefix}-{i}-\u{0}\u{e9}\"")
+            } else {
+                format!("{prefix}-{i}")
+            };
+            Record::new(
+                format!("/pk{}/dev{i}/thing/event/property/post", i % 3),
+                id,
+                time,
+                payload,
+            )
+        })
+        .collect()
+}

@@ -25,7 +25,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use laneway::config::MissingFeature;
 
 /// The adapters a build may have, as cargo features.
-const FEATURES: [&str; 5] = ["amqp", "amqp1", "kafka", "pulsar", "admin"];
+const FEATURES: [&str; 6] = ["amqp", "amqp1", "kafka", "pulsar", "http", "admin"];
 
 /// Whether this laneway was built with the cargo feature `feature`.
 pub fn built_with(feature: &'static str) -> bool {
