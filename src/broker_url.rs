@@ -354,7 +354,7 @@ fn scrub(message: &str, raw: &str, redacted: &str) -> String {
         && !password.is_empty()
     {
         out = out.replace(password, "***");
-        let decoded = percent_decode(password);
+        let decoded = String::from_utf8_lossy(&percent_decode(password)).into_owned();
         if !decoded.is_empty() {
             out = out.replace(&decoded, "***");
         }
@@ -362,10 +362,11 @@ fn scrub(message: &str, raw: &str, redacted: &str) -> String {
     out
 }
 
-#[cfg(any(feature = "amqp", feature = "amqp1"))]
-/// `%XX` sequences decoded (lossily); used only to find a password's
-/// decoded form in text.
-fn percent_decode(text: &str) -> String {
+#[cfg(any(feature = "amqp", feature = "amqp1", feature = "http"))]
+/// `%XX` sequences decoded, the rest kept as it is: a URL's user info
+/// is percent-encoded (the HTTP sink's basic authentication, and finding
+/// a password's decoded form in text to hide it).
+pub(crate) fn percent_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -385,7 +386,7 @@ fn percent_decode(text: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use common::records::{corpus_records, numbered};
+use common::records::{corpus_records, envelope_record, numbered};
 use common::{Copies, Record, assert_delivered, spawn_engine, wait_until};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -315,32 +315,6 @@ fn json_array_elements(body: &[u8]) -> Vec<&[u8]> {
     }
     assert_eq!(out.len(), count, "elements split apart = elements parsed");
     out
-}
-
-/// One envelope: the payload is the base64 of `payloadBase64`, or the
-/// exact bytes of the `payload` value (the last member).
-fn envelope_record(line: &[u8]) -> Record {
-    let shown = || line.escape_ascii().to_string();
-    let v = simd_json::to_owned_value(&mut line.to_vec())
-        .unwrap_or_else(|e| panic!("{e}: {}", shown()));
-    let payload = match v.get("payloadBase64") {
-        Some(b64) => BASE64.decode(b64.as_str().unwrap()).unwrap(),
-        None => {
-            let key = b",\"payload\":";
-            let start = line
-                .windows(key.len())
-                .position(|w| w == key)
-                .unwrap_or_else(|| panic!("no payload: {}", shown()))
-                + key.len();
-            line[start..line.len() - 1].to_vec()
-        }
-    };
-    Record::new(
-        v["topic"].as_str().unwrap(),
-        v["messageId"].as_str().unwrap(),
-        v["generateTime"].as_i64().unwrap(),
-        payload,
-    )
 }
 
 // ---------------------------------------------------------------------------

@@ -368,8 +368,8 @@ impl HttpSinkConfig {
         }
         let has_user_info = !url.username().is_empty() || url.password().is_some();
         let basic_auth = has_user_info.then(|| {
-            let user = percent_decode(url.username());
-            let password = percent_decode(url.password().unwrap_or(""));
+            let user = crate::broker_url::percent_decode(url.username());
+            let password = crate::broker_url::percent_decode(url.password().unwrap_or(""));
             let mut pair = user;
             pair.push(b':');
             pair.extend_from_slice(&password);
@@ -452,30 +452,6 @@ fn shown_text(raw: &str) -> String {
         Ok(url) => shown_url(&url),
         Err(_) => crate::broker_url::redact(raw.trim()),
     }
-}
-
-/// `%XX` sequences decoded (the URL's user info is percent-encoded).
-fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -418,3 +418,34 @@ pub fn corpus_records(prefix: &str) -> Vec<Record> {
         })
         .collect()
 }
+
+/// One envelope line, read with simd-json and base64 (not laneway's
+/// parser): the payload is the base64 of `payloadBase64`, or the exact
+/// bytes of the `payload` value (the last member).
+pub fn envelope_record(line: &[u8]) -> Record {
+    use base64::Engine as _;
+    use simd_json::prelude::*;
+    let shown = || line.escape_ascii().to_string();
+    let v = simd_json::to_owned_value(&mut line.to_vec())
+        .unwrap_or_else(|e| panic!("{e}: {}", shown()));
+    let payload = match v.get("payloadBase64") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap(),
+        None => {
+            let key = b",\"payload\":";
+            let start = line
+                .windows(key.len())
+                .position(|w| w == key)
+                .unwrap_or_else(|| panic!("no payload: {}", shown()))
+                + key.len();
+            line[start..line.len() - 1].to_vec()
+        }
+    };
+    Record::new(
+        v["topic"].as_str().unwrap(),
+        v["messageId"].as_str().unwrap(),
+        v["generateTime"].as_i64().unwrap(),
+        payload,
+    )
+}
