@@ -36,6 +36,7 @@ use super::config::{Amqp1ConfigError, Amqp1SourceConfig};
 use super::login::{self, Login, OpenFailure};
 use super::mapping;
 use super::pacing::ConnectPacer;
+use super::publisher::CLOSE_TIMEOUT;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
 use crate::source::{
@@ -239,7 +240,15 @@ impl LinkRunner {
                         tracing::info!(source = %self.origin, connection = self.number, "reconnected");
                     }
                     let end = self.session(&mut connection).await;
-                    let _ = connection.close().await;
+                    // Bounded, as every close here: a peer (or the client
+                    // library) that never finishes the handshake must not
+                    // hold up the stop; dropping the handle closes it.
+                    if tokio::time::timeout(CLOSE_TIMEOUT, connection.close())
+                        .await
+                        .is_err()
+                    {
+                        tracing::debug!(source = %self.origin, "closing the connection timed out; dropped it");
+                    }
                     match end {
                         End::Stopped | End::Idle => return Ok(()),
                         End::Forbidden(why)
@@ -297,7 +306,7 @@ impl LinkRunner {
         let mut receiver = match attached {
             Ok(r) => r,
             Err(e) => {
-                let _ = session.end().await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await;
                 if forbidden(&e) {
                     return End::Forbidden(format!(
                         "attaching to {}: permission refused (the user may not read it): {e}",
@@ -321,8 +330,13 @@ impl LinkRunner {
             lost => lost,
         };
         if matches!(end, End::Stopped | End::Idle) {
-            let _ = receiver.detach().await;
-            let _ = session.end().await;
+            let ended = async {
+                let _ = receiver.detach().await;
+                let _ = session.end().await;
+            };
+            if tokio::time::timeout(CLOSE_TIMEOUT, ended).await.is_err() {
+                tracing::debug!(source = %self.origin, "ending the session timed out; dropped it");
+            }
         } else {
             drop(receiver);
             drop(session);
