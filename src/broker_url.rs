@@ -64,6 +64,14 @@ pub enum UrlError {
 }
 
 #[cfg(any(feature = "amqp", feature = "amqp1"))]
+impl From<UrlError> for crate::knob::KnobError {
+    /// A URL error is placed at the `url` knob; its text says the rest.
+    fn from(e: UrlError) -> Self {
+        crate::knob::KnobError::said("url", e.to_string())
+    }
+}
+
+#[cfg(any(feature = "amqp", feature = "amqp1"))]
 /// A parsed broker URL whose password is never displayed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BrokerUrl {

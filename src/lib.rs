@@ -19,14 +19,17 @@
 //! import those above it in this list, and the leaves [`ack`], [`backoff`],
 //! [`broker_url`], `env` (values a config names rather than holds: an
 //! environment variable, a secret's file), [`filesystem`] (the seam all
-//! durable state is written through) and [`secret`]; adapters never
+//! durable state is written through), [`knob`] (the one error an
+//! adapter's config checks return) and [`secret`]; adapters never
 //! import one another; `tests/layering.rs` checks it). The adapters each
 //! sit behind a cargo feature, named in brackets; the rest is always built:
 //!
 //! - [`message`]: the message type, its kind, topics, the JSONL envelope.
 //! - [`source`]: the [`Source`](source::Source) trait, what sources push
-//!   into ([`Ingest`](source::Ingest)) and the ack state each keeps
-//!   ([`Positions`](source::Positions)); the JSONL and simulator sources.
+//!   into ([`Ingest`](source::Ingest)), the ack state each keeps
+//!   ([`Positions`](source::Positions)), and how an adapter's config
+//!   entry is checked and built ([`SourceAdapter`](source::SourceAdapter));
+//!   the JSONL and simulator sources.
 //! - [`backlog`]: the [`BacklogStore`](backlog::BacklogStore) trait; the
 //!   memory and the durable disk store.
 //! - [`sink`]: the [`Sink`](sink::Sink) trait and
@@ -80,6 +83,7 @@ pub mod filesystem;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod knob;
 pub mod message;
 #[cfg(feature = "pulsar")]
 pub mod pulsar;

@@ -17,6 +17,7 @@ const LEAVES: &[&str] = &[
     "env",
     "broker_url",
     "filesystem",
+    "knob",
 ];
 
 /// Each module and what it may use besides the leaves (a leaf lists the
@@ -26,8 +27,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("backoff", &[]),
     ("secret", &[]),
     ("filesystem", &[]),
+    ("knob", &[]),
     ("env", &["secret"]),
-    ("broker_url", &["env", "secret"]),
+    ("broker_url", &["env", "secret", "knob"]),
     ("message", &[]),
     ("source", &["message"]),
     ("backlog", &["message"]),

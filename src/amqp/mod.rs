@@ -19,6 +19,7 @@
 //! Invariant across the module: no text it logs or returns contains a
 //! broker password.
 
+mod adapter;
 pub mod backlog_store;
 mod batch;
 pub mod connect;

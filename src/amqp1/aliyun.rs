@@ -23,8 +23,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 
-use super::config::Amqp1ConfigError;
 use super::login::Login;
+use crate::knob::KnobError;
 use crate::secret::Secret;
 
 /// The platform's server-side subscription endpoint and signed login.
@@ -157,7 +157,7 @@ pub struct Credentials {
 
 impl AliyunConfig {
     /// Checks the knobs (not the secrets, which are read when connecting).
-    pub fn validate(&self) -> Result<(), Amqp1ConfigError> {
+    pub fn validate(&self) -> Result<(), KnobError> {
         let required = [
             ("aliyun.consumer_group_id", &self.consumer_group_id),
             ("aliyun.access_key_id", &self.access_key_id),
@@ -165,11 +165,11 @@ impl AliyunConfig {
         ];
         for (knob, value) in required {
             if value.trim().is_empty() {
-                return Err(Amqp1ConfigError::invalid(knob, "must be set"));
+                return Err(KnobError::new(knob, "must be set"));
             }
         }
         if self.endpoint.is_none() && (self.uid.is_empty() || self.region.is_empty()) {
-            return Err(Amqp1ConfigError::invalid(
+            return Err(KnobError::new(
                 "aliyun.uid",
                 "`uid` and `region` build the endpoint: set both, or `endpoint`",
             ));
@@ -183,7 +183,7 @@ impl AliyunConfig {
             ("aliyun.consumer_group_id", &self.consumer_group_id),
         ] {
             if value.contains(['|', ',', '=']) {
-                return Err(Amqp1ConfigError::invalid(
+                return Err(KnobError::new(
                     knob,
                     format!("{value:?} holds one of | , = (the user name's separators)"),
                 ));
@@ -194,7 +194,7 @@ impl AliyunConfig {
     }
 
     /// The endpoint's host and port.
-    pub fn host_port(&self) -> Result<(String, u16), Amqp1ConfigError> {
+    pub fn host_port(&self) -> Result<(String, u16), KnobError> {
         let Some(endpoint) = &self.endpoint else {
             return Ok((
                 format!("{}.iot-amqp.{}.aliyuncs.com", self.uid, self.region),
@@ -205,7 +205,7 @@ impl AliyunConfig {
         let bare = match bare.split_once("://") {
             Some(("amqps", rest)) => rest,
             Some((scheme, _)) => {
-                return Err(Amqp1ConfigError::invalid(
+                return Err(KnobError::new(
                     "aliyun.endpoint",
                     format!("the platform takes TLS only (amqps://), not {scheme}://"),
                 ));
@@ -217,7 +217,7 @@ impl AliyunConfig {
             Some((host, port)) => match port.parse::<u16>() {
                 Ok(port) => (host, port),
                 Err(_) => {
-                    return Err(Amqp1ConfigError::invalid(
+                    return Err(KnobError::new(
                         "aliyun.endpoint",
                         format!("{port:?} is not a port"),
                     ));
@@ -226,10 +226,7 @@ impl AliyunConfig {
             None => (bare, 5671),
         };
         if host.is_empty() {
-            return Err(Amqp1ConfigError::invalid(
-                "aliyun.endpoint",
-                "the host is empty",
-            ));
+            return Err(KnobError::new("aliyun.endpoint", "the host is empty"));
         }
         Ok((host.to_string(), port))
     }
@@ -261,7 +258,7 @@ impl AliyunConfig {
         timestamp_ms: i64,
         number: usize,
         connections: usize,
-    ) -> Result<Login, Amqp1ConfigError> {
+    ) -> Result<Login, KnobError> {
         let (host, port) = self.host_port()?;
         let client_id = if connections > 1 {
             format!("{}-{number}", self.client_id)

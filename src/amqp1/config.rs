@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::aliyun::AliyunConfig;
-use crate::broker_url::{BrokerUrl, UrlError};
+use crate::broker_url::BrokerUrl;
+use crate::knob::KnobError;
 use crate::source::LanePolicy;
 
 /// An AMQP 1.0 source: a receiver link on each of `connections`
@@ -134,48 +135,14 @@ pub const DEFAULT_URL_ENV: &str = "AMQP1_URL";
 /// plugin.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672";
 
-/// Why an AMQP 1.0 source configuration cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Amqp1ConfigError {
-    /// The URL is missing or invalid.
-    #[error(transparent)]
-    Url(#[from] UrlError),
-    /// A knob is wrong.
-    #[error("{knob}: {message}")]
-    Invalid {
-        /// The knob (its config key).
-        knob: &'static str,
-        /// What is wrong, with the bad value.
-        message: String,
-    },
-}
-
-impl Amqp1ConfigError {
-    pub(crate) fn invalid(knob: &'static str, message: impl Into<String>) -> Amqp1ConfigError {
-        Amqp1ConfigError::Invalid {
-            knob,
-            message: message.into(),
-        }
-    }
-
-    /// The knob the error is about (`url` for a URL error).
-    pub fn knob(&self) -> &'static str {
-        match self {
-            Amqp1ConfigError::Url(_) => "url",
-            Amqp1ConfigError::Invalid { knob, .. } => knob,
-        }
-    }
-}
-
 impl Amqp1SourceConfig {
     /// Checks the knobs; with no preset, resolves the URL (from the
     /// environment when so configured). Secrets a preset reads from the
     /// environment are read when connecting, so that a rotated secret is
     /// picked up on the next reconnect.
-    pub fn validate(&self) -> Result<Option<BrokerUrl>, Amqp1ConfigError> {
+    pub fn validate(&self) -> Result<Option<BrokerUrl>, KnobError> {
         if self.address.is_empty() {
-            return Err(Amqp1ConfigError::invalid("address", "the address is empty"));
+            return Err(KnobError::new("address", "the address is empty"));
         }
         for (knob, value) in [
             ("credit", self.credit as usize),
@@ -184,20 +151,20 @@ impl Amqp1SourceConfig {
             ("connects_per_minute", self.connects_per_minute as usize),
         ] {
             if value == 0 {
-                return Err(Amqp1ConfigError::invalid(knob, "must be at least 1"));
+                return Err(KnobError::new(knob, "must be at least 1"));
             }
         }
         match &self.aliyun {
             Some(aliyun) => {
                 if self.url.is_some() || self.url_env.is_some() {
-                    return Err(Amqp1ConfigError::invalid(
+                    return Err(KnobError::new(
                         "url",
                         "`url` and `url_env` do not go with [sources.aliyun], which builds the endpoint and the login itself",
                     ));
                 }
                 let secs = self.idle_timeout.as_secs();
                 if !(30..=300).contains(&secs) {
-                    return Err(Amqp1ConfigError::invalid(
+                    return Err(KnobError::new(
                         "idle_timeout",
                         format!(
                             "the platform accepts 30s to 300s (it is {:?})",

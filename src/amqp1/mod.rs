@@ -25,6 +25,6 @@ pub mod publisher;
 pub mod source;
 
 pub use aliyun::{AliyunConfig, SignMethod};
-pub use config::{Amqp1ConfigError, Amqp1SourceConfig};
+pub use config::Amqp1SourceConfig;
 pub use publisher::{Amqp1PublishError, Amqp1Publisher};
 pub use source::Amqp1Source;

@@ -32,13 +32,15 @@ use futures_util::FutureExt;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{Amqp1ConfigError, Amqp1SourceConfig};
+use super::config::Amqp1SourceConfig;
 use super::login::{self, Login, OpenFailure};
 use super::mapping;
 use super::pacing::ConnectPacer;
 use super::publisher::CLOSE_TIMEOUT;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
+use crate::knob::KnobError;
+use crate::source::{BuildContext, SourceAdapter};
 use crate::source::{
     Ingest, LanePolicy, Positions, Source, SourceContext, SourceError, SourceHealth, first_failure,
     sleep_until_opt,
@@ -57,7 +59,7 @@ pub struct Amqp1Source {
 
 impl Amqp1Source {
     /// A source for this configuration (checked; nothing connects yet).
-    pub fn new(config: Amqp1SourceConfig) -> Result<Amqp1Source, Amqp1ConfigError> {
+    pub fn new(config: Amqp1SourceConfig) -> Result<Amqp1Source, KnobError> {
         let url = config.validate()?;
         if let Some(url) = &url {
             url.warn_if_plaintext();
@@ -508,5 +510,23 @@ impl Settlement {
     /// The deliveries of batches not yet accepted.
     fn undone(&mut self) -> Vec<DeliveryInfo> {
         self.positions.drain_undone().flatten().collect()
+    }
+}
+
+impl SourceAdapter for Amqp1SourceConfig {
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn lane(&self) -> LanePolicy {
+        self.lane
+    }
+
+    fn check(&self) -> Result<(), KnobError> {
+        self.validate().map(|_| ())
+    }
+
+    fn build(&self, _: &BuildContext) -> Result<Box<dyn Source>, KnobError> {
+        Ok(Box::new(Amqp1Source::new(self.clone())?))
     }
 }

@@ -4,31 +4,17 @@
 
 use std::sync::Arc;
 
-#[cfg(not(all(
-    feature = "amqp",
-    feature = "amqp1",
-    feature = "kafka",
-    feature = "pulsar",
-    feature = "http"
-)))]
+#[cfg(not(feature = "amqp"))]
 use super::MissingFeature;
 use super::position::path_text;
-use super::{BacklogSpec, ConfigError, FileConfig, GroupSpec, SinkSpec, SourceSpec};
+use super::{BacklogSpec, ConfigError, FileConfig, GroupSpec, SinkSpec};
 #[cfg(feature = "amqp")]
-use crate::amqp::{AmqpBacklog, AmqpSink, AmqpSource, AmqpStreamSource};
-#[cfg(feature = "amqp1")]
-use crate::amqp1::Amqp1Source;
+use crate::amqp::AmqpBacklog;
 use crate::backlog::{BacklogError, BacklogStore, DiskBacklog, MemoryBacklog, MemoryLimits};
 use crate::engine::{DeadLetters, DuplicateWindow, DuplicateWindowError, EngineBuilder};
-#[cfg(feature = "http")]
-use crate::http::HttpSink;
-#[cfg(feature = "kafka")]
-use crate::kafka::{KafkaSink, KafkaSource};
-#[cfg(feature = "pulsar")]
-use crate::pulsar::PulsarSource;
+use crate::knob::KnobError;
 use crate::sink::{JsonlSink, NullSink, SimulatedHandler, Sink};
-use crate::source::jsonl::JsonlInput;
-use crate::source::{JsonlSource, Simulator};
+use crate::source::BuildContext;
 
 impl FileConfig {
     /// Opens everything the config names and returns the engine builder.
@@ -81,99 +67,23 @@ impl FileConfig {
             }
             builder = builder.group_with(config, sink, Some(store));
         }
+        let context = BuildContext {
+            state_dir: self.data_dir.join("sources"),
+            max_message_bytes: self.max_message_bytes,
+        };
         for source in &self.sources {
-            // Refused above already; the arms below keep `match` whole.
-            #[cfg(not(all(
-                feature = "amqp",
-                feature = "amqp1",
-                feature = "kafka",
-                feature = "pulsar"
-            )))]
-            let place = || "source".to_string();
-            builder = match source {
-                SourceSpec::Simulator(sim) => builder.source(Simulator::new(sim.clone()), sim.lane),
-                SourceSpec::Jsonl(spec) => {
-                    let input = if spec.path.as_os_str() == "-" {
-                        JsonlInput::Stdin
-                    } else {
-                        JsonlInput::File(spec.path.clone())
-                    };
-                    // A line may carry a payload up to the limit plus its envelope.
-                    let max_line = self.max_message_bytes.saturating_mul(2).max(64 * 1024);
-                    // A file source resumes where the last run was done.
-                    let source = JsonlSource::new(input, max_line)
-                        .checkpoint_in(self.data_dir.join("sources"));
-                    builder.source(source, spec.lane)
-                }
-                #[cfg(feature = "amqp")]
-                SourceSpec::Amqp(spec) => {
-                    let source =
-                        AmqpSource::new(spec.clone()).map_err(|source| ConfigError::Amqp {
-                            what: "amqp source".into(),
-                            source,
-                        })?;
-                    builder.source(source, spec.lane)
-                }
-                #[cfg(feature = "amqp")]
-                SourceSpec::AmqpStream(spec) => {
-                    let source = AmqpStreamSource::new(spec.clone())
-                        .map_err(|source| ConfigError::Amqp {
-                            what: "amqp-stream source".into(),
-                            source,
-                        })?
-                        // Its offset lives beside the file sources' checkpoints.
-                        .offsets_in(&self.data_dir.join("sources"));
-                    builder.source(source, spec.lane)
-                }
-                #[cfg(feature = "amqp1")]
-                SourceSpec::Amqp1(spec) => {
-                    let source = Amqp1Source::new((**spec).clone()).map_err(|source| {
-                        ConfigError::Amqp1 {
-                            what: "amqp1 source".into(),
-                            source,
-                        }
-                    })?;
-                    builder.source(source, spec.lane)
-                }
-                #[cfg(feature = "pulsar")]
-                SourceSpec::Pulsar(spec) => {
-                    let source = PulsarSource::new((**spec).clone()).map_err(|source| {
-                        ConfigError::Pulsar {
-                            what: "pulsar source".into(),
-                            source,
-                        }
-                    })?;
-                    builder.source(source, spec.lane)
-                }
-                #[cfg(feature = "kafka")]
-                SourceSpec::Kafka(spec) => {
-                    let source =
-                        KafkaSource::new(spec.clone()).map_err(|source| ConfigError::Kafka {
-                            what: "kafka source".into(),
-                            source,
-                        })?;
-                    builder.source(source, spec.lane)
-                }
-                #[cfg(not(feature = "amqp"))]
-                SourceSpec::Amqp(_) => return Err(not_built(place(), MissingFeature::AMQP_SOURCE)),
-                #[cfg(not(feature = "amqp"))]
-                SourceSpec::AmqpStream(_) => {
-                    return Err(not_built(place(), MissingFeature::AMQP_STREAM_SOURCE));
-                }
-                #[cfg(not(feature = "amqp1"))]
-                SourceSpec::Amqp1(_) => {
-                    return Err(not_built(place(), MissingFeature::AMQP1_SOURCE));
-                }
-                #[cfg(not(feature = "pulsar"))]
-                SourceSpec::Pulsar(_) => {
-                    return Err(not_built(place(), MissingFeature::PULSAR_SOURCE));
-                }
-                #[cfg(not(feature = "kafka"))]
-                SourceSpec::Kafka(_) => {
-                    return Err(not_built(place(), MissingFeature::KAFKA_SOURCE));
-                }
-            };
-            if let Some(name) = source.name() {
+            let adapter = source.adapter().map_err(|missing| ConfigError::NotBuilt {
+                place: format!("{} source", source.type_name()),
+                missing,
+            })?;
+            let built = adapter
+                .build(&context)
+                .map_err(|source_error| ConfigError::Adapter {
+                    what: format!("{} source", source.type_name()),
+                    source: source_error,
+                })?;
+            builder = builder.boxed_source(built, adapter.lane());
+            if let Some(name) = adapter.name() {
                 builder = builder.name_last_source(name);
             }
         }
@@ -216,7 +126,8 @@ impl FileConfig {
             #[cfg(not(feature = "amqp"))]
             BacklogSpec::Amqp(_) => {
                 let place = format!("group {:?}: backlog", group.name());
-                return Err(not_built(place, MissingFeature::AMQP_BACKLOG));
+                let missing = MissingFeature::AMQP_BACKLOG;
+                return Err(ConfigError::NotBuilt { place, missing });
             }
             BacklogSpec::Memory {
                 max_records,
@@ -230,8 +141,6 @@ impl FileConfig {
 }
 
 async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    #[cfg(not(all(feature = "amqp", feature = "kafka", feature = "http")))]
-    let sink_place = || format!("group {:?}: sink", group.name());
     Ok(match &group.sink {
         SinkSpec::Simulated { cost } => Arc::new(SimulatedHandler::new(*cost)),
         SinkSpec::Null => Arc::new(NullSink),
@@ -245,48 +154,34 @@ async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
                     source,
                 })?,
         ),
-        #[cfg(feature = "amqp")]
-        SinkSpec::Amqp(spec) => {
-            Arc::new(
-                AmqpSink::new(spec.clone()).map_err(|source| ConfigError::Amqp {
-                    what: format!("group {:?}: amqp sink", group.name()),
+        adapter_sink => {
+            let what = || {
+                format!(
+                    "group {:?}: {} sink",
+                    group.name(),
+                    adapter_sink.type_name()
+                )
+            };
+            match adapter_sink.adapter() {
+                Ok(Some(adapter)) => adapter.build().map_err(|source| ConfigError::Adapter {
+                    what: what(),
                     source,
                 })?,
-            )
+                // The built-in sinks are matched above; no adapter left
+                // without one, but say so rather than panic.
+                Ok(None) => {
+                    return Err(ConfigError::Adapter {
+                        what: what(),
+                        source: KnobError::said("type", "no adapter builds this sink"),
+                    });
+                }
+                Err(missing) => {
+                    return Err(ConfigError::NotBuilt {
+                        place: what(),
+                        missing,
+                    });
+                }
+            }
         }
-        #[cfg(feature = "kafka")]
-        SinkSpec::Kafka(spec) => {
-            Arc::new(
-                KafkaSink::new(spec.clone()).map_err(|source| ConfigError::Kafka {
-                    what: format!("group {:?}: kafka sink", group.name()),
-                    source,
-                })?,
-            )
-        }
-        #[cfg(feature = "http")]
-        SinkSpec::Http(spec) => {
-            Arc::new(HttpSink::new(spec).map_err(|source| ConfigError::Http {
-                what: format!("group {:?}: http sink", group.name()),
-                source,
-            })?)
-        }
-        #[cfg(not(feature = "http"))]
-        SinkSpec::Http(_) => return Err(not_built(sink_place(), MissingFeature::HTTP_SINK)),
-        #[cfg(not(feature = "amqp"))]
-        SinkSpec::Amqp(_) => return Err(not_built(sink_place(), MissingFeature::AMQP_SOURCE)),
-        #[cfg(not(feature = "kafka"))]
-        SinkSpec::Kafka(_) => return Err(not_built(sink_place(), MissingFeature::KAFKA_SOURCE)),
     })
-}
-
-/// The error for an entry naming an adapter this build lacks.
-#[cfg(not(all(
-    feature = "amqp",
-    feature = "amqp1",
-    feature = "kafka",
-    feature = "pulsar",
-    feature = "http"
-)))]
-fn not_built(place: String, missing: MissingFeature) -> ConfigError {
-    ConfigError::NotBuilt { place, missing }
 }

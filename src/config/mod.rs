@@ -19,8 +19,9 @@ use crate::admin::AdminOptions;
 use crate::backlog::BacklogError;
 use crate::engine::EngineOptions;
 
+pub use crate::source::JsonlSpec;
 pub use group_spec::GroupSpec;
-pub use spec::{BacklogSpec, Disabled, JsonlSpec, MissingFeature, SinkSpec, SourceSpec};
+pub use spec::{BacklogSpec, Disabled, MissingFeature, SinkSpec, SourceSpec};
 
 use position::{Step, deepest_line, line_col, value_position};
 
@@ -198,56 +199,17 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// A Kafka source or sink could not be set up.
-    #[cfg(feature = "kafka")]
+    /// An adapter (a source or a sink) could not be set up: a knob that
+    /// only fails when it is used (a header value that could not be read,
+    /// a `ca_file` that holds no certificate, a client library that refuses
+    /// its settings).
     #[error("{what}: {source}")]
-    Kafka {
-        /// Which (`kafka source`, or `group "x": kafka sink`).
+    Adapter {
+        /// Which (`kafka source`, or `group "x": http sink`).
         what: String,
-        /// Why.
+        /// Why, naming the knob.
         #[source]
-        source: crate::kafka::KafkaConfigError,
-    },
-    /// An HTTP sink could not be set up (a header value that could not be
-    /// read, a `ca_file` that holds no certificate).
-    #[cfg(feature = "http")]
-    #[error("{what}: {source}")]
-    Http {
-        /// Which (`group "x": http sink`).
-        what: String,
-        /// Why.
-        #[source]
-        source: crate::http::HttpConfigError,
-    },
-    /// An AMQP 1.0 source could not be set up.
-    #[cfg(feature = "amqp1")]
-    #[error("{what}: {source}")]
-    Amqp1 {
-        /// Which (`amqp1 source`).
-        what: String,
-        /// Why.
-        #[source]
-        source: crate::amqp1::Amqp1ConfigError,
-    },
-    /// A Pulsar source could not be set up.
-    #[cfg(feature = "pulsar")]
-    #[error("{what}: {source}")]
-    Pulsar {
-        /// Which (`pulsar source`).
-        what: String,
-        /// Why.
-        #[source]
-        source: crate::pulsar::PulsarConfigError,
-    },
-    /// An AMQP source or sink could not be set up.
-    #[cfg(feature = "amqp")]
-    #[error("{what}: {source}")]
-    Amqp {
-        /// Which (`amqp source`, or `group "x": amqp sink`).
-        what: String,
-        /// Why.
-        #[source]
-        source: crate::amqp::AmqpConfigError,
+        source: crate::knob::KnobError,
     },
     /// The config names an adapter this laneway was built without. A file
     /// read by [`FileConfig::parse`] is refused there, at its line; this is
@@ -388,29 +350,13 @@ impl FileConfig {
                 #[cfg(not(feature = "amqp"))]
                 BacklogSpec::Amqp(_) => {}
             }
-            match &spec.sink {
-                #[cfg(feature = "amqp")]
-                SinkSpec::Amqp(sink) => sink.validate().map(|_| ()).map_err(|e| {
-                    at(
-                        &nested("sink", e.knob()),
-                        format!("group {:?}: amqp sink: {e}", g.name),
-                    )
-                })?,
-                #[cfg(feature = "kafka")]
-                SinkSpec::Kafka(sink) => sink.validate().map_err(|e| {
-                    at(
-                        &nested("sink", e.knob()),
-                        format!("group {:?}: kafka sink: {e}", g.name),
-                    )
-                })?,
-                #[cfg(feature = "http")]
-                SinkSpec::Http(sink) => sink.validate().map_err(|e| {
-                    at(
-                        &nested("sink", e.knob()),
-                        format!("group {:?}: http sink: {e}", g.name),
-                    )
-                })?,
-                _ => {}
+            // An adapter this build lacks was refused above.
+            if let Ok(Some(adapter)) = spec.sink.adapter() {
+                adapter.check().map_err(|e| {
+                    let path = [group[0], group[1], Step::Key("sink"), Step::Key(e.knob())];
+                    let sink = spec.sink.type_name();
+                    at(&path, format!("group {:?}: {sink} sink: {e}", g.name))
+                })?;
             }
         }
         for (i, source) in config.sources.iter().enumerate() {
@@ -432,55 +378,33 @@ impl FileConfig {
                     ));
                 }
             }
-            match source {
-                #[cfg(feature = "amqp")]
-                SourceSpec::Amqp(spec) => spec
-                    .validate()
-                    .map(|_| ())
-                    .map_err(|e| at(&knob(e.knob()), format!("amqp source: {e}")))?,
-                #[cfg(feature = "kafka")]
-                SourceSpec::Kafka(spec) => spec
-                    .validate()
-                    .map_err(|e| at(&knob(e.knob()), format!("kafka source: {e}")))?,
-                #[cfg(feature = "amqp")]
-                SourceSpec::AmqpStream(spec) => spec
-                    .validate()
-                    .map(|_| ())
-                    .map_err(|e| at(&knob(e.knob()), format!("amqp-stream source: {e}")))?,
-                #[cfg(feature = "amqp1")]
-                SourceSpec::Amqp1(spec) => spec.validate().map(|_| ()).map_err(|e| {
-                    // Preset knobs are nested: `aliyun.uid` is [sources.aliyun] uid.
+            // An adapter this build lacks was refused above.
+            if let Ok(adapter) = source.adapter() {
+                adapter.check().map_err(|e| {
+                    // A preset's knobs are nested: `aliyun.uid` is [sources.aliyun] uid.
                     let mut path = vec![Step::Key("sources"), Step::Index(i)];
                     path.extend(e.knob().split('.').map(Step::Key));
-                    at(&path, format!("amqp1 source: {e}"))
-                })?,
-                #[cfg(feature = "pulsar")]
-                SourceSpec::Pulsar(spec) => spec.validate().map(|_| ()).map_err(|e| {
-                    // Preset knobs are nested: `tuya.access_id` is [sources.tuya] access_id.
-                    let mut path = vec![Step::Key("sources"), Step::Index(i)];
-                    path.extend(e.knob.split('.').map(Step::Key));
-                    at(&path, format!("pulsar source: {e}"))
-                })?,
-                SourceSpec::Jsonl(spec) => {
-                    // One file, one reader: two would deliver every line
-                    // twice and overwrite each other's checkpoint.
-                    let same =
-                        |o: &SourceSpec| matches!(o, SourceSpec::Jsonl(p) if p.path == spec.path);
-                    if config.sources[..i].iter().any(same) {
-                        let what = if spec.path.as_os_str() == "-" {
-                            "standard input".to_string()
-                        } else {
-                            spec.path.display().to_string()
-                        };
-                        return Err(at(
-                            &knob("path"),
-                            format!(
-                                "two jsonl sources read {what}: one reader per file (they would share its checkpoint)"
-                            ),
-                        ));
-                    }
+                    at(&path, format!("{} source: {e}", source.type_name()))
+                })?;
+            }
+            if let SourceSpec::Jsonl(spec) = source {
+                // One file, one reader: two would deliver every line
+                // twice and overwrite each other's checkpoint.
+                let same =
+                    |o: &SourceSpec| matches!(o, SourceSpec::Jsonl(p) if p.path == spec.path);
+                if config.sources[..i].iter().any(same) {
+                    let what = if spec.path.as_os_str() == "-" {
+                        "standard input".to_string()
+                    } else {
+                        spec.path.display().to_string()
+                    };
+                    return Err(at(
+                        &knob("path"),
+                        format!(
+                            "two jsonl sources read {what}: one reader per file (they would share its checkpoint)"
+                        ),
+                    ));
                 }
-                _ => {}
             }
         }
         Ok(config)

@@ -7,18 +7,14 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[cfg(feature = "amqp")]
-use crate::amqp::{AmqpBacklogConfig, AmqpSinkConfig, AmqpSourceConfig, AmqpStreamConfig};
-#[cfg(feature = "amqp1")]
-use crate::amqp1::Amqp1SourceConfig;
+use crate::amqp::{AmqpBacklogConfig, AmqpSinkConfig};
 use crate::backlog::DiskBacklogConfig;
 #[cfg(feature = "http")]
 use crate::http::HttpSinkConfig;
 #[cfg(feature = "kafka")]
-use crate::kafka::{KafkaSinkConfig, KafkaSourceConfig};
-#[cfg(feature = "pulsar")]
-use crate::pulsar::PulsarSourceConfig;
-use crate::source::LanePolicy;
-use crate::source::SimulatorConfig;
+use crate::kafka::KafkaSinkConfig;
+use crate::sink::SinkAdapter;
+use crate::source::{JsonlSpec, SimulatorConfig, SourceAdapter};
 
 /// What an entry naming an adapter this laneway was built without holds:
 /// its table, read and dropped. The file still parses, so that
@@ -71,16 +67,6 @@ pub struct MissingFeature {
 }
 
 impl MissingFeature {
-    pub(super) const AMQP_SOURCE: MissingFeature = MissingFeature::new("type = \"amqp\"", "amqp");
-    pub(super) const AMQP_STREAM_SOURCE: MissingFeature =
-        MissingFeature::new("type = \"amqp-stream\"", "amqp");
-    pub(super) const AMQP1_SOURCE: MissingFeature =
-        MissingFeature::new("type = \"amqp1\"", "amqp1");
-    pub(super) const KAFKA_SOURCE: MissingFeature =
-        MissingFeature::new("type = \"kafka\"", "kafka");
-    pub(super) const PULSAR_SOURCE: MissingFeature =
-        MissingFeature::new("type = \"pulsar\"", "pulsar");
-    pub(super) const HTTP_SINK: MissingFeature = MissingFeature::new("type = \"http\"", "http");
     pub(super) const AMQP_BACKLOG: MissingFeature = MissingFeature::new("store = \"amqp\"", "amqp");
     pub(super) const ADMIN_LISTEN: MissingFeature = MissingFeature::new("[admin] listen", "admin");
 
@@ -115,104 +101,106 @@ impl std::fmt::Display for MissingFeature {
     }
 }
 
-/// One `[[sources]]` entry; `type` says which kind.
-///
-/// An adapter this laneway was built without keeps its variant, holding
-/// [`Disabled`]: see [`SourceSpec::missing_feature`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SourceSpec {
-    /// The device simulator.
-    Simulator(SimulatorConfig),
-    /// JSONL envelopes from a file, or from stdin with `path = "-"`.
-    Jsonl(JsonlSpec),
-    /// AMQP queues on a broker (RabbitMQ), consumed with manual acks.
-    #[cfg(feature = "amqp")]
-    Amqp(AmqpSourceConfig),
-    /// AMQP queues (this build lacks the `amqp` feature).
-    #[cfg(not(feature = "amqp"))]
-    Amqp(Disabled),
-    /// Kafka topics, consumed in a consumer group with manual commits.
-    #[cfg(feature = "kafka")]
-    Kafka(KafkaSourceConfig),
-    /// Kafka topics (this build lacks the `kafka` feature).
-    #[cfg(not(feature = "kafka"))]
-    Kafka(Disabled),
-    /// A RabbitMQ stream queue, with laneway storing the offset and
-    /// catching up a lagging one live-first (docs/streams.md).
-    #[cfg(feature = "amqp")]
-    #[serde(rename = "amqp-stream")]
-    AmqpStream(AmqpStreamConfig),
-    /// A RabbitMQ stream queue (this build lacks the `amqp` feature).
-    #[cfg(not(feature = "amqp"))]
-    #[serde(rename = "amqp-stream")]
-    AmqpStream(Disabled),
-    /// An AMQP 1.0 node (the Alibaba Cloud IoT Platform's server-side
-    /// subscription with `[sources.aliyun]`, RabbitMQ's AMQP 1.0 plugin),
-    /// accepted only when done (docs/amqp1.md).
-    #[cfg(feature = "amqp1")]
-    Amqp1(Box<Amqp1SourceConfig>),
-    /// An AMQP 1.0 node (this build lacks the `amqp1` feature).
-    #[cfg(not(feature = "amqp1"))]
-    Amqp1(Disabled),
-    /// A Pulsar topic on a failover subscription (Tuya's message service
-    /// with `[sources.tuya]`), acknowledged only when done (docs/pulsar.md).
-    #[cfg(feature = "pulsar")]
-    Pulsar(Box<PulsarSourceConfig>),
-    /// A Pulsar topic (this build lacks the `pulsar` feature).
-    #[cfg(not(feature = "pulsar"))]
-    Pulsar(Disabled),
+/// Lists the source adapters: one line each, `Variant(ConfigType) = "type"`,
+/// with the cargo feature that builds it where it needs one. It makes
+/// [`SourceSpec`] (one variant per adapter; one holding [`Disabled`] in a
+/// build without its feature) and the lookups the config reader goes
+/// through ([`SourceSpec::adapter`], [`SourceSpec::type_name`],
+/// [`SourceSpec::missing_feature`]), so adding a source is its folder
+/// plus its line here.
+macro_rules! source_adapters {
+    (
+        always { $( $(#[doc = $doc:literal])* $variant:ident($config:ty) = $kind:literal; )* }
+        features { $( $(#[doc = $fdoc:literal])* $fvariant:ident($fconfig:ty) = $fkind:literal, $feature:literal; )* }
+    ) => {
+        /// One `[[sources]]` entry; `type` says which kind.
+        ///
+        /// An adapter this laneway was built without keeps its variant,
+        /// holding [`Disabled`]: see [`SourceSpec::missing_feature`].
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum SourceSpec {
+            $(
+                $(#[doc = $doc])*
+                #[serde(rename = $kind)]
+                $variant($config),
+            )*
+            $(
+                $(#[doc = $fdoc])*
+                #[cfg(feature = $feature)]
+                #[serde(rename = $fkind)]
+                $fvariant($fconfig),
+                #[doc = concat!("`type = \"", $fkind, "\"` in a build without the `", $feature, "` feature.")]
+                #[cfg(not(feature = $feature))]
+                #[serde(rename = $fkind)]
+                $fvariant(Disabled),
+            )*
+        }
+
+        impl SourceSpec {
+            /// Its `type` in the config file.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $( SourceSpec::$variant(_) => $kind, )*
+                    $( SourceSpec::$fvariant(_) => $fkind, )*
+                }
+            }
+
+            /// The adapter behind the entry (its checks and how it is
+            /// built), or the feature this build lacks for it.
+            pub fn adapter(&self) -> Result<&dyn SourceAdapter, MissingFeature> {
+                match self {
+                    $( SourceSpec::$variant(config) => Ok(config), )*
+                    $(
+                        #[cfg(feature = $feature)]
+                        SourceSpec::$fvariant(config) => Ok(config),
+                        #[cfg(not(feature = $feature))]
+                        SourceSpec::$fvariant(_) => Err(MissingFeature::new(
+                            concat!("type = \"", $fkind, "\""),
+                            $feature,
+                        )),
+                    )*
+                }
+            }
+
+            /// The cargo feature this entry needs and this build lacks, if any.
+            pub fn missing_feature(&self) -> Option<MissingFeature> {
+                self.adapter().err()
+            }
+        }
+    };
+}
+
+source_adapters! {
+    always {
+        /// The device simulator.
+        Simulator(SimulatorConfig) = "simulator";
+        /// JSONL envelopes from a file, or from stdin with `path = "-"`.
+        Jsonl(JsonlSpec) = "jsonl";
+    }
+    features {
+        /// AMQP queues on a broker (RabbitMQ), consumed with manual acks.
+        Amqp(crate::amqp::AmqpSourceConfig) = "amqp", "amqp";
+        /// Kafka topics, consumed in a consumer group with manual commits.
+        Kafka(crate::kafka::KafkaSourceConfig) = "kafka", "kafka";
+        /// A RabbitMQ stream queue, with laneway storing the offset and
+        /// catching up a lagging one live-first (docs/streams.md).
+        AmqpStream(crate::amqp::AmqpStreamConfig) = "amqp-stream", "amqp";
+        /// An AMQP 1.0 node (the Alibaba Cloud IoT Platform's server-side
+        /// subscription with `[sources.aliyun]`, RabbitMQ's AMQP 1.0 plugin),
+        /// accepted only when done (docs/amqp1.md).
+        Amqp1(Box<crate::amqp1::Amqp1SourceConfig>) = "amqp1", "amqp1";
+        /// A Pulsar topic on a failover subscription (Tuya's message service
+        /// with `[sources.tuya]`), acknowledged only when done (docs/pulsar.md).
+        Pulsar(Box<crate::pulsar::PulsarSourceConfig>) = "pulsar", "pulsar";
+    }
 }
 
 impl SourceSpec {
-    /// The cargo feature this entry needs and this build lacks, if any.
-    pub fn missing_feature(&self) -> Option<MissingFeature> {
-        match self {
-            SourceSpec::Simulator(_) | SourceSpec::Jsonl(_) => None,
-            SourceSpec::Amqp(_) => MissingFeature::AMQP_SOURCE.if_missing(),
-            SourceSpec::Kafka(_) => MissingFeature::KAFKA_SOURCE.if_missing(),
-            SourceSpec::AmqpStream(_) => MissingFeature::AMQP_STREAM_SOURCE.if_missing(),
-            SourceSpec::Amqp1(_) => MissingFeature::AMQP1_SOURCE.if_missing(),
-            SourceSpec::Pulsar(_) => MissingFeature::PULSAR_SOURCE.if_missing(),
-        }
-    }
-
     /// The name its `name` knob gives it, if any.
     pub fn name(&self) -> Option<&str> {
-        match self {
-            SourceSpec::Simulator(s) => s.name.as_deref(),
-            SourceSpec::Jsonl(s) => s.name.as_deref(),
-            #[cfg(feature = "amqp")]
-            SourceSpec::Amqp(s) => s.name.as_deref(),
-            #[cfg(feature = "kafka")]
-            SourceSpec::Kafka(s) => s.name.as_deref(),
-            #[cfg(feature = "amqp")]
-            SourceSpec::AmqpStream(s) => s.name.as_deref(),
-            #[cfg(feature = "amqp1")]
-            SourceSpec::Amqp1(s) => s.name.as_deref(),
-            #[cfg(feature = "pulsar")]
-            SourceSpec::Pulsar(s) => s.name.as_deref(),
-            // An adapter this build lacks is refused before its name counts.
-            #[allow(unreachable_patterns)]
-            _ => None,
-        }
+        self.adapter().ok().and_then(|adapter| adapter.name())
     }
-}
-
-/// A JSONL source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JsonlSpec {
-    /// Which lane its messages take.
-    #[serde(default)]
-    pub lane: LanePolicy,
-    /// The source's name in `/status`, the dashboard, metric labels and
-    /// the run summary. Default: what it reads (a path, a queue, a topic),
-    /// numbered when two sources share it. Two sources may not be given
-    /// one name.
-    pub name: Option<String>,
-    /// The file to read; `-` reads standard input.
-    pub path: PathBuf,
 }
 
 /// A group's `sink` table; `type` says which kind (an adapter this build
@@ -264,17 +252,46 @@ pub enum SinkSpec {
 }
 
 impl SinkSpec {
-    /// The cargo feature this sink needs and this build lacks, if any.
-    pub fn missing_feature(&self) -> Option<MissingFeature> {
+    /// Its `type` in the config file.
+    pub fn type_name(&self) -> &'static str {
         match self {
-            SinkSpec::Amqp(_) => MissingFeature::AMQP_SOURCE.if_missing(),
-            SinkSpec::Kafka(_) => MissingFeature::KAFKA_SOURCE.if_missing(),
-            SinkSpec::Http(_) => MissingFeature::HTTP_SINK.if_missing(),
+            SinkSpec::Simulated { .. } => "simulated",
+            SinkSpec::Null => "null",
+            SinkSpec::Stdout => "stdout",
+            SinkSpec::Jsonl { .. } => "jsonl",
+            SinkSpec::Amqp(_) => "amqp",
+            SinkSpec::Kafka(_) => "kafka",
+            SinkSpec::Http(_) => "http",
+        }
+    }
+
+    /// The adapter behind an adapter sink (its checks and how it is
+    /// built): `None` for a built-in sink, the missing feature for an
+    /// adapter this build lacks.
+    pub fn adapter(&self) -> Result<Option<&dyn SinkAdapter>, MissingFeature> {
+        match self {
             SinkSpec::Simulated { .. }
             | SinkSpec::Null
             | SinkSpec::Stdout
-            | SinkSpec::Jsonl { .. } => None,
+            | SinkSpec::Jsonl { .. } => Ok(None),
+            #[cfg(feature = "amqp")]
+            SinkSpec::Amqp(config) => Ok(Some(config)),
+            #[cfg(not(feature = "amqp"))]
+            SinkSpec::Amqp(_) => Err(MissingFeature::new("type = \"amqp\"", "amqp")),
+            #[cfg(feature = "kafka")]
+            SinkSpec::Kafka(config) => Ok(Some(config)),
+            #[cfg(not(feature = "kafka"))]
+            SinkSpec::Kafka(_) => Err(MissingFeature::new("type = \"kafka\"", "kafka")),
+            #[cfg(feature = "http")]
+            SinkSpec::Http(config) => Ok(Some(config)),
+            #[cfg(not(feature = "http"))]
+            SinkSpec::Http(_) => Err(MissingFeature::new("type = \"http\"", "http")),
         }
+    }
+
+    /// The cargo feature this sink needs and this build lacks, if any.
+    pub fn missing_feature(&self) -> Option<MissingFeature> {
+        self.adapter().err()
     }
 }
 

@@ -13,6 +13,7 @@ use reqwest::Url;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
+use crate::knob::KnobError;
 use crate::secret::Secret;
 
 /// How a batch is laid out in the request body.
@@ -140,11 +141,8 @@ impl HeaderSource {
 
     /// The value, read from where it comes from; `name` (the header's)
     /// names it in errors, which never hold the value.
-    pub fn resolve(&self, name: &str) -> Result<Secret, HttpConfigError> {
-        let failed = |message: String| HttpConfigError::Header {
-            name: name.to_string(),
-            message,
-        };
+    pub fn resolve(&self, name: &str) -> Result<Secret, KnobError> {
+        let failed = |message: String| header_error(name, message);
         match self {
             HeaderSource::Value(value) => Ok(value.clone()),
             HeaderSource::From { env, file, prefix } => {
@@ -228,57 +226,10 @@ impl fmt::Debug for HttpSinkConfig {
     }
 }
 
-/// An HTTP sink knob that cannot work. No variant's text holds a header
-/// value or the URL's password.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum HttpConfigError {
-    /// A knob's value is unusable.
-    #[error("{knob}: {message}")]
-    Invalid {
-        /// The knob (field and config key).
-        knob: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-    /// A header's name or value is unusable, or its value could not be read.
-    #[error("headers.{name}: {message}")]
-    Header {
-        /// The header's name.
-        name: String,
-        /// What is wrong (never the value).
-        message: String,
-    },
-    /// The `ca_file` could not be read or holds no certificate.
-    #[error("ca_file {}: {message}", path.display())]
-    CaFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// The HTTP client refused its settings.
-    #[error("the HTTP client could not be made: {0}")]
-    Client(String),
-}
-
-impl HttpConfigError {
-    fn invalid(knob: &'static str, message: impl Into<String>) -> HttpConfigError {
-        HttpConfigError::Invalid {
-            knob,
-            message: message.into(),
-        }
-    }
-
-    /// The knob the error is about, for placing it in the config file.
-    pub fn knob(&self) -> &'static str {
-        match self {
-            HttpConfigError::Invalid { knob, .. } => knob,
-            HttpConfigError::Header { .. } => "headers",
-            HttpConfigError::CaFile { .. } => "ca_file",
-            HttpConfigError::Client(_) => "url",
-        }
-    }
+/// A header named in `headers` is unusable, or its value could not be
+/// read: shown as `headers.NAME: …`, never with the value.
+pub(super) fn header_error(name: &str, message: impl std::fmt::Display) -> KnobError {
+    KnobError::said("headers", format!("headers.{name}: {message}"))
 }
 
 /// A checked URL: where requests go (without user info) and the basic
@@ -312,29 +263,23 @@ impl HttpSinkConfig {
 
     /// Checks the knobs without reading anything (header values from the
     /// environment or files are read when the sink is made).
-    pub fn validate(&self) -> Result<(), HttpConfigError> {
+    pub fn validate(&self) -> Result<(), KnobError> {
         self.target().map(|_| ())
     }
 
     /// The checked URL and what goes with it.
-    pub(super) fn target(&self) -> Result<Target, HttpConfigError> {
+    pub(super) fn target(&self) -> Result<Target, KnobError> {
         if self.timeout.is_zero() {
-            return Err(HttpConfigError::invalid(
-                "timeout",
-                "must be longer than zero",
-            ));
+            return Err(KnobError::new("timeout", "must be longer than zero"));
         }
         if self.max_retry_after.is_zero() {
-            return Err(HttpConfigError::invalid(
+            return Err(KnobError::new(
                 "max_retry_after",
                 "must be longer than zero",
             ));
         }
         for (name, source) in &self.headers {
-            let bad = |message: &str| HttpConfigError::Header {
-                name: name.clone(),
-                message: message.into(),
-            };
+            let bad = |message: &str| header_error(name, message);
             HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("not a valid header name"))?;
             match source {
                 HeaderSource::Value(value) => {
@@ -354,14 +299,14 @@ impl HttpSinkConfig {
         }
         let raw = self.url.trim();
         let mut url = Url::parse(raw).map_err(|e| {
-            HttpConfigError::invalid(
+            KnobError::new(
                 "url",
                 format!("{} is not a URL: {e}", crate::broker_url::redact(raw)),
             )
         })?;
         let shown = shown_url(&url);
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(HttpConfigError::invalid(
+            return Err(KnobError::new(
                 "url",
                 format!("{shown}: use http://host/... or https://host/..."),
             ));
@@ -397,7 +342,7 @@ impl HttpSinkConfig {
             && plaintext
             && !self.allow_plaintext
         {
-            return Err(HttpConfigError::invalid(
+            return Err(KnobError::new(
                 "url",
                 format!(
                     "{shown}: a plain http:// connection would send {what} in clear to a host that is not this machine; use https://, or set allow_plaintext = true"

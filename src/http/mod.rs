@@ -25,5 +25,5 @@
 mod config;
 mod sink;
 
-pub use config::{BodyFormat, HeaderSource, HttpConfigError, HttpSinkConfig, ResultMode};
+pub use config::{BodyFormat, HeaderSource, HttpSinkConfig, ResultMode};
 pub use sink::HttpSink;

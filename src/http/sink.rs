@@ -10,6 +10,7 @@
 //! query hidden) and never a header value.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -18,9 +19,10 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AF
 use reqwest::{Response, StatusCode, Url};
 use serde::Deserialize;
 
-use super::config::{BodyFormat, HttpConfigError, HttpSinkConfig, ResultMode};
+use super::config::{BodyFormat, HttpSinkConfig, ResultMode, header_error};
+use crate::knob::KnobError;
 use crate::message::write_envelope;
-use crate::sink::{BatchError, Delivery, DeliveryError, Sink};
+use crate::sink::{BatchError, Delivery, DeliveryError, Sink, SinkAdapter};
 
 /// How much of an error answer's body a reason quotes.
 const REASON_BODY_BYTES: usize = 200;
@@ -75,7 +77,7 @@ struct MessageResult {
 impl HttpSink {
     /// Makes the sink: checks the config, reads header values from the
     /// environment and files, loads `ca_file`, builds the pooled client.
-    pub fn new(config: &HttpSinkConfig) -> Result<HttpSink, HttpConfigError> {
+    pub fn new(config: &HttpSinkConfig) -> Result<HttpSink, KnobError> {
         let target = config.target()?;
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -83,19 +85,17 @@ impl HttpSink {
             HeaderValue::from_static(config.format.content_type()),
         );
         if let Some(auth) = &target.basic_auth {
-            let mut value =
-                HeaderValue::from_str(auth.expose()).map_err(|_| HttpConfigError::Invalid {
-                    knob: "url",
-                    message: format!("{}: the user info cannot be sent", target.shown),
-                })?;
+            let mut value = HeaderValue::from_str(auth.expose()).map_err(|_| {
+                KnobError::new(
+                    "url",
+                    format!("{}: the user info cannot be sent", target.shown),
+                )
+            })?;
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
         for (name, source) in &config.headers {
-            let bad = |message: &str| HttpConfigError::Header {
-                name: name.clone(),
-                message: message.into(),
-            };
+            let bad = |message: &str| header_error(name, message);
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| bad("not a valid header name"))?;
             let secret = source.resolve(name)?;
@@ -115,9 +115,8 @@ impl HttpSink {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = &config.ca_file {
-            let failed = |message: String| HttpConfigError::CaFile {
-                path: path.clone(),
-                message,
+            let failed = |message: String| {
+                KnobError::said("ca_file", format!("ca_file {}: {message}", path.display()))
             };
             let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
             let certificates = reqwest::Certificate::from_pem_bundle(&pem)
@@ -129,9 +128,12 @@ impl HttpSink {
                 builder = builder.add_root_certificate(certificate);
             }
         }
-        let client = builder
-            .build()
-            .map_err(|e| HttpConfigError::Client(describe(e)))?;
+        let client = builder.build().map_err(|e| {
+            KnobError::said(
+                "url",
+                format!("the HTTP client could not be made: {}", describe(e)),
+            )
+        })?;
         if target.plaintext_credentials {
             tracing::warn!(url = %target.shown, "allow_plaintext is set: the HTTP sink's credentials cross the network in clear");
         }
@@ -407,6 +409,16 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
         at.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+impl SinkAdapter for HttpSinkConfig {
+    fn check(&self) -> Result<(), KnobError> {
+        self.validate()
+    }
+
+    fn build(&self) -> Result<Arc<dyn Sink>, KnobError> {
+        Ok(Arc::new(HttpSink::new(self)?))
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::knob::KnobError;
 use crate::secret::Secret;
 use crate::source::LanePolicy;
 
@@ -161,52 +162,26 @@ impl Default for KafkaSinkConfig {
     }
 }
 
-/// A Kafka knob that cannot work.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum KafkaConfigError {
-    /// A knob's value is unusable.
-    #[error("{knob}: {message}")]
-    Invalid {
-        /// The knob (field and config key).
-        knob: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-    /// librdkafka refused the configuration (a property it does not know,
-    /// a value it cannot take).
-    #[error("the Kafka client refused its configuration: {0}")]
-    Client(String),
-}
-
-impl KafkaConfigError {
-    fn invalid(knob: &'static str, message: impl Into<String>) -> KafkaConfigError {
-        KafkaConfigError::Invalid {
-            knob,
-            message: message.into(),
-        }
-    }
-
-    /// The knob the error is about (`properties` for a client refusal).
-    pub fn knob(&self) -> &'static str {
-        match self {
-            KafkaConfigError::Invalid { knob, .. } => knob,
-            KafkaConfigError::Client(_) => "properties",
-        }
-    }
+/// librdkafka refused its configuration (a property it does not know, a
+/// value it cannot take): placed at `properties`.
+pub(super) fn client_refused(e: impl std::fmt::Display) -> KnobError {
+    KnobError::said(
+        "properties",
+        format!("the Kafka client refused its configuration: {e}"),
+    )
 }
 
 /// The environment variable read when `brokers` is left empty.
 pub const BROKERS_ENV: &str = "KAFKA_BROKERS";
 
 /// `brokers`, or the `KAFKA_BROKERS` environment variable when it is empty.
-pub(super) fn resolve_brokers(brokers: &str) -> Result<String, KafkaConfigError> {
+pub(super) fn resolve_brokers(brokers: &str) -> Result<String, KnobError> {
     if !brokers.trim().is_empty() {
         return Ok(brokers.trim().to_string());
     }
     match std::env::var(BROKERS_ENV) {
         Ok(b) if !b.trim().is_empty() => Ok(b.trim().to_string()),
-        _ => Err(KafkaConfigError::invalid(
+        _ => Err(KnobError::new(
             "brokers",
             format!("no brokers: set `brokers` or ${BROKERS_ENV}"),
         )),
@@ -215,14 +190,11 @@ pub(super) fn resolve_brokers(brokers: &str) -> Result<String, KafkaConfigError>
 
 /// Refuses properties that would send a static password in clear (SASL
 /// PLAIN without TLS) unless `allowed`.
-fn check_plaintext(
-    properties: &BTreeMap<String, Secret>,
-    allowed: bool,
-) -> Result<(), KafkaConfigError> {
+fn check_plaintext(properties: &BTreeMap<String, Secret>, allowed: bool) -> Result<(), KnobError> {
     if allowed || !sends_password_in_clear(properties) {
         return Ok(());
     }
-    Err(KafkaConfigError::invalid(
+    Err(KnobError::new(
         "properties",
         "sasl.mechanism PLAIN over security.protocol SASL_PLAINTEXT sends the password in clear: use SASL_SSL (or SCRAM), or set allow_plaintext = true",
     ))
@@ -263,42 +235,36 @@ fn sends_password_in_clear(properties: &BTreeMap<String, Secret>) -> bool {
 impl KafkaSourceConfig {
     /// Checks the knobs (the brokers are resolved when the source is made,
     /// so a config naming none checks fine wherever `KAFKA_BROKERS` is unset).
-    pub fn validate(&self) -> Result<(), KafkaConfigError> {
+    pub fn validate(&self) -> Result<(), KnobError> {
         if self.topics.is_empty() || self.topics.iter().any(|t| t.is_empty()) {
-            return Err(KafkaConfigError::invalid(
+            return Err(KnobError::new(
                 "topics",
                 "a kafka source needs at least one topic, and no empty name",
             ));
         }
         if self.group_id.is_empty() {
-            return Err(KafkaConfigError::invalid("group_id", "must not be empty"));
+            return Err(KnobError::new("group_id", "must not be empty"));
         }
         if self.batch == 0 {
-            return Err(KafkaConfigError::invalid("batch", "must be at least 1"));
+            return Err(KnobError::new("batch", "must be at least 1"));
         }
         if self.start != "earliest" && self.start != "latest" {
-            return Err(KafkaConfigError::invalid(
+            return Err(KnobError::new(
                 "start",
                 format!("{:?}: use earliest or latest", self.start),
             ));
         }
         if self.prefetch_kbytes == 0 {
-            return Err(KafkaConfigError::invalid(
-                "prefetch_kbytes",
-                "must be at least 1",
-            ));
+            return Err(KnobError::new("prefetch_kbytes", "must be at least 1"));
         }
         if self.catch_up && self.catch_up_after == 0 {
-            return Err(KafkaConfigError::invalid(
+            return Err(KnobError::new(
                 "catch_up_after",
                 "must be at least 1 (turn catch-up off with catch_up = false)",
             ));
         }
         if self.commit_every.is_zero() {
-            return Err(KafkaConfigError::invalid(
-                "commit_every",
-                "must be longer than zero",
-            ));
+            return Err(KnobError::new("commit_every", "must be longer than zero"));
         }
         check_plaintext(&self.properties, self.allow_plaintext)
     }
@@ -306,15 +272,12 @@ impl KafkaSourceConfig {
 
 impl KafkaSinkConfig {
     /// Checks the knobs (the brokers are resolved when the sink is made).
-    pub fn validate(&self) -> Result<(), KafkaConfigError> {
+    pub fn validate(&self) -> Result<(), KnobError> {
         if self.topic.is_empty() {
-            return Err(KafkaConfigError::invalid(
-                "topic",
-                "a kafka sink needs a topic",
-            ));
+            return Err(KnobError::new("topic", "a kafka sink needs a topic"));
         }
         if self.delivery_timeout.is_zero() {
-            return Err(KafkaConfigError::invalid(
+            return Err(KnobError::new(
                 "delivery_timeout",
                 "must be longer than zero",
             ));

@@ -33,9 +33,7 @@ mod sink;
 mod source;
 mod split;
 
-pub use config::{
-    BROKERS_ENV, KafkaConfigError, KafkaSinkConfig, KafkaSourceConfig, KeyChoice, ValueFormat,
-};
+pub use config::{BROKERS_ENV, KafkaSinkConfig, KafkaSourceConfig, KeyChoice, ValueFormat};
 pub use record::{headers_of, key_of, record_key};
 pub use sink::KafkaSink;
 pub use source::KafkaSource;

@@ -3,6 +3,7 @@
 //! fields and the message's extra headers as headers), keyed by the
 //! message's own key or by product and device (the `key` knob).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,10 +12,11 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::config::{
-    KafkaConfigError, KafkaSinkConfig, KeyChoice, apply_properties, resolve_brokers,
+    KafkaSinkConfig, KeyChoice, apply_properties, client_refused, resolve_brokers,
 };
 use super::record::{headers_of, record_key};
-use crate::sink::{BatchError, Delivery, DeliveryError, Sink};
+use crate::knob::KnobError;
+use crate::sink::{BatchError, Delivery, DeliveryError, Sink, SinkAdapter};
 
 /// Produces delivered messages to a Kafka topic.
 pub struct KafkaSink {
@@ -26,7 +28,7 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// Creates the producer (it connects in the background).
-    pub fn new(config: KafkaSinkConfig) -> Result<KafkaSink, KafkaConfigError> {
+    pub fn new(config: KafkaSinkConfig) -> Result<KafkaSink, KnobError> {
         config.validate()?;
         let mut client = ClientConfig::new();
         client
@@ -39,9 +41,7 @@ impl KafkaSink {
             )
             .set("linger.ms", "5");
         apply_properties(&mut client, &config.properties, "kafka sink");
-        let producer: FutureProducer = client
-            .create()
-            .map_err(|e| KafkaConfigError::Client(e.to_string()))?;
+        let producer: FutureProducer = client.create().map_err(client_refused)?;
         Ok(KafkaSink {
             producer,
             topic: config.topic,
@@ -111,6 +111,16 @@ impl Sink for KafkaSink {
             .await
             .map_err(|e| DeliveryError::RetryLater(format!("flushing the producer: {e}")))?
             .map_err(|e| DeliveryError::RetryLater(format!("flushing the producer: {e}")))
+    }
+}
+
+impl SinkAdapter for KafkaSinkConfig {
+    fn check(&self) -> Result<(), KnobError> {
+        self.validate()
+    }
+
+    fn build(&self) -> Result<Arc<dyn Sink>, KnobError> {
+        Ok(Arc::new(KafkaSink::new(self.clone())?))
     }
 }
 

@@ -24,12 +24,14 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use super::catch_up::CatchUpReader;
-use super::config::{KafkaConfigError, KafkaSourceConfig, apply_properties, resolve_brokers};
+use super::config::{KafkaSourceConfig, apply_properties, client_refused, resolve_brokers};
 use super::error_pacer::ErrorPacer;
 use super::lag::{self, Progress};
 use super::offsets::Offsets;
 use super::record;
 use super::split::SplitPolicy;
+use crate::knob::KnobError;
+use crate::source::{BuildContext, SourceAdapter};
 use crate::source::{Incoming, LanePolicy, Source, SourceContext, SourceError, SourceHealth};
 
 /// Consumes Kafka topics in a consumer group; see the module documentation
@@ -41,7 +43,7 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Checks the configuration; nothing connects until the source runs.
-    pub fn new(config: KafkaSourceConfig) -> Result<KafkaSource, KafkaConfigError> {
+    pub fn new(config: KafkaSourceConfig) -> Result<KafkaSource, KnobError> {
         config.validate()?;
         let mut client = ClientConfig::new();
         client
@@ -316,7 +318,7 @@ impl Source for KafkaSource {
         let consumer: StreamConsumer<Callbacks> = self
             .client
             .create_with_context(callbacks)
-            .map_err(|e| origin_error(KafkaConfigError::Client(e.to_string()).to_string()))?;
+            .map_err(|e| origin_error(client_refused(e).to_string()))?;
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -551,5 +553,23 @@ async fn keep_committing(
         if last {
             return;
         }
+    }
+}
+
+impl SourceAdapter for KafkaSourceConfig {
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn lane(&self) -> LanePolicy {
+        self.lane
+    }
+
+    fn check(&self) -> Result<(), KnobError> {
+        self.validate()
+    }
+
+    fn build(&self, _: &BuildContext) -> Result<Box<dyn Source>, KnobError> {
+        Ok(Box::new(KafkaSource::new(self.clone())?))
     }
 }

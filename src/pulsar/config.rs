@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::tuya::{Region, TuyaCredentials, subscription_name, topic_name};
+use crate::knob::KnobError;
 use crate::source::LanePolicy;
 
 /// A Pulsar source: one consumer on a failover subscription, acknowledging
@@ -152,23 +153,6 @@ pub const DEFAULT_URL_ENV: &str = "PULSAR_URL";
 /// The URL used when nothing names one: a local broker.
 pub const DEFAULT_URL: &str = "pulsar://127.0.0.1:6650";
 
-/// Why a Pulsar source configuration cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{knob}: {message}")]
-pub struct PulsarConfigError {
-    /// The knob (its config key; `tuya.access_id` for a preset knob).
-    pub knob: &'static str,
-    /// What is wrong, with the bad value.
-    pub message: String,
-}
-
-fn invalid(knob: &'static str, message: impl Into<String>) -> PulsarConfigError {
-    PulsarConfigError {
-        knob,
-        message: message.into(),
-    }
-}
-
 /// Where and how to connect, resolved from a checked config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -187,34 +171,34 @@ impl PulsarSourceConfig {
     /// Checks the knobs and resolves the URL, topic and subscription. The
     /// Tuya access key is read when connecting (so a rotated key is picked
     /// up on the next reconnect), not here.
-    pub fn validate(&self) -> Result<Resolved, PulsarConfigError> {
+    pub fn validate(&self) -> Result<Resolved, KnobError> {
         for (knob, value) in [
             ("receive_queue", self.receive_queue as usize),
             ("batch", self.batch),
         ] {
             if value == 0 {
-                return Err(invalid(knob, "must be at least 1"));
+                return Err(KnobError::new(knob, "must be at least 1"));
             }
         }
         let resolved = match &self.tuya {
             Some(tuya) => {
                 if self.url.is_some() || self.url_env.is_some() || self.topic.is_some() {
-                    return Err(invalid(
+                    return Err(KnobError::new(
                         "url",
                         "`url`, `url_env` and `topic` do not go with [sources.tuya], which names the endpoint and the topic itself (use tuya.endpoint for another endpoint)",
                     ));
                 }
                 if tuya.access_id.is_empty() {
-                    return Err(invalid("tuya.access_id", "the access ID is empty"));
+                    return Err(KnobError::new("tuya.access_id", "the access ID is empty"));
                 }
                 if tuya.access_id.contains('/') {
-                    return Err(invalid(
+                    return Err(KnobError::new(
                         "tuya.access_id",
                         format!("{:?} contains '/'", tuya.access_id),
                     ));
                 }
                 if tuya.access_key_env.is_empty() && tuya.access_key_file.is_none() {
-                    return Err(invalid(
+                    return Err(KnobError::new(
                         "tuya.access_key_env",
                         "name the variable (or tuya.access_key_file) that holds the access key",
                     ));
@@ -225,7 +209,7 @@ impl PulsarSourceConfig {
                     .unwrap_or_else(|| tuya.region.url().to_string());
                 let plaintext_login = url.starts_with("pulsar://");
                 if plaintext_login && !tuya.allow_plaintext {
-                    return Err(invalid(
+                    return Err(KnobError::new(
                         "tuya.endpoint",
                         format!(
                             "{} is not TLS: the login would send the access ID and a replayable password in clear; use pulsar+ssl://, or set tuya.allow_plaintext = true (for a test peer)",
@@ -245,7 +229,7 @@ impl PulsarSourceConfig {
             }
             None => {
                 if self.url.is_some() && self.url_env.is_some() {
-                    return Err(invalid("url", "set `url` or `url_env`, not both"));
+                    return Err(KnobError::new("url", "set `url` or `url_env`, not both"));
                 }
                 let url = crate::env::url_text(
                     self.url.as_deref(),
@@ -254,11 +238,11 @@ impl PulsarSourceConfig {
                     DEFAULT_URL,
                 )
                 .map_err(|var| {
-                    invalid("url_env", format!("environment variable {var} is not set"))
+                    KnobError::new("url_env", format!("environment variable {var} is not set"))
                 })?;
                 let topic = match &self.topic {
                     Some(t) if !t.is_empty() => t.clone(),
-                    _ => return Err(invalid("topic", "name the topic to consume")),
+                    _ => return Err(KnobError::new("topic", "name the topic to consume")),
                 };
                 Resolved {
                     url,
@@ -277,7 +261,7 @@ impl PulsarSourceConfig {
             } else {
                 "url"
             };
-            return Err(invalid(
+            return Err(KnobError::new(
                 knob,
                 format!(
                     "{} is not a pulsar:// or pulsar+ssl:// URL",
@@ -295,7 +279,7 @@ impl PulsarSourceConfig {
             } else {
                 "url"
             };
-            return Err(invalid(
+            return Err(KnobError::new(
                 knob,
                 format!(
                     "{}: a Pulsar service URL carries no user or password (the tuya preset logs in with its access key)",
@@ -304,7 +288,10 @@ impl PulsarSourceConfig {
             ));
         }
         if resolved.subscription.is_empty() {
-            return Err(invalid("subscription", "the subscription name is empty"));
+            return Err(KnobError::new(
+                "subscription",
+                "the subscription name is empty",
+            ));
         }
         Ok(resolved)
     }
@@ -338,18 +325,18 @@ mod tests {
     fn a_preset_refuses_a_url_and_a_plain_source_needs_a_topic() {
         let mut c = tuya();
         c.url = Some("pulsar://x:6650".into());
-        assert_eq!(c.validate().unwrap_err().knob, "url");
+        assert_eq!(c.validate().unwrap_err().knob(), "url");
         let plain = PulsarSourceConfig {
             url: Some("pulsar://127.0.0.1:6650".into()),
             ..PulsarSourceConfig::default()
         };
-        assert_eq!(plain.validate().unwrap_err().knob, "topic");
+        assert_eq!(plain.validate().unwrap_err().knob(), "topic");
         let bad = PulsarSourceConfig {
             url: Some("http://x".into()),
             topic: Some("t".into()),
             ..PulsarSourceConfig::default()
         };
-        assert_eq!(bad.validate().unwrap_err().knob, "url");
+        assert_eq!(bad.validate().unwrap_err().knob(), "url");
     }
 
     #[test]
@@ -359,8 +346,8 @@ mod tests {
             t.endpoint = Some("pulsar://127.0.0.1:6650".into());
         }
         let e = c.validate().unwrap_err();
-        assert_eq!(e.knob, "tuya.endpoint");
-        assert!(e.message.contains("allow_plaintext"), "{e}");
+        assert_eq!(e.knob(), "tuya.endpoint");
+        assert!(e.to_string().contains("allow_plaintext"), "{e}");
         if let Some(t) = c.tuya.as_mut() {
             t.allow_plaintext = true;
         }

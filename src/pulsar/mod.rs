@@ -24,9 +24,7 @@ mod mapping;
 mod source;
 mod tuya;
 
-pub use config::{
-    DEFAULT_URL, DEFAULT_URL_ENV, PulsarConfigError, PulsarSourceConfig, Resolved, TuyaConfig,
-};
+pub use config::{DEFAULT_URL, DEFAULT_URL_ENV, PulsarSourceConfig, Resolved, TuyaConfig};
 pub use decrypt::{DecryptError, EncryptMode, decrypt};
 pub use mapping::{ENCRYPT_MODE, GENERATE_TIME, MESSAGE_ID, TOPIC};
 pub use source::PulsarSource;

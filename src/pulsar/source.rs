@@ -34,10 +34,12 @@ use pulsar::{
     TokioExecutor,
 };
 
-use super::config::{PulsarConfigError, PulsarSourceConfig, Resolved};
+use super::config::{PulsarSourceConfig, Resolved};
 use super::mapping::{self, Received};
 use super::tuya::TuyaCredentials;
 use crate::backoff::Backoff;
+use crate::knob::KnobError;
+use crate::source::{BuildContext, SourceAdapter};
 use crate::source::{
     Incoming, LanePolicy, Positions, Source, SourceContext, SourceError, SourceHealth,
     sleep_until_opt, wait_to_reconnect,
@@ -60,7 +62,7 @@ pub struct PulsarSource {
 
 impl PulsarSource {
     /// A source for this configuration (checked; nothing connects yet).
-    pub fn new(config: PulsarSourceConfig) -> Result<PulsarSource, PulsarConfigError> {
+    pub fn new(config: PulsarSourceConfig) -> Result<PulsarSource, KnobError> {
         let resolved = config.validate()?;
         Ok(PulsarSource {
             config: Arc::new(config),
@@ -417,5 +419,23 @@ impl Settlement {
             }
         }
         n
+    }
+}
+
+impl SourceAdapter for PulsarSourceConfig {
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn lane(&self) -> LanePolicy {
+        self.lane
+    }
+
+    fn check(&self) -> Result<(), KnobError> {
+        self.validate().map(|_| ())
+    }
+
+    fn build(&self, _: &BuildContext) -> Result<Box<dyn Source>, KnobError> {
+        Ok(Box::new(PulsarSource::new(self.clone())?))
     }
 }

@@ -1,6 +1,7 @@
 //! Where a consumer group delivers: the [`Sink`] trait and the sinks laneway
 //! ships (a Rust handler, JSONL to a file or stdout, null).
 
+mod adapter;
 mod delivery;
 mod handler;
 mod jsonl;
@@ -9,6 +10,7 @@ mod null;
 
 use async_trait::async_trait;
 
+pub use adapter::SinkAdapter;
 pub use delivery::{BatchError, Delivery, DeliveryError};
 pub use handler::{HandlerFn, SimulatedHandler, handler_fn};
 pub use jsonl::JsonlSink;

@@ -8,9 +8,11 @@
 //! (every group has finished with what it submitted). A JSONL file source
 //! keeps a [`checkpoint`] of how far it is done, so a restart resumes there.
 
+mod adapter;
 pub mod checkpoint;
 mod ingest;
 pub mod jsonl;
+mod jsonl_spec;
 mod lane_policy;
 mod named;
 mod positions;
@@ -25,8 +27,10 @@ use parking_lot::Mutex;
 
 use tokio_util::sync::CancellationToken;
 
+pub use adapter::{BuildContext, SourceAdapter};
 pub use ingest::{Incoming, Ingest, IntakeHold, Route};
 pub use jsonl::JsonlSource;
+pub use jsonl_spec::JsonlSpec;
 pub use lane_policy::LanePolicy;
 pub use named::Named;
 pub use positions::Positions;

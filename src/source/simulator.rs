@@ -16,8 +16,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::Incoming;
-use super::{Source, SourceContext, SourceError};
+use super::{BuildContext, LanePolicy, Source, SourceAdapter, SourceContext, SourceError};
 use crate::ack::AckRef;
+use crate::knob::KnobError;
 use crate::message::{Kind, Message, now_epoch_ms};
 
 /// What the simulator emits and how fast.
@@ -232,6 +233,24 @@ impl Simulator {
     /// A simulator with this configuration.
     pub fn new(config: SimulatorConfig) -> Simulator {
         Simulator { config }
+    }
+}
+
+impl SourceAdapter for SimulatorConfig {
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn lane(&self) -> LanePolicy {
+        self.lane
+    }
+
+    fn check(&self) -> Result<(), KnobError> {
+        Ok(())
+    }
+
+    fn build(&self, _: &BuildContext) -> Result<Box<dyn Source>, KnobError> {
+        Ok(Box::new(Simulator::new(self.clone())))
     }
 }
 
