@@ -10,7 +10,7 @@ use super::{
 };
 use crate::knob::KnobError;
 use crate::sink::{Sink, SinkAdapter};
-use crate::source::{BuildContext, LanePolicy, Source, SourceAdapter};
+use crate::source::source_adapter;
 
 impl From<AmqpConfigError> for KnobError {
     fn from(e: AmqpConfigError) -> Self {
@@ -18,42 +18,13 @@ impl From<AmqpConfigError> for KnobError {
     }
 }
 
-impl SourceAdapter for AmqpSourceConfig {
-    fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-
-    fn lane(&self) -> LanePolicy {
-        self.lane
-    }
-
-    fn check(&self) -> Result<(), KnobError> {
-        Ok(self.validate().map(|_| ())?)
-    }
-
-    fn build(&self, _: &BuildContext) -> Result<Box<dyn Source>, KnobError> {
-        Ok(Box::new(AmqpSource::new(self.clone())?))
-    }
-}
-
-impl SourceAdapter for AmqpStreamConfig {
-    fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-
-    fn lane(&self) -> LanePolicy {
-        self.lane
-    }
-
-    fn check(&self) -> Result<(), KnobError> {
-        Ok(self.validate().map(|_| ())?)
-    }
-
-    fn build(&self, context: &BuildContext) -> Result<Box<dyn Source>, KnobError> {
-        let source = AmqpStreamSource::new(self.clone())?.offsets_in(&context.state_dir);
-        Ok(Box::new(source))
-    }
-}
+source_adapter!(AmqpSourceConfig, |config, _| AmqpSource::new(
+    config.clone()
+));
+source_adapter!(AmqpStreamConfig, |config, context| {
+    // Its offset lives beside the file sources' checkpoints.
+    AmqpStreamSource::new(config.clone()).map(|source| source.offsets_in(&context.state_dir))
+});
 
 impl SinkAdapter for AmqpSinkConfig {
     fn check(&self) -> Result<(), KnobError> {

@@ -40,7 +40,7 @@ use super::publisher::CLOSE_TIMEOUT;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
 use crate::knob::KnobError;
-use crate::source::{BuildContext, SourceAdapter};
+use crate::source::source_adapter;
 use crate::source::{
     Ingest, LanePolicy, Positions, Source, SourceContext, SourceError, SourceHealth, first_failure,
     sleep_until_opt,
@@ -513,20 +513,6 @@ impl Settlement {
     }
 }
 
-impl SourceAdapter for Amqp1SourceConfig {
-    fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-
-    fn lane(&self) -> LanePolicy {
-        self.lane
-    }
-
-    fn check(&self) -> Result<(), KnobError> {
-        self.validate().map(|_| ())
-    }
-
-    fn build(&self, _: &BuildContext) -> Result<Box<dyn Source>, KnobError> {
-        Ok(Box::new(Amqp1Source::new(self.clone())?))
-    }
-}
+source_adapter!(Amqp1SourceConfig, |config, _| Amqp1Source::new(
+    config.clone()
+));

@@ -31,7 +31,7 @@ use super::offsets::Offsets;
 use super::record;
 use super::split::SplitPolicy;
 use crate::knob::KnobError;
-use crate::source::{BuildContext, SourceAdapter};
+use crate::source::source_adapter;
 use crate::source::{Incoming, LanePolicy, Source, SourceContext, SourceError, SourceHealth};
 
 /// Consumes Kafka topics in a consumer group; see the module documentation
@@ -556,20 +556,6 @@ async fn keep_committing(
     }
 }
 
-impl SourceAdapter for KafkaSourceConfig {
-    fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-
-    fn lane(&self) -> LanePolicy {
-        self.lane
-    }
-
-    fn check(&self) -> Result<(), KnobError> {
-        self.validate()
-    }
-
-    fn build(&self, _: &BuildContext) -> Result<Box<dyn Source>, KnobError> {
-        Ok(Box::new(KafkaSource::new(self.clone())?))
-    }
-}
+source_adapter!(KafkaSourceConfig, |config, _| KafkaSource::new(
+    config.clone()
+));

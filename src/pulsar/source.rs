@@ -39,7 +39,7 @@ use super::mapping::{self, Received};
 use super::tuya::TuyaCredentials;
 use crate::backoff::Backoff;
 use crate::knob::KnobError;
-use crate::source::{BuildContext, SourceAdapter};
+use crate::source::source_adapter;
 use crate::source::{
     Incoming, LanePolicy, Positions, Source, SourceContext, SourceError, SourceHealth,
     sleep_until_opt, wait_to_reconnect,
@@ -422,20 +422,6 @@ impl Settlement {
     }
 }
 
-impl SourceAdapter for PulsarSourceConfig {
-    fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-
-    fn lane(&self) -> LanePolicy {
-        self.lane
-    }
-
-    fn check(&self) -> Result<(), KnobError> {
-        self.validate().map(|_| ())
-    }
-
-    fn build(&self, _: &BuildContext) -> Result<Box<dyn Source>, KnobError> {
-        Ok(Box::new(PulsarSource::new(self.clone())?))
-    }
-}
+source_adapter!(PulsarSourceConfig, |config, _| PulsarSource::new(
+    config.clone()
+));

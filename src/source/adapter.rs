@@ -62,3 +62,48 @@ impl<T: SourceAdapter + ?Sized> SourceAdapter for Box<T> {
         (**self).build(context)
     }
 }
+
+/// Implements [`SourceAdapter`] for an adapter's config type whose table
+/// has the `name` and `lane` knobs and a `validate` method that checks
+/// it; the closure makes the source from the table and the
+/// [`BuildContext`]:
+/// `source_adapter!(KafkaSourceConfig, |config, _| KafkaSource::new(config.clone()));`
+#[cfg(any(
+    feature = "amqp",
+    feature = "amqp1",
+    feature = "kafka",
+    feature = "pulsar"
+))]
+macro_rules! source_adapter {
+    ($config:ty, |$table:ident, $context:pat_param| $build:expr) => {
+        impl $crate::source::SourceAdapter for $config {
+            fn name(&self) -> Option<&str> {
+                self.name.as_deref()
+            }
+
+            fn lane(&self) -> $crate::source::LanePolicy {
+                self.lane
+            }
+
+            fn check(&self) -> Result<(), $crate::knob::KnobError> {
+                self.validate()?;
+                Ok(())
+            }
+
+            fn build(
+                &self,
+                $context: &$crate::source::BuildContext,
+            ) -> Result<Box<dyn $crate::source::Source>, $crate::knob::KnobError> {
+                let $table = self;
+                Ok(Box::new($build?))
+            }
+        }
+    };
+}
+#[cfg(any(
+    feature = "amqp",
+    feature = "amqp1",
+    feature = "kafka",
+    feature = "pulsar"
+))]
+pub(crate) use source_adapter;

@@ -28,6 +28,13 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 pub use adapter::{BuildContext, SourceAdapter};
+#[cfg(any(
+    feature = "amqp",
+    feature = "amqp1",
+    feature = "kafka",
+    feature = "pulsar"
+))]
+pub(crate) use adapter::source_adapter;
 pub use ingest::{Incoming, Ingest, IntakeHold, Route};
 pub use jsonl::JsonlSource;
 pub use jsonl_spec::JsonlSpec;
