@@ -255,18 +255,17 @@ impl PulsarSourceConfig {
                 }
             }
         };
+        // The URL comes from the preset's endpoint, or from `url`.
+        let url_knob = if self.tuya.is_some() {
+            "tuya.endpoint"
+        } else {
+            "url"
+        };
+        let shown = crate::broker_url::redact(&resolved.url);
         if !(resolved.url.starts_with("pulsar://") || resolved.url.starts_with("pulsar+ssl://")) {
-            let knob = if self.tuya.is_some() {
-                "tuya.endpoint"
-            } else {
-                "url"
-            };
             return Err(KnobError::new(
-                knob,
-                format!(
-                    "{} is not a pulsar:// or pulsar+ssl:// URL",
-                    crate::broker_url::redact(&resolved.url)
-                ),
+                url_knob,
+                format!("{shown} is not a pulsar:// or pulsar+ssl:// URL"),
             ));
         }
         if resolved
@@ -274,16 +273,10 @@ impl PulsarSourceConfig {
             .split_once("://")
             .is_some_and(|(_, rest)| rest.contains('@'))
         {
-            let knob = if self.tuya.is_some() {
-                "tuya.endpoint"
-            } else {
-                "url"
-            };
             return Err(KnobError::new(
-                knob,
+                url_knob,
                 format!(
-                    "{}: a Pulsar service URL carries no user or password (the tuya preset logs in with its access key)",
-                    crate::broker_url::redact(&resolved.url)
+                    "{shown}: a Pulsar service URL carries no user or password (the tuya preset logs in with its access key)"
                 ),
             ));
         }

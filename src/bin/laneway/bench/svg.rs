@@ -134,19 +134,7 @@ pub fn render(title: &str, reports: &[ModeReport], threshold_ms: f64) -> String 
         .flat_map(|r| r.timeline.last().map(|p| p.t_s))
         .fold(1.0, f64::max);
     let height = TOP + 2.0 * PANEL_H + GAP + 70.0;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">"#
-    );
-    out.push_str(r#"<rect width="100%" height="100%" fill="white"/>"#);
-    out.push('\n');
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="24" font-size="16" text-anchor="middle">{}</text>"#,
-        WIDTH / 2.0,
-        escape(title)
-    );
+    let mut out = open_svg(height, title);
 
     // Panel 1: live p99 per 100 ms window, log scale from 0.1 ms to 100 s.
     let lat = Panel { top: TOP, t_max };
@@ -304,18 +292,7 @@ pub fn bars(
         .fold(1.0f64, |m, v| m.max(*v))
         * 1.15;
     let y = |v: f64| bottom - PANEL_H * (v / y_max).clamp(0.0, 1.0);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">"#
-    );
-    out.push_str("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="24" font-size="16" text-anchor="middle">{}</text>"#,
-        WIDTH / 2.0,
-        escape(title)
-    );
+    let mut out = open_svg(height, title);
     let _ = writeln!(
         out,
         r#"<text x="16" y="{}" font-size="12" transform="rotate(-90 16 {})" text-anchor="middle">{}</text>"#,
@@ -383,3 +360,22 @@ pub fn bars(
     out.push_str("</svg>\n");
     out
 }
+
+/// The opening of a chart: the `<svg>` element `height` high, a white
+/// background and the title centred on top.
+fn open_svg(height: f64, title: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">"#
+    );
+    out.push_str("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="24" font-size="16" text-anchor="middle">{}</text>"#,
+        WIDTH / 2.0,
+        escape(title)
+    );
+    out
+}
+
