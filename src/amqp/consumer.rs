@@ -41,8 +41,9 @@ use super::headers;
 use crate::ack::{AckRef, AckTracker};
 use crate::backoff::Backoff;
 use crate::broker_url::{BrokerUrl, UrlError};
+use crate::source::sessions::{Driver, wait_to_reconnect};
 use crate::source::{Incoming, Ingest, LanePolicy, Positions, first_failure, sleep_until_opt};
-use crate::source::{Source, SourceContext, SourceError, SourceHealth, wait_to_reconnect};
+use crate::source::{Source, SourceContext, SourceError, SourceHealth};
 use tokio_util::sync::CancellationToken;
 
 /// How often the ack task looks at the watermark even without a wake-up.
@@ -401,9 +402,15 @@ impl QueueConsumer {
                 }
                 SessionEnd::Lost(why) => {
                     let after = "unacknowledged messages will be redelivered";
-                    if !wait_to_reconnect(&mut backoff, &self.stop, &self.health, &who, &why, after)
-                        .await
-                    {
+                    let (stop, health) = (&self.stop, &self.health);
+                    let driver = Driver {
+                        who: &who,
+                        after,
+                        stop,
+                        health,
+                    };
+                    let wait = backoff.next_delay();
+                    if !wait_to_reconnect(wait, wait, driver, &why).await {
                         return Ok(());
                     }
                 }

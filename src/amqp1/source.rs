@@ -40,6 +40,7 @@ use super::publisher::CLOSE_TIMEOUT;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
 use crate::knob::KnobError;
+use crate::source::sessions::{ConnectFailure, Driver, SessionEnd, Sessions, run_sessions};
 use crate::source::source_adapter;
 use crate::source::{
     Ingest, LanePolicy, Positions, Source, SourceContext, SourceError, SourceHealth, first_failure,
@@ -176,19 +177,12 @@ struct LinkRunner {
 }
 
 impl LinkRunner {
-    fn fatal(&self, message: String) -> SourceError {
-        SourceError::Origin {
-            origin: self.origin.clone(),
-            message,
-        }
-    }
-
     /// The login for the next attempt (signed now, for a preset).
-    fn login(&self) -> Result<Login, SourceError> {
+    fn login(&self) -> Result<Login, String> {
         let c = &self.config;
         match (&c.aliyun, &self.url) {
             (Some(aliyun), _) => {
-                let credentials = aliyun.credentials().map_err(|m| self.fatal(m))?;
+                let credentials = aliyun.credentials()?;
                 aliyun
                     .login(
                         &credentials,
@@ -196,7 +190,7 @@ impl LinkRunner {
                         self.number,
                         c.connections,
                     )
-                    .map_err(|e| self.fatal(e.to_string()))
+                    .map_err(|e| e.to_string())
             }
             (None, Some(url)) => Ok(Login {
                 host: url.host().to_string(),
@@ -206,86 +200,21 @@ impl LinkRunner {
                 password: url.password().into(),
                 shown_as: url.redacted().to_string(),
             }),
-            (None, None) => Err(self.fatal("no URL and no preset".into())),
+            (None, None) => Err("no URL and no preset".into()),
         }
     }
 
-    async fn run(self) -> Result<(), SourceError> {
+    async fn run(mut self) -> Result<(), SourceError> {
         let c = &self.config;
         let mut backoff = Backoff::new(c.reconnect_initial, c.reconnect_max);
-        let mut sessions = 0u64;
-        let container = format!("laneway-{}-{}", std::process::id(), self.number);
-        loop {
-            let paced = self
-                .pacer
-                .turn(&self.stop, |wait| {
-                    // Whole milliseconds: what a person reads.
-                    let wait = Duration::from_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
-                    tracing::warn!(source = %self.origin, "connection attempts are at connects_per_minute; waiting {wait:?}");
-                    self.health
-                        .troubled(format!("pacing connection attempts, next in {wait:?}"));
-                })
-                .await;
-            if !paced {
-                return Ok(());
-            }
-            let login = self.login()?;
-            let opened = tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => return Ok(()),
-                o = login::open(&login, &container, c.idle_timeout, self.tls.as_ref(), OPEN_TIMEOUT) => o,
-            };
-            let why = match opened {
-                Ok(mut connection) => {
-                    sessions += 1;
-                    if sessions > 1 {
-                        tracing::info!(source = %self.origin, connection = self.number, "reconnected");
-                    }
-                    let end = self.session(&mut connection).await;
-                    // Bounded, as every close here: a peer (or the client
-                    // library) that never finishes the handshake must not
-                    // hold up the stop; dropping the handle closes it.
-                    if tokio::time::timeout(CLOSE_TIMEOUT, connection.close())
-                        .await
-                        .is_err()
-                    {
-                        tracing::debug!(source = %self.origin, "closing the connection timed out; dropped it");
-                    }
-                    match end {
-                        End::Stopped | End::Idle => return Ok(()),
-                        End::Forbidden(why)
-                            if !self
-                                .attached_once
-                                .load(std::sync::atomic::Ordering::Relaxed) =>
-                        {
-                            return Err(self.fatal(why));
-                        }
-                        End::Lost(why) | End::Forbidden(why) => {
-                            backoff.reset();
-                            why
-                        }
-                    }
-                }
-                Err(OpenFailure::Tls(m)) => return Err(self.fatal(m)),
-                Err(OpenFailure::Refused(m)) if sessions == 0 => return Err(self.fatal(m)),
-                Err(other) => other.to_string(),
-            };
-            let wait = backoff.next_delay();
-            // The real next attempt: the backoff, or later when the
-            // connects_per_minute cap is used up by then.
-            let next = self.pacer.next_turn_in(wait);
-            tracing::warn!(source = %self.origin, connection = self.number, reason = %why,
-                next_attempt_in_ms = next.as_millis() as u64,
-                "no connection; next attempt in {next:?} (backoff {wait:?}, connects_per_minute {}); unaccepted messages will be redelivered",
-                c.connects_per_minute);
-            self.health
-                .troubled(format!("connection lost, reconnecting in {next:?}"));
-            self.health.reconnecting();
-            tokio::select! {
-                _ = self.stop.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
+        let (who, stop, health) = (self.origin.clone(), self.stop.clone(), self.health.clone());
+        let driver = Driver {
+            who: &who,
+            after: "unaccepted messages will be redelivered",
+            stop: &stop,
+            health: &health,
+        };
+        run_sessions(&mut self, &mut backoff, driver).await
     }
 
     async fn session(&self, connection: &mut ConnectionHandle<()>) -> End {
@@ -436,6 +365,72 @@ impl LinkRunner {
             }
         }
         End::Stopped
+    }
+}
+
+#[async_trait]
+impl Sessions for LinkRunner {
+    type Connection = ConnectionHandle<()>;
+
+    async fn connect(&mut self) -> Result<ConnectionHandle<()>, ConnectFailure> {
+        let paced = self
+            .pacer
+            .turn(&self.stop, |wait| {
+                // Whole milliseconds: what a person reads.
+                let wait = Duration::from_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+                tracing::warn!(source = %self.origin, "connection attempts are at connects_per_minute; waiting {wait:?}");
+                self.health
+                    .troubled(format!("pacing connection attempts, next in {wait:?}"));
+            })
+            .await;
+        if !paced {
+            // Stopped while waiting its turn: the driver ends on the stop.
+            return Err(ConnectFailure::Retry("stopped".into()));
+        }
+        let login = self.login().map_err(ConnectFailure::Fatal)?;
+        let container = format!("laneway-{}-{}", std::process::id(), self.number);
+        let c = &self.config;
+        match login::open(
+            &login,
+            &container,
+            c.idle_timeout,
+            self.tls.as_ref(),
+            OPEN_TIMEOUT,
+        )
+        .await
+        {
+            Ok(connection) => Ok(connection),
+            Err(OpenFailure::Tls(m)) => Err(ConnectFailure::Fatal(m)),
+            Err(OpenFailure::Refused(m)) => Err(ConnectFailure::Refused(m)),
+            Err(other) => Err(ConnectFailure::Retry(other.to_string())),
+        }
+    }
+
+    async fn serve(&mut self, mut connection: ConnectionHandle<()>, _: u64) -> SessionEnd {
+        let end = self.session(&mut connection).await;
+        // Bounded, as every close here: a peer (or the client library)
+        // that never finishes the handshake must not hold up the stop;
+        // dropping the handle closes it.
+        if tokio::time::timeout(CLOSE_TIMEOUT, connection.close())
+            .await
+            .is_err()
+        {
+            tracing::debug!(source = %self.origin, "closing the connection timed out; dropped it");
+        }
+        let attached_once = self
+            .attached_once
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match end {
+            End::Stopped | End::Idle => SessionEnd::Finished,
+            End::Forbidden(why) if !attached_once => SessionEnd::Fatal(why),
+            End::Lost(why) | End::Forbidden(why) => SessionEnd::Lost(why),
+        }
+    }
+
+    fn next_attempt_in(&self, wait: Duration) -> Duration {
+        // The backoff, or later when the connects_per_minute cap is used
+        // up by then.
+        self.pacer.next_turn_in(wait)
     }
 }
 

@@ -39,10 +39,11 @@ use super::mapping::{self, Received};
 use super::tuya::TuyaCredentials;
 use crate::backoff::Backoff;
 use crate::knob::KnobError;
+use crate::source::sessions::{ConnectFailure, Driver, SessionEnd, Sessions, run_sessions};
 use crate::source::source_adapter;
 use crate::source::{
     Incoming, LanePolicy, Positions, Source, SourceContext, SourceError, SourceHealth,
-    sleep_until_opt, wait_to_reconnect,
+    sleep_until_opt,
 };
 
 /// How often acks follow the watermark even without a wake-up.
@@ -98,119 +99,106 @@ impl Source for PulsarSource {
     }
 
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError> {
-        let runner = Runner {
-            origin: self.shown(),
+        let origin = self.shown();
+        let c = &self.config;
+        ctx.health.acknowledges();
+        if self.resolved.plaintext_login {
+            tracing::warn!(source = %origin, "tuya.allow_plaintext: the login (access ID and a password derived from the access key, replayable) crosses this non-TLS connection in clear");
+        }
+        let ca = match &c.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| SourceError::Origin {
+                origin: origin.clone(),
+                message: format!("reading ca_file {}: {e}", path.display()),
+            })?),
+            None => None,
+        };
+        let mut backoff = Backoff::new(c.reconnect_initial, c.reconnect_max);
+        let (stop, health) = (ctx.stop.clone(), ctx.health.clone());
+        let mut runner = Runner {
+            origin,
             config: self.config,
             resolved: self.resolved,
+            ca,
             ctx,
         };
-        runner.run().await
+        let driver = Driver {
+            who: &runner.origin.clone(),
+            after: "unacknowledged messages will be redelivered",
+            stop: &stop,
+            health: &health,
+        };
+        run_sessions(&mut runner, &mut backoff, driver).await
     }
 }
 
-/// How one consumer's life ended.
-enum End {
-    /// Shut down on `stop`, everything acknowledged or negatively so.
-    Stopped,
-    /// Finished after `idle_exit` with everything acknowledged.
-    Idle,
-    /// The connection or consumer failed: start over.
-    Lost(String),
-}
-
+/// One consumer's sessions.
 struct Runner {
     origin: String,
     config: Arc<PulsarSourceConfig>,
     resolved: Resolved,
+    /// The certificate authorities `ca_file` names, read once at start.
+    ca: Option<Vec<u8>>,
     ctx: SourceContext,
 }
 
-impl Runner {
-    fn fatal(&self, message: String) -> SourceError {
-        SourceError::Origin {
-            origin: self.origin.clone(),
-            message,
-        }
-    }
+/// A session's client, its consumer, and the preset's credentials it
+/// logged in with.
+type Connected = (
+    Pulsar<TokioExecutor>,
+    PulsarConsumer,
+    Option<TuyaCredentials>,
+);
 
-    async fn run(self) -> Result<(), SourceError> {
-        let c = &self.config;
-        let mut backoff = Backoff::new(c.reconnect_initial, c.reconnect_max);
-        let mut sessions = 0u64;
-        self.ctx.health.acknowledges();
-        if self.resolved.plaintext_login {
-            tracing::warn!(source = %self.origin, "tuya.allow_plaintext: the login (access ID and a password derived from the access key, replayable) crosses this non-TLS connection in clear");
-        }
-        let ca = match &c.ca_file {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| self.fatal(format!("reading ca_file {}: {e}", path.display())))?,
-            ),
+#[async_trait]
+impl Sessions for Runner {
+    type Connection = Connected;
+
+    async fn connect(&mut self) -> Result<Connected, ConnectFailure> {
+        let credentials = match &self.config.tuya {
+            // Read at each attempt, so a rotated key is picked up.
+            Some(tuya) => Some(tuya.credentials().map_err(ConnectFailure::Fatal)?),
             None => None,
         };
-        loop {
-            let credentials = match &c.tuya {
-                Some(tuya) => Some(tuya.credentials().map_err(|m| self.fatal(m))?),
-                None => None,
-            };
-            let connected = tokio::select! {
-                biased;
-                _ = self.ctx.stop.cancelled() => return Ok(()),
-                c = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(credentials.as_ref(), ca.as_deref())) => c,
-            };
-            let why = match connected {
-                Ok(Ok((client, mut consumer))) => {
-                    sessions += 1;
-                    if sessions > 1 {
-                        tracing::info!(source = %self.origin, "reconnected");
-                    }
-                    self.ctx.health.healthy();
-                    tracing::info!(source = %self.origin, subscription = %self.resolved.subscription, "receiving");
-                    let end = self
-                        .session(&mut consumer, credentials.as_ref().map(|k| k.access_key()))
-                        .await;
-                    // Bounded: a broker that does not answer the close must
-                    // not hold up the stop (dropping the client closes the
-                    // connection, and the broker redelivers what is unacked).
-                    match tokio::time::timeout(CLOSE_TIMEOUT, consumer.close()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!(error = %e, "closing the consumer failed"),
-                        Err(_) => tracing::debug!("closing the consumer timed out"),
-                    }
-                    drop(client);
-                    match end {
-                        End::Stopped | End::Idle => return Ok(()),
-                        End::Lost(why) => {
-                            backoff.reset();
-                            why
-                        }
-                    }
-                }
-                Ok(Err(e)) if sessions == 0 && refused(&e) => {
-                    return Err(self.fatal(format!("the broker refused the login: {e}")));
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("connecting took longer than {CONNECT_TIMEOUT:?}"),
-            };
-            let after = "unacknowledged messages will be redelivered";
-            let ctx = &self.ctx;
-            if !wait_to_reconnect(
-                &mut backoff,
-                &ctx.stop,
-                &ctx.health,
-                &self.origin,
-                &why,
-                after,
-            )
-            .await
-            {
-                return Ok(());
-            }
+        let opened = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.open(credentials.as_ref(), self.ca.as_deref()),
+        )
+        .await;
+        match opened {
+            Ok(Ok((client, consumer))) => Ok((client, consumer, credentials)),
+            Ok(Err(e)) if refused(&e) => Err(ConnectFailure::Refused(format!(
+                "the broker refused the login: {e}"
+            ))),
+            Ok(Err(e)) => Err(ConnectFailure::Retry(e.to_string())),
+            Err(_) => Err(ConnectFailure::Retry(format!(
+                "connecting took longer than {CONNECT_TIMEOUT:?}"
+            ))),
         }
     }
 
+    async fn serve(&mut self, connected: Connected, _: u64) -> SessionEnd {
+        let (client, mut consumer, credentials) = connected;
+        self.ctx.health.healthy();
+        tracing::info!(source = %self.origin, subscription = %self.resolved.subscription, "receiving");
+        let end = self
+            .session(&mut consumer, credentials.as_ref().map(|k| k.access_key()))
+            .await;
+        // Bounded: a broker that does not answer the close must not hold
+        // up the stop (dropping the client closes the connection, and the
+        // broker redelivers what is unacked).
+        match tokio::time::timeout(CLOSE_TIMEOUT, consumer.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "closing the consumer failed"),
+            Err(_) => tracing::debug!("closing the consumer timed out"),
+        }
+        drop(client);
+        end
+    }
+}
+
+impl Runner {
     /// A client and a consumer on the failover subscription.
-    async fn connect(
+    async fn open(
         &self,
         credentials: Option<&TuyaCredentials>,
         ca: Option<&[u8]>,
@@ -248,7 +236,7 @@ impl Runner {
         Ok((client, consumer))
     }
 
-    async fn session(&self, consumer: &mut PulsarConsumer, access_key: Option<&str>) -> End {
+    async fn session(&self, consumer: &mut PulsarConsumer, access_key: Option<&str>) -> SessionEnd {
         let c = &self.config;
         let mut state = Settlement::new(self.ctx.health.clone());
         let mut tick = tokio::time::interval(SETTLE_TICK);
@@ -263,7 +251,7 @@ impl Runner {
                     state.settle(consumer).await;
                     if state.positions.is_empty() {
                         tracing::info!(source = %self.origin, "nothing arrived for idle_exit and everything is acknowledged; finishing");
-                        return End::Idle;
+                        return SessionEnd::Finished;
                     }
                     idle = idle_at();
                 }
@@ -272,14 +260,14 @@ impl Runner {
                     state.settle(consumer).await;
                     if state.positions.tracker().is_stuck() {
                         state.nack_undone(consumer).await;
-                        return End::Lost("a batch was abandoned".into());
+                        return SessionEnd::Lost("a batch was abandoned".into());
                     }
                 }
                 got = consumer.next() => {
                     let first = match got {
                         Some(Ok(m)) => m,
-                        Some(Err(e)) => return End::Lost(format!("receiving: {e}")),
-                        None => return End::Lost("the consumer's stream ended".into()),
+                        Some(Err(e)) => return SessionEnd::Lost(format!("receiving: {e}")),
+                        None => return SessionEnd::Lost("the consumer's stream ended".into()),
                     };
                     idle = idle_at();
                     let mut received = vec![first];
@@ -342,7 +330,7 @@ impl Runner {
 
     /// After `stop`: wait for the engine to drain, acknowledge what is done
     /// and negatively acknowledge the rest.
-    async fn finish(&self, consumer: &mut PulsarConsumer, state: &mut Settlement) -> End {
+    async fn finish(&self, consumer: &mut PulsarConsumer, state: &mut Settlement) -> SessionEnd {
         self.ctx.drained.cancelled().await;
         state.settle(consumer).await;
         let n = state.nack_undone(consumer).await;
@@ -350,7 +338,7 @@ impl Runner {
             tracing::info!(source = %self.origin, negatively_acknowledged = n,
                 "gave back messages the engine had not finished; the broker delivers them again");
         }
-        End::Stopped
+        SessionEnd::Finished
     }
 }
 

@@ -16,7 +16,7 @@ mod jsonl_spec;
 mod lane_policy;
 mod named;
 mod positions;
-mod reconnect;
+pub mod sessions;
 pub mod simulator;
 
 use std::sync::Arc;
@@ -27,7 +27,6 @@ use parking_lot::Mutex;
 
 use tokio_util::sync::CancellationToken;
 
-pub use adapter::{BuildContext, SourceAdapter};
 #[cfg(any(
     feature = "amqp",
     feature = "amqp1",
@@ -35,13 +34,13 @@ pub use adapter::{BuildContext, SourceAdapter};
     feature = "pulsar"
 ))]
 pub(crate) use adapter::source_adapter;
+pub use adapter::{BuildContext, SourceAdapter};
 pub use ingest::{Incoming, Ingest, IntakeHold, Route};
 pub use jsonl::JsonlSource;
 pub use jsonl_spec::JsonlSpec;
 pub use lane_policy::LanePolicy;
 pub use named::Named;
 pub use positions::Positions;
-pub use reconnect::wait_to_reconnect;
 pub use simulator::{Simulator, SimulatorConfig};
 
 /// What a source gets from the engine when it starts.

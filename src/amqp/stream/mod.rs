@@ -42,7 +42,8 @@ use super::connect::connect_with_retry;
 use super::consumer::AmqpConfigError;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
-use crate::source::{Source, SourceContext, SourceError, wait_to_reconnect};
+use crate::source::sessions::{Driver, wait_to_reconnect};
+use crate::source::{Source, SourceContext, SourceError};
 use cursor::{Attach, End};
 use session::Session;
 use stored::Keeper;
@@ -197,9 +198,15 @@ impl Source for AmqpStreamSource {
                 }
                 End::Lost(why) => {
                     let after = "resuming at the stored offset";
-                    if !wait_to_reconnect(&mut backoff, &ctx.stop, &ctx.health, &who, &why, after)
-                        .await
-                    {
+                    let (stop, health) = (&ctx.stop, &ctx.health);
+                    let driver = Driver {
+                        who: &who,
+                        after,
+                        stop,
+                        health,
+                    };
+                    let wait = backoff.next_delay();
+                    if !wait_to_reconnect(wait, wait, driver, &why).await {
                         return Ok(());
                     }
                 }

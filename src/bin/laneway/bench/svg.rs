@@ -378,4 +378,3 @@ fn open_svg(height: f64, title: &str) -> String {
     );
     out
 }
-

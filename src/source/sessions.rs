@@ -1,0 +1,253 @@
+//! The life of a source that connects to a broker: connect, serve one
+//! session, and after a loss wait the backoff and connect again, until
+//! stopped. A source supplies the two protocol steps ([`Sessions`]); the
+//! driver ([`run_sessions`]) owns the loop, the status line, the logs and
+//! the backoff, so every broker source rides out trouble the same way.
+//!
+//! Invariants: a raised `stop` ends the loop at once while connecting or
+//! waiting, and no wait starts after it (a session sees `stop` itself and
+//! settles its acks before it ends); the backoff restarts from its first
+//! delay once a session worked; the broker refusing the login before any
+//! session ever worked ends the source (a wrong credential stays wrong),
+//! while a refusal later is ridden out like any loss (the broker may be
+//! restarting with its users not loaded yet).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::{SourceError, SourceHealth};
+use crate::backoff::Backoff;
+
+/// How one session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The source is done: stopped, or finished on its own (`idle_exit`).
+    Finished,
+    /// The connection, channel or link was lost: connect again.
+    Lost(String),
+    /// Retrying cannot help (a queue that does not exist, permission
+    /// refused before any session worked): the source ends with this.
+    Fatal(String),
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Worth another attempt (refused connection, timeout, broker down).
+    Retry(String),
+    /// The broker refused the login: fatal before the first session,
+    /// retried after it.
+    Refused(String),
+    /// Retrying cannot help (a TLS setting that cannot work, a credential
+    /// that cannot be read).
+    Fatal(String),
+}
+
+/// The protocol steps of a source that connects (see the module docs).
+#[async_trait]
+pub trait Sessions: Send {
+    /// An open connection (with whatever the session needs on it).
+    type Connection: Send;
+
+    /// One connection attempt.
+    async fn connect(&mut self) -> Result<Self::Connection, ConnectFailure>;
+
+    /// Serves one session on `connection` until it ends, and closes the
+    /// connection (bounded: a broker that never answers the close must
+    /// not hold up the stop). It reports the source healthy once it is
+    /// receiving. `number` counts sessions from 1.
+    async fn serve(&mut self, connection: Self::Connection, number: u64) -> SessionEnd;
+
+    /// When the next attempt really starts, given the backoff's `wait`
+    /// (later when attempts are paced). Default: after `wait`.
+    fn next_attempt_in(&self, wait: Duration) -> Duration {
+        wait
+    }
+}
+
+/// What the driver tells about the source it runs.
+#[derive(Clone, Copy)]
+pub struct Driver<'a> {
+    /// The source, as logs and errors name it (never with a password).
+    pub who: &'a str,
+    /// What a reconnect means for the messages in flight, said with each
+    /// loss ("unacknowledged messages will be redelivered").
+    pub after: &'a str,
+    /// Raised when the source must stop.
+    pub stop: &'a CancellationToken,
+    /// The source's status line.
+    pub health: &'a SourceHealth,
+}
+
+/// Runs `sessions` until stopped, finished, or failed for good (see the
+/// module docs).
+pub async fn run_sessions<S: Sessions>(
+    sessions: &mut S,
+    backoff: &mut Backoff,
+    driver: Driver<'_>,
+) -> Result<(), SourceError> {
+    let fatal = |message: String| SourceError::Origin {
+        origin: driver.who.to_string(),
+        message,
+    };
+    let mut served = 0u64;
+    loop {
+        let attempt = tokio::select! {
+            biased;
+            _ = driver.stop.cancelled() => return Ok(()),
+            attempt = sessions.connect() => attempt,
+        };
+        let why = match attempt {
+            Ok(connection) => {
+                served += 1;
+                if served > 1 {
+                    tracing::info!(source = %driver.who, "reconnected");
+                }
+                match sessions.serve(connection, served).await {
+                    SessionEnd::Finished => return Ok(()),
+                    SessionEnd::Fatal(message) => return Err(fatal(message)),
+                    SessionEnd::Lost(why) => {
+                        backoff.reset();
+                        why
+                    }
+                }
+            }
+            Err(ConnectFailure::Refused(why)) if served == 0 => return Err(fatal(why)),
+            Err(ConnectFailure::Fatal(why)) => return Err(fatal(why)),
+            Err(ConnectFailure::Refused(why) | ConnectFailure::Retry(why)) => why,
+        };
+        let wait = backoff.next_delay();
+        let next = sessions.next_attempt_in(wait);
+        if !wait_to_reconnect(wait, next, driver, &why).await {
+            return Ok(());
+        }
+    }
+}
+
+/// After a lost session or a failed attempt: says so (WARN naming the
+/// source, why, and when the next attempt starts), shows it on the status
+/// line, and sleeps `wait`. False when `stop` was raised meanwhile (or
+/// before): the source ends instead of reconnecting.
+pub async fn wait_to_reconnect(
+    wait: Duration,
+    next: Duration,
+    driver: Driver<'_>,
+    why: &str,
+) -> bool {
+    if driver.stop.is_cancelled() {
+        return false;
+    }
+    tracing::warn!(source = %driver.who, reason = %why,
+        next_attempt_in_ms = u64::try_from(next.as_millis()).unwrap_or(u64::MAX),
+        "no connection; next attempt in {next:?}; {}", driver.after);
+    driver
+        .health
+        .troubled(format!("connection lost, reconnecting in {next:?}"));
+    driver.health.reconnecting();
+    tokio::select! {
+        _ = driver.stop.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A scripted broker: each attempt takes the next outcome.
+    struct Script {
+        attempts: VecDeque<Result<(), ConnectFailure>>,
+        sessions: VecDeque<SessionEnd>,
+        served: Vec<u64>,
+    }
+
+    #[async_trait]
+    impl Sessions for Script {
+        type Connection = ();
+
+        async fn connect(&mut self) -> Result<(), ConnectFailure> {
+            self.attempts
+                .pop_front()
+                .unwrap_or(Err(ConnectFailure::Fatal("script ran out".into())))
+        }
+
+        async fn serve(&mut self, (): (), number: u64) -> SessionEnd {
+            self.served.push(number);
+            self.sessions.pop_front().unwrap_or(SessionEnd::Finished)
+        }
+    }
+
+    async fn drive(script: &mut Script) -> Result<(), SourceError> {
+        let stop = CancellationToken::new();
+        let health = SourceHealth::default();
+        let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
+        let driver = Driver {
+            who: "test",
+            after: "nothing is lost",
+            stop: &stop,
+            health: &health,
+        };
+        run_sessions(script, &mut backoff, driver).await
+    }
+
+    #[tokio::test]
+    async fn a_lost_session_is_followed_by_another_until_one_finishes() {
+        let mut script = Script {
+            attempts: VecDeque::from([Ok(()), Err(ConnectFailure::Retry("down".into())), Ok(())]),
+            sessions: VecDeque::from([SessionEnd::Lost("reset".into()), SessionEnd::Finished]),
+            served: Vec::new(),
+        };
+        drive(&mut script).await.unwrap();
+        assert_eq!(script.served, vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_login_ends_the_source_only_before_its_first_session() {
+        let mut first = Script {
+            attempts: VecDeque::from([Err(ConnectFailure::Refused("bad password".into()))]),
+            sessions: VecDeque::new(),
+            served: Vec::new(),
+        };
+        let e = drive(&mut first).await.unwrap_err();
+        assert!(e.to_string().contains("bad password"), "{e}");
+        let mut later = Script {
+            attempts: VecDeque::from([
+                Ok(()),
+                Err(ConnectFailure::Refused("users not loaded".into())),
+                Ok(()),
+            ]),
+            sessions: VecDeque::from([SessionEnd::Lost("restart".into()), SessionEnd::Finished]),
+            served: Vec::new(),
+        };
+        drive(&mut later).await.unwrap();
+        assert_eq!(later.served, vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_raised_stop_ends_the_wait_at_once() {
+        let stop = CancellationToken::new();
+        let health = SourceHealth::default();
+        let driver = Driver {
+            who: "test",
+            after: "",
+            stop: &stop,
+            health: &health,
+        };
+        stop.cancel();
+        let hour = Duration::from_secs(3600);
+        assert!(!wait_to_reconnect(hour, hour, driver, "down").await);
+        let mut script = Script {
+            attempts: VecDeque::from([Err(ConnectFailure::Retry("down".into()))]),
+            sessions: VecDeque::new(),
+            served: Vec::new(),
+        };
+        let mut backoff = Backoff::new(hour, hour);
+        run_sessions(&mut script, &mut backoff, driver)
+            .await
+            .unwrap();
+        assert!(script.served.is_empty());
+    }
+}
