@@ -28,7 +28,6 @@ use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::link::{CreditMode, Receiver};
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
-use futures_util::FutureExt;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -41,14 +40,12 @@ use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
 use crate::knob::KnobError;
 use crate::source::sessions::{ConnectFailure, Driver, SessionEnd, Sessions, run_sessions};
+use crate::source::settle_loop::{Receiving, SettleRules, receive_and_settle};
 use crate::source::source_adapter;
 use crate::source::{
-    Ingest, LanePolicy, Positions, Source, SourceContext, SourceError, SourceHealth, first_failure,
-    sleep_until_opt,
+    Incoming, Ingest, LanePolicy, Source, SourceContext, SourceError, SourceHealth, first_failure,
 };
 
-/// How often acceptance follows the watermark even without a wake-up.
-const SETTLE_TICK: Duration = Duration::from_millis(20);
 /// How long one connection attempt may take (TCP, TLS, SASL, open).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -139,10 +136,9 @@ impl Source for Amqp1Source {
 
 /// How one connection's session ended.
 enum End {
-    /// Shut down on `stop`, everything settled or released.
-    Stopped,
-    /// Finished after `idle_exit` with everything accepted.
-    Idle,
+    /// Shut down on `stop` (everything settled or released), or after
+    /// `idle_exit` with everything accepted.
+    Finished,
     /// The connection, session or link failed: start over.
     Lost(String),
     /// The peer refused the link for want of permission (the user may not
@@ -254,13 +250,26 @@ impl LinkRunner {
         }
         self.health.healthy();
         tracing::info!(source = %self.origin, connection = self.number, credit = c.credit, "receiving");
-        let mut state = Settlement::new(self.health.clone());
-        let end = self.receive(&mut receiver, &mut state).await;
-        let end = match end {
-            End::Stopped => self.finish(&mut receiver, &mut state).await,
-            lost => lost,
+        let rules = SettleRules {
+            who: &self.origin,
+            ingest: &self.ingest,
+            stop: &self.stop,
+            drained: &self.drained,
+            health: &self.health,
+            batch: c.batch,
+            idle_exit: c.idle_exit,
         };
-        if matches!(end, End::Stopped | End::Idle) {
+        let mut link = Link {
+            origin: &self.origin,
+            receiver: &mut receiver,
+            window: c.credit,
+            unsettled: 0,
+        };
+        let end = match receive_and_settle(&mut link, rules).await {
+            SessionEnd::Lost(why) | SessionEnd::Fatal(why) => End::Lost(why),
+            SessionEnd::Finished => End::Finished,
+        };
+        if matches!(end, End::Finished) {
             let ended = async {
                 let _ = receiver.detach().await;
                 let _ = session.end().await;
@@ -273,98 +282,6 @@ impl LinkRunner {
             drop(session);
         }
         end
-    }
-
-    /// Takes deliveries and accepts done ones until stopped or lost.
-    async fn receive(&self, receiver: &mut Receiver, state: &mut Settlement) -> End {
-        let c = &self.config;
-        let mut tick = tokio::time::interval(SETTLE_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let idle_at = || c.idle_exit.map(|d| tokio::time::Instant::now() + d);
-        let mut idle = idle_at();
-        loop {
-            let event = tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => return End::Stopped,
-                _ = sleep_until_opt(idle) => {
-                    if state.unsettled == 0 {
-                        tracing::info!(source = %self.origin, "nothing arrived for idle_exit and everything is accepted; finishing");
-                        return End::Idle;
-                    }
-                    idle = idle_at();
-                    Event::Settle
-                }
-                _ = state.positions.tracker().changed() => Event::Settle,
-                _ = tick.tick() => Event::Settle,
-                got = receiver.recv::<Body<Value>>() => Event::Received(Box::new(got)),
-            };
-            match event {
-                Event::Settle => {
-                    if let Err(why) = state.settle(receiver, c.credit).await {
-                        return End::Lost(why);
-                    }
-                    if state.positions.tracker().is_stuck() {
-                        return End::Lost("a batch was abandoned".into());
-                    }
-                }
-                Event::Received(got) => match *got {
-                    Err(e) => return End::Lost(format!("receiving: {e}")),
-                    Ok(first) => {
-                        idle = idle_at();
-                        let mut deliveries = vec![first];
-                        while deliveries.len() < c.batch {
-                            // `recv` is cancel-safe: polling it once and dropping
-                            // it loses nothing.
-                            match receiver.recv::<Body<Value>>().now_or_never() {
-                                Some(Ok(d)) => deliveries.push(d),
-                                Some(Err(e)) => {
-                                    // Submit what was read; the next recv reports
-                                    // the failure again.
-                                    tracing::debug!(error = %e, "a receive failed while batching");
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        let mut infos = Vec::with_capacity(deliveries.len());
-                        let mut batch = Vec::with_capacity(deliveries.len());
-                        for d in deliveries {
-                            let info = DeliveryInfo::from(&d);
-                            let id = info.delivery_id();
-                            infos.push(info);
-                            batch.push(mapping::to_incoming(d.into_message(), || {
-                                format!("{} delivery {id}", self.origin)
-                            }));
-                        }
-                        let ack = state.register(infos);
-                        self.ingest.submit(batch, ack).await;
-                    }
-                },
-            }
-        }
-    }
-
-    /// After `stop`: no more credit, wait for the engine to drain, accept
-    /// what is done and release the rest.
-    async fn finish(&self, receiver: &mut Receiver, state: &mut Settlement) -> End {
-        if let Err(e) = receiver.set_credit(0).await {
-            tracing::debug!(error = %e, "withdrawing credit failed");
-        }
-        self.drained.cancelled().await;
-        if let Err(why) = state.settle(receiver, 0).await {
-            tracing::warn!(source = %self.origin, reason = %why, "final acceptance failed; those messages will be redelivered");
-        }
-        let undone = state.undone();
-        if !undone.is_empty() {
-            let n = undone.len();
-            match receiver.release_all(undone).await {
-                Ok(()) => tracing::info!(source = %self.origin, released = n,
-                    "released messages the engine had not finished; the peer delivers them again"),
-                Err(e) => tracing::warn!(source = %self.origin, error = %e,
-                    "releasing unfinished messages failed; the peer returns them when the link closes"),
-            }
-        }
-        End::Stopped
     }
 }
 
@@ -421,7 +338,7 @@ impl Sessions for LinkRunner {
             .attached_once
             .load(std::sync::atomic::Ordering::Relaxed);
         match end {
-            End::Stopped | End::Idle => SessionEnd::Finished,
+            End::Finished => SessionEnd::Finished,
             End::Forbidden(why) if !attached_once => SessionEnd::Fatal(why),
             End::Lost(why) | End::Forbidden(why) => SessionEnd::Lost(why),
         }
@@ -434,77 +351,81 @@ impl Sessions for LinkRunner {
     }
 }
 
-type Received =
-    Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>;
-
-enum Event {
-    Settle,
-    /// Boxed: a delivery is several hundred bytes, a settle tick none.
-    Received(Box<Received>),
-}
-
-/// One link's received batches, in order, and what is accepted.
-struct Settlement {
-    /// Per registered batch: its deliveries.
-    positions: Positions<Vec<DeliveryInfo>>,
-    health: SourceHealth,
+/// One link: what [`receive_and_settle`] asks of AMQP 1.0. Credit is
+/// granted in windows: new credit only once the last grant is used up,
+/// as much as the window has room for beside what is still unaccepted.
+struct Link<'a> {
+    origin: &'a str,
+    receiver: &'a mut Receiver,
+    /// The most messages received and not yet accepted (`credit`); 0 once
+    /// paused at stop.
+    window: u32,
     /// Received and not yet accepted.
     unsettled: u32,
 }
 
-impl Settlement {
-    fn new(health: SourceHealth) -> Settlement {
-        Settlement {
-            positions: Positions::new(),
-            health,
-            unsettled: 0,
-        }
+#[async_trait]
+impl Receiving for Link<'_> {
+    type Received = fe2o3_amqp::link::delivery::Delivery<Body<Value>>;
+    type Position = DeliveryInfo;
+
+    async fn receive(&mut self) -> Result<Self::Received, String> {
+        // `recv` is cancel-safe: a call dropped early loses nothing.
+        self.receiver
+            .recv::<Body<Value>>()
+            .await
+            .map_err(|e| e.to_string())
     }
 
-    fn register(&mut self, infos: Vec<DeliveryInfo>) -> crate::ack::AckRef {
+    fn take(&mut self, delivery: Self::Received) -> (Incoming, DeliveryInfo) {
+        let info = DeliveryInfo::from(&delivery);
+        let id = info.delivery_id();
+        let origin = self.origin;
+        let incoming = mapping::to_incoming(delivery.into_message(), || {
+            format!("{origin} delivery {id}")
+        });
+        self.unsettled = self.unsettled.saturating_add(1);
+        (incoming, info)
+    }
+
+    async fn acknowledge(&mut self, done: Vec<DeliveryInfo>) -> Result<u64, String> {
+        let n = done.len();
+        self.receiver
+            .accept_all(done)
+            .await
+            .map_err(|e| format!("accepting: {e}"))?;
         self.unsettled = self
             .unsettled
-            .saturating_add(u32::try_from(infos.len()).unwrap_or(u32::MAX));
-        self.positions.register(infos)
-    }
-
-    /// Accepts every batch below the watermark, then, once the last grant
-    /// is used up, grants `window` minus what is still unaccepted (when
-    /// `window` is 0, grants nothing).
-    async fn settle(&mut self, receiver: &mut Receiver, window: u32) -> Result<(), String> {
-        let done: Vec<DeliveryInfo> = self.positions.take_done().into_iter().flatten().collect();
-        if !done.is_empty() {
-            let n = done.len();
-            receiver
-                .accept_all(done)
-                .await
-                .map_err(|e| format!("accepting: {e}"))?;
-            self.unsettled = self
-                .unsettled
-                .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
-            self.health.acked(n as u64);
-        }
-        if window == 0 {
-            return Ok(());
-        }
+            .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
         // New credit only once the last grant is used up: then no transfer
         // is in flight, and the grant means the same to every peer (a peer
         // that counts credit from its own delivery count, not from the one
-        // in the flow frame, would otherwise overrun the link). The grant
-        // is what the window has room for.
-        let room = window.saturating_sub(self.unsettled);
-        if receiver.credit() == 0 && room > 0 {
-            receiver
+        // in the flow frame, would otherwise overrun the link).
+        let room = self.window.saturating_sub(self.unsettled);
+        if self.receiver.credit() == 0 && room > 0 {
+            self.receiver
                 .set_credit(room)
                 .await
                 .map_err(|e| format!("granting credit: {e}"))?;
         }
-        Ok(())
+        Ok(n as u64)
     }
 
-    /// The deliveries of batches not yet accepted.
-    fn undone(&mut self) -> Vec<DeliveryInfo> {
-        self.positions.drain_undone().flatten().collect()
+    async fn pause(&mut self) {
+        self.window = 0;
+        if let Err(e) = self.receiver.set_credit(0).await {
+            tracing::debug!(error = %e, "withdrawing credit failed");
+        }
+    }
+
+    async fn give_back(&mut self, undone: Vec<DeliveryInfo>) {
+        let n = undone.len();
+        match self.receiver.release_all(undone).await {
+            Ok(()) => tracing::info!(source = %self.origin, released = n,
+                "released messages the engine had not finished; the peer delivers them again"),
+            Err(e) => tracing::warn!(source = %self.origin, error = %e,
+                "releasing unfinished messages failed; the peer returns them when the link closes"),
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use pulsar::consumer::InitialPosition;
 use pulsar::error::{ConnectionError, ConsumerError, ServiceDiscoveryError};
 use pulsar::proto::{MessageIdData, ServerError};
@@ -40,14 +40,10 @@ use super::tuya::TuyaCredentials;
 use crate::backoff::Backoff;
 use crate::knob::KnobError;
 use crate::source::sessions::{ConnectFailure, Driver, SessionEnd, Sessions, run_sessions};
+use crate::source::settle_loop::{Receiving, SettleRules, receive_and_settle};
 use crate::source::source_adapter;
-use crate::source::{
-    Incoming, LanePolicy, Positions, Source, SourceContext, SourceError, SourceHealth,
-    sleep_until_opt,
-};
+use crate::source::{Incoming, LanePolicy, Source, SourceContext, SourceError};
 
-/// How often acks follow the watermark even without a wake-up.
-const SETTLE_TICK: Duration = Duration::from_millis(20);
 /// How long one connection attempt (client, lookup, subscribe) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long closing the consumer may take before it is dropped instead.
@@ -180,9 +176,21 @@ impl Sessions for Runner {
         let (client, mut consumer, credentials) = connected;
         self.ctx.health.healthy();
         tracing::info!(source = %self.origin, subscription = %self.resolved.subscription, "receiving");
-        let end = self
-            .session(&mut consumer, credentials.as_ref().map(|k| k.access_key()))
-            .await;
+        let rules = SettleRules {
+            who: &self.origin,
+            ingest: &self.ctx.ingest,
+            stop: &self.ctx.stop,
+            drained: &self.ctx.drained,
+            health: &self.ctx.health,
+            batch: self.config.batch,
+            idle_exit: self.config.idle_exit,
+        };
+        let mut session = PulsarSession {
+            runner: self,
+            consumer: &mut consumer,
+            access_key: credentials.as_ref().map(|k| k.access_key()),
+        };
+        let end = receive_and_settle(&mut session, rules).await;
         // Bounded: a broker that does not answer the close must not hold
         // up the stop (dropping the client closes the connection, and the
         // broker redelivers what is unacked).
@@ -236,67 +244,6 @@ impl Runner {
         Ok((client, consumer))
     }
 
-    async fn session(&self, consumer: &mut PulsarConsumer, access_key: Option<&str>) -> SessionEnd {
-        let c = &self.config;
-        let mut state = Settlement::new(self.ctx.health.clone());
-        let mut tick = tokio::time::interval(SETTLE_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let idle_at = || c.idle_exit.map(|d| tokio::time::Instant::now() + d);
-        let mut idle = idle_at();
-        loop {
-            tokio::select! {
-                biased;
-                _ = self.ctx.stop.cancelled() => return self.finish(consumer, &mut state).await,
-                _ = sleep_until_opt(idle) => {
-                    state.settle(consumer).await;
-                    if state.positions.is_empty() {
-                        tracing::info!(source = %self.origin, "nothing arrived for idle_exit and everything is acknowledged; finishing");
-                        return SessionEnd::Finished;
-                    }
-                    idle = idle_at();
-                }
-                _ = state.positions.tracker().changed() => state.settle(consumer).await,
-                _ = tick.tick() => {
-                    state.settle(consumer).await;
-                    if state.positions.tracker().is_stuck() {
-                        state.nack_undone(consumer).await;
-                        return SessionEnd::Lost("a batch was abandoned".into());
-                    }
-                }
-                got = consumer.next() => {
-                    let first = match got {
-                        Some(Ok(m)) => m,
-                        Some(Err(e)) => return SessionEnd::Lost(format!("receiving: {e}")),
-                        None => return SessionEnd::Lost("the consumer's stream ended".into()),
-                    };
-                    idle = idle_at();
-                    let mut received = vec![first];
-                    while received.len() < c.batch {
-                        // `next` on the consumer is cancel-safe: polling it
-                        // once and dropping the future loses nothing.
-                        match consumer.next().now_or_never() {
-                            Some(Some(Ok(m))) => received.push(m),
-                            Some(Some(Err(e))) => {
-                                tracing::debug!(error = %e, "a receive failed while batching");
-                                break;
-                            }
-                            _ => break,
-                        }
-                    }
-                    let mut ids = Vec::with_capacity(received.len());
-                    let mut batch = Vec::with_capacity(received.len());
-                    for m in received {
-                        let id = m.message_id().clone();
-                        batch.push(self.to_incoming(&m.topic, &id, m.payload, access_key));
-                        ids.push((m.topic, id));
-                    }
-                    let ack = state.positions.register(ids);
-                    self.ctx.ingest.submit(batch, ack).await;
-                }
-            }
-        }
-    }
-
     fn to_incoming(
         &self,
         topic: &str,
@@ -327,19 +274,6 @@ impl Runner {
             None => mapping::plain(received, origin),
         }
     }
-
-    /// After `stop`: wait for the engine to drain, acknowledge what is done
-    /// and negatively acknowledge the rest.
-    async fn finish(&self, consumer: &mut PulsarConsumer, state: &mut Settlement) -> SessionEnd {
-        self.ctx.drained.cancelled().await;
-        state.settle(consumer).await;
-        let n = state.nack_undone(consumer).await;
-        if n > 0 {
-            tracing::info!(source = %self.origin, negatively_acknowledged = n,
-                "gave back messages the engine had not finished; the broker delivers them again");
-        }
-        SessionEnd::Finished
-    }
 }
 
 /// Whether a connect error is the broker refusing the login.
@@ -363,50 +297,63 @@ fn refused(e: &pulsar::Error) -> bool {
     }
 }
 
-/// One consumer's received batches, in order, and what is acknowledged.
-struct Settlement {
-    /// Per registered batch: its messages (topic, id).
-    positions: Positions<Vec<(String, MessageIdData)>>,
-    health: SourceHealth,
+/// One session on a consumer: what [`receive_and_settle`] asks of Pulsar.
+struct PulsarSession<'a> {
+    runner: &'a Runner,
+    consumer: &'a mut PulsarConsumer,
+    /// The preset's access key, which decrypts its payloads.
+    access_key: Option<&'a str>,
 }
 
-impl Settlement {
-    fn new(health: SourceHealth) -> Settlement {
-        Settlement {
-            positions: Positions::new(),
-            health,
+#[async_trait]
+impl Receiving for PulsarSession<'_> {
+    type Received = pulsar::consumer::Message<Vec<u8>>;
+    /// A message's topic and id: what acknowledging it takes.
+    type Position = (String, MessageIdData);
+
+    async fn receive(&mut self) -> Result<Self::Received, String> {
+        // `next` on the consumer is cancel-safe.
+        match self.consumer.next().await {
+            Some(Ok(m)) => Ok(m),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("the consumer's stream ended".into()),
         }
     }
 
-    /// Acknowledges every message of the batches below the watermark. An
-    /// ack that cannot be sent (the consumer is gone) is left to the
+    fn take(&mut self, m: Self::Received) -> (Incoming, Self::Position) {
+        let id = m.message_id().clone();
+        let incoming = self
+            .runner
+            .to_incoming(&m.topic, &id, m.payload, self.access_key);
+        (incoming, (m.topic, id))
+    }
+
+    /// An ack that cannot be sent (the consumer is gone) is left to the
     /// broker, which redelivers the message to the next consumer.
-    async fn settle(&mut self, consumer: &mut PulsarConsumer) {
+    async fn acknowledge(&mut self, done: Vec<Self::Position>) -> Result<u64, String> {
         let mut acked = 0u64;
-        for (topic, id) in self.positions.take_done().into_iter().flatten() {
-            match consumer.ack_with_id(&topic, id).await {
+        for (topic, id) in done {
+            match self.consumer.ack_with_id(&topic, id).await {
                 Ok(()) => acked += 1,
                 Err(e) => {
                     tracing::debug!(error = %e, "an ack could not be sent; the broker redelivers")
                 }
             }
         }
-        if acked > 0 {
-            self.health.acked(acked);
-        }
+        Ok(acked)
     }
 
-    /// Negatively acknowledges every message not yet acknowledged; returns
-    /// how many.
-    async fn nack_undone(&mut self, consumer: &mut PulsarConsumer) -> usize {
-        let undone: Vec<_> = self.positions.drain_undone().flatten().collect();
-        let mut n = 0;
+    async fn give_back(&mut self, undone: Vec<Self::Position>) {
+        let mut n = 0usize;
         for (topic, id) in undone {
-            if consumer.nack_with_id(&topic, id).await.is_ok() {
+            if self.consumer.nack_with_id(&topic, id).await.is_ok() {
                 n += 1;
             }
         }
-        n
+        if n > 0 {
+            tracing::info!(source = %self.runner.origin, negatively_acknowledged = n,
+                "gave back messages the engine had not finished; the broker delivers them again");
+        }
     }
 }
 

@@ -17,6 +17,7 @@ mod lane_policy;
 mod named;
 mod positions;
 pub mod sessions;
+pub mod settle_loop;
 pub mod simulator;
 
 use std::sync::Arc;
@@ -221,10 +222,6 @@ impl Default for SourceCounters {
 
 /// Sleeps until `at`, or forever when there is no deadline: the idle-exit
 /// timer of a broker source inside its `select!` loop.
-#[cfg_attr(
-    not(any(feature = "amqp", feature = "amqp1", feature = "pulsar")),
-    allow(dead_code)
-)]
 pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
