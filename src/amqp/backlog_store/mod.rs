@@ -4,8 +4,8 @@
 //!
 //! It lives in `amqp` (not in `backlog`) so that dependencies keep pointing
 //! one way: `backlog` owns the trait and imports only `message`; this store
-//! implements the trait with the broker pieces (`connect`, `declare`,
-//! `headers`, `url`) that `amqp` already has.
+//! implements the trait with the broker pieces of the family's core
+//! (`connect`, `declare`, `headers`, `config`), and uses no other product.
 //!
 //! Three queues per backlog, declared by the store:
 //! - `<queue>`: the backlog (quorum, `x-delivery-limit`, dead-lettering to
@@ -74,9 +74,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::config::QueueNames;
-use super::AmqpConfigError;
-use super::connect::{AmqpError, connect};
-use super::declare::Declaration;
+use crate::amqp::core::config::AmqpConfigError;
+use crate::amqp::core::connect::{AmqpError, connect};
+use crate::amqp::core::declare::Declaration;
 use crate::backlog::{
     BacklogDepth, BacklogError, BacklogRecord, BacklogStore, RecordId, StoredRecord,
 };
