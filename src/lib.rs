@@ -35,7 +35,8 @@
 //! - [`sink`]: the [`Sink`](sink::Sink) trait and
 //!   [`DeliveryError`](sink::DeliveryError); the handler, JSONL and null sinks.
 //! - `amqp` (feature `amqp`): AMQP 0-9-1 queue and stream sources, sink,
-//!   and the broker backlog store (uses `source`, `sink` and `backlog`).
+//!   and the broker backlog store, each on a shared core (uses `source`,
+//!   `sink` and `backlog`).
 //! - `amqp1` (feature `amqp1`): AMQP 1.0 source and the Alibaba Cloud
 //!   preset (uses `source`).
 //! - `pulsar` (feature `pulsar`, off by default: its client needs `protoc`

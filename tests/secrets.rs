@@ -112,7 +112,8 @@ fn a_trace_level_run_that_logs_in_never_prints_the_password() {
     loop {
         match rx.recv_timeout(HANG) {
             Ok(line) => {
-                let ready = line.contains("laneway::amqp::consumer") && line.contains("consuming");
+                let ready =
+                    line.contains("laneway::amqp::queue::source") && line.contains("consuming");
                 seen.push(line);
                 if ready {
                     break;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use lapin::types::ShortString;
 use serde::{Deserialize, Serialize};
 
-use crate::amqp::AmqpConfigError;
+use crate::amqp::core::config::{AmqpConfigError, debug_broker, resolve_url};
 use crate::broker_url::BrokerUrl;
 
 /// Where a group's broker backlog lives, and how this instance reads it.
@@ -88,10 +88,8 @@ impl Default for AmqpBacklogConfig {
 // By hand, so the URL (which may hold a password) is shown redacted.
 impl std::fmt::Debug for AmqpBacklogConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpBacklogConfig")
-            .field("url", &self.url.as_deref().map(crate::broker_url::redact))
-            .field("url_env", &self.url_env)
-            .field("allow_plaintext", &self.allow_plaintext)
+        let mut debug = f.debug_struct("AmqpBacklogConfig");
+        debug_broker(&mut debug, &self.url, &self.url_env, self.allow_plaintext)
             .field("queue", &self.queue)
             .field("read_ahead", &self.read_ahead)
             .field("max_records", &self.max_records)
@@ -129,32 +127,31 @@ impl AmqpBacklogConfig {
 
     /// The broker URL and the queue names, or what is wrong.
     pub(crate) fn validate(&self, group: &str) -> Result<(BrokerUrl, QueueNames), AmqpConfigError> {
-        let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())
-            .and_then(|url| url.check_plaintext(self.allow_plaintext).map(|()| url))
-            .map_err(AmqpConfigError::Url)?;
+        let url = resolve_url(
+            self.url.as_deref(),
+            self.url_env.as_deref(),
+            self.allow_plaintext,
+        )?;
         let queue = self
             .queue
             .clone()
             .unwrap_or_else(|| Self::default_queue(group));
         if queue.is_empty() {
-            return Err(AmqpConfigError::Invalid {
-                knob: "queue",
-                message: "the backlog queue name is empty".into(),
-            });
+            return Err(AmqpConfigError::invalid(
+                "queue",
+                "the backlog queue name is empty",
+            ));
         }
         let name = |n: String| {
-            ShortString::try_new(n).map_err(|_| AmqpConfigError::Invalid {
-                knob: "queue",
-                message: format!(
-                    "{queue:?} (with its .wait / .poison suffix) is longer than 255 bytes"
-                ),
+            ShortString::try_new(n).map_err(|_| {
+                AmqpConfigError::invalid(
+                    "queue",
+                    format!("{queue:?} (with its .wait / .poison suffix) is longer than 255 bytes"),
+                )
             })
         };
         if self.read_ahead == 0 {
-            return Err(AmqpConfigError::Invalid {
-                knob: "read_ahead",
-                message: "must be at least 1".into(),
-            });
+            return Err(AmqpConfigError::invalid("read_ahead", "must be at least 1"));
         }
         Ok((
             url,

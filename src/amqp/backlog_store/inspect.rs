@@ -11,12 +11,12 @@
 //! `x-delivery-limit`, and for that moment other instances cannot take
 //! them.
 
-use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicGetOptions, BasicNackOptions};
 
 use super::AmqpBacklogConfig;
 use super::record;
-use crate::amqp::connect::{AmqpError, Failure, connect};
+use crate::amqp::core::connect::{AmqpError, Failure, connect};
+use crate::amqp::core::declare;
 use crate::backlog::BacklogError;
 use crate::message::now_epoch_ms;
 
@@ -77,16 +77,7 @@ pub async fn inspect(
         .map_err(|e| failed("opening a channel".into(), e))?;
     let mut counts = Vec::with_capacity(3);
     for queue in [&names.backlog, &names.wait, &names.poison] {
-        let q = channel
-            .queue_declare(
-                queue.clone(),
-                QueueDeclareOptions {
-                    passive: true,
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let q = declare::counts(&channel, queue)
             .await
             .map_err(|e| failed(format!("checking queue {queue}"), e))?;
         counts.push((u64::from(q.message_count()), u64::from(q.consumer_count())));

@@ -18,7 +18,7 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, LongString, ShortString};
 
-use crate::amqp::headers;
+use crate::amqp::core::headers;
 use crate::backlog::BacklogRecord;
 use crate::message::{Extras, Message};
 use crate::source::Incoming;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::amqp::consumer::{AmqpConfigError, short};
-use crate::broker_url::{self, BrokerUrl};
+use crate::amqp::core::config::{AmqpConfigError, debug_broker, resolve_url, short};
+use crate::broker_url::BrokerUrl;
 use crate::source::LanePolicy;
 
 /// Where a stream source starts when it has no stored offset (its first
@@ -131,14 +131,12 @@ impl Default for AmqpStreamConfig {
     }
 }
 
+// By hand, so the URL (which may hold a password) is shown redacted.
 impl std::fmt::Debug for AmqpStreamConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpStreamConfig")
-            .field("lane", &self.lane)
-            .field("name", &self.name)
-            .field("url", &self.url.as_deref().map(broker_url::redact))
-            .field("url_env", &self.url_env)
-            .field("allow_plaintext", &self.allow_plaintext)
+        let mut debug = f.debug_struct("AmqpStreamConfig");
+        debug.field("lane", &self.lane).field("name", &self.name);
+        debug_broker(&mut debug, &self.url, &self.url_env, self.allow_plaintext)
             .field("stream", &self.stream)
             .field("declare", &self.declare)
             .field("exchange", &self.exchange)
@@ -160,14 +158,16 @@ impl std::fmt::Debug for AmqpStreamConfig {
 impl AmqpStreamConfig {
     /// Checks the knobs and resolves the URL.
     pub fn validate(&self) -> Result<BrokerUrl, AmqpConfigError> {
-        let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())?;
-        url.check_plaintext(self.allow_plaintext)?;
-        let invalid = |knob, message: &str| AmqpConfigError::Invalid {
-            knob,
-            message: message.into(),
-        };
+        let url = resolve_url(
+            self.url.as_deref(),
+            self.url_env.as_deref(),
+            self.allow_plaintext,
+        )?;
         if self.stream.is_empty() {
-            return Err(invalid("stream", "an amqp-stream source needs a stream"));
+            return Err(AmqpConfigError::invalid(
+                "stream",
+                "an amqp-stream source needs a stream",
+            ));
         }
         short("stream", &self.stream)?;
         if let Some(x) = &self.exchange {
@@ -175,19 +175,22 @@ impl AmqpStreamConfig {
         }
         short("binding_key", &self.binding_key)?;
         if self.prefetch == 0 {
-            return Err(invalid("prefetch", "must be at least 1"));
+            return Err(AmqpConfigError::invalid("prefetch", "must be at least 1"));
         }
         if self.batch == 0 {
-            return Err(invalid("batch", "must be at least 1"));
+            return Err(AmqpConfigError::invalid("batch", "must be at least 1"));
         }
         if self.catch_up && self.catch_up_after == 0 {
-            return Err(invalid(
+            return Err(AmqpConfigError::invalid(
                 "catch_up_after",
                 "must be at least 1 (turn catch-up off with catch_up = false)",
             ));
         }
         if self.store_every.is_zero() {
-            return Err(invalid("store_every", "must be longer than 0s"));
+            return Err(AmqpConfigError::invalid(
+                "store_every",
+                "must be longer than 0s",
+            ));
         }
         Ok(url)
     }

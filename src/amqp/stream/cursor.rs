@@ -17,9 +17,9 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::batch;
-use crate::amqp::connect::AmqpError;
-use crate::amqp::headers;
+use crate::amqp::core::batch;
+use crate::amqp::core::connect::AmqpError;
+use crate::amqp::core::headers;
 use crate::broker_url::BrokerUrl;
 use crate::source::Incoming;
 

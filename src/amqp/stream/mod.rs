@@ -38,8 +38,8 @@ use async_trait::async_trait;
 pub use config::{AmqpStreamConfig, StreamStart};
 pub use offset_file::{OffsetFile, OffsetFileError};
 
-use super::connect::connect_with_retry;
-use super::consumer::AmqpConfigError;
+use crate::amqp::core::config::AmqpConfigError;
+use crate::amqp::core::connect::connect_with_retry;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
 use crate::source::sessions::{Driver, wait_to_reconnect};

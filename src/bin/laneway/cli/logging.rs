@@ -208,6 +208,6 @@ mod tests {
                 "{target}"
             );
         }
-        assert!(cap.would_enable("laneway::amqp::connect", &tracing::Level::TRACE));
+        assert!(cap.would_enable("laneway::amqp::core::connect", &tracing::Level::TRACE));
     }
 }

@@ -1,4 +1,4 @@
-//! The AMQP source: consumes one or more queues with manual acks.
+//! The queue source: consumes one or more queues with manual acks.
 //!
 //! Each queue gets its own connection, channel, `basic_qos` prefetch and
 //! consumer, and its own [`AckTracker`]. Deliveries are handed to the engine
@@ -31,16 +31,17 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::batch;
-use super::connect::{AmqpError, connect_with_retry};
-use super::declare::Declaration;
-use super::headers;
+use super::config::AmqpSourceConfig;
 use crate::ack::{AckRef, AckTracker};
+use crate::amqp::core::batch;
+use crate::amqp::core::config::AmqpConfigError;
+use crate::amqp::core::connect::{AmqpError, connect_with_retry};
+use crate::amqp::core::declare::Declaration;
+use crate::amqp::core::headers;
 use crate::backoff::Backoff;
-use crate::broker_url::{BrokerUrl, UrlError};
+use crate::broker_url::BrokerUrl;
 use crate::source::sessions::{Driver, wait_to_reconnect};
 use crate::source::{Incoming, Ingest, LanePolicy, Positions, first_failure, sleep_until_opt};
 use crate::source::{Source, SourceContext, SourceError, SourceHealth};
@@ -48,170 +49,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the ack task looks at the watermark even without a wake-up.
 const ACK_TICK: Duration = Duration::from_millis(20);
-
-/// An `[[sources]]` entry of `type = "amqp"`: which queues to consume and how.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AmqpSourceConfig {
-    /// Which lane its messages take: `auto` (fresh → live, stale → backlog),
-    /// `live`, or `backlog` (a separate accumulation queue). Default `auto`.
-    pub lane: LanePolicy,
-    /// The source's name in `/status`, the dashboard, metric labels and
-    /// the run summary. Default: what it reads (a path, a queue, a topic),
-    /// numbered when two sources share it. Two sources may not be given
-    /// one name.
-    pub name: Option<String>,
-    /// The broker URL (`amqp://` or `amqps://`, credentials included). When
-    /// absent, the variable named by `url_env` is read. Never printed whole.
-    pub url: Option<String>,
-    /// The environment variable holding the URL when `url` is absent.
-    /// Default: `AMQP_URL`, and when that is unset too,
-    /// `amqp://guest:guest@127.0.0.1:5672/%2f`.
-    pub url_env: Option<String>,
-    /// Allow a plain `amqp://` URL that holds a password to a host that is
-    /// not this machine: the password then crosses the network in clear (a
-    /// WARN at start). Default false: such a URL is refused; use `amqps://`.
-    pub allow_plaintext: bool,
-    /// The queues to consume (at least one).
-    pub queues: Vec<String>,
-    /// Declare the queues (durable) and the exchange if they do not exist.
-    /// `false`: use existing ones, and fail if one is missing. Default `true`.
-    pub declare: bool,
-    /// An exchange to bind every queue to (declared as a durable topic
-    /// exchange when `declare` is on). Default: none.
-    pub exchange: Option<String>,
-    /// The binding key used with `exchange`. Default `#` (everything).
-    pub binding_key: String,
-    /// Unacknowledged deliveries the broker may hand each consumer
-    /// (`basic_qos`). Also the bound on duplicates after a reconnect.
-    /// Default 1000.
-    pub prefetch: u16,
-    /// The most deliveries handed to the engine in one batch. Default 256.
-    pub batch: usize,
-    /// The first wait before reconnecting; it doubles. Default 500ms.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_initial: Duration,
-    /// The longest wait between reconnect attempts. Default 30s.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_max: Duration,
-    /// Finish once no delivery has arrived for this long and everything
-    /// consumed is acknowledged (drain a queue, then exit). Default: never.
-    #[serde(with = "humantime_serde")]
-    pub idle_exit: Option<Duration>,
-}
-
-impl Default for AmqpSourceConfig {
-    fn default() -> Self {
-        AmqpSourceConfig {
-            lane: LanePolicy::Auto,
-            name: None,
-            url: None,
-            url_env: None,
-            allow_plaintext: false,
-            queues: Vec::new(),
-            declare: true,
-            exchange: None,
-            binding_key: "#".into(),
-            prefetch: 1000,
-            batch: 256,
-            reconnect_initial: Duration::from_millis(500),
-            reconnect_max: Duration::from_secs(30),
-            idle_exit: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for AmqpSourceConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpSourceConfig")
-            .field("lane", &self.lane)
-            .field("name", &self.name)
-            .field("url", &self.url.as_deref().map(super::url::redact))
-            .field("url_env", &self.url_env)
-            .field("allow_plaintext", &self.allow_plaintext)
-            .field("queues", &self.queues)
-            .field("declare", &self.declare)
-            .field("exchange", &self.exchange)
-            .field("binding_key", &self.binding_key)
-            .field("prefetch", &self.prefetch)
-            .field("batch", &self.batch)
-            .field("reconnect_initial", &self.reconnect_initial)
-            .field("reconnect_max", &self.reconnect_max)
-            .field("idle_exit", &self.idle_exit)
-            .finish()
-    }
-}
-
-/// Why an AMQP source or sink configuration cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AmqpConfigError {
-    /// The URL is missing or invalid.
-    #[error(transparent)]
-    Url(#[from] UrlError),
-    /// A knob is wrong.
-    #[error("{knob}: {message}")]
-    Invalid {
-        /// The knob (field and config key).
-        knob: &'static str,
-        /// What is wrong, with the bad value.
-        message: String,
-    },
-}
-
-impl AmqpConfigError {
-    fn invalid(knob: &'static str, message: impl Into<String>) -> AmqpConfigError {
-        AmqpConfigError::Invalid {
-            knob,
-            message: message.into(),
-        }
-    }
-
-    /// The knob the error is about (`url` for a URL error).
-    pub fn knob(&self) -> &'static str {
-        match self {
-            AmqpConfigError::Url(_) => "url",
-            AmqpConfigError::Invalid { knob, .. } => knob,
-        }
-    }
-}
-
-/// Checks that `name` fits an AMQP short string (queue, exchange, key).
-pub(crate) fn short(knob: &'static str, name: &str) -> Result<ShortString, AmqpConfigError> {
-    ShortString::try_new(name.to_string())
-        .map_err(|_| AmqpConfigError::invalid(knob, format!("{name:?} is longer than 255 bytes")))
-}
-
-impl AmqpSourceConfig {
-    /// Checks the knobs and resolves the URL.
-    pub fn validate(&self) -> Result<BrokerUrl, AmqpConfigError> {
-        let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())?;
-        url.check_plaintext(self.allow_plaintext)?;
-        if self.queues.is_empty() {
-            return Err(AmqpConfigError::invalid(
-                "queues",
-                "an amqp source needs at least one queue",
-            ));
-        }
-        for q in &self.queues {
-            if q.is_empty() {
-                return Err(AmqpConfigError::invalid("queues", "a queue name is empty"));
-            }
-            short("queues", q)?;
-        }
-        if let Some(x) = &self.exchange {
-            short("exchange", x)?;
-        }
-        short("binding_key", &self.binding_key)?;
-        if self.prefetch == 0 {
-            return Err(AmqpConfigError::invalid("prefetch", "must be at least 1"));
-        }
-        if self.batch == 0 {
-            return Err(AmqpConfigError::invalid("batch", "must be at least 1"));
-        }
-        Ok(url)
-    }
-}
 
 /// Consumes AMQP queues into the engine; see the module docs.
 pub struct AmqpSource {

@@ -1,14 +1,17 @@
 //! Declaring what a consumer reads: its queue (with the arguments its kind
 //! needs, such as `x-queue-type = stream`), and optionally a topic exchange
-//! bound to it. Shared by the queue source and the stream source so both
-//! declare, bind and classify failures the same way.
+//! bound to it. Shared by the queue source, the stream source and the
+//! broker backlog store so all declare, bind and classify failures the same
+//! way; and reading a queue's counts with a passive declaration, which
+//! changes nothing ([`counts`]).
 //!
-//! Invariant: every error is classified ([`AmqpError::classify`]) and
-//! redacted, so a caller can tell "fix the set-up" (fatal) from "reconnect".
+//! Invariant: every error of [`Declaration::apply`] is classified
+//! ([`AmqpError::classify`]) and redacted, so a caller can tell "fix the
+//! set-up" (fatal) from "reconnect"; [`counts`] never creates a queue.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, ExchangeKind};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind, Queue};
 
 use super::connect::AmqpError;
 use crate::broker_url::BrokerUrl;
@@ -77,4 +80,21 @@ impl Declaration<'_> {
             .map_err(|e| failed(format!("binding queue {} to {exchange}", self.queue), e))?;
         Ok(())
     }
+}
+
+/// The durable queue `queue` as the broker has it (its ready messages and
+/// consumers), by a passive declaration: it declares nothing, and fails
+/// (`NOT_FOUND`, which closes the channel) when the queue does not exist.
+pub(crate) async fn counts(channel: &Channel, queue: &ShortString) -> Result<Queue, lapin::Error> {
+    channel
+        .queue_declare(
+            queue.clone(),
+            QueueDeclareOptions {
+                passive: true,
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }

@@ -24,209 +24,23 @@
 //! permanent one fails alone on its next attempt, and is then buried), so a
 //! retryable failure is never buried by mistake.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Confirmation, Connection, ExchangeKind};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::connect::{AmqpError, connect};
-use super::consumer::{AmqpConfigError, short};
-use super::headers;
+use super::config::AmqpSinkConfig;
+use super::routing_key::RoutingKey;
+use crate::amqp::core::config::{AmqpConfigError, short};
+use crate::amqp::core::connect::{AmqpError, connect};
+use crate::amqp::core::headers;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
-use crate::message::Message;
 use crate::sink::{BatchError, Delivery, DeliveryError, Sink};
-
-/// A group's `sink` table with `type = "amqp"`: where and how to publish.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AmqpSinkConfig {
-    /// The broker URL (`amqp://` or `amqps://`). When absent, the variable
-    /// named by `url_env` is read. Never printed whole.
-    pub url: Option<String>,
-    /// The environment variable holding the URL when `url` is absent.
-    /// Default: `AMQP_URL`, then `amqp://guest:guest@127.0.0.1:5672/%2f`.
-    pub url_env: Option<String>,
-    /// Allow a plain `amqp://` URL that holds a password to a host that is
-    /// not this machine: the password then crosses the network in clear (a
-    /// WARN at start). Default false: such a URL is refused; use `amqps://`.
-    pub allow_plaintext: bool,
-    /// The exchange to publish to (required).
-    pub exchange: String,
-    /// Declare the exchange (durable, `topic`) if it does not exist.
-    /// `false`: it must exist. Default `true`.
-    pub declare_exchange: bool,
-    /// The routing key, from the placeholders `{kind}`, `{product}`,
-    /// `{device}` (`_` when the topic has none; dots inside a value become
-    /// `_`). Default `{kind}.{product}.{device}`.
-    pub routing_key: String,
-    /// Publish persistent messages (delivery mode 2). Default `true`.
-    pub persistent: bool,
-    /// Publish `mandatory`: a message no queue is bound for comes back and
-    /// becomes a dead letter ("unroutable"). Default `true`.
-    pub mandatory: bool,
-    /// Published but unconfirmed messages allowed at once, over every
-    /// delivery slot of the group; past it a message is "push limited" and
-    /// waits in the backlog. Default 10000.
-    pub max_in_flight: usize,
-    /// A publish not confirmed within this long has failed ("push failed").
-    /// Default 10s.
-    #[serde(with = "humantime_serde")]
-    pub confirm_timeout: Duration,
-    /// The first wait before reconnecting after a failure; it doubles.
-    /// Default 500ms.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_initial: Duration,
-    /// The longest wait between reconnect attempts. Default 30s.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_max: Duration,
-}
-
-impl Default for AmqpSinkConfig {
-    fn default() -> Self {
-        AmqpSinkConfig {
-            url: None,
-            url_env: None,
-            allow_plaintext: false,
-            exchange: String::new(),
-            declare_exchange: true,
-            routing_key: "{kind}.{product}.{device}".into(),
-            persistent: true,
-            mandatory: true,
-            max_in_flight: 10_000,
-            confirm_timeout: Duration::from_secs(10),
-            reconnect_initial: Duration::from_millis(500),
-            reconnect_max: Duration::from_secs(30),
-        }
-    }
-}
-
-impl std::fmt::Debug for AmqpSinkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpSinkConfig")
-            .field("url", &self.url.as_deref().map(super::url::redact))
-            .field("url_env", &self.url_env)
-            .field("allow_plaintext", &self.allow_plaintext)
-            .field("exchange", &self.exchange)
-            .field("declare_exchange", &self.declare_exchange)
-            .field("routing_key", &self.routing_key)
-            .field("persistent", &self.persistent)
-            .field("mandatory", &self.mandatory)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("confirm_timeout", &self.confirm_timeout)
-            .field("reconnect_initial", &self.reconnect_initial)
-            .field("reconnect_max", &self.reconnect_max)
-            .finish()
-    }
-}
-
-/// One piece of a routing-key template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum KeyPart {
-    Text(String),
-    Kind,
-    Product,
-    Device,
-}
-
-/// A parsed routing-key template such as `{kind}.{product}.{device}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoutingKey(Vec<KeyPart>);
-
-impl RoutingKey {
-    /// Parses a template; unknown placeholders are an error naming them.
-    pub fn parse(template: &str) -> Result<RoutingKey, AmqpConfigError> {
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(KeyPart::Text(rest[..open].to_string()));
-            }
-            let Some(close) = rest[open..].find('}') else {
-                return Err(AmqpConfigError::Invalid {
-                    knob: "routing_key",
-                    message: format!("{template:?}: unclosed '{{'"),
-                });
-            };
-            let name = &rest[open + 1..open + close];
-            parts.push(match name {
-                "kind" => KeyPart::Kind,
-                "product" => KeyPart::Product,
-                "device" => KeyPart::Device,
-                other => {
-                    return Err(AmqpConfigError::Invalid {
-                        knob: "routing_key",
-                        message: format!(
-                            "{template:?}: unknown placeholder {{{other}}} (use kind, product, device)"
-                        ),
-                    });
-                }
-            });
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(KeyPart::Text(rest.to_string()));
-        }
-        Ok(RoutingKey(parts))
-    }
-
-    /// The key for `message`.
-    pub fn render(&self, message: &Message) -> String {
-        let mut key = String::with_capacity(64);
-        let push = |key: &mut String, value: Option<&str>| match value {
-            Some(v) if !v.is_empty() => {
-                key.extend(v.chars().map(|c| if c == '.' { '_' } else { c }))
-            }
-            _ => key.push('_'),
-        };
-        for part in &self.0 {
-            match part {
-                KeyPart::Text(t) => key.push_str(t),
-                KeyPart::Kind => {
-                    let _ = write!(key, "{}", message.kind());
-                }
-                KeyPart::Product => push(&mut key, message.product_key()),
-                KeyPart::Device => push(&mut key, message.device_name()),
-            }
-        }
-        key
-    }
-}
-
-impl AmqpSinkConfig {
-    /// Checks the knobs and resolves the URL.
-    pub fn validate(&self) -> Result<(BrokerUrl, RoutingKey), AmqpConfigError> {
-        let url = BrokerUrl::resolve(self.url.as_deref(), self.url_env.as_deref())?;
-        url.check_plaintext(self.allow_plaintext)?;
-        if self.exchange.is_empty() {
-            return Err(AmqpConfigError::Invalid {
-                knob: "exchange",
-                message: "an amqp sink needs an exchange".into(),
-            });
-        }
-        short("exchange", &self.exchange)?;
-        if self.max_in_flight == 0 {
-            return Err(AmqpConfigError::Invalid {
-                knob: "max_in_flight",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.confirm_timeout.is_zero() {
-            return Err(AmqpConfigError::Invalid {
-                knob: "confirm_timeout",
-                message: "must be longer than zero".into(),
-            });
-        }
-        Ok((url, RoutingKey::parse(&self.routing_key)?))
-    }
-}
 
 /// The open connection and its confirm-mode channel.
 struct Link {
@@ -509,24 +323,6 @@ impl Sink for AmqpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-
-    #[test]
-    fn routing_keys_are_built_from_the_message() {
-        let key = RoutingKey::parse("{kind}.{product}.{device}").unwrap();
-        let m = Message::new(
-            "/a1pk/dev.1/thing/event/property/post",
-            "1",
-            0,
-            Bytes::new(),
-        )
-        .unwrap();
-        assert_eq!(key.render(&m), "property.a1pk.dev_1");
-        let key = RoutingKey::parse("iot.{kind}").unwrap();
-        assert_eq!(key.render(&m), "iot.property");
-        assert!(RoutingKey::parse("{colour}").is_err());
-        assert!(RoutingKey::parse("{kind").is_err());
-    }
 
     #[test]
     fn each_failed_message_keeps_its_own_kind() {
