@@ -9,17 +9,20 @@
 //!   pauses until one is due, so a retry storm slows the backlog instead of
 //!   growing memory;
 //! - a record is handed out only if, under the index lock, it is still owed
-//!   and not already out (a concurrent drop, expiry or release wins).
+//!   and not already out (a concurrent drop, expiry or release wins);
+//! - it reads through the store's [`crate::filesystem::Filesystem`]; a read
+//!   that fails is an error naming the segment file, and skips nothing: the
+//!   next take reads the same records again.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
-use std::fs::File;
 
 use super::format::{BodyView, FrameHeader};
-use super::segment::{SegmentReader, Step, read_at_most};
+use super::segment::{SegmentReader, Step, segment_path};
 use super::state::{Gone, IdHash, InFlight, Shared};
 use super::writer::Loc;
 use crate::backlog::{BacklogError, StoredRecord};
+use crate::filesystem::{SegmentFile, read_at_most};
 
 /// A passed-over record: where it is and when it is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,7 +47,7 @@ pub struct Reader {
     indexed: HashSet<u64, IdHash>,
     /// The highest id read sequentially.
     last_read_id: u64,
-    file_cache: Option<(u64, File)>,
+    file_cache: Option<(u64, Box<dyn SegmentFile>)>,
 }
 
 impl Reader {
@@ -94,7 +97,7 @@ impl Reader {
             };
             let seq = *seq;
             let step = reader.next_step().map_err(|source| BacklogError::Io {
-                action: format!("reading backlog segment {seq}"),
+                action: format!("reading {}", segment_path(&shared.dir, seq).display()),
                 source,
             })?;
             match step {
@@ -167,6 +170,7 @@ impl Reader {
             }
         };
         let reader = SegmentReader::open(
+            shared.fs.as_ref(),
             &path,
             Some(end),
             shared.config.read_chunk_bytes as usize,
@@ -258,19 +262,24 @@ impl Reader {
             }
         };
         if self.file_cache.as_ref().is_none_or(|(s, _)| *s != d.seq) {
-            let f = File::open(&path).map_err(|source| BacklogError::Io {
-                action: format!("opening {}", path.display()),
-                source,
-            })?;
+            let f = shared
+                .fs
+                .open_read(&path)
+                .map_err(|source| BacklogError::Io {
+                    action: format!("opening {}", path.display()),
+                    source,
+                })?;
             self.file_cache = Some((d.seq, f));
         }
         let Some((_, file)) = self.file_cache.as_ref() else {
             return Ok(None);
         };
         let mut frame = vec![0u8; d.total as usize];
-        let got = read_at_most(file, &mut frame, d.offset).map_err(|source| BacklogError::Io {
-            action: format!("reading {} at offset {}", path.display(), d.offset),
-            source,
+        let got = read_at_most(file.as_ref(), &mut frame, d.offset).map_err(|source| {
+            BacklogError::Io {
+                action: format!("reading {} at offset {}", path.display(), d.offset),
+                source,
+            }
         })?;
         let h = FrameHeader::read(&frame);
         let body = h.body(&frame).filter(|_| {
