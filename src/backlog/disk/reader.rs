@@ -69,6 +69,11 @@ impl Reader {
     }
 
     /// Hands out up to `max` records due at `now_ms`.
+    ///
+    /// A read that fails after some records were handed out returns those
+    /// (they are in flight now: dropping them would strand them until a
+    /// restart); the failed read is met again, and reported, by the next
+    /// take.
     pub fn take_ready(
         &mut self,
         shared: &Shared,
@@ -76,6 +81,24 @@ impl Reader {
         now_ms: i64,
     ) -> Result<Vec<StoredRecord>, BacklogError> {
         let mut out = Vec::new();
+        match self.take_into(shared, max, now_ms, &mut out) {
+            Ok(()) => Ok(out),
+            Err(e) if !out.is_empty() => {
+                tracing::debug!(error = %e, handed = out.len(), "a backlog read failed after records were handed out; the next take tries it again");
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Reader::take_ready`]'s work: adds to `out` what it hands out.
+    fn take_into(
+        &mut self,
+        shared: &Shared,
+        max: usize,
+        now_ms: i64,
+        out: &mut Vec<StoredRecord>,
+    ) -> Result<(), BacklogError> {
         while out.len() < max {
             match self.deferred.peek() {
                 Some(Reverse(d)) if d.not_before_ms <= now_ms => {
@@ -154,7 +177,7 @@ impl Reader {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Opens the next segment to read; false if there is none.
