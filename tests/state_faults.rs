@@ -371,7 +371,10 @@ fn a_segment_read_that_fails_while_serving_is_an_error_and_skips_nothing() {
             other => panic!("not an I/O error: {other:?}"),
         }
         assert_eq!(fs.failures(), 2);
-        assert!(!got.is_empty(), "segment 1's records came out before the error");
+        assert!(
+            !got.is_empty(),
+            "segment 1's records came out before the error"
+        );
         // The next takes read the same records again: none skipped, none
         // taken for damage.
         got.extend(drain(&store).await);
