@@ -1,35 +1,57 @@
-//! The file operations laneway's durable state is written with, behind a
-//! trait, so that tests can make them fail the way disks fail (a full
-//! disk, EIO on a write or on an fsync, a short write) and check that
-//! nothing acknowledged is lost and nothing torn is left behind: the disk
-//! backlog's segments, its ledger and space reserve, and every small file
-//! replaced whole (the ledger, the JSONL source's checkpoint, the stream
-//! sources' stored offsets) through the one [`replace_durably`].
+//! The file operations laneway's durable state is written and read back
+//! with, behind a trait, so that tests can make them fail the way disks
+//! fail (a full disk, EIO on a write, a read or an fsync, a short write)
+//! and check that nothing acknowledged is lost, nothing torn is left behind
+//! and every failure is reported, naming its file. Everything laneway keeps
+//! goes through it: the disk backlog's segments (written by the writer,
+//! read back by recovery, the audit and the reader), its ledger and space
+//! reserve; the small files replaced whole through the one
+//! [`replace_durably`] (the ledger, the JSONL source's checkpoint, the
+//! stream sources' stored offsets); and the dead-letter file, appended to.
+//!
+//! The seam is as narrow as its callers: whole-file reads for the small
+//! state files, positioned reads for segments, a directory listing for
+//! recovery, appends for the dead letters, and a private directory for
+//! each of them. The input files a source reads and the lock file stay
+//! outside it: they are not laneway's durable state.
 //!
 //! Invariants: [`RealFilesystem`] is a thin pass-through to `std::fs`; files
-//! it creates are readable by their owner only (they hold device data);
-//! [`write_all_at`] either writes every byte or returns the error, however
-//! the writes beneath it are cut; after [`replace_durably`] returns, a crash
-//! brings back the new contents, and before, the old ones or the new, never
-//! a mix.
+//! and directories it creates are for their owner only (they hold device
+//! data); [`write_all_at`] either writes every byte or returns the error,
+//! however the writes beneath it are cut; [`read_at_most`] stops early only
+//! at the end of the file; after [`replace_durably`] returns, a crash brings
+//! back the new contents, and before, the old ones or the new, never a mix.
 
 use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// One open segment file, as the writer uses it.
+/// One open file: a segment (written by the backlog writer, read back by
+/// recovery and the reader), the temporary file of a replace, or the
+/// dead-letter file. Which operations make sense depends on how it was
+/// opened (see [`Filesystem`]); the others fail as the system would.
 pub trait SegmentFile: Send {
     /// Writes some of `buf` at `offset`; returns how many bytes were
     /// written (possibly fewer than asked: a short write).
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize>;
+    /// Writes some of `buf` at the end of a file opened with
+    /// [`Filesystem::open_append`]; returns how many bytes were written.
+    fn append(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Reads some bytes at `offset` into `buf`; returns how many (0 at the
+    /// end of the file). Recovery and the reader read segments with it.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// The file's length: where a segment's readable data ends, where an
+    /// append began.
+    fn size(&self) -> io::Result<u64>;
     /// Makes the data written so far durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// Cuts or extends the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
 }
 
-/// The file-system operations of the backlog writer.
+/// The file-system operations of laneway's durable state (see the module
+/// documentation for who uses which).
 pub trait Filesystem: Send + Sync + 'static {
     /// Creates a new file (it must not exist), readable by its owner only.
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
@@ -46,6 +68,23 @@ pub trait Filesystem: Send + Sync + 'static {
     /// Makes the directory's entries (files created, removed, renamed)
     /// durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Opens an existing file for reading only (segments, as recovery, the
+    /// audit and the reader read them).
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
+    /// Opens a file to append to, creating it for its owner only; an
+    /// existing file readable by others is narrowed to its owner (the
+    /// dead-letter file holds device data).
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
+    /// Reads a whole small file (the ledger, a checkpoint, a stored
+    /// offset); a missing file is `NotFound`.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// The paths of the entries of `dir`, in no particular order (recovery
+    /// finds the segments with it).
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Creates `dir` and its missing parents, each only its owner can
+    /// enter; existing ones are left as they are (they may be shared on
+    /// purpose).
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
 }
 
 /// The operating system's file system.
@@ -55,6 +94,19 @@ pub struct RealFilesystem;
 impl SegmentFile for File {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         FileExt::write_at(self, buf, offset)
+    }
+
+    fn append(&self, buf: &[u8]) -> io::Result<usize> {
+        // Opened with O_APPEND: every write lands at the end.
+        (&*self).write(buf)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -105,6 +157,40 @@ impl Filesystem for RealFilesystem {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(Box::new(File::open(path)?))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        let permissions = file.metadata()?.permissions();
+        if permissions.mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(Box::new(file))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(dir)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect()
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
 }
 
 /// Writes all of `buf` at `offset`, going on after short writes; an error
@@ -127,6 +213,50 @@ pub fn write_all_at(file: &dyn SegmentFile, mut buf: &[u8], mut offset: u64) -> 
         }
     }
     Ok(())
+}
+
+/// Reads up to `buf.len()` bytes at `offset`, stopping early only at the
+/// end of the file; returns how many were read.
+pub fn read_at_most(file: &dyn SegmentFile, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = buf.get_mut(got..).unwrap_or_default();
+        match file.read_at(rest, offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Appends all of `buf` to a file opened with [`Filesystem::open_append`]
+/// and makes it durable, or leaves the file as it was: when a write or the
+/// fsync fails, the file is cut back to where the append began (best
+/// effort), so a retry does not leave half a line before the whole one.
+pub fn append_durably(file: &dyn SegmentFile, mut buf: &[u8]) -> io::Result<()> {
+    let start = file.size()?;
+    let written = (|| {
+        while !buf.is_empty() {
+            match file.append(buf) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the file system wrote nothing",
+                    ));
+                }
+                Ok(n) => buf = buf.get(n..).unwrap_or_default(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        file.sync_data()
+    })();
+    if written.is_err() && file.size().is_ok_and(|len| len > start) {
+        let _ = file.set_len(start);
+    }
+    written
 }
 
 /// Replaces `path` with `bytes` atomically and durably: a temporary file

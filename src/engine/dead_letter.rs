@@ -6,12 +6,15 @@
 //! and tests; the file is readable by its owner only (0600, its directories
 //! 0700 when laneway creates them), since it holds customer device data; a
 //! dead letter's body (and a message's key and headers) are kept exactly:
-//! whole, and as `bodyBase64` when they are not UTF-8, never converted.
+//! whole, and as `bodyBase64` when they are not UTF-8, never converted; a
+//! write that fails is retried until it succeeds (dropping a dead letter
+//! would lose a message), and leaves no part of a line behind (the file is
+//! cut back to where the failed write began); the file is opened and
+//! written through a [`Filesystem`] (the operating system's unless one is
+//! given), so fault tests reach it.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +22,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::backoff::Backoff;
+use crate::filesystem::{Filesystem, RealFilesystem, SegmentFile, append_durably};
 use crate::message::{Extras, Message, write_base64, write_extras, write_json_string};
 
 /// How many dead letters stay in memory for [`DeadLetters::recent`].
@@ -132,7 +136,7 @@ impl DeadLetter {
 
 /// Where dead letters go: an append-only JSONL file, plus the recent ones in memory.
 pub struct DeadLetters {
-    file: Option<(PathBuf, Mutex<File>)>,
+    file: Option<(PathBuf, Mutex<Box<dyn SegmentFile>>)>,
     recent: Mutex<VecDeque<DeadLetter>>,
 }
 
@@ -150,21 +154,17 @@ impl DeadLetters {
     /// permissions is narrowed to 0600; existing directories are left as
     /// they are (they may be shared on purpose).
     pub fn to_file(path: &Path) -> std::io::Result<Arc<DeadLetters>> {
+        DeadLetters::to_file_with(path, &RealFilesystem)
+    }
+
+    /// Dead letters appended to a JSONL file opened and written through
+    /// `fs` (see [`DeadLetters::to_file`]): the seam fault tests use to make
+    /// the writes fail.
+    pub fn to_file_with(path: &Path, fs: &dyn Filesystem) -> std::io::Result<Arc<DeadLetters>> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+            fs.create_dir_all(dir)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
-        let permissions = file.metadata()?.permissions();
-        if permissions.mode() & 0o077 != 0 {
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        }
+        let file = fs.open_append(path)?;
         Ok(Arc::new(DeadLetters {
             file: Some((path.to_path_buf(), Mutex::new(file))),
             recent: Mutex::new(VecDeque::new()),
@@ -178,7 +178,8 @@ impl DeadLetters {
 
     /// Records dead letters durably; only after this returns may the source
     /// be acknowledged for them. Retries on I/O errors until it succeeds, since
-    /// dropping a dead letter would lose a message.
+    /// dropping a dead letter would lose a message; each failure is logged,
+    /// naming the file, and leaves no part of a line in it.
     pub async fn record(self: &Arc<Self>, letters: Vec<DeadLetter>) {
         if letters.is_empty() {
             return;
@@ -225,9 +226,7 @@ impl DeadLetters {
 
     fn write_durably(&self, lines: &[u8]) -> std::io::Result<()> {
         if let Some((_, file)) = &self.file {
-            let mut f = file.lock();
-            f.write_all(lines)?;
-            f.sync_data()?;
+            append_durably(file.lock().as_ref(), lines)?;
         }
         Ok(())
     }
@@ -247,6 +246,8 @@ fn shown(value: &Option<String>) -> Option<tracing::field::DisplayValue<&str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::os::unix::fs::PermissionsExt;
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777

@@ -17,6 +17,11 @@
 //!   checkpoint or the new one, never a mix;
 //! - checkpoint files are created 0600 and their directory 0700 (they name
 //!   customer files);
+//! - every read and write of a checkpoint goes through a
+//!   [`Filesystem`] (the operating system's unless one is given), so fault
+//!   tests reach it: a store that fails returns the error and leaves the
+//!   previous checkpoint as it was, so no progress is claimed that was not
+//!   stored;
 //! - a checkpoint that cannot be parsed or whose checksum is wrong is
 //!   reported as [`CheckpointError::Damaged`], never trusted: the caller
 //!   starts over (duplicates, never a loss);
@@ -26,10 +31,11 @@
 //!   before, and the next checkpoint written is version 2.
 
 use std::fs::File;
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::filesystem::{self, RealFilesystem};
+use crate::filesystem::{self, Filesystem, RealFilesystem};
 
 /// A name made safe for a file name: ASCII letters, digits, `.`, `-` and
 /// `_` kept, anything else `_`, at most 64 characters. Files laneway keeps
@@ -112,9 +118,18 @@ pub enum CheckpointError {
 }
 
 /// The checkpoint of one source file.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Checkpoint {
     path: PathBuf,
+    fs: Arc<dyn Filesystem>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Checkpoint {
@@ -135,7 +150,15 @@ impl Checkpoint {
         );
         Checkpoint {
             path: dir.join(format!("{stem}-{crc:08x}.checkpoint")),
+            fs: Arc::new(RealFilesystem),
         }
+    }
+
+    /// The same checkpoint, read and written through `fs` instead of the
+    /// operating system's file system (the seam fault tests use).
+    pub fn with_filesystem(mut self, fs: Arc<dyn Filesystem>) -> Checkpoint {
+        self.fs = fs;
+        self
     }
 
     /// Where the checkpoint is kept.
@@ -152,7 +175,7 @@ impl Checkpoint {
 
     /// The saved checkpoint, or `None` when there is none yet.
     pub fn load(&self) -> Result<Option<Saved>, CheckpointError> {
-        let text = match std::fs::read(&self.path) {
+        let text = match self.fs.read(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(e)),
@@ -165,23 +188,26 @@ impl Checkpoint {
             })
     }
 
-    /// Replaces the checkpoint atomically and durably.
+    /// Replaces the checkpoint atomically and durably; on an error the
+    /// previous checkpoint is still the one on disk.
     pub fn store(&self, saved: &Saved) -> Result<(), CheckpointError> {
-        replace_durably(&self.path, encode(saved).as_bytes()).map_err(|e| self.io(e))
+        replace_durably(self.fs.as_ref(), &self.path, encode(saved).as_bytes())
+            .map_err(|e| self.io(e))
     }
 }
 
-/// Replaces `path` with `bytes` atomically and durably
+/// Replaces `path` with `bytes` atomically and durably through `fs`
 /// ([`filesystem::replace_durably`]), creating its directory (0700) when
 /// missing. Also used for the stream sources' stored offsets.
-pub(crate) fn replace_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn replace_durably(
+    fs: &dyn Filesystem,
+    path: &Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        fs.create_dir_all(dir)?;
     }
-    filesystem::replace_durably(&RealFilesystem, path, bytes)
+    filesystem::replace_durably(fs, path, bytes)
 }
 
 fn encode(saved: &Saved) -> String {

@@ -42,6 +42,7 @@ use super::Incoming;
 use super::checkpoint::{self, Checkpoint, CheckpointError, Position, Verdict};
 use super::{Positions, Source, SourceContext, SourceError, SourceHealth};
 use crate::ack::{AckRef, AckTracker};
+use crate::filesystem::{Filesystem, RealFilesystem};
 use crate::message::parse_envelope;
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +68,7 @@ pub struct JsonlSource {
     input: JsonlInput,
     max_line_bytes: usize,
     checkpoint_dir: Option<PathBuf>,
+    fs: Arc<dyn Filesystem>,
 }
 
 impl JsonlSource {
@@ -78,7 +80,17 @@ impl JsonlSource {
             input,
             max_line_bytes: max_line_bytes.max(64),
             checkpoint_dir: None,
+            fs: Arc::new(RealFilesystem),
         }
+    }
+
+    /// Reads and writes the checkpoint through `fs` instead of the
+    /// operating system's file system: the seam fault tests use to make a
+    /// checkpoint fail to load or store. The input file itself is read
+    /// directly (it is not laneway's state).
+    pub fn with_filesystem(mut self, fs: Arc<dyn Filesystem>) -> JsonlSource {
+        self.fs = fs;
+        self
     }
 
     /// Keeps a file source's checkpoint in `dir` (created 0700 when first
@@ -353,10 +365,9 @@ impl Source for JsonlSource {
         let mut keeper = None;
         let (raw, start, progress): (Box<dyn AsyncRead + Unpin + Send>, _, _) = match &self.input {
             JsonlInput::File(path) => {
-                let checkpoint = self
-                    .checkpoint_dir
-                    .as_ref()
-                    .map(|dir| Checkpoint::for_file(dir, path));
+                let checkpoint = self.checkpoint_dir.as_ref().map(|dir| {
+                    Checkpoint::for_file(dir, path).with_filesystem(Arc::clone(&self.fs))
+                });
                 let (path, cp) = (path.clone(), checkpoint.clone());
                 let (file, start, resumed) =
                     tokio::task::spawn_blocking(move || open_at_checkpoint(&path, cp.as_ref()))

@@ -42,6 +42,7 @@ use crate::amqp::core::config::AmqpConfigError;
 use crate::amqp::core::connect::connect_with_retry;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
+use crate::filesystem::{Filesystem, RealFilesystem};
 use crate::source::sessions::{Driver, wait_to_reconnect};
 use crate::source::{Source, SourceContext, SourceError};
 use cursor::{Attach, End};
@@ -58,6 +59,7 @@ pub struct AmqpStreamSource {
     config: Arc<AmqpStreamConfig>,
     url: BrokerUrl,
     file: OffsetFile,
+    fs: Arc<dyn Filesystem>,
 }
 
 impl AmqpStreamSource {
@@ -75,6 +77,7 @@ impl AmqpStreamSource {
             config: Arc::new(config),
             url,
             file,
+            fs: Arc::new(RealFilesystem),
         })
     }
 
@@ -87,8 +90,18 @@ impl AmqpStreamSource {
     /// unless the config names one with `offset_file`.
     pub fn offsets_in(mut self, dir: &Path) -> AmqpStreamSource {
         if self.config.offset_file.is_none() {
-            self.file = Self::default_file(dir, &self.url, &self.config.stream);
+            let fs = Arc::clone(&self.fs);
+            self.file = Self::default_file(dir, &self.url, &self.config.stream).with_filesystem(fs);
         }
+        self
+    }
+
+    /// Reads and writes the stored offset through `fs` instead of the
+    /// operating system's file system: the seam fault tests use to make a
+    /// store fail.
+    pub fn with_filesystem(mut self, fs: Arc<dyn Filesystem>) -> AmqpStreamSource {
+        self.file = self.file.with_filesystem(Arc::clone(&fs));
+        self.fs = fs;
         self
     }
 

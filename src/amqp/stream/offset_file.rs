@@ -10,10 +10,15 @@
 //! - a file whose checksum is wrong or that cannot be parsed is
 //!   [`OffsetFileError::Damaged`], never trusted;
 //! - a file written for another stream is refused
-//!   ([`OffsetFileError::OtherStream`]): two sources never share an offset.
+//!   ([`OffsetFileError::OtherStream`]): two sources never share an offset;
+//! - it is read and written through a [`Filesystem`] (the operating
+//!   system's unless one is given), so fault tests reach it: a store that
+//!   fails returns the error and leaves the offset stored before.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::filesystem::{Filesystem, RealFilesystem};
 use crate::source::checkpoint::{file_stem, replace_durably, seal, unseal};
 
 /// The first line of every offset file; the number is the format version.
@@ -52,10 +57,20 @@ pub enum OffsetFileError {
 }
 
 /// Where one stream's offset is kept.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OffsetFile {
     path: PathBuf,
     stream: String,
+    fs: Arc<dyn Filesystem>,
+}
+
+impl std::fmt::Debug for OffsetFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OffsetFile")
+            .field("path", &self.path)
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
 }
 
 impl OffsetFile {
@@ -64,7 +79,15 @@ impl OffsetFile {
         OffsetFile {
             path,
             stream: stream.to_string(),
+            fs: Arc::new(RealFilesystem),
         }
+    }
+
+    /// The same file, read and written through `fs` instead of the
+    /// operating system's file system (the seam fault tests use).
+    pub fn with_filesystem(mut self, fs: Arc<dyn Filesystem>) -> OffsetFile {
+        self.fs = fs;
+        self
     }
 
     /// The default file for `stream` in `dir`: named after the stream
@@ -83,7 +106,7 @@ impl OffsetFile {
 
     /// The stored offset, or `None` when there is none yet.
     pub fn load(&self) -> Result<Option<u64>, OffsetFileError> {
-        let bytes = match std::fs::read(&self.path) {
+        let bytes = match self.fs.read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -108,9 +131,11 @@ impl OffsetFile {
     }
 
     /// Replaces the stored offset atomically and durably (blocking: call it
-    /// off the runtime's worker threads).
+    /// off the runtime's worker threads); on an error the offset stored
+    /// before is still the one on disk.
     pub fn store(&self, offset: u64) -> Result<(), OffsetFileError> {
-        replace_durably(&self.path, encode(&self.stream, offset).as_bytes()).map_err(|source| {
+        let bytes = encode(&self.stream, offset);
+        replace_durably(self.fs.as_ref(), &self.path, bytes.as_bytes()).map_err(|source| {
             OffsetFileError::Io {
                 path: self.path.display().to_string(),
                 source,

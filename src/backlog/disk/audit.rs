@@ -36,8 +36,9 @@ use serde::Serialize;
 
 use super::format::{BodyView, FormatError, SEGMENT_HEADER_LEN, SegmentHeader};
 use super::ledger::{Ledger, LedgerError, RangeSet};
-use super::segment::{SegmentReader, Step, list_segments, read_at_most};
+use super::segment::{SegmentReader, Step, list_segments};
 use super::state::SegMeta;
+use crate::filesystem::{Filesystem, read_at_most};
 
 /// How many lost id ranges a report names (the count is always exact).
 pub const MAX_NAMED_RANGES: usize = 32;
@@ -197,11 +198,17 @@ fn io_error(action: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> A
     }
 }
 
-/// Audits `dir`; `check_bodies` also decodes every record body (for
-/// `verify`; recovery leaves that to the reader).
-pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, AuditError> {
+/// Audits `dir`, reading through `fs`; `check_bodies` also decodes every
+/// record body (for `verify`; recovery leaves that to the reader). A read
+/// that fails is [`AuditError::Io`], naming the file.
+pub fn audit(
+    fs: &dyn Filesystem,
+    dir: &Path,
+    max_body: usize,
+    check_bodies: bool,
+) -> Result<Audit, AuditError> {
     let mut out = Audit::default();
-    let ledger = match Ledger::load(dir) {
+    let ledger = match Ledger::load(fs, dir) {
         Ok(l) => {
             out.ledger = Some(LedgerState::Loaded);
             l
@@ -215,9 +222,10 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
             Ledger::default()
         }
     };
-    let listed = list_segments(dir).map_err(io_error(|| format!("listing {}", dir.display())))?;
+    let listed =
+        list_segments(fs, dir).map_err(io_error(|| format!("listing {}", dir.display())))?;
     out.segment_files = listed.len() as u64;
-    let files = judge_by_content(listed, ledger.head, &mut out)?;
+    let files = judge_by_content(fs, listed, ledger.head, &mut out)?;
     // Ids seen valid, as ranges; the run being extended is kept apart so a
     // healthy log costs one comparison per record, not a map update.
     let mut found = RangeSet::default();
@@ -234,7 +242,7 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
     for (i, (seq, path)) in files.into_iter().enumerate() {
         let last = i + 1 == count;
         let name = path.display().to_string();
-        let mut reader = SegmentReader::open(&path, None, 1 << 20, max_body)
+        let mut reader = SegmentReader::open(fs, &path, None, 1 << 20, max_body)
             .map_err(io_error(|| format!("opening {name}")))?;
         let header_created = reader.header.as_ref().map_or(0, |h| h.created_ms);
         let header_first = match &reader.header {
@@ -418,15 +426,25 @@ pub fn audit(dir: &Path, max_body: usize, check_bodies: bool) -> Result<Audit, A
     Ok(out)
 }
 
-/// Reads only the header of a segment file (a short or unreadable one is
-/// an error value, judged later with the rest of the file).
-fn read_header(path: &Path) -> Result<Result<SegmentHeader, FormatError>, AuditError> {
-    let file =
-        std::fs::File::open(path).map_err(io_error(|| format!("opening {}", path.display())))?;
+/// Reads only the header of a segment file (a short or unparsable one is
+/// an error value, judged later with the rest of the file), and its size.
+fn read_header(
+    fs: &dyn Filesystem,
+    path: &Path,
+) -> Result<(Result<SegmentHeader, FormatError>, u64), AuditError> {
+    let file = fs
+        .open_read(path)
+        .map_err(io_error(|| format!("opening {}", path.display())))?;
     let mut head = [0u8; SEGMENT_HEADER_LEN as usize];
-    let got = read_at_most(&file, &mut head, 0)
+    let got = read_at_most(file.as_ref(), &mut head, 0)
         .map_err(io_error(|| format!("reading {}", path.display())))?;
-    Ok(SegmentHeader::decode(head.get(..got).unwrap_or_default()))
+    let size = file.size().map_err(io_error(|| {
+        format!("reading the size of {}", path.display())
+    }))?;
+    Ok((
+        SegmentHeader::decode(head.get(..got).unwrap_or_default()),
+        size,
+    ))
 }
 
 /// Sets aside, before any record is read, the files whose content says they
@@ -435,6 +453,7 @@ fn read_header(path: &Path) -> Result<Result<SegmentHeader, FormatError>, AuditE
 /// ledger's `head` (everything below it was delivered and its segments
 /// deleted). Returns the rest, in log order.
 fn judge_by_content(
+    fs: &dyn Filesystem,
     listed: Vec<(u64, PathBuf)>,
     head: Option<u64>,
     out: &mut Audit,
@@ -442,8 +461,7 @@ fn judge_by_content(
     let names: std::collections::HashSet<u64> = listed.iter().map(|(seq, _)| *seq).collect();
     let mut kept = Vec::with_capacity(listed.len());
     for (seq, path) in listed {
-        let header = read_header(&path)?;
-        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let (header, size) = read_header(fs, &path)?;
         match header {
             Ok(h) if h.seq != seq && names.contains(&h.seq) => {
                 out.damage.push(Damage {

@@ -143,7 +143,13 @@ pub fn segment_file_name(seq: u64) -> String {
 /// returns how many records were read.
 pub fn read_segment(path: &Path, max_body: usize) -> io::Result<u64> {
     let len = std::fs::metadata(path)?.len();
-    let mut reader = SegmentReader::open(path, None, 64 * 1024, max_body)?;
+    let mut reader = SegmentReader::open(
+        &crate::filesystem::RealFilesystem,
+        path,
+        None,
+        64 * 1024,
+        max_body,
+    )?;
     let mut at = SEGMENT_HEADER_LEN;
     let mut records = 0;
     loop {

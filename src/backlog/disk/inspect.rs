@@ -16,6 +16,7 @@ use super::format::{BodyView, FORMAT_VERSION};
 use super::ledger::{Ledger, LedgerError, RangeSet};
 use super::lock::LOCK_FILE;
 use super::segment::{SegmentReader, Step, list_segments};
+use crate::filesystem::RealFilesystem;
 use crate::message::{classify, now_epoch_ms};
 
 /// One segment in an [`Inspection`].
@@ -148,7 +149,7 @@ fn in_use(dir: &Path) -> bool {
 }
 
 fn segments_of(dir: &Path) -> Result<Vec<(u64, std::path::PathBuf)>, InspectError> {
-    let segs = list_segments(dir).map_err(io(dir))?;
+    let segs = list_segments(&RealFilesystem, dir).map_err(io(dir))?;
     if segs.is_empty() {
         return Err(InspectError::Empty(dir.display().to_string()));
     }
@@ -158,7 +159,7 @@ fn segments_of(dir: &Path) -> Result<Vec<(u64, std::path::PathBuf)>, InspectErro
 /// Summarises the backlog in `dir`.
 pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
     let segs = segments_of(dir)?;
-    let (released, ledger): (RangeSet, &'static str) = match Ledger::load(dir) {
+    let (released, ledger): (RangeSet, &'static str) = match Ledger::load(&RealFilesystem, dir) {
         Ok(l) => (l.released, "loaded"),
         Err(LedgerError::Missing) => (RangeSet::default(), "missing"),
         Err(_) => (RangeSet::default(), "damaged"),
@@ -188,7 +189,7 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
     // resumes, as recovery resumes it.
     let mut max_id = 0u64;
     for (seq, path) in segs {
-        let mut r = SegmentReader::open(&path, None, 1 << 20, u32::MAX as usize)
+        let mut r = SegmentReader::open(&RealFilesystem, &path, None, 1 << 20, u32::MAX as usize)
             .map_err(io(&path))?
             .after_damaged_header(max_id);
         let mut s = SegmentSummary {
@@ -230,7 +231,7 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
         out.segments.push(s);
     }
     // Damage and losses as recovery would count them.
-    let found = audit(dir, u32::MAX as usize, false).map_err(from_audit)?;
+    let found = audit(&RealFilesystem, dir, u32::MAX as usize, false).map_err(from_audit)?;
     out.lost = found.lost;
     out.corrupt = found.damage.iter().filter(|d| d.kind.is_damage()).count() as u64;
     if out.records > 0 {
@@ -244,7 +245,7 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
 /// the ledger; changes nothing.
 pub fn verify_dir(dir: &Path) -> Result<Verification, InspectError> {
     segments_of(dir)?;
-    let found = audit(dir, u32::MAX as usize, true).map_err(from_audit)?;
+    let found = audit(&RealFilesystem, dir, u32::MAX as usize, true).map_err(from_audit)?;
     Ok(Verification {
         dir: dir.display().to_string(),
         segments: found.segment_files,

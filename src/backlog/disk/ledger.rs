@@ -215,9 +215,11 @@ impl Ledger {
         })
     }
 
-    /// Loads the ledger of `dir`.
-    pub fn load(dir: &Path) -> Result<Ledger, LedgerError> {
-        match std::fs::read(dir.join(LEDGER_FILE)) {
+    /// Loads the ledger of `dir`, read through `fs` (a read that fails is
+    /// [`LedgerError::Io`]: the ledger is then rebuilt from the segments,
+    /// as a damaged one is).
+    pub fn load(fs: &dyn Filesystem, dir: &Path) -> Result<Ledger, LedgerError> {
+        match fs.read(&dir.join(LEDGER_FILE)) {
             Ok(b) => Ledger::decode(&b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(LedgerError::Missing),
             Err(e) => Err(LedgerError::Io(e)),
@@ -263,7 +265,7 @@ mod tests {
     fn a_ledger_round_trips_and_damage_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            Ledger::load(dir.path()),
+            Ledger::load(&crate::backlog::disk::RealFilesystem, dir.path()),
             Err(LedgerError::Missing)
         ));
         let mut l = Ledger {
@@ -275,7 +277,10 @@ mod tests {
         l.released.insert(20);
         l.save(&crate::backlog::disk::RealFilesystem, dir.path())
             .unwrap();
-        assert_eq!(Ledger::load(dir.path()).unwrap(), l);
+        assert_eq!(
+            Ledger::load(&crate::backlog::disk::RealFilesystem, dir.path()).unwrap(),
+            l
+        );
         let mut bytes = l.encode();
         bytes[33] ^= 1;
         assert!(matches!(

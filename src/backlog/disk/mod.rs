@@ -191,9 +191,11 @@ impl DiskBacklog {
         DiskBacklog::open_with(dir, config, Arc::new(RealFilesystem))
     }
 
-    /// Opens the backlog in `dir` with the writer's file operations going
-    /// through `fs`: the seam that fault-injection tests use to make writes,
-    /// fsyncs and segment creation fail as real disks do.
+    /// Opens the backlog in `dir` with every file operation going through
+    /// `fs`: recovery's reads and repairs, the writer's segments, ledger and
+    /// reserve, and the reader's. It is the seam that fault-injection tests
+    /// use to make reads, writes, fsyncs and segment creation fail as real
+    /// disks do.
     pub fn open_with(
         dir: &Path,
         config: DiskBacklogConfig,
@@ -202,12 +204,12 @@ impl DiskBacklog {
         config
             .validate()
             .map_err(|e| BacklogError::Unavailable(e.to_string()))?;
-        segment::private_dir(dir).map_err(|source| BacklogError::Io {
+        fs.create_dir_all(dir).map_err(|source| BacklogError::Io {
             action: format!("creating the backlog directory {}", dir.display()),
             source,
         })?;
         let lock = DirLock::acquire(dir)?;
-        let mut recovered = recovery::recover(dir, config.max_body())?;
+        let mut recovered = recovery::recover(fs.as_ref(), dir, config.max_body())?;
         let report = recovered.report.clone();
         tracing::info!(
             dir = %dir.display(),

@@ -9,17 +9,20 @@
 //!   pauses until one is due, so a retry storm slows the backlog instead of
 //!   growing memory;
 //! - a record is handed out only if, under the index lock, it is still owed
-//!   and not already out (a concurrent drop, expiry or release wins).
+//!   and not already out (a concurrent drop, expiry or release wins);
+//! - it reads through the store's [`crate::filesystem::Filesystem`]; a read
+//!   that fails is an error naming the segment file, and skips nothing: the
+//!   next take reads the same records again.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
-use std::fs::File;
 
 use super::format::{BodyView, FrameHeader};
-use super::segment::{SegmentReader, Step, read_at_most};
+use super::segment::{SegmentReader, Step, segment_path};
 use super::state::{Gone, IdHash, InFlight, Shared};
 use super::writer::Loc;
 use crate::backlog::{BacklogError, StoredRecord};
+use crate::filesystem::{SegmentFile, read_at_most};
 
 /// A passed-over record: where it is and when it is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,7 +47,7 @@ pub struct Reader {
     indexed: HashSet<u64, IdHash>,
     /// The highest id read sequentially.
     last_read_id: u64,
-    file_cache: Option<(u64, File)>,
+    file_cache: Option<(u64, Box<dyn SegmentFile>)>,
 }
 
 impl Reader {
@@ -66,6 +69,11 @@ impl Reader {
     }
 
     /// Hands out up to `max` records due at `now_ms`.
+    ///
+    /// A read that fails after some records were handed out returns those
+    /// (they are in flight now: dropping them would strand them until a
+    /// restart); the failed read is met again, and reported, by the next
+    /// take.
     pub fn take_ready(
         &mut self,
         shared: &Shared,
@@ -73,6 +81,24 @@ impl Reader {
         now_ms: i64,
     ) -> Result<Vec<StoredRecord>, BacklogError> {
         let mut out = Vec::new();
+        match self.take_into(shared, max, now_ms, &mut out) {
+            Ok(()) => Ok(out),
+            Err(e) if !out.is_empty() => {
+                tracing::debug!(error = %e, handed = out.len(), "a backlog read failed after records were handed out; the next take tries it again");
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Reader::take_ready`]'s work: adds to `out` what it hands out.
+    fn take_into(
+        &mut self,
+        shared: &Shared,
+        max: usize,
+        now_ms: i64,
+        out: &mut Vec<StoredRecord>,
+    ) -> Result<(), BacklogError> {
         while out.len() < max {
             match self.deferred.peek() {
                 Some(Reverse(d)) if d.not_before_ms <= now_ms => {
@@ -94,7 +120,7 @@ impl Reader {
             };
             let seq = *seq;
             let step = reader.next_step().map_err(|source| BacklogError::Io {
-                action: format!("reading backlog segment {seq}"),
+                action: format!("reading {}", segment_path(&shared.dir, seq).display()),
                 source,
             })?;
             match step {
@@ -151,7 +177,7 @@ impl Reader {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Opens the next segment to read; false if there is none.
@@ -167,6 +193,7 @@ impl Reader {
             }
         };
         let reader = SegmentReader::open(
+            shared.fs.as_ref(),
             &path,
             Some(end),
             shared.config.read_chunk_bytes as usize,
@@ -258,19 +285,24 @@ impl Reader {
             }
         };
         if self.file_cache.as_ref().is_none_or(|(s, _)| *s != d.seq) {
-            let f = File::open(&path).map_err(|source| BacklogError::Io {
-                action: format!("opening {}", path.display()),
-                source,
-            })?;
+            let f = shared
+                .fs
+                .open_read(&path)
+                .map_err(|source| BacklogError::Io {
+                    action: format!("opening {}", path.display()),
+                    source,
+                })?;
             self.file_cache = Some((d.seq, f));
         }
         let Some((_, file)) = self.file_cache.as_ref() else {
             return Ok(None);
         };
         let mut frame = vec![0u8; d.total as usize];
-        let got = read_at_most(file, &mut frame, d.offset).map_err(|source| BacklogError::Io {
-            action: format!("reading {} at offset {}", path.display(), d.offset),
-            source,
+        let got = read_at_most(file.as_ref(), &mut frame, d.offset).map_err(|source| {
+            BacklogError::Io {
+                action: format!("reading {} at offset {}", path.display(), d.offset),
+                source,
+            }
         })?;
         let h = FrameHeader::read(&frame);
         let body = h.body(&frame).filter(|_| {

@@ -15,9 +15,12 @@
 //!   an operator;
 //!   nothing else is written;
 //! - the next id is above every id in the segments, their headers and the
-//!   ledger.
+//!   ledger;
+//! - every read and every repair goes through the store's [`Filesystem`]: a
+//!   read that fails (EIO) stops the store from opening with an error naming
+//!   the file, before anything is repaired; nothing is guessed from a file
+//!   that could not be read.
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -25,9 +28,9 @@ use serde::Serialize;
 
 use super::audit::{AuditError, DamageKind, audit};
 use super::ledger::RangeSet;
-use super::segment::{private_dir, sync_dir};
 use super::state::SegMeta;
 use crate::backlog::BacklogError;
+use crate::filesystem::Filesystem;
 
 /// The folder inside a backlog directory where duplicate segments are put.
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -89,10 +92,15 @@ fn io_err(action: String) -> impl FnOnce(std::io::Error) -> BacklogError {
     move |source| BacklogError::Io { action, source }
 }
 
-/// Recovers the backlog in `dir` (which exists and is locked by the caller).
-pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
+/// Recovers the backlog in `dir` (which exists and is locked by the
+/// caller), reading and repairing through `fs`.
+pub fn recover(
+    fs: &dyn Filesystem,
+    dir: &Path,
+    max_body: usize,
+) -> Result<Recovered, BacklogError> {
     let started = Instant::now();
-    let found = audit(dir, max_body, false).map_err(|e| match e {
+    let found = audit(fs, dir, max_body, false).map_err(|e| match e {
         AuditError::Io { action, source } => BacklogError::Io { action, source },
         AuditError::Version { .. } => BacklogError::Unavailable(e.to_string()),
     })?;
@@ -116,17 +124,17 @@ pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
     };
     if let Some(path) = &found.interrupted {
         tracing::warn!(segment = %path.display(), "removing a segment whose creation was interrupted");
-        std::fs::remove_file(path).map_err(io_err(format!("removing {}", path.display())))?;
+        fs.remove_file(path)
+            .map_err(io_err(format!("removing {}", path.display())))?;
         report.cut += 1;
     }
     if let Some((path, offset, len)) = &found.cut_at {
         tracing::warn!(segment = %path.display(), offset, len, "cutting the unusable tail of the last segment");
-        let f = OpenOptions::new()
-            .write(true)
+        let f = fs
             .open(path)
             .map_err(io_err(format!("opening {}", path.display())))?;
         f.set_len(*offset)
-            .and_then(|()| f.sync_all())
+            .and_then(|()| f.sync_data())
             .map_err(io_err(format!("truncating {}", path.display())))?;
         if found.damage.iter().any(|d| d.kind == DamageKind::TornTail) {
             report.cut += 1;
@@ -135,7 +143,8 @@ pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
     }
     if !found.duplicates.is_empty() || !found.delivered.is_empty() {
         let quarantine = dir.join(QUARANTINE_DIR);
-        private_dir(&quarantine).map_err(io_err(format!("creating {}", quarantine.display())))?;
+        fs.create_dir_all(&quarantine)
+            .map_err(io_err(format!("creating {}", quarantine.display())))?;
         for (path, delivered) in found
             .duplicates
             .iter()
@@ -161,9 +170,11 @@ pub fn recover(dir: &Path, max_body: usize) -> Result<Recovered, BacklogError> {
                 tracing::warn!(segment = %path.display(), to = %to.display(), "moving a copy of a segment, or a segment whose ids repeat an earlier segment's, to quarantine");
                 report.quarantined += 1;
             }
-            std::fs::rename(path, &to).map_err(io_err(format!("moving {}", path.display())))?;
+            fs.rename(path, &to)
+                .map_err(io_err(format!("moving {}", path.display())))?;
         }
-        sync_dir(dir).map_err(io_err(format!("syncing {}", dir.display())))?;
+        fs.sync_dir(dir)
+            .map_err(io_err(format!("syncing {}", dir.display())))?;
     }
     report.took = started.elapsed();
     Ok(Recovered {

@@ -37,10 +37,11 @@ pub struct Reserve {
 }
 
 impl Reserve {
-    /// The reserve of `dir`, as found on disk.
-    pub fn find(dir: &Path) -> Reserve {
+    /// The reserve of `dir`, as found on disk through `fs` (one that cannot
+    /// be read counts as none: it is remade).
+    pub fn find(fs: &dyn Filesystem, dir: &Path) -> Reserve {
         let path = dir.join(RESERVE_FILE);
-        let held = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let held = fs.open_read(&path).and_then(|f| f.size()).unwrap_or(0);
         Reserve { path, held }
     }
 

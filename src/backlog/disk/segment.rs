@@ -8,17 +8,17 @@
 //! - [`SegmentReader`] never reads past the limit it is given (the durable
 //!   end of the segment), holds at most one chunk plus one frame in memory,
 //!   and after a damaged frame resumes at the next valid frame, reporting
-//!   the damaged span instead of giving up on the segment.
+//!   the damaged span instead of giving up on the segment;
+//! - a read that fails (EIO) is returned and changes nothing: the next step
+//!   reads the same bytes again (a failed read is never taken for damage).
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 
 use super::format::{
     FRAME_ALIGN, FRAME_HEADER_LEN, FormatError, FrameHeader, SEGMENT_HEADER_LEN, SegmentHeader,
 };
-use crate::filesystem::{Filesystem, SegmentFile, write_all_at};
+use crate::filesystem::{Filesystem, SegmentFile, read_at_most, write_all_at};
 
 /// The file name extension of segments.
 pub const SEGMENT_EXT: &str = "seg";
@@ -37,30 +37,20 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-/// Every segment in `dir`, in log order.
-pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+/// Every segment in `dir`, in log order (listed through `fs`).
+pub fn list_segments(fs: &dyn Filesystem, dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if let Some(seq) = entry.file_name().to_str().and_then(parse_segment_name) {
-            out.push((seq, entry.path()));
+    for path in fs.read_dir(dir)? {
+        let seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_segment_name);
+        if let Some(seq) = seq {
+            out.push((seq, path));
         }
     }
     out.sort_unstable_by_key(|(seq, _)| *seq);
     Ok(out)
-}
-
-/// fsyncs a directory, so that files created or renamed in it stay.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Creates `dir` and its missing parents, each only its owner can enter.
-pub fn private_dir(dir: &Path) -> io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 /// Creates segment `seq` whose first record will be `first_id`, durably:
@@ -126,7 +116,7 @@ pub enum Step {
 
 /// Reads frames from one segment, in order, in chunks.
 pub struct SegmentReader {
-    file: File,
+    file: Box<dyn SegmentFile>,
     /// The segment's header, when it was readable.
     pub header: Result<SegmentHeader, FormatError>,
     limit: u64,
@@ -141,20 +131,21 @@ pub struct SegmentReader {
 }
 
 impl SegmentReader {
-    /// Opens `path` for reading up to `limit` bytes (`None`: the file's
-    /// length), with reads of `chunk` bytes; frames with a body above
-    /// `max_body` are treated as damage.
+    /// Opens `path` through `fs` for reading up to `limit` bytes (`None`:
+    /// the file's length), with reads of `chunk` bytes; frames with a body
+    /// above `max_body` are treated as damage.
     pub fn open(
+        fs: &dyn Filesystem,
         path: &Path,
         limit: Option<u64>,
         chunk: usize,
         max_body: usize,
     ) -> io::Result<SegmentReader> {
-        let file = File::open(path)?;
-        let len = file.metadata()?.len();
+        let file = fs.open_read(path)?;
+        let len = file.size()?;
         let limit = limit.unwrap_or(len).min(len);
         let mut head = [0u8; SEGMENT_HEADER_LEN as usize];
-        let got = read_at_most(&file, &mut head, 0)?;
+        let got = read_at_most(file.as_ref(), &mut head, 0)?;
         let header = SegmentHeader::decode(&head[..got]);
         let last_id = header.as_ref().map_or(0, |h| h.first_id.saturating_sub(1));
         Ok(SegmentReader {
@@ -239,7 +230,15 @@ impl SegmentReader {
         if want_end > have_end {
             let old = self.buf.len();
             self.buf.resize(old + (want_end - have_end) as usize, 0);
-            let got = read_at_most(&self.file, &mut self.buf[old..], have_end)?;
+            let got = match read_at_most(self.file.as_ref(), &mut self.buf[old..], have_end) {
+                Ok(got) => got,
+                Err(e) => {
+                    // Keep only what was read: a failed read must not leave
+                    // zeros that the next step would take for a torn tail.
+                    self.buf.truncate(old);
+                    return Err(e);
+                }
+            };
             self.buf.truncate(old + got);
             if (got as u64) < want_end - have_end {
                 // The file is shorter than the limit said: lower the limit.
@@ -338,26 +337,12 @@ impl SegmentReader {
     }
 }
 
-/// Reads up to `buf.len()` bytes at `offset`, stopping early only at the end
-/// of the file; returns how many were read.
-pub fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backlog::BacklogRecord;
     use crate::backlog::disk::format::{encode_frame, seal_frame};
+    use crate::filesystem::RealFilesystem;
     use crate::message::Message;
 
     fn write_segment(dir: &Path, ids: std::ops::Range<u64>) -> (PathBuf, Vec<u64>) {
@@ -379,7 +364,7 @@ mod tests {
     }
 
     fn steps(path: &Path) -> Vec<String> {
-        let mut r = SegmentReader::open(path, None, 64 * 1024, 1 << 20).unwrap();
+        let mut r = SegmentReader::open(&RealFilesystem, path, None, 64 * 1024, 1 << 20).unwrap();
         let mut out = Vec::new();
         loop {
             match r.next_step().unwrap() {
@@ -398,7 +383,7 @@ mod tests {
         assert_eq!(steps(&path), ["r10", "r11", "r12"]);
         assert_eq!(parse_segment_name("00000000000000000001.seg"), Some(1));
         assert_eq!(parse_segment_name("1.seg"), None);
-        assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+        assert_eq!(list_segments(&RealFilesystem, dir.path()).unwrap().len(), 1);
     }
 
     #[test]

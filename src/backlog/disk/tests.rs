@@ -69,7 +69,7 @@ async fn records_come_out_in_order_across_segments_and_segments_go_when_released
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(store.segment_count(), 1);
-    let files = segment::list_segments(dir.path()).unwrap();
+    let files = segment::list_segments(&RealFilesystem, dir.path()).unwrap();
     assert_eq!(files.len(), 1);
 }
 

@@ -172,7 +172,7 @@ impl Writer {
     ) -> io::Result<Writer> {
         let path = segment_path(&shared.dir, seq);
         let file = shared.fs.open(&path)?;
-        let reserve = Reserve::find(&shared.dir);
+        let reserve = Reserve::find(shared.fs.as_ref(), &shared.dir);
         Ok(Writer {
             shared,
             file,
@@ -506,7 +506,13 @@ impl Writer {
                 };
                 let (path, end, first_id) = (seg.path.clone(), seg.end, seg.first_id);
                 drop(idx);
-                match SegmentReader::open(&path, Some(end), 256 * 1024, max_body) {
+                match SegmentReader::open(
+                    shared.fs.as_ref(),
+                    &path,
+                    Some(end),
+                    256 * 1024,
+                    max_body,
+                ) {
                     Ok(r) => {
                         let r = r.after_damaged_header(first_id.saturating_sub(1));
                         self.head = Some((seq, r));

@@ -1,0 +1,639 @@
+//! laneway's durable state under a failing disk, past the backlog writer
+//! (tests/backlog_faults.rs covers that): the backlog's recovery and reader,
+//! its ledger, the JSONL source's checkpoint, the dead-letter file and the
+//! stream offset file, each given a fault-injecting [`Filesystem`] over the
+//! real one. After each fault: the error is reported (naming its file), no
+//! progress is claimed that was not stored, and what was kept comes back
+//! byte for byte once the disk heals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Copies, Record, RecordingSink, assert_delivered};
+use laneway::backlog::disk::{Filesystem, RealFilesystem, SegmentFile};
+use laneway::backlog::{
+    BacklogError, BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, StoredRecord,
+};
+use laneway::engine::{DeadLetter, DeadLetters};
+use laneway::engine::{Engine, GroupConfig};
+use laneway::message::{Message, now_epoch_ms};
+use laneway::source::LanePolicy;
+use laneway::source::jsonl::{JsonlInput, JsonlSource};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+/// Which operation a fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// [`Filesystem::read`] of a whole small file.
+    Read,
+    /// A positioned read of an open file.
+    ReadAt,
+    /// A rename (matched on the target): the last step of a replace.
+    Rename,
+    /// An append.
+    Append,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Eio,
+    /// Write only this many bytes.
+    Short(usize),
+}
+
+/// One planned fault: `op` on a path whose text contains `path_has`, after
+/// `skip` such operations have passed, `times` times.
+#[derive(Debug, Clone)]
+struct Rule {
+    op: Op,
+    path_has: String,
+    skip: usize,
+    times: usize,
+    fault: Fault,
+}
+
+/// The real file system, with faults planned per operation and path.
+#[derive(Clone, Default)]
+struct FailingFs {
+    rules: Arc<Mutex<Vec<Rule>>>,
+    /// How many faults were injected (a test waits on it, never sleeps).
+    failures: Arc<watch::Sender<usize>>,
+}
+
+impl FailingFs {
+    fn fail(&self, op: Op, path_has: &str, skip: usize, times: usize, fault: Fault) {
+        self.rules.lock().push(Rule {
+            op,
+            path_has: path_has.into(),
+            skip,
+            times,
+            fault,
+        });
+    }
+
+    fn heal(&self) {
+        self.rules.lock().clear();
+    }
+
+    fn failures(&self) -> usize {
+        *self.failures.borrow()
+    }
+
+    /// The fault planned for `op` on `path` now, if any.
+    fn fault(&self, op: Op, path: &Path) -> Option<Fault> {
+        let text = path.to_string_lossy();
+        let mut rules = self.rules.lock();
+        let rule = rules
+            .iter_mut()
+            .find(|r| r.op == op && r.times > 0 && text.contains(&r.path_has))?;
+        if rule.skip > 0 {
+            rule.skip -= 1;
+            return None;
+        }
+        rule.times -= 1;
+        let fault = rule.fault;
+        drop(rules);
+        self.failures.send_modify(|n| *n += 1);
+        Some(fault)
+    }
+
+    fn wrap(&self, path: &Path, inner: Box<dyn SegmentFile>) -> Box<dyn SegmentFile> {
+        Box::new(FailingFile {
+            inner,
+            path: path.to_path_buf(),
+            fs: self.clone(),
+        })
+    }
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(5)
+}
+
+struct FailingFile {
+    inner: Box<dyn SegmentFile>,
+    path: PathBuf,
+    fs: FailingFs,
+}
+
+impl SegmentFile for FailingFile {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        self.inner.write_at(buf, offset)
+    }
+
+    fn append(&self, buf: &[u8]) -> io::Result<usize> {
+        match self.fs.fault(Op::Append, &self.path) {
+            Some(Fault::Eio) => Err(eio()),
+            Some(Fault::Short(n)) => self.inner.append(&buf[..n.min(buf.len())]),
+            None => self.inner.append(buf),
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self.fs.fault(Op::ReadAt, &self.path) {
+            Some(_) => Err(eio()),
+            None => self.inner.read_at(buf, offset),
+        }
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+impl Filesystem for FailingFs {
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(self.wrap(path, RealFilesystem.create_new(path)?))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(self.wrap(path, RealFilesystem.create(path)?))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(self.wrap(path, RealFilesystem.open(path)?))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        match self.fault(Op::Rename, to) {
+            Some(_) => Err(eio()),
+            None => RealFilesystem.rename(from, to),
+        }
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        RealFilesystem.remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        RealFilesystem.sync_dir(dir)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(self.wrap(path, RealFilesystem.open_read(path)?))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(self.wrap(path, RealFilesystem.open_append(path)?))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        match self.fault(Op::Read, path) {
+            Some(_) => Err(eio()),
+            None => RealFilesystem.read(path),
+        }
+    }
+
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        RealFilesystem.read_dir(dir)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        RealFilesystem.create_dir_all(dir)
+    }
+}
+
+/// Every file under `dir` with its bytes, sorted by path.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(snapshot(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+// ---- the disk backlog: recovery, the reader, the ledger ----
+
+fn sent(i: u64) -> BacklogRecord {
+    let payload: Vec<u8> = (0..(i % 29) * 7 + 1)
+        .map(|k| (k as u8) ^ (i as u8).rotate_left(3))
+        .collect();
+    BacklogRecord::fresh(
+        Message::new(
+            format!("/pk/dn{}/thing/event/property/post", i % 5),
+            format!("m{i}"),
+            1_700_000_000_000 + i as i64,
+            payload,
+        )
+        .unwrap(),
+    )
+}
+
+/// Small segments (several for a few dozen records), commits at once.
+fn config() -> DiskBacklogConfig {
+    DiskBacklogConfig {
+        segment_bytes: 4096,
+        commit_interval: Duration::ZERO,
+        ledger_interval: Duration::from_millis(5),
+        ..DiskBacklogConfig::default()
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn drain(store: &DiskBacklog) -> Vec<StoredRecord> {
+    let mut out = Vec::new();
+    loop {
+        let got = store.take_ready(1000, 0).await.unwrap();
+        if got.is_empty() {
+            return out;
+        }
+        let ids: Vec<_> = got.iter().map(|r| r.id).collect();
+        store.release(&ids).await.unwrap();
+        out.extend(got);
+    }
+}
+
+/// Every record of `got` is the record sent under the message id it
+/// carries, byte for byte, and the ids come in `expect` order.
+fn assert_same(got: &[StoredRecord], expect: &[u64]) {
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| r.record.message.message_id().to_string())
+        .collect();
+    let want: Vec<String> = expect.iter().map(|i| format!("m{i}")).collect();
+    assert_eq!(ids, want);
+    for (r, i) in got.iter().zip(expect) {
+        let w = sent(*i).message;
+        let m = &r.record.message;
+        assert_eq!(
+            (m.topic(), m.generate_time_ms(), m.payload()),
+            (w.topic(), w.generate_time_ms(), w.payload()),
+            "record m{i}"
+        );
+    }
+}
+
+/// A backlog in `dir` holding records `0..n`, closed.
+fn fill(dir: &Path, n: u64) {
+    rt().block_on(async {
+        let store = DiskBacklog::open(dir, config()).unwrap();
+        store
+            .append(&(0..n).map(sent).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+    });
+}
+
+const SEGMENT_2: &str = "00000000000000000002.seg";
+
+#[test]
+fn a_recovery_read_that_fails_is_an_error_naming_the_segment_and_repairs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 60);
+    assert!(
+        dir.path().join(SEGMENT_2).exists(),
+        "the records span segments"
+    );
+    let before = snapshot(dir.path());
+    let fs = FailingFs::default();
+    fs.fail(Op::ReadAt, SEGMENT_2, 0, usize::MAX, Fault::Eio);
+    let opened = DiskBacklog::open_with(dir.path(), config(), Arc::new(fs.clone()));
+    let Err(e) = opened else {
+        panic!("a backlog whose segment cannot be read opened");
+    };
+    match &e {
+        BacklogError::Io { action, source } => {
+            assert!(action.contains(SEGMENT_2), "{e}");
+            assert_eq!(source.raw_os_error(), Some(5), "{e}");
+        }
+        other => panic!("not an I/O error: {other:?}"),
+    }
+    assert!(fs.failures() > 0);
+    // Nothing was cut, moved or rewritten on the strength of a failed read.
+    assert_eq!(snapshot(dir.path()), before);
+    fs.heal();
+    rt().block_on(async {
+        let store = DiskBacklog::open_with(dir.path(), config(), Arc::new(fs)).unwrap();
+        assert_eq!(store.recovery().lost, 0);
+        assert_same(&drain(&store).await, &(0..60).collect::<Vec<_>>());
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_segment_read_that_fails_while_serving_is_an_error_and_skips_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 60);
+    let fs = FailingFs::default();
+    rt().block_on(async {
+        let store = DiskBacklog::open_with(dir.path(), config(), Arc::new(fs.clone())).unwrap();
+        // The reader opens segment 2 (its header read passes), then its
+        // first two reads of records fail: the first after segment 1's
+        // records were handed out (the take returns those), the second on
+        // the next take, which reports it.
+        fs.fail(Op::ReadAt, SEGMENT_2, 1, 2, Fault::Eio);
+        let mut got = Vec::new();
+        let failed = loop {
+            match store.take_ready(1000, 0).await {
+                Ok(batch) if batch.is_empty() => panic!("the fault was never met"),
+                Ok(batch) => {
+                    let ids: Vec<_> = batch.iter().map(|r| r.id).collect();
+                    store.release(&ids).await.unwrap();
+                    got.extend(batch);
+                }
+                Err(e) => break e,
+            }
+        };
+        match &failed {
+            BacklogError::Io { action, source } => {
+                assert!(action.contains(SEGMENT_2), "{failed}");
+                assert_eq!(source.raw_os_error(), Some(5), "{failed}");
+            }
+            other => panic!("not an I/O error: {other:?}"),
+        }
+        assert_eq!(fs.failures(), 2);
+        assert!(
+            !got.is_empty(),
+            "segment 1's records came out before the error"
+        );
+        // The next takes read the same records again: none skipped, none
+        // taken for damage.
+        got.extend(drain(&store).await);
+        assert_same(&got, &(0..60).collect::<Vec<_>>());
+        assert_eq!(store.depth().records, 0);
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_ledger_that_cannot_be_read_is_rebuilt_and_released_records_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = DiskBacklog::open(dir.path(), config()).unwrap();
+        store
+            .append(&(0..30).map(sent).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let first = store.take_ready(10, 0).await.unwrap();
+        assert_same(&first, &(0..10).collect::<Vec<_>>());
+        store
+            .release(&first.iter().map(|r| r.id).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+    });
+    assert!(dir.path().join("ledger").exists());
+    let fs = FailingFs::default();
+    fs.fail(Op::Read, "ledger", 0, usize::MAX, Fault::Eio);
+    rt().block_on(async {
+        let store = DiskBacklog::open_with(dir.path(), config(), Arc::new(fs.clone())).unwrap();
+        assert_eq!(store.recovery().ledger, "damaged");
+        assert_eq!(store.recovery().lost, 0);
+        // At least once: the released ten come back with the rest.
+        assert_same(&drain(&store).await, &(0..30).collect::<Vec<_>>());
+        store.close().await.unwrap();
+    });
+    assert!(fs.failures() > 0);
+}
+
+// ---- the JSONL source's checkpoint ----
+
+fn line(i: usize) -> Record {
+    Record::new(
+        format!("/pk/d{}/thing/event/property/post", i % 7),
+        format!("line-{i}"),
+        now_epoch_ms(),
+        format!("{{\"n\":{i},\"s\":\"{}\"}}", "x".repeat(i % 13)).into_bytes(),
+    )
+}
+
+fn append_lines(path: &Path, lines: std::ops::Range<usize>) -> Vec<Record> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let records: Vec<Record> = lines.map(line).collect();
+    for r in &records {
+        writeln!(f, "{}", r.envelope_line()).unwrap();
+    }
+    records
+}
+
+/// Runs the file source over `input` to its end, its checkpoint in
+/// `checkpoints` through `fs`; returns what the sink was given.
+fn run_file(input: &Path, checkpoints: &Path, fs: &FailingFs) -> Vec<Record> {
+    let sink = RecordingSink::new();
+    let source = JsonlSource::new(JsonlInput::File(input.to_path_buf()), 4096)
+        .checkpoint_in(checkpoints)
+        .with_filesystem(Arc::new(fs.clone()));
+    let engine = Engine::builder()
+        .group(GroupConfig::named("all"), sink.clone())
+        .source(source, LanePolicy::Auto)
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), engine.run(std::future::pending()))
+            .await
+            .expect("the run ends when the file is done");
+    });
+    sink.delivered_records()
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_stored_claims_no_progress_and_the_lines_are_read_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    let checkpoints = tmp.path().join("sources");
+    let fs = FailingFs::default();
+
+    let first = append_lines(&input, 0..40);
+    assert_delivered(
+        &first,
+        &run_file(&input, &checkpoints, &fs),
+        Copies::ExactlyOnce,
+    );
+    let stored = snapshot(&checkpoints);
+    assert_eq!(stored.len(), 1, "one checkpoint: {stored:?}");
+
+    // The file grows; this run delivers the new lines but cannot replace
+    // its checkpoint.
+    let more = append_lines(&input, 40..65);
+    fs.fail(Op::Rename, ".checkpoint", 0, usize::MAX, Fault::Eio);
+    assert_delivered(
+        &more,
+        &run_file(&input, &checkpoints, &fs),
+        Copies::ExactlyOnce,
+    );
+    assert!(fs.failures() > 0, "the run tried to store its checkpoint");
+    let (path, bytes) = &stored[0];
+    assert_eq!(
+        &std::fs::read(path).unwrap(),
+        bytes,
+        "the checkpoint on disk is the one stored before"
+    );
+
+    // A restart reads the 25 lines again, byte for byte, then stores.
+    fs.heal();
+    assert_delivered(
+        &more,
+        &run_file(&input, &checkpoints, &fs),
+        Copies::ExactlyOnce,
+    );
+    assert_ne!(&std::fs::read(path).unwrap(), bytes, "stored at last");
+    assert!(
+        run_file(&input, &checkpoints, &fs).is_empty(),
+        "nothing left"
+    );
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_read_stops_the_source_with_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    let checkpoints = tmp.path().join("sources");
+    let fs = FailingFs::default();
+    let lines = append_lines(&input, 0..10);
+    assert_delivered(
+        &lines,
+        &run_file(&input, &checkpoints, &fs),
+        Copies::ExactlyOnce,
+    );
+    fs.fail(Op::Read, ".checkpoint", 0, usize::MAX, Fault::Eio);
+    // Reading from line 1 would deliver everything again; reading from
+    // nowhere would guess. Neither: the source reports the checkpoint.
+    let sink = RecordingSink::new();
+    let source = JsonlSource::new(JsonlInput::File(input.clone()), 4096)
+        .checkpoint_in(&checkpoints)
+        .with_filesystem(Arc::new(fs.clone()));
+    let engine = Engine::builder()
+        .group(GroupConfig::named("all"), sink.clone())
+        .source(source, LanePolicy::Auto)
+        .build()
+        .unwrap();
+    let summary = rt().block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), engine.run(std::future::pending()))
+            .await
+            .expect("the run ends")
+    });
+    assert!(sink.delivered_records().is_empty());
+    assert_eq!(summary.failures.len(), 1, "{:?}", summary.failures);
+    let error = &summary.failures[0].error;
+    assert!(error.contains(".checkpoint"), "{error}");
+    assert!(error.contains("Input/output error"), "{error}");
+}
+
+// ---- the dead-letter file ----
+
+#[test]
+fn a_dead_letter_write_that_fails_is_retried_until_stored_and_leaves_no_half_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("dead/letters.jsonl");
+    let fs = FailingFs::default();
+    // The first attempt writes 7 bytes, then fails; later ones fail whole
+    // until the disk heals.
+    fs.fail(Op::Append, "letters", 0, 1, Fault::Short(7));
+    fs.fail(Op::Append, "letters", 0, usize::MAX, Fault::Eio);
+    let dead = DeadLetters::to_file_with(&path, &fs).unwrap();
+    let letters: Vec<DeadLetter> = (0..3)
+        .map(|i| {
+            DeadLetter::for_input(
+                format!("{{bad {i}").into_bytes(),
+                format!("in:{i}"),
+                "not JSON",
+            )
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for l in &letters {
+        l.write_line(&mut expected);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut failures = fs.failures.subscribe();
+        let task = tokio::spawn({
+            let dead = Arc::clone(&dead);
+            async move { dead.record(letters).await }
+        });
+        // Three failed attempts (the short write and its failing rest, then
+        // two more): the letters are still being written, not dropped.
+        failures.wait_for(|n| *n >= 4).await.unwrap();
+        assert!(!task.is_finished(), "record returned while the disk failed");
+        assert!(dead.recent().is_empty());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"",
+            "a failed attempt leaves no part of a line"
+        );
+        fs.heal();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("record returns once the disk heals")
+            .unwrap();
+    });
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        expected,
+        "each letter once, whole"
+    );
+    assert_eq!(dead.recent().len(), 3);
+}
+
+// ---- the stream offset file ----
+
+#[cfg(feature = "amqp")]
+#[test]
+fn a_stream_offset_that_cannot_be_stored_leaves_the_one_stored_before() {
+    use laneway::amqp::stream::{OffsetFile, OffsetFileError};
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = FailingFs::default();
+    let file = OffsetFile::in_dir(&tmp.path().join("sources"), "s", "h:5552/%2f/s")
+        .with_filesystem(Arc::new(fs.clone()));
+    file.store(100).unwrap();
+    let before = std::fs::read(file.path()).unwrap();
+    fs.fail(Op::Rename, ".offset", 0, usize::MAX, Fault::Eio);
+    match file.store(200) {
+        Err(e @ OffsetFileError::Io { .. }) => {
+            assert!(
+                e.to_string().contains(&file.path().display().to_string()),
+                "{e}"
+            );
+        }
+        other => panic!("a failed store said {other:?}"),
+    }
+    assert_eq!(std::fs::read(file.path()).unwrap(), before);
+    // What a restart would load: the offset stored before.
+    let fresh = OffsetFile::in_dir(&tmp.path().join("sources"), "s", "h:5552/%2f/s");
+    assert_eq!(fresh.load().unwrap(), Some(100));
+    fs.heal();
+    file.store(200).unwrap();
+    assert_eq!(fresh.load().unwrap(), Some(200));
+}
