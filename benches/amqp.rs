@@ -26,13 +26,13 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
-#[path = "../tests/amqp_common/mod.rs"]
-mod amqp_common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use amqp_common::{bind_all, declare_exchange, declare_queue, simulate, url};
+use support::broker::{bind_all, declare_exchange, declare_queue, simulate, url};
 
 async fn channel() -> (Connection, Channel) {
-    let conn = amqp_common::connection().await;
+    let conn = support::broker::connection().await;
     let ch = conn.create_channel().await.expect("a channel");
     (conn, ch)
 }
@@ -177,6 +177,6 @@ async fn main() {
         );
     }
     let names: Vec<&str> = queues.iter().map(String::as_str).collect();
-    amqp_common::cleanup(&ch, &names, &[&exchange]).await;
+    support::broker::cleanup(&ch, &names, &[&exchange]).await;
     let _ = conn.close(200, "done".into()).await;
 }

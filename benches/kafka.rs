@@ -17,15 +17,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/common/records.rs"]
-pub mod records;
-
-mod common {
-    pub use super::records;
-}
-
-#[path = "../tests/kafka_common/mod.rs"]
-mod kafka_common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,11 +109,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let cluster = kafka_common::cluster(&["bench"], 8);
+    let cluster = support::kafka::cluster(&["bench"], 8);
     let brokers = cluster.bootstrap_servers();
     let now = now_epoch_ms();
-    let sent = records::json_records("b", n, |_| now);
-    rt.block_on(kafka_common::produce(&brokers, "bench", &sent));
+    let sent = support::records::json_records("b", n, |_| now);
+    rt.block_on(support::kafka::produce(&brokers, "bench", &sent));
     let (mut plain_runs, mut laneway_runs) = (Vec::new(), Vec::new());
     for round in 0..3 {
         plain_runs.push(rt.block_on(plain(&brokers, &format!("plain-{round}"), n)));

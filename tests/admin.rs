@@ -16,9 +16,7 @@
 #![cfg(feature = "admin")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod process;
-#[path = "common/records.rs"]
-mod records;
+mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -26,10 +24,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use process::Watched;
-use records::{Copies, Record, assert_delivered, json_records, records_in_jsonl};
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
+use support::process::Watched;
+use support::records::{Copies, Record, assert_delivered, json_records, records_in_jsonl};
 
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
@@ -431,7 +429,7 @@ fn status_follows_a_pile_from_catching_up_to_realtime() {
 fn a_taken_port_is_refused_and_no_listener_runs_unless_configured() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let out = process::wait_or_kill(
+    let out = support::process::wait_or_kill(
         Command::new(env!("CARGO_BIN_EXE_laneway"))
             .args([
                 "run",
@@ -471,7 +469,7 @@ fn a_taken_port_is_refused_and_no_listener_runs_unless_configured() {
         ),
     )
     .unwrap();
-    let out = process::wait_or_kill(
+    let out = support::process::wait_or_kill(
         Command::new(env!("CARGO_BIN_EXE_laneway"))
             .args(["run", "--config"])
             .arg(&config)

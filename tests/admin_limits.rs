@@ -14,9 +14,7 @@
 #![cfg(feature = "admin")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod process;
-#[path = "common/records.rs"]
-mod records;
+mod support;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -24,10 +22,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use process::Watched;
-use records::{Copies, Record, assert_delivered, json_records, records_in_jsonl};
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
+use support::process::Watched;
+use support::records::{Copies, Record, assert_delivered, json_records, records_in_jsonl};
 
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 

@@ -16,8 +16,7 @@
 #![cfg(feature = "amqp1")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "common/records.rs"]
-mod records;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,11 +37,8 @@ use laneway::engine::{Engine, GroupConfig};
 use laneway::sink::{Delivery, DeliveryError, handler_fn};
 use laneway::source::LanePolicy;
 use parking_lot::Mutex;
-use records::{Copies, Record, assert_delivered};
+use support::records::{self, Copies, Record, assert_delivered};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const SECRET: &str = "test-access-key-secret";
 const KEY_ID: &str = "LTAI5tTestKeyId";
@@ -223,28 +219,12 @@ struct Endpoint {
 }
 
 async fn endpoint(to_send: Vec<Record>) -> Endpoint {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
+    let support::tls::TestTls {
+        acceptor: tls,
+        ca_pem,
+    } = support::tls::localhost();
     let ca_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca_file.path(), ca.pem()).unwrap();
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let tls = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    let tls = TlsAcceptor::from(Arc::new(tls));
+    std::fs::write(ca_file.path(), ca_pem).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let attempts = Arc::new(Mutex::new(Vec::new()));

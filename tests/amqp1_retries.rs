@@ -8,16 +8,16 @@
 #![cfg(all(feature = "amqp", feature = "amqp1", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod amqp_common;
-mod process;
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use amqp_common::*;
 use lapin::types::FieldTable;
-use process::{rabbitmqctl, wait_or_kill};
+use support::broker::*;
+use support::process::wait_or_kill;
+use support::unique;
 
 fn laneway_run(dir: &Path, config: &str, extra: &[&str]) -> (Option<i32>, String) {
     std::fs::write(dir.join("l.toml"), config).unwrap();

@@ -19,8 +19,7 @@
 #![cfg(all(feature = "amqp", feature = "amqp1", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod amqp_common;
-mod process;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
@@ -28,24 +27,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use amqp_common::*;
 use laneway::amqp1::{Amqp1Source, Amqp1SourceConfig};
 use laneway::engine::{Engine, GroupConfig};
 use laneway::sink::{BatchError, Delivery, Sink};
 use laneway::source::LanePolicy;
 use lapin::types::FieldTable;
-use process::{Watched, wait_or_kill};
+use support::broker::*;
+use support::process::{Watched, wait_or_kill};
+use support::records::{self, Copies, Record, assert_delivered};
+use support::unique;
+use support::wait::{eventually, poll_until};
 
-/// The test broker over AMQP 1.0 (the same RabbitMQ, no virtual host).
 /// The tests of this file run one at a time: run side by side in one
 /// process (four engines and their AMQP 1.0 clients on two cores), one of
 /// them now and then stopped making progress, its client's session task
 /// spinning; one at a time they have not. See docs/amqp1.md, "Known".
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn url1() -> String {
-    std::env::var("AMQP1_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
-}
 
 /// Declares the durable queue `name` (the AMQP 1.0 address
 /// `/amq/queue/NAME` needs it to exist).
@@ -151,12 +148,11 @@ async fn a_run_killed_with_sigkill_then_restarted_loses_nothing() {
     );
     // Killed once part of the queue is delivered: polling the output file
     // for the run's own progress (bounded), not sleeping for a guess.
-    let mut polls = 0;
-    while records::lines_in(&out) < 5_000 {
-        polls += 1;
-        assert!(polls < 6_000, "the first run delivered too little to kill");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    poll_until(
+        Duration::from_secs(60),
+        "the first run to deliver enough to kill",
+        || records::lines_in(&out) >= 5_000,
+    );
     run.kill();
     let before = records::lines_in(&out);
     assert!(
@@ -256,7 +252,7 @@ async fn nothing_is_accepted_before_it_is_done_and_a_stop_releases_the_rest() {
     // (held durably) and accepted, and the second delivers them.
     let backlog_dir = tempfile::tempdir().unwrap();
     let backlog = || -> Arc<dyn laneway::backlog::BacklogStore> {
-        Arc::new(process::open_backlog_when_free(backlog_dir.path()))
+        Arc::new(support::process::open_backlog_when_free(backlog_dir.path()))
     };
 
     // 1. Every message the engine holds is unaccepted: the peer has handed

@@ -14,7 +14,7 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod amqp_common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -24,11 +24,12 @@ use laneway::amqp::{AmqpBacklog, AmqpBacklogConfig};
 use laneway::backlog::{BacklogError, BacklogRecord, BacklogStore, StoredRecord};
 use laneway::message::Message;
 
-use amqp_common::{broker_lock, unique};
+use support::broker::broker_lock;
+use support::unique;
 
 fn config(queue: &str, max_records: Option<u64>) -> AmqpBacklogConfig {
     AmqpBacklogConfig {
-        url: Some(amqp_common::url()),
+        url: Some(support::broker::url()),
         queue: Some(queue.into()),
         max_records,
         read_ahead: 16,
@@ -77,7 +78,7 @@ async fn take_all(store: &AmqpBacklog) -> Vec<StoredRecord> {
 }
 
 async fn delete_queues(queue: &str) {
-    let conn = amqp_common::connection().await;
+    let conn = support::broker::connection().await;
     let ch = conn.create_channel().await.unwrap();
     let names = [
         queue.to_string(),
@@ -85,7 +86,7 @@ async fn delete_queues(queue: &str) {
         format!("{queue}.poison"),
     ];
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    amqp_common::cleanup(&ch, &names, &[]).await;
+    support::broker::cleanup(&ch, &names, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,12 +401,12 @@ async fn a_record_that_keeps_killing_its_taker_goes_to_the_poison_queue() {
     // Every instance that takes record 0 dies holding it (closed without
     // releasing it), as one a poison message crashes would: the broker gets
     // it back each time and counts the return.
-    let conn = amqp_common::connection().await;
+    let conn = support::broker::connection().await;
     let ch = conn.create_channel().await.unwrap();
     let poison = format!("{queue}.poison");
     let mut deliveries = 0;
     let mut polls = 0;
-    while amqp_common::ready(&ch, &poison).await == 0 {
+    while support::broker::ready(&ch, &poison).await == 0 {
         polls += 1;
         assert!(polls < 500, "record 0 never reached the poison queue");
         let taker = AmqpBacklog::open(cfg.clone(), "g").await.unwrap();

@@ -23,8 +23,7 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod amqp_common;
-mod process;
+mod support;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -32,16 +31,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use amqp_common::records::{json_records, records_in_jsonl};
-use amqp_common::{Copies, assert_delivered, broker_lock, unique};
-use process::Watched;
+use support::broker::broker_lock;
+use support::process::{Watched, laneway_run};
+use support::records::{Copies, assert_delivered, json_records, records_in_jsonl};
+use support::unique;
 
 const N: u64 = 6_000;
 const SLOTS: usize = 2;
 const BATCH: usize = 50;
 
 fn write_config(path: &Path, data: &Path, output: &Path, queue: &str) {
-    let url = amqp_common::url();
+    let url = support::broker::url();
     let text = format!(
         "data_dir = {data:?}\nstatus_interval = \"100ms\"\n\
          [[sources]]\ntype = \"jsonl\"\npath = \"-\"\n\
@@ -80,7 +80,6 @@ fn survivors_deliver_what_a_killed_instance_accumulated() {
     let queue = unique("backlog-procs");
     let an_hour_ago = laneway::message::now_epoch_ms() - 3_600_000;
     let sent = json_records("p", N, |_| an_hour_ago);
-    let exe = env!("CARGO_BIN_EXE_laneway");
     let outputs: Vec<PathBuf> = (0..3)
         .map(|i| tmp.path().join(format!("out{i}.jsonl")))
         .collect();
@@ -93,12 +92,7 @@ fn survivors_deliver_what_a_killed_instance_accumulated() {
             output,
             &queue,
         );
-        let mut run = Watched::spawn(
-            Command::new(exe)
-                .args(["run", "--config"])
-                .arg(&config)
-                .stdin(Stdio::piped()),
-        );
+        let mut run = Watched::spawn(laneway_run(&config).stdin(Stdio::piped()));
         let mut stdin = run.take_stdin().unwrap();
         for r in sent.iter().skip(i).step_by(3) {
             writeln!(stdin, "{}", r.envelope_line()).unwrap();
@@ -110,10 +104,10 @@ fn survivors_deliver_what_a_killed_instance_accumulated() {
     // Kill instance 0 at a random point of its draining.
     let at = 100 + (laneway::message::now_epoch_ms() as usize % 900);
     let (victim, _) = &mut runs[0];
-    victim.wait_for_line(
+    victim.wait_for_status(
         Duration::from_secs(120),
         "the victim's status line after its deliveries began",
-        |line| line.starts_with('[') && ids_in(&outputs[0]).len() >= at,
+        || ids_in(&outputs[0]).len() >= at,
     );
     victim.kill(); // SIGKILL
     let by_victim = ids_in(&outputs[0]).len();
@@ -121,10 +115,10 @@ fn survivors_deliver_what_a_killed_instance_accumulated() {
     // The survivors deliver the rest, the victim's unacked records included.
     {
         let (survivor, _) = &mut runs[1];
-        let line = survivor.wait_for_line(
+        let line = survivor.wait_for_status(
             Duration::from_secs(180),
             "a survivor's status line once every message was delivered",
-            |line| line.starts_with('[') && all_delivered(&outputs),
+            || all_delivered(&outputs),
         );
         eprintln!("survivor 1: {line}");
     }
@@ -157,7 +151,7 @@ fn survivors_deliver_what_a_killed_instance_accumulated() {
         tally.duplicates
     );
 
-    let conn = amqp_common::connection();
+    let conn = support::broker::connection();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -165,14 +159,14 @@ fn survivors_deliver_what_a_killed_instance_accumulated() {
     rt.block_on(async {
         let conn = conn.await;
         let ch = conn.create_channel().await.unwrap();
-        assert_eq!(amqp_common::ready(&ch, &queue).await, 0);
+        assert_eq!(support::broker::ready(&ch, &queue).await, 0);
         let names = [
             queue.clone(),
             format!("{queue}.wait"),
             format!("{queue}.poison"),
         ];
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        amqp_common::cleanup(&ch, &names, &[]).await;
+        support::broker::cleanup(&ch, &names, &[]).await;
     });
 }
 
@@ -193,7 +187,7 @@ fn a_full_backlog_queue_holds_the_source_back_and_drops_nothing() {
     drop(f);
     let output = tmp.path().join("out.jsonl");
     let config = tmp.path().join("c.toml");
-    let url = amqp_common::url();
+    let url = support::broker::url();
     std::fs::write(
         &config,
         format!(
@@ -208,11 +202,7 @@ fn a_full_backlog_queue_holds_the_source_back_and_drops_nothing() {
     .unwrap();
     // The whole pile is stale: it can only reach the sink through a backlog
     // queue that holds 200, so the source is held back again and again.
-    let run = Watched::spawn(
-        Command::new(env!("CARGO_BIN_EXE_laneway"))
-            .args(["run", "--config"])
-            .arg(&config),
-    );
+    let run = Watched::run(&config);
     let out = run.finish(Duration::from_secs(180));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}: {stderr}", out.status);
@@ -228,16 +218,16 @@ fn a_full_backlog_queue_holds_the_source_back_and_drops_nothing() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let conn = amqp_common::connection().await;
+        let conn = support::broker::connection().await;
         let ch = conn.create_channel().await.unwrap();
-        assert_eq!(amqp_common::ready(&ch, &queue).await, 0);
+        assert_eq!(support::broker::ready(&ch, &queue).await, 0);
         let names = [
             queue.clone(),
             format!("{queue}.wait"),
             format!("{queue}.poison"),
         ];
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        amqp_common::cleanup(&ch, &names, &[]).await;
+        support::broker::cleanup(&ch, &names, &[]).await;
     });
 }
 
@@ -259,10 +249,10 @@ fn a_broker_restart_mid_run_loses_nothing() {
     drop(f);
     let output = tmp.path().join("out.jsonl");
     let config = tmp.path().join("c.toml");
-    let url = amqp_common::url();
-    std::fs::write(
+    let url = support::broker::url();
+    let mut run = Watched::start_run(
         &config,
-        format!(
+        &format!(
             "data_dir = {:?}\nstatus_interval = \"100ms\"\n\
              [[sources]]\ntype = \"jsonl\"\npath = {input:?}\n\
              [[groups]]\nname = \"g\"\nslots = 2\nbatch_size = 50\nbacklog_rate = 400.0\n\
@@ -271,17 +261,11 @@ fn a_broker_restart_mid_run_loses_nothing() {
              reconnect_initial = \"100ms\", reconnect_max = \"1s\" }}\n",
             tmp.path().join("data")
         ),
-    )
-    .unwrap();
-    let mut run = Watched::spawn(
-        Command::new(env!("CARGO_BIN_EXE_laneway"))
-            .args(["run", "--config"])
-            .arg(&config),
     );
-    run.wait_for_line(
+    run.wait_for_status(
         Duration::from_secs(60),
         "a status line once deliveries from the backlog began",
-        |line| line.starts_with('[') && ids_in(&output).len() >= 300,
+        || ids_in(&output).len() >= 300,
     );
     rabbitmqctl(&["stop_app"]);
     rabbitmqctl(&["start_app"]);
@@ -298,16 +282,16 @@ fn a_broker_restart_mid_run_loses_nothing() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let conn = amqp_common::connection().await;
+        let conn = support::broker::connection().await;
         let ch = conn.create_channel().await.unwrap();
-        assert_eq!(amqp_common::ready(&ch, &queue).await, 0);
+        assert_eq!(support::broker::ready(&ch, &queue).await, 0);
         let names = [
             queue.clone(),
             format!("{queue}.wait"),
             format!("{queue}.poison"),
         ];
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        amqp_common::cleanup(&ch, &names, &[]).await;
+        support::broker::cleanup(&ch, &names, &[]).await;
     });
 }
 

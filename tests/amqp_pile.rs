@@ -18,17 +18,20 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod amqp_common;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amqp_common::*;
 use laneway::amqp::AmqpSource;
 use laneway::engine::{Engine, GroupConfig};
 use laneway::sink::{BatchError, Delivery, Sink};
 use laneway::source::LanePolicy;
 use parking_lot::Mutex;
+use support::broker::*;
+use support::records::{Copies, Record, assert_delivered};
+use support::unique;
+use support::wait::eventually;
 
 const PILE: u64 = if cfg!(debug_assertions) {
     20_000

@@ -7,12 +7,11 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod amqp_common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use amqp_common::*;
 use laneway::amqp::{AmqpSource, headers};
 use laneway::engine::{DeadLetters, Engine, EngineOptions, GroupConfig};
 use laneway::sink::{Delivery, handler_fn};
@@ -20,6 +19,9 @@ use laneway::source::LanePolicy;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
+use support::broker::*;
+use support::records::{self, Copies, Record, assert_delivered};
+use support::unique;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_become_dead_letters_with_reasons_and_the_rest_flows() {

@@ -11,19 +11,22 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod amqp_common;
+mod support;
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amqp_common::*;
 use laneway::amqp::{AmqpSource, AmqpSourceConfig};
 use laneway::engine::{Engine, GroupConfig};
 use laneway::sink::{Delivery, handler_fn};
 use laneway::source::LanePolicy;
 use parking_lot::Mutex;
+use support::broker::*;
+use support::records::{Copies, Record, assert_delivered};
+use support::unique;
+use support::wait::eventually;
 
 const COUNT: u64 = 30_000;
 const PREFETCH: u16 = 500;

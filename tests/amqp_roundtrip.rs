@@ -5,11 +5,13 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod amqp_common;
+mod support;
 
 use std::process::Command;
 
-use amqp_common::*;
+use support::broker::*;
+use support::records::{self, Copies, assert_delivered};
+use support::unique;
 
 const COUNT: u64 = 100_000;
 

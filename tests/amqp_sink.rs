@@ -11,13 +11,12 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod amqp_common;
+mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amqp_common::*;
 use futures_util::StreamExt;
 use laneway::amqp::{AmqpSink, AmqpSinkConfig};
 use laneway::engine::{DeadLetters, Engine, GroupConfig};
@@ -26,6 +25,10 @@ use laneway::source::{Incoming, LanePolicy};
 use lapin::options::BasicConsumeOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
+use support::broker::*;
+use support::records::{Copies, Record, assert_delivered};
+use support::unique;
+use support::wait::eventually;
 
 const MAX_LENGTH: i64 = 100;
 const OLD: usize = 1_500;

@@ -14,17 +14,13 @@
 // Both helper modules include the shared record checks (`records.rs`);
 // this test uses `common`'s, with its recording sink.
 #[allow(clippy::duplicate_mod)]
-mod amqp_common;
-mod common;
-mod process;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::records::{json_payload, records_in_jsonl};
-use common::{Copies, Record, RecordingSink, assert_delivered, spawn_engine, wait_until};
 use laneway::amqp::stream::OffsetFile;
 use laneway::amqp::{AmqpStreamConfig, AmqpStreamSource};
 use laneway::backlog::{BacklogStore, DiskBacklog, DiskBacklogConfig, MemoryBacklog};
@@ -34,6 +30,10 @@ use laneway::source::LanePolicy;
 use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection};
+use support::engine::{RecordingSink, spawn_engine};
+use support::process::Watched;
+use support::records::{Copies, Record, assert_delivered, json_payload, records_in_jsonl};
+use support::wait::wait_until;
 
 /// A guard against a hang, not a timing assertion.
 const LIMIT: Duration = Duration::from_secs(900);
@@ -93,7 +93,7 @@ async fn publish(ch: &Channel, stream: &str, records: &[Record]) {
 
 fn config(stream: &str, offset_file: &Path, prefetch: u16) -> AmqpStreamConfig {
     AmqpStreamConfig {
-        url: Some(amqp_common::url()),
+        url: Some(support::broker::url()),
         stream: stream.to_string(),
         offset_file: Some(offset_file.to_path_buf()),
         prefetch,
@@ -132,13 +132,13 @@ async fn delete(conn: &Connection, stream: &str) {
 async fn fresh_records_behind_a_stale_stream_pile_go_first_and_the_pile_drains_without_a_copy() {
     const PILE: u64 = 200_000;
     const FRESH: u64 = 1_000;
-    let _lock = amqp_common::broker_lock(false);
-    let stream = amqp_common::unique("stream-pile");
+    let _lock = support::broker::broker_lock(false);
+    let stream = support::unique("stream-pile");
     let tmp = tempfile::tempdir().unwrap();
     let offset_file = tmp.path().join("stream.offset");
-    let conn = amqp_common::connection().await;
-    let ch = amqp_common::confirm_channel(&conn).await;
-    amqp_common::declare_queue(&ch, &stream, stream_args()).await;
+    let conn = support::broker::connection().await;
+    let ch = support::broker::confirm_channel(&conn).await;
+    support::broker::declare_queue(&ch, &stream, stream_args()).await;
     // The pile: an hour old, in the stream before laneway starts.
     let pile = records("pile-", PILE, 3_600_000);
     publish(&ch, &stream, &pile).await;
@@ -229,13 +229,13 @@ async fn fresh_records_behind_a_stale_stream_pile_go_first_and_the_pile_drains_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_catch_up_a_pile_with_no_live_traffic_drains_through_the_backlog() {
     const PILE: u64 = 20_000;
-    let _lock = amqp_common::broker_lock(false);
-    let stream = amqp_common::unique("stream-no-split");
+    let _lock = support::broker::broker_lock(false);
+    let stream = support::unique("stream-no-split");
     let tmp = tempfile::tempdir().unwrap();
     let offset_file = tmp.path().join("stream.offset");
-    let conn = amqp_common::connection().await;
-    let ch = amqp_common::confirm_channel(&conn).await;
-    amqp_common::declare_queue(&ch, &stream, stream_args()).await;
+    let conn = support::broker::connection().await;
+    let ch = support::broker::confirm_channel(&conn).await;
+    support::broker::declare_queue(&ch, &stream, stream_args()).await;
     let pile = records("pile-", PILE, 3_600_000);
     publish(&ch, &stream, &pile).await;
 
@@ -303,14 +303,14 @@ async fn a_dropped_connection_and_a_restart_mid_catch_up_lose_nothing() {
     const PILE: u64 = 40_000;
     const FRESH: u64 = 500;
     const PREFETCH: u16 = 500;
-    let _lock = amqp_common::broker_lock(false);
-    let stream = amqp_common::unique("stream-restart");
+    let _lock = support::broker::broker_lock(false);
+    let stream = support::unique("stream-restart");
     let tmp = tempfile::tempdir().unwrap();
     let offset_file = tmp.path().join("stream.offset");
     let backlog_dir = tmp.path().join("backlog");
-    let conn = amqp_common::connection().await;
-    let ch = amqp_common::confirm_channel(&conn).await;
-    amqp_common::declare_queue(&ch, &stream, stream_args()).await;
+    let conn = support::broker::connection().await;
+    let ch = support::broker::confirm_channel(&conn).await;
+    support::broker::declare_queue(&ch, &stream, stream_args()).await;
     let pile = records("pile-", PILE, 3_600_000);
     publish(&ch, &stream, &pile).await;
 
@@ -411,7 +411,7 @@ fn write_config(path: &Path, data: &Path, stream: &str, offset_file: &Path, outp
          offset_file = {offset_file:?}\nstore_every = \"100ms\"\nprefetch = 500\n\
          [[groups]]\nname = \"g\"\nslots = 2\nbatch_size = 100\nbacklog_rate = 3000.0\n\
          sink = {{ type = \"jsonl\", path = {output:?}, sync = true }}\n",
-        url = amqp_common::url(),
+        url = support::broker::url(),
     );
     std::fs::write(path, text).unwrap();
 }
@@ -420,8 +420,8 @@ fn write_config(path: &Path, data: &Path, stream: &str, offset_file: &Path, outp
 async fn sigkill_mid_catch_up_replays_from_the_stored_offset_and_loses_nothing() {
     const PILE: u64 = 30_000;
     const DOWN: u64 = 500;
-    let _lock = amqp_common::broker_lock(false);
-    let stream = amqp_common::unique("stream-sigkill");
+    let _lock = support::broker::broker_lock(false);
+    let stream = support::unique("stream-sigkill");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let offset_file = tmp.path().join("stream.offset");
@@ -429,19 +429,18 @@ async fn sigkill_mid_catch_up_replays_from_the_stored_offset_and_loses_nothing()
     let (c1, c2) = (tmp.path().join("c1.toml"), tmp.path().join("c2.toml"));
     write_config(&c1, &data, &stream, &offset_file, &out1);
     write_config(&c2, &data, &stream, &offset_file, &out2);
-    let conn = amqp_common::connection().await;
-    let ch = amqp_common::confirm_channel(&conn).await;
-    amqp_common::declare_queue(&ch, &stream, stream_args()).await;
+    let conn = support::broker::connection().await;
+    let ch = support::broker::confirm_channel(&conn).await;
+    support::broker::declare_queue(&ch, &stream, stream_args()).await;
     let pile = records("pile-", PILE, 3_600_000);
     publish(&ch, &stream, &pile).await;
-    let exe = env!("CARGO_BIN_EXE_laneway");
 
     // Phase 1: killed once the stored offset is well into the pile.
-    let mut run = process::Watched::spawn(Command::new(exe).args(["run", "--config"]).arg(&c1));
-    run.wait_for_line(
+    let mut run = Watched::run(&c1);
+    run.wait_for_status(
         LIMIT,
         "a status line once 5,000 records are stored as done",
-        |line| line.starts_with('[') && stored(&offset_file, &stream).unwrap_or(0) >= 5_000,
+        || stored(&offset_file, &stream).unwrap_or(0) >= 5_000,
     );
     run.kill(); // SIGKILL
     let killed_at = stored(&offset_file, &stream).unwrap();
@@ -460,12 +459,12 @@ async fn sigkill_mid_catch_up_replays_from_the_stored_offset_and_loses_nothing()
     let mut sent = pile;
     sent.extend(down);
     let all: std::collections::HashSet<String> = sent.iter().map(|r| r.id.clone()).collect();
-    let mut run = process::Watched::spawn(Command::new(exe).args(["run", "--config"]).arg(&c2));
-    run.wait_for_line(
+    let mut run = Watched::run(&c2);
+    run.wait_for_status(
         LIMIT,
         "a status line once every record is delivered and the offset is at the end",
-        |line| {
-            if !line.starts_with('[') || stored(&offset_file, &stream) != Some(end) {
+        || {
+            if stored(&offset_file, &stream) != Some(end) {
                 return false;
             }
             let mut seen: std::collections::HashSet<String> =

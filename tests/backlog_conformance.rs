@@ -22,13 +22,12 @@ use laneway::backlog::{
 };
 use laneway::message::Message;
 
-#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-mod amqp_common;
+mod support;
 
 /// What a store holds for a whole test: the broker lock for the broker
 /// store; nothing can be held without the `amqp` feature.
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-type Lock = amqp_common::BrokerLock;
+type Lock = support::broker::BrokerLock;
 #[cfg(not(all(feature = "amqp", feature = "rabbitmq-tests")))]
 type Lock = std::convert::Infallible;
 
@@ -97,7 +96,7 @@ impl Subject for Broker {
     const DURABLE: bool = true;
     async fn open(dir: &Path, max_records: Option<u64>) -> Arc<dyn BacklogStore> {
         let config = AmqpBacklogConfig {
-            url: Some(amqp_common::url()),
+            url: Some(support::broker::url()),
             queue: Some(broker_queue(dir)),
             max_records,
             // The suite checks one instance's exact counts: no refresh
@@ -108,11 +107,11 @@ impl Subject for Broker {
         Arc::new(AmqpBacklog::open(config, "conformance").await.unwrap())
     }
     fn lock() -> Option<Lock> {
-        Some(amqp_common::broker_lock(false))
+        Some(support::broker::broker_lock(false))
     }
     async fn finish(dir: &Path) {
         let queue = broker_queue(dir);
-        let conn = amqp_common::connection().await;
+        let conn = support::broker::connection().await;
         let ch = conn.create_channel().await.unwrap();
         let names = [
             queue.clone(),
@@ -120,7 +119,7 @@ impl Subject for Broker {
             format!("{queue}.poison"),
         ];
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        amqp_common::cleanup(&ch, &names, &[]).await;
+        support::broker::cleanup(&ch, &names, &[]).await;
     }
 }
 

@@ -24,9 +24,8 @@ use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConf
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-#[path = "common/records.rs"]
-mod records;
-use records::{Copies, Record, assert_delivered, numbered};
+mod support;
+use support::records::{Copies, Record, assert_delivered, numbered};
 
 /// Set in the child's environment to `DIR FIRST_ID SEED`.
 const CHILD_ENV: &str = "LANEWAY_BACKLOG_CRASH_CHILD";

@@ -13,8 +13,8 @@ use laneway::backlog::disk::{DamageKind, LedgerState, verify_dir};
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};
 use laneway::message::Message;
 
-mod backlog_files;
-use backlog_files::{frames, segments};
+mod support;
+use support::backlog_files::{frames, segments};
 
 /// Record `i` as sent: its topic, id, time and payload all depend on `i`,
 /// and payload lengths cover every remainder modulo the frame alignment.

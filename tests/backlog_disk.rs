@@ -10,12 +10,9 @@ use std::time::Duration;
 use laneway::backlog::disk::verify_dir;
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};
 
-#[path = "common/records.rs"]
-mod records;
-use records::{Copies, Record, assert_delivered};
-
-mod backlog_files;
-use backlog_files::{frames, segments};
+mod support;
+use support::backlog_files::{frames, segments};
+use support::records::{Copies, Record, assert_delivered};
 
 /// What record `id` holds: its time and payload (arbitrary bytes, 100 to
 /// 116 long: every length mod 8) depend on the id.

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
@@ -18,6 +20,7 @@ use laneway::backlog::{
 };
 use laneway::message::Message;
 use parking_lot::Mutex;
+use support::wait::poll_until_async;
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -465,15 +468,6 @@ fn a_real_full_tmpfs_recovers_once_records_are_delivered() {
     });
 }
 
-/// Polls `done` until it holds, failing with `what` after `limit`.
-async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// One full-disk case: a store holding three segments of undelivered
 /// records meets a disk with `free` bytes left, then takes `more` records
 /// while a consumer delivers. Every record comes out once, byte for byte,
@@ -498,7 +492,7 @@ fn full_disk_case(segment_bytes: u64, free: u64, more: u64) {
             next += 10;
         }
         let reserve = dir.path().join("space.reserve");
-        wait_until(Duration::from_secs(10), "the space reserve is made", || {
+        poll_until_async(Duration::from_secs(10), "the space reserve is made", || {
             reserve.exists()
         })
         .await;
@@ -515,7 +509,7 @@ fn full_disk_case(segment_bytes: u64, free: u64, more: u64) {
         delivered.extend(drain(&store).await);
         delivered.sort_by_key(|r| r.id);
         assert_same(&delivered, &(0..next + more).collect::<Vec<_>>());
-        wait_until(
+        poll_until_async(
             Duration::from_secs(10),
             &format!("{what}: delivered segments stay on disk"),
             || store.segment_count() == 1,
@@ -585,7 +579,7 @@ fn a_real_tmpfs_filled_by_another_file_recovers_with_small_segments() {
                 next += 10;
             }
             let reserve = dir.join("space.reserve");
-            wait_until(Duration::from_secs(10), "the space reserve is made", || {
+            poll_until_async(Duration::from_secs(10), "the space reserve is made", || {
                 reserve.exists()
             })
             .await;
@@ -608,7 +602,7 @@ fn a_real_tmpfs_filled_by_another_file_recovers_with_small_segments() {
             delivered.extend(drain(&store).await);
             delivered.sort_by_key(|r| r.id);
             assert_same(&delivered, &(0..next + more).collect::<Vec<_>>());
-            wait_until(
+            poll_until_async(
                 Duration::from_secs(10),
                 &format!("{free_pages} pages free: delivered segments stay on disk"),
                 || store.segment_count() == 1,

@@ -3,13 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod process;
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
-use process::Watched;
 use simd_json::prelude::*;
+use support::process::Watched;
 
 fn laneway() -> Command {
     Command::new(env!("CARGO_BIN_EXE_laneway"))

@@ -10,21 +10,18 @@
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod kafka_common;
-mod process;
+mod support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::records::{Record, json_records, records_in_jsonl};
-use common::{Copies, assert_delivered};
-use kafka_common::{cluster, produce};
 use laneway::message::now_epoch_ms;
-use process::Watched;
 use simd_json::prelude::*;
+use support::kafka::{cluster, produce};
+use support::process::Watched;
+use support::records::{Copies, Record, assert_delivered, json_records, records_in_jsonl};
 
 const PARTITIONS: i32 = 4;
 const SLOTS: usize = 2;

@@ -6,20 +6,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::records::{binary_payload, check_delivered, json_payload, json_records};
-use common::{Copies, Record, RecordingSink, assert_delivered, spawn_engine, wait_until};
 use laneway::ack::AckTracker;
 use laneway::backlog::{BacklogStore, DiskBacklog, DiskBacklogConfig};
 use laneway::engine::{Engine, GroupConfig};
 use laneway::message::now_epoch_ms;
 use laneway::sink::Lane;
 use laneway::source::{Incoming, LanePolicy};
+use support::engine::{RecordingSink, spawn_engine};
+use support::records::{
+    Copies, Record, assert_delivered, binary_payload, check_delivered, json_payload, json_records,
+};
+use support::wait::wait_until;
 
 /// A fresh record with id `id` and a JSON payload whose length depends on it.
 fn record(id: &str) -> Record {

@@ -3,20 +3,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::records::json_payload;
-use common::{Copies, Record, RecordingSink, assert_delivered, spawn_engine, wait_until};
 use laneway::ack::AckRef;
 use laneway::engine::{Engine, GroupConfig};
 use laneway::message::{Message, now_epoch_ms};
 use laneway::source::JsonlSource;
 use laneway::source::jsonl::JsonlInput;
 use laneway::source::{Incoming, LanePolicy};
+use support::engine::{RecordingSink, spawn_engine};
+use support::records::{Copies, Record, assert_delivered, json_payload};
+use support::wait::wait_until;
 
 fn record(topic: &str, id: &str) -> Record {
     let n = id.len() as u64;

@@ -9,21 +9,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::records::json_payload;
-use common::{Copies, Record, RecordingSink, assert_delivered, spawn_engine, wait_until};
 use laneway::ack::AckRef;
 use laneway::backlog::{BacklogRecord, BacklogStore, MemoryBacklog};
 use laneway::engine::{Engine, GroupConfig};
 use laneway::message::{Message, now_epoch_ms};
 use laneway::sink::Lane;
 use laneway::source::{Incoming, LanePolicy};
+use support::engine::{RecordingSink, spawn_engine};
+use support::records::{Copies, Record, assert_delivered, json_payload};
+use support::wait::wait_until;
 
 fn msg(id: String, generate_time_ms: i64) -> Message {
     Message::new(

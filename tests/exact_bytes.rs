@@ -10,25 +10,23 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod amqp_common;
-mod process;
-#[cfg(feature = "pulsar")]
-mod pulsar_common;
+mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use amqp_common::records::envelope_record;
-use amqp_common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use laneway::message::{now_epoch_ms, write_envelope};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use process::wait_or_kill;
 use simd_json::prelude::*;
+use support::broker::*;
+use support::process::wait_or_kill;
+use support::records::{self, Copies, Record, assert_delivered, envelope_record};
+use support::unique;
 
 const HANG: Duration = Duration::from_secs(180);
 
@@ -353,7 +351,7 @@ async fn a_binary_corpus_over_amqp_1_0_comes_out_exact() {
 #[cfg(feature = "pulsar")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_corpus_from_a_pulsar_topic_comes_out_exact() {
-    use pulsar_common::{FrameProxy, PulsarLite, platform_message, producer, send_all};
+    use support::pulsar::{FrameProxy, PulsarLite, platform_message, producer, send_all};
     let broker = PulsarLite::start();
     let proxy = FrameProxy::start(broker.addr);
     let topic = unique("exact-pulsar");

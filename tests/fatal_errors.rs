@@ -1,8 +1,8 @@
 //! Fatal source errors end `laneway run` with exit status 1 and one clear
 //! `error:` line naming the source (never a password); transient ones are
 //! retried with a WARN line per retry. Runs the real binary against the
-//! real RabbitMQ on 127.0.0.1:5672 (or `AMQP_HOST_PORT`); those tests need
-//! the `amqp` feature.
+//! real RabbitMQ on 127.0.0.1:5672 (or the one `AMQP_URL` names); those
+//! tests need the `amqp` feature.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,10 +10,14 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-mod process;
-use process::wait_or_kill;
+mod support;
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-use process::{broker, rabbitmqctl, stderr_lines, unique};
+use support::broker::{host_port, rabbitmqctl};
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
+use support::process::stderr_lines;
+use support::process::wait_or_kill;
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
+use support::unique;
 
 /// How long a run may take before the test calls it hung.
 const HANG: Duration = Duration::from_secs(90);
@@ -75,7 +79,7 @@ fn a_missing_jsonl_file_exits_1_naming_the_file() {
 fn a_missing_queue_with_declare_false_exits_1_naming_the_queue() {
     let dir = tempfile::tempdir().unwrap();
     let queue = unique("missing");
-    let url = format!("amqp://guest:guest@{}/%2f", broker());
+    let url = format!("amqp://guest:guest@{}/%2f", host_port());
     let out = run_config(dir.path(), &amqp_config(&url, &queue, false));
     assert_fatal(&out, &[&queue, "does not exist", "guest:***@"]);
 }
@@ -85,7 +89,7 @@ fn a_missing_queue_with_declare_false_exits_1_naming_the_queue() {
 fn a_wrong_password_exits_1_without_showing_it() {
     let dir = tempfile::tempdir().unwrap();
     let password = "Wr0ng-Pa55-Zq81";
-    let url = format!("amqp://guest:{password}@{}/%2f", broker());
+    let url = format!("amqp://guest:{password}@{}/%2f", host_port());
     let out = run_config(dir.path(), &amqp_config(&url, "laneway-never-used", true));
     assert_fatal(&out, &["login refused for user \"guest\"", "guest:***@"]);
     for stream in [&out.stdout, &out.stderr] {
@@ -98,7 +102,7 @@ fn a_wrong_password_exits_1_without_showing_it() {
 fn a_missing_vhost_exits_1_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let vhost = unique("no-vhost");
-    let url = format!("amqp://guest:guest@{}/{vhost}", broker());
+    let url = format!("amqp://guest:guest@{}/{vhost}", host_port());
     let out = run_config(dir.path(), &amqp_config(&url, "laneway-never-used", true));
     // The user name is shown even when it equals the password (guest/guest):
     // the advice names no password, and the URL stays redacted.
@@ -138,7 +142,7 @@ fn a_forbidden_queue_exits_1_naming_the_user() {
         "^$"
     ]));
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("amqp://{user}:{password}@{}/%2f", broker());
+    let url = format!("amqp://{user}:{password}@{}/%2f", host_port());
     let out = run_config(dir.path(), &amqp_config(&url, &unique("q"), true));
     rabbitmqctl(&["delete_user", &user]);
     assert_fatal(&out, &[&format!("user {user:?} may not use it")]);

@@ -6,16 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod process;
-#[path = "common/records.rs"]
-mod records;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use records::{Copies, Record, assert_delivered, json_records, records_in_jsonl};
+use support::records::{Copies, Record, assert_delivered, json_records, records_in_jsonl};
 
 /// Runs `laneway ARGS` under `umask 022` in `dir`, bounded.
 fn laneway(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -37,7 +35,7 @@ fn laneway(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
             input.write_all(bytes).unwrap();
         }
     }
-    process::wait_or_kill(child, Duration::from_secs(120))
+    support::process::wait_or_kill(child, Duration::from_secs(120))
 }
 
 fn text(out: &Output) -> String {

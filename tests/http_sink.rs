@@ -13,8 +13,7 @@
 #![cfg(feature = "http")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod process;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,8 +24,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use common::records::{corpus_records, envelope_record, numbered};
-use common::{Copies, Record, assert_delivered, spawn_engine, wait_until};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
@@ -40,8 +37,13 @@ use laneway::message::write_envelope;
 use laneway::sink::{BatchError, Delivery, DeliveryError, Lane, Sink};
 use laneway::source::{Incoming as Input, LanePolicy};
 use parking_lot::Mutex;
-use process::{Watched, wait_or_kill};
 use simd_json::prelude::*;
+use support::engine::spawn_engine;
+use support::process::{Watched, wait_or_kill};
+use support::records::{
+    Copies, Record, assert_delivered, corpus_records, envelope_record, numbered,
+};
+use support::wait::wait_until;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -765,35 +767,11 @@ async fn a_results_body_that_does_not_fit_the_batch_retries_it_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_a_test_ca_in_ca_file_delivers_and_without_it_is_refused() {
-    use tokio_rustls::rustls::ServerConfig;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
+    let tls = support::tls::localhost();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let tls = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    let server = Server::start_with(
-        Arc::new(|_, _| ok()),
-        Some(TlsAcceptor::from(Arc::new(tls))),
-    )
-    .await;
+    std::fs::write(&ca_file, &tls.ca_pem).unwrap();
+    let server = Server::start_with(Arc::new(|_, _| ok()), Some(tls.acceptor)).await;
     let url = format!("https://localhost:{}/tls", server.addr.port());
     let batch_records = some_records("s", 40);
     let batch = deliveries(&batch_records);

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-mod process;
-use process::wait_or_kill;
+mod support;
+use support::process::wait_or_kill;
 
 const HANG: Duration = Duration::from_secs(120);
 

@@ -6,14 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod process;
-#[path = "common/records.rs"]
-mod records;
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
-use records::{Copies, Record, assert_delivered, records_in_jsonl};
+use support::records::{Copies, Record, assert_delivered, records_in_jsonl};
 
 fn nested(depth: usize) -> Vec<u8> {
     // Objects and arrays in turn, with a string holding brackets inside.
@@ -67,7 +65,7 @@ fn run(records: &[Record], group_extra: &str) -> (Vec<Record>, Vec<String>) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let done = process::wait_or_kill(child, Duration::from_secs(120));
+    let done = support::process::wait_or_kill(child, Duration::from_secs(120));
     assert!(
         done.status.success(),
         "{}",

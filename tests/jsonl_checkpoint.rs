@@ -11,7 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod process;
+mod support;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use process::Watched;
+use support::process::{Watched, laneway_run};
 
 /// How long a run may take before the test gives up on it.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -117,11 +117,7 @@ impl Setup {
         let out = self.dir.join(format!("out{round}.jsonl"));
         let config = self.dir.join(format!("c{round}.toml"));
         write_config(&config, &self.data, &self.input, &out, bounded);
-        let child = Watched::spawn(
-            Command::new(env!("CARGO_BIN_EXE_laneway"))
-                .args(["run", "--json", "--config"])
-                .arg(&config),
-        );
+        let child = Watched::spawn(laneway_run(&config).arg("--json"));
         (child, out)
     }
 
@@ -143,10 +139,10 @@ impl Setup {
     /// is the output file's, read again at each status line (every 100 ms):
     /// the run's own heartbeat paces the look, not a sleep in the test.
     fn wait_for_lines(&self, run: &mut Watched, out: &Path, lines: usize) {
-        run.wait_for_line(
+        run.wait_for_status(
             RUN_LIMIT,
             &format!("{lines} lines in {}", out.display()),
-            |line| line.starts_with('[') && count_lines(out) >= lines,
+            || count_lines(out) >= lines,
         );
     }
 
@@ -456,7 +452,7 @@ fn run_quiet(config: &Path) -> std::process::Output {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let out = process::wait_or_kill(child, RUN_LIMIT);
+    let out = support::process::wait_or_kill(child, RUN_LIMIT);
     assert!(
         out.status.success(),
         "{}",

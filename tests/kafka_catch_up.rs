@@ -8,19 +8,19 @@
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod kafka_common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::records::{Record, json_records};
-use common::{Copies, RecordingSink, assert_delivered, spawn_engine, wait_until};
-use kafka_common::{cluster, committed_and_ends, produce, produce_with, producer};
 use laneway::engine::{Engine, GroupConfig};
 use laneway::kafka::{KafkaSource, KafkaSourceConfig};
 use laneway::message::now_epoch_ms;
 use laneway::source::LanePolicy;
+use support::engine::{RecordingSink, spawn_engine};
+use support::kafka::{cluster, committed_and_ends, produce, produce_with, producer};
+use support::records::{Copies, Record, assert_delivered, json_records};
+use support::wait::wait_until;
 
 const PARTITIONS: i32 = 8;
 const PILE: u64 = 200_000;

@@ -9,18 +9,15 @@
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod kafka_common;
-mod process;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::records::records_in_jsonl;
-use common::{Copies, assert_delivered};
-use kafka_common::read_back;
-use process::{Watched, wait_or_kill};
+use support::kafka::read_back;
+use support::process::{Watched, wait_or_kill};
+use support::records::{Copies, assert_delivered, records_in_jsonl};
 
 const COUNT: usize = 50_000;
 

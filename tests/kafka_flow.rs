@@ -6,19 +6,19 @@
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod kafka_common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::records::json_records;
-use common::{Copies, assert_delivered, spawn_engine, wait_until};
-use kafka_common::{cluster, committed_and_ends, expected_key, produce, read_back};
 use laneway::engine::{Engine, EngineBuilder, GroupConfig};
 use laneway::kafka::{KafkaSink, KafkaSinkConfig, KafkaSource, KafkaSourceConfig};
 use laneway::message::now_epoch_ms;
 use laneway::source::LanePolicy;
+use support::engine::spawn_engine;
+use support::kafka::{cluster, committed_and_ends, expected_key, produce, read_back};
+use support::records::{Copies, assert_delivered, json_records};
+use support::wait::wait_until;
 
 const N: u64 = 100_000;
 
@@ -146,7 +146,7 @@ async fn a_record_too_large_for_the_producer_is_a_dead_letter_and_the_rest_go_th
     let ingest = engine.ingest(LanePolicy::Live);
     let now = now_epoch_ms();
     let sent = json_records("s", 10, |_| now);
-    let big = common::records::Record::new(
+    let big = support::records::Record::new(
         "/pk1/dev1/thing/event/property/post",
         "big",
         now,

@@ -9,13 +9,8 @@
 
 #![cfg(all(feature = "kafka", feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// The Kafka and the RabbitMQ helpers each bring the shared record module,
-// of which this test uses neither's re-exports.
-#![allow(clippy::duplicate_mod, unused_imports)]
 
-mod amqp_common;
-mod common;
-mod kafka_common;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,8 +18,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::spawn_engine;
-use kafka_common::cluster;
 use laneway::amqp::{AmqpBacklog, AmqpBacklogConfig};
 use laneway::backlog::{BacklogStore, DiskBacklog, DiskBacklogConfig};
 use laneway::engine::{Engine, GroupConfig};
@@ -39,6 +32,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use simd_json::prelude::*;
+use support::engine::spawn_engine;
+use support::kafka::cluster;
 
 /// How many records; the first two thirds are an hour old.
 const N: usize = 600;
@@ -211,7 +206,7 @@ fn group(name: &str) -> GroupConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_and_headers_survive_live_catch_up_and_both_backlog_stores() {
-    let _lock = amqp_common::broker_lock(false);
+    let _lock = support::broker::broker_lock(false);
     let cluster = cluster(&["in", "out-disk", "out-amqp", "out-device"], 1);
     let brokers = cluster.bootstrap_servers();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(2);
@@ -222,11 +217,11 @@ async fn keys_and_headers_survive_live_catch_up_and_both_backlog_stores() {
     let disk: Arc<dyn BacklogStore> = Arc::new(
         DiskBacklog::open(&dir.path().join("disk"), DiskBacklogConfig::default()).unwrap(),
     );
-    let queue = amqp_common::unique("kafka-keys");
+    let queue = support::unique("kafka-keys");
     let broker: Arc<dyn BacklogStore> = Arc::new(
         AmqpBacklog::open(
             AmqpBacklogConfig {
-                url: Some(amqp_common::url()),
+                url: Some(support::broker::url()),
                 queue: Some(queue.clone()),
                 refresh_interval: Duration::ZERO,
                 ..AmqpBacklogConfig::default()
@@ -298,7 +293,7 @@ async fn keys_and_headers_survive_live_catch_up_and_both_backlog_stores() {
             .count()
     };
     assert!(
-        common::wait_until(&monitor, limit, |_| jsonl_lines() >= N).await,
+        support::wait::wait_until(&monitor, limit, |_| jsonl_lines() >= N).await,
         "every record in JSONL: {} lines",
         jsonl_lines()
     );
@@ -346,12 +341,12 @@ async fn keys_and_headers_survive_live_catch_up_and_both_backlog_stores() {
     }
     assert!(lines >= N, "{lines} lines in JSONL");
 
-    let ch = amqp_common::connection()
+    let ch = support::broker::connection()
         .await
         .create_channel()
         .await
         .unwrap();
-    amqp_common::cleanup(
+    support::broker::cleanup(
         &ch,
         &[&queue, &format!("{queue}.wait"), &format!("{queue}.poison")],
         &[],

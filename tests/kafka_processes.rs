@@ -11,21 +11,18 @@
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod kafka_common;
-mod process;
+mod support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::records::{Record, json_records, records_in_jsonl};
-use common::{Copies, assert_delivered};
-use kafka_common::{cluster, committed_and_ends, produce};
 use laneway::backlog::disk::inspect_dir;
 use laneway::message::now_epoch_ms;
-use process::Watched;
+use support::kafka::{cluster, committed_and_ends, produce};
+use support::process::Watched;
+use support::records::{Copies, Record, assert_delivered, json_records, records_in_jsonl};
 
 const PARTITIONS: i32 = 8;
 const LIMIT: Duration = Duration::from_secs(180);

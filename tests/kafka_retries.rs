@@ -10,16 +10,16 @@
 #![cfg(all(feature = "kafka", feature = "admin"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod process;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use process::Watched;
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
+use support::process::Watched;
 
 fn get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();

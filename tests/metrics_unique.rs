@@ -9,7 +9,7 @@
 #![cfg(feature = "admin")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod process;
+mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
@@ -17,8 +17,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use process::Watched;
 use simd_json::prelude::*;
+use support::process::Watched;
 
 fn get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -1,6 +1,6 @@
 //! The Pulsar source against a real Pulsar-protocol broker: pulsar-lite
 //! (from PyPI, installed by scripts/test), reached through the
-//! frame-normalising proxy of `pulsar_common`. Messages are produced with
+//! frame-normalising proxy of `support::pulsar`. Messages are produced with
 //! the `pulsar` crate straight to the broker, and every delivered copy is
 //! compared with what was sent byte for byte (topic, id, time, payload).
 //!
@@ -19,18 +19,17 @@
 #![cfg(feature = "pulsar")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod process;
-mod pulsar_common;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::records::{self, lines_in};
-use common::{Copies, Record, assert_delivered};
-use process::{Watched, unique, wait_or_kill};
-use pulsar_common::{FrameProxy, Outgoing, PulsarLite, platform_message, producer, send_all};
+use support::process::{Watched, wait_or_kill};
+use support::pulsar::{FrameProxy, Outgoing, PulsarLite, platform_message, producer, send_all};
+use support::records::{self, Copies, Record, assert_delivered, lines_in};
+use support::unique;
+use support::wait::poll_until;
 
 /// Records as the platform sends them over a plain topic: the three
 /// properties and the payload; generate times an hour old and older for
@@ -343,12 +342,11 @@ async fn kill_then_restart(tag: &str, group: &str) -> (usize, usize) {
     );
     // Killed once part of the topic is delivered: polling the output for
     // the run's own progress (bounded), not sleeping for a guess.
-    let mut polls = 0;
-    while lines_in(&out) < 5_000 {
-        polls += 1;
-        assert!(polls < 6_000, "the first run delivered too little to kill");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    poll_until(
+        Duration::from_secs(60),
+        "the first run to deliver enough to kill",
+        || lines_in(&out) >= 5_000,
+    );
     run.kill();
     let first = records::records_in_jsonl(&out);
     assert!(
@@ -369,11 +367,12 @@ async fn kill_then_restart(tag: &str, group: &str) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_acknowledged_before_it_is_done_and_a_stop_gives_the_rest_back() {
-    use common::{RecordingSink, spawn_engine, wait_until};
     use laneway::engine::{Engine, GroupConfig};
     use laneway::pulsar::{PulsarSource, PulsarSourceConfig};
     use laneway::source::LanePolicy;
     use std::sync::Arc;
+    use support::engine::{RecordingSink, spawn_engine};
+    use support::wait::wait_until;
 
     const COUNT: u64 = 3_000;
     let (_broker, proxy, topic, sent) = topic_holding("settle", COUNT).await;
@@ -388,7 +387,7 @@ async fn nothing_is_acknowledged_before_it_is_done_and_a_stop_gives_the_rest_bac
     // durably), and the second delivers it.
     let backlog_dir = tempfile::tempdir().unwrap();
     let engine = |sink: RecordingSink, config: PulsarSourceConfig| {
-        let backlog = process::open_backlog_when_free(backlog_dir.path());
+        let backlog = support::process::open_backlog_when_free(backlog_dir.path());
         Engine::builder()
             .group_with(
                 GroupConfig::named("g"),

@@ -18,7 +18,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod process;
+mod support;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -27,11 +27,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use laneway::backlog::disk::inspect_dir;
-use process::{Watched, wait_or_kill};
-
-#[path = "common/records.rs"]
-mod records;
-use records::{Copies, assert_delivered, json_records, records_in_jsonl};
+use support::process::{Watched, wait_or_kill};
+use support::records::{Copies, assert_delivered, json_records, records_in_jsonl};
 
 const N: usize = 20_000;
 
@@ -99,11 +96,11 @@ fn sigkill_during_a_run_then_restart_delivers_every_stored_message() {
     let backlog = data.join("backlog").join("g");
 
     // Phase 1: everything is read into the disk backlog, a little delivered.
-    let mut run = Watched::spawn(Command::new(exe).args(["run", "--config"]).arg(&c1));
-    run.wait_for_line(
+    let mut run = Watched::run(&c1);
+    run.wait_for_status(
         Duration::from_secs(60),
         "a status line after phase 1 stored the input and delivered from it",
-        |line| line.starts_with('[') && stored_and_delivering(&backlog, &out1),
+        || stored_and_delivering(&backlog, &out1),
     );
     run.kill(); // SIGKILL
 

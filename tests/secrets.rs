@@ -12,10 +12,15 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-mod process;
-use process::{broker, wait_or_kill};
+mod support;
+use support::broker::host_port;
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-use process::{rabbitmqctl, stderr_lines, unique};
+use support::broker::rabbitmqctl;
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
+use support::process::stderr_lines;
+use support::process::wait_or_kill;
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
+use support::unique;
 
 const HANG: Duration = Duration::from_secs(90);
 
@@ -96,7 +101,7 @@ fn a_trace_level_run_that_logs_in_never_prints_the_password() {
     };
     let dir = tempfile::tempdir().unwrap();
     let queue = unique("secret-q");
-    let url = format!("amqp://{}:{}@{}/%2f", user.name, user.password, broker());
+    let url = format!("amqp://{}:{}@{}/%2f", user.name, user.password, host_port());
     std::fs::write(dir.path().join("laneway.toml"), amqp_config(&url, &queue)).unwrap();
     let mut child = laneway(
         dir.path(),
@@ -157,7 +162,7 @@ fn a_trace_level_run_that_logs_in_never_prints_the_password() {
 fn a_trace_level_run_with_a_wrong_password_never_prints_it() {
     let dir = tempfile::tempdir().unwrap();
     let password = "Wr0ng-Tr4ce-Pw";
-    let url = format!("amqp://guest:{password}@{}/%2f", broker());
+    let url = format!("amqp://guest:{password}@{}/%2f", host_port());
     std::fs::write(
         dir.path().join("laneway.toml"),
         amqp_config(&url, "laneway-unused"),
@@ -191,7 +196,7 @@ fn a_trace_level_run_with_a_wrong_password_never_prints_it() {
 fn urls_whose_password_holds_a_delimiter_are_refused_without_showing_it() {
     let dir = tempfile::tempdir().unwrap();
     for password in ["Qx7/Zk9", "Qx7?Zk9", "Qx7#Zk9", "Jv2#Wm4Rt"] {
-        let url = format!("amqp://app:{password}@{}/%2f", broker());
+        let url = format!("amqp://app:{password}@{}/%2f", host_port());
         std::fs::write(dir.path().join("laneway.toml"), amqp_config(&url, "q")).unwrap();
         for args in [
             &["check-config", "laneway.toml"][..],
@@ -292,7 +297,7 @@ type UrlForm = Box<dyn Fn(&str) -> String>;
 
 #[test]
 fn a_marker_secret_in_any_credential_position_is_never_printed() {
-    let host = broker();
+    let host = host_port();
     // Well-formed with a wrong password, an '@' typed for the ':', the
     // secret alone in the URL knob, an unescaped delimiter in the
     // password, and an empty user.
@@ -384,7 +389,7 @@ fn a_marker_secret_in_any_credential_position_is_never_printed() {
 #[test]
 fn messages_that_redact_still_name_the_user_and_an_empty_user_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("amqp://probe-user:{MARK}@{}/%2f", broker());
+    let url = format!("amqp://probe-user:{MARK}@{}/%2f", host_port());
     std::fs::write(
         dir.path().join("l.toml"),
         amqp_config(&url, "laneway-unused"),
@@ -400,7 +405,7 @@ fn messages_that_redact_still_name_the_user_and_an_empty_user_is_refused() {
 
     // `amqp://:pw@host` is no login as guest: it is refused before any
     // connection, naming the knob.
-    let url = format!("amqp://:{MARK}@{}/%2f", broker());
+    let url = format!("amqp://:{MARK}@{}/%2f", host_port());
     std::fs::write(
         dir.path().join("l.toml"),
         amqp_config(&url, "laneway-unused"),

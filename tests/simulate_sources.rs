@@ -10,26 +10,22 @@
 #![cfg(any(feature = "amqp1", feature = "kafka", feature = "pulsar"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-mod process;
-#[cfg(feature = "pulsar")]
-mod pulsar_common;
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::records::records_in_jsonl;
-use common::{Copies, assert_delivered};
-#[cfg(feature = "kafka")]
-use process::Watched;
 #[cfg(all(feature = "amqp1", feature = "rabbitmq-tests"))]
-use process::rabbitmqctl;
-#[cfg(any(all(feature = "amqp1", feature = "rabbitmq-tests"), feature = "pulsar"))]
-use process::unique;
-use process::wait_or_kill;
+use support::broker::rabbitmqctl;
+#[cfg(feature = "kafka")]
+use support::process::Watched;
+use support::process::wait_or_kill;
 #[cfg(feature = "pulsar")]
-use pulsar_common::{FrameProxy, PulsarLite};
+use support::pulsar::{FrameProxy, PulsarLite};
+use support::records::{Copies, assert_delivered, records_in_jsonl};
+#[cfg(any(all(feature = "amqp1", feature = "rabbitmq-tests"), feature = "pulsar"))]
+use support::unique;
 
 const COUNT: u64 = 2_000;
 
@@ -122,8 +118,7 @@ fn compare(sent: &Path, delivered: &Path, copies: Copies) {
 fn simulate_amqp1_feeds_the_amqp1_source_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let queue = unique("simulate-amqp1");
-    let url = std::env::var("AMQP1_URL")
-        .unwrap_or_else(|_| format!("amqp://guest:guest@{}", process::broker()));
+    let url = support::broker::url1();
     let (sent, out) = (dir.path().join("sent.jsonl"), dir.path().join("out.jsonl"));
     // `/queue/NAME` makes RabbitMQ declare the durable queue.
     let address = format!("/queue/{queue}");

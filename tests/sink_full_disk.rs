@@ -12,12 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-mod process;
-use process::Watched;
-
-#[path = "common/records.rs"]
-mod records;
-use records::{Copies, Record, assert_delivered, json_records};
+mod support;
+use support::process::Watched;
+use support::records::{Copies, Record, assert_delivered, json_records};
 
 /// Far in the future: fresh, the live lane.
 const FRESH: i64 = 32_503_680_000_000;

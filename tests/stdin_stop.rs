@@ -14,16 +14,16 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use laneway::backlog::BacklogStore;
 
-mod process;
-use process::{open_backlog_when_free, wait_or_kill};
-
-#[path = "common/records.rs"]
-mod records;
-use records::{Copies, Record, assert_delivered, json_records, lines_in, records_in_jsonl};
+mod support;
+use support::process::{open_backlog_when_free, wait_or_kill};
+use support::records::{
+    Copies, Record, assert_delivered, json_records, lines_in, records_in_jsonl,
+};
+use support::wait::poll_until;
 
 /// Far in the future: fresh, the live lane.
 const FRESH: i64 = 32_503_680_000_000;
@@ -109,11 +109,9 @@ fn stop_loses_nothing_read(stop: Stop, sent: &[Record]) {
     };
     if let Stop::CtrlC = stop {
         let out = dir.path().join("out.jsonl");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while lines_in(&out) < 100 {
-            assert!(Instant::now() < deadline, "the run delivered nothing");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        poll_until(Duration::from_secs(60), "the run to deliver", || {
+            lines_in(&out) >= 100
+        });
         Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()

@@ -1,8 +1,6 @@
 //! Reading a backlog directory's files from the outside, by the documented
 //! format (docs/backlog-format.md), for the tests that damage them.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 
 /// The segment files of a backlog directory, in log order.

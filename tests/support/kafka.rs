@@ -3,9 +3,6 @@
 //! here independently of laneway's own parsing), against librdkafka's mock
 //! cluster, which each test starts for itself.
 
-#![cfg(feature = "kafka")]
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -16,7 +13,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
-use super::common::records::Record;
+use super::records::Record;
 
 /// A mock cluster of three brokers with the given topics, each of
 /// `partitions` partitions.

@@ -10,9 +10,6 @@
 //! keeps talking through it. Everything else passes through unchanged: the
 //! real client, the real broker and the real protocol stay in the test.
 
-#![cfg(feature = "pulsar")]
-#![allow(dead_code)]
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -1,9 +1,5 @@
-//! Helpers shared by the integration tests: sinks that record what they are
-//! given, and a way to run an engine until a condition holds.
-
-#![allow(dead_code)]
-
-pub mod records;
+//! Engines in tests: a sink that records what it is given, and an engine
+//! run in the background (wait on it with [`super::wait`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,8 +11,9 @@ use laneway::engine::{Engine, Monitor, RunSummary};
 use laneway::sink::Lane;
 use laneway::sink::{BatchError, Delivery, DeliveryError, Sink};
 use parking_lot::Mutex;
-pub use records::{Copies, Record, assert_delivered};
 use tokio::sync::watch;
+
+use super::records::Record;
 
 /// One delivery attempt as a sink saw it.
 #[derive(Debug, Clone)]
@@ -183,18 +180,4 @@ pub fn spawn_engine(
         let _ = stop_rx.await;
     }));
     (monitor, stop_tx, task)
-}
-
-/// Waits until `condition` holds. It is checked now and then each time the
-/// engine makes progress (a batch routed, a delivery ended, a backlog write
-/// landed), never on a timer. False if `limit` passes first: a guard
-/// against a hang, not a timing assertion.
-pub async fn wait_until(
-    monitor: &Monitor,
-    limit: Duration,
-    condition: impl FnMut(&Monitor) -> bool,
-) -> bool {
-    tokio::time::timeout(limit, monitor.until(condition))
-        .await
-        .is_ok()
 }

@@ -2,10 +2,8 @@
 //! and what came out, compared as whole records (topic, message id,
 //! generate time, payload bytes), never as ids alone.
 //!
-//! Shared by the engine, backlog, CLI and RabbitMQ tests (some through
-//! `#[path]`), so every one of them checks deliveries the same way.
-
-#![allow(dead_code)]
+//! Shared by the engine, backlog, CLI, broker and process tests (and the
+//! benches), so every one of them checks deliveries the same way.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,11 +1,11 @@
 //! Running the real `laneway` binary from tests: waiting for it with a
 //! bound (a hang fails the test instead of stalling the suite), reading its
-//! stderr line by line as it comes (for readiness), and the broker helpers
-//! the tests that log in share.
-
-#![allow(dead_code)]
+//! stderr line by line as it comes (for readiness), and the run fixture: a
+//! config written, `laneway run` spawned, its status lines (the run's
+//! heartbeat) waited on.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -40,6 +40,20 @@ pub fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// `laneway run --config <config>`, for more arguments, environment or
+/// stdin to be added.
+pub fn laneway_run(config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_laneway"));
+    cmd.args(["run", "--config"]).arg(config);
+    cmd
+}
+
+/// Whether `line` is one of a run's status lines (`[   1.0s] all: ...`),
+/// written once every `status_interval`: the run's heartbeat.
+pub fn is_status_line(line: &str) -> bool {
+    line.starts_with('[')
+}
+
 /// A running child whose stderr is read line by line as it comes, so that a
 /// test waits for the line that shows what it needs (the run is under way,
 /// it made progress) instead of sleeping. Dropped before it exits (a failed
@@ -65,6 +79,17 @@ impl Watched {
             lines,
             seen: Vec::new(),
         }
+    }
+
+    /// Spawns `laneway run --config <config>` (see [`laneway_run`]).
+    pub fn run(config: &Path) -> Watched {
+        Watched::spawn(&mut laneway_run(config))
+    }
+
+    /// Writes `toml` to `config`, then spawns `laneway run` on it.
+    pub fn start_run(config: &Path, toml: &str) -> Watched {
+        std::fs::write(config, toml).expect("write the run's config");
+        Watched::run(config)
     }
 
     /// The child's stdin, when `cmd` was given `Stdio::piped()` for it;
@@ -116,6 +141,19 @@ impl Watched {
         }
     }
 
+    /// Waits for a status line of the run (its heartbeat, see
+    /// [`is_status_line`]) at which `condition` holds, and returns it: the
+    /// condition (often a file on disk) is looked at on the run's own beat,
+    /// not on a timer in the test. Fails as [`Watched::wait_for_line`] does.
+    pub fn wait_for_status(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut condition: impl FnMut() -> bool,
+    ) -> String {
+        self.wait_for_line(limit, what, |line| is_status_line(line) && condition())
+    }
+
     /// Sends SIGINT (what Ctrl-C sends).
     pub fn interrupt(&self) {
         let sent = Command::new("kill")
@@ -157,29 +195,6 @@ impl Drop for Watched {
             let _ = child.wait();
         }
     }
-}
-
-/// The broker's `host:port`: `AMQP_HOST_PORT`, or the local default.
-pub fn broker() -> String {
-    std::env::var("AMQP_HOST_PORT").unwrap_or_else(|_| "127.0.0.1:5672".into())
-}
-
-/// A unique name for a queue, user or vhost.
-pub fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("laneway-{tag}-{}-{nanos}", std::process::id())
-}
-
-/// Runs `rabbitmqctl` quietly; whether it succeeded.
-pub fn rabbitmqctl(args: &[&str]) -> bool {
-    Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Opens the disk backlog in `dir`, waiting (bounded) while an earlier
