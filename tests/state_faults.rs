@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
 use std::io;
 use std::io::Write;
@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Copies, Record, RecordingSink, assert_delivered};
 use laneway::backlog::disk::{Filesystem, RealFilesystem, SegmentFile};
 use laneway::backlog::{
     BacklogError, BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, StoredRecord,
@@ -27,6 +26,8 @@ use laneway::message::{Message, now_epoch_ms};
 use laneway::source::LanePolicy;
 use laneway::source::jsonl::{JsonlInput, JsonlSource};
 use parking_lot::Mutex;
+use support::engine::RecordingSink;
+use support::records::{Copies, Record, assert_delivered};
 use tokio::sync::watch;
 
 /// Which operation a fault hits.
