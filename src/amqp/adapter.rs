@@ -5,18 +5,11 @@
 use std::sync::Arc;
 
 use super::{
-    AmqpConfigError, AmqpSink, AmqpSinkConfig, AmqpSource, AmqpSourceConfig, AmqpStreamConfig,
-    AmqpStreamSource,
+    AmqpSink, AmqpSinkConfig, AmqpSource, AmqpSourceConfig, AmqpStreamConfig, AmqpStreamSource,
 };
 use crate::knob::KnobError;
 use crate::sink::{Sink, SinkAdapter};
 use crate::source::source_adapter;
-
-impl From<AmqpConfigError> for KnobError {
-    fn from(e: AmqpConfigError) -> Self {
-        KnobError::said(e.knob(), e.to_string())
-    }
-}
 
 source_adapter!(AmqpSourceConfig, |config, _| AmqpSource::new(
     config.clone()
@@ -28,7 +21,7 @@ source_adapter!(AmqpStreamConfig, |config, context| {
 
 impl SinkAdapter for AmqpSinkConfig {
     fn check(&self) -> Result<(), KnobError> {
-        Ok(self.validate().map(|_| ())?)
+        self.validate().map(|_| ())
     }
 
     fn build(&self) -> Result<Arc<dyn Sink>, KnobError> {

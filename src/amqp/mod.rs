@@ -5,7 +5,7 @@
 //! - [`connect`]: connections, reconnect backoff and redacted errors;
 //! - [`headers`]: the platform's `topic` / `messageId` / `generateTime`
 //!   headers, read (with fallbacks) and written;
-//! - what configs share ([`AmqpConfigError`], the broker knobs), declaring
+//! - what configs share (the broker knobs), declaring
 //!   queues and exchanges, and gathering deliveries into batches.
 //!
 //! The products, one folder each:
@@ -34,7 +34,6 @@ pub mod queue;
 pub mod sink;
 pub mod stream;
 
-pub use self::core::config::AmqpConfigError;
 pub use self::core::connect::AmqpError;
 pub use self::core::{connect, headers};
 pub use crate::broker_url as url;

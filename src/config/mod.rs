@@ -323,10 +323,13 @@ impl FileConfig {
                 #[cfg(feature = "amqp")]
                 BacklogSpec::Amqp(b) => {
                     b.check(&g.name).map_err(|e| {
-                        at(
-                            &nested("backlog", e.knob()),
-                            format!("group {:?}: amqp backlog: {e}", g.name),
-                        )
+                        let path = [
+                            group[0],
+                            group[1],
+                            Step::Key("backlog"),
+                            Step::Key(e.knob()),
+                        ];
+                        at(&path, format!("group {:?}: amqp backlog: {e}", g.name))
                     })?;
                 }
                 BacklogSpec::Disk(d) => {

@@ -93,15 +93,18 @@ pub async fn run_sessions<S: Sessions>(
         message,
     };
     let mut served = 0u64;
+    // Failed attempts since the last session that worked.
+    let mut attempts = 0u32;
     loop {
         let attempt = tokio::select! {
             biased;
             _ = driver.stop.cancelled() => return Ok(()),
             attempt = sessions.connect() => attempt,
         };
-        let why = match attempt {
+        let lost = match attempt {
             Ok(connection) => {
                 served += 1;
+                attempts = 0;
                 if served > 1 {
                     tracing::info!(source = %driver.who, "reconnected");
                 }
@@ -110,20 +113,34 @@ pub async fn run_sessions<S: Sessions>(
                     SessionEnd::Fatal(message) => return Err(fatal(message)),
                     SessionEnd::Lost(why) => {
                         backoff.reset();
-                        why
+                        Lost::Session(why)
                     }
                 }
             }
             Err(ConnectFailure::Refused(why)) if served == 0 => return Err(fatal(why)),
             Err(ConnectFailure::Fatal(why)) => return Err(fatal(why)),
-            Err(ConnectFailure::Refused(why) | ConnectFailure::Retry(why)) => why,
+            Err(ConnectFailure::Refused(why) | ConnectFailure::Retry(why)) => {
+                attempts = attempts.saturating_add(1);
+                Lost::Attempt(why, attempts)
+            }
         };
         let wait = backoff.next_delay();
         let next = sessions.next_attempt_in(wait);
-        if !wait_to_reconnect(wait, next, driver, &why).await {
+        if !wait_to_reconnect(wait, next, driver, &lost).await {
             return Ok(());
         }
     }
+}
+
+/// What a wait follows: a session that was lost, or the `n`th failed
+/// attempt in a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lost {
+    /// A session ended, for this reason.
+    Session(String),
+    /// A connection attempt failed, for this reason; the count of failed
+    /// attempts in a row.
+    Attempt(String, u32),
 }
 
 /// After a lost session or a failed attempt: says so (WARN naming the
@@ -134,18 +151,29 @@ pub async fn wait_to_reconnect(
     wait: Duration,
     next: Duration,
     driver: Driver<'_>,
-    why: &str,
+    lost: &Lost,
 ) -> bool {
     if driver.stop.is_cancelled() {
         return false;
     }
-    tracing::warn!(source = %driver.who, reason = %why,
-        next_attempt_in_ms = u64::try_from(next.as_millis()).unwrap_or(u64::MAX),
-        "no connection; next attempt in {next:?}; {}", driver.after);
-    driver
-        .health
-        .troubled(format!("connection lost, reconnecting in {next:?}"));
-    driver.health.reconnecting();
+    let next_attempt_in_ms = u64::try_from(next.as_millis()).unwrap_or(u64::MAX);
+    match lost {
+        Lost::Session(why) => {
+            tracing::warn!(source = %driver.who, reason = %why, next_attempt_in_ms,
+                "connection lost; reconnecting in {next:?}; {}", driver.after);
+            driver
+                .health
+                .troubled(format!("connection lost, reconnecting in {next:?}"));
+            driver.health.reconnecting();
+        }
+        Lost::Attempt(why, attempt) => {
+            tracing::warn!(source = %driver.who, reason = %why, attempt, next_attempt_in_ms,
+                "no connection; retrying in {next:?}; {}", driver.after);
+            driver.health.troubled(format!(
+                "broker unreachable, retrying in {next:?} (attempt {attempt})"
+            ));
+        }
+    }
     tokio::select! {
         _ = driver.stop.cancelled() => false,
         _ = tokio::time::sleep(wait) => true,
@@ -238,7 +266,7 @@ mod tests {
         };
         stop.cancel();
         let hour = Duration::from_secs(3600);
-        assert!(!wait_to_reconnect(hour, hour, driver, "down").await);
+        assert!(!wait_to_reconnect(hour, hour, driver, &Lost::Session("down".into())).await);
         let mut script = Script {
             attempts: VecDeque::from([Err(ConnectFailure::Retry("down".into()))]),
             sessions: VecDeque::new(),

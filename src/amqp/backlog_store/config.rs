@@ -10,8 +10,9 @@ use std::time::Duration;
 use lapin::types::ShortString;
 use serde::{Deserialize, Serialize};
 
-use crate::amqp::core::config::{AmqpConfigError, debug_broker, resolve_url};
+use crate::amqp::core::config::{debug_broker, resolve_url};
 use crate::broker_url::BrokerUrl;
+use crate::knob::KnobError;
 
 /// Where a group's broker backlog lives, and how this instance reads it.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -121,12 +122,12 @@ impl AmqpBacklogConfig {
 
     /// Checks the config for `group` (the URL, the queue names, the knobs)
     /// without connecting.
-    pub fn check(&self, group: &str) -> Result<(), AmqpConfigError> {
+    pub fn check(&self, group: &str) -> Result<(), KnobError> {
         self.validate(group).map(|_| ())
     }
 
     /// The broker URL and the queue names, or what is wrong.
-    pub(crate) fn validate(&self, group: &str) -> Result<(BrokerUrl, QueueNames), AmqpConfigError> {
+    pub(crate) fn validate(&self, group: &str) -> Result<(BrokerUrl, QueueNames), KnobError> {
         let url = resolve_url(
             self.url.as_deref(),
             self.url_env.as_deref(),
@@ -137,21 +138,18 @@ impl AmqpBacklogConfig {
             .clone()
             .unwrap_or_else(|| Self::default_queue(group));
         if queue.is_empty() {
-            return Err(AmqpConfigError::invalid(
-                "queue",
-                "the backlog queue name is empty",
-            ));
+            return Err(KnobError::new("queue", "the backlog queue name is empty"));
         }
         let name = |n: String| {
             ShortString::try_new(n).map_err(|_| {
-                AmqpConfigError::invalid(
+                KnobError::new(
                     "queue",
                     format!("{queue:?} (with its .wait / .poison suffix) is longer than 255 bytes"),
                 )
             })
         };
         if self.read_ahead == 0 {
-            return Err(AmqpConfigError::invalid("read_ahead", "must be at least 1"));
+            return Err(KnobError::new("read_ahead", "must be at least 1"));
         }
         Ok((
             url,

@@ -76,13 +76,13 @@ use tokio_util::sync::CancellationToken;
 use self::config::QueueNames;
 use self::link::LinkState;
 use self::read::Reader;
-use crate::amqp::core::config::AmqpConfigError;
 use crate::amqp::core::connect::AmqpError;
 use crate::backlog::{
     BacklogDepth, BacklogError, BacklogRecord, BacklogStore, RecordId, StoredRecord,
 };
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
+use crate::knob::KnobError;
 
 /// A backlog store on a RabbitMQ quorum queue, shared by every instance of
 /// a group; see the module docs.
@@ -133,7 +133,7 @@ impl AmqpBacklog {
     pub async fn open(config: AmqpBacklogConfig, group: &str) -> Result<AmqpBacklog, BacklogError> {
         let (url, names) = config
             .validate(group)
-            .map_err(|e: AmqpConfigError| BacklogError::Unavailable(e.to_string()))?;
+            .map_err(|e: KnobError| BacklogError::Unavailable(e.to_string()))?;
         url.warn_if_plaintext();
         let inner = Arc::new(Inner {
             link: tokio::sync::Mutex::new(LinkState {

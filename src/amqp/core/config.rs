@@ -1,5 +1,5 @@
-//! What every AMQP product's configuration shares: the error a check
-//! returns ([`AmqpConfigError`]), the limit on broker names, and the three
+//! What every AMQP product's configuration shares: the limit on broker
+//! names, and the three
 //! broker knobs (`url`, `url_env`, `allow_plaintext`), resolved and shown
 //! the same way everywhere.
 //!
@@ -13,47 +13,13 @@ use std::fmt::DebugStruct;
 
 use lapin::types::ShortString;
 
-use crate::broker_url::{self, BrokerUrl, UrlError};
-
-/// Why an AMQP source or sink configuration cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AmqpConfigError {
-    /// The URL is missing or invalid.
-    #[error(transparent)]
-    Url(#[from] UrlError),
-    /// A knob is wrong.
-    #[error("{knob}: {message}")]
-    Invalid {
-        /// The knob (field and config key).
-        knob: &'static str,
-        /// What is wrong, with the bad value.
-        message: String,
-    },
-}
-
-impl AmqpConfigError {
-    /// The error for a wrong `knob`, saying what is wrong with it.
-    pub(crate) fn invalid(knob: &'static str, message: impl Into<String>) -> AmqpConfigError {
-        AmqpConfigError::Invalid {
-            knob,
-            message: message.into(),
-        }
-    }
-
-    /// The knob the error is about (`url` for a URL error).
-    pub fn knob(&self) -> &'static str {
-        match self {
-            AmqpConfigError::Url(_) => "url",
-            AmqpConfigError::Invalid { knob, .. } => knob,
-        }
-    }
-}
+use crate::broker_url::{self, BrokerUrl};
+use crate::knob::KnobError;
 
 /// Checks that `name` fits an AMQP short string (queue, exchange, key).
-pub(crate) fn short(knob: &'static str, name: &str) -> Result<ShortString, AmqpConfigError> {
+pub(crate) fn short(knob: &'static str, name: &str) -> Result<ShortString, KnobError> {
     ShortString::try_new(name.to_string())
-        .map_err(|_| AmqpConfigError::invalid(knob, format!("{name:?} is longer than 255 bytes")))
+        .map_err(|_| KnobError::new(knob, format!("{name:?} is longer than 255 bytes")))
 }
 
 /// The broker URL the knobs name: `url`, or else the variable `url_env`
@@ -63,7 +29,7 @@ pub(crate) fn resolve_url(
     url: Option<&str>,
     url_env: Option<&str>,
     allow_plaintext: bool,
-) -> Result<BrokerUrl, AmqpConfigError> {
+) -> Result<BrokerUrl, KnobError> {
     let url = BrokerUrl::resolve(url, url_env)?;
     url.check_plaintext(allow_plaintext)?;
     Ok(url)

@@ -1,18 +1,15 @@
-//! Connecting to the broker, and reconnecting with backoff.
+//! Connecting to the broker, each failure classed by whether retrying can
+//! help (the sources' reconnect loop is `source::sessions`).
 //!
 //! Invariants: every error that leaves this module is redacted (it names the
 //! broker by its redacted URL and has any quoted password scrubbed) and says
-//! whether retrying can help ([`Failure`]); a reconnect loop waits between
-//! attempts, doubling from `initial` to `max`, logs each retry at WARN, and
-//! gives up only when told to stop or when the failure is fatal (refused
-//! credentials, a missing virtual host, a host name that does not resolve).
+//! whether retrying can help ([`Failure`]): refused credentials, a missing
+//! virtual host and a host name that does not resolve are fatal.
 
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 
-use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
-use crate::source::SourceHealth;
-use tokio_util::sync::CancellationToken;
+use crate::source::sessions::ConnectFailure;
 
 /// What kind of failure the broker (or the network) reported: whether a
 /// retry can help, and if not, what the user has to fix.
@@ -183,59 +180,18 @@ pub async fn connect(url: &BrokerUrl, name: &str) -> Result<Connection, AmqpErro
         .map_err(|e| AmqpError::classify(url, "connecting", &e, true))
 }
 
-/// Connects, retrying with `backoff` until it works: `Ok(None)` once `stop`
-/// is raised, `Err` on a fatal failure. A host name that does not resolve
-/// is fatal only while `first` (no connection has worked yet: a typo in the
-/// configuration); later it is a DNS blip, retried like a refused connection.
-/// `who` names the source or sink in the WARN line of each retry, and
-/// `health` shows the retry on the status line until a connection works.
-pub async fn connect_with_retry(
-    url: &BrokerUrl,
-    name: &str,
-    who: &str,
-    backoff: &mut Backoff,
-    stop: &CancellationToken,
-    first: bool,
-    health: &SourceHealth,
-) -> Result<Option<Connection>, AmqpError> {
-    let mut attempt_no = 0u32;
-    loop {
-        if stop.is_cancelled() {
-            return Ok(None);
-        }
-        let attempt = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ok(None),
-            c = connect(url, name) => c,
-        };
-        attempt_no += 1;
-        match attempt {
-            Ok(conn) => {
-                backoff.reset();
-                health.healthy();
-                return Ok(Some(conn));
-            }
-            Err(e) if e.is_fatal() && (first || e.failure != Failure::UnknownHost) => {
-                return Err(e);
-            }
-            Err(e) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(
-                    source = %who,
-                    error = %e,
-                    attempt = attempt_no,
-                    "broker connection failed; retrying in {wait:?}"
-                );
-                health.troubled(format!(
-                    "broker unreachable, retrying in {wait:?} (attempt {attempt_no})"
-                ));
-                tokio::select! {
-                    _ = stop.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
-    }
+/// One connection attempt, its failure classed for the reconnect driver
+/// ([`run_sessions`](crate::source::sessions::run_sessions)): a transient
+/// failure is retried; a host that does not resolve ends a source that
+/// never connected (a typo) and is retried once it has (name service
+/// trouble); any other fatal failure (refused credentials, a missing
+/// virtual host) ends the source.
+pub async fn connect_attempt(url: &BrokerUrl, name: &str) -> Result<Connection, ConnectFailure> {
+    connect(url, name).await.map_err(|e| match e.failure {
+        Failure::Transient => ConnectFailure::Retry(e.to_string()),
+        Failure::UnknownHost => ConnectFailure::Refused(e.message),
+        _ => ConnectFailure::Fatal(e.message),
+    })
 }
 
 #[cfg(test)]

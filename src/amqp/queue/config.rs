@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::amqp::core::config::{AmqpConfigError, debug_broker, resolve_url, short};
+use crate::amqp::core::config::{debug_broker, resolve_url, short};
 use crate::broker_url::BrokerUrl;
+use crate::knob::KnobError;
 use crate::source::LanePolicy;
 
 /// An `[[sources]]` entry of `type = "amqp"`: which queues to consume and how.
@@ -107,21 +108,21 @@ impl std::fmt::Debug for AmqpSourceConfig {
 
 impl AmqpSourceConfig {
     /// Checks the knobs and resolves the URL.
-    pub fn validate(&self) -> Result<BrokerUrl, AmqpConfigError> {
+    pub fn validate(&self) -> Result<BrokerUrl, KnobError> {
         let url = resolve_url(
             self.url.as_deref(),
             self.url_env.as_deref(),
             self.allow_plaintext,
         )?;
         if self.queues.is_empty() {
-            return Err(AmqpConfigError::invalid(
+            return Err(KnobError::new(
                 "queues",
                 "an amqp source needs at least one queue",
             ));
         }
         for q in &self.queues {
             if q.is_empty() {
-                return Err(AmqpConfigError::invalid("queues", "a queue name is empty"));
+                return Err(KnobError::new("queues", "a queue name is empty"));
             }
             short("queues", q)?;
         }
@@ -130,10 +131,10 @@ impl AmqpSourceConfig {
         }
         short("binding_key", &self.binding_key)?;
         if self.prefetch == 0 {
-            return Err(AmqpConfigError::invalid("prefetch", "must be at least 1"));
+            return Err(KnobError::new("prefetch", "must be at least 1"));
         }
         if self.batch == 0 {
-            return Err(AmqpConfigError::invalid("batch", "must be at least 1"));
+            return Err(KnobError::new("batch", "must be at least 1"));
         }
         Ok(url)
     }

@@ -36,13 +36,13 @@ use tokio::time::Instant;
 use super::config::AmqpSourceConfig;
 use crate::ack::{AckRef, AckTracker};
 use crate::amqp::core::batch;
-use crate::amqp::core::config::AmqpConfigError;
-use crate::amqp::core::connect::{AmqpError, connect_with_retry};
+use crate::amqp::core::connect::{AmqpError, connect_attempt};
 use crate::amqp::core::declare::Declaration;
 use crate::amqp::core::headers;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
-use crate::source::sessions::{Driver, wait_to_reconnect};
+use crate::knob::KnobError;
+use crate::source::sessions::{self, ConnectFailure, Driver, Sessions, run_sessions};
 use crate::source::{Incoming, Ingest, LanePolicy, Positions, first_failure, sleep_until_opt};
 use crate::source::{Source, SourceContext, SourceError, SourceHealth};
 use tokio_util::sync::CancellationToken;
@@ -58,7 +58,7 @@ pub struct AmqpSource {
 
 impl AmqpSource {
     /// A source for this configuration (checked, URL resolved; nothing connects yet).
-    pub fn new(config: AmqpSourceConfig) -> Result<AmqpSource, AmqpConfigError> {
+    pub fn new(config: AmqpSourceConfig) -> Result<AmqpSource, KnobError> {
         let url = config.validate()?;
         url.warn_if_plaintext();
         Ok(AmqpSource { config, url })
@@ -203,56 +203,16 @@ impl QueueConsumer {
         format!("amqp {} queue {}", self.url, self.queue)
     }
 
-    async fn run(self) -> Result<(), SourceError> {
+    async fn run(mut self) -> Result<(), SourceError> {
         let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
-        let name = format!("laneway source {}", self.queue);
-        let mut sessions = 0u64;
-        let who = self.origin();
-        loop {
-            let connected = connect_with_retry(
-                &self.url,
-                &name,
-                &who,
-                &mut backoff,
-                &self.stop,
-                sessions == 0,
-                &self.health,
-            )
-            .await;
-            let Some(conn) = connected.map_err(|e| e.ends_source(&who))? else {
-                return Ok(()); // stopped while connecting
-            };
-            sessions += 1;
-            if sessions > 1 {
-                tracing::info!(queue = %self.queue, broker = %self.url, "reconnected");
-            }
-            let end = self.session(&conn, sessions).await;
-            // Closing may fail when the connection is already gone; nothing to do then.
-            let _ = conn.close(200, "laneway closing".into()).await;
-            match end {
-                SessionEnd::Stopped | SessionEnd::Idle => return Ok(()),
-                SessionEnd::Fatal(message) => {
-                    return Err(SourceError::Origin {
-                        origin: self.origin(),
-                        message,
-                    });
-                }
-                SessionEnd::Lost(why) => {
-                    let after = "unacknowledged messages will be redelivered";
-                    let (stop, health) = (&self.stop, &self.health);
-                    let driver = Driver {
-                        who: &who,
-                        after,
-                        stop,
-                        health,
-                    };
-                    let wait = backoff.next_delay();
-                    if !wait_to_reconnect(wait, wait, driver, &why).await {
-                        return Ok(());
-                    }
-                }
-            }
-        }
+        let (who, stop, health) = (self.origin(), self.stop.clone(), self.health.clone());
+        let driver = Driver {
+            who: &who,
+            after: "unacknowledged messages will be redelivered",
+            stop: &stop,
+            health: &health,
+        };
+        run_sessions(&mut self, &mut backoff, driver).await
     }
 
     /// Declares what is configured and starts consuming.
@@ -427,6 +387,27 @@ impl QueueConsumer {
                 }
                 _ = tokio::time::sleep(ACK_TICK) => {}
             }
+        }
+    }
+}
+
+#[async_trait]
+impl Sessions for QueueConsumer {
+    type Connection = Connection;
+
+    async fn connect(&mut self) -> Result<Connection, ConnectFailure> {
+        connect_attempt(&self.url, &format!("laneway source {}", self.queue)).await
+    }
+
+    async fn serve(&mut self, conn: Connection, number: u64) -> sessions::SessionEnd {
+        self.health.healthy();
+        let end = self.session(&conn, number).await;
+        // Closing may fail when the connection is already gone; nothing to do then.
+        let _ = conn.close(200, "laneway closing".into()).await;
+        match end {
+            SessionEnd::Stopped | SessionEnd::Idle => sessions::SessionEnd::Finished,
+            SessionEnd::Fatal(message) => sessions::SessionEnd::Fatal(message),
+            SessionEnd::Lost(why) => sessions::SessionEnd::Lost(why),
         }
     }
 }

@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::routing_key::RoutingKey;
-use crate::amqp::core::config::{AmqpConfigError, debug_broker, resolve_url, short};
+use crate::amqp::core::config::{debug_broker, resolve_url, short};
 use crate::broker_url::BrokerUrl;
+use crate::knob::KnobError;
 
 /// A group's `sink` table with `type = "amqp"`: where and how to publish.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -99,27 +100,21 @@ impl std::fmt::Debug for AmqpSinkConfig {
 
 impl AmqpSinkConfig {
     /// Checks the knobs and resolves the URL.
-    pub fn validate(&self) -> Result<(BrokerUrl, RoutingKey), AmqpConfigError> {
+    pub fn validate(&self) -> Result<(BrokerUrl, RoutingKey), KnobError> {
         let url = resolve_url(
             self.url.as_deref(),
             self.url_env.as_deref(),
             self.allow_plaintext,
         )?;
         if self.exchange.is_empty() {
-            return Err(AmqpConfigError::invalid(
-                "exchange",
-                "an amqp sink needs an exchange",
-            ));
+            return Err(KnobError::new("exchange", "an amqp sink needs an exchange"));
         }
         short("exchange", &self.exchange)?;
         if self.max_in_flight == 0 {
-            return Err(AmqpConfigError::invalid(
-                "max_in_flight",
-                "must be at least 1",
-            ));
+            return Err(KnobError::new("max_in_flight", "must be at least 1"));
         }
         if self.confirm_timeout.is_zero() {
-            return Err(AmqpConfigError::invalid(
+            return Err(KnobError::new(
                 "confirm_timeout",
                 "must be longer than zero",
             ));

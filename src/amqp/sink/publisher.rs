@@ -35,11 +35,12 @@ use tokio::time::Instant;
 
 use super::config::AmqpSinkConfig;
 use super::routing_key::RoutingKey;
-use crate::amqp::core::config::{AmqpConfigError, short};
+use crate::amqp::core::config::short;
 use crate::amqp::core::connect::{AmqpError, connect};
 use crate::amqp::core::headers;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
+use crate::knob::KnobError;
 use crate::sink::{BatchError, Delivery, DeliveryError, Sink};
 
 /// The open connection and its confirm-mode channel.
@@ -68,7 +69,7 @@ pub struct AmqpSink {
 
 impl AmqpSink {
     /// A sink for this configuration; it connects on the first delivery.
-    pub fn new(config: AmqpSinkConfig) -> Result<AmqpSink, AmqpConfigError> {
+    pub fn new(config: AmqpSinkConfig) -> Result<AmqpSink, KnobError> {
         let (url, key) = config.validate()?;
         url.warn_if_plaintext();
         let exchange = short("exchange", &config.exchange)?;

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crate::amqp::core::config::AmqpConfigError;
+use crate::knob::KnobError;
 use crate::message::Message;
 
 /// One piece of a routing-key template.
@@ -26,7 +26,7 @@ pub struct RoutingKey(Vec<KeyPart>);
 
 impl RoutingKey {
     /// Parses a template; unknown placeholders are an error naming them.
-    pub fn parse(template: &str) -> Result<RoutingKey, AmqpConfigError> {
+    pub fn parse(template: &str) -> Result<RoutingKey, KnobError> {
         let mut parts = Vec::new();
         let mut rest = template;
         while let Some(open) = rest.find('{') {
@@ -34,10 +34,10 @@ impl RoutingKey {
                 parts.push(KeyPart::Text(rest[..open].to_string()));
             }
             let Some(close) = rest[open..].find('}') else {
-                return Err(AmqpConfigError::Invalid {
-                    knob: "routing_key",
-                    message: format!("{template:?}: unclosed '{{'"),
-                });
+                return Err(KnobError::new(
+                    "routing_key",
+                    format!("{template:?}: unclosed '{{'"),
+                ));
             };
             let name = &rest[open + 1..open + close];
             parts.push(match name {
@@ -45,12 +45,12 @@ impl RoutingKey {
                 "product" => KeyPart::Product,
                 "device" => KeyPart::Device,
                 other => {
-                    return Err(AmqpConfigError::Invalid {
-                        knob: "routing_key",
-                        message: format!(
+                    return Err(KnobError::new(
+                        "routing_key",
+                        format!(
                             "{template:?}: unknown placeholder {{{other}}} (use kind, product, device)"
                         ),
-                    });
+                    ));
                 }
             });
             rest = &rest[open + close + 1..];

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::amqp::core::config::{AmqpConfigError, debug_broker, resolve_url, short};
+use crate::amqp::core::config::{debug_broker, resolve_url, short};
 use crate::broker_url::BrokerUrl;
+use crate::knob::KnobError;
 use crate::source::LanePolicy;
 
 /// Where a stream source starts when it has no stored offset (its first
@@ -157,14 +158,14 @@ impl std::fmt::Debug for AmqpStreamConfig {
 
 impl AmqpStreamConfig {
     /// Checks the knobs and resolves the URL.
-    pub fn validate(&self) -> Result<BrokerUrl, AmqpConfigError> {
+    pub fn validate(&self) -> Result<BrokerUrl, KnobError> {
         let url = resolve_url(
             self.url.as_deref(),
             self.url_env.as_deref(),
             self.allow_plaintext,
         )?;
         if self.stream.is_empty() {
-            return Err(AmqpConfigError::invalid(
+            return Err(KnobError::new(
                 "stream",
                 "an amqp-stream source needs a stream",
             ));
@@ -175,22 +176,19 @@ impl AmqpStreamConfig {
         }
         short("binding_key", &self.binding_key)?;
         if self.prefetch == 0 {
-            return Err(AmqpConfigError::invalid("prefetch", "must be at least 1"));
+            return Err(KnobError::new("prefetch", "must be at least 1"));
         }
         if self.batch == 0 {
-            return Err(AmqpConfigError::invalid("batch", "must be at least 1"));
+            return Err(KnobError::new("batch", "must be at least 1"));
         }
         if self.catch_up && self.catch_up_after == 0 {
-            return Err(AmqpConfigError::invalid(
+            return Err(KnobError::new(
                 "catch_up_after",
                 "must be at least 1 (turn catch-up off with catch_up = false)",
             ));
         }
         if self.store_every.is_zero() {
-            return Err(AmqpConfigError::invalid(
-                "store_every",
-                "must be longer than 0s",
-            ));
+            return Err(KnobError::new("store_every", "must be longer than 0s"));
         }
         Ok(url)
     }

@@ -38,12 +38,12 @@ use async_trait::async_trait;
 pub use config::{AmqpStreamConfig, StreamStart};
 pub use offset_file::{OffsetFile, OffsetFileError};
 
-use crate::amqp::core::config::AmqpConfigError;
-use crate::amqp::core::connect::connect_with_retry;
+use crate::amqp::core::connect::connect_attempt;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
 use crate::filesystem::{Filesystem, RealFilesystem};
-use crate::source::sessions::{Driver, wait_to_reconnect};
+use crate::knob::KnobError;
+use crate::source::sessions::{ConnectFailure, Driver, SessionEnd, Sessions, run_sessions};
 use crate::source::{Source, SourceContext, SourceError};
 use cursor::{Attach, End};
 use session::Session;
@@ -66,7 +66,7 @@ impl AmqpStreamSource {
     /// A source for this configuration (checked, URL resolved; nothing
     /// connects yet). Its offset file is `offset_file`, or the default name
     /// in `laneway-data/sources` until [`AmqpStreamSource::offsets_in`].
-    pub fn new(config: AmqpStreamConfig) -> Result<AmqpStreamSource, AmqpConfigError> {
+    pub fn new(config: AmqpStreamConfig) -> Result<AmqpStreamSource, KnobError> {
         let url = config.validate()?;
         url.warn_if_plaintext();
         let file = match &config.offset_file {
@@ -156,74 +156,75 @@ impl Source for AmqpStreamSource {
 
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError> {
         let who = self.origin();
-        let (mut attach, loaded) = self.first_attach()?;
-        let keeper = Keeper::new(self.file.clone(), ctx.health.clone(), loaded);
+        let (attach, loaded) = self.first_attach()?;
         let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
-        let name = format!("laneway stream {}", self.config.stream);
-        let mut sessions = 0u64;
-        // Where the last session stopped reading: what a new session reads
-        // again (past the stored offset) is counted from it.
-        let mut read_end: Option<u64> = None;
         ctx.health.acknowledges();
-        loop {
-            let connected = connect_with_retry(
-                &self.url,
-                &name,
-                &who,
-                &mut backoff,
-                &ctx.stop,
-                sessions == 0,
-                &ctx.health,
-            )
-            .await;
-            let Some(conn) = connected.map_err(|e| e.ends_source(&who))? else {
-                return Ok(()); // stopped while connecting
-            };
-            sessions += 1;
-            if let (Attach::At(from), Some(end)) = (attach, read_end)
-                && end > from
-            {
-                tracing::info!(stream = %self.config.stream, from, records = end - from,
-                    "reading again the records in flight when the last session ended (duplicates at most this many)");
-            }
-            let session = Session {
-                config: &self.config,
-                url: &self.url,
-                keeper: &keeper,
-                ctx: &ctx,
-                attach,
-                number: sessions,
-            };
-            let outcome = session.run(&conn).await;
-            // Closing may fail when the connection is already gone.
-            let _ = conn.close(200, "laneway closing".into()).await;
-            if let Some(stored) = outcome.stored {
-                attach = Attach::At(stored);
-            }
-            read_end = outcome.read_end.or(read_end);
-            match outcome.end {
-                End::Stopped => return Ok(()),
-                End::Fatal(message) => {
-                    return Err(SourceError::Origin {
-                        origin: who,
-                        message,
-                    });
-                }
-                End::Lost(why) => {
-                    let after = "resuming at the stored offset";
-                    let (stop, health) = (&ctx.stop, &ctx.health);
-                    let driver = Driver {
-                        who: &who,
-                        after,
-                        stop,
-                        health,
-                    };
-                    let wait = backoff.next_delay();
-                    if !wait_to_reconnect(wait, wait, driver, &why).await {
-                        return Ok(());
-                    }
-                }
-            }
+        let mut sessions = StreamSessions {
+            keeper: Keeper::new(self.file.clone(), ctx.health.clone(), loaded),
+            source: &self,
+            ctx: &ctx,
+            attach,
+            read_end: None,
+        };
+        let driver = Driver {
+            who: &who,
+            after: "resuming at the stored offset",
+            stop: &ctx.stop,
+            health: &ctx.health,
+        };
+        run_sessions(&mut sessions, &mut backoff, driver).await
+    }
+}
+
+/// The stream source's sessions, and what carries from one to the next:
+/// where the next one attaches, and where the last one stopped reading.
+struct StreamSessions<'a> {
+    source: &'a AmqpStreamSource,
+    ctx: &'a SourceContext,
+    keeper: Arc<Keeper>,
+    attach: Attach,
+    /// Where the last session stopped reading: what a new session reads
+    /// again (past the stored offset) is counted from it.
+    read_end: Option<u64>,
+}
+
+#[async_trait]
+impl Sessions for StreamSessions<'_> {
+    type Connection = lapin::Connection;
+
+    async fn connect(&mut self) -> Result<lapin::Connection, ConnectFailure> {
+        let name = format!("laneway stream {}", self.source.config.stream);
+        connect_attempt(&self.source.url, &name).await
+    }
+
+    async fn serve(&mut self, conn: lapin::Connection, number: u64) -> SessionEnd {
+        self.ctx.health.healthy();
+        let config = &self.source.config;
+        if let (Attach::At(from), Some(end)) = (self.attach, self.read_end)
+            && end > from
+        {
+            tracing::info!(stream = %config.stream, from, records = end - from,
+                "reading again the records in flight when the last session ended (duplicates at most this many)");
+        }
+        let session = Session {
+            config,
+            url: &self.source.url,
+            keeper: &self.keeper,
+            ctx: self.ctx,
+            attach: self.attach,
+            number,
+        };
+        let outcome = session.run(&conn).await;
+        // Closing may fail when the connection is already gone.
+        let _ = conn.close(200, "laneway closing".into()).await;
+        if let Some(stored) = outcome.stored {
+            self.attach = Attach::At(stored);
+        }
+        self.read_end = outcome.read_end.or(self.read_end);
+        match outcome.end {
+            End::Stopped => SessionEnd::Finished,
+            End::Fatal(message) => SessionEnd::Fatal(message),
+            End::Lost(why) => SessionEnd::Lost(why),
         }
     }
 }
