@@ -55,8 +55,7 @@ pub struct Words {
 }
 
 impl Words {
-    /// The terms of the Kafka and Pulsar producers.
-    #[cfg(any(feature = "kafka", feature = "pulsar"))]
+    /// A producer's terms (Kafka's and Pulsar's).
     pub const PRODUCED: Words = Words {
         sent: "produced",
         ok: "acknowledged",
@@ -84,7 +83,7 @@ pub trait Target {
     type Receipt: Future;
 
     /// The terms of the default progress line and summary.
-    const WORDS: Words;
+    const WORDS: Words = Words::PRODUCED;
 
     /// Hands one message to the client; `Err` ends the run.
     fn send(&mut self, m: &Message) -> impl Future<Output = Result<Sent<Self::Receipt>, String>>;
