@@ -2,8 +2,9 @@
 //! `--count` or `--duration`, keeps to `--rate` (Ctrl-C ends a wait), keeps
 //! at most `--in-flight` receipts outstanding (settling the oldest when the
 //! window is full), makes each message with the fleet, sends and records
-//! it, prints the progress line, then settles what is still out, closes
-//! the target and prints the summary.
+//! it, prints the progress line, then settles what is still out, prints
+//! the summary and closes the target (last: closing may wait on a peer
+//! that no longer answers, and everything was settled before).
 //!
 //! A protocol plugs in as a [`Target`]: how to send one message and what
 //! its receipt settles into; connecting and building its records stay in
