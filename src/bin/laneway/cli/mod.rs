@@ -7,6 +7,13 @@ mod bench;
 mod check_config;
 mod kafka_mock;
 pub mod logging;
+#[cfg(any(
+    feature = "amqp",
+    feature = "amqp1",
+    feature = "kafka",
+    feature = "pulsar"
+))]
+mod publish_loop;
 mod run;
 mod simulate;
 #[cfg(feature = "amqp")]

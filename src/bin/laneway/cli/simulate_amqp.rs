@@ -7,29 +7,18 @@
 //! the exit code is non-zero when any was refused, returned unroutable or
 //! left unconfirmed.
 
-use std::collections::VecDeque;
-use std::time::Instant;
-
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Confirmation, ExchangeKind, PublisherConfirm};
+use lapin::{Channel, Confirmation, Connection, ExchangeKind, PublisherConfirm};
 
-use super::simulate::{ProgressLine, Recorder, SimulateArgs};
+use super::publish_loop::{self, Sent, Settled, Tally, Target};
+use super::simulate::{ProgressLine, SimulateArgs};
 use super::status::human;
 use laneway::amqp::{AmqpError, BrokerUrl, RoutingKey, connect::connect, headers};
-use laneway::message::now_epoch_ms;
-use laneway::source::simulator::Fleet;
-
-#[derive(Default)]
-struct Counts {
-    published: u64,
-    confirmed: u64,
-    nacked: u64,
-    unroutable: u64,
-}
+use laneway::message::Message;
 
 /// Publishes; `Ok(false)` when some message was not confirmed.
 pub async fn publish(args: SimulateArgs) -> Result<bool, String> {
@@ -100,113 +89,105 @@ pub async fn publish(args: SimulateArgs) -> Result<bool, String> {
             args.limit_words()
         );
     }
-    let mut recorder = Recorder::open(args.record.as_deref())?;
-    let mut fleet = Fleet::new(args.products, args.devices, args.seed);
-    let options = BasicPublishOptions {
-        mandatory: true,
-        ..BasicPublishOptions::default()
+    let target = AmqpTarget {
+        channel,
+        conn,
+        exchange,
+        exchange_name,
+        key,
+        url,
+        persistent: !args.transient,
+        unroutable: 0,
     };
-    let age_ms = args.age.as_millis() as i64;
-    let window = args.in_flight.max(1);
-    let mut in_flight: VecDeque<PublisherConfirm> = VecDeque::with_capacity(window);
-    let mut counts = Counts::default();
-    let start = Instant::now();
-    let mut progress = ProgressLine::new(start, args.quiet);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut failure = None;
-    loop {
-        if args.count.is_some_and(|n| counts.published >= n)
-            || args.duration.is_some_and(|d| start.elapsed() >= d)
-        {
-            break;
-        }
-        if let Some(wait) = args.wait_before_next(start, counts.published) {
-            tokio::select! {
-                _ = &mut ctrl_c => break,
-                _ = tokio::time::sleep(wait) => continue,
-            }
-        }
-        if in_flight.len() >= window
-            && let Some(confirm) = in_flight.pop_front()
-            && let Err(e) = settle(confirm, &mut counts).await
-        {
-            failure = Some(AmqpError::new(&url, "waiting for a confirm", e).to_string());
-            break;
-        }
-        let m = fleet.next_message(now_epoch_ms() - age_ms);
-        let Ok(routing_key) = ShortString::try_new(key.render(&m)) else {
+    publish_loop::publish(&args, target).await
+}
+
+/// The publish loop's AMQP 0-9-1 side: one channel with publisher
+/// confirms, publishing mandatory to one exchange.
+struct AmqpTarget {
+    channel: Channel,
+    conn: Connection,
+    exchange: ShortString,
+    exchange_name: String,
+    key: RoutingKey,
+    url: BrokerUrl,
+    persistent: bool,
+    /// Messages confirmed but returned unroutable (counted failed too).
+    unroutable: u64,
+}
+
+impl Target for AmqpTarget {
+    type Receipt = PublisherConfirm;
+
+    async fn send(&mut self, m: &Message) -> Result<Sent<PublisherConfirm>, String> {
+        let Ok(routing_key) = ShortString::try_new(self.key.render(m)) else {
             return Err("a routing key is longer than 255 bytes".into());
         };
         let props = headers::properties(
             m.topic(),
             m.message_id(),
             m.generate_time_ms(),
-            !args.transient,
+            self.persistent,
         );
-        match channel
-            .basic_publish(exchange.clone(), routing_key, options, m.payload(), props)
-            .await
-        {
-            Ok(confirm) => in_flight.push_back(confirm),
-            Err(e) => {
-                failure = Some(AmqpError::new(&url, "publishing", e).to_string());
-                break;
-            }
-        }
-        counts.published += 1;
-        if let Err(e) = recorder.record(&m) {
-            failure = Some(e);
-            break;
-        }
-        progress.tick(counts.confirmed, || {
-            format!(
-                "published {} confirmed {}",
-                counts.published, counts.confirmed
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        self.channel
+            .basic_publish(
+                self.exchange.clone(),
+                routing_key,
+                options,
+                m.payload(),
+                props,
             )
+            .await
+            .map(Sent::Out)
+            .map_err(|e| AmqpError::new(&self.url, "publishing", e).to_string())
+    }
+
+    /// A confirm with the message returned means no queue took it.
+    fn settle(&mut self, outcome: Result<Confirmation, lapin::Error>) -> Result<Settled, String> {
+        match outcome {
+            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(Settled::Ok),
+            Ok(Confirmation::Ack(Some(_))) => {
+                self.unroutable += 1;
+                Ok(Settled::Failed("unroutable".into()))
+            }
+            Ok(Confirmation::Nack(_)) => Ok(Settled::Failed("nacked".into())),
+            Err(e) => Err(AmqpError::new(&self.url, "waiting for a confirm", e).to_string()),
+        }
+    }
+
+    /// The rate follows the confirms, the slower of the two.
+    fn tick(&self, progress: &mut ProgressLine, tally: &Tally) {
+        progress.tick(tally.ok, || {
+            format!("published {} confirmed {}", tally.sent, tally.ok)
         });
     }
-    while let Some(confirm) = in_flight.pop_front() {
-        if let Err(e) = settle(confirm, &mut counts).await {
-            failure.get_or_insert(AmqpError::new(&url, "waiting for a confirm", e).to_string());
-            break;
+
+    /// Nacked and unroutable apart, with a hint for the unroutable.
+    fn summary(&self, tally: &Tally, elapsed: f64) {
+        eprintln!(
+            "simulate: published {}, confirmed {}, nacked {}, unroutable {} in {elapsed:.1}s ({}/s)",
+            tally.sent,
+            tally.ok,
+            tally.failed - self.unroutable,
+            self.unroutable,
+            human(tally.ok as f64 / elapsed.max(1e-9))
+        );
+        if self.unroutable > 0 {
+            eprintln!(
+                "simulate: {} messages were unroutable: bind a queue to exchange {}",
+                self.unroutable, self.exchange_name
+            );
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let _ = channel.close(200, "done".into()).await;
-    let _ = conn.close(200, "done".into()).await;
-    if let Err(e) = recorder.finish() {
-        failure.get_or_insert(e);
-    }
-    let ok = failure.is_none()
-        && counts.nacked == 0
-        && counts.unroutable == 0
-        && counts.confirmed == counts.published;
-    eprintln!(
-        "simulate: published {}, confirmed {}, nacked {}, unroutable {} in {elapsed:.1}s ({}/s)",
-        counts.published,
-        counts.confirmed,
-        counts.nacked,
-        counts.unroutable,
-        human(counts.confirmed as f64 / elapsed.max(1e-9))
-    );
-    if counts.unroutable > 0 {
-        eprintln!(
-            "simulate: {} messages were unroutable: bind a queue to exchange {exchange_name}",
-            counts.unroutable
-        );
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    Ok(ok)
-}
 
-async fn settle(confirm: PublisherConfirm, counts: &mut Counts) -> Result<(), lapin::Error> {
-    match confirm.await? {
-        Confirmation::Ack(None) | Confirmation::NotRequested => counts.confirmed += 1,
-        Confirmation::Ack(Some(_)) => counts.unroutable += 1,
-        Confirmation::Nack(_) => counts.nacked += 1,
+    /// Every confirm is in by now: a failed close loses nothing.
+    async fn close(self) -> Result<(), String> {
+        let _ = self.channel.close(200, "done".into()).await;
+        let _ = self.conn.close(200, "done".into()).await;
+        Ok(())
     }
-    Ok(())
 }

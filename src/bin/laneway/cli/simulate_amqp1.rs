@@ -6,19 +6,16 @@
 //! Invariant: a message counts as sent only once the peer settled it as
 //! accepted; the exit code is non-zero when any was not.
 
-use std::collections::VecDeque;
-use std::time::Instant;
-
+use fe2o3_amqp::link::SendError;
 use fe2o3_amqp::types::messaging::Outcome;
 
-use super::simulate::{ProgressLine, Recorder, SimulateArgs};
-use super::status::human;
+use super::publish_loop::{self, Sent, Settled, Target, Words};
+use super::simulate::SimulateArgs;
 use laneway::amqp1::Amqp1Publisher;
 use laneway::amqp1::config::{DEFAULT_URL, DEFAULT_URL_ENV};
 use laneway::amqp1::publisher::Settlement;
 use laneway::broker_url::BrokerUrl;
-use laneway::message::now_epoch_ms;
-use laneway::source::simulator::Fleet;
+use laneway::message::Message;
 
 /// Publishes; `Ok(false)` when some message was not accepted.
 pub async fn publish(args: SimulateArgs) -> Result<bool, String> {
@@ -26,7 +23,7 @@ pub async fn publish(args: SimulateArgs) -> Result<bool, String> {
     let url = BrokerUrl::resolve_or(args.amqp1.as_deref(), None, DEFAULT_URL_ENV, DEFAULT_URL)
         .map_err(|e| e.to_string())?;
     let address = args.address.clone().unwrap_or_default();
-    let mut publisher = Amqp1Publisher::open(&url, &address)
+    let publisher = Amqp1Publisher::open(&url, &address)
         .await
         .map_err(|e| e.to_string())?;
     if !args.quiet {
@@ -37,78 +34,41 @@ pub async fn publish(args: SimulateArgs) -> Result<bool, String> {
             args.limit_words()
         );
     }
-    let mut recorder = Recorder::open(args.record.as_deref())?;
-    let mut fleet = Fleet::new(args.products, args.devices, args.seed);
-    let age_ms = args.age.as_millis() as i64;
-    let window = args.in_flight.max(1);
-    let mut in_flight: VecDeque<Settlement> = VecDeque::with_capacity(window);
-    let (mut sent, mut accepted, mut refused) = (0u64, 0u64, 0u64);
-    let mut first_refusal: Option<String> = None;
-    let mut failure: Option<String> = None;
-    let start = Instant::now();
-    let mut progress = ProgressLine::new(start, args.quiet);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut settle = |outcome: Result<Outcome, fe2o3_amqp::link::SendError>| match outcome {
-        Ok(Outcome::Accepted(_)) => accepted += 1,
-        Ok(other) => {
-            refused += 1;
-            first_refusal.get_or_insert_with(|| format!("{other:?}"));
-        }
-        Err(e) => {
-            refused += 1;
-            first_refusal.get_or_insert_with(|| e.to_string());
-        }
+    publish_loop::publish(&args, Amqp1Target(publisher)).await
+}
+
+/// The publish loop's AMQP 1.0 side: one sender link.
+struct Amqp1Target(Amqp1Publisher);
+
+impl Target for Amqp1Target {
+    type Receipt = Settlement;
+
+    const WORDS: Words = Words {
+        sent: "sent",
+        ok: "accepted",
+        failed: "not accepted",
+        first_failure: "first message not accepted",
     };
-    loop {
-        if args.count.is_some_and(|n| sent >= n)
-            || args.duration.is_some_and(|d| start.elapsed() >= d)
-        {
-            break;
-        }
-        if let Some(wait) = args.wait_before_next(start, sent) {
-            tokio::select! {
-                _ = &mut ctrl_c => break,
-                _ = tokio::time::sleep(wait) => continue,
-            }
-        }
-        if in_flight.len() >= window
-            && let Some(settlement) = in_flight.pop_front()
-        {
-            settle(settlement.await);
-        }
-        let m = fleet.next_message(now_epoch_ms() - age_ms);
-        match publisher.send(&m).await {
-            Ok(settlement) => in_flight.push_back(settlement),
-            Err(e) => {
-                failure = Some(e.to_string());
-                break;
-            }
-        }
-        sent += 1;
-        if let Err(e) = recorder.record(&m) {
-            failure = Some(e);
-            break;
-        }
-        progress.tick(sent, || format!("sent {sent}"));
+
+    async fn send(&mut self, m: &Message) -> Result<Sent<Settlement>, String> {
+        self.0
+            .send(m)
+            .await
+            .map(Sent::Out)
+            .map_err(|e| e.to_string())
     }
-    while let Some(settlement) = in_flight.pop_front() {
-        settle(settlement.await);
+
+    /// Only `Accepted` means the peer stored it.
+    fn settle(&mut self, outcome: Result<Outcome, SendError>) -> Result<Settled, String> {
+        Ok(match outcome {
+            Ok(Outcome::Accepted(_)) => Settled::Ok,
+            Ok(other) => Settled::Failed(format!("{other:?}")),
+            Err(e) => Settled::Failed(e.to_string()),
+        })
     }
-    publisher.close().await;
-    if let Err(e) = recorder.finish() {
-        failure.get_or_insert(e);
+
+    async fn close(self) -> Result<(), String> {
+        self.0.close().await;
+        Ok(())
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    eprintln!(
-        "simulate: sent {sent}, accepted {accepted}, not accepted {refused} in {elapsed:.1}s ({}/s)",
-        human(accepted as f64 / elapsed.max(1e-9))
-    );
-    if let Some(why) = first_refusal {
-        eprintln!("simulate: first message not accepted: {why}");
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    Ok(refused == 0 && accepted == sent)
 }

@@ -10,21 +10,20 @@
 //! Invariant: a message counts as sent only once the broker acknowledged
 //! it; the exit code is non-zero when any was not.
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use super::simulate::{ProgressLine, Recorder, SimulateArgs};
-use super::status::human;
+use super::publish_loop::{self, Sent, Settled, Target, Words};
+use super::simulate::SimulateArgs;
 use bytes::Bytes;
 use laneway::kafka::{headers_of, key_of};
-use laneway::message::{Extras, now_epoch_ms};
-use laneway::source::simulator::Fleet;
+use laneway::message::{Extras, Message};
 
 /// Produces; `Ok(false)` when some message was not acknowledged.
 pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
@@ -56,90 +55,65 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
             args.limit_words()
         );
     }
-    let mut recorder = Recorder::open(args.record.as_deref())?;
-    let mut fleet = Fleet::new(args.products, args.devices, args.seed);
-    let age_ms = args.age.as_millis() as i64;
-    let window = args.in_flight.max(1);
-    let mut in_flight: VecDeque<DeliveryFuture> = VecDeque::with_capacity(window);
-    let (mut produced, mut acked, mut failed) = (0u64, 0u64, 0u64);
-    let mut first_error = None;
-    let start = Instant::now();
-    let mut progress = ProgressLine::new(start, args.quiet);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut settle =
-        |result: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, _>| match result {
-            Ok(Ok(_)) => acked += 1,
-            Ok(Err((e, _))) => {
-                failed += 1;
-                first_error.get_or_insert_with(|| e.to_string());
-            }
-            Err(_) => {
-                failed += 1;
-                first_error.get_or_insert_with(|| "the producer went away".to_string());
-            }
-        };
-    loop {
-        if args.count.is_some_and(|n| produced >= n)
-            || args.duration.is_some_and(|d| start.elapsed() >= d)
-        {
-            break;
-        }
-        if let Some(wait) = args.wait_before_next(start, produced) {
-            tokio::select! {
-                _ = &mut ctrl_c => break,
-                _ = tokio::time::sleep(wait) => continue,
-            }
-        }
-        if in_flight.len() >= window
-            && let Some(future) = in_flight.pop_front()
-        {
-            settle(future.await);
-        }
-        let m = fleet.next_message(now_epoch_ms() - age_ms);
-        let key = key_of(&m);
-        let record = FutureRecord::to(&topic)
+    publish_loop::publish(&args, KafkaTarget { producer, topic }).await
+}
+
+/// The publish loop's Kafka side: one producer, one topic.
+struct KafkaTarget {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Target for KafkaTarget {
+    type Receipt = DeliveryFuture;
+
+    const WORDS: Words = Words::PRODUCED;
+
+    async fn send(&mut self, m: &Message) -> Result<Sent<DeliveryFuture>, String> {
+        let key = key_of(m);
+        let record = FutureRecord::to(&self.topic)
             .payload(m.payload().as_ref())
             .key(key.as_bytes())
-            .headers(headers_of(&m));
-        match producer.send_result(record) {
-            Ok(future) => in_flight.push_back(future),
-            Err((e, _)) => {
-                // A full local queue: wait for the oldest, then try again.
-                let Some(oldest) = in_flight.pop_front() else {
-                    return Err(format!("kafka produce: {e}"));
-                };
-                settle(oldest.await);
-                continue;
+            .headers(headers_of(m));
+        match self.producer.send_result(record) {
+            Ok(future) => Ok(Sent::Out(future)),
+            // The local queue fills while deliveries are out; with none
+            // out, nothing will drain it.
+            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Ok(Sent::QueueFull(Err(format!("kafka produce: {e}"))))
             }
+            Err((e, _)) => Err(format!("kafka produce: {e}")),
         }
-        produced += 1;
-        // Recorded with its key, as a Kafka source hands it on and the
-        // JSONL sink writes it.
-        recorder.record(&m.with_extras(Extras {
+    }
+
+    fn settle(&mut self, outcome: <DeliveryFuture as Future>::Output) -> Result<Settled, String> {
+        Ok(match outcome {
+            Ok(Ok(_)) => Settled::Ok,
+            Ok(Err((e, _))) => Settled::Failed(e.to_string()),
+            // The delivery's sender was dropped.
+            Err(_) => Settled::Failed("the producer went away".to_string()),
+        })
+    }
+
+    /// Recorded with its key, as a Kafka source hands it on and the JSONL
+    /// sink writes it.
+    fn recorded(&self, m: Message) -> Message {
+        let key = key_of(&m);
+        m.with_extras(Extras {
             key: Some(Bytes::from(key.into_bytes())),
             headers: Vec::new(),
-        }))?;
-        progress.tick(produced, || format!("produced {produced}"));
+        })
     }
-    while let Some(future) = in_flight.pop_front() {
-        settle(future.await);
+
+    async fn close(self) -> Result<(), String> {
+        let producer = self.producer;
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await;
+        match flushed {
+            Ok(Ok(())) => Ok(()),
+            _ => Err("kafka producer: flushing at the end failed".into()),
+        }
     }
-    let flushed =
-        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await;
-    recorder.finish()?;
-    let elapsed = start.elapsed().as_secs_f64();
-    eprintln!(
-        "simulate: produced {produced}, acknowledged {acked}, failed {failed} in {elapsed:.1}s ({}/s)",
-        human(acked as f64 / elapsed.max(1e-9))
-    );
-    if let Some(e) = first_error {
-        eprintln!("simulate: first failure: {e}");
-    }
-    if !matches!(flushed, Ok(Ok(()))) {
-        return Err("kafka producer: flushing at the end failed".into());
-    }
-    Ok(failed == 0 && acked == produced)
 }
 
 /// How long a metadata request or a topic creation may take.

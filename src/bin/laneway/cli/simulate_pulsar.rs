@@ -8,19 +8,16 @@
 //! Invariant: a message counts as sent only once the broker returned its
 //! receipt; the exit code is non-zero when any did not.
 
-use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::simulate::{ProgressLine, Recorder, SimulateArgs};
-use super::status::human;
-use laneway::message::{Message, now_epoch_ms};
+use pulsar::error::{ConnectionError, ProducerError};
+use pulsar::producer::SendFuture;
+
+use super::publish_loop::{self, Sent, Settled, Target, Words};
+use super::simulate::SimulateArgs;
+use laneway::message::Message;
 use laneway::pulsar::{GENERATE_TIME, MESSAGE_ID, TOPIC};
-use laneway::source::simulator::Fleet;
-
-/// A receipt on its way.
-type Receipt = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// How long connecting and creating the producer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,7 +58,7 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
             .await
             .map_err(|e| format!("pulsar {url}: creating a producer on {topic}: {e}"))
     };
-    let mut producer = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+    let producer = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| format!("pulsar {url}: no producer within {CONNECT_TIMEOUT:?}"))??;
     if !args.quiet {
@@ -72,90 +69,44 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
             args.limit_words()
         );
     }
-    let mut recorder = Recorder::open(args.record.as_deref())?;
-    let mut fleet = Fleet::new(args.products, args.devices, args.seed);
-    let age_ms = args.age.as_millis() as i64;
-    let window = args.in_flight.max(1);
-    let mut in_flight: VecDeque<Receipt> = VecDeque::with_capacity(window);
-    let (mut produced, mut acked, mut failed) = (0u64, 0u64, 0u64);
-    let mut first_error: Option<String> = None;
-    let mut failure: Option<String> = None;
-    let start = Instant::now();
-    let mut progress = ProgressLine::new(start, args.quiet);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut settle = |result: Result<(), String>| match result {
-        Ok(()) => acked += 1,
-        Err(e) => {
-            failed += 1;
-            first_error.get_or_insert(e);
-        }
-    };
-    loop {
-        if args.count.is_some_and(|n| produced >= n)
-            || args.duration.is_some_and(|d| start.elapsed() >= d)
-        {
-            break;
-        }
-        if let Some(wait) = args.wait_before_next(start, produced) {
-            tokio::select! {
-                _ = &mut ctrl_c => break,
-                _ = tokio::time::sleep(wait) => continue,
+    publish_loop::publish(&args, PulsarTarget { producer, url }).await
+}
+
+/// The publish loop's Pulsar side: one producer on one topic.
+struct PulsarTarget {
+    producer: pulsar::Producer<pulsar::TokioExecutor>,
+    /// The service URL, for errors.
+    url: String,
+}
+
+impl Target for PulsarTarget {
+    type Receipt = SendFuture;
+
+    const WORDS: Words = Words::PRODUCED;
+
+    async fn send(&mut self, m: &Message) -> Result<Sent<SendFuture>, String> {
+        match self.producer.send_non_blocking(pulsar_message(m)).await {
+            Ok(receipt) => Ok(Sent::Out(receipt)),
+            // The connection's outbound queue is full: wait for the oldest
+            // receipt (or a moment, when none is out) and send the same
+            // message again.
+            Err(pulsar::Error::Producer(ProducerError::Connection(ConnectionError::SlowDown))) => {
+                Ok(Sent::QueueFull(Ok(SLOW_DOWN_PAUSE)))
             }
+            Err(e) => Err(format!("pulsar {}: sending: {e}", self.url)),
         }
-        if in_flight.len() >= window
-            && let Some(receipt) = in_flight.pop_front()
-        {
-            settle(receipt.await);
-        }
-        let m = fleet.next_message(now_epoch_ms() - age_ms);
-        let sent = loop {
-            match producer.send_non_blocking(pulsar_message(&m)).await {
-                // The connection's outbound queue is full: wait for the
-                // oldest receipt (or a moment, when none is out) and send
-                // the same message again.
-                Err(pulsar::Error::Producer(pulsar::error::ProducerError::Connection(
-                    pulsar::error::ConnectionError::SlowDown,
-                ))) => match in_flight.pop_front() {
-                    Some(receipt) => settle(receipt.await),
-                    None => tokio::time::sleep(SLOW_DOWN_PAUSE).await,
-                },
-                other => break other,
-            }
-        };
-        match sent {
-            Ok(future) => in_flight.push_back(Box::pin(async move {
-                future.await.map(|_| ()).map_err(|e| e.to_string())
-            })),
-            Err(e) => {
-                failure = Some(format!("pulsar {url}: sending: {e}"));
-                break;
-            }
-        }
-        produced += 1;
-        if let Err(e) = recorder.record(&m) {
-            failure = Some(e);
-            break;
-        }
-        progress.tick(produced, || format!("produced {produced}"));
     }
-    while let Some(receipt) = in_flight.pop_front() {
-        settle(receipt.await);
+
+    fn settle(&mut self, outcome: <SendFuture as Future>::Output) -> Result<Settled, String> {
+        Ok(match outcome {
+            Ok(_) => Settled::Ok,
+            Err(e) => Settled::Failed(e.to_string()),
+        })
     }
-    let _ = producer.close().await;
-    if let Err(e) = recorder.finish() {
-        failure.get_or_insert(e);
+
+    /// Every receipt is in by now: a failed close loses nothing.
+    async fn close(mut self) -> Result<(), String> {
+        let _ = self.producer.close().await;
+        Ok(())
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    eprintln!(
-        "simulate: produced {produced}, acknowledged {acked}, failed {failed} in {elapsed:.1}s ({}/s)",
-        human(acked as f64 / elapsed.max(1e-9))
-    );
-    if let Some(e) = first_error {
-        eprintln!("simulate: first failure: {e}");
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    Ok(failed == 0 && acked == produced)
 }
