@@ -27,9 +27,12 @@
 //! - [`message`]: the message type, its kind, topics, the JSONL envelope.
 //! - [`source`]: the [`Source`](source::Source) trait, what sources push
 //!   into ([`Ingest`](source::Ingest)), the ack state each keeps
-//!   ([`Positions`](source::Positions)), and how an adapter's config
-//!   entry is checked and built ([`SourceAdapter`](source::SourceAdapter));
-//!   the JSONL and simulator sources.
+//!   ([`Positions`](source::Positions)), the toolkit a broker source is
+//!   built on (the reconnect driver, [`source::sessions`], and the
+//!   receive-and-settle loop, [`source::settle_loop`]), and how an
+//!   adapter's config entry is checked and built
+//!   ([`SourceAdapter`](source::SourceAdapter)); the JSONL and simulator
+//!   sources.
 //! - [`backlog`]: the [`BacklogStore`](backlog::BacklogStore) trait; the
 //!   memory and the durable disk store.
 //! - [`sink`]: the [`Sink`](sink::Sink) trait and

@@ -5,6 +5,6 @@ pub mod disk;
 mod memory;
 mod store;
 
-pub use disk::{DiskBacklog, DiskBacklogConfig, DiskConfigError, RecoveryReport, WhenFull};
+pub use disk::{DiskBacklog, DiskBacklogConfig, RecoveryReport, WhenFull};
 pub use memory::{MemoryBacklog, MemoryLimits};
 pub use store::{BacklogDepth, BacklogError, BacklogRecord, BacklogStore, RecordId, StoredRecord};

@@ -334,10 +334,13 @@ impl FileConfig {
                 }
                 BacklogSpec::Disk(d) => {
                     d.validate().map_err(|e| {
-                        at(
-                            &nested("backlog", e.knob),
-                            format!("group {:?}: {e}", g.name),
-                        )
+                        let path = [
+                            group[0],
+                            group[1],
+                            Step::Key("backlog"),
+                            Step::Key(e.knob()),
+                        ];
+                        at(&path, format!("group {:?}: {e}", g.name))
                     })?;
                     if d.max_payload_bytes() < config.max_message_bytes {
                         return Err(at(

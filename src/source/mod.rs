@@ -1,12 +1,15 @@
 //! Where messages come from: the [`Source`] trait and the sources laneway
 //! ships (the device simulator, JSONL files and stdin).
 //!
-//! A source reads batches, registers each with its own
-//! [`AckTracker`](crate::ack::AckTracker) when its origin wants acks, and hands
-//! them to [`Ingest::submit`]. It stops reading
+//! A source reads batches, registers each with its [`Positions`] when its
+//! origin wants acks, and hands them to [`Ingest::submit`]. It stops reading
 //! when `stop` is raised, and settles its last acks once `drained` is raised
 //! (every group has finished with what it submitted). A JSONL file source
 //! keeps a [`checkpoint`] of how far it is done, so a restart resumes there.
+//! A broker source is built on the toolkit here: [`sessions`] (connect,
+//! serve, wait the backoff, until stopped) and [`settle_loop`] (one
+//! session's receive, hand in, acknowledge, give back), and its config
+//! table is a [`SourceAdapter`].
 
 mod adapter;
 pub mod checkpoint;

@@ -6,6 +6,8 @@
 //! whether retrying can help ([`Failure`]): refused credentials, a missing
 //! virtual host and a host name that does not resolve are fatal.
 
+use std::time::Duration;
+
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 
 use crate::broker_url::BrokerUrl;
@@ -160,6 +162,10 @@ impl AmqpError {
     }
 }
 
+/// How long one connection attempt (TCP, the AMQP handshake, the login)
+/// may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Opens one connection. `name` shows in the broker's management UI.
 ///
 /// The host name is resolved first, so that a name that does not resolve
@@ -175,9 +181,17 @@ pub async fn connect(url: &BrokerUrl, name: &str) -> Result<Connection, AmqpErro
         ));
     }
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url.secret(), props)
-        .await
-        .map_err(|e| AmqpError::classify(url, "connecting", &e, true))
+    // Bounded: a broker that accepts the TCP connection but never answers
+    // the handshake (one shutting down or starting up) must cost one
+    // attempt, not the source.
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url.secret(), props)).await {
+        Ok(connected) => connected.map_err(|e| AmqpError::classify(url, "connecting", &e, true)),
+        Err(_) => Err(AmqpError::new(
+            url,
+            "connecting",
+            format!("no answer to the handshake within {CONNECT_TIMEOUT:?}"),
+        )),
+    }
 }
 
 /// One connection attempt, its failure classed for the reconnect driver

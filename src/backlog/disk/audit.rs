@@ -108,6 +108,20 @@ pub struct Damage {
     pub problem: String,
 }
 
+impl Damage {
+    /// Damage that makes the whole file `len` bytes long what it is (a
+    /// copy, an interrupted creation, an old delivered segment).
+    fn whole_file(segment: String, len: u64, kind: DamageKind, problem: String) -> Damage {
+        Damage {
+            segment,
+            offset: 0,
+            len,
+            kind,
+            problem,
+        }
+    }
+}
+
 /// Everything one pass over a backlog directory found.
 #[derive(Debug, Default)]
 pub struct Audit {
@@ -248,16 +262,15 @@ pub fn audit(
         let header_first = match &reader.header {
             Ok(h) => {
                 if h.first_id <= max_id {
-                    out.damage.push(Damage {
-                        segment: name.clone(),
-                        offset: 0,
-                        len: reader.limit(),
-                        kind: DamageKind::Duplicate,
-                        problem: format!(
+                    out.damage.push(Damage::whole_file(
+                        name.clone(),
+                        reader.limit(),
+                        DamageKind::Duplicate,
+                        format!(
                             "its ids start at {} but an earlier segment already holds ids up to {max_id} (a copied or restored file?)",
                             h.first_id
                         ),
-                    });
+                    ));
                     out.duplicates.push(path);
                     continue;
                 }
@@ -272,13 +285,12 @@ pub fn audit(
             }
             Err(e) => {
                 if last && reader.limit() <= SEGMENT_HEADER_LEN {
-                    out.damage.push(Damage {
-                        segment: name,
-                        offset: 0,
-                        len: reader.limit(),
-                        kind: DamageKind::Interrupted,
-                        problem: "the segment's creation was cut short (no header)".into(),
-                    });
+                    out.damage.push(Damage::whole_file(
+                        name,
+                        reader.limit(),
+                        DamageKind::Interrupted,
+                        "the segment's creation was cut short (no header)".into(),
+                    ));
                     out.interrupted = Some(path);
                     out.segment_files -= 1;
                     continue;
@@ -464,30 +476,28 @@ fn judge_by_content(
         let (header, size) = read_header(fs, &path)?;
         match header {
             Ok(h) if h.seq != seq && names.contains(&h.seq) => {
-                out.damage.push(Damage {
-                    segment: path.display().to_string(),
-                    offset: 0,
-                    len: size,
-                    kind: DamageKind::Duplicate,
-                    problem: format!(
+                out.damage.push(Damage::whole_file(
+                    path.display().to_string(),
+                    size,
+                    DamageKind::Duplicate,
+                    format!(
                         "its header says it is segment {} (first id {}), which is present under its own name: a copy",
                         h.seq, h.first_id
                     ),
-                });
+                ));
                 out.duplicates.push(path);
             }
             Ok(h) if head.is_some_and(|head| h.first_id < head) => {
-                out.damage.push(Damage {
-                    segment: path.display().to_string(),
-                    offset: 0,
-                    len: size,
-                    kind: DamageKind::Delivered,
-                    problem: format!(
+                out.damage.push(Damage::whole_file(
+                    path.display().to_string(),
+                    size,
+                    DamageKind::Delivered,
+                    format!(
                         "its ids start at {}, below the ledger's head {}: an old segment whose records were all delivered, restored (set aside, nothing owed)",
                         h.first_id,
                         head.unwrap_or_default()
                     ),
-                });
+                ));
                 out.delivered.push(path);
             }
             _ => kept.push((seq, path)),

@@ -44,6 +44,7 @@ use tokio::sync::oneshot;
 
 use super::{BacklogDepth, BacklogError, BacklogRecord, BacklogStore, RecordId, StoredRecord};
 pub use crate::filesystem::{Filesystem, RealFilesystem, SegmentFile};
+use crate::knob::KnobError;
 use crate::message::now_epoch_ms;
 pub use audit::{Damage, DamageKind, LedgerState};
 pub use inspect::{
@@ -132,8 +133,13 @@ impl DiskBacklogConfig {
     }
 
     /// Checks the knobs; the error names the knob and its bad value.
-    pub fn validate(&self) -> Result<(), DiskConfigError> {
-        let bad = |knob, value: String, rule: String| Err(DiskConfigError { knob, value, rule });
+    pub fn validate(&self) -> Result<(), KnobError> {
+        let bad = |knob, value: String, rule: String| {
+            Err(KnobError::said(
+                knob,
+                format!("backlog.{knob} {rule} (it is {value})"),
+            ))
+        };
         if self.segment_bytes < MIN_SEGMENT_BYTES || self.segment_bytes > u32::MAX as u64 {
             let rule = format!("must be between {MIN_SEGMENT_BYTES} and {}", u32::MAX);
             return bad("segment_bytes", self.segment_bytes.to_string(), rule);
@@ -159,18 +165,6 @@ impl DiskBacklogConfig {
         self.max_body()
             .saturating_sub(format::BODY_FIXED_LEN + crate::message::MAX_TOPIC_LEN + 1024)
     }
-}
-
-/// A disk backlog knob whose value cannot work.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("backlog.{knob} {rule} (it is {value})")]
-pub struct DiskConfigError {
-    /// The knob, as [`DiskBacklogConfig`]'s field (and the config key) is named.
-    pub knob: &'static str,
-    /// The bad value.
-    pub value: String,
-    /// What the value must be.
-    pub rule: String,
 }
 
 /// The durable disk backlog store (see the module documentation).
