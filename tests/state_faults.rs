@@ -15,14 +15,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use support::disk::{assert_same, drain, rt, sent};
 
 use laneway::backlog::disk::{Filesystem, RealFilesystem, SegmentFile};
-use laneway::backlog::{
-    BacklogError, BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, StoredRecord,
-};
+use laneway::backlog::{BacklogError, BacklogStore, DiskBacklog, DiskBacklogConfig};
 use laneway::engine::{DeadLetter, DeadLetters};
 use laneway::engine::{Engine, GroupConfig};
-use laneway::message::{Message, now_epoch_ms};
+use laneway::message::now_epoch_ms;
 use laneway::source::LanePolicy;
 use laneway::source::jsonl::{JsonlInput, JsonlSource};
 use parking_lot::Mutex;
@@ -227,21 +226,6 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 // ---- the disk backlog: recovery, the reader, the ledger ----
 
-fn sent(i: u64) -> BacklogRecord {
-    let payload: Vec<u8> = (0..(i % 29) * 7 + 1)
-        .map(|k| (k as u8) ^ (i as u8).rotate_left(3))
-        .collect();
-    BacklogRecord::fresh(
-        Message::new(
-            format!("/pk/dn{}/thing/event/property/post", i % 5),
-            format!("m{i}"),
-            1_700_000_000_000 + i as i64,
-            payload,
-        )
-        .unwrap(),
-    )
-}
-
 /// Small segments (several for a few dozen records), commits at once.
 fn config() -> DiskBacklogConfig {
     DiskBacklogConfig {
@@ -249,46 +233,6 @@ fn config() -> DiskBacklogConfig {
         commit_interval: Duration::ZERO,
         ledger_interval: Duration::from_millis(5),
         ..DiskBacklogConfig::default()
-    }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn drain(store: &DiskBacklog) -> Vec<StoredRecord> {
-    let mut out = Vec::new();
-    loop {
-        let got = store.take_ready(1000, 0).await.unwrap();
-        if got.is_empty() {
-            return out;
-        }
-        let ids: Vec<_> = got.iter().map(|r| r.id).collect();
-        store.release(&ids).await.unwrap();
-        out.extend(got);
-    }
-}
-
-/// Every record of `got` is the record sent under the message id it
-/// carries, byte for byte, and the ids come in `expect` order.
-fn assert_same(got: &[StoredRecord], expect: &[u64]) {
-    let ids: Vec<String> = got
-        .iter()
-        .map(|r| r.record.message.message_id().to_string())
-        .collect();
-    let want: Vec<String> = expect.iter().map(|i| format!("m{i}")).collect();
-    assert_eq!(ids, want);
-    for (r, i) in got.iter().zip(expect) {
-        let w = sent(*i).message;
-        let m = &r.record.message;
-        assert_eq!(
-            (m.topic(), m.generate_time_ms(), m.payload()),
-            (w.topic(), w.generate_time_ms(), w.payload()),
-            "record m{i}"
-        );
     }
 }
 

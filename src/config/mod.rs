@@ -291,8 +291,12 @@ impl FileConfig {
         for (i, spec) in config.groups.iter().enumerate() {
             let group = [Step::Key("groups"), Step::Index(i)];
             let knob = |key: &'static str| [group[0], group[1], Step::Key(key)];
-            let nested = |table: &'static str, key: &'static str| {
-                [group[0], group[1], Step::Key(table), Step::Key(key)]
+            // At `key` of the group's `table` (`backlog`, `sink`).
+            let at_in = |table: &'static str, key: &str, message: String| {
+                at(
+                    &[group[0], group[1], Step::Key(table), Step::Key(key)],
+                    message,
+                )
             };
             let g = spec.group_config();
             g.validate()
@@ -310,8 +314,9 @@ impl FileConfig {
                 } => {
                     for (key, value) in [("max_records", max_records), ("max_bytes", max_bytes)] {
                         if *value == 0 {
-                            return Err(at(
-                                &nested("backlog", key),
+                            return Err(at_in(
+                                "backlog",
+                                key,
                                 format!(
                                     "group {:?}: backlog.{key} must be at least 1 (it is 0; a memory backlog that can hold nothing would stop the group at its first diverted message)",
                                     g.name
@@ -323,28 +328,21 @@ impl FileConfig {
                 #[cfg(feature = "amqp")]
                 BacklogSpec::Amqp(b) => {
                     b.check(&g.name).map_err(|e| {
-                        let path = [
-                            group[0],
-                            group[1],
-                            Step::Key("backlog"),
-                            Step::Key(e.knob()),
-                        ];
-                        at(&path, format!("group {:?}: amqp backlog: {e}", g.name))
+                        at_in(
+                            "backlog",
+                            e.knob(),
+                            format!("group {:?}: amqp backlog: {e}", g.name),
+                        )
                     })?;
                 }
                 BacklogSpec::Disk(d) => {
                     d.validate().map_err(|e| {
-                        let path = [
-                            group[0],
-                            group[1],
-                            Step::Key("backlog"),
-                            Step::Key(e.knob()),
-                        ];
-                        at(&path, format!("group {:?}: {e}", g.name))
+                        at_in("backlog", e.knob(), format!("group {:?}: {e}", g.name))
                     })?;
                     if d.max_payload_bytes() < config.max_message_bytes {
-                        return Err(at(
-                            &nested("backlog", "segment_bytes"),
+                        return Err(at_in(
+                            "backlog",
+                            "segment_bytes",
                             format!(
                                 "group {:?}: backlog.segment_bytes ({}) is too small for max_message_bytes ({}): a record never spans two segments",
                                 g.name, d.segment_bytes, config.max_message_bytes
@@ -359,9 +357,12 @@ impl FileConfig {
             // An adapter this build lacks was refused above.
             if let Ok(Some(adapter)) = spec.sink.adapter() {
                 adapter.check().map_err(|e| {
-                    let path = [group[0], group[1], Step::Key("sink"), Step::Key(e.knob())];
                     let sink = spec.sink.type_name();
-                    at(&path, format!("group {:?}: {sink} sink: {e}", g.name))
+                    at_in(
+                        "sink",
+                        e.knob(),
+                        format!("group {:?}: {sink} sink: {e}", g.name),
+                    )
                 })?;
             }
         }

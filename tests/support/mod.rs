@@ -18,6 +18,7 @@
 
 pub mod backlog_files;
 pub mod broker;
+pub mod disk;
 pub mod engine;
 #[cfg(feature = "kafka")]
 pub mod kafka;
