@@ -4,7 +4,7 @@
 //! Invariants:
 //! - a message is **accepted** only once the engine is done with it
 //!   (delivered by every group, or durably held by every group's backlog,
-//!   or durably a dead letter): acceptance follows the [`Positions`]'s
+//!   or durably a dead letter): acceptance follows the [`Positions`](crate::source::Positions)'s
 //!   contiguous watermark over received batches;
 //! - link credit is the window: the peer may have at most `credit`
 //!   messages out that are not accepted, since credit is given back only as

@@ -135,7 +135,7 @@ pub async fn run_sessions<S: Sessions>(
 /// What a wait follows: a session that was lost, or the `n`th failed
 /// attempt in a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lost {
+enum Lost {
     /// A session ended, for this reason.
     Session(String),
     /// A connection attempt failed, for this reason; the count of failed
@@ -147,7 +147,7 @@ pub enum Lost {
 /// source, why, and when the next attempt starts), shows it on the status
 /// line, and sleeps `wait`. False when `stop` was raised meanwhile (or
 /// before): the source ends instead of reconnecting.
-pub async fn wait_to_reconnect(
+async fn wait_to_reconnect(
     wait: Duration,
     next: Duration,
     driver: Driver<'_>,
