@@ -16,7 +16,12 @@
 #![cfg(feature = "amqp1")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod records;
+    pub mod tls;
+}
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,7 +8,14 @@
 #![cfg(all(feature = "amqp", feature = "amqp1", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod process;
+    pub mod records;
+}
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,8 +23,8 @@ use std::time::Duration;
 
 use lapin::types::FieldTable;
 use support::broker::*;
+use support::names::unique;
 use support::process::wait_or_kill;
-use support::unique;
 
 fn laneway_run(dir: &Path, config: &str, extra: &[&str]) -> (Option<i32>, String) {
     std::fs::write(dir.join("l.toml"), config).unwrap();

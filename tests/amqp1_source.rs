@@ -19,7 +19,15 @@
 #![cfg(all(feature = "amqp", feature = "amqp1", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod process;
+    pub mod records;
+    pub mod wait;
+}
 
 use std::path::Path;
 use std::process::Command;
@@ -33,9 +41,9 @@ use laneway::sink::{BatchError, Delivery, Sink};
 use laneway::source::LanePolicy;
 use lapin::types::FieldTable;
 use support::broker::*;
+use support::names::unique;
 use support::process::{Watched, wait_or_kill};
 use support::records::{self, Copies, Record, assert_delivered};
-use support::unique;
 use support::wait::{eventually, poll_until};
 
 /// The tests of this file run one at a time: run side by side in one

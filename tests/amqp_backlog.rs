@@ -14,7 +14,13 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod records;
+}
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -25,7 +31,7 @@ use laneway::backlog::{BacklogError, BacklogRecord, BacklogStore, StoredRecord};
 use laneway::message::Message;
 
 use support::broker::broker_lock;
-use support::unique;
+use support::names::unique;
 
 fn config(queue: &str, max_records: Option<u64>) -> AmqpBacklogConfig {
     AmqpBacklogConfig {

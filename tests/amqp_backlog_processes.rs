@@ -23,7 +23,14 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod process;
+    pub mod records;
+}
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -32,9 +39,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::broker::broker_lock;
+use support::names::unique;
 use support::process::{Watched, laneway_run};
 use support::records::{Copies, assert_delivered, json_records, records_in_jsonl};
-use support::unique;
 
 const N: u64 = 6_000;
 const SLOTS: usize = 2;

@@ -18,7 +18,14 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod records;
+    pub mod wait;
+}
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +36,8 @@ use laneway::sink::{BatchError, Delivery, Sink};
 use laneway::source::LanePolicy;
 use parking_lot::Mutex;
 use support::broker::*;
+use support::names::unique;
 use support::records::{Copies, Record, assert_delivered};
-use support::unique;
 use support::wait::eventually;
 
 const PILE: u64 = if cfg!(debug_assertions) {

@@ -7,7 +7,13 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod records;
+}
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +26,8 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
 use support::broker::*;
+use support::names::unique;
 use support::records::{self, Copies, Record, assert_delivered};
-use support::unique;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_become_dead_letters_with_reasons_and_the_rest_flows() {

@@ -11,7 +11,14 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod records;
+    pub mod wait;
+}
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -24,8 +31,8 @@ use laneway::sink::{Delivery, handler_fn};
 use laneway::source::LanePolicy;
 use parking_lot::Mutex;
 use support::broker::*;
+use support::names::unique;
 use support::records::{Copies, Record, assert_delivered};
-use support::unique;
 use support::wait::eventually;
 
 const COUNT: u64 = 30_000;

@@ -5,13 +5,19 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod records;
+}
 
 use std::process::Command;
 
 use support::broker::*;
+use support::names::unique;
 use support::records::{self, Copies, assert_delivered};
-use support::unique;
 
 const COUNT: u64 = 100_000;
 

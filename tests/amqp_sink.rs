@@ -11,7 +11,14 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod records;
+    pub mod wait;
+}
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -26,8 +33,8 @@ use lapin::options::BasicConsumeOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
 use support::broker::*;
+use support::names::unique;
 use support::records::{Copies, Record, assert_delivered};
-use support::unique;
 use support::wait::eventually;
 
 const MAX_LENGTH: i64 = 100;

@@ -14,7 +14,16 @@
 // Both helper modules include the shared record checks (`records.rs`);
 // this test uses `common`'s, with its recording sink.
 #[allow(clippy::duplicate_mod)]
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod engine;
+    pub mod names;
+    pub mod process;
+    pub mod records;
+    pub mod wait;
+}
 
 use std::path::Path;
 use std::process::Command;
@@ -133,7 +142,7 @@ async fn fresh_records_behind_a_stale_stream_pile_go_first_and_the_pile_drains_w
     const PILE: u64 = 200_000;
     const FRESH: u64 = 1_000;
     let _lock = support::broker::broker_lock(false);
-    let stream = support::unique("stream-pile");
+    let stream = support::names::unique("stream-pile");
     let tmp = tempfile::tempdir().unwrap();
     let offset_file = tmp.path().join("stream.offset");
     let conn = support::broker::connection().await;
@@ -230,7 +239,7 @@ async fn fresh_records_behind_a_stale_stream_pile_go_first_and_the_pile_drains_w
 async fn without_catch_up_a_pile_with_no_live_traffic_drains_through_the_backlog() {
     const PILE: u64 = 20_000;
     let _lock = support::broker::broker_lock(false);
-    let stream = support::unique("stream-no-split");
+    let stream = support::names::unique("stream-no-split");
     let tmp = tempfile::tempdir().unwrap();
     let offset_file = tmp.path().join("stream.offset");
     let conn = support::broker::connection().await;
@@ -304,7 +313,7 @@ async fn a_dropped_connection_and_a_restart_mid_catch_up_lose_nothing() {
     const FRESH: u64 = 500;
     const PREFETCH: u16 = 500;
     let _lock = support::broker::broker_lock(false);
-    let stream = support::unique("stream-restart");
+    let stream = support::names::unique("stream-restart");
     let tmp = tempfile::tempdir().unwrap();
     let offset_file = tmp.path().join("stream.offset");
     let backlog_dir = tmp.path().join("backlog");
@@ -421,7 +430,7 @@ async fn sigkill_mid_catch_up_replays_from_the_stored_offset_and_loses_nothing()
     const PILE: u64 = 30_000;
     const DOWN: u64 = 500;
     let _lock = support::broker::broker_lock(false);
-    let stream = support::unique("stream-sigkill");
+    let stream = support::names::unique("stream-sigkill");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let offset_file = tmp.path().join("stream.offset");

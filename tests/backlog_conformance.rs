@@ -22,7 +22,13 @@ use laneway::backlog::{
 };
 use laneway::message::Message;
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod records;
+}
 
 /// What a store holds for a whole test: the broker lock for the broker
 /// store; nothing can be held without the `amqp` feature.

@@ -24,7 +24,11 @@ use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConf
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod records;
+}
 use support::records::{Copies, Record, assert_delivered, numbered};
 
 /// Set in the child's environment to `DIR FIRST_ID SEED`.

@@ -13,7 +13,11 @@ use laneway::backlog::disk::{DamageKind, LedgerState, verify_dir};
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};
 use laneway::message::Message;
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod backlog_files;
+}
 use support::backlog_files::{frames, segments};
 
 /// Record `i` as sent: its topic, id, time and payload all depend on `i`,

@@ -10,7 +10,12 @@ use std::time::Duration;
 use laneway::backlog::disk::verify_dir;
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod backlog_files;
+    pub mod records;
+}
 use support::backlog_files::{frames, segments};
 use support::records::{Copies, Record, assert_delivered};
 

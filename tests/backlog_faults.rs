@@ -6,7 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod disk;
+    pub mod wait;
+}
 
 use std::collections::VecDeque;
 use std::io;

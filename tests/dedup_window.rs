@@ -10,7 +10,14 @@
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    #[cfg(feature = "kafka")]
+    pub mod kafka;
+    pub mod process;
+    pub mod records;
+}
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod engine;
+    pub mod records;
+    pub mod wait;
+}
 
 use std::io::Write;
 use std::time::Duration;

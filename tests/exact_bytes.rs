@@ -10,7 +10,16 @@
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod process;
+    #[cfg(feature = "pulsar")]
+    pub mod pulsar;
+    pub mod records;
+}
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,9 +33,9 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use simd_json::prelude::*;
 use support::broker::*;
+use support::names::unique;
 use support::process::wait_or_kill;
 use support::records::{self, Copies, Record, assert_delivered, envelope_record};
-use support::unique;
 
 const HANG: Duration = Duration::from_secs(180);
 

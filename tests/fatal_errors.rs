@@ -10,14 +10,21 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod process;
+    pub mod records;
+}
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 use support::broker::{host_port, rabbitmqctl};
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
+use support::names::unique;
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 use support::process::stderr_lines;
 use support::process::wait_or_kill;
-#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-use support::unique;
 
 /// How long a run may take before the test calls it hung.
 const HANG: Duration = Duration::from_secs(90);

@@ -6,7 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod process;
+    pub mod records;
+}
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

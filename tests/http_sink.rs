@@ -13,7 +13,15 @@
 #![cfg(feature = "http")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod engine;
+    pub mod process;
+    pub mod records;
+    pub mod tls;
+    pub mod wait;
+}
 
 use std::net::SocketAddr;
 use std::path::Path;

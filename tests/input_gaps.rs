@@ -12,7 +12,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod process;
+}
 use support::process::wait_or_kill;
 
 const HANG: Duration = Duration::from_secs(120);

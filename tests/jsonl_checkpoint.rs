@@ -11,7 +11,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod process;
+}
 
 use std::collections::HashMap;
 use std::io::Write;

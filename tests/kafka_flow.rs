@@ -6,7 +6,15 @@
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod engine;
+    #[cfg(feature = "kafka")]
+    pub mod kafka;
+    pub mod records;
+    pub mod wait;
+}
 
 use std::sync::Arc;
 use std::time::Duration;

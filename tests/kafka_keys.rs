@@ -10,7 +10,17 @@
 #![cfg(all(feature = "kafka", feature = "amqp", feature = "rabbitmq-tests"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod engine;
+    #[cfg(feature = "kafka")]
+    pub mod kafka;
+    pub mod names;
+    pub mod records;
+    pub mod wait;
+}
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -217,7 +227,7 @@ async fn keys_and_headers_survive_live_catch_up_and_both_backlog_stores() {
     let disk: Arc<dyn BacklogStore> = Arc::new(
         DiskBacklog::open(&dir.path().join("disk"), DiskBacklogConfig::default()).unwrap(),
     );
-    let queue = support::unique("kafka-keys");
+    let queue = support::names::unique("kafka-keys");
     let broker: Arc<dyn BacklogStore> = Arc::new(
         AmqpBacklog::open(
             AmqpBacklogConfig {

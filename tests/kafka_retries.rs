@@ -10,7 +10,11 @@
 #![cfg(all(feature = "kafka", feature = "admin"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod process;
+}
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -9,7 +9,11 @@
 #![cfg(feature = "admin")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod process;
+}
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};

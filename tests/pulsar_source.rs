@@ -19,16 +19,26 @@
 #![cfg(feature = "pulsar")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod engine;
+    pub mod names;
+    pub mod process;
+    #[cfg(feature = "pulsar")]
+    pub mod pulsar;
+    pub mod records;
+    pub mod wait;
+}
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use support::names::unique;
 use support::process::{Watched, wait_or_kill};
 use support::pulsar::{FrameProxy, Outgoing, PulsarLite, platform_message, producer, send_all};
 use support::records::{self, Copies, Record, assert_delivered, lines_in};
-use support::unique;
 use support::wait::poll_until;
 
 /// Records as the platform sends them over a plain topic: the three

@@ -18,7 +18,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod process;
+    pub mod records;
+}
 
 use std::collections::HashSet;
 use std::io::Write;

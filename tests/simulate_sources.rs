@@ -10,7 +10,16 @@
 #![cfg(any(feature = "amqp1", feature = "kafka", feature = "pulsar"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod broker;
+    pub mod names;
+    pub mod process;
+    #[cfg(feature = "pulsar")]
+    pub mod pulsar;
+    pub mod records;
+}
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -18,14 +27,14 @@ use std::time::Duration;
 
 #[cfg(all(feature = "amqp1", feature = "rabbitmq-tests"))]
 use support::broker::rabbitmqctl;
+#[cfg(any(all(feature = "amqp1", feature = "rabbitmq-tests"), feature = "pulsar"))]
+use support::names::unique;
 #[cfg(feature = "kafka")]
 use support::process::Watched;
 use support::process::wait_or_kill;
 #[cfg(feature = "pulsar")]
 use support::pulsar::{FrameProxy, PulsarLite};
 use support::records::{Copies, assert_delivered, records_in_jsonl};
-#[cfg(any(all(feature = "amqp1", feature = "rabbitmq-tests"), feature = "pulsar"))]
-use support::unique;
 
 const COUNT: u64 = 2_000;
 

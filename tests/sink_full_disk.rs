@@ -12,7 +12,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod process;
+    pub mod records;
+}
 use support::process::Watched;
 use support::records::{Copies, Record, assert_delivered, json_records};
 

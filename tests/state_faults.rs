@@ -8,7 +8,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod disk;
+    pub mod engine;
+    pub mod records;
+}
 
 use std::io;
 use std::io::Write;

@@ -18,7 +18,13 @@ use std::time::Duration;
 
 use laneway::backlog::BacklogStore;
 
-mod support;
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod process;
+    pub mod records;
+    pub mod wait;
+}
 use support::process::{open_backlog_when_free, wait_or_kill};
 use support::records::{
     Copies, Record, assert_delivered, json_records, lines_in, records_in_jsonl,

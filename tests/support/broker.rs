@@ -5,7 +5,7 @@
 //! helpers.
 //!
 //! Every test uses its own queue and exchange names (see
-//! [`super::unique`]), so tests sharing one broker never see each other's
+//! [`super::names::unique`]), so tests sharing one broker never see each other's
 //! messages. The broker-restart test takes [`broker_lock`] exclusively;
 //! every other RabbitMQ test takes it shared, so a restart never happens
 //! under them.
@@ -106,7 +106,7 @@ pub async fn publish1(queue: &str, sent: &[Record]) {
     use fe2o3_amqp::types::messaging::{ApplicationProperties, Header, Message, Outcome};
     let (username, password) = login();
     let mut connection = fe2o3_amqp::Connection::builder()
-        .container_id(super::unique("amqp1-publisher"))
+        .container_id(super::names::unique("amqp1-publisher"))
         .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain { username, password })
         .open(format!("amqp://{}", host_port()).as_str())
         .await

@@ -1,5 +1,17 @@
-//! The one support tree of the integration tests (and the benches): each
-//! test file declares `mod support;` and uses what it needs.
+//! The one support tree of the integration tests (and the benches). A
+//! test file declares the part it uses, so that no test binary compiles
+//! helpers it does not need:
+//!
+//! ```ignore
+//! #[path = "support"]
+//! #[allow(dead_code)]
+//! mod support {
+//!     pub mod records;
+//!     pub mod wait;
+//! }
+//! ```
+//!
+//! The benches take the whole tree through this file.
 //!
 //! - [`records`]: what was sent and what came out, compared byte for byte;
 //! - [`engine`]: a recording sink and an engine run in the background;
@@ -10,10 +22,12 @@
 //! - [`kafka`], [`pulsar`]: the Kafka mock cluster and the Pulsar peer,
 //!   with their features;
 //! - [`tls`]: a TLS server config for `localhost` signed by a test CA;
-//! - [`backlog_files`]: a backlog directory read by its documented format.
+//! - [`backlog_files`]: a backlog directory read by its documented format;
+//! - [`disk`]: the disk backlog as the fault tests drive it;
+//! - [`names`]: names no other test uses.
 
-// Every test binary compiles the whole tree and uses only part of it, so
-// what one binary leaves unused is no dead code.
+// The benches compile the whole tree and use only part of it, so what
+// they leave unused is no dead code.
 #![allow(dead_code)]
 
 pub mod backlog_files;
@@ -22,18 +36,10 @@ pub mod disk;
 pub mod engine;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod names;
 pub mod process;
 #[cfg(feature = "pulsar")]
 pub mod pulsar;
 pub mod records;
 pub mod tls;
 pub mod wait;
-
-/// A name no other test (or run) uses, for a queue, exchange, stream,
-/// topic, user or vhost: the tag, this process and the current time.
-pub fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("laneway-test.{tag}.{}.{nanos}", std::process::id())
-}
