@@ -107,5 +107,5 @@ pub mod fuzzing {
     };
     pub use crate::backlog::disk::{DiskBacklogConfig, verify_dir};
     pub use crate::config::FileConfig;
-    pub use crate::message::{classify, parse_envelope, write_envelope};
+    pub use crate::message::{classify, parse_envelope, write_delivery_envelope, write_envelope};
 }

@@ -681,6 +681,7 @@ fn deliveries(records: &[Record]) -> Vec<Delivery> {
             message: r.message(),
             attempts: 0,
             lane: Lane::Live,
+            superseded: false,
         })
         .collect()
 }

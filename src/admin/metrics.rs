@@ -274,6 +274,27 @@ impl prometheus_client::collector::Collector for EngineCollector {
         )?;
         family(
             e,
+            "laneway_group_slots_limit",
+            "Deliveries allowed in flight now: slots, or with slots = \"auto\" the adaptive limit.",
+            Gauge,
+            by_group(|g| gi(g.slots_limit)),
+        )?;
+        family(
+            e,
+            "laneway_group_superseded_skipped",
+            "Messages superseded by a newer delivered one of the same device and kind, acknowledged without delivery (skip_superseded).",
+            Counter,
+            count_by_group(|g| g.superseded_skipped),
+        )?;
+        family(
+            e,
+            "laneway_group_superseded_delivered",
+            "Messages delivered with their superseded flag set.",
+            Counter,
+            count_by_group(|g| g.superseded_delivered),
+        )?;
+        family(
+            e,
             "laneway_group_slots_busy",
             "Delivery slots busy now.",
             Gauge,

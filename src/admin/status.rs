@@ -155,8 +155,17 @@ pub struct GroupStatus {
     pub duplicates: u64,
     /// Live latency over the last interval (ms).
     pub live_latency_ms: LatencySummary,
-    /// Delivery slots, and those busy now.
+    /// Messages skipped as superseded (`skip_superseded`), and those
+    /// delivered with the flag.
+    pub superseded_skipped: u64,
+    /// Messages delivered with their `superseded` flag set.
+    pub superseded_delivered: u64,
+    /// Delivery slots (with `slots = "auto"`, `max_slots`).
     pub slots: u64,
+    /// Deliveries allowed in flight now: `slots`, or the adaptive limit.
+    pub slots_limit: u64,
+    /// Whether the limit follows the sink (`slots = "auto"`).
+    pub slots_adaptive: bool,
     /// Slots delivering now.
     pub slots_busy: u64,
 }
@@ -417,7 +426,11 @@ impl Tracker {
                     dead_letter_rate: rate(m1, |g| g.dead_letter),
                     duplicates: g.duplicates,
                     live_latency_ms: now.latency.get(i).copied().unwrap_or_default(),
+                    superseded_skipped: g.superseded_skipped,
+                    superseded_delivered: g.superseded_delivered,
                     slots: g.slots,
+                    slots_limit: g.slots_limit,
+                    slots_adaptive: g.slots_adaptive,
                     slots_busy: g.slots_busy,
                 }
             })

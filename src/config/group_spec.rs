@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::slots_spec::{DEFAULT_MAX_SLOTS, SlotsSpec};
 use super::spec::{BacklogSpec, SinkSpec};
-use crate::engine::GroupConfig;
+use crate::engine::{AdaptiveSlots, GroupConfig};
+use crate::message::Kind;
 
 /// A consumer group as a config file describes it. Each knob means what
 /// the [`GroupConfig`] field of the same name means, and defaults the same.
@@ -27,8 +29,14 @@ pub struct GroupSpec {
     /// [`GroupConfig::live_window`].
     #[serde(with = "humantime_serde::option")]
     pub live_window: Option<Duration>,
-    /// [`GroupConfig::slots`].
-    pub slots: Option<usize>,
+    /// [`GroupConfig::slots`], or `"auto"`: [`GroupConfig::adaptive_slots`]
+    /// between `min_slots` and `max_slots`.
+    pub slots: Option<SlotsSpec>,
+    /// With `slots = "auto"`: the fewest deliveries in flight (default 1).
+    pub min_slots: Option<usize>,
+    /// With `slots = "auto"`: the most deliveries in flight (default
+    /// [`DEFAULT_MAX_SLOTS`]).
+    pub max_slots: Option<usize>,
     /// [`GroupConfig::batch_size`].
     pub batch_size: Option<usize>,
     /// [`GroupConfig::backlog_share`].
@@ -54,6 +62,8 @@ pub struct GroupSpec {
     /// backlog (`<data_dir>/dedup/<group>`).
     #[serde(with = "humantime_serde::option")]
     pub dedup_window: Option<Duration>,
+    /// [`GroupConfig::skip_superseded`]: kinds such as `["status", "property"]`.
+    pub skip_superseded: Option<Vec<Kind>>,
     /// Where the group delivers (a simulated handler by default).
     pub sink: SinkSpec,
     /// Which backlog store the group uses (on disk by default).
@@ -68,6 +78,27 @@ impl GroupSpec {
             .unwrap_or_else(|| GroupConfig::default().name)
     }
 
+    /// The slot knobs that do not go together: `min_slots` or `max_slots`
+    /// without `slots = "auto"`, or a `max_slots` of 0. Gives the knob at
+    /// fault and what is wrong with it.
+    pub fn slots_conflict(&self) -> Option<(&'static str, String)> {
+        let auto = self.slots == Some(SlotsSpec::Auto);
+        for (knob, value) in [("min_slots", self.min_slots), ("max_slots", self.max_slots)] {
+            if value.is_some() && !auto {
+                return Some((
+                    knob,
+                    format!("{knob} needs slots = \"auto\"; with a fixed slots it has no effect"),
+                ));
+            }
+        }
+        (self.max_slots == Some(0)).then(|| {
+            (
+                "max_slots",
+                "max_slots must be at least 1 (it is 0)".to_string(),
+            )
+        })
+    }
+
     /// The engine's view of this group: every knob given, the rest defaulted.
     pub fn group_config(&self) -> GroupConfig {
         let d = GroupConfig::default();
@@ -77,7 +108,17 @@ impl GroupSpec {
             kinds: self.kinds.clone().unwrap_or(d.kinds),
             live_capacity: self.live_capacity.unwrap_or(d.live_capacity),
             live_window: self.live_window.unwrap_or(d.live_window),
-            slots: self.slots.unwrap_or(d.slots),
+            slots: match self.slots {
+                None => d.slots,
+                Some(SlotsSpec::Fixed(n)) => n,
+                Some(SlotsSpec::Auto) => self.max_slots.unwrap_or(DEFAULT_MAX_SLOTS),
+            },
+            adaptive_slots: match self.slots {
+                Some(SlotsSpec::Auto) => Some(AdaptiveSlots {
+                    min: self.min_slots.unwrap_or(1),
+                }),
+                _ => None,
+            },
             batch_size: self.batch_size.unwrap_or(d.batch_size),
             backlog_share: self.backlog_share.unwrap_or(d.backlog_share),
             backlog_rate: self.backlog_rate.or(d.backlog_rate),
@@ -88,6 +129,7 @@ impl GroupSpec {
             validate_json: self.validate_json.unwrap_or(d.validate_json),
             max_json_depth: self.max_json_depth.unwrap_or(d.max_json_depth),
             dedup_window: self.dedup_window.or(d.dedup_window),
+            skip_superseded: self.skip_superseded.clone().unwrap_or(d.skip_superseded),
         }
     }
 }

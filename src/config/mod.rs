@@ -8,6 +8,7 @@
 mod build;
 mod group_spec;
 mod position;
+mod slots_spec;
 mod spec;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use crate::engine::EngineOptions;
 
 pub use crate::source::JsonlSpec;
 pub use group_spec::GroupSpec;
+pub use slots_spec::{DEFAULT_MAX_SLOTS, SlotsSpec};
 pub use spec::{BacklogSpec, Disabled, MissingFeature, SinkSpec, SourceSpec};
 
 use position::{Step, deepest_line, line_col, value_position};
@@ -298,6 +300,10 @@ impl FileConfig {
                     message,
                 )
             };
+            if let Some((key, message)) = spec.slots_conflict() {
+                let name = spec.name();
+                return Err(at(&knob(key), format!("group {name:?}: {message}")));
+            }
             let g = spec.group_config();
             g.validate()
                 .map_err(|e| at(&knob(e.knob()), e.to_string()))?;
@@ -638,6 +644,59 @@ mod tests {
         assert!(err.starts_with("t.toml:6:17:"), "{err}");
         assert!(err.contains("it is 2"), "{err}");
         assert!(err.contains("backlog_share"), "{err}");
+    }
+
+    #[test]
+    fn slots_auto_takes_min_and_max_and_the_slot_knobs_are_checked_at_their_line() {
+        let text = "[[groups]]\nname = \"a\"\nslots = \"auto\"\nmin_slots = 2\nmax_slots = 12\n\
+                    skip_superseded = [\"status\", \"property\"]\n";
+        let c = FileConfig::parse(text, "t.toml").unwrap();
+        let g = c.groups[0].group_config();
+        assert_eq!(g.slots, 12);
+        assert_eq!(
+            g.adaptive_slots,
+            Some(crate::engine::AdaptiveSlots { min: 2 })
+        );
+        use crate::message::Kind;
+        assert_eq!(g.skip_superseded, [Kind::Status, Kind::Property]);
+        let auto = "[[groups]]\nname = \"a\"\nslots = \"auto\"\n";
+        let g = FileConfig::parse(auto, "t.toml").unwrap().groups[0].group_config();
+        assert_eq!(
+            (g.slots, g.adaptive_slots.map(|a| a.min)),
+            (DEFAULT_MAX_SLOTS, Some(1))
+        );
+        for (text, at, says) in [
+            (
+                "slots = 4\nmin_slots = 2\n",
+                "t.toml:4:13:",
+                "min_slots needs slots = \"auto\"",
+            ),
+            (
+                "max_slots = 8\n",
+                "t.toml:3:13:",
+                "max_slots needs slots = \"auto\"",
+            ),
+            (
+                "slots = \"auto\"\nmax_slots = 0\n",
+                "t.toml:4:13:",
+                "at least 1",
+            ),
+            (
+                "slots = \"auto\"\nmin_slots = 9\nmax_slots = 8\n",
+                "t.toml:4:13:",
+                "must not exceed max_slots",
+            ),
+            (
+                "slots = \"lots\"\n",
+                "t.toml:3:9:",
+                "a number of delivery slots or \"auto\"",
+            ),
+            ("skip_superseded = [\"stale\"]\n", "t.toml:3:", "stale"),
+        ] {
+            let text = format!("[[groups]]\nname = \"a\"\n{text}");
+            let e = FileConfig::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(e.starts_with(at) && e.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]

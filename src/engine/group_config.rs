@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::filter::{Filter, FilterError};
 use crate::backoff::Backoff;
+use crate::message::Kind;
 
 /// How one consumer group takes, schedules and retries its messages.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,8 +27,17 @@ pub struct GroupConfig {
     pub live_capacity: usize,
     /// A message older than this (by its generate time) is stale and goes to the backlog.
     pub live_window: Duration,
-    /// Deliveries in flight at once (the group's concurrency).
+    /// Deliveries in flight at once (the group's concurrency); with
+    /// `adaptive_slots`, the most it may grow to.
     pub slots: usize,
+    /// Let the number of deliveries in flight follow the sink (`slots =
+    /// "auto"`): it grows while the sink keeps up and shrinks when it
+    /// pushes back, fails or slows down, between `min` and `slots`. For a
+    /// handler whose capacity changes (autoscaled, shared, degraded) no
+    /// static `slots` is right for long. See
+    /// [`concurrency`](super::concurrency) for the rule. Off by
+    /// default.
+    pub adaptive_slots: Option<AdaptiveSlots>,
     /// The most messages handed to the sink in one delivery.
     pub batch_size: usize,
     /// The share of deliveries the backlog is guaranteed whenever it is non-empty (0..=1).
@@ -57,6 +67,13 @@ pub struct GroupConfig {
     /// [`EngineBuilder::duplicate_window`](super::EngineBuilder::duplicate_window))
     /// the window lives in memory and does not survive a restart.
     pub dedup_window: Option<Duration>,
+    /// Kinds whose superseded messages (a newer one of the same device and
+    /// kind was already delivered: see [`Delivery::superseded`](crate::sink::Delivery::superseded))
+    /// are acknowledged without being delivered, so that stale state
+    /// (an old online/offline flip, an old property report) never
+    /// overwrites fresh state in a handler. Empty by default: every
+    /// message is delivered, the flag tells.
+    pub skip_superseded: Vec<Kind>,
 }
 
 impl Default for GroupConfig {
@@ -68,6 +85,7 @@ impl Default for GroupConfig {
             live_capacity: 10_000,
             live_window: Duration::from_secs(10),
             slots: 4,
+            adaptive_slots: None,
             batch_size: 256,
             backlog_share: 0.2,
             backlog_rate: None,
@@ -78,8 +96,18 @@ impl Default for GroupConfig {
             validate_json: true,
             max_json_depth: 512,
             dedup_window: None,
+            skip_superseded: Vec::new(),
         }
     }
+}
+
+/// The floor of an adaptive group's concurrency (`min_slots`); its
+/// ceiling is [`GroupConfig::slots`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveSlots {
+    /// The fewest deliveries kept in flight however the sink answers, and
+    /// where the limit starts probing from.
+    pub min: usize,
 }
 
 impl GroupConfig {
@@ -114,6 +142,15 @@ impl GroupConfig {
         }
         if self.slots == 0 {
             return fail("slots", "0".into(), "must be at least 1");
+        }
+        if let Some(adaptive) = self.adaptive_slots {
+            if adaptive.min == 0 {
+                return fail("min_slots", "0".into(), "must be at least 1");
+            }
+            if adaptive.min > self.slots {
+                let rule = "must not exceed max_slots";
+                return fail("min_slots", adaptive.min.to_string(), rule);
+            }
         }
         if self.batch_size == 0 {
             return fail("batch_size", "0".into(), "must be at least 1");

@@ -22,9 +22,11 @@
 //!   acks. No step polls: each waits on a token, a tracker or a notification.
 
 mod builder;
+pub mod concurrency;
 mod dead_letter;
 mod dedup;
 mod filter;
+mod freshness;
 mod group;
 mod group_config;
 mod lanes;
@@ -40,7 +42,9 @@ pub use dedup::{
     DuplicateWindow, DuplicateWindowError, MAX_IDS as DUPLICATE_WINDOW_MAX_IDS, Mark, Verdict,
 };
 pub use filter::{Filter, FilterError};
-pub use group_config::{GroupConfig, GroupConfigError, GroupNameError, check_group_name};
+pub use group_config::{
+    AdaptiveSlots, GroupConfig, GroupConfigError, GroupNameError, check_group_name,
+};
 pub use monitor::{IntakeSnapshot, Monitor, RunSummary, SourceFailure, SourceLag};
 pub use run::Engine;
 pub use stats::{BacklogLoss, DeadLetterReasons, EngineStats, GroupSnapshot, LatencySummary};

@@ -72,6 +72,12 @@ impl Scheduler {
         }
     }
 
+    /// Sets the number of slots the last-slot rule counts against (an
+    /// adaptive group's limit moves).
+    pub fn set_slots(&mut self, slots: usize) {
+        self.slots = slots.max(1);
+    }
+
     /// Decides the next batch's lane from which lanes have work and how many
     /// backlog deliveries are in flight already.
     pub fn pick(

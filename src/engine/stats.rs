@@ -139,6 +139,10 @@ pub struct GroupStats {
     /// Messages whose id the duplicate window had already seen: acknowledged
     /// to their source, not delivered again.
     pub duplicates: AtomicU64,
+    /// Superseded messages acknowledged without delivery (`skip_superseded`).
+    pub superseded_skipped: AtomicU64,
+    /// Superseded messages delivered with the flag set.
+    pub superseded_delivered: AtomicU64,
     /// Live latency from receipt to delivery.
     pub live_latency: LatencyRecorder,
 }
@@ -201,8 +205,13 @@ pub struct GroupSnapshot {
     pub dead_letter_by_reason: DeadLetterReasons,
     /// The live lane's capacity (`live_capacity`).
     pub live_capacity: u64,
-    /// Delivery slots (`slots`).
+    /// Delivery slots (`slots`; with `slots = "auto"`, `max_slots`).
     pub slots: u64,
+    /// Deliveries allowed in flight now: `slots`, or with `slots = "auto"`
+    /// the adaptive limit (between `min_slots` and `max_slots`).
+    pub slots_limit: u64,
+    /// Whether the limit adapts to the sink (`slots = "auto"`).
+    pub slots_adaptive: bool,
     /// Slots delivering now.
     pub slots_busy: u64,
     /// Bytes the backlog's records take in its store now.
@@ -217,6 +226,13 @@ pub struct GroupSnapshot {
     /// Messages the duplicate window recognised (`dedup_window`):
     /// acknowledged to their source, not delivered again.
     pub duplicates: u64,
+    /// Messages superseded by a newer one of the same device and kind the
+    /// group had delivered, and skipped (`skip_superseded`): acknowledged,
+    /// not delivered. Also counted as delivered.
+    pub superseded_skipped: u64,
+    /// Messages delivered with their `superseded` flag set (their kind is
+    /// not in `skip_superseded`).
+    pub superseded_delivered: u64,
     /// Records the backlog dropped (`drop_oldest`), expired or found corrupt.
     pub backlog_lost: BacklogLoss,
     /// Live latency over the whole run.

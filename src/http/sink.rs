@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::config::{BodyFormat, HttpSinkConfig, ResultMode, header_error};
 use crate::knob::KnobError;
-use crate::message::write_envelope;
+use crate::message::write_delivery_envelope;
 use crate::sink::{BatchError, Delivery, DeliveryError, Sink, SinkAdapter};
 
 /// How much of an error answer's body a reason quotes.
@@ -161,7 +161,7 @@ impl HttpSink {
         match self.format {
             BodyFormat::Ndjson => {
                 for d in batch {
-                    write_envelope(&mut out, &d.message);
+                    write_delivery_envelope(&mut out, &d.message, d.superseded);
                 }
             }
             BodyFormat::Json => {
@@ -170,7 +170,7 @@ impl HttpSink {
                     if i > 0 {
                         out.push(b',');
                     }
-                    write_envelope(&mut out, &d.message);
+                    write_delivery_envelope(&mut out, &d.message, d.superseded);
                     // The line's newline is not needed inside the array.
                     if out.last() == Some(&b'\n') {
                         out.pop();

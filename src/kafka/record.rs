@@ -196,6 +196,19 @@ pub fn headers_of(message: &Message) -> OwnedHeaders {
     })
 }
 
+/// The header a superseded delivery carries, with the value `true`: a
+/// newer message of the same device and kind was already delivered by the
+/// producing group.
+pub const SUPERSEDED: &str = "superseded";
+
+/// Adds the [`SUPERSEDED`] header.
+pub fn mark_superseded(headers: OwnedHeaders) -> OwnedHeaders {
+    headers.insert(Header {
+        key: SUPERSEDED,
+        value: Some(b"true".as_slice()),
+    })
+}
+
 /// The device key: `productKey/deviceName`, so one device's messages land in
 /// one partition and keep their order; the topic when it names no device.
 pub fn key_of(message: &Message) -> String {
@@ -220,6 +233,18 @@ mod tests {
     use rdkafka::message::OwnedMessage;
 
     use super::*;
+
+    #[test]
+    fn a_superseded_record_carries_the_header_after_the_others() {
+        let m = Message::new("/as/mqtt/status/pk/dn", "7", 5, "{}").unwrap();
+        let headers = mark_superseded(headers_of(&m));
+        let last = headers.get(headers.count() - 1);
+        assert_eq!(
+            (last.key, last.value),
+            (SUPERSEDED, Some(b"true".as_slice()))
+        );
+        assert_eq!(headers.count(), headers_of(&m).count() + 1);
+    }
 
     #[test]
     fn a_record_whose_reading_panics_is_a_dead_letter_not_a_crash() {

@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use super::config::{
     KafkaSinkConfig, KeyChoice, apply_properties, client_refused, resolve_brokers,
 };
-use super::record::{headers_of, record_key};
+use super::record::{headers_of, mark_superseded, record_key};
 use crate::knob::KnobError;
 use crate::sink::{BatchError, Delivery, DeliveryError, Sink, SinkAdapter};
 
@@ -80,7 +80,11 @@ impl Sink for KafkaSink {
             let record = FutureRecord::to(&self.topic)
                 .payload(m.payload().as_ref())
                 .key(key.as_ref())
-                .headers(headers_of(m));
+                .headers(if d.superseded {
+                    mark_superseded(headers_of(m))
+                } else {
+                    headers_of(m)
+                });
             match self.producer.send_result(record) {
                 Ok(future) => pending.push((i, future)),
                 Err((e, _)) => failed.push((i, classify(&e))),

@@ -269,6 +269,14 @@ fn wrong(field: &'static str, expected: &'static str, raw: &[u8]) -> EnvelopeErr
 /// written as `key` when it is UTF-8 and `keyBase64` otherwise; extra
 /// headers as `headers`. The payload member comes last.
 pub fn write_envelope(out: &mut Vec<u8>, message: &Message) {
+    write_delivery_envelope(out, message, false);
+}
+
+/// Writes a delivered message's envelope line: [`write_envelope`]'s, with
+/// `"superseded":true` before the payload when a newer message of the same
+/// device and kind was already delivered (the member is absent otherwise,
+/// so an envelope without it reads as it always did).
+pub fn write_delivery_envelope(out: &mut Vec<u8>, message: &Message, superseded: bool) {
     out.extend_from_slice(b"{\"topic\":");
     write_json_string(out, message.topic());
     out.extend_from_slice(b",\"messageId\":");
@@ -277,6 +285,9 @@ pub fn write_envelope(out: &mut Vec<u8>, message: &Message) {
     let _ = write!(out, ",\"generateTime\":{}", message.generate_time_ms());
     if let Some(extras) = message.extras() {
         write_extras(out, extras);
+    }
+    if superseded {
+        out.extend_from_slice(b",\"superseded\":true");
     }
     let payload = message.payload();
     if payload_fits_as_json(message) {
@@ -365,6 +376,25 @@ pub fn write_json_string(out: &mut Vec<u8>, text: &str) {
 mod tests {
     use super::*;
     use crate::message::{Extras, Header, Kind};
+
+    #[test]
+    fn a_superseded_delivery_says_so_before_its_payload_and_reads_back_the_same() {
+        let m = Message::new("/as/mqtt/status/pk/dn", "7", 5, &b"\xff\x00off"[..]).unwrap();
+        let (mut flagged, mut plain) = (Vec::new(), Vec::new());
+        write_delivery_envelope(&mut flagged, &m, true);
+        write_delivery_envelope(&mut plain, &m, false);
+        let text = String::from_utf8(flagged.clone()).unwrap();
+        assert!(
+            text.contains(",\"superseded\":true,\"payloadBase64\":"),
+            "{text}"
+        );
+        let mut unmarked = Vec::new();
+        write_envelope(&mut unmarked, &m);
+        assert_eq!(plain, unmarked);
+        let back = parse_envelope(flagged.trim_ascii_end()).unwrap();
+        assert_eq!(back.payload(), m.payload());
+        assert_eq!(back.topic(), m.topic());
+    }
 
     #[test]
     fn round_trips_through_write_and_parse() {

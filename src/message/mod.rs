@@ -10,7 +10,8 @@ mod topic;
 
 pub use device_message::{MAX_TOPIC_LEN, Message, MessageError, now_epoch_ms};
 pub use envelope::{
-    EnvelopeError, parse_envelope, write_base64, write_envelope, write_extras, write_json_string,
+    EnvelopeError, parse_envelope, write_base64, write_delivery_envelope, write_envelope,
+    write_extras, write_json_string,
 };
 pub use extras::{Extras, ExtrasError, Header};
 pub use json::{JsonError, JsonProblem};

@@ -14,6 +14,15 @@ pub struct Delivery {
     pub attempts: u32,
     /// The lane it was taken from.
     pub lane: Lane,
+    /// Whether this group already delivered a newer message (by generate
+    /// time) of the same device and kind, or hands one over earlier in this
+    /// batch. Live-first delivers a device's stale messages after its fresh
+    /// ones; a handler that keeps device state (a shadow, an online flag)
+    /// must not let this message overwrite what it has. Best effort in one
+    /// direction only: `true` is always right, `false` may miss a newer
+    /// message delivered long ago (the memory behind it is bounded) or one
+    /// in flight in another slot at the same moment.
+    pub superseded: bool,
 }
 
 /// Why a message was not delivered; the kind decides what the group does

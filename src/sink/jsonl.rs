@@ -15,7 +15,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, Stdout};
 use tokio::sync::Mutex;
 
 use super::{BatchError, Delivery, DeliveryError, Sink};
-use crate::message::write_envelope;
+use crate::message::write_delivery_envelope;
 
 /// Writes delivered messages as JSONL envelopes.
 pub struct JsonlSink {
@@ -99,7 +99,7 @@ impl Sink for JsonlSink {
     async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
         let mut lines = Vec::with_capacity(batch.len() * 256);
         for d in batch {
-            write_envelope(&mut lines, &d.message);
+            write_delivery_envelope(&mut lines, &d.message, d.superseded);
         }
         let mut out = self.out.lock().await;
         let result = match &mut *out {

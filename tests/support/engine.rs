@@ -25,6 +25,8 @@ pub struct Seen {
     pub attempts: u32,
     pub at: Instant,
     pub ok: bool,
+    /// The delivery's `superseded` flag.
+    pub superseded: bool,
 }
 
 /// A sink that records every attempt, optionally fails some, and can be
@@ -149,6 +151,7 @@ impl Sink for RecordingSink {
                     attempts: d.attempts,
                     at: now,
                     ok,
+                    superseded: d.superseded,
                 });
             }
             self.recorded.send_replace(seen.len());

@@ -199,6 +199,17 @@ pub fn properties(
 /// came with one.
 pub const RECORD_KEY: &str = "recordKey";
 
+/// Adds the `superseded` header (`true`): a newer message of the same
+/// device and kind was already delivered by the publishing group.
+pub fn mark_superseded(props: BasicProperties) -> BasicProperties {
+    let mut table = props.headers().clone().unwrap_or_default();
+    table.insert(SUPERSEDED.into(), AMQPValue::Boolean(true));
+    props.with_headers(table)
+}
+
+/// The header a superseded delivery carries (see [`mark_superseded`]).
+pub const SUPERSEDED: &str = "superseded";
+
 /// The properties the sink publishes a message with: [`properties`], then
 /// the message's key as `recordKey` and its extra headers under their own
 /// names (each value its bytes as a long string, a header without a value
@@ -250,6 +261,19 @@ pub fn properties_of(message: &Message, persistent: bool) -> Result<BasicPropert
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_superseded_delivery_carries_a_true_header_beside_the_others() {
+        let m = Message::new("/as/mqtt/status/pk/dn", "7", 5, "{}").unwrap();
+        let props = mark_superseded(properties_of(&m, true).unwrap());
+        let table = props.headers().clone().unwrap();
+        assert_eq!(
+            table.inner().get(SUPERSEDED),
+            Some(&AMQPValue::Boolean(true))
+        );
+        let plain = properties_of(&m, true).unwrap().headers().clone().unwrap();
+        assert_eq!(table.inner().len(), plain.inner().len() + 1);
+    }
 
     fn props_with(headers: &[(&str, AMQPValue)]) -> BasicProperties {
         let mut table = FieldTable::default();

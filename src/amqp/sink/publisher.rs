@@ -246,6 +246,7 @@ impl Sink for AmqpSink {
                 continue;
             };
             let props = match headers::properties_of(m, self.config.persistent) {
+                Ok(props) if d.superseded => headers::mark_superseded(props),
                 Ok(props) => props,
                 Err(why) => {
                     outcome

@@ -1,9 +1,12 @@
 //! The dispatcher: fills the group's delivery slots, asking the scheduler
 //! which lane each free slot serves, and spawns one delivery per batch.
 //!
-//! Invariant: at most `slots` deliveries run at once (a semaphore permit
-//! travels with each), and each one, when it ends, wakes whoever waits for
-//! the engine's progress.
+//! Invariants: at most `slots` deliveries run at once (a semaphore permit
+//! travels with each), and with `slots = "auto"` at most the adaptive limit
+//! (a permit of the [`SlotGate`](super::slot_gate::SlotGate) travels too);
+//! the scheduler keeps its last-slot rule against the limit in force, so
+//! the backlog's share comes out of what the limit allows; each delivery,
+//! when it ends, wakes whoever waits for the engine's progress.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -37,6 +40,17 @@ impl Group {
             self.config.slots,
         );
         loop {
+            let gate_permit = match &self.gate {
+                None => None,
+                Some(gate) => tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    permit = gate.acquire() => match permit {
+                        Some(p) => Some(p),
+                        None => return,
+                    },
+                },
+            };
             let permit = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
@@ -45,6 +59,7 @@ impl Group {
                     Err(_) => return,
                 },
             };
+            scheduler.set_slots(self.slot_limit());
             let work = loop {
                 if stop.is_cancelled() {
                     return;
@@ -92,11 +107,16 @@ impl Group {
             };
             let group = Arc::clone(self);
             self.delivering.fetch_add(1, Ordering::AcqRel);
-            tokio::spawn(group.deliver(work, permit));
+            tokio::spawn(group.deliver(work, permit, gate_permit));
         }
     }
 
-    async fn deliver(self: Arc<Self>, work: Work, permit: OwnedSemaphorePermit) {
+    async fn deliver(
+        self: Arc<Self>,
+        work: Work,
+        permit: OwnedSemaphorePermit,
+        gate_permit: Option<OwnedSemaphorePermit>,
+    ) {
         match work {
             Work::Live(items) => self.deliver_held(items, Lane::Live).await,
             Work::Backlog(records) => {
@@ -110,6 +130,9 @@ impl Group {
         }
         self.delivering.fetch_sub(1, Ordering::AcqRel);
         drop(permit);
+        if let (Some(gate), Some(p)) = (&self.gate, gate_permit) {
+            gate.release(p);
+        }
         self.progress.notify_waiters();
     }
 }

@@ -20,6 +20,7 @@ mod admission;
 mod dispatch;
 mod duplicates;
 mod outcome;
+mod slot_gate;
 mod writer;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::DeadLetters;
 use super::dedup::DuplicateWindow;
 use super::filter::Filter;
+use super::freshness::Freshness;
 use super::group_config::{GroupConfig, GroupConfigError};
 use super::lanes::{LiveLane, ReadAhead};
 use super::stats::{BacklogLoss, DeadLetterReasons, GroupSnapshot, GroupStats, read};
@@ -57,6 +59,8 @@ pub(crate) struct Group {
     backlog_appended: Arc<Notify>,
     read_ahead: Arc<ReadAhead>,
     slots: Arc<Semaphore>,
+    /// With `slots = "auto"`: the adaptive limit, taken before `slots`.
+    gate: Option<slot_gate::SlotGate>,
     /// Records queued for or inside the backlog writer, not yet stored.
     writing: AtomicUsize,
     /// Backlog deliveries in flight (the scheduler keeps one slot from them).
@@ -72,6 +76,9 @@ pub(crate) struct Group {
     sink_failures: parking_lot::Mutex<(Option<std::time::Instant>, u64)>,
     /// The ids this group admitted recently (`dedup_window`), if it keeps them.
     dedup: Option<Arc<DuplicateWindow>>,
+    /// The newest generate time delivered per device and kind (the
+    /// `superseded` flag, `skip_superseded`).
+    freshness: Freshness,
 }
 
 impl Group {
@@ -95,6 +102,9 @@ impl Group {
             live: LiveLane::new(config.live_capacity),
             catch_up: LiveLane::new(config.batch_size * config.slots * 2),
             slots: Arc::new(Semaphore::new(config.slots)),
+            gate: config
+                .adaptive_slots
+                .map(|a| slot_gate::SlotGate::new(a.min, config.slots)),
             filter,
             store,
             sink,
@@ -109,6 +119,7 @@ impl Group {
             progress,
             sink_failures: parking_lot::Mutex::new((None, 0)),
             dedup,
+            freshness: Freshness::default(),
             config,
         };
         Ok((Arc::new(group), writer_rx))
@@ -197,6 +208,12 @@ impl Group {
             .saturating_sub(self.slots.available_permits()) as u64
     }
 
+    /// The deliveries allowed in flight now: `slots`, or the adaptive
+    /// limit under it.
+    fn slot_limit(&self) -> usize {
+        self.gate.as_ref().map_or(self.config.slots, |g| g.limit())
+    }
+
     pub fn snapshot(&self) -> GroupSnapshot {
         let backlog = self.store.depth();
         GroupSnapshot {
@@ -219,6 +236,8 @@ impl Group {
             },
             live_capacity: self.config.live_capacity as u64,
             slots: self.config.slots as u64,
+            slots_limit: self.slot_limit() as u64,
+            slots_adaptive: self.gate.is_some(),
             slots_busy: self.delivering_slots(),
             backlog_bytes: backlog.bytes,
             backlog_oldest_stored_s: if backlog.records == 0 {
@@ -230,6 +249,8 @@ impl Group {
             },
             backlog_full: read(&self.stats.backlog_full),
             duplicates: read(&self.stats.duplicates),
+            superseded_skipped: read(&self.stats.superseded_skipped),
+            superseded_delivered: read(&self.stats.superseded_delivered),
             backlog_lost: BacklogLoss {
                 cut: backlog.cut,
                 dropped: backlog.dropped,

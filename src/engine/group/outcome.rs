@@ -15,6 +15,7 @@ use super::Group;
 use crate::ack::AckRef;
 use crate::backlog::{BacklogError, BacklogRecord, StoredRecord};
 use crate::backoff::Backoff;
+use crate::engine::concurrency::CallSignal;
 use crate::engine::dead_letter::DeadLetter;
 use crate::engine::lanes::LiveItem;
 use crate::engine::stats::bump;
@@ -28,15 +29,88 @@ type Buried = (Message, AckRef, u32, DeliveryError);
 /// counted in `failed_attempts` all the same).
 pub(super) const SINK_FAILURE_EVERY: Duration = Duration::from_secs(10);
 
+/// What a sink call says about the sink's room: a permanent failure is the
+/// message's fault, anything else that failed is the sink's.
+fn signal_of(outcome: &Result<(), BatchError>) -> CallSignal {
+    let congested = |e: &DeliveryError| !matches!(e, DeliveryError::Permanent(_));
+    match outcome {
+        Ok(()) => CallSignal::Answered,
+        Err(BatchError::All(e)) if congested(e) => CallSignal::Congested,
+        Err(BatchError::Some(failed)) if failed.iter().any(|(_, e)| congested(e)) => {
+            CallSignal::Congested
+        }
+        Err(_) => CallSignal::Answered,
+    }
+}
+
 impl Group {
-    async fn call_sink(&self, batch: &[Delivery]) -> Vec<Option<DeliveryError>> {
+    /// Hands a batch to the sink, first marking each delivery superseded
+    /// or not, and taking out those `skip_superseded` says to acknowledge
+    /// without delivering (they count as delivered). Gives each message's
+    /// outcome, in batch order.
+    async fn call_sink(&self, batch: &mut [Delivery]) -> Vec<Option<DeliveryError>> {
+        let flags = self.freshness.superseded(batch.iter().map(|d| &d.message));
+        let mut skipping = false;
+        for (d, superseded) in batch.iter_mut().zip(flags) {
+            d.superseded = superseded;
+            skipping |= superseded && self.skips(d);
+        }
+        let outcomes = if skipping {
+            let (kept, to_sink): (Vec<usize>, Vec<Delivery>) = batch
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| !(d.superseded && self.skips(d)))
+                .map(|(i, d)| (i, d.clone()))
+                .unzip();
+            let mut outcomes = vec![None; batch.len()];
+            if !to_sink.is_empty() {
+                for (i, outcome) in kept.into_iter().zip(self.call_sink_as_is(&to_sink).await) {
+                    outcomes[i] = outcome;
+                }
+            }
+            outcomes
+        } else {
+            self.call_sink_as_is(batch).await
+        };
+        let (mut skipped, mut flagged) = (0, 0);
+        for (d, outcome) in batch.iter().zip(&outcomes) {
+            if outcome.is_none() && d.superseded {
+                if self.skips(d) {
+                    skipped += 1;
+                } else {
+                    flagged += 1;
+                }
+            }
+        }
+        bump(&self.stats.superseded_skipped, skipped);
+        bump(&self.stats.superseded_delivered, flagged);
+        self.freshness.delivered(
+            batch
+                .iter()
+                .zip(&outcomes)
+                .filter(|(d, outcome)| outcome.is_none() && !d.superseded)
+                .map(|(d, _)| &d.message),
+        );
+        outcomes
+    }
+
+    /// Whether `skip_superseded` names this delivery's kind.
+    fn skips(&self, d: &Delivery) -> bool {
+        self.config.skip_superseded.contains(&d.message.kind())
+    }
+
+    async fn call_sink_as_is(&self, batch: &[Delivery]) -> Vec<Option<DeliveryError>> {
         let timeout = self.config.delivery_timeout;
+        let started = Instant::now();
         let outcome = match tokio::time::timeout(timeout, self.sink.deliver(batch)).await {
             Ok(result) => result,
             Err(_) => Err(BatchError::All(DeliveryError::RetryLater(format!(
                 "delivery timed out after {timeout:?}"
             )))),
         };
+        if let Some(gate) = &self.gate {
+            gate.observe(started.elapsed(), signal_of(&outcome));
+        }
         match outcome {
             Ok(()) => vec![None; batch.len()],
             Err(e) => {
@@ -99,12 +173,13 @@ impl Group {
                     message: i.message,
                     attempts: 0,
                     lane,
+                    superseded: false,
                 };
                 (delivery, i.ack)
             })
             .unzip();
         loop {
-            let failed = self.call_sink(&batch).await;
+            let failed = self.call_sink(&mut batch).await;
             if failed.iter().all(Option::is_none) {
                 self.settle_held(&batch, acks, lane).await;
                 return;
@@ -201,15 +276,16 @@ impl Group {
             return;
         }
         let backoff = self.config.retry_backoff();
-        let batch: Vec<Delivery> = records
+        let mut batch: Vec<Delivery> = records
             .iter()
             .map(|r| Delivery {
                 message: r.record.message.clone(),
                 attempts: r.record.attempts,
                 lane: Lane::Backlog,
+                superseded: false,
             })
             .collect();
-        let failed = self.call_sink(&batch).await;
+        let failed = self.call_sink(&mut batch).await;
         let now_ms = now_epoch_ms();
         let mut release = Vec::with_capacity(records.len());
         let mut delivered = Vec::with_capacity(records.len());

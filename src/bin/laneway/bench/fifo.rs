@@ -80,6 +80,7 @@ impl FifoConsumer {
                         message,
                         attempts: 0,
                         lane: Lane::Live,
+                        superseded: false,
                     })
                     .collect()
             };

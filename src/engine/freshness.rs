@@ -1,0 +1,190 @@
+//! Which messages are superseded: for each device and kind, the newest
+//! generate time a group has delivered, so that a stale message delivered
+//! after a fresher one of the same device (live-first reorders by design)
+//! can say so, and a group can skip it (`skip_superseded`).
+//!
+//! The table is bounded: a fixed array of slots, each holding one
+//! (device, kind) by a 64-bit tag of a per-process seeded hash, so memory
+//! does not grow with the fleet. When two keys meet in one slot, the later
+//! one takes it over.
+//!
+//! Invariants:
+//! - a message is called superseded only if a message of the same product,
+//!   device and kind (and event identifier, for events) with a strictly
+//!   later generate time was delivered before it, or comes before it in
+//!   its own batch; forgetting (a slot taken over) only ever errs towards
+//!   "not superseded", which delivers, never skips;
+//! - a message whose topic names no device is never superseded.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use parking_lot::Mutex;
+
+use crate::message::{Kind, Message};
+
+/// Slots in one group's table: 65,536 devices × kinds, 1 MiB, touched
+/// only as devices appear.
+pub const FRESHNESS_SLOTS: usize = 1 << 16;
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    /// The key's hash; 0 for a free slot.
+    tag: u64,
+    generate_time_ms: i64,
+}
+
+/// The newest generate time delivered, per device and kind, of one group.
+pub struct Freshness {
+    hasher: foldhash::fast::RandomState,
+    slots: Mutex<Vec<Slot>>,
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Freshness::with_slots(FRESHNESS_SLOTS)
+    }
+}
+
+impl Freshness {
+    /// A table of `slots` slots (a power of two; tests use small ones).
+    pub fn with_slots(slots: usize) -> Freshness {
+        Freshness {
+            hasher: foldhash::fast::RandomState::default(),
+            slots: Mutex::new(vec![Slot::default(); slots.next_power_of_two().max(1)]),
+        }
+    }
+
+    /// The key of a message's device and kind, if its topic names a device.
+    fn tag(&self, message: &Message) -> Option<u64> {
+        let product = message.product_key()?;
+        let device = message.device_name()?;
+        let mut h = self.hasher.build_hasher();
+        product.hash(&mut h);
+        device.hash(&mut h);
+        message.kind().hash(&mut h);
+        if message.kind() == Kind::Event {
+            message.event_identifier().hash(&mut h);
+        }
+        // 0 marks a free slot.
+        Some(h.finish().max(1))
+    }
+
+    /// For each message of a batch, in order: whether it is superseded by
+    /// one delivered earlier or by one before it in the batch.
+    pub fn superseded<'a>(&self, batch: impl Iterator<Item = &'a Message>) -> Vec<bool> {
+        let mut newest_in_batch: Vec<(u64, i64)> = Vec::new();
+        let slots = self.slots.lock();
+        let mask = slots.len() - 1;
+        batch
+            .map(|m| {
+                let Some(tag) = self.tag(m) else {
+                    return false;
+                };
+                let time = m.generate_time_ms();
+                let slot = slots[tag as usize & mask];
+                let delivered = (slot.tag == tag).then_some(slot.generate_time_ms);
+                let earlier = match newest_in_batch.iter_mut().find(|(t, _)| *t == tag) {
+                    Some((_, newest)) => {
+                        let before = *newest;
+                        *newest = before.max(time);
+                        Some(before)
+                    }
+                    None => {
+                        newest_in_batch.push((tag, time));
+                        None
+                    }
+                };
+                delivered.max(earlier).is_some_and(|newest| newest > time)
+            })
+            .collect()
+    }
+
+    /// Records that these messages were delivered.
+    pub fn delivered<'a>(&self, messages: impl Iterator<Item = &'a Message>) {
+        let mut slots = self.slots.lock();
+        let mask = slots.len() - 1;
+        for m in messages {
+            let Some(tag) = self.tag(m) else {
+                continue;
+            };
+            let slot = &mut slots[tag as usize & mask];
+            if slot.tag != tag {
+                *slot = Slot {
+                    tag,
+                    generate_time_ms: m.generate_time_ms(),
+                };
+            } else {
+                slot.generate_time_ms = slot.generate_time_ms.max(m.generate_time_ms());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(device: &str, time: i64) -> Message {
+        Message::new(format!("/as/mqtt/status/pk/{device}"), "id", time, "{}").unwrap()
+    }
+
+    #[test]
+    fn an_older_message_after_a_delivered_newer_one_is_superseded() {
+        let table = Freshness::default();
+        table.delivered([status("d1", 200)].iter());
+        let batch = [
+            status("d1", 100),
+            status("d1", 200),
+            status("d1", 300),
+            status("d2", 100),
+        ];
+        assert_eq!(table.superseded(batch.iter()), [true, false, false, false]);
+    }
+
+    #[test]
+    fn within_a_batch_a_message_after_a_newer_one_is_superseded() {
+        let table = Freshness::default();
+        let batch = [status("d1", 300), status("d1", 100), status("d1", 400)];
+        assert_eq!(table.superseded(batch.iter()), [false, true, false]);
+    }
+
+    #[test]
+    fn kinds_and_event_identifiers_are_kept_apart() {
+        let table = Freshness::default();
+        let event = |id: &str, t| {
+            Message::new(format!("/pk/d1/thing/event/{id}/post"), "id", t, "{}").unwrap()
+        };
+        table.delivered([event("alarm", 500), status("d1", 500)].iter());
+        let batch = [
+            event("alarm", 100),
+            event("heartbeat", 100),
+            Message::new("/pk/d1/thing/event/property/post", "id", 100, "{}").unwrap(),
+        ];
+        assert_eq!(table.superseded(batch.iter()), [true, false, false]);
+    }
+
+    #[test]
+    fn topics_without_a_device_are_never_superseded() {
+        let table = Freshness::default();
+        let other = |t| Message::new("/free/form", "id", t, "{}").unwrap();
+        table.delivered([other(500)].iter());
+        assert_eq!(table.superseded([other(100)].iter()), [false]);
+    }
+
+    #[test]
+    fn a_full_table_forgets_rather_than_misjudges() {
+        // One slot for many devices: each takes it over from the last, and
+        // no device is ever judged by another's time.
+        let table = Freshness::with_slots(1);
+        for d in 0..100 {
+            table.delivered([status(&format!("d{d}"), 1000 + d)].iter());
+        }
+        for d in 0..99 {
+            assert_eq!(
+                table.superseded([status(&format!("d{d}"), 1)].iter()),
+                [false]
+            );
+        }
+        assert_eq!(table.superseded([status("d99", 1)].iter()), [true]);
+    }
+}
