@@ -153,6 +153,62 @@ async fn with_live_idle_the_backlog_takes_every_slot() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_light_live_traffic_flowing_the_backlog_still_uses_every_slot() {
+    // Work-conserving: live keeps the last slot but lends it to the backlog
+    // in short batches between live messages, so a pile drains on all four
+    // slots beside a trickle of live traffic (with the last slot kept empty
+    // it drained on three).
+    let sink = RecordingSink::new().with_cost(Duration::from_micros(200));
+    let store = prefilled(5_000).await;
+    let engine = Engine::builder()
+        .group_with(group(0.2), Arc::new(sink.clone()), Some(store))
+        .build()
+        .unwrap();
+    let ingest = engine.ingest(LanePolicy::Live);
+    // Live is flowing before the first slot is filled.
+    let first = msg("live-0".into(), now_epoch_ms());
+    ingest
+        .submit(vec![Incoming::Message(first)], AckRef::none())
+        .await;
+    let (monitor, stop, task) = spawn_engine(engine);
+    let trickle = tokio::spawn({
+        let ingest = ingest.clone();
+        async move {
+            // A traffic source, not a synchronisation: one message per 2 ms.
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            for i in 1.. {
+                tick.tick().await;
+                let m = msg(format!("live-{i}"), now_epoch_ms());
+                ingest.submit(vec![Incoming::Message(m)], AckRef::none()).await;
+            }
+        }
+    });
+    assert!(
+        wait_until(&monitor, Duration::from_secs(30), |_| monitor
+            .summary()
+            .delivered_backlog
+            == 5_000)
+        .await
+    );
+    trickle.abort();
+    stop.send(()).unwrap();
+    let summary = task.await.unwrap();
+    assert!(summary.delivered_live > 0);
+    assert_eq!(
+        sink.max_in_flight[1].load(Ordering::SeqCst),
+        4,
+        "the backlog drains on every slot while live flows"
+    );
+    let backlog: Vec<Record> = sink
+        .seen()
+        .into_iter()
+        .filter(|s| s.ok && s.lane == Lane::Backlog)
+        .map(|s| s.record)
+        .collect();
+    assert_delivered(&stale_records(5_000), &backlog, Copies::ExactlyOnce);
+}
+
 /// The most messages in any stretch of `times` (sorted) beyond what `rate`
 /// per second allows over that stretch.
 fn excess_over_rate(times: &[std::time::Instant], rate: f64) -> f64 {

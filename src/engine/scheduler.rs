@@ -11,8 +11,12 @@
 //! - with live idle the backlog takes every slot (work-conserving), never
 //!   more than `backlog_rate` messages per second when a rate is set;
 //! - while live traffic is flowing (seen within [`LIVE_QUIET`]), the backlog
-//!   never holds the last free slot: a fresh message always finds a slot
-//!   free or about to be, so its wait does not grow with the backlog.
+//!   holds the last free slot only with a short batch (at most the
+//!   `last_slot_batch` set by [`Scheduler::with_last_slot_batch`]): a fresh
+//!   message always finds a slot free or about to be, after at most one
+//!   short batch, so its wait does not grow with the backlog, and the slot
+//!   does not idle while live is between messages (work-conserving: the
+//!   drain beside light live traffic keeps every slot busy).
 //!
 //! The scheduler is plain state: no clocks of its own, no I/O, so its
 //! promises are tested directly.
@@ -26,10 +30,15 @@ use crate::sink::Lane;
 pub enum Pick {
     /// Take a live batch.
     Live,
-    /// Take up to `max` backlog records (the rate ceiling may cut a batch short).
+    /// Take up to `max` backlog records (the rate ceiling or the last-slot
+    /// rule may cut a batch short).
     Backlog {
-        /// The most records the rate ceiling allows now.
+        /// The most records the rate ceiling and the last-slot rule allow now.
         max: usize,
+        /// Whether this delivery takes the slot kept for live: the caller
+        /// does not count it among `backlog_in_flight`, so the next free
+        /// slot is again the last.
+        last_slot: bool,
     },
     /// Nothing to do before this much time passes (or new work arrives).
     Wait(Duration),
@@ -54,6 +63,7 @@ pub struct Scheduler {
     last_pick_competed: bool,
     slots: usize,
     live_seen_at: Option<Instant>,
+    last_slot_batch: usize,
 }
 
 impl Scheduler {
@@ -69,7 +79,15 @@ impl Scheduler {
             last_pick_competed: false,
             slots: slots.max(1),
             live_seen_at: None,
+            last_slot_batch: 1,
         }
+    }
+
+    /// The most backlog records one delivery may take in the slot kept for
+    /// live (default 1): it bounds what a fresh message may wait behind.
+    pub fn with_last_slot_batch(mut self, records: usize) -> Scheduler {
+        self.last_slot_batch = records.max(1);
+        self
     }
 
     /// Sets the number of slots the last-slot rule counts against (an
@@ -79,7 +97,8 @@ impl Scheduler {
     }
 
     /// Decides the next batch's lane from which lanes have work and how many
-    /// backlog deliveries are in flight already.
+    /// backlog deliveries are in flight already (not counting those that
+    /// took the last slot).
     pub fn pick(
         &mut self,
         live_ready: bool,
@@ -101,19 +120,26 @@ impl Scheduler {
             .filter(|since| *since < LIVE_QUIET);
         let last_slot = self.slots > 1 && backlog_in_flight + 1 >= self.slots;
         let reserved = last_slot && live_recent.is_some();
-        let backlog_can = backlog_ready && allowance >= 1 && !reserved;
+        let backlog = Pick::Backlog {
+            max: if reserved {
+                allowance.min(self.last_slot_batch)
+            } else {
+                allowance
+            },
+            last_slot: reserved,
+        };
+        // Live waiting for the last slot takes it; the backlog takes it only
+        // while live has nothing.
+        let backlog_can = backlog_ready && allowance >= 1 && !(reserved && live_ready);
         self.last_pick_competed = live_ready && backlog_can;
         match (live_ready, backlog_can) {
-            (false, false) => Pick::Wait(match (&self.bucket, backlog_ready, live_recent) {
-                (_, true, Some(since)) if reserved => LIVE_QUIET - since,
-                (Some(bucket), true, _) => bucket.time_to_one(),
+            (false, false) => Pick::Wait(match (&self.bucket, backlog_ready) {
+                (Some(bucket), true) => bucket.time_to_one(),
                 _ => IDLE_WAIT,
             }),
             (true, false) => Pick::Live,
-            (false, true) => Pick::Backlog { max: allowance },
-            (true, true) if self.credit > 0.0 || self.share >= 1.0 => {
-                Pick::Backlog { max: allowance }
-            }
+            (false, true) => backlog,
+            (true, true) if self.credit > 0.0 || self.share >= 1.0 => backlog,
             (true, true) => Pick::Live,
         }
     }
@@ -225,10 +251,7 @@ mod tests {
         let mut s = Scheduler::new(0.2, None, 1024, 4);
         let now = Instant::now();
         for in_flight in 0..4 {
-            assert_eq!(
-                s.pick(false, true, in_flight, now),
-                Pick::Backlog { max: usize::MAX }
-            );
+            assert_eq!(s.pick(false, true, in_flight, now), FULL);
             s.took(Lane::Backlog, 256);
         }
     }
@@ -265,7 +288,7 @@ mod tests {
             let now = start + Duration::from_millis(ms);
             loop {
                 match s.pick(false, true, 0, now) {
-                    Pick::Backlog { max } => {
+                    Pick::Backlog { max, .. } => {
                         let n = max.min(256);
                         s.took(Lane::Backlog, n);
                         taken += n;
@@ -292,34 +315,34 @@ mod tests {
         assert_eq!(s.pick(true, false, 0, Instant::now()), Pick::Live);
     }
 
+    const FULL: Pick = Pick::Backlog {
+        max: usize::MAX,
+        last_slot: false,
+    };
+
     #[test]
-    fn flowing_live_traffic_keeps_the_last_slot_from_the_backlog() {
-        let mut s = Scheduler::new(0.2, None, 64, 4);
+    fn flowing_live_traffic_lets_the_backlog_have_the_last_slot_only_in_short_batches() {
+        let mut s = Scheduler::new(0.2, None, 64, 4).with_last_slot_batch(8);
         let t0 = Instant::now();
         assert_eq!(s.pick(true, true, 0, t0), Pick::Live);
         s.took(Lane::Live, 1);
         // Live just went empty; three backlog deliveries are in flight.
         let t1 = t0 + Duration::from_millis(10);
-        assert_eq!(
-            s.pick(false, true, 2, t1),
-            Pick::Backlog { max: usize::MAX }
-        );
-        match s.pick(false, true, 3, t1) {
-            Pick::Wait(d) => assert!(d <= LIVE_QUIET && d > Duration::ZERO, "{d:?}"),
-            other => panic!("the last slot must wait for live, got {other:?}"),
-        }
-        // Once live has been quiet for a while, the backlog may take it.
-        let t2 = t0 + LIVE_QUIET + Duration::from_millis(1);
-        assert_eq!(
-            s.pick(false, true, 3, t2),
-            Pick::Backlog { max: usize::MAX }
-        );
+        assert_eq!(s.pick(false, true, 2, t1), FULL);
+        let short = Pick::Backlog {
+            max: 8,
+            last_slot: true,
+        };
+        assert_eq!(s.pick(false, true, 3, t1), short);
+        // Live waiting takes the last slot whatever the backlog's credit.
+        s.credit = s.credit_limit;
+        assert_eq!(s.pick(true, true, 3, t1), Pick::Live);
+        // Once live has been quiet for a while, the backlog takes it whole.
+        let t2 = t1 + LIVE_QUIET + Duration::from_millis(1);
+        assert_eq!(s.pick(false, true, 3, t2), FULL);
         // A single-slot group cannot reserve anything.
         let mut one = Scheduler::new(0.2, None, 64, 1);
         let _ = one.pick(true, false, 0, t0);
-        assert_eq!(
-            one.pick(false, true, 0, t1),
-            Pick::Backlog { max: usize::MAX }
-        );
+        assert_eq!(one.pick(false, true, 0, t1), FULL);
     }
 }

@@ -24,9 +24,25 @@ use crate::sink::Lane;
 /// One delivery's batch, from one lane.
 enum Work {
     Live(Vec<LiveItem>),
-    Backlog(Vec<StoredRecord>),
+    Backlog(Vec<StoredRecord>, InFlight),
     /// From the catch-up lane: held by the source, served as backlog.
-    CatchUp(Vec<LiveItem>),
+    CatchUp(Vec<LiveItem>, InFlight),
+}
+
+/// Whether a backlog delivery counts among `backlog_in_flight`: one in the
+/// slot kept for live (a short batch) does not, so the slot stays the last.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InFlight {
+    Counted,
+    LastSlot,
+}
+
+/// The most backlog records a delivery may take in the slot kept for live:
+/// an eighth of a batch, so a fresh message waits at most that behind the
+/// backlog, and the slot still drains the backlog while live is between
+/// messages.
+pub(super) fn last_slot_batch(batch_size: usize) -> usize {
+    (batch_size / 8).max(1)
 }
 
 impl Group {
@@ -38,7 +54,8 @@ impl Group {
             self.config.backlog_rate,
             window,
             self.config.slots,
-        );
+        )
+        .with_last_slot_batch(last_slot_batch(self.config.batch_size));
         loop {
             let gate_permit = match &self.gate {
                 None => None,
@@ -75,21 +92,26 @@ impl Group {
                             break Work::Live(batch);
                         }
                     }
-                    Pick::Backlog { max } => {
+                    Pick::Backlog { max, last_slot } => {
                         // The store's records (retries, stale messages)
                         // first, then what sources hold for catching up.
                         let max = max.min(self.config.batch_size);
+                        let counted = if last_slot {
+                            InFlight::LastSlot
+                        } else {
+                            InFlight::Counted
+                        };
                         let records = self.read_ahead.take(max);
                         if !records.is_empty() {
                             scheduler.took(Lane::Backlog, records.len());
-                            self.backlog_in_flight.fetch_add(1, Ordering::AcqRel);
-                            break Work::Backlog(records);
+                            self.backlog_started(counted);
+                            break Work::Backlog(records, counted);
                         }
                         let held = self.catch_up.pop_batch(max);
                         if !held.is_empty() {
                             scheduler.took(Lane::Backlog, held.len());
-                            self.backlog_in_flight.fetch_add(1, Ordering::AcqRel);
-                            break Work::CatchUp(held);
+                            self.backlog_started(counted);
+                            break Work::CatchUp(held, counted);
                         }
                     }
                     Pick::Wait(wait) => {
@@ -111,6 +133,18 @@ impl Group {
         }
     }
 
+    fn backlog_started(&self, counted: InFlight) {
+        if counted == InFlight::Counted {
+            self.backlog_in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn backlog_ended(&self, counted: InFlight) {
+        if counted == InFlight::Counted {
+            self.backlog_in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     async fn deliver(
         self: Arc<Self>,
         work: Work,
@@ -119,13 +153,13 @@ impl Group {
     ) {
         match work {
             Work::Live(items) => self.deliver_held(items, Lane::Live).await,
-            Work::Backlog(records) => {
+            Work::Backlog(records, counted) => {
                 self.deliver_backlog(records).await;
-                self.backlog_in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.backlog_ended(counted);
             }
-            Work::CatchUp(items) => {
+            Work::CatchUp(items, counted) => {
                 self.deliver_held(items, Lane::Backlog).await;
-                self.backlog_in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.backlog_ended(counted);
             }
         }
         self.delivering.fetch_sub(1, Ordering::AcqRel);
