@@ -5,7 +5,8 @@
 //!    (256 a batch, JSON arrays of envelopes written by the same writer),
 //!    POSTed to the same service: by laneway (an engine whose group
 //!    delivers through the HTTP sink on 4 slots) and by a plain keep-alive
-//!    reqwest client with 4 tasks. Rounds interleave; each reports msgs/s
+//!    reqwest client with 4 tasks; and the HTTP sink alone, called by 4
+//!    tasks as the engine's slots would. Rounds interleave; each reports msgs/s
 //!    and the CPU time per message of this process (the service runs in a
 //!    child process, so its CPU is not counted).
 //! 2. **a service whose capacity changes.** The service has 4 workers and
@@ -15,7 +16,7 @@
 //!    its throughput (live and pile together) and its live p99 in each
 //!    phase.
 //!
-//! `LANEWAY_BENCH_MESSAGES` (default 200,000) sizes part 1,
+//! `LANEWAY_BENCH_MESSAGES` (default 1,000,000) sizes part 1,
 //! `LANEWAY_BENCH_ROUNDS` (default 5) its rounds, `LANEWAY_BENCH_PHASE`
 //! (seconds, default 5) each phase of part 2; `LANEWAY_BENCH_PART` = 1 or 2 runs
 //! one part.
@@ -37,7 +38,7 @@ use laneway::ack::AckTracker;
 use laneway::engine::{AdaptiveSlots, Engine, GroupConfig, Monitor};
 use laneway::http::{HttpSink, HttpSinkConfig};
 use laneway::message::{Message, now_epoch_ms, write_envelope};
-use laneway::sink::Sink;
+use laneway::sink::{Delivery, Lane, Sink};
 use laneway::source::{Incoming, LanePolicy};
 use tokio::sync::Semaphore;
 
@@ -244,57 +245,69 @@ fn median_and_range(values: &mut [f64]) -> (f64, f64, f64) {
 // Part 1.
 
 async fn sink_against_plain_client() {
-    let n: usize = env_or("LANEWAY_BENCH_MESSAGES", 200_000);
+    let n: usize = env_or("LANEWAY_BENCH_MESSAGES", 1_000_000);
     let rounds: usize = env_or("LANEWAY_BENCH_ROUNDS", 5);
     let service = Service::start(4096);
     let url = service.ingest_url();
     let now = now_epoch_ms();
     let sent = messages(n, |_| now);
     eprintln!("part 1: {n} messages, batches of {BATCH}, {SLOTS} at once, {rounds} rounds");
-    let (mut lw, mut plain) = (Vec::new(), Vec::new());
+    let (mut lw, mut alone, mut plain) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let p = plain_client(&url, &sent).await;
+        let a = sink_alone(&url, &sent).await;
         let l = through_laneway(&url, &sent).await;
         eprintln!(
-            "  round {}: laneway {:.0} msgs/s {:.2} µs/msg, plain client {:.0} msgs/s {:.2} µs/msg",
+            "  round {}: laneway {:.0} msgs/s {:.2} µs/msg, sink alone {:.0} msgs/s {:.2} µs/msg, plain client {:.0} msgs/s {:.2} µs/msg",
             round + 1,
             l.rate,
             l.cpu_us,
+            a.rate,
+            a.cpu_us,
             p.rate,
             p.cpu_us
         );
         lw.push(l);
+        alone.push(a);
         plain.push(p);
     }
     let stat = |rs: &[Round], f: fn(&Round) -> f64| {
         median_and_range(&mut rs.iter().map(f).collect::<Vec<_>>())
     };
-    let (lr, lr_lo, lr_hi) = stat(&lw, |r| r.rate);
-    let (pr, pr_lo, pr_hi) = stat(&plain, |r| r.rate);
-    let (lc, lc_lo, lc_hi) = stat(&lw, |r| r.cpu_us);
-    let (pc, pc_lo, pc_hi) = stat(&plain, |r| r.cpu_us);
     // Ratios per round, then their median: the machine drifts between rounds.
-    let mut rate_ratio: Vec<f64> = lw
-        .iter()
-        .zip(&plain)
-        .map(|(l, p)| l.rate / p.rate)
-        .collect();
-    let mut cpu_ratio: Vec<f64> = lw
-        .iter()
-        .zip(&plain)
-        .map(|(l, p)| l.cpu_us / p.cpu_us)
-        .collect();
-    let (rr, rr_lo, rr_hi) = median_and_range(&mut rate_ratio);
-    let (cr, cr_lo, cr_hi) = median_and_range(&mut cpu_ratio);
+    let ratio = |of: &[Round], f: fn(&Round) -> f64| {
+        median_and_range(
+            &mut of
+                .iter()
+                .zip(&plain)
+                .map(|(x, p)| f(x) / f(p))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let cell = |(m, lo, hi): (f64, f64, f64), digits: usize| {
+        format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+    };
+    let rate: fn(&Round) -> f64 = |r| r.rate;
+    let cpu: fn(&Round) -> f64 = |r| r.cpu_us;
     println!(
-        "| {n} messages, batches of {BATCH}, 4 at once | laneway (engine + HTTP sink) | plain keep-alive client | laneway / plain |"
+        "| {n} messages, batches of {BATCH}, 4 at once, {rounds} rounds | laneway (engine + HTTP sink) | HTTP sink alone | plain keep-alive client | laneway / plain | sink alone / plain |"
     );
-    println!("| --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     println!(
-        "| msgs/s, median (range) | {lr:.0} ({lr_lo:.0}–{lr_hi:.0}) | {pr:.0} ({pr_lo:.0}–{pr_hi:.0}) | {rr:.2} ({rr_lo:.2}–{rr_hi:.2}) |"
+        "| msgs/s, median (range) | {} | {} | {} | {} | {} |",
+        cell(stat(&lw, rate), 0),
+        cell(stat(&alone, rate), 0),
+        cell(stat(&plain, rate), 0),
+        cell(ratio(&lw, rate), 2),
+        cell(ratio(&alone, rate), 2)
     );
     println!(
-        "| CPU µs per message, median (range) | {lc:.2} ({lc_lo:.2}–{lc_hi:.2}) | {pc:.2} ({pc_lo:.2}–{pc_hi:.2}) | {cr:.2} ({cr_lo:.2}–{cr_hi:.2}) |"
+        "| CPU µs per message, median (range) | {} | {} | {} | {} | {} |",
+        cell(stat(&lw, cpu), 2),
+        cell(stat(&alone, cpu), 2),
+        cell(stat(&plain, cpu), 2),
+        cell(ratio(&lw, cpu), 2),
+        cell(ratio(&alone, cpu), 2)
     );
 }
 
@@ -335,6 +348,45 @@ async fn plain_client(url: &str, sent: &[Message]) -> Round {
                         .await
                         .unwrap();
                     assert!(answer.status().is_success());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    round(sent.len(), start, cpu)
+}
+
+/// The HTTP sink without the engine: `SLOTS` tasks handing it the next
+/// batch in turn, as the engine's slots would.
+async fn sink_alone(url: &str, sent: &[Message]) -> Round {
+    let sink = Arc::new(http_sink(url));
+    let batches: Arc<Vec<Vec<Delivery>>> = Arc::new(
+        sent.chunks(BATCH)
+            .map(|c| {
+                c.iter()
+                    .map(|m| Delivery {
+                        message: m.clone(),
+                        attempts: 0,
+                        lane: Lane::Live,
+                        superseded: false,
+                    })
+                    .collect()
+            })
+            .collect(),
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let (start, cpu) = (Instant::now(), cpu_time());
+    let tasks: Vec<_> = (0..SLOTS)
+        .map(|_| {
+            let (sink, batches, next) =
+                (Arc::clone(&sink), Arc::clone(&batches), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                    let Some(batch) = batches.get(i) else { return };
+                    sink.deliver(batch).await.unwrap();
                 }
             })
         })
@@ -514,8 +566,10 @@ async fn capacity_run(
         let batch = chunk.iter().cloned().map(Incoming::Message).collect();
         ingest.submit(batch, tracker.register()).await;
     }
+    // The pile is in once the group took all of it (it drains from the
+    // first record on).
     monitor
-        .until(|m| m.groups()[0].backlog_depth >= pile as u64)
+        .until(|m| m.groups()[0].admitted >= pile as u64)
         .await;
 
     // Live traffic, 100 ticks a second, until told to stop.

@@ -180,7 +180,9 @@ async fn with_light_live_traffic_flowing_the_backlog_still_uses_every_slot() {
             for i in 1.. {
                 tick.tick().await;
                 let m = msg(format!("live-{i}"), now_epoch_ms());
-                ingest.submit(vec![Incoming::Message(m)], AckRef::none()).await;
+                ingest
+                    .submit(vec![Incoming::Message(m)], AckRef::none())
+                    .await;
             }
         }
     });

@@ -616,11 +616,13 @@ fn report(
     let drain_rate = match (opts.scenario, drained_ms) {
         (Scenario::Flood, Some(ms)) if ms > 0.0 => Some(opts.pile as f64 / (ms / 1000.0)),
         (Scenario::Outage, Some(ms)) if ms > 0.0 => {
-            let backlog = phases.get("3_recovery").map_or(0, |p| match mode {
-                Mode::Laneway => p.delivered_backlog,
-                Mode::Fifo => 0,
-            });
-            (backlog > 0).then(|| backlog as f64 / (ms / 1000.0))
+            let drained = match mode {
+                Mode::Laneway => phases.get("3_recovery").map_or(0, |p| p.delivered_backlog),
+                // A FIFO consumer has no backlog lane: what piled up in its
+                // one queue during the outage is what it drains.
+                Mode::Fifo => peak,
+            };
+            (drained > 0).then(|| drained as f64 / (ms / 1000.0))
         }
         _ => None,
     };

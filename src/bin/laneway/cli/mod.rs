@@ -4,6 +4,7 @@
 
 mod backlog;
 mod bench;
+mod burst_split;
 mod check_config;
 mod kafka_mock;
 pub mod logging;

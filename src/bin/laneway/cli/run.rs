@@ -5,8 +5,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::burst_split::BurstSplit;
 use super::logging::LogFormat;
 use super::status::{status_line, summary_text};
 #[cfg(feature = "admin")]
@@ -145,14 +147,24 @@ pub async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
             config.groups.len(),
             if config.groups.len() == 1 { "" } else { "s" }
         );
-        let tracker = tracker.clone();
+    }
+    let bursts = BurstSplit::of(&config, started).map(|s| Arc::new(parking_lot::Mutex::new(s)));
+    {
+        let (tracker, bursts, quiet) = (tracker.clone(), bursts.clone(), args.quiet);
         tokio::spawn(async move {
             // One line per tracker sample: the same figures as /status.
             let mut seq = tracker.seq();
             loop {
                 tracker.wait_after(seq, Duration::from_secs(3600)).await;
                 seq = tracker.seq();
-                eprintln!("{}", status_line(&tracker, started.elapsed().as_secs_f64()));
+                let burst = bursts.as_ref().is_some_and(|b| {
+                    let latency: Vec<_> = tracker.latest_interval().iter().map(|g| g.1).collect();
+                    b.lock().interval(Instant::now(), &latency)
+                });
+                if !quiet {
+                    let line = status_line(&tracker, started.elapsed().as_secs_f64());
+                    eprintln!("{line}{}", if burst { " (burst)" } else { "" });
+                }
             }
         });
     }
@@ -183,6 +195,9 @@ pub async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
     }
     if !args.no_summary && log_format == LogFormat::Text {
         eprint!("{}", summary_text(&summary));
+        if let Some(b) = &bursts {
+            eprint!("{}", b.lock().summary());
+        }
     }
     if args.json {
         match simd_json::to_string(&summary) {
