@@ -105,14 +105,27 @@ impl AdaptiveLimit {
 
     /// Records one sink call that took `rtt` and ended at `now`; returns
     /// the new limit when this call closed a window that changed it.
-    pub fn observe(&mut self, now: Instant, rtt: Duration, signal: CallSignal) -> Option<usize> {
+    /// `timed` says whether the call's round trip speaks for the sink's
+    /// load: a batch well short of a full one (a trickle of live traffic)
+    /// answers faster whatever the load, and mixed in with full ones its
+    /// round trips would hide queueing. Such a call still carries its
+    /// signal.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        rtt: Duration,
+        signal: CallSignal,
+        timed: bool,
+    ) -> Option<usize> {
         // The window opens when its first call began.
         let started = *self
             .window
             .started
             .get_or_insert_with(|| now.checked_sub(rtt).unwrap_or(now));
-        self.window.rtt_sum += rtt.as_secs_f64();
-        self.window.calls += 1;
+        if timed {
+            self.window.rtt_sum += rtt.as_secs_f64();
+            self.window.calls += 1;
+        }
         self.window.congested |= signal == CallSignal::Congested;
         let length = self
             .mean
@@ -122,11 +135,18 @@ impl AdaptiveLimit {
             return None;
         }
         let window = std::mem::take(&mut self.window);
-        let rtt = window.rtt_sum / f64::from(window.calls.max(1));
-        let slower = self
-            .mean
-            .is_some_and(|mean| rtt > mean + DEVIATION_SCALE * self.deviation.max(mean * 0.05));
-        let no_slower = self.mean.is_none_or(|mean| rtt <= mean);
+        let rtt = (window.calls > 0).then(|| window.rtt_sum / f64::from(window.calls));
+        let slower = match (rtt, self.mean) {
+            (Some(rtt), Some(mean)) => {
+                rtt > mean + DEVIATION_SCALE * self.deviation.max(mean * 0.05)
+            }
+            _ => false,
+        };
+        let no_slower = match (rtt, self.mean) {
+            (Some(rtt), Some(mean)) => rtt <= mean,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
         let before = self.limit;
         if window.congested || slower {
             let shrunk = (self.limit as f64 * DECREASE_RATIO).floor() as usize;
@@ -134,7 +154,7 @@ impl AdaptiveLimit {
         } else if window.reached_limit && no_slower {
             self.limit = (self.limit + 1).min(self.max);
         }
-        if !window.congested {
+        if let (Some(rtt), false) = (rtt, window.congested) {
             // A congested window's round trips are the sink's trouble, not
             // its normal: they would teach the mean to accept them.
             match self.mean {
@@ -160,7 +180,7 @@ mod tests {
         for _ in 0..windows {
             limit.reached_limit();
             *start += rtt.max(MIN_WINDOW);
-            limit.observe(*start, rtt, CallSignal::Answered);
+            limit.observe(*start, rtt, CallSignal::Answered, true);
         }
     }
 
@@ -180,7 +200,7 @@ mod tests {
         let mut now = Instant::now();
         for _ in 0..50 {
             now += Duration::from_millis(20);
-            limit.observe(now, Duration::from_millis(20), CallSignal::Answered);
+            limit.observe(now, Duration::from_millis(20), CallSignal::Answered, true);
         }
         assert_eq!(limit.limit(), 2);
     }
@@ -192,11 +212,11 @@ mod tests {
         saturate(&mut limit, &mut now, Duration::from_millis(20), 30);
         assert_eq!(limit.limit(), 32);
         now += Duration::from_millis(1);
-        let shrunk = limit.observe(now, Duration::from_millis(20), CallSignal::Congested);
+        let shrunk = limit.observe(now, Duration::from_millis(20), CallSignal::Congested, true);
         assert_eq!(shrunk, Some(28));
         for _ in 0..100 {
             now += Duration::from_millis(1);
-            limit.observe(now, Duration::from_millis(20), CallSignal::Congested);
+            limit.observe(now, Duration::from_millis(20), CallSignal::Congested, true);
         }
         assert_eq!(limit.limit(), 2);
     }
@@ -220,6 +240,27 @@ mod tests {
     }
 
     #[test]
+    fn short_batches_do_not_hide_queueing_behind_their_quick_answers() {
+        let mut limit = AdaptiveLimit::new(1, 32);
+        let mut now = Instant::now();
+        let full = Duration::from_millis(20);
+        saturate(&mut limit, &mut now, full, 7);
+        assert_eq!(limit.limit(), 8);
+        // Full batches now queue (twice as slow) while a trickle of tiny
+        // live batches answers in a millisecond: the limit must not grow.
+        for _ in 0..20 {
+            for _ in 0..10 {
+                now += Duration::from_millis(1);
+                limit.reached_limit();
+                limit.observe(now, Duration::from_millis(1), CallSignal::Answered, false);
+            }
+            now += Duration::from_millis(30);
+            limit.observe(now, full * 2, CallSignal::Answered, true);
+        }
+        assert!(limit.limit() <= 8, "{}", limit.limit());
+    }
+
+    #[test]
     fn small_limits_still_shrink_by_at_least_one() {
         let mut limit = AdaptiveLimit::new(1, 4);
         let mut now = Instant::now();
@@ -227,7 +268,7 @@ mod tests {
         assert_eq!(limit.limit(), 4);
         now += Duration::from_millis(1);
         assert_eq!(
-            limit.observe(now, Duration::from_millis(20), CallSignal::Congested),
+            limit.observe(now, Duration::from_millis(20), CallSignal::Congested, true),
             Some(3)
         );
     }

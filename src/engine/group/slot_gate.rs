@@ -59,12 +59,13 @@ impl SlotGate {
         self.state.lock().limit.limit()
     }
 
-    /// Feeds one sink call's round trip and signal to the limit, and
-    /// resizes the semaphore when the limit moved.
-    pub fn observe(&self, rtt: Duration, signal: CallSignal) {
+    /// Feeds one sink call's round trip and signal to the limit (`timed`:
+    /// see [`AdaptiveLimit::observe`]), and resizes the semaphore when the
+    /// limit moved.
+    pub fn observe(&self, rtt: Duration, signal: CallSignal, timed: bool) {
         let mut state = self.state.lock();
         let before = state.limit.limit();
-        let Some(after) = state.limit.observe(Instant::now(), rtt, signal) else {
+        let Some(after) = state.limit.observe(Instant::now(), rtt, signal, timed) else {
             return;
         };
         if after > before {
