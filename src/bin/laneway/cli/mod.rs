@@ -25,6 +25,7 @@ mod simulate_kafka;
 #[cfg(feature = "pulsar")]
 mod simulate_pulsar;
 mod status;
+mod tune;
 
 use std::process::ExitCode;
 
@@ -111,6 +112,8 @@ pub enum Command {
     /// Start an in-memory Kafka-protocol broker (for trying laneway without Kafka) and print its address.
     #[command(hide = !built_with("kafka"))]
     KafkaMock(kafka_mock::KafkaMockArgs),
+    /// Find lane knobs (slots, batch_size, backlog_share) that meet a goal: live p99 under drain, an outage's pile drained in time.
+    Tune(tune::TuneArgs),
 }
 
 impl Cli {
@@ -130,6 +133,7 @@ impl Cli {
             Command::Backlog(args) => backlog::backlog(args).await,
             Command::Simulate(args) => simulate::simulate(args).await,
             Command::KafkaMock(args) => kafka_mock::kafka_mock(args).await,
+            Command::Tune(args) => tune::tune(args).await,
         }
     }
 }
