@@ -126,8 +126,9 @@ pub struct TuneArgs {
     #[arg(long)]
     pub apply: bool,
 
-    /// Where trials keep their scratch backlog (emptied before and removed
-    /// after each trial); default: <data_dir>/tune/<group>.
+    /// Where trials keep their scratch backlog: in a directory
+    /// `laneway-tune-trial` made below this one, emptied before and removed
+    /// after each trial; default: <data_dir>/tune/<group>.
     #[arg(long, value_name = "DIR")]
     pub scratch: Option<PathBuf>,
 }

@@ -138,13 +138,14 @@ impl<F: AsyncFnMut(Knobs) -> Result<Trial, String>> Search<F> {
     /// The coordinate search from `start`: slots doubled from 1 while
     /// throughput grows by more than 5 %; then batch_size along its
     /// ladder (down while live p99 fails, up while throughput grows and
-    /// live p99 holds), slots again if the batch changed; then the
+    /// live p99 holds), slots again if the batch changed (while live p99
+    /// holds); then the
     /// smallest backlog_share that meets the drain goal (found by
     /// bisection on its ladder), kept only where live p99 holds.
     pub async fn coordinate(&mut self, start: Knobs, max_slots: usize) -> Result<(), String> {
         let slots = slots_ladder(max_slots);
         let mut k = Knobs { slots: 1, ..start };
-        k = self.climb_slots(k, &slots).await?;
+        k = self.climb_slots(k, &slots, false).await?;
 
         // batch_size: from the ladder point nearest the configured one.
         let mut b = nearest(&BATCH_LADDER, start.batch_size);
@@ -170,7 +171,7 @@ impl<F: AsyncFnMut(Knobs) -> Result<Trial, String>> Search<F> {
         let batch_changed = BATCH_LADDER[b] != k.batch_size;
         k.batch_size = BATCH_LADDER[b];
         if batch_changed {
-            k = self.climb_slots(k, &slots).await?;
+            k = self.climb_slots(k, &slots, true).await?;
         }
 
         // backlog_share: the smallest on the ladder that meets the drain
@@ -194,13 +195,21 @@ impl<F: AsyncFnMut(Knobs) -> Result<Trial, String>> Search<F> {
     }
 
     /// Doubles slots from `k.slots` along `ladder` while throughput grows
-    /// by more than 5 %; the knobs with the slots kept.
-    async fn climb_slots(&mut self, mut k: Knobs, ladder: &[usize]) -> Result<Knobs, String> {
+    /// by more than 5 % (and, with `keep_live`, live p99 holds); the knobs
+    /// with the slots kept.
+    async fn climb_slots(
+        &mut self,
+        mut k: Knobs,
+        ladder: &[usize],
+        keep_live: bool,
+    ) -> Result<Knobs, String> {
         let mut here = self.trial(k).await?;
         let from = k.slots;
         for &next in ladder.iter().filter(|s| **s > from) {
             let up = self.trial(Knobs { slots: next, ..k }).await?;
-            if up.throughput() <= here.throughput() * (1.0 + GROWTH) {
+            if up.throughput() <= here.throughput() * (1.0 + GROWTH)
+                || (keep_live && !up.meets_live)
+            {
                 break;
             }
             k.slots = next;

@@ -95,6 +95,9 @@ pub enum StoreChoice {
     Memory(MemoryLimits),
 }
 
+/// The directory a trial works in, below [`TrialSetup::scratch`].
+pub const TRIAL_DIR: &str = "laneway-tune-trial";
+
 /// Everything every trial of one tuning run shares.
 pub struct TrialSetup {
     /// The group as configured (the knobs a trial sets are replaced).
@@ -105,8 +108,9 @@ pub struct TrialSetup {
     pub sink: SinkChoice,
     /// Its backlog store.
     pub store: StoreChoice,
-    /// Scratch space: the trial's backlog and file sinks; emptied before
-    /// and removed after each trial.
+    /// Where scratch space is made: each trial works in its own
+    /// [`TRIAL_DIR`] below it (never in the directory itself, which may
+    /// hold anything), emptied before and removed after the trial.
     pub scratch: PathBuf,
     /// How long each trial runs (the first fifth, at least 300 ms, is
     /// warm-up); longer, up to four times, while too few deliveries have
@@ -174,7 +178,7 @@ async fn build_sink(setup: &TrialSetup) -> Result<Arc<dyn Sink>, String> {
             SinkSpec::Null => Arc::new(NullSink),
             SinkSpec::Stdout | SinkSpec::Jsonl { .. } => {
                 let sync = matches!(spec, SinkSpec::Jsonl { sync: true, .. });
-                let path = setup.scratch.join("sink.jsonl");
+                let path = setup.scratch.join(TRIAL_DIR).join("sink.jsonl");
                 Arc::new(
                     JsonlSink::file(&path, sync)
                         .await
@@ -202,7 +206,7 @@ async fn open_store(setup: &TrialSetup) -> Result<Arc<dyn BacklogStore>, String>
     Ok(match &setup.store {
         StoreChoice::Memory(limits) => Arc::new(MemoryBacklog::new(*limits)),
         StoreChoice::Disk(config) => {
-            let dir = setup.scratch.join("backlog");
+            let dir = setup.scratch.join(TRIAL_DIR).join("backlog");
             let config = DiskBacklogConfig {
                 dir: Some(dir.clone()),
                 ..config.clone()
@@ -216,8 +220,8 @@ async fn open_store(setup: &TrialSetup) -> Result<Arc<dyn BacklogStore>, String>
     })
 }
 
-/// Empties the scratch directory (a trial starts from nothing).
-pub fn clear_scratch(scratch: &std::path::Path) -> Result<(), String> {
+/// Empties a trial's directory (a trial starts from nothing).
+fn clear_scratch(scratch: &std::path::Path) -> Result<(), String> {
     if scratch.exists() {
         std::fs::remove_dir_all(scratch)
             .map_err(|e| format!("emptying {}: {e}", scratch.display()))?;
@@ -248,9 +252,10 @@ fn delivered_from(timeline: &Timeline, from: usize) -> u64 {
 
 /// Runs one trial with `knobs`.
 pub async fn run(setup: &TrialSetup, knobs: Knobs) -> Result<Measured, String> {
-    clear_scratch(&setup.scratch)?;
+    let dir = setup.scratch.join(TRIAL_DIR);
+    clear_scratch(&dir)?;
     let result = run_in_scratch(setup, knobs).await;
-    let _ = std::fs::remove_dir_all(&setup.scratch);
+    let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
