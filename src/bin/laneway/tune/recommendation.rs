@@ -35,6 +35,8 @@ pub struct Report {
     pub trials: Vec<Trial>,
     /// The pick, when a trial met the goal.
     pub recommendation: Option<Trial>,
+    /// The pick run once more after the search, on its own.
+    pub validation: Option<Trial>,
     /// When none did: why, and what it would take.
     pub shortfall: Option<Shortfall>,
     /// Seconds the whole search took.
@@ -241,6 +243,20 @@ impl Report {
                 t.drain_time_s.map_or_else(|| "never".into(), human),
                 rate_text(t.measured.drain_rate),
             );
+            if let Some(v) = &self.validation {
+                let _ = writeln!(
+                    out,
+                    "# validation run: live p99 {}, {} msgs/s, drain {}: {}",
+                    p99_words(v),
+                    rate_text(v.measured.throughput),
+                    v.drain_time_s.map_or_else(|| "never".into(), human),
+                    if v.meets() {
+                        "goal met again"
+                    } else {
+                        "goal missed this time: the pick is at the edge (longer --trial measures it better)"
+                    }
+                );
+            }
             let _ = writeln!(out, "slots = {}", k.slots);
             let _ = writeln!(out, "batch_size = {}", k.batch_size);
             let _ = writeln!(out, "backlog_share = {}", k.backlog_share);

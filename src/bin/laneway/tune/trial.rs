@@ -260,6 +260,7 @@ pub async fn run(setup: &TrialSetup, knobs: Knobs) -> Result<Measured, String> {
 }
 
 async fn run_in_scratch(setup: &TrialSetup, knobs: Knobs) -> Result<Measured, String> {
+    tracing::debug!(?knobs, group = %setup.group.name, "tune: trial starts");
     let sink = build_sink(setup).await?;
     let store = open_store(setup).await?;
     append(store.as_ref(), &setup.pile).await?;
