@@ -118,7 +118,8 @@ pub struct TrialSetup {
     pub duration: Duration,
     /// Live messages per second (before the group's filter).
     pub rate: f64,
-    /// Bursts on top of the rate.
+    /// Bursts on top of the rate: the first as the measured part of a
+    /// trial starts, then one every period.
     pub burst: Option<Burst>,
     /// The messages.
     pub traffic: Arc<Traffic>,
@@ -301,6 +302,7 @@ async fn run_in_scratch(setup: &TrialSetup, knobs: Knobs) -> Result<Measured, St
     let stop = CancellationToken::new();
     let sent = Arc::new(AtomicU64::new(0));
     let start = timeline.start();
+    let warm_up = (setup.duration / 5).max(Duration::from_millis(300));
     let traffic = {
         let (stop, sent) = (stop.clone(), Arc::clone(&sent));
         let (rate, burst, messages) = (setup.rate, setup.burst, Arc::clone(&setup.traffic));
@@ -312,7 +314,11 @@ async fn run_in_scratch(setup: &TrialSetup, knobs: Knobs) -> Result<Measured, St
                 let elapsed = start.elapsed();
                 let mut due = (elapsed.as_secs_f64() * rate) as u64;
                 if let Some(b) = burst {
-                    due += (elapsed.as_nanos() / b.every.as_nanos()) as u64 * b.size;
+                    // The first burst as the measured part starts, so
+                    // that every trial measures at least one.
+                    if let Some(since) = elapsed.checked_sub(warm_up) {
+                        due += (1 + (since.as_nanos() / b.every.as_nanos()) as u64) * b.size;
+                    }
                 }
                 let n = due.saturating_sub(sent.load(Ordering::Relaxed)).min(8192);
                 if n > 0 {
@@ -347,7 +353,6 @@ async fn run_in_scratch(setup: &TrialSetup, knobs: Knobs) -> Result<Measured, St
     // has completed about two full deliveries in the measured part: a
     // batch that takes longer than a short trial would be measured as
     // nothing at all.
-    let warm_up = (setup.duration / 5).max(Duration::from_millis(300));
     let from = (warm_up.as_nanos() / WINDOW.as_nanos()) as usize;
     let enough = (2 * knobs.slots * knobs.batch_size) as u64;
     tokio::time::sleep(setup.duration).await;
