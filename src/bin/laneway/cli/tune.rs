@@ -24,22 +24,8 @@ use crate::tune::trial::{self, Knobs, SinkChoice, StoreChoice, TrialSetup};
 /// Stale messages a trial's backlog starts with (it is topped up below half).
 const TRIAL_PILE: usize = 20_000;
 
-/// Arguments of `tune`.
-///
-/// Runs short trials of one consumer group (each a few seconds of the
-/// engine in this process: live traffic at the profile's rate, and a pile
-/// of stale messages in the group's backlog, so the backlog drains beside
-/// live traffic, the hard case), searches `slots`, `batch_size` and
-/// `backlog_share`, and prints every trial, then the knobs that meet the
-/// goal as a TOML fragment for the group's table with the predicted live
-/// p99, sustained throughput and drain time. When nothing meets the goal
-/// it says which part fails and how many instances of the handler it
-/// would take, and exits 1.
-///
-/// Trials deliver to the group's own sink as the config describes it (an
-/// HTTP sink posts the trial messages to your service; a JSONL or stdout
-/// sink writes a scratch file instead), or to a simulated handler with
-/// `--cost` and `--servers`.
+/// Arguments of `tune` (what the command does is its `--help`, in
+/// `Command::Tune`).
 #[derive(Debug, clap::Args)]
 pub struct TuneArgs {
     /// The config file; without it, the embedded default (what `laneway
@@ -89,7 +75,7 @@ pub struct TuneArgs {
     pub cost: Option<Duration>,
 
     /// With --cost: the simulated handler's servers working at once (its
-    /// capacity is servers / cost).
+    /// capacity is servers / cost); default 4.
     #[arg(
         long,
         value_name = "N",
@@ -98,7 +84,9 @@ pub struct TuneArgs {
     )]
     pub servers: Option<usize>,
 
-    /// How long each trial runs (its first fifth is warm-up, not measured).
+    /// How long each trial runs (its first fifth is warm-up, not measured);
+    /// longer, up to four times, while too few deliveries have completed
+    /// to measure (large batches on a slow handler).
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub trial: Duration,
 
