@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use laneway::engine::LatencySummary;
 use laneway::sink::Lane;
-use laneway::sink::{BatchError, Delivery, Sink};
+use laneway::sink::{BatchError, Delivery, DeliveryError, Sink};
 
 /// The width of one timeline window.
 pub const WINDOW: Duration = Duration::from_millis(100);
@@ -166,6 +166,10 @@ impl<S: Sink> Sink for MeasuredSink<S> {
                 .record(batch, |d| d.message.generate_time_ms() >= pile);
         }
         result
+    }
+
+    async fn close(&self) -> Result<(), DeliveryError> {
+        self.inner.close().await
     }
 }
 
