@@ -1,9 +1,11 @@
-//! The `laneway` program; see `laneway --help`. The command line (`cli/`)
-//! and the load scenarios behind `laneway bench` (`bench/`) live here, on
-//! top of the library: they are not part of its API.
+//! The `laneway` program; see `laneway --help`. The command line (`cli/`),
+//! the load scenarios behind `laneway bench` (`bench/`) and the trials and
+//! search behind `laneway tune` (`tune/`) live here, on top of the library:
+//! they are not part of its API.
 
 mod bench;
 mod cli;
+mod tune;
 
 use std::process::ExitCode;
 

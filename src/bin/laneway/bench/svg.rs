@@ -57,6 +57,19 @@ fn polyline(out: &mut String, points: &[(f64, f64)], colour: &str, dashed: bool)
 }
 
 fn frame(out: &mut String, p: &Panel, title: &str, y_label: &str) {
+    let step = nice_step(p.t_max / 8.0);
+    let mut ticks = Vec::new();
+    let mut t = 0.0;
+    while t <= p.t_max + 1e-9 {
+        ticks.push((t, format!("{t:.0}s")));
+        t += step;
+    }
+    frame_with(out, p, title, y_label, &ticks);
+}
+
+/// A panel's box, title, y label and vertical grid lines at `ticks` (x
+/// value, label).
+fn frame_with(out: &mut String, p: &Panel, title: &str, y_label: &str, ticks: &[(f64, String)]) {
     let bottom = p.top + PANEL_H;
     let _ = writeln!(
         out,
@@ -77,10 +90,8 @@ fn frame(out: &mut String, p: &Panel, title: &str, y_label: &str) {
         p.top + PANEL_H / 2.0,
         escape(y_label)
     );
-    let step = nice_step(p.t_max / 8.0);
-    let mut t = 0.0;
-    while t <= p.t_max + 1e-9 {
-        let x = p.x(t);
+    for (t, label) in ticks {
+        let x = p.x(*t);
         let _ = writeln!(
             out,
             r##"<line x1="{x:.1}" y1="{bottom}" x2="{x:.1}" y2="{}" stroke="#eee"/>"##,
@@ -88,10 +99,10 @@ fn frame(out: &mut String, p: &Panel, title: &str, y_label: &str) {
         );
         let _ = writeln!(
             out,
-            r#"<text x="{x:.1}" y="{}" font-size="11" text-anchor="middle">{t:.0}s</text>"#,
-            bottom + 14.0
+            r#"<text x="{x:.1}" y="{}" font-size="11" text-anchor="middle">{}</text>"#,
+            bottom + 14.0,
+            escape(label)
         );
-        t += step;
     }
 }
 
@@ -359,6 +370,156 @@ pub fn bars(
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// One line of an x–y chart: its legend label, colour and points (x, y).
+pub struct Series {
+    /// What the legend calls it.
+    pub label: String,
+    /// Its stroke colour.
+    pub colour: &'static str,
+    /// Its points, in x order; a `None` y (nothing measured) breaks the line.
+    pub points: Vec<(f64, Option<f64>)>,
+}
+
+/// A palette for [`Series`], cycled.
+pub const PALETTE: [&str; 8] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
+
+/// Two panels against one x axis on a log2 scale (such as slots: 1, 2, 4,
+/// ...): on top `upper` with a linear y axis from zero (such as
+/// throughput), below `lower` on a log y axis (such as latency in ms) with
+/// a dashed `goal` line. Points are drawn as dots joined per series.
+pub fn against_log2(
+    title: &str,
+    x_label: &str,
+    upper: (&str, &[Series]),
+    lower: (&str, &[Series]),
+    goal: Option<f64>,
+) -> String {
+    let xs = || {
+        upper
+            .1
+            .iter()
+            .chain(lower.1)
+            .flat_map(|s| s.points.iter().map(|p| p.0.max(1.0).log2()))
+    };
+    let x_max = xs().fold(1.0, f64::max);
+    let ticks: Vec<(f64, String)> = (0..=x_max.ceil() as u32)
+        .map(|k| (f64::from(k), format!("{}", 1u64 << k)))
+        .collect();
+    let height = TOP + 2.0 * PANEL_H + GAP + 60.0 + 18.0 * upper.1.len().div_ceil(4) as f64;
+    let mut out = open_svg(height, title);
+
+    let top = Panel {
+        top: TOP,
+        t_max: x_max.ceil(),
+    };
+    frame_with(&mut out, &top, upper.0, upper.0, &ticks);
+    let y_max = upper
+        .1
+        .iter()
+        .flat_map(|s| s.points.iter().filter_map(|p| p.1))
+        .fold(1.0, f64::max);
+    let step = nice_step(y_max / 5.0);
+    let y_top = (y_max / step).ceil() * step;
+    let y_up = |v: f64| top.top + PANEL_H * (1.0 - v / y_top);
+    let mut v = 0.0;
+    while v <= y_top + 1e-9 {
+        y_grid(&mut out, y_up(v), &short(v));
+        v += step;
+    }
+    for s in upper.1 {
+        dots(
+            &mut out,
+            &s.points,
+            s.colour,
+            |x| top.x(x.max(1.0).log2()),
+            y_up,
+        );
+    }
+
+    let low = Panel {
+        top: TOP + PANEL_H + GAP,
+        t_max: x_max.ceil(),
+    };
+    frame_with(&mut out, &low, lower.0, "milliseconds (log scale)", &ticks);
+    let (lo, hi) = (0.1f64.log10(), 100_000f64.log10());
+    let y_low = |ms: f64| {
+        low.top + PANEL_H * (1.0 - (ms.max(0.1).log10() - lo) / (hi - lo)).clamp(0.0, 1.0)
+    };
+    for decade in [0.1, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0] {
+        y_grid(&mut out, y_low(decade), &decade.to_string());
+    }
+    if let Some(goal) = goal {
+        let y = y_low(goal);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#2ca02c" stroke-dasharray="2,2"/>"##,
+            WIDTH - RIGHT
+        );
+    }
+    for s in lower.1 {
+        dots(
+            &mut out,
+            &s.points,
+            s.colour,
+            |x| low.x(x.max(1.0).log2()),
+            y_low,
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">{}</text>"#,
+        WIDTH / 2.0,
+        low.top + PANEL_H + 32.0,
+        escape(x_label)
+    );
+
+    // Legend, four to a row.
+    for (i, s) in upper.1.iter().enumerate() {
+        let x = LEFT + 220.0 * (i % 4) as f64;
+        let ly = low.top + PANEL_H + 56.0 + 18.0 * (i / 4) as f64;
+        let _ = writeln!(
+            out,
+            r#"<rect x="{x}" y="{}" width="14" height="10" fill="{}"/><text x="{}" y="{ly}" font-size="12">{}</text>"#,
+            ly - 9.0,
+            s.colour,
+            x + 20.0,
+            escape(&s.label)
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// A series as dots joined by a line; a missing y breaks the line.
+fn dots(
+    out: &mut String,
+    points: &[(f64, Option<f64>)],
+    colour: &str,
+    x: impl Fn(f64) -> f64,
+    y: impl Fn(f64) -> f64,
+) {
+    let mut run = Vec::new();
+    for &(px, py) in points {
+        match py {
+            Some(v) => {
+                let (cx, cy) = (x(px), y(v));
+                let _ = writeln!(
+                    out,
+                    r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="3" fill="{colour}"/>"#
+                );
+                run.push((cx, cy));
+            }
+            None => {
+                polyline(out, &run, colour, false);
+                run.clear();
+            }
+        }
+    }
+    polyline(out, &run, colour, false);
 }
 
 /// The opening of a chart: the `<svg>` element `height` high, a white

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use laneway::engine::LatencySummary;
 use laneway::sink::Lane;
-use laneway::sink::{BatchError, Delivery, Sink};
+use laneway::sink::{BatchError, Delivery, DeliveryError, Sink};
 
 /// The width of one timeline window.
 pub const WINDOW: Duration = Duration::from_millis(100);
@@ -38,6 +38,14 @@ pub struct Window {
     pub backlog: u64,
     /// Backlog depth sampled in this window.
     pub backlog_depth: u64,
+    /// Latencies of live-traffic messages delivered from the backlog lane
+    /// (the live lane had no room for them): what `laneway tune` counts
+    /// towards live latency beside `live_latency`, so a lane that spills
+    /// cannot look fast.
+    pub spilled_latency: Histogram<u64>,
+    /// Pre-loaded pile messages delivered from the backlog lane: the drain
+    /// itself, without the live traffic that spilled into the backlog.
+    pub pile: u64,
 }
 
 impl Default for Window {
@@ -47,6 +55,8 @@ impl Default for Window {
             live: 0,
             backlog: 0,
             backlog_depth: 0,
+            spilled_latency: histogram(),
+            pile: 0,
         }
     }
 }
@@ -90,17 +100,25 @@ impl Timeline {
         let now = Instant::now();
         self.with_window(now, |w| {
             for d in batch {
+                let us = || {
+                    let waited = now.saturating_duration_since(d.message.received_at());
+                    (waited.as_micros() as u64).max(1)
+                };
                 match d.lane {
                     Lane::Live => {
                         w.live += 1;
                         if live_traffic(d) {
-                            let us = now
-                                .saturating_duration_since(d.message.received_at())
-                                .as_micros() as u64;
-                            w.live_latency.saturating_record(us.max(1));
+                            w.live_latency.saturating_record(us());
                         }
                     }
-                    Lane::Backlog => w.backlog += 1,
+                    Lane::Backlog => {
+                        w.backlog += 1;
+                        if live_traffic(d) {
+                            w.spilled_latency.saturating_record(us());
+                        } else {
+                            w.pile += 1;
+                        }
+                    }
                 }
             }
         });
@@ -148,6 +166,10 @@ impl<S: Sink> Sink for MeasuredSink<S> {
                 .record(batch, |d| d.message.generate_time_ms() >= pile);
         }
         result
+    }
+
+    async fn close(&self) -> Result<(), DeliveryError> {
+        self.inner.close().await
     }
 }
 

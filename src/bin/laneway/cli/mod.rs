@@ -26,6 +26,7 @@ mod simulate_kafka;
 #[cfg(feature = "pulsar")]
 mod simulate_pulsar;
 mod status;
+mod tune;
 
 use std::process::ExitCode;
 
@@ -112,6 +113,23 @@ pub enum Command {
     /// Start an in-memory Kafka-protocol broker (for trying laneway without Kafka) and print its address.
     #[command(hide = !built_with("kafka"))]
     KafkaMock(kafka_mock::KafkaMockArgs),
+    /// Find lane knobs (slots, batch_size, backlog_share) that meet a goal: live p99 under drain, an outage's pile drained in time.
+    ///
+    /// Runs short trials of one consumer group in this process (each a few
+    /// seconds: live traffic at the profile's rate, and a pile of stale
+    /// messages in the group's backlog, so the backlog drains beside live
+    /// traffic, the hard case), searches `slots`, `batch_size` and
+    /// `backlog_share`, and prints every trial, then the knobs that meet
+    /// the goal as lines for the group's table with the live p99,
+    /// sustained throughput and drain time measured. When nothing meets
+    /// the goal it says which part fails and how many instances of the
+    /// handler it would take, and exits 1.
+    ///
+    /// Trials deliver to the group's own sink as the config describes it
+    /// (an HTTP sink posts the trial messages to your service; a JSONL or
+    /// stdout sink writes a scratch file instead), or to a simulated
+    /// handler with --cost and --servers.
+    Tune(tune::TuneArgs),
 }
 
 impl Cli {
@@ -131,6 +149,7 @@ impl Cli {
             Command::Backlog(args) => backlog::backlog(args).await,
             Command::Simulate(args) => simulate::simulate(args).await,
             Command::KafkaMock(args) => kafka_mock::kafka_mock(args).await,
+            Command::Tune(args) => tune::tune(args).await,
         }
     }
 }
