@@ -215,6 +215,12 @@ async fn tune_checked(args: TuneArgs) -> Result<ExitCode, String> {
             .ok_or_else(|| format!("{shown} has no [[groups]] to tune"))?,
     };
     let group = spec.group_config();
+    if group.adaptive_slots.is_some() {
+        eprintln!(
+            "tune: group {:?} has slots = \"auto\"; tune measures fixed slots (up to max_slots), and --apply writes the pick in place of \"auto\"",
+            group.name
+        );
+    }
     if args.group.is_none() && config.groups.len() > 1 {
         eprintln!(
             "tune: tuning group {:?}, the first of {} (--group picks another)",

@@ -50,6 +50,9 @@ pub fn edit(text: &str, group: &str, knobs: &Knobs) -> Result<String, String> {
         .find(|t| t.get("name").and_then(Item::as_str) == Some(group))
         .ok_or_else(|| format!("no [[groups]] table with name = {group:?}"))?;
     set(table, "slots", Value::from(knobs.slots as i64));
+    // A fixed count replaces "auto", whose bounds would then be refused.
+    table.remove("min_slots");
+    table.remove("max_slots");
     set(table, "batch_size", Value::from(knobs.batch_size as i64));
     set(table, "backlog_share", Value::from(knobs.backlog_share));
     set(
@@ -79,6 +82,24 @@ mod tests {
     use super::*;
 
     const FILE: &str = "# top comment\n\n[[groups]]\nname = \"a\"\nslots = 4      # in flight\n# a note\nsink = { type = \"null\" }\n\n[[groups]]\nname = \"b\"\nslots = 2\n";
+
+    #[test]
+    fn a_fixed_pick_replaces_auto_and_its_bounds() {
+        let file = "[[groups]]\nname = \"a\"\nslots = \"auto\"\nmin_slots = 2\nmax_slots = 64\n";
+        let knobs = Knobs {
+            slots: 8,
+            batch_size: 256,
+            backlog_share: 0.2,
+            live_capacity: 10_000,
+        };
+        let out = edit(file, "a", &knobs).unwrap();
+        assert!(out.contains("slots = 8\n"), "{out}");
+        assert!(
+            !out.contains("min_slots") && !out.contains("max_slots"),
+            "{out}"
+        );
+        FileConfig::parse(&out, "t.toml").unwrap();
+    }
 
     #[test]
     fn only_the_named_group_changes_and_comments_stay() {

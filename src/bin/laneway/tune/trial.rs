@@ -64,6 +64,8 @@ impl Knobs {
             batch_size: self.batch_size,
             backlog_share: self.backlog_share,
             live_capacity: self.live_capacity,
+            // A trial measures these slots, not a limit that moves.
+            adaptive_slots: None,
             ..config.clone()
         }
     }
