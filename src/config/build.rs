@@ -44,7 +44,7 @@ impl FileConfig {
             .dead_letters(dead)
             .options(self.engine_options());
         for group in &self.groups {
-            let sink = build_sink(group).await?;
+            let sink = group.build_sink().await?;
             let store = self.build_backlog(group).await?;
             let config = group.group_config();
             if let Some(window) = config.dedup_window {
@@ -140,48 +140,55 @@ impl FileConfig {
     }
 }
 
-async fn build_sink(group: &GroupSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    Ok(match &group.sink {
-        SinkSpec::Simulated { cost } => Arc::new(SimulatedHandler::new(*cost)),
-        SinkSpec::Null => Arc::new(NullSink),
-        SinkSpec::Stdout => Arc::new(JsonlSink::stdout()),
-        SinkSpec::Jsonl { path, sync, mode } => Arc::new(
-            JsonlSink::file_with_mode(path, *sync, *mode)
-                .await
-                .map_err(|source| ConfigError::SinkFile {
-                    group: group.name(),
-                    path: path.clone(),
-                    source,
-                })?,
-        ),
-        adapter_sink => {
-            let what = || {
-                format!(
-                    "group {:?}: {} sink",
-                    group.name(),
-                    adapter_sink.type_name()
-                )
-            };
-            match adapter_sink.adapter() {
-                Ok(Some(adapter)) => adapter.build().map_err(|source| ConfigError::Adapter {
-                    what: what(),
-                    source,
-                })?,
-                // The built-in sinks are matched above; no adapter left
-                // without one, but say so rather than panic.
-                Ok(None) => {
-                    return Err(ConfigError::Adapter {
-                        what: what(),
-                        source: KnobError::said("type", "no adapter builds this sink"),
-                    });
-                }
-                Err(missing) => {
-                    return Err(ConfigError::NotBuilt {
-                        place: what(),
-                        missing,
-                    });
+impl GroupSpec {
+    /// Builds the group's sink, as a run does (`laneway tune` builds the
+    /// sink of the group it measures this way too).
+    pub async fn build_sink(&self) -> Result<Arc<dyn Sink>, ConfigError> {
+        let group = self;
+        Ok(match &group.sink {
+            SinkSpec::Simulated { cost } => Arc::new(SimulatedHandler::new(*cost)),
+            SinkSpec::Null => Arc::new(NullSink),
+            SinkSpec::Stdout => Arc::new(JsonlSink::stdout()),
+            SinkSpec::Jsonl { path, sync, mode } => Arc::new(
+                JsonlSink::file_with_mode(path, *sync, *mode)
+                    .await
+                    .map_err(|source| ConfigError::SinkFile {
+                        group: group.name(),
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
+            adapter_sink => {
+                let what = || {
+                    format!(
+                        "group {:?}: {} sink",
+                        group.name(),
+                        adapter_sink.type_name()
+                    )
+                };
+                match adapter_sink.adapter() {
+                    Ok(Some(adapter)) => {
+                        adapter.build().map_err(|source| ConfigError::Adapter {
+                            what: what(),
+                            source,
+                        })?
+                    }
+                    // The built-in sinks are matched above; no adapter left
+                    // without one, but say so rather than panic.
+                    Ok(None) => {
+                        return Err(ConfigError::Adapter {
+                            what: what(),
+                            source: KnobError::said("type", "no adapter builds this sink"),
+                        });
+                    }
+                    Err(missing) => {
+                        return Err(ConfigError::NotBuilt {
+                            place: what(),
+                            missing,
+                        });
+                    }
                 }
             }
-        }
-    })
+        })
+    }
 }

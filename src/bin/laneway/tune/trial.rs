@@ -22,10 +22,10 @@ use laneway::ack::AckRef;
 use laneway::backlog::{
     BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig, MemoryBacklog, MemoryLimits,
 };
-use laneway::config::SinkSpec;
+use laneway::config::{GroupSpec, SinkSpec};
 use laneway::engine::{Engine, EngineOptions, GroupConfig};
 use laneway::message::{Message, now_epoch_ms};
-use laneway::sink::{BatchError, Delivery, JsonlSink, NullSink, SimulatedHandler, Sink};
+use laneway::sink::{BatchError, Delivery, SimulatedHandler, Sink};
 use laneway::source::{Incoming, LanePolicy};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -176,31 +176,24 @@ async fn build_sink(setup: &TrialSetup) -> Result<Arc<dyn Sink>, String> {
         SinkChoice::Simulated { cost, servers } => {
             Arc::new(SimulatedHandler::with_servers(*cost, *servers))
         }
-        SinkChoice::Config(spec) => match spec {
-            SinkSpec::Simulated { cost } => Arc::new(SimulatedHandler::new(*cost)),
-            SinkSpec::Null => Arc::new(NullSink),
-            SinkSpec::Stdout | SinkSpec::Jsonl { .. } => {
-                let sync = matches!(spec, SinkSpec::Jsonl { sync: true, .. });
-                let path = setup.scratch.join(TRIAL_DIR).join("sink.jsonl");
-                Arc::new(
-                    JsonlSink::file(&path, sync)
-                        .await
-                        .map_err(|e| format!("the trial's sink file {}: {e}", path.display()))?,
-                )
-            }
-            other => match other.adapter() {
-                Ok(Some(adapter)) => adapter
-                    .build()
-                    .map_err(|e| format!("group {group:?}: {} sink: {e}", other.type_name()))?,
-                Ok(None) => {
-                    return Err(format!(
-                        "group {group:?}: the {} sink has no adapter to build it",
-                        other.type_name()
-                    ));
-                }
-                Err(missing) => return Err(format!("group {group:?}: {missing}")),
-            },
-        },
+        SinkChoice::Config(spec) => {
+            // A file or stdout sink writes to the trial's scratch file, so
+            // the user's output is not touched; any other is the group's own.
+            let sink = match spec {
+                SinkSpec::Stdout | SinkSpec::Jsonl { .. } => SinkSpec::Jsonl {
+                    path: setup.scratch.join(TRIAL_DIR).join("sink.jsonl"),
+                    sync: matches!(spec, SinkSpec::Jsonl { sync: true, .. }),
+                    mode: laneway::sink::JsonlSink::DEFAULT_MODE,
+                },
+                other => other.clone(),
+            };
+            let spec = GroupSpec {
+                name: Some(group.clone()),
+                sink,
+                ..GroupSpec::default()
+            };
+            spec.build_sink().await.map_err(|e| e.to_string())?
+        }
     })
 }
 
