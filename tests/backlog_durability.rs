@@ -106,6 +106,20 @@ impl Recorder {
         self.changed.notify_all();
     }
 
+    /// Waits until `tag`'s records were written.
+    fn wait_written(&self, tag: u64) {
+        let mut s = self.state.lock();
+        while !s
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Write { tags, .. } if tags.contains(&tag)))
+        {
+            if self.changed.wait_for(&mut s, LIMIT).timed_out() {
+                panic!("append {tag} was not written within {LIMIT:?}");
+            }
+        }
+    }
+
     /// An fsync of a segment: recorded, held while the gate is shut.
     fn sync(&self, path: &Path, inner: &dyn SegmentFile) -> io::Result<()> {
         self.push(Event::SyncBegin {
@@ -563,6 +577,54 @@ fn an_append_is_acknowledged_only_after_an_fsync_begun_after_its_write() {
         .map(|(&t, _)| t)
         .collect();
     rt.block_on(assert_holds_exactly(&store, &acknowledged));
+    rt.block_on(store.close()).unwrap();
+    drop(a);
+    drop(store);
+    assert_recovers_clean(dir.path());
+}
+
+/// The writer writes the next group while an fsync runs, and a failed
+/// fsync fails every group written since the last good one, including
+/// those written while it ran; their retries are stored once.
+#[test]
+fn groups_written_while_an_fsync_runs_fail_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = RecordingFs::default();
+    let rec = fs.rec.clone();
+    let rt = runtime();
+    let store = Arc::new(DiskBacklog::open_with(dir.path(), config(), Arc::new(fs)).unwrap());
+    let mut a = Appends {
+        store: Arc::clone(&store),
+        rec: rec.clone(),
+        running: BTreeMap::new(),
+        seen: BTreeMap::new(),
+    };
+    a.start(&rt, 1);
+    assert!(a.finish(&rt, 1));
+
+    rec.hold(true);
+    a.start(&rt, 2);
+    rec.wait_held();
+    a.start(&rt, 3);
+    rec.wait_written(3);
+    a.start(&rt, 4);
+    rec.wait_written(4);
+    a.check(&rt);
+    rec.release(Verdict::Fail);
+    rec.hold(false);
+    for tag in [2, 3, 4] {
+        assert!(
+            !a.finish(&rt, tag),
+            "append {tag} was not covered by a good fsync"
+        );
+    }
+    a.check(&rt);
+    for tag in [5, 6, 7] {
+        a.start(&rt, tag);
+        assert!(a.finish(&rt, tag));
+    }
+    a.check(&rt);
+    rt.block_on(assert_holds_exactly(&store, &BTreeSet::from([1, 5, 6, 7])));
     rt.block_on(store.close()).unwrap();
     drop(a);
     drop(store);
