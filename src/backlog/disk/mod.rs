@@ -3,8 +3,10 @@
 //! recovery. The on-disk format is described in `docs/backlog-format.md`.
 //!
 //! Invariants this store keeps (on top of those of [`BacklogStore`]):
-//! - `append` resolves `Ok` only after the fsync covering its records
-//!   (group commit: one fsync for everything that arrived together);
+//! - `append` resolves `Ok` only after the first fsync that began after its
+//!   records were written has succeeded (group commit, pipelined: one fsync
+//!   for everything written while the previous one ran), and a failed fsync
+//!   fails every append written since the last good one;
 //! - a record is released only by `release` (delivered), `retry` (stored
 //!   again under a new id first), `max_age` expiry or a `drop_oldest` drop,
 //!   the last two counted; a segment file is deleted only when it holds no
@@ -87,12 +89,14 @@ pub struct DiskBacklogConfig {
     pub max_age: Option<Duration>,
     /// What a full store does (default `backpressure`).
     pub when_full: WhenFull,
-    /// How long the writer waits for more appends before an fsync while
-    /// fewer than `commit_max_bytes / 8` are gathered (default 2 ms; appends
-    /// arriving while an fsync runs join the next one anyway).
+    /// How long the writer waits for more appends before writing a group
+    /// while fewer than `commit_max_bytes / 8` are gathered and no fsync
+    /// runs (default 2 ms; appends arriving while an fsync runs are written
+    /// at once and join the next one anyway).
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// The most bytes one group commit gathers (default 8 MiB).
+    /// The most bytes one group gathers, and about the most written ahead
+    /// of a running fsync (default 8 MiB).
     pub commit_max_bytes: u64,
     /// How often released positions are saved to the ledger (default
     /// 200 ms): a crash re-delivers at most this much of releases.

@@ -55,13 +55,16 @@ pub fn list_segments(fs: &dyn Filesystem, dir: &Path) -> io::Result<Vec<(u64, Pa
 
 /// Creates segment `seq` whose first record will be `first_id`, durably:
 /// the header and the directory entry are fsync'd before it returns.
+/// Returns two handles on it, both open before anything is written: one to
+/// write records with, one to fsync them with (the writer fsyncs on another
+/// thread while it writes the next group).
 pub fn create_segment(
     fs: &dyn Filesystem,
     dir: &Path,
     seq: u64,
     first_id: u64,
     now_ms: i64,
-) -> io::Result<Box<dyn SegmentFile>> {
+) -> io::Result<(Box<dyn SegmentFile>, Box<dyn SegmentFile>)> {
     let path = segment_path(dir, seq);
     let file = fs.create_new(&path)?;
     let header = SegmentHeader {
@@ -69,15 +72,22 @@ pub fn create_segment(
         first_id,
         created_ms: now_ms,
     };
-    let written = write_all_at(file.as_ref(), &header.encode(), 0).and_then(|()| file.sync_data());
-    if let Err(e) = written {
-        // Leave no header-less file behind (a full disk, typically).
-        drop(file);
-        let _ = fs.remove_file(&path);
-        return Err(e);
-    }
+    let written = fs.open(&path).and_then(|sync_file| {
+        write_all_at(file.as_ref(), &header.encode(), 0)
+            .and_then(|()| file.sync_data())
+            .map(|()| sync_file)
+    });
+    let sync_file = match written {
+        Ok(f) => f,
+        Err(e) => {
+            // Leave no header-less file behind (a full disk, typically).
+            drop(file);
+            let _ = fs.remove_file(&path);
+            return Err(e);
+        }
+    };
     fs.sync_dir(dir)?;
-    Ok(file)
+    Ok((file, sync_file))
 }
 
 /// One step of reading a segment.
@@ -346,7 +356,7 @@ mod tests {
     use crate::message::Message;
 
     fn write_segment(dir: &Path, ids: std::ops::Range<u64>) -> (PathBuf, Vec<u64>) {
-        let file =
+        let (file, _) =
             create_segment(&crate::backlog::disk::RealFilesystem, dir, 1, ids.start, 0).unwrap();
         let mut buf = Vec::new();
         let mut offsets = Vec::new();

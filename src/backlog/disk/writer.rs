@@ -1,18 +1,40 @@
-//! The writer thread: group commit, segment rotation, capacity, and the
-//! housekeeping that frees disk (expiry, drops, deleting released segments,
-//! saving the ledger).
+//! The writer thread: group commit, pipelined with its fsyncs, segment
+//! rotation, capacity, and the housekeeping that frees disk (expiry, drops,
+//! deleting released segments, saving the ledger).
+//!
+//! Appends are gathered into groups; a group's frames are given their ids
+//! and checksums and written to the active segment, and then fsync'd by a
+//! second thread (`laneway-backlog-fsync`) while the writer goes on writing
+//! the next group. At most one fsync runs at a time; when it ends, one fsync
+//! begins for everything written meanwhile.
 //!
 //! Invariants:
-//! - an append is answered only after the fsync covering its records; a
-//!   record is published to readers (index, counters) only after that fsync;
-//! - a failed write or fsync is rolled back (the segment is truncated to its
-//!   durable end and unpublished ids are reused), so a full disk never leaves
-//!   a torn record behind, and ids stay dense within a segment;
+//! - an append is answered `Ok` only after an fsync that began after all
+//!   its records were written has succeeded (the first fsync to begin after
+//!   the write); a record is published to readers (index, counters) only
+//!   after that fsync;
+//! - the fsync thread syncs its own handle on the active segment, opened
+//!   before any record was written to it, so it is told of every write
+//!   error (the kernel reports a writeback error to each descriptor that was
+//!   open when it happened);
+//! - a failed write or fsync fails every append not yet answered and is
+//!   rolled back: the segment is cut to its durable end (the end the last
+//!   good fsync covered) and the ids written since are reused, so a failed
+//!   fsync fails every group written since the last good one, a full disk
+//!   never leaves a torn record behind, and ids stay dense within a segment.
+//!   A failed write first waits for the running fsync, so the groups that
+//!   fsync covers are answered by its own result;
+//! - bytes written and not yet fsync'd stay below `commit_max_bytes` plus one
+//!   group: past that the writer waits for the running fsync;
 //! - the ledger is saved within `ledger_interval` of any release and of
 //!   any append, so its next id vouches for every record acknowledged
 //!   before then (a cut tail that takes such records is counted as loss);
-//! - a record never spans two segments; the active segment is never deleted
-//!   (its header keeps the next id known even when everything is released);
+//!   it is the durable next id, never one of a record written and not yet
+//!   fsync'd;
+//! - a record never spans two segments; a segment is sealed, and the next
+//!   one created, only once everything written to it is durable; the
+//!   active segment is never deleted (its header keeps the next id known
+//!   even when everything is released);
 //! - a segment is deleted only when sealed and holding no owed record, and
 //!   only once a durable ledger names its records released, so recovery can
 //!   tell a deleted segment from a lost one: a fresh ledger is saved first,
@@ -27,12 +49,13 @@
 //!   id, its records cut), so space held only by released records is always
 //!   reclaimed and a full disk always recovers once records are delivered.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvError, Sender, select};
 use tokio::sync::oneshot;
 
 use super::WhenFull;
@@ -89,40 +112,79 @@ pub enum Request {
     Close(oneshot::Sender<Result<(), BacklogError>>),
 }
 
+/// One append, from the moment the writer takes it until it is answered.
 struct Job {
     frames: Vec<u8>,
     sizes: Vec<(u64, i64)>,
     bypass: bool,
     want_locs: bool,
     reply: oneshot::Sender<Result<Appended, BacklogError>>,
-    /// Records of this job durably stored so far.
+    /// Records of this job written so far (durable or not).
+    written: usize,
+    /// Records of this job durably stored so far (a prefix of them).
     stored: usize,
-    /// The job stopped at a full store at record `stored`.
+    /// Every record that will be written has been: the job is answered
+    /// once they are durable.
+    done_writing: bool,
+    /// The job stopped at a full store at record `written`.
     full: bool,
-    error: Option<BacklogError>,
     locs: Vec<Loc>,
 }
 
-/// A record written to the buffer, not yet durable.
+/// A record written (or in the buffer), not yet durable.
 struct PendingRec {
-    job: usize,
+    /// The number of its job (see [`Writer::first_job`]).
+    job: u64,
     id: u64,
     offset: u64,
     total: u64,
     not_before_ms: i64,
 }
 
+/// An fsync for the fsync thread: the handle to sync, handed back when done.
+struct SyncOrder(Box<dyn SegmentFile>);
+
+/// An fsync done: the handle back, and how it went.
+struct SyncDone(Box<dyn SegmentFile>, io::Result<()>);
+
+/// The fsync that runs now: what it covers.
+#[derive(Clone, Copy)]
+struct Syncing {
+    /// The first `records` of [`Writer::pending`].
+    records: usize,
+    /// Up to this offset of the active segment.
+    end: u64,
+}
+
 /// The writer thread's state.
 pub struct Writer {
     shared: Arc<Shared>,
+    /// The active segment, to write to.
     file: Box<dyn SegmentFile>,
+    /// The active segment again, to fsync with (away at the fsync thread
+    /// while an fsync runs).
+    sync_file: Option<Box<dyn SegmentFile>>,
     seq: u64,
-    /// Durable end of the active segment.
+    /// Durable end of the active segment: what the last good fsync covered.
     end: u64,
+    /// End of what was written to the active segment (from `end` on, not
+    /// yet durable).
+    written: u64,
     next_id: u64,
+    /// Frames of the group being gathered, sealed, not yet written.
     buf: Vec<u8>,
+    /// Records in the buffer or written, not yet durable, in id order.
     pending: Vec<PendingRec>,
     pending_bytes: u64,
+    /// Appends not yet answered, in arrival order.
+    jobs: VecDeque<Job>,
+    /// The number of `jobs[0]`.
+    first_job: u64,
+    /// The fsync running now, if one is.
+    syncing: Option<Syncing>,
+    to_syncer: Option<Sender<SyncOrder>>,
+    from_syncer: Receiver<SyncDone>,
+    syncer: Option<std::thread::JoinHandle<()>>,
     head: Option<(u64, SegmentReader)>,
     /// The head scan resumes at the first segment at or after this one.
     head_hint: u64,
@@ -160,9 +222,21 @@ enum CycleError {
     Io(String, io::Error),
 }
 
+/// The fsync thread: fsyncs each handle it is given and hands it back.
+fn syncer(orders: Receiver<SyncOrder>, done: Sender<SyncDone>) {
+    for SyncOrder(file) in orders {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| file.sync_data()))
+            .unwrap_or_else(|_| Err(io::Error::other("the fsync panicked")));
+        if done.send(SyncDone(file, result)).is_err() {
+            return;
+        }
+    }
+}
+
 impl Writer {
     /// A writer appending to segment `seq` (already in the index) from
-    /// `end`; `saved` is what the ledger on disk calls released.
+    /// `end`; `saved` is what the ledger on disk calls released. Starts the
+    /// fsync thread.
     pub fn new(
         shared: Arc<Shared>,
         seq: u64,
@@ -172,16 +246,30 @@ impl Writer {
     ) -> io::Result<Writer> {
         let path = segment_path(&shared.dir, seq);
         let file = shared.fs.open(&path)?;
+        let sync_file = shared.fs.open(&path)?;
         let reserve = Reserve::find(shared.fs.as_ref(), &shared.dir);
+        let (to_syncer, orders) = crossbeam_channel::bounded(1);
+        let (done, from_syncer) = crossbeam_channel::bounded(1);
+        let syncer = std::thread::Builder::new()
+            .name("laneway-backlog-fsync".into())
+            .spawn(move || syncer(orders, done))?;
         Ok(Writer {
             shared,
             file,
+            sync_file: Some(sync_file),
             seq,
             end,
+            written: end,
             next_id,
             buf: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
+            jobs: VecDeque::new(),
+            first_job: 0,
+            syncing: None,
+            to_syncer: Some(to_syncer),
+            from_syncer,
+            syncer: Some(syncer),
             head: None,
             head_hint: 0,
             last_ledger_save: Instant::now(),
@@ -200,16 +288,39 @@ impl Writer {
         let tick = cfg
             .ledger_interval
             .clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let mut from_syncer = self.from_syncer.clone();
         loop {
-            let first = match rx.recv_timeout(tick) {
-                Ok(r) => r,
-                Err(RecvTimeoutError::Timeout) => {
+            if self.syncing.is_some() && self.written - self.end >= cfg.commit_max_bytes {
+                // Far enough ahead: let the running fsync end first.
+                if let Err(e) = self.wait_sync().and_then(|()| self.start_sync()) {
+                    self.fail_outstanding(e);
+                }
+                self.answer_ready();
+                continue;
+            }
+            let first = select! {
+                recv(rx) -> request => match request {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.settle();
+                        self.housekeeping(true);
+                        return;
+                    }
+                },
+                recv(from_syncer) -> done => {
+                    if done.is_err() {
+                        from_syncer = crossbeam_channel::never();
+                    }
+                    let result = self.sync_result(done);
+                    if let Err(e) = self.sync_ended(result).and_then(|()| self.start_sync()) {
+                        self.fail_outstanding(e);
+                    }
+                    self.answer_ready();
+                    continue;
+                },
+                default(tick) => {
                     self.housekeeping(false);
                     continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.housekeeping(true);
-                    return;
                 }
             };
             let mut jobs = Vec::new();
@@ -227,15 +338,19 @@ impl Writer {
             if control.is_none() {
                 let deadline = Instant::now() + cfg.commit_interval;
                 let mut bytes = jobs.iter().map(|j| j.frames.len() as u64).sum::<u64>();
-                // Waiting only pays while the batch is small: a big one
-                // already amortises its fsync, and waiting would only delay
-                // a caller that has nothing more to send until answered.
+                // Waiting only pays while the group is small and no fsync
+                // runs: a big group already amortises its fsync, and one
+                // written while an fsync runs waits for it anyway (what
+                // comes meanwhile joins the next group).
                 let linger_below = cfg.commit_max_bytes / 8;
                 while bytes < cfg.commit_max_bytes {
-                    let next = if cfg.commit_interval.is_zero() || bytes >= linger_below {
-                        rx.try_recv().ok()
-                    } else {
+                    let linger = !cfg.commit_interval.is_zero()
+                        && bytes < linger_below
+                        && self.syncing.is_none();
+                    let next = if linger {
                         rx.recv_deadline(deadline).ok()
+                    } else {
+                        rx.try_recv().ok()
                     };
                     match next {
                         Some(Request::Append {
@@ -257,13 +372,14 @@ impl Writer {
                 }
             }
             if !jobs.is_empty() {
-                self.commit(jobs);
+                self.write_group(jobs);
             }
             match control {
                 Some(Request::Checkpoint(reply)) => {
                     let _ = reply.send(self.save_ledger());
                 }
                 Some(Request::Close(reply)) => {
+                    self.settle();
                     self.housekeeping(true);
                     let _ = reply.send(self.save_ledger());
                     return;
@@ -273,97 +389,76 @@ impl Writer {
         }
     }
 
-    /// One group commit over `jobs`.
-    fn commit(&mut self, mut jobs: Vec<Job>) {
+    /// Makes everything written durable and answers every append (at a
+    /// close).
+    fn settle(&mut self) {
+        if let Err(e) = self.drain() {
+            self.fail_outstanding(e);
+        }
+        self.answer_ready();
+    }
+
+    /// Gives each record of `jobs` its id and checksum and writes them
+    /// (rotating segments and making room on the way), then starts their
+    /// fsync unless one runs already (the next one will cover them).
+    fn write_group(&mut self, jobs: Vec<Job>) {
+        let first = self.first_job + self.jobs.len() as u64;
+        self.jobs.extend(jobs);
+        if let Err(e) = self.write_jobs(first).and_then(|()| self.start_sync()) {
+            self.fail_outstanding(e);
+        }
+        self.answer_ready();
+    }
+
+    fn write_jobs(&mut self, first: u64) -> Result<(), CycleError> {
         let cfg = self.shared.config.clone();
         let now = now_epoch_ms();
-        let mut failure: Option<CycleError> = None;
-        'jobs: for j in 0..jobs.len() {
+        let end = self.first_job + self.jobs.len() as u64;
+        for number in first..end {
+            let j = (number - self.first_job) as usize;
             let mut at = 0usize;
-            for k in 0..jobs[j].sizes.len() {
-                let (total, not_before_ms) = jobs[j].sizes[k];
-                if !jobs[j].bypass && !self.has_room(total) {
+            for k in 0..self.jobs[j].sizes.len() {
+                let (total, not_before_ms) = self.jobs[j].sizes[k];
+                if !self.jobs[j].bypass && !self.has_room(total) {
                     if cfg.when_full == WhenFull::DropOldest {
-                        // Records of this cycle may be the oldest left:
+                        // Records of this group may be the oldest left:
                         // make them durable first so they can be dropped.
-                        if let Err(e) = self.flush(&mut jobs) {
-                            failure = Some(e);
-                            break 'jobs;
-                        }
+                        self.write_buf()?;
+                        self.drain()?;
                         self.make_room(total);
                     }
                     if !self.has_room(total) {
-                        jobs[j].full = true;
-                        continue 'jobs;
+                        self.jobs[j].full = true;
+                        break;
                     }
                 }
-                if self.end + self.buf.len() as u64 + total > cfg.segment_bytes
-                    && let Err(e) = self.flush(&mut jobs).and_then(|()| self.rotate(now))
-                {
-                    failure = Some(e);
-                    break 'jobs;
+                if self.written + self.buf.len() as u64 + total > cfg.segment_bytes {
+                    self.write_buf()?;
+                    self.drain()?;
+                    self.rotate(now)?;
                 }
                 let id = self.next_id;
                 self.next_id += 1;
                 let start = self.buf.len();
                 self.buf
-                    .extend_from_slice(&jobs[j].frames[at..at + total as usize]);
+                    .extend_from_slice(&self.jobs[j].frames[at..at + total as usize]);
                 seal_frame(&mut self.buf[start..], id);
                 self.pending.push(PendingRec {
-                    job: j,
+                    job: number,
                     id,
-                    offset: self.end + start as u64,
+                    offset: self.written + start as u64,
                     total,
                     not_before_ms,
                 });
                 at += total as usize;
                 self.pending_bytes += total;
+                self.jobs[j].written += 1;
             }
+            self.jobs[j].done_writing = true;
+            // The frames are copied: let their memory go now.
+            self.jobs[j].frames = Vec::new();
         }
-        if failure.is_none()
-            && let Err(e) = self.flush(&mut jobs)
-        {
-            failure = Some(e);
-        }
-        match failure {
-            None => {
-                if self.disk_full {
-                    self.disk_full = false;
-                    tracing::info!(dir = %self.shared.dir.display(), "backlog disk has room again");
-                }
-            }
-            Some(CycleError::Full) => {
-                for job in &mut jobs {
-                    job.full |= job.stored < job.sizes.len() && !job.bypass;
-                    if job.bypass && job.stored < job.sizes.len() {
-                        job.error = Some(BacklogError::Io {
-                            action: "storing a retry (disk full)".into(),
-                            source: io::Error::from(io::ErrorKind::StorageFull),
-                        });
-                    }
-                }
-            }
-            Some(CycleError::Io(action, e)) => {
-                for job in &mut jobs {
-                    if job.stored < job.sizes.len() {
-                        job.error = Some(BacklogError::Io {
-                            action: action.clone(),
-                            source: io::Error::new(e.kind(), e.to_string()),
-                        });
-                    }
-                }
-            }
-        }
-        for job in jobs {
-            let result = if let Some(e) = job.error {
-                Err(e)
-            } else if job.full && job.stored < job.sizes.len() {
-                Err(BacklogError::Full { stored: job.stored })
-            } else {
-                Ok(Appended { locs: job.locs })
-            };
-            let _ = job.reply.send(result);
-        }
+        self.write_buf()
     }
 
     fn has_room(&self, total: u64) -> bool {
@@ -375,21 +470,113 @@ impl Writer {
         )
     }
 
-    /// Writes and fsyncs the buffer, then publishes its records.
-    fn flush(&mut self, jobs: &mut [Job]) -> Result<(), CycleError> {
+    /// Writes the buffer to the active segment (not yet durable).
+    fn write_buf(&mut self) -> Result<(), CycleError> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let written = write_all_at(self.file.as_ref(), &self.buf, self.end)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            let first_unpublished = self.pending.first().map_or(self.next_id, |p| p.id);
-            self.rollback(first_unpublished);
+        if let Err(e) = write_all_at(self.file.as_ref(), &self.buf, self.written) {
+            // What the running fsync covers is answered by its result;
+            // everything after it is rolled back.
+            self.wait_sync()?;
+            self.rollback();
             return Err(self.classify(e, "writing"));
         }
-        let added_bytes = self.buf.len() as u64;
-        let added = self.pending.len() as u64;
-        self.end += added_bytes;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Starts an fsync of everything written, unless one runs already or
+    /// nothing waits for one. Without an fsync thread (it stopped), fsyncs
+    /// here and now.
+    fn start_sync(&mut self) -> Result<(), CycleError> {
+        if self.syncing.is_some() || self.written == self.end {
+            return Ok(());
+        }
+        let covers = Syncing {
+            records: self.pending.len(),
+            end: self.written,
+        };
+        if let Some(to_syncer) = &self.to_syncer
+            && let Some(file) = self.sync_file.take()
+        {
+            match to_syncer.send(SyncOrder(file)) {
+                Ok(()) => {
+                    self.syncing = Some(covers);
+                    return Ok(());
+                }
+                Err(crossbeam_channel::SendError(SyncOrder(file))) => {
+                    self.sync_file = Some(file);
+                    self.syncer_gone();
+                }
+            }
+        }
+        let result = self.file.sync_data();
+        self.syncing = Some(covers);
+        self.sync_ended(result)
+    }
+
+    /// The fsync thread stopped (it cannot, short of a bug): from now on
+    /// fsyncs run on the writer thread.
+    fn syncer_gone(&mut self) {
+        if self.to_syncer.take().is_some() {
+            tracing::error!(dir = %self.shared.dir.display(), "the backlog fsync thread stopped; fsyncing on the writer thread from now on");
+        }
+    }
+
+    /// Takes back the handle of an fsync that ended; its result.
+    fn sync_result(&mut self, done: Result<SyncDone, RecvError>) -> io::Result<()> {
+        match done {
+            Ok(SyncDone(file, result)) => {
+                self.sync_file = Some(file);
+                result
+            }
+            Err(RecvError) => {
+                self.syncer_gone();
+                Err(io::Error::other("the backlog fsync thread stopped"))
+            }
+        }
+    }
+
+    /// Waits for the running fsync, if one runs, and settles what it covered.
+    fn wait_sync(&mut self) -> Result<(), CycleError> {
+        if self.syncing.is_none() {
+            return Ok(());
+        }
+        let done = self.from_syncer.recv();
+        let result = self.sync_result(done);
+        self.sync_ended(result)
+    }
+
+    /// Makes everything written durable: waits for the running fsync, then
+    /// fsyncs what was written meanwhile.
+    fn drain(&mut self) -> Result<(), CycleError> {
+        self.wait_sync()?;
+        self.start_sync()?;
+        self.wait_sync()
+    }
+
+    /// The running fsync ended with `result`: publishes what it covered,
+    /// or, when it failed, rolls back everything not durable and returns
+    /// the error.
+    fn sync_ended(&mut self, result: io::Result<()>) -> Result<(), CycleError> {
+        let Some(covers) = self.syncing.take() else {
+            return Ok(());
+        };
+        if let Err(e) = result {
+            self.rollback();
+            return Err(self.classify(e, "fsyncing"));
+        }
+        self.publish(covers);
+        Ok(())
+    }
+
+    /// Publishes the records an fsync made durable.
+    fn publish(&mut self, covers: Syncing) {
+        let added = covers.records as u64;
+        let added_bytes = covers.end - self.end;
+        self.end = covers.end;
         {
             let mut idx = self.shared.index.lock();
             if let Some(seg) = idx.segments.get_mut(&self.seq) {
@@ -406,8 +593,11 @@ impl Writer {
                 .bytes
                 .fetch_add(added_bytes, Ordering::Relaxed);
         }
-        for p in self.pending.drain(..) {
-            let job = &mut jobs[p.job];
+        for p in self.pending.drain(..covers.records) {
+            self.pending_bytes -= p.total;
+            let Some(job) = self.jobs.get_mut((p.job - self.first_job) as usize) else {
+                continue;
+            };
             job.stored += 1;
             if job.want_locs {
                 job.locs.push(Loc {
@@ -419,19 +609,74 @@ impl Writer {
                 });
             }
         }
-        self.buf.clear();
-        self.pending_bytes = 0;
-        Ok(())
+        if self.disk_full {
+            self.disk_full = false;
+            tracing::info!(dir = %self.shared.dir.display(), "backlog disk has room again");
+        }
     }
 
-    fn rollback(&mut self, first_unpublished: u64) {
+    /// Answers the appends at the front whose records are all durable.
+    fn answer_ready(&mut self) {
+        while self
+            .jobs
+            .front()
+            .is_some_and(|j| j.done_writing && j.stored == j.written)
+        {
+            let Some(job) = self.jobs.pop_front() else {
+                return;
+            };
+            self.first_job += 1;
+            let result = if job.full && job.stored < job.sizes.len() {
+                Err(BacklogError::Full { stored: job.stored })
+            } else {
+                Ok(Appended { locs: job.locs })
+            };
+            let _ = job.reply.send(result);
+        }
+    }
+
+    /// Answers every append not yet answered with the failure `e` (the
+    /// records not durable were rolled back): a full disk is backpressure
+    /// for appends (what was stored is said) and an error for retries.
+    fn fail_outstanding(&mut self, e: CycleError) {
+        self.answer_ready();
+        self.first_job += self.jobs.len() as u64;
+        for job in self.jobs.drain(..) {
+            let result = match &e {
+                _ if job.stored == job.sizes.len() => Ok(Appended { locs: job.locs }),
+                CycleError::Full if !job.bypass => Err(BacklogError::Full { stored: job.stored }),
+                CycleError::Full => Err(BacklogError::Io {
+                    action: "storing a retry (disk full)".into(),
+                    source: io::Error::from(io::ErrorKind::StorageFull),
+                }),
+                CycleError::Io(action, e) => Err(BacklogError::Io {
+                    action: action.clone(),
+                    source: io::Error::new(e.kind(), e.to_string()),
+                }),
+            };
+            let _ = job.reply.send(result);
+        }
+    }
+
+    /// Forgets every record not durable and cuts the segment back to its
+    /// durable end; their ids are given again. No fsync may be running.
+    fn rollback(&mut self) {
         self.buf.clear();
+        if let Some(p) = self.pending.first() {
+            self.next_id = p.id;
+        }
         self.pending.clear();
         self.pending_bytes = 0;
-        self.next_id = first_unpublished;
+        self.written = self.end;
         if let Err(e) = self.file.set_len(self.end) {
             tracing::error!(segment = %segment_path(&self.shared.dir, self.seq).display(), error = %e, "cannot cut a failed write back; it will be cut at the next start");
         }
+    }
+
+    /// The next id as durable records have it: the first id not yet
+    /// fsync'd.
+    fn durable_next_id(&self) -> u64 {
+        self.pending.first().map_or(self.next_id, |p| p.id)
     }
 
     fn classify(&mut self, e: io::Error, what: &str) -> CycleError {
@@ -452,14 +697,16 @@ impl Writer {
         }
     }
 
-    /// Seals the active segment and starts the next one.
+    /// Seals the active segment (everything written to it is durable) and
+    /// starts the next one.
     fn rotate(&mut self, now: i64) -> Result<(), CycleError> {
         let seq = self.seq + 1;
         let fs = Arc::clone(&self.shared.fs);
-        let file = match create_segment(fs.as_ref(), &self.shared.dir, seq, self.next_id, now) {
-            Ok(f) => f,
-            Err(e) => return Err(self.classify(e, "creating the segment after")),
-        };
+        let (file, sync_file) =
+            match create_segment(fs.as_ref(), &self.shared.dir, seq, self.next_id, now) {
+                Ok(f) => f,
+                Err(e) => return Err(self.classify(e, "creating the segment after")),
+            };
         let mut idx = self.shared.index.lock();
         if let Some(old) = idx.segments.get_mut(&self.seq) {
             old.sealed = true;
@@ -478,7 +725,9 @@ impl Writer {
         drop(idx);
         self.seq = seq;
         self.file = file;
+        self.sync_file = Some(sync_file);
         self.end = SEGMENT_HEADER_LEN;
+        self.written = SEGMENT_HEADER_LEN;
         Ok(())
     }
 
@@ -616,7 +865,8 @@ impl Writer {
             }
         }
         let due = self.last_ledger_save.elapsed() >= self.shared.config.ledger_interval;
-        let stale = self.next_id != self.saved_next_id || self.shared.index.lock().ledger_dirty;
+        let stale =
+            self.durable_next_id() != self.saved_next_id || self.shared.index.lock().ledger_dirty;
         if (force || (due && stale))
             && let Err(e) = self.save_ledger()
         {
@@ -738,7 +988,11 @@ impl Writer {
                 .get(&self.seq)
                 .is_some_and(|s| s.live == 0 && s.in_flight == 0)
         };
-        if !idle || self.end <= SEGMENT_HEADER_LEN || !self.pending.is_empty() {
+        if !idle
+            || self.end <= SEGMENT_HEADER_LEN
+            || !self.pending.is_empty()
+            || self.syncing.is_some()
+        {
             return;
         }
         let path = segment_path(&self.shared.dir, self.seq);
@@ -758,6 +1012,7 @@ impl Writer {
         }
         let freed = self.end - SEGMENT_HEADER_LEN;
         self.end = SEGMENT_HEADER_LEN;
+        self.written = SEGMENT_HEADER_LEN;
         {
             let mut idx = self.shared.index.lock();
             if let Some(seg) = idx.segments.get_mut(&self.seq) {
@@ -790,7 +1045,7 @@ impl Writer {
             let mut idx = self.shared.index.lock();
             idx.ledger_dirty = false;
             Ledger {
-                next_id: self.next_id,
+                next_id: self.durable_next_id(),
                 head: idx.segments.values().next().map(|s| s.first_id),
                 released: idx.released.clone(),
             }
@@ -851,10 +1106,22 @@ impl Job {
             bypass,
             want_locs,
             reply,
+            written: 0,
             stored: 0,
+            done_writing: false,
             full: false,
-            error: None,
             locs: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the orders ends the fsync thread; wait for it, so no
+        // handle on a segment outlives the store.
+        self.to_syncer = None;
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
         }
     }
 }
