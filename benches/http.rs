@@ -19,7 +19,8 @@
 //! `LANEWAY_BENCH_MESSAGES` (default 1,000,000) sizes part 1,
 //! `LANEWAY_BENCH_ROUNDS` (default 5) its rounds, `LANEWAY_BENCH_PHASE`
 //! (seconds, default 5) each phase of part 2; `LANEWAY_BENCH_PART` = 1 or 2 runs
-//! one part.
+//! one part. Without `--bench` (`cargo test --benches`) it runs a smoke:
+//! 20,000 messages, one round, phases of 0.3 s.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -59,7 +60,17 @@ fn main() {
         serve(workers.parse().unwrap_or(4096));
         return;
     }
-    // `cargo bench` passes `--bench`; nothing else is taken.
+    // `cargo bench` passes `--bench`; `cargo test --benches` (CI) runs
+    // without it: a smoke then, a few seconds, every path taken once.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let (messages, rounds, phase, sweep): (usize, usize, f64, &[usize]) = if smoke {
+        (20_000, 1, 0.3, &[4])
+    } else {
+        (1_000_000, 5, 5.0, &[1, 2, 4, 8, 16, 32])
+    };
+    let messages = env_or("LANEWAY_BENCH_MESSAGES", messages);
+    let rounds = env_or("LANEWAY_BENCH_ROUNDS", rounds);
+    let phase = Duration::from_secs_f64(env_or("LANEWAY_BENCH_PHASE", phase));
     let part: u32 = env_or("LANEWAY_BENCH_PART", 0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -67,10 +78,10 @@ fn main() {
         .build()
         .unwrap();
     if part != 2 {
-        rt.block_on(sink_against_plain_client());
+        rt.block_on(sink_against_plain_client(messages, rounds));
     }
     if part != 1 {
-        rt.block_on(changing_capacity());
+        rt.block_on(changing_capacity(phase, sweep));
     }
 }
 
@@ -244,9 +255,7 @@ fn median_and_range(values: &mut [f64]) -> (f64, f64, f64) {
 // ---------------------------------------------------------------------------
 // Part 1.
 
-async fn sink_against_plain_client() {
-    let n: usize = env_or("LANEWAY_BENCH_MESSAGES", 1_000_000);
-    let rounds: usize = env_or("LANEWAY_BENCH_ROUNDS", 5);
+async fn sink_against_plain_client(n: usize, rounds: usize) {
     let service = Service::start(4096);
     let url = service.ingest_url();
     let now = now_epoch_ms();
@@ -451,8 +460,7 @@ struct CapacityRun {
     mean_limit: [f64; 3],
 }
 
-async fn changing_capacity() {
-    let phase = Duration::from_secs_f64(env_or("LANEWAY_BENCH_PHASE", 5.0));
+async fn changing_capacity(phase: Duration, sweep: &[usize]) {
     const WORKERS: usize = 4;
     const BATCH2: usize = 32;
     let fast = Duration::from_micros(200);
@@ -471,7 +479,7 @@ async fn changing_capacity() {
         32,
         Some(AdaptiveSlots { min: 1 }),
     ))
-    .chain([1, 2, 4, 8, 16, 32].map(|s| (format!("static {s}"), s, None)))
+    .chain(sweep.iter().map(|&s| (format!("static {s}"), s, None)))
     .collect();
     for (name, slots, adaptive) in configs {
         service.set_cost(&control, fast).await;
