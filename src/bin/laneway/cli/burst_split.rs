@@ -7,9 +7,10 @@
 //! bursts", and the summary gives the p99 of each kind of interval.
 //!
 //! Invariant: an interval is filed by the bursts' schedule alone (the
-//! simulator's: burst k at k × `burst_every` after the start), never by the
-//! latency it showed, so a slow interval without a burst counts against
-//! "between bursts".
+//! simulator's: burst k at k × `burst_every` after the start, counted in
+//! the interval whose first half, or whose predecessor's second half, it
+//! fell in), never by the latency it showed, so a slow interval without a
+//! burst counts against "between bursts".
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -57,8 +58,14 @@ impl BurstSplit {
     /// Files the interval that ended at `now` with each group's live
     /// latency over it; says whether a burst fell in it.
     pub fn interval(&mut self, now: Instant, latency: &[LatencySummary]) -> bool {
+        // A burst is delivered over the moments after it: it belongs to
+        // the interval it fell in when it fell in its first half, else to
+        // the next (sampling and bursting both on the second, a burst lands
+        // just after a sample and its latency shows in the next interval).
+        let half = now.saturating_duration_since(self.last) / 2;
         let burst_number = |at: Instant, every: &Duration| {
-            at.saturating_duration_since(self.started).as_nanos() / every.as_nanos()
+            let since = at.saturating_duration_since(self.started);
+            since.saturating_sub(half).as_nanos() / every.as_nanos()
         };
         let burst = self
             .periods
@@ -127,15 +134,18 @@ mod tests {
         let start = Instant::now();
         let mut split = BurstSplit::of(&config, start).unwrap();
         let groups = config.groups.len();
-        // The embedded default bursts every 2 s; intervals of 1 s.
-        let s = Duration::from_secs(1);
-        assert!(!split.interval(start + s, &vec![lat(5.0); groups]));
-        assert!(split.interval(start + 2 * s, &vec![lat(150.0); groups]));
-        assert!(!split.interval(start + 3 * s, &vec![lat(9.0); groups]));
-        assert!(split.interval(start + 4 * s, &vec![lat(140.0); groups]));
+        // The embedded default bursts every 2 s; intervals of 1 s, sampled
+        // a few milliseconds after the second: the burst at 2 s is
+        // delivered in the interval that ends at 3 s.
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert!(!split.interval(at(1_004), &vec![lat(5.0); groups]));
+        assert!(!split.interval(at(2_004), &vec![lat(9.0); groups]));
+        assert!(split.interval(at(3_004), &vec![lat(150.0); groups]));
+        assert!(!split.interval(at(4_004), &vec![lat(9.0); groups]));
+        assert!(split.interval(at(5_004), &vec![lat(140.0); groups]));
         let text = split.summary();
         assert!(
-            text.contains("between bursts median 9.0ms, highest 9.0ms (2 intervals); with a burst median 150.0ms, highest 150.0ms (2 intervals)"),
+            text.contains("between bursts median 9.0ms, highest 9.0ms (3 intervals); with a burst median 150.0ms, highest 150.0ms (2 intervals)"),
             "{text}"
         );
     }
