@@ -18,6 +18,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/support/measure.rs"]
+mod measure;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group};
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};
 use laneway::message::Message;
+use measure::{cpu_time, env_or, median_and_range};
 
 /// 300 bytes on disk per record: 16 frame header + 40 fixed body fields +
 /// 32 topic + 8 message id + 204 payload.
@@ -179,23 +183,6 @@ fn main() {
 /// Bytes one record takes on disk (see [`PAYLOAD`]).
 const RECORD_BYTES: u64 = 300;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// CPU time of this process so far (user + system), from /proc/self/stat
-/// in clock ticks of 10 ms.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
 #[derive(Clone, Copy)]
 struct Round {
     /// MB/s (10^6 bytes).
@@ -263,15 +250,6 @@ fn laneway_round(rt: &tokio::runtime::Runtime, dir: &Path, bytes: u64) -> Round 
     drop(store);
     std::fs::remove_dir_all(&store_dir).unwrap();
     round
-}
-
-fn median_and_range(values: &mut [f64]) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
 }
 
 fn append_against_raw() {

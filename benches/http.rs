@@ -24,6 +24,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/support/measure.rs"]
+mod measure;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -41,19 +44,13 @@ use laneway::http::{HttpSink, HttpSinkConfig};
 use laneway::message::{Message, now_epoch_ms, write_envelope};
 use laneway::sink::{Delivery, Lane, Sink};
 use laneway::source::{Incoming, LanePolicy};
+use measure::{cpu_time, env_or, median_and_range};
 use tokio::sync::Semaphore;
 
 /// Set in the child process that plays the service.
 const SERVE: &str = "LANEWAY_BENCH_HTTP_SERVE";
 const BATCH: usize = 256;
 const SLOTS: usize = 4;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     if let Ok(workers) = std::env::var(SERVE) {
@@ -185,17 +182,6 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
 // ---------------------------------------------------------------------------
 // Measuring.
 
-/// CPU time of this process so far (user + system), from /proc/self/stat
-/// in clock ticks of 10 ms.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // The command name may hold spaces; the fields after it do not.
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
 /// Messages of the fleet: JSON payloads and, every fourth, bytes that are
 /// not text.
 fn messages(n: usize, generate_time_ms: impl Fn(usize) -> i64) -> Vec<Message> {
@@ -243,13 +229,33 @@ struct Round {
     cpu_us: f64,
 }
 
-fn median_and_range(values: &mut [f64]) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
+/// An engine running in the background.
+struct Running {
+    monitor: Monitor,
+    ingest: laneway::source::Ingest,
+    stop: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<laneway::engine::RunSummary>,
+}
+
+impl Running {
+    fn start(engine: Engine) -> Running {
+        let (monitor, ingest) = (engine.monitor(), engine.ingest(LanePolicy::Auto));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(engine.run(async move {
+            let _ = stopped.await;
+        }));
+        Running {
+            monitor,
+            ingest,
+            stop,
+            run,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.run.await.unwrap();
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -429,12 +435,8 @@ async fn through_laneway(url: &str, sent: &[Message]) -> Round {
         .group(config, http_sink(url))
         .build()
         .unwrap();
-    let monitor = engine.monitor();
-    let ingest = engine.ingest(LanePolicy::Auto);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(engine.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let running = Running::start(engine);
+    let (monitor, ingest) = (running.monitor.clone(), running.ingest.clone());
     let tracker = AckTracker::new();
     let (start, cpu) = (Instant::now(), cpu_time());
     for chunk in sent.chunks(BATCH) {
@@ -444,8 +446,7 @@ async fn through_laneway(url: &str, sent: &[Message]) -> Round {
     let n = sent.len() as u64;
     monitor.until(|m| m.delivered() >= n).await;
     let result = round(sent.len(), start, cpu);
-    let _ = stop_tx.send(());
-    run.await.unwrap();
+    running.stop().await;
     result
 }
 
@@ -562,12 +563,8 @@ async fn capacity_run(
         )
         .build()
         .unwrap();
-    let monitor = engine.monitor();
-    let ingest = engine.ingest(LanePolicy::Auto);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(engine.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let running = Running::start(engine);
+    let (monitor, ingest) = (running.monitor.clone(), running.ingest.clone());
     let tracker = AckTracker::new();
     let old = now_epoch_ms() - 3_600_000;
     for chunk in messages_from("pile", 0, pile, |_| old).chunks(1024) {
@@ -623,8 +620,7 @@ async fn capacity_run(
         (monitor.delivered() - delivered_at_start) as f64 / start.elapsed().as_secs_f64();
     stop_live.cancel();
     live.await.unwrap();
-    let _ = stop_tx.send(());
-    run.await.unwrap();
+    running.stop().await;
     CapacityRun {
         name: name.to_string(),
         throughput,

@@ -24,7 +24,8 @@
 //! - [`tls`]: a TLS server config for `localhost` signed by a test CA;
 //! - [`backlog_files`]: a backlog directory read by its documented format;
 //! - [`disk`]: the disk backlog as the fault tests drive it;
-//! - [`names`]: names no other test uses.
+//! - [`names`]: names no other test uses;
+//! - [`measure`]: CPU time and medians for the comparative benchmarks.
 
 // The benches compile the whole tree and use only part of it, so what
 // they leave unused is no dead code.
@@ -36,6 +37,7 @@ pub mod disk;
 pub mod engine;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod measure;
 pub mod names;
 pub mod process;
 #[cfg(feature = "pulsar")]
