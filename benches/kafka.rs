@@ -30,6 +30,8 @@
 //! `cargo bench --features kafka --bench kafka`. Knobs (environment):
 //! `LANEWAY_BENCH_MESSAGES` (default 200000), `LANEWAY_BENCH_PARTITIONS`
 //! (default 32), `LANEWAY_BENCH_ROUNDS` (default 5), `LANEWAY_BENCH_BEFORE`.
+//! Without `--bench` (`cargo test --benches`, or the executable run by
+//! hand) it is a smoke: 20,000 records, one round.
 //! librdkafka's mock keeps at most 5 MiB per partition and drops the oldest
 //! records beyond it: the benchmark checks that the topic holds every
 //! record it produced and stops when not.
@@ -272,9 +274,15 @@ fn main() {
     if let Ok(role) = std::env::var("LANEWAY_BENCH_ROLE") {
         return child(&role);
     }
-    let n: u64 = env_or("LANEWAY_BENCH_MESSAGES", 200_000);
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs without
+    // it: a smoke then, one small round.
+    let full = std::env::args().any(|a| a == "--bench");
+    let n: u64 = env_or(
+        "LANEWAY_BENCH_MESSAGES",
+        if full { 200_000 } else { 20_000 },
+    );
     let partitions: i32 = env_or("LANEWAY_BENCH_PARTITIONS", 32);
-    let rounds: usize = env_or("LANEWAY_BENCH_ROUNDS", 5);
+    let rounds: usize = env_or("LANEWAY_BENCH_ROUNDS", if full { 5 } else { 1 });
     let before = std::env::var("LANEWAY_BENCH_BEFORE").ok();
     let exe = std::env::current_exe().unwrap();
     let exe = exe.to_str().unwrap().to_string();
