@@ -29,7 +29,9 @@
 //!
 //! `cargo bench --features kafka --bench kafka`. Knobs (environment):
 //! `LANEWAY_BENCH_MESSAGES` (default 200000), `LANEWAY_BENCH_PARTITIONS`
-//! (default 32), `LANEWAY_BENCH_ROUNDS` (default 5), `LANEWAY_BENCH_BEFORE`.
+//! (default 32), `LANEWAY_BENCH_ROUNDS` (default 5), `LANEWAY_BENCH_BEFORE`,
+//! `LANEWAY_BENCH_PREFETCHES` (a comma-separated list of `prefetch_kbytes`
+//! values: one more laneway contestant for each).
 //! Without `--bench` (`cargo test --benches`, or the executable run by
 //! hand) it is a smoke: 20,000 records, one round.
 //! librdkafka's mock keeps at most 5 MiB per partition and drops the oldest
@@ -176,6 +178,10 @@ async fn laneway(brokers: &str, group: &str, n: u64) -> Round {
         topics: vec![TOPIC.into()],
         group_id: group.to_string(),
         catch_up: false,
+        prefetch_kbytes: env_or(
+            "LANEWAY_BENCH_PREFETCH",
+            KafkaSourceConfig::default().prefetch_kbytes,
+        ),
         ..KafkaSourceConfig::default()
     })
     .unwrap();
@@ -244,9 +250,21 @@ fn records_held(brokers: &str, partitions: i32) -> i64 {
         .sum()
 }
 
-/// Runs one round of `role` in a child process of `exe`.
-fn spawn_round(exe: &str, role: &str, brokers: &str, group: &str, n: u64) -> Round {
-    let out = Command::new(exe)
+/// Runs one round of `role` in a child process of `exe`, with `prefetch`
+/// (KiB) as the laneway source's `prefetch_kbytes` when given.
+fn spawn_round(
+    exe: &str,
+    role: &str,
+    prefetch: Option<u32>,
+    brokers: &str,
+    group: &str,
+    n: u64,
+) -> Round {
+    let mut command = Command::new(exe);
+    if let Some(kb) = prefetch {
+        command.env("LANEWAY_BENCH_PREFETCH", kb.to_string());
+    }
+    let out = command
         .env("LANEWAY_BENCH_ROLE", role)
         .env("LANEWAY_BENCH_BROKERS", brokers)
         .env("LANEWAY_BENCH_GROUP", group)
@@ -303,13 +321,26 @@ fn main() {
         "the mock cluster kept {held} of the {n} records produced (it keeps at most 5 MiB per partition): use more partitions or fewer records"
     );
 
-    // (name, executable, role)
+    // (name, executable, role, prefetch)
     let mut contestants = vec![
-        ("plain", exe.clone(), "plain"),
-        ("laneway", exe.clone(), "laneway"),
+        ("plain".to_string(), exe.clone(), "plain", None),
+        ("laneway".to_string(), exe.clone(), "laneway", None),
     ];
     if let Some(path) = &before {
-        contestants.push(("before", path.clone(), "laneway"));
+        contestants.push(("before".to_string(), path.clone(), "laneway", None));
+    }
+    // More laneway contestants, one per prefetch size given (KiB).
+    for kb in std::env::var("LANEWAY_BENCH_PREFETCHES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kb| kb.trim().parse::<u32>().ok())
+    {
+        contestants.push((
+            format!("laneway-prefetch-{kb}"),
+            exe.clone(),
+            "laneway",
+            Some(kb),
+        ));
     }
     println!(
         "kafka bench: {n} records, {partitions} partitions, {rounds} rounds, mock cluster of 3 brokers; laneway: live lane of {} messages, prefetch {} KiB{}",
@@ -325,8 +356,15 @@ fn main() {
     for round in 0..rounds {
         for k in 0..contestants.len() {
             let i = (round + k) % contestants.len();
-            let (name, path, role) = &contestants[i];
-            let r = spawn_round(path, role, &brokers, &format!("{name}-{round}"), n);
+            let (name, path, role, prefetch) = &contestants[i];
+            let r = spawn_round(
+                path,
+                role,
+                *prefetch,
+                &brokers,
+                &format!("{name}-{round}"),
+                n,
+            );
             println!(
                 "{round} {name} {:.0} {:.3} {:.1} {:.1}",
                 r.rate, r.cpu_us, r.peak_mib, r.end_mib
@@ -341,7 +379,7 @@ fn main() {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     let plain_runs = results[0].clone();
-    for ((name, _, _), runs) in contestants.iter().zip(&results) {
+    for ((name, _, _, _), runs) in contestants.iter().zip(&results) {
         let cell = |f: fn(&Round) -> f64, digits: usize| {
             let (m, lo, hi) = summary(runs.iter().map(f));
             format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
