@@ -1,25 +1,49 @@
 //! Kafka consumption benchmark against librdkafka's mock cluster (started
-//! in this process; three brokers, 8 partitions): the same topic read to
-//! its end by
+//! in this process; three brokers, 32 partitions by default): the same
+//! topic read to its end by
 //!
-//! - a plain `rdkafka` `StreamConsumer` (its own consumer group, counting
-//!   records, committing nothing),
-//! - laneway (the Kafka source, live lane, a null sink, committing done
-//!   offsets as it goes).
+//! - **plain**: a plain `rdkafka` `StreamConsumer` (its own consumer group,
+//!   counting records, committing nothing),
+//! - **laneway**: the Kafka source with its defaults, one group with the
+//!   group defaults (`validate_json` on, as a new user gets it), live lane,
+//!   a null sink, committing done offsets as it goes; catch-up off, so that
+//!   every record goes through the live lane in order as the plain
+//!   consumer reads them (live-first catch-up has its own scenario,
+//!   `laneway bench --scenario catch-up`),
+//! - **before** (only with `LANEWAY_BENCH_BEFORE=<path>`): the same laneway
+//!   round run by another build of this benchmark (an older commit), so a
+//!   change is measured against what it replaces in the same run.
 //!
-//! `cargo bench --bench kafka` prints a Markdown table (the one in
-//! docs/benchmarks.md). `LANEWAY_BENCH_MESSAGES` sets the count (default
-//! 100000; the mock keeps a few MiB per partition). Each runs three times,
-//! interleaved (the machine is shared), in a fresh consumer group each
-//! time; the median is reported. Two clocks: from creating the consumer
-//! (joining the group included, about 3 s on the mock cluster) to the last
-//! record, and from the first record to the last (the consuming itself).
+//! Both use mimalloc for Rust's allocations, as the `laneway` program does.
+//! Each consumer runs in a child process of its own (this executable run
+//! again with `LANEWAY_BENCH_ROLE`), so that its CPU time and its memory are
+//! its alone: the mock cluster, which holds the whole topic in memory, stays
+//! in this process. Per round and consumer: messages per second and CPU
+//! time per message (user + system, summed over the process's threads from
+//! `/proc/self/task/*/schedstat`, in nanoseconds), both from the first
+//! record to the last, and the peak (`VmHWM`) and end (`VmRSS`) resident
+//! memory of the child. Rounds are interleaved (the machine is shared), in
+//! a fresh consumer group each time, their order rotating; the median and
+//! the range are reported, and each ratio to the plain consumer is the
+//! median of the per-round ratios.
+//!
+//! `cargo bench --features kafka --bench kafka`. Knobs (environment):
+//! `LANEWAY_BENCH_MESSAGES` (default 200000), `LANEWAY_BENCH_PARTITIONS`
+//! (default 32), `LANEWAY_BENCH_ROUNDS` (default 5), `LANEWAY_BENCH_BEFORE`,
+//! `LANEWAY_BENCH_PREFETCHES` (a comma-separated list of `prefetch_kbytes`
+//! values: one more laneway contestant for each).
+//! Without `--bench` (`cargo test --benches`, or the executable run by
+//! hand) it is a smoke: 20,000 records, one round.
+//! librdkafka's mock keeps at most 5 MiB per partition and drops the oldest
+//! records beyond it: the benchmark checks that the topic holds every
+//! record it produced and stops when not.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,13 +53,109 @@ use laneway::message::now_epoch_ms;
 use laneway::sink::NullSink;
 use laneway::source::LanePolicy;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 
-/// The time to the last record from the start, and from the first record.
-type Clocks = (Duration, Duration);
+/// The allocator the `laneway` program uses, so that laneway's figures are
+/// the program's (librdkafka allocates with the C allocator either way).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-async fn plain(brokers: &str, group: &str, n: u64) -> Clocks {
-    let start = Instant::now();
+const TOPIC: &str = "bench";
+
+/// What one consumer measured in one round.
+#[derive(Clone, Copy, Debug)]
+struct Round {
+    /// Messages per second from the first record to the last.
+    rate: f64,
+    /// CPU microseconds per message over the same span.
+    cpu_us: f64,
+    /// Peak resident memory of the process, MiB.
+    peak_mib: f64,
+    /// Resident memory after the last record, MiB.
+    end_mib: f64,
+}
+
+impl Round {
+    fn line(&self) -> String {
+        format!(
+            "ROUND {:.0} {:.4} {:.2} {:.2}",
+            self.rate, self.cpu_us, self.peak_mib, self.end_mib
+        )
+    }
+
+    fn parse(text: &str) -> Option<Round> {
+        let line = text.lines().find(|l| l.starts_with("ROUND "))?;
+        let v: Vec<f64> = line[6..]
+            .split(' ')
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        Some(Round {
+            rate: v[0],
+            cpu_us: v[1],
+            peak_mib: v[2],
+            end_mib: v[3],
+        })
+    }
+}
+
+/// CPU time of this process's threads so far, from each thread's
+/// `schedstat` (nanoseconds on a CPU). Threads that ended are not counted:
+/// the consumers keep theirs while they consume.
+fn cpu_time() -> Duration {
+    let mut ns: u64 = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            ns += stat
+                .split(' ')
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// A `/proc/self/status` field in kB, as MiB.
+fn status_mib(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    let kb: f64 = line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb / 1024.0
+}
+
+/// Clocks taken at the first record and at the last.
+struct Span {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Span {
+    fn start() -> Span {
+        Span {
+            wall: Instant::now(),
+            cpu: cpu_time(),
+        }
+    }
+
+    /// The round's figures, `n - 1` records after the first.
+    fn end(self, n: u64) -> Round {
+        let (wall, cpu) = (self.wall.elapsed(), cpu_time() - self.cpu);
+        let after_first = (n - 1) as f64;
+        Round {
+            rate: after_first / wall.as_secs_f64(),
+            cpu_us: cpu.as_secs_f64() * 1e6 / after_first,
+            peak_mib: status_mib("VmHWM:"),
+            end_mib: status_mib("VmRSS:"),
+        }
+    }
+}
+
+async fn plain(brokers: &str, group: &str, n: u64) -> Round {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -43,37 +163,30 @@ async fn plain(brokers: &str, group: &str, n: u64) -> Clocks {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&["bench"]).unwrap();
+    consumer.subscribe(&[TOPIC]).unwrap();
     consumer.recv().await.unwrap();
-    let first = Instant::now();
+    let span = Span::start();
     for _ in 1..n {
         consumer.recv().await.unwrap();
     }
-    (start.elapsed(), first.elapsed())
+    span.end(n)
 }
 
-async fn laneway(brokers: &str, group: &str, n: u64) -> Clocks {
-    let start = Instant::now();
+async fn laneway(brokers: &str, group: &str, n: u64) -> Round {
     let source = KafkaSource::new(KafkaSourceConfig {
         brokers: brokers.to_string(),
-        topics: vec!["bench".into()],
+        topics: vec![TOPIC.into()],
         group_id: group.to_string(),
-        // Every record in order through the live lane, as the plain
-        // consumer reads them: this measures throughput. Live-first
-        // catch-up has its own scenario (`laneway bench --scenario catch-up`).
         catch_up: false,
+        prefetch_kbytes: env_or(
+            "LANEWAY_BENCH_PREFETCH",
+            KafkaSourceConfig::default().prefetch_kbytes,
+        ),
         ..KafkaSourceConfig::default()
     })
     .unwrap();
     let engine = Engine::builder()
-        .group_with(
-            GroupConfig {
-                validate_json: false,
-                ..GroupConfig::named("bench")
-            },
-            Arc::new(NullSink),
-            None,
-        )
+        .group_with(GroupConfig::named("bench"), Arc::new(NullSink), None)
         .source(source, LanePolicy::Live)
         .options(EngineOptions {
             finish_when_drained: false,
@@ -87,64 +200,203 @@ async fn laneway(brokers: &str, group: &str, n: u64) -> Clocks {
         let _ = stop_rx.await;
     }));
     monitor.until(|m| m.delivered() >= 1).await;
-    let first = Instant::now();
+    let span = Span::start();
     monitor.until(|m| m.delivered() >= n).await;
-    let clocks = (start.elapsed(), first.elapsed());
+    let round = span.end(n);
     let _ = stop_tx.send(());
     run.await.unwrap();
-    clocks
+    round
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn main() {
-    let n: u64 = std::env::var("LANEWAY_BENCH_MESSAGES")
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(default)
+}
+
+/// In a child: one round of one consumer, its figures on stdout.
+fn child(role: &str) {
+    let brokers = std::env::var("LANEWAY_BENCH_BROKERS").unwrap();
+    let group = std::env::var("LANEWAY_BENCH_GROUP").unwrap();
+    let n: u64 = env_or("LANEWAY_BENCH_MESSAGES", 0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let cluster = support::kafka::cluster(&["bench"], 8);
+    let round = rt.block_on(async {
+        match role {
+            "plain" => plain(&brokers, &group, n).await,
+            "laneway" => laneway(&brokers, &group, n).await,
+            other => panic!("unknown role {other}"),
+        }
+    });
+    println!("{}", round.line());
+}
+
+/// Records the topic holds (high minus low watermark, every partition).
+fn records_held(brokers: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
+                .unwrap();
+            high - low
+        })
+        .sum()
+}
+
+/// Runs one round of `role` in a child process of `exe`, with `prefetch`
+/// (KiB) as the laneway source's `prefetch_kbytes` when given.
+fn spawn_round(
+    exe: &str,
+    role: &str,
+    prefetch: Option<u32>,
+    brokers: &str,
+    group: &str,
+    n: u64,
+) -> Round {
+    let mut command = Command::new(exe);
+    if let Some(kb) = prefetch {
+        command.env("LANEWAY_BENCH_PREFETCH", kb.to_string());
+    }
+    let out = command
+        .env("LANEWAY_BENCH_ROLE", role)
+        .env("LANEWAY_BENCH_BROKERS", brokers)
+        .env("LANEWAY_BENCH_GROUP", group)
+        .env("LANEWAY_BENCH_MESSAGES", n.to_string())
+        .env_remove("LANEWAY_BENCH_BEFORE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Round::parse(&stdout).unwrap_or_else(|| {
+        panic!(
+            "{role} round ({exe}) reported nothing: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Median, lowest and highest.
+fn summary(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn main() {
+    if let Ok(role) = std::env::var("LANEWAY_BENCH_ROLE") {
+        return child(&role);
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs without
+    // it: a smoke then, one small round.
+    let full = std::env::args().any(|a| a == "--bench");
+    let n: u64 = env_or(
+        "LANEWAY_BENCH_MESSAGES",
+        if full { 200_000 } else { 20_000 },
+    );
+    let partitions: i32 = env_or("LANEWAY_BENCH_PARTITIONS", 32);
+    let rounds: usize = env_or("LANEWAY_BENCH_ROUNDS", if full { 5 } else { 1 });
+    let before = std::env::var("LANEWAY_BENCH_BEFORE").ok();
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().unwrap().to_string();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = support::kafka::cluster(&[TOPIC], partitions);
     let brokers = cluster.bootstrap_servers();
     let now = now_epoch_ms();
     let sent = support::records::json_records("b", n, |_| now);
-    rt.block_on(support::kafka::produce(&brokers, "bench", &sent));
-    let (mut plain_runs, mut laneway_runs) = (Vec::new(), Vec::new());
-    for round in 0..3 {
-        plain_runs.push(rt.block_on(plain(&brokers, &format!("plain-{round}"), n)));
-        laneway_runs.push(rt.block_on(laneway(&brokers, &format!("laneway-{round}"), n)));
-    }
-    let pick =
-        |runs: &[Clocks], which: fn(&Clocks) -> Duration| median(runs.iter().map(which).collect());
-    let total = |c: &Clocks| c.0;
-    let consuming = |c: &Clocks| c.1;
-    println!(
-        "| consumer | messages | start to last (median) | first to last (median) | messages/s after the first |"
+    rt.block_on(support::kafka::produce(&brokers, TOPIC, &sent));
+    drop(sent);
+    let held = records_held(&brokers, partitions);
+    assert_eq!(
+        held, n as i64,
+        "the mock cluster kept {held} of the {n} records produced (it keeps at most 5 MiB per partition): use more partitions or fewer records"
     );
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    for (name, runs) in [
-        ("plain rdkafka StreamConsumer", &plain_runs),
-        ("laneway (Kafka source, null sink)", &laneway_runs),
-    ] {
-        let (t, c) = (pick(runs, total), pick(runs, consuming));
+
+    // (name, executable, role, prefetch)
+    let mut contestants = vec![
+        ("plain".to_string(), exe.clone(), "plain", None),
+        ("laneway".to_string(), exe.clone(), "laneway", None),
+    ];
+    if let Some(path) = &before {
+        contestants.push(("before".to_string(), path.clone(), "laneway", None));
+    }
+    // More laneway contestants, one per prefetch size given (KiB).
+    for kb in std::env::var("LANEWAY_BENCH_PREFETCHES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kb| kb.trim().parse::<u32>().ok())
+    {
+        contestants.push((
+            format!("laneway-prefetch-{kb}"),
+            exe.clone(),
+            "laneway",
+            Some(kb),
+        ));
+    }
+    println!(
+        "kafka bench: {n} records, {partitions} partitions, {rounds} rounds, mock cluster of 3 brokers; laneway: live lane of {} messages, prefetch {} KiB{}",
+        GroupConfig::default().live_capacity,
+        KafkaSourceConfig::default().prefetch_kbytes,
+        before
+            .as_deref()
+            .map(|b| format!("; before: {b}"))
+            .unwrap_or_default()
+    );
+    println!("round consumer msgs/s cpu_us/msg peak_rss_mib end_rss_mib");
+    let mut results: Vec<Vec<Round>> = vec![Vec::new(); contestants.len()];
+    for round in 0..rounds {
+        for k in 0..contestants.len() {
+            let i = (round + k) % contestants.len();
+            let (name, path, role, prefetch) = &contestants[i];
+            let r = spawn_round(
+                path,
+                role,
+                *prefetch,
+                &brokers,
+                &format!("{name}-{round}"),
+                n,
+            );
+            println!(
+                "{round} {name} {:.0} {:.3} {:.1} {:.1}",
+                r.rate, r.cpu_us, r.peak_mib, r.end_mib
+            );
+            results[i].push(r);
+        }
+    }
+
+    println!();
+    println!(
+        "| consumer | msgs/s (median, range) | CPU µs/msg | peak RSS MiB | end RSS MiB | ratio to plain: msgs/s, CPU/msg, peak RSS |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let plain_runs = results[0].clone();
+    for ((name, _, _, _), runs) in contestants.iter().zip(&results) {
+        let cell = |f: fn(&Round) -> f64, digits: usize| {
+            let (m, lo, hi) = summary(runs.iter().map(f));
+            format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+        };
+        let ratio = |f: fn(&Round) -> f64| {
+            let (m, lo, hi) = summary(runs.iter().zip(&plain_runs).map(|(r, p)| f(r) / f(p)));
+            format!("{m:.2} ({lo:.2}–{hi:.2})")
+        };
         println!(
-            "| {name} | {n} | {:.2} s | {:.3} s | {:.0} |",
-            t.as_secs_f64(),
-            c.as_secs_f64(),
-            n as f64 / c.as_secs_f64()
+            "| {name} | {} | {} | {} | {} | {} / {} / {} |",
+            cell(|r| r.rate, 0),
+            cell(|r| r.cpu_us, 2),
+            cell(|r| r.peak_mib, 0),
+            cell(|r| r.end_mib, 0),
+            ratio(|r| r.rate),
+            ratio(|r| r.cpu_us),
+            ratio(|r| r.peak_mib),
         );
     }
-    let ratio = |which: fn(&Clocks) -> Duration| {
-        pick(&plain_runs, which).as_secs_f64() / pick(&laneway_runs, which).as_secs_f64()
-    };
-    println!(
-        "\nlaneway / plain throughput: {:.2}x from the start, {:.2}x after the first record",
-        ratio(total),
-        ratio(consuming)
-    );
 }

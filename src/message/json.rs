@@ -97,10 +97,17 @@ impl fmt::Display for JsonProblem {
 /// Checks that `bytes` hold exactly one JSON value (surrounding whitespace
 /// allowed), of any size and depth.
 pub fn validate(bytes: &[u8]) -> Result<(), JsonError> {
+    depth_of_valid(bytes).map(|_| ())
+}
+
+/// [`validate`] and [`nesting_depth`] in one pass: the deepest nesting of
+/// arrays and objects in `bytes` when they hold exactly one JSON value.
+pub fn depth_of_valid(bytes: &[u8]) -> Result<usize, JsonError> {
     check_utf8(bytes)?;
     let mut s = Scanner::new(bytes);
-    s.value()?;
-    s.end()
+    let depth = s.value()?;
+    s.end()?;
+    Ok(depth)
 }
 
 /// The deepest nesting of arrays and objects in `bytes`, which must be
@@ -393,14 +400,20 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// One complete value, however deeply nested, without recursion.
-    fn value(&mut self) -> Result<(), JsonError> {
+    /// One complete value, however deeply nested, without recursion;
+    /// returns how deeply it nests arrays and objects (as
+    /// [`nesting_depth`] counts: an empty container is one level).
+    fn value(&mut self) -> Result<usize, JsonError> {
         let mut stack: Vec<Container> = Vec::new();
+        let mut deepest = 0;
         loop {
             self.ws();
             let Some(b) = self.peek() else {
                 return Err(self.end_error("a value"));
             };
+            if matches!(b, b'{' | b'[') {
+                deepest = deepest.max(stack.len() + 1);
+            }
             match b {
                 b'{' => {
                     self.pos += 1;
@@ -436,7 +449,7 @@ impl<'a> Scanner<'a> {
             // A value is complete: close what it completes.
             loop {
                 let Some(&top) = stack.last() else {
-                    return Ok(());
+                    return Ok(deepest);
                 };
                 self.ws();
                 let (close, expected) = match top {
@@ -588,6 +601,30 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(nesting_depth(deep.as_bytes()), 100_000);
+    }
+
+    #[test]
+    fn the_checking_pass_measures_the_depth_nesting_depth_measures() {
+        for text in [
+            "1",
+            "\"[[[\"",
+            "[]",
+            "{}",
+            "[[1]]",
+            "[[],[[]]]",
+            " { \"a\" : [ { \"b\" : \"]\\\"[\" } , [ ] ] } ",
+            "[1,[2],[[3]],4]",
+            r#"{"a":[1,{"b":null},true,false,"\u00e9"],"":{"c":[[{}]]}}"#,
+        ] {
+            assert_eq!(
+                depth_of_valid(text.as_bytes()),
+                Ok(nesting_depth(text.as_bytes())),
+                "{text}"
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(depth_of_valid(deep.as_bytes()), Ok(100_000));
+        assert!(depth_of_valid(b"[1,]").is_err());
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! `laneway kafka-mock`: a Kafka-protocol broker for trying laneway with no
 //! Kafka installed (librdkafka's mock cluster, in memory). It prints its
 //! bootstrap address on stdout, then runs until Ctrl-C.
+//!
+//! The mock keeps at most 5 MiB (and 100,000 record batches) per partition
+//! and deletes a partition's oldest records beyond that, as retention
+//! would, without a word: this command watches its partitions' low
+//! watermarks and says on stderr when records were deleted.
 
 #[cfg(feature = "kafka")]
 use std::io::Write;
@@ -60,6 +65,68 @@ pub async fn kafka_mock(args: KafkaMockArgs) -> ExitCode {
         args.topics,
         args.partitions
     );
+    watch_deletions(cluster.bootstrap_servers());
     let _ = tokio::signal::ctrl_c().await;
     ExitCode::SUCCESS
+}
+
+/// How often the partitions' low watermarks are looked at.
+#[cfg(feature = "kafka")]
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Says on stderr, from a thread of its own, whenever the cluster has
+/// deleted the oldest records of a topic (a partition's low watermark
+/// moved), with the count deleted so far.
+#[cfg(feature = "kafka")]
+fn watch_deletions(brokers: String) {
+    use std::collections::HashMap;
+
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let client: BaseConsumer = match ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kafka-mock: cannot watch for deleted records: {e}");
+            return;
+        }
+    };
+    let watching = std::thread::Builder::new()
+        .name("kafka-mock-watch".into())
+        .spawn(move || {
+            // Per topic: the low watermark of each partition last seen.
+            let mut seen: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+            loop {
+                std::thread::sleep(WATCH_EVERY);
+                let Ok(metadata) = client.fetch_metadata(None, WATCH_EVERY) else {
+                    continue;
+                };
+                for topic in metadata.topics() {
+                    let lows = seen.entry(topic.name().to_string()).or_default();
+                    let mut newly = 0;
+                    for p in topic.partitions() {
+                        let Ok((low, _)) = client.fetch_watermarks(topic.name(), p.id(), WATCH_EVERY)
+                        else {
+                            continue;
+                        };
+                        let last = lows.entry(p.id()).or_insert(0);
+                        newly += (low - *last).max(0);
+                        *last = (*last).max(low);
+                    }
+                    if newly > 0 {
+                        let total: i64 = lows.values().sum();
+                        eprintln!(
+                            "kafka-mock: deleted the {newly} oldest records of topic {} ({total} so far): the mock keeps at most 5 MiB per partition, so a consumer from the earliest offset will not see them; produce less, or create the topic with more --partitions",
+                            topic.name()
+                        );
+                    }
+                }
+            }
+        });
+    if let Err(e) = watching {
+        eprintln!("kafka-mock: cannot watch for deleted records: {e}");
+    }
 }

@@ -8,7 +8,9 @@
 //! (a broker without auto-create would otherwise fail every record).
 //!
 //! Invariant: a message counts as sent only once the broker acknowledged
-//! it; the exit code is non-zero when any was not.
+//! it; the exit code is non-zero when any was not. A broker that deleted
+//! records of the topic while it ran (a low watermark moved: retention, or
+//! the mock cluster's 5 MiB per partition) is said in a warning.
 
 use std::future::Future;
 use std::time::Duration;
@@ -55,7 +57,72 @@ pub async fn produce(args: SimulateArgs) -> Result<bool, String> {
             args.limit_words()
         );
     }
-    publish_loop::publish(&args, KafkaTarget { producer, topic }).await
+    let before = Watermarks::read(&producer, &topic);
+    let checker = producer.clone();
+    let acknowledged = publish_loop::publish(
+        &args,
+        KafkaTarget {
+            producer,
+            topic: topic.clone(),
+        },
+    )
+    .await?;
+    // Acknowledged is not kept: a broker may delete the oldest records of
+    // a partition at once (its retention), and then says nothing.
+    if let (Ok(before), Ok(after)) = (before, Watermarks::read(&checker, &topic))
+        && let Some(warning) = before.dropped_since(&after, &topic)
+    {
+        eprintln!("simulate: warning: {warning}");
+    }
+    Ok(acknowledged)
+}
+
+/// The low and high watermark of each partition of a topic: what a broker
+/// holds of it.
+struct Watermarks(Vec<(i64, i64)>);
+
+impl Watermarks {
+    fn read(producer: &FutureProducer, topic: &str) -> Result<Watermarks, KafkaError> {
+        // Blocking calls; the runtime has other threads meanwhile.
+        tokio::task::block_in_place(|| {
+            let client = producer.client();
+            let metadata = client.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            partitions
+                .into_iter()
+                .map(|p| client.fetch_watermarks(topic, p, ADMIN_TIMEOUT))
+                .collect::<Result<_, _>>()
+                .map(Watermarks)
+        })
+    }
+
+    /// When the broker deleted records between `self` and `after` (a low
+    /// watermark moved: retention, or a size limit such as the 5 MiB per
+    /// partition librdkafka's mock cluster keeps), what to tell the user.
+    fn dropped_since(&self, after: &Watermarks, topic: &str) -> Option<String> {
+        if self.0.len() != after.0.len() {
+            return None;
+        }
+        let dropped: i64 = self
+            .0
+            .iter()
+            .zip(&after.0)
+            .map(|((low, _), (later, _))| (later - low).max(0))
+            .sum();
+        let held: i64 = after.0.iter().map(|(low, high)| high - low).sum();
+        (dropped > 0).then(|| {
+            format!(
+                "topic {topic} now holds {held} records: the broker deleted {dropped} of its oldest while this ran \
+                 (its retention; librdkafka's mock cluster, `laneway kafka-mock`, keeps at most 5 MiB per partition), \
+                 so a consumer starting from the earliest offset reads only the {held} left: produce fewer, or to more partitions"
+            )
+        })
+    }
 }
 
 /// The publish loop's Kafka side: one producer, one topic.
