@@ -16,6 +16,7 @@
 //!   "not superseded", which delivers, never skips;
 //! - a message whose topic names no device is never superseded.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use parking_lot::Mutex;
@@ -54,8 +55,10 @@ impl Freshness {
         }
     }
 
-    /// The key of a message's device and kind, if its topic names a device.
-    fn tag(&self, message: &Message) -> Option<u64> {
+    /// The key of a message's device and kind, if its topic names a device:
+    /// computed once per message and handed to [`Freshness::superseded`]
+    /// and [`Freshness::delivered`].
+    pub fn key(&self, message: &Message) -> Option<u64> {
         let product = message.product_key()?;
         let device = message.device_name()?;
         let mut h = self.hasher.build_hasher();
@@ -69,52 +72,46 @@ impl Freshness {
         Some(h.finish().max(1))
     }
 
-    /// For each message of a batch, in order: whether it is superseded by
-    /// one delivered earlier or by one before it in the batch.
-    pub fn superseded<'a>(&self, batch: impl Iterator<Item = &'a Message>) -> Vec<bool> {
-        let mut newest_in_batch: Vec<(u64, i64)> = Vec::new();
+    /// For each message of a batch, given as its key and generate time, in
+    /// order: whether it is superseded by one delivered earlier or by one
+    /// before it in the batch.
+    pub fn superseded(&self, batch: &[(Option<u64>, i64)]) -> Vec<bool> {
+        let mut newest_in_batch: HashMap<u64, i64, foldhash::fast::FixedState> =
+            HashMap::with_capacity_and_hasher(batch.len(), Default::default());
         let slots = self.slots.lock();
         let mask = slots.len() - 1;
         batch
-            .map(|m| {
-                let Some(tag) = self.tag(m) else {
+            .iter()
+            .map(|&(key, time)| {
+                let Some(tag) = key else {
                     return false;
                 };
-                let time = m.generate_time_ms();
                 let slot = slots[tag as usize & mask];
                 let delivered = (slot.tag == tag).then_some(slot.generate_time_ms);
-                let earlier = match newest_in_batch.iter_mut().find(|(t, _)| *t == tag) {
-                    Some((_, newest)) => {
-                        let before = *newest;
-                        *newest = before.max(time);
-                        Some(before)
+                let earlier = newest_in_batch.insert(tag, time).inspect(|&before| {
+                    if before > time {
+                        newest_in_batch.insert(tag, before);
                     }
-                    None => {
-                        newest_in_batch.push((tag, time));
-                        None
-                    }
-                };
+                });
                 delivered.max(earlier).is_some_and(|newest| newest > time)
             })
             .collect()
     }
 
-    /// Records that these messages were delivered.
-    pub fn delivered<'a>(&self, messages: impl Iterator<Item = &'a Message>) {
+    /// Records that the messages of these keys and generate times were
+    /// delivered.
+    pub fn delivered(&self, messages: impl Iterator<Item = (u64, i64)>) {
         let mut slots = self.slots.lock();
         let mask = slots.len() - 1;
-        for m in messages {
-            let Some(tag) = self.tag(m) else {
-                continue;
-            };
+        for (tag, time) in messages {
             let slot = &mut slots[tag as usize & mask];
             if slot.tag != tag {
                 *slot = Slot {
                     tag,
-                    generate_time_ms: m.generate_time_ms(),
+                    generate_time_ms: time,
                 };
             } else {
-                slot.generate_time_ms = slot.generate_time_ms.max(m.generate_time_ms());
+                slot.generate_time_ms = slot.generate_time_ms.max(time);
             }
         }
     }
@@ -128,24 +125,40 @@ mod tests {
         Message::new(format!("/as/mqtt/status/pk/{device}"), "id", time, "{}").unwrap()
     }
 
+    fn keys(table: &Freshness, batch: &[Message]) -> Vec<(Option<u64>, i64)> {
+        batch
+            .iter()
+            .map(|m| (table.key(m), m.generate_time_ms()))
+            .collect()
+    }
+
+    fn deliver(table: &Freshness, batch: &[Message]) {
+        let keys = keys(table, batch);
+        table.delivered(keys.into_iter().filter_map(|(k, t)| Some((k?, t))));
+    }
+
+    fn judge(table: &Freshness, batch: &[Message]) -> Vec<bool> {
+        table.superseded(&keys(table, batch))
+    }
+
     #[test]
     fn an_older_message_after_a_delivered_newer_one_is_superseded() {
         let table = Freshness::default();
-        table.delivered([status("d1", 200)].iter());
+        deliver(&table, &[status("d1", 200)]);
         let batch = [
             status("d1", 100),
             status("d1", 200),
             status("d1", 300),
             status("d2", 100),
         ];
-        assert_eq!(table.superseded(batch.iter()), [true, false, false, false]);
+        assert_eq!(judge(&table, &batch), [true, false, false, false]);
     }
 
     #[test]
     fn within_a_batch_a_message_after_a_newer_one_is_superseded() {
         let table = Freshness::default();
         let batch = [status("d1", 300), status("d1", 100), status("d1", 400)];
-        assert_eq!(table.superseded(batch.iter()), [false, true, false]);
+        assert_eq!(judge(&table, &batch), [false, true, false]);
     }
 
     #[test]
@@ -154,21 +167,21 @@ mod tests {
         let event = |id: &str, t| {
             Message::new(format!("/pk/d1/thing/event/{id}/post"), "id", t, "{}").unwrap()
         };
-        table.delivered([event("alarm", 500), status("d1", 500)].iter());
+        deliver(&table, &[event("alarm", 500), status("d1", 500)]);
         let batch = [
             event("alarm", 100),
             event("heartbeat", 100),
             Message::new("/pk/d1/thing/event/property/post", "id", 100, "{}").unwrap(),
         ];
-        assert_eq!(table.superseded(batch.iter()), [true, false, false]);
+        assert_eq!(judge(&table, &batch), [true, false, false]);
     }
 
     #[test]
     fn topics_without_a_device_are_never_superseded() {
         let table = Freshness::default();
         let other = |t| Message::new("/free/form", "id", t, "{}").unwrap();
-        table.delivered([other(500)].iter());
-        assert_eq!(table.superseded([other(100)].iter()), [false]);
+        deliver(&table, &[other(500)]);
+        assert_eq!(judge(&table, &[other(100)]), [false]);
     }
 
     #[test]
@@ -177,14 +190,11 @@ mod tests {
         // no device is ever judged by another's time.
         let table = Freshness::with_slots(1);
         for d in 0..100 {
-            table.delivered([status(&format!("d{d}"), 1000 + d)].iter());
+            deliver(&table, &[status(&format!("d{d}"), 1000 + d)]);
         }
         for d in 0..99 {
-            assert_eq!(
-                table.superseded([status(&format!("d{d}"), 1)].iter()),
-                [false]
-            );
+            assert_eq!(judge(&table, &[status(&format!("d{d}"), 1)]), [false]);
         }
-        assert_eq!(table.superseded([status("d99", 1)].iter()), [true]);
+        assert_eq!(judge(&table, &[status("d99", 1)]), [true]);
     }
 }

@@ -49,7 +49,11 @@ impl Group {
     /// without delivering (they count as delivered). Gives each message's
     /// outcome, in batch order.
     async fn call_sink(&self, batch: &mut [Delivery]) -> Vec<Option<DeliveryError>> {
-        let flags = self.freshness.superseded(batch.iter().map(|d| &d.message));
+        let keys: Vec<(Option<u64>, i64)> = batch
+            .iter()
+            .map(|d| (self.freshness.key(&d.message), d.message.generate_time_ms()))
+            .collect();
+        let flags = self.freshness.superseded(&keys);
         let mut skipping = false;
         for (d, superseded) in batch.iter_mut().zip(flags) {
             d.superseded = superseded;
@@ -88,8 +92,9 @@ impl Group {
             batch
                 .iter()
                 .zip(&outcomes)
-                .filter(|(d, outcome)| outcome.is_none() && !d.superseded)
-                .map(|(d, _)| &d.message),
+                .zip(&keys)
+                .filter(|((d, outcome), _)| outcome.is_none() && !d.superseded)
+                .filter_map(|(_, &(key, time))| Some((key?, time))),
         );
         outcomes
     }
