@@ -15,6 +15,7 @@
 #[allow(dead_code)]
 mod support {
     pub mod process;
+    pub mod records;
 }
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::process::{Watched, laneway_run};
+use support::records::as_sent;
 
 /// How long a run may take before the test gives up on it.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -82,7 +84,8 @@ fn write_config(path: &Path, data: &Path, input: &Path, output: &Path, bounded: 
 /// (a write cut by SIGKILL, never acknowledged) is counted apart.
 fn output_lines(path: &Path) -> (Vec<Vec<u8>>, usize) {
     let bytes = std::fs::read(path).unwrap_or_default();
-    let mut lines: Vec<Vec<u8>> = bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+    // Each line as it was sent (a superseded delivery says so in its line).
+    let mut lines: Vec<Vec<u8>> = bytes.split(|&b| b == b'\n').map(as_sent).collect();
     // `split` leaves what follows the last newline: empty, or a torn line.
     let torn = lines.pop().is_some_and(|last| !last.is_empty());
     (lines, usize::from(torn))

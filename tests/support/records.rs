@@ -447,3 +447,17 @@ pub fn envelope_record(line: &[u8]) -> Record {
         payload,
     )
 }
+
+/// A delivered envelope line as it was sent: without the delivery's own
+/// member `"superseded":true`, which the JSONL and HTTP sinks write just
+/// before the payload when this group had already delivered a newer
+/// message of the device (it says something of the delivery, not of the
+/// message). The member's place is fixed and a string's quotes are
+/// escaped, so the sequence cannot come from a topic or an id.
+pub fn as_sent(line: &[u8]) -> Vec<u8> {
+    const FLAG: &[u8] = b",\"superseded\":true,\"payload";
+    match line.windows(FLAG.len()).position(|w| w == FLAG) {
+        Some(at) => [&line[..at], b",\"payload", &line[at + FLAG.len()..]].concat(),
+        None => line.to_vec(),
+    }
+}
