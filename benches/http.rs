@@ -24,8 +24,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/measure.rs"]
-mod measure;
+#[path = "../tests/support"]
+#[allow(dead_code)]
+mod support {
+    pub mod engine;
+    pub mod measure;
+    pub mod records;
+}
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -44,7 +49,8 @@ use laneway::http::{HttpSink, HttpSinkConfig};
 use laneway::message::{Message, now_epoch_ms, write_envelope};
 use laneway::sink::{Delivery, Lane, Sink};
 use laneway::source::{Incoming, LanePolicy};
-use measure::{cpu_time, env_or, median_and_range};
+use support::engine::spawn_engine;
+use support::measure::{cpu_time, env_or, median_and_range};
 use tokio::sync::Semaphore;
 
 /// Set in the child process that plays the service.
@@ -229,35 +235,6 @@ struct Round {
     cpu_us: f64,
 }
 
-/// An engine running in the background.
-struct Running {
-    monitor: Monitor,
-    ingest: laneway::source::Ingest,
-    stop: tokio::sync::oneshot::Sender<()>,
-    run: tokio::task::JoinHandle<laneway::engine::RunSummary>,
-}
-
-impl Running {
-    fn start(engine: Engine) -> Running {
-        let (monitor, ingest) = (engine.monitor(), engine.ingest(LanePolicy::Auto));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(engine.run(async move {
-            let _ = stopped.await;
-        }));
-        Running {
-            monitor,
-            ingest,
-            stop,
-            run,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.run.await.unwrap();
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Part 1.
 
@@ -435,8 +412,8 @@ async fn through_laneway(url: &str, sent: &[Message]) -> Round {
         .group(config, http_sink(url))
         .build()
         .unwrap();
-    let running = Running::start(engine);
-    let (monitor, ingest) = (running.monitor.clone(), running.ingest.clone());
+    let ingest = engine.ingest(LanePolicy::Auto);
+    let (monitor, stop, run) = spawn_engine(engine);
     let tracker = AckTracker::new();
     let (start, cpu) = (Instant::now(), cpu_time());
     for chunk in sent.chunks(BATCH) {
@@ -446,7 +423,8 @@ async fn through_laneway(url: &str, sent: &[Message]) -> Round {
     let n = sent.len() as u64;
     monitor.until(|m| m.delivered() >= n).await;
     let result = round(sent.len(), start, cpu);
-    running.stop().await;
+    let _ = stop.send(());
+    run.await.unwrap();
     result
 }
 
@@ -563,8 +541,8 @@ async fn capacity_run(
         )
         .build()
         .unwrap();
-    let running = Running::start(engine);
-    let (monitor, ingest) = (running.monitor.clone(), running.ingest.clone());
+    let ingest = engine.ingest(LanePolicy::Auto);
+    let (monitor, stop, run) = spawn_engine(engine);
     let tracker = AckTracker::new();
     let old = now_epoch_ms() - 3_600_000;
     for chunk in messages_from("pile", 0, pile, |_| old).chunks(1024) {
@@ -620,7 +598,8 @@ async fn capacity_run(
         (monitor.delivered() - delivered_at_start) as f64 / start.elapsed().as_secs_f64();
     stop_live.cancel();
     live.await.unwrap();
-    running.stop().await;
+    let _ = stop.send(());
+    run.await.unwrap();
     CapacityRun {
         name: name.to_string(),
         throughput,
