@@ -65,6 +65,9 @@ fn is_segment(path: &Path) -> bool {
 /// Files take whole pages, as on tmpfs.
 const PAGE: u64 = 4096;
 
+/// The space reserve's size while its ledger is small.
+const MIN_RESERVE_BYTES: u64 = 64 * 1024;
+
 fn pages(bytes: u64) -> u64 {
     bytes.div_ceil(PAGE) * PAGE
 }
@@ -74,6 +77,44 @@ impl Plan {
     fn used(&self) -> u64 {
         self.sizes.values().map(|&b| pages(b)).sum()
     }
+
+    /// The disk as a failure message shows it: capacity, use, and each
+    /// file's size.
+    fn describe(&self) -> String {
+        let mut files: Vec<String> = self
+            .sizes
+            .iter()
+            .map(|(p, b)| {
+                format!(
+                    "{} {b}",
+                    p.file_name().unwrap_or_default().to_string_lossy()
+                )
+            })
+            .collect();
+        files.sort();
+        format!(
+            "disk of {:?} bytes, {} used: {}",
+            self.capacity,
+            self.used(),
+            files.join(", ")
+        )
+    }
+}
+
+/// A real directory as a failure message shows it: each file's size.
+fn describe_dir(dir: &Path) -> String {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let len = e.metadata().map_or(0, |m| m.len());
+                    format!("{} {len}", e.file_name().to_string_lossy())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files.join(", ")
 }
 
 #[derive(Clone, Default)]
@@ -332,6 +373,7 @@ async fn append_while_draining(
     mut batch: Vec<BacklogRecord>,
     delivered: &mut Vec<StoredRecord>,
     limit: Duration,
+    disk: impl Fn() -> String,
 ) {
     let deadline = Instant::now() + limit;
     while !batch.is_empty() {
@@ -347,9 +389,10 @@ async fn append_while_draining(
         }
         assert!(
             Instant::now() < deadline,
-            "the store never took the rest back ({} waiting, depth {:?})",
+            "the store never took the rest back ({} waiting, depth {:?}; {})",
             batch.len(),
-            store.depth()
+            store.depth(),
+            disk()
         );
     }
 }
@@ -369,7 +412,14 @@ fn a_full_disk_recovers_when_the_active_segment_is_fully_delivered() {
         let mut delivered = Vec::new();
         for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
             let batch: Vec<_> = chunk.iter().copied().map(sent).collect();
-            append_while_draining(&store, batch, &mut delivered, Duration::from_secs(30)).await;
+            append_while_draining(
+                &store,
+                batch,
+                &mut delivered,
+                Duration::from_secs(30),
+                || fs.plan.lock().describe(),
+            )
+            .await;
         }
         assert!(!delivered.is_empty(), "the disk never filled up");
         delivered.extend(drain(&store).await);
@@ -409,7 +459,14 @@ fn a_real_full_tmpfs_recovers_once_records_are_delivered() {
         let mut delivered = Vec::new();
         for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
             let batch: Vec<_> = chunk.iter().copied().map(sent).collect();
-            append_while_draining(&store, batch, &mut delivered, Duration::from_secs(30)).await;
+            append_while_draining(
+                &store,
+                batch,
+                &mut delivered,
+                Duration::from_secs(30),
+                || describe_dir(dir.path()),
+            )
+            .await;
         }
         assert!(!delivered.is_empty(), "2 MiB should have filled up");
         delivered.extend(drain(&store).await);
@@ -418,12 +475,22 @@ fn a_real_full_tmpfs_recovers_once_records_are_delivered() {
     });
 }
 
+/// What became of the space reserve when the disk filled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ReserveWas {
+    /// Whole: the store gives it up to save a ledger.
+    Whole,
+    /// Gone (deleted while the store was closed, or the disk filled while
+    /// it was being made), and the disk too full to make it again.
+    Lost,
+}
+
 /// One full-disk case: a store holding three segments of undelivered
 /// records meets a disk with `free` bytes left, then takes `more` records
 /// while a consumer delivers. Every record comes out once, byte for byte,
 /// and once all are delivered no delivered segment stays on disk.
-fn full_disk_case(segment_bytes: u64, free: u64, more: u64) {
-    let what = format!("segment_bytes {segment_bytes}, free {free}");
+fn full_disk_case(segment_bytes: u64, free: u64, more: u64, reserve_was: ReserveWas) {
+    let what = format!("segment_bytes {segment_bytes}, free {free}, reserve {reserve_was:?}");
     // The capacity is the seam's; a memory file system keeps the many
     // fsyncs of the walk cheap where there is one.
     let dir = tempfile::tempdir_in("/dev/shm")
@@ -442,19 +509,43 @@ fn full_disk_case(segment_bytes: u64, free: u64, more: u64) {
             next += 10;
         }
         let reserve = dir.path().join("space.reserve");
-        poll_until_async(Duration::from_secs(10), "the space reserve is made", || {
-            reserve.exists()
-        })
+        poll_until_async(
+            Duration::from_secs(10),
+            "the space reserve is made whole",
+            || fs.plan.lock().sizes.get(&reserve).copied().unwrap_or(0) >= MIN_RESERVE_BYTES,
+        )
         .await;
+        let store = match reserve_was {
+            ReserveWas::Whole => store,
+            ReserveWas::Lost => {
+                store.close().await.unwrap();
+                drop(store);
+                fs.remove_file(&reserve).unwrap();
+                let mut plan = fs.plan.lock();
+                plan.capacity = Some(plan.used() + free);
+                drop(plan);
+                DiskBacklog::open_with(dir.path(), config(segment_bytes), Arc::new(fs.clone()))
+                    .unwrap()
+            }
+        };
         {
             let mut plan = fs.plan.lock();
-            plan.capacity = Some(plan.used() + free);
+            if plan.capacity.is_none() {
+                plan.capacity = Some(plan.used() + free);
+            }
         }
         let mut delivered = Vec::new();
         let all: Vec<u64> = (next..next + more).collect();
         for chunk in all.chunks(25) {
             let batch: Vec<_> = chunk.iter().copied().map(sent).collect();
-            append_while_draining(&store, batch, &mut delivered, Duration::from_secs(20)).await;
+            append_while_draining(
+                &store,
+                batch,
+                &mut delivered,
+                Duration::from_secs(20),
+                || format!("{what}: {}", fs.plan.lock().describe()),
+            )
+            .await;
         }
         delivered.extend(drain(&store).await);
         delivered.sort_by_key(|r| r.id);
@@ -475,7 +566,10 @@ fn full_disk_case(segment_bytes: u64, free: u64, more: u64) {
 /// it from nothing to a few segments, page by page, for several segment
 /// sizes. Freeing delivered segments needs a ledger saved first, and that
 /// needs a page; a rotation may have taken the last one. Before the space
-/// reserve this stalled for ever with delivered segments on disk.
+/// reserve this stalled for ever with delivered segments on disk. The
+/// walk is made again with the reserve lost and the disk too full to make
+/// it again: before appends waited for the reserve, they took the pages it
+/// needed, and a rotation onto the last page stalled the same way.
 /// `LANEWAY_FULL_DISK_STRIDE` (pages, default 1) thins the walk.
 #[test]
 fn a_full_disk_recovers_whatever_the_free_pages_and_segment_size() {
@@ -488,7 +582,16 @@ fn a_full_disk_recovers_whatever_the_free_pages_and_segment_size() {
         let most = 3 * segment_bytes / PAGE;
         let more = 5 * segment_bytes / 150;
         for free in (0..=most).step_by(stride) {
-            full_disk_case(segment_bytes, free * PAGE, more);
+            full_disk_case(segment_bytes, free * PAGE, more, ReserveWas::Whole);
+        }
+        // Without a reserve, a ledger needs a free page to be saved, and
+        // new records wait until delivered segments free room for the
+        // reserve: on a disk where two segments are smaller than it, they
+        // would wait for ever (the store says the disk is too full for it).
+        if 2 * segment_bytes >= MIN_RESERVE_BYTES {
+            for free in (1..=most).step_by(stride) {
+                full_disk_case(segment_bytes, free * PAGE, more, ReserveWas::Lost);
+            }
         }
     }
 }
@@ -547,7 +650,14 @@ fn a_real_tmpfs_filled_by_another_file_recovers_with_small_segments() {
             let all: Vec<u64> = (next..next + more).collect();
             for chunk in all.chunks(100) {
                 let batch: Vec<_> = chunk.iter().copied().map(sent).collect();
-                append_while_draining(&store, batch, &mut delivered, Duration::from_secs(20)).await;
+                append_while_draining(
+                    &store,
+                    batch,
+                    &mut delivered,
+                    Duration::from_secs(20),
+                    || format!("{free_pages} pages left free: {}", describe_dir(&dir)),
+                )
+                .await;
             }
             delivered.extend(drain(&store).await);
             delivered.sort_by_key(|r| r.id);

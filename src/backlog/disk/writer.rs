@@ -44,6 +44,11 @@
 //!   [`super::reserve`]) rather than fail, and the reserve is taken back once
 //!   there is room, so deleting delivered segments never waits for space
 //!   that only deleting could free;
+//! - new records (not retries) are taken only while the reserve is held: a
+//!   reserve that could not be made for want of space is backpressure, like
+//!   a full disk, until deliveries free enough for it, so appends never take
+//!   the pages it needs (a reserve that fails for another reason is warned
+//!   about and done without);
 //! - on a full disk, an active segment holding no owed record is recycled
 //!   in place (the ledger saved, its header rewritten to start at the next
 //!   id, its records cut), so space held only by released records is always
@@ -201,6 +206,10 @@ pub struct Writer {
     saved: RangeSet,
     /// Space given up to save a ledger on a full disk.
     reserve: Reserve,
+    /// How the last attempt to take the reserve failed, while it is not
+    /// held: for want of space (new records wait for it) or otherwise (the
+    /// store goes on without it).
+    reserve_failure: Option<ReserveFailure>,
     /// The next id as the ledger on disk has it (0: not saved yet): the
     /// ledger is due again once appends move past it, so it always knows
     /// the acknowledged tail to within `ledger_interval`.
@@ -278,6 +287,7 @@ impl Writer {
             ledger_failure_said: None,
             saved,
             reserve,
+            reserve_failure: None,
             saved_next_id: 0,
         })
     }
@@ -289,6 +299,9 @@ impl Writer {
             .ledger_interval
             .clamp(Duration::from_millis(5), Duration::from_secs(1));
         let mut from_syncer = self.from_syncer.clone();
+        if !self.reserve.is_held() {
+            self.retake_reserve();
+        }
         loop {
             if self.syncing.is_some() && self.written - self.end >= cfg.commit_max_bytes {
                 // Far enough ahead: let the running fsync end first.
@@ -414,8 +427,14 @@ impl Writer {
         let cfg = self.shared.config.clone();
         let now = now_epoch_ms();
         let end = self.first_job + self.jobs.len() as u64;
+        let waits_for_reserve = self.waits_for_reserve();
         for number in first..end {
             let j = (number - self.first_job) as usize;
+            if waits_for_reserve && !self.jobs[j].bypass {
+                self.jobs[j].full = true;
+                self.jobs[j].done_writing = true;
+                continue;
+            }
             let mut at = 0usize;
             for k in 0..self.jobs[j].sizes.len() {
                 let (total, not_before_ms) = self.jobs[j].sizes[k];
@@ -459,6 +478,21 @@ impl Writer {
             self.jobs[j].frames = Vec::new();
         }
         self.write_buf()
+    }
+
+    /// Whether new records must wait because the space reserve is not in
+    /// place for want of space; says so once when it starts (the full-disk
+    /// reminder repeats it).
+    fn waits_for_reserve(&mut self) -> bool {
+        if self.reserve.is_held() || self.reserve_failure == Some(ReserveFailure::Other) {
+            return false;
+        }
+        if !self.disk_full {
+            self.disk_full = true;
+            self.full_said = Instant::now();
+            tracing::error!(dir = %self.shared.dir.display(), bytes = Reserve::needed(self.ledger_len()), "backlog disk too full for its space reserve: holding new messages (backpressure) until deliveries free room for it");
+        }
+        true
     }
 
     fn has_room(&self, total: u64) -> bool {
@@ -884,10 +918,18 @@ impl Writer {
         let want = Reserve::needed(self.ledger_len());
         match self.reserve.take(fs.as_ref(), want) {
             Ok(()) => {
+                self.reserve_failure = None;
                 tracing::debug!(dir = %self.shared.dir.display(), bytes = want, "backlog space reserve in place");
             }
-            Err(e) => {
+            Err(e) if is_space_error(&e) => {
+                self.reserve_failure = Some(ReserveFailure::Space);
                 tracing::debug!(dir = %self.shared.dir.display(), error = %e, "backlog space reserve not taken yet");
+            }
+            Err(e) => {
+                if self.reserve_failure != Some(ReserveFailure::Other) {
+                    tracing::warn!(dir = %self.shared.dir.display(), error = %e, "cannot make the backlog space reserve; going on without it (a full disk may then need space freed by hand)");
+                }
+                self.reserve_failure = Some(ReserveFailure::Other);
             }
         }
     }
@@ -1085,6 +1127,15 @@ fn room(shared: &Shared, pending_records: u64, pending_bytes: u64, total: u64) -
     let records = c.records.load(Ordering::Relaxed) + pending_records;
     let bytes = c.bytes.load(Ordering::Relaxed) + pending_bytes;
     bytes + total <= cfg.max_bytes && cfg.max_records.is_none_or(|m| records < m)
+}
+
+/// Why the space reserve could not be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReserveFailure {
+    /// No room for it: new records wait.
+    Space,
+    /// Anything else: the store goes on without it.
+    Other,
 }
 
 enum HeadScan {
