@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::DeadLetters;
@@ -40,7 +40,6 @@ use super::stats::{BacklogLoss, DeadLetterReasons, GroupSnapshot, GroupStats, re
 use crate::backlog::BacklogStore;
 use crate::sink::Sink;
 
-use writer::PendingWrite;
 pub(crate) use writer::WriterQueue;
 
 /// A running consumer group.
@@ -54,7 +53,7 @@ pub(crate) struct Group {
     sink: Arc<dyn Sink>,
     pub stats: GroupStats,
     dead: Arc<DeadLetters>,
-    writer_tx: mpsc::Sender<PendingWrite>,
+    writer_tx: writer::WriterTx,
     /// Notified when the backlog store got new records (wakes the read-ahead).
     backlog_appended: Arc<Notify>,
     read_ahead: Arc<ReadAhead>,

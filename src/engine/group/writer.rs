@@ -5,13 +5,16 @@
 //! Invariants: a message's ack is settled only once its record is durably
 //! in the store; while the store is full the writer waits (backpressure
 //! reaches the sources through the bounded queue) and says so every ten
-//! seconds; it never drops a record.
+//! seconds; it never drops a record. The records queued for the writer and
+//! inside its append are bounded in bytes ([`WRITER_QUEUE_BYTES`]), not
+//! only in batches, so a pile read faster than the disk takes it holds a
+//! fixed amount of memory whatever its messages' sizes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::Group;
@@ -22,6 +25,10 @@ use crate::engine::stats::bump;
 
 /// Batches waiting for the backlog writer; a full channel is backpressure.
 const WRITER_QUEUE: usize = 64;
+/// Bytes of messages queued for the writer or inside its append, at most
+/// (a single larger batch is let through alone): room for one append of
+/// [`WRITE_BATCH`] typical messages while the next gathers.
+const WRITER_QUEUE_BYTES: usize = 8 << 20;
 /// The most records the writer hands the store in one append.
 const WRITE_BATCH: usize = 8192;
 /// How often a writer that cannot store says so again.
@@ -32,10 +39,15 @@ const REMIND: Duration = Duration::from_secs(10);
 pub(super) struct PendingWrite {
     records: Vec<BacklogRecord>,
     acks: Vec<AckRef>,
+    /// The records' messages' sizes ([`crate::message::Message::size_bytes`]).
+    bytes: usize,
+    /// Its share of the writer's byte budget, given back once stored.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PendingWrite {
     pub fn push(&mut self, record: BacklogRecord, ack: AckRef) {
+        self.bytes += record.message.size_bytes();
         self.records.push(record);
         self.acks.push(ack);
     }
@@ -48,18 +60,42 @@ impl PendingWrite {
 /// The receiving end of a group's backlog writer, started by [`Group::run`].
 pub(crate) struct WriterQueue(mpsc::Receiver<PendingWrite>);
 
-pub(super) fn queue() -> (mpsc::Sender<PendingWrite>, WriterQueue) {
+/// The sending end: the queue and its byte budget.
+pub(super) struct WriterTx {
+    tx: mpsc::Sender<PendingWrite>,
+    budget: Arc<Semaphore>,
+}
+
+pub(super) fn queue() -> (WriterTx, WriterQueue) {
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-    (tx, WriterQueue(rx))
+    let budget = Arc::new(Semaphore::new(WRITER_QUEUE_BYTES));
+    (WriterTx { tx, budget }, WriterQueue(rx))
 }
 
 impl Group {
-    pub(super) async fn queue_write(&self, write: PendingWrite) -> Result<(), ()> {
+    /// Queues `write` for the backlog writer, waiting while the queue is
+    /// full in batches or in bytes (backpressure); `Err` once the writer
+    /// has stopped.
+    pub(super) async fn queue_write(&self, mut write: PendingWrite) -> Result<(), ()> {
         let n = write.records.len();
         self.writing.fetch_add(n, Ordering::AcqRel);
-        self.writer_tx.send(write).await.map_err(|_| {
+        let undo = || {
             self.writing.fetch_sub(n, Ordering::AcqRel);
-        })
+        };
+        let want = write.bytes.clamp(1, WRITER_QUEUE_BYTES);
+        let Ok(want) = u32::try_from(want) else {
+            undo();
+            return Err(());
+        };
+        let budget = Arc::clone(&self.writer_tx.budget);
+        match budget.acquire_many_owned(want).await {
+            Ok(permit) => write.permit = Some(permit),
+            Err(_) => {
+                undo();
+                return Err(());
+            }
+        }
+        self.writer_tx.tx.send(write).await.map_err(|_| undo())
     }
 
     /// Drains queued batches into one append each time. Once `closing` is
@@ -82,21 +118,28 @@ impl Group {
             let Some(PendingWrite {
                 mut records,
                 mut acks,
+                permit,
+                ..
             }) = next
             else {
                 break;
             };
+            // Held until the records are stored: what waits and what is
+            // being written count against the budget together.
+            let mut permits = vec![permit];
             while records.len() < WRITE_BATCH {
                 match rx.try_recv() {
                     Ok(more) => {
                         records.extend(more.records);
                         acks.extend(more.acks);
+                        permits.push(more.permit);
                     }
                     Err(_) => break,
                 }
             }
             let n = records.len();
             self.store_durably(records, acks).await;
+            drop(permits);
             self.writing.fetch_sub(n, Ordering::AcqRel);
             self.progress.notify_waiters();
         }
