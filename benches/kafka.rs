@@ -56,7 +56,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 
 /// The allocator the `laneway` program uses, so that laneway's figures are
-/// the program's (librdkafka allocates with the C allocator either way).
+/// the program's (librdkafka allocates with the C allocator either way);
+/// each consumer's process is given the program's settings for it too
+/// (src/bin/laneway/allocator.rs), through mimalloc's variables.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -269,6 +271,8 @@ fn spawn_round(
         .env("LANEWAY_BENCH_BROKERS", brokers)
         .env("LANEWAY_BENCH_GROUP", group)
         .env("LANEWAY_BENCH_MESSAGES", n.to_string())
+        .env("MIMALLOC_PURGE_DELAY", "0")
+        .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
         .env_remove("LANEWAY_BENCH_BEFORE")
         .output()
         .unwrap();
