@@ -271,8 +271,16 @@ fn spawn_round(
         .env("LANEWAY_BENCH_BROKERS", brokers)
         .env("LANEWAY_BENCH_GROUP", group)
         .env("LANEWAY_BENCH_MESSAGES", n.to_string())
-        .env("MIMALLOC_PURGE_DELAY", "0")
-        .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
+        // The program's allocator settings, unless the bench's own
+        // environment sets them (to compare with mimalloc's defaults).
+        .env(
+            "MIMALLOC_PURGE_DELAY",
+            env_or("MIMALLOC_PURGE_DELAY", 0).to_string(),
+        )
+        .env(
+            "MIMALLOC_ARENA_EAGER_COMMIT",
+            env_or("MIMALLOC_ARENA_EAGER_COMMIT", 0).to_string(),
+        )
         .env_remove("LANEWAY_BENCH_BEFORE")
         .output()
         .unwrap();
