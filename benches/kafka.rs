@@ -56,9 +56,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 
 /// The allocator the `laneway` program uses, so that laneway's figures are
-/// the program's (librdkafka allocates with the C allocator either way);
-/// each consumer's process is given the program's settings for it too
-/// (src/bin/laneway/allocator.rs), through mimalloc's variables.
+/// the program's (librdkafka allocates with the C allocator either way).
+/// The consumers' processes inherit the bench's environment, so
+/// `MIMALLOC_*` variables set for the bench apply to both.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -271,16 +271,6 @@ fn spawn_round(
         .env("LANEWAY_BENCH_BROKERS", brokers)
         .env("LANEWAY_BENCH_GROUP", group)
         .env("LANEWAY_BENCH_MESSAGES", n.to_string())
-        // The program's allocator settings, unless the bench's own
-        // environment sets them (to compare with mimalloc's defaults).
-        .env(
-            "MIMALLOC_PURGE_DELAY",
-            env_or("MIMALLOC_PURGE_DELAY", 0).to_string(),
-        )
-        .env(
-            "MIMALLOC_ARENA_EAGER_COMMIT",
-            env_or("MIMALLOC_ARENA_EAGER_COMMIT", 0).to_string(),
-        )
         .env_remove("LANEWAY_BENCH_BEFORE")
         .output()
         .unwrap();
