@@ -297,14 +297,28 @@ async fn the_tuya_preset_decrypts_both_modes_and_dead_letters_what_it_cannot() {
         "every Tuya kind maps onto a laneway kind"
     );
 
+    // Dead letters are at-least-once like deliveries: pulsar-lite now and
+    // then dispatches a run of messages a second time (it then calls the
+    // first copies' acks stale), and a redelivered unreadable message is
+    // dead-lettered again, identically. So the letters, once each, are
+    // exactly the two unreadable messages, and nothing else is one.
     let letters = std::fs::read_to_string(data.join("dead-letters.jsonl")).unwrap();
-    let lines: Vec<_> = letters.lines().collect();
-    assert_eq!(lines.len(), 2, "{letters}");
+    let distinct: std::collections::BTreeSet<&str> = letters.lines().collect();
+    assert_eq!(distinct.len(), 2, "{letters}");
+    let wrong_key_origin = format!("\"origin\":\"pulsar {topic} message 0:{COUNT}\"");
+    let cbc_origin = format!("\"origin\":\"pulsar {topic} message 0:{}\"", COUNT + 1);
     assert!(
-        lines.iter().any(|l| l.contains("undecryptable data")),
+        distinct
+            .iter()
+            .any(|l| l.contains("undecryptable data") && l.contains(&wrong_key_origin)),
         "{letters}"
     );
-    assert!(lines.iter().any(|l| l.contains("aes_cbc")), "{letters}");
+    assert!(
+        distinct
+            .iter()
+            .any(|l| l.contains("aes_cbc") && l.contains(&cbc_origin)),
+        "{letters}"
+    );
     assert!(!letters.contains("89abcdefghijklmn"), "{letters}");
 }
 
