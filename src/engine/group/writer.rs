@@ -28,7 +28,7 @@ const WRITER_QUEUE: usize = 64;
 /// Bytes of messages queued for the writer or inside its append, at most
 /// (a single larger batch is let through alone): room for one append of
 /// [`WRITE_BATCH`] typical messages while the next gathers.
-const WRITER_QUEUE_BYTES: usize = 8 << 20;
+const WRITER_QUEUE_BYTES: u32 = 8 << 20;
 /// The most records the writer hands the store in one append.
 const WRITE_BATCH: usize = 8192;
 /// How often a writer that cannot store says so again.
@@ -68,7 +68,7 @@ pub(super) struct WriterTx {
 
 pub(super) fn queue() -> (WriterTx, WriterQueue) {
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-    let budget = Arc::new(Semaphore::new(WRITER_QUEUE_BYTES));
+    let budget = Arc::new(Semaphore::new(WRITER_QUEUE_BYTES as usize));
     (WriterTx { tx, budget }, WriterQueue(rx))
 }
 
@@ -82,11 +82,10 @@ impl Group {
         let undo = || {
             self.writing.fetch_sub(n, Ordering::AcqRel);
         };
-        let want = write.bytes.clamp(1, WRITER_QUEUE_BYTES);
-        let Ok(want) = u32::try_from(want) else {
-            undo();
-            return Err(());
-        };
+        // A batch larger than the whole budget takes all of it.
+        let want = u32::try_from(write.bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, WRITER_QUEUE_BYTES);
         let budget = Arc::clone(&self.writer_tx.budget);
         match budget.acquire_many_owned(want).await {
             Ok(permit) => write.permit = Some(permit),
