@@ -5,7 +5,9 @@
 //! crash after the ack cannot lose them; a write to a file that fails part
 //! way (a full disk, EIO) is cut back to where the batch began before the
 //! failure is reported, so a retry never glues a torn line to the next one
-//! and every line in the file is a whole envelope.
+//! and every line in the file is a whole envelope; a file found ending in
+//! a torn line when opened (a run killed while writing it) is cut back to
+//! its last whole line, since that line's batch was never acknowledged.
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +53,7 @@ impl JsonlSink {
         #[cfg(not(unix))]
         let _ = mode;
         let file = options.open(path).await?;
+        cut_torn_tail(&file, path).await?;
         Ok(JsonlSink {
             out: Mutex::new(Output::File(file)),
             sync,
@@ -66,6 +69,49 @@ impl JsonlSink {
             label: "stdout".into(),
         }
     }
+}
+
+/// Cuts a last line without its newline off the end of `file`: the line a
+/// process killed while writing left torn. Its batch was never reported
+/// delivered, so it comes again whole; appended to, the torn line would
+/// glue the next envelope onto itself.
+async fn cut_torn_tail(file: &File, path: &Path) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let len = file.metadata().await?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // The file is open for appending only: read through a second handle.
+    // A file this process may write but not read is left as it is.
+    let mut reader = match File::open(path).await {
+        Ok(reader) => reader,
+        Err(e) => {
+            tracing::warn!(output = %path.display(), error = %e,
+                "cannot read the JSONL output to check its last line; appending as it is");
+            return Ok(());
+        }
+    };
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let keep = loop {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        reader.seek(std::io::SeekFrom::Start(start)).await?;
+        reader.read_exact(&mut chunk[..n]).await?;
+        if let Some(i) = chunk[..n].iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        if start == 0 {
+            break 0;
+        }
+        end = start;
+    };
+    if keep < len {
+        file.set_len(keep).await?;
+        tracing::warn!(output = %path.display(), cut_bytes = len - keep,
+            "the JSONL output ended in a torn line (a run stopped while writing it); cut it off, its message comes again");
+    }
+    Ok(())
 }
 
 async fn write_all(out: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> std::io::Result<()> {
