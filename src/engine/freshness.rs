@@ -5,8 +5,10 @@
 //!
 //! The table is bounded: a fixed array of slots, each holding one
 //! (device, kind) by a 64-bit tag of a per-process seeded hash, so memory
-//! does not grow with the fleet. When two keys meet in one slot, the later
-//! one takes it over.
+//! does not grow with the fleet. A key may sit in any of the [`WAYS`]
+//! slots of its bucket (one cache line), so a small fleet's keys do not
+//! push each other out; when a bucket is full, a new key takes over the
+//! slot holding the oldest generate time.
 //!
 //! Invariants:
 //! - a message is called superseded only if a message of the same product,
@@ -26,6 +28,9 @@ use crate::message::{Kind, Message};
 /// Slots in one group's table: 65,536 devices × kinds, 1 MiB, touched
 /// only as devices appear.
 pub const FRESHNESS_SLOTS: usize = 1 << 16;
+
+/// Slots per bucket: 4 of 16 bytes, one 64-byte cache line.
+const WAYS: usize = 4;
 
 #[derive(Clone, Copy, Default)]
 struct Slot {
@@ -79,15 +84,16 @@ impl Freshness {
         let mut newest_in_batch: HashMap<u64, i64, foldhash::fast::FixedState> =
             HashMap::with_capacity_and_hasher(batch.len(), Default::default());
         let slots = self.slots.lock();
-        let mask = slots.len() - 1;
         batch
             .iter()
             .map(|&(key, time)| {
                 let Some(tag) = key else {
                     return false;
                 };
-                let slot = slots[tag as usize & mask];
-                let delivered = (slot.tag == tag).then_some(slot.generate_time_ms);
+                let delivered = bucket(&slots, tag)
+                    .iter()
+                    .find(|slot| slot.tag == tag)
+                    .map(|slot| slot.generate_time_ms);
                 let earlier = newest_in_batch.insert(tag, time).inspect(|&before| {
                     if before > time {
                         newest_in_batch.insert(tag, before);
@@ -102,19 +108,41 @@ impl Freshness {
     /// delivered.
     pub fn delivered(&self, messages: impl Iterator<Item = (u64, i64)>) {
         let mut slots = self.slots.lock();
-        let mask = slots.len() - 1;
         for (tag, time) in messages {
-            let slot = &mut slots[tag as usize & mask];
-            if slot.tag != tag {
+            let bucket = bucket_mut(&mut slots, tag);
+            if let Some(slot) = bucket.iter_mut().find(|slot| slot.tag == tag) {
+                slot.generate_time_ms = slot.generate_time_ms.max(time);
+                continue;
+            }
+            // A free slot (tag 0), else the one holding the oldest time.
+            let taken = bucket
+                .iter_mut()
+                .min_by_key(|slot| (slot.tag != 0, slot.generate_time_ms));
+            if let Some(slot) = taken {
                 *slot = Slot {
                     tag,
                     generate_time_ms: time,
                 };
-            } else {
-                slot.generate_time_ms = slot.generate_time_ms.max(time);
             }
         }
     }
+}
+
+/// The range of `slots` where `tag` may sit: [`WAYS`] slots, or the whole
+/// table when it is smaller.
+fn bucket_range(len: usize, tag: u64) -> std::ops::Range<usize> {
+    let ways = WAYS.min(len);
+    let start = (tag as usize & (len - 1)) & !(ways - 1);
+    start..start + ways
+}
+
+fn bucket(slots: &[Slot], tag: u64) -> &[Slot] {
+    &slots[bucket_range(slots.len(), tag)]
+}
+
+fn bucket_mut(slots: &mut [Slot], tag: u64) -> &mut [Slot] {
+    let range = bucket_range(slots.len(), tag);
+    &mut slots[range]
 }
 
 #[cfg(test)]
@@ -182,6 +210,23 @@ mod tests {
         let other = |t| Message::new("/free/form", "id", t, "{}").unwrap();
         deliver(&table, &[other(500)]);
         assert_eq!(judge(&table, &[other(100)]), [false]);
+    }
+
+    #[test]
+    fn keys_of_one_bucket_are_all_kept_and_a_full_bucket_forgets_the_oldest() {
+        // Four slots: one bucket, whatever the hashes.
+        let table = Freshness::with_slots(4);
+        for d in 0..4 {
+            deliver(&table, &[status(&format!("d{d}"), 1000 + d)]);
+        }
+        for d in 0..4 {
+            assert_eq!(judge(&table, &[status(&format!("d{d}"), 1)]), [true]);
+        }
+        deliver(&table, &[status("d4", 2000)]);
+        assert_eq!(judge(&table, &[status("d0", 1)]), [false], "d0 was oldest");
+        for d in 1..5 {
+            assert_eq!(judge(&table, &[status(&format!("d{d}"), 1)]), [true]);
+        }
     }
 
     #[test]
