@@ -71,9 +71,10 @@ pub trait Filesystem: Send + Sync + 'static {
     /// Opens an existing file for reading only (segments, as recovery, the
     /// audit and the reader read them).
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
-    /// Opens a file to append to, creating it for its owner only; an
-    /// existing file readable by others is narrowed to its owner (the
-    /// dead-letter file holds device data).
+    /// Opens a file to append to (and read: [`cut_torn_line`] looks at
+    /// its end), creating it for its owner only; an existing file readable
+    /// by others is narrowed to its owner (the dead-letter file holds
+    /// device data).
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
     /// Reads a whole small file (the ledger, a checkpoint, a stored
     /// offset); a missing file is `NotFound`.
@@ -164,6 +165,7 @@ impl Filesystem for RealFilesystem {
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
         let file = OpenOptions::new()
+            .read(true)
             .create(true)
             .append(true)
             .mode(0o600)
@@ -231,6 +233,45 @@ pub fn read_at_most(file: &dyn SegmentFile, buf: &mut [u8], offset: u64) -> io::
     Ok(got)
 }
 
+/// Where the whole lines of a line file (JSONL) of `len` bytes end: just
+/// past its last newline, or 0 when it has none. Bytes after it are a line
+/// a process killed while writing left torn.
+pub fn whole_lines_end(file: &dyn SegmentFile, len: u64) -> io::Result<u64> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let want = chunk.get_mut(..(end - start) as usize).unwrap_or_default();
+        let got = read_at_most(file, want, start)?;
+        if got < want.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file became shorter while its end was read",
+            ));
+        }
+        if let Some(i) = want.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Cuts a last line without its newline off the end of a line file opened
+/// with [`Filesystem::open_append`] (the dead letters); returns how many
+/// bytes were cut. A process killed while writing leaves such a line, and
+/// its record was never acknowledged, so it comes again whole; appended
+/// to, the torn line would glue the next record onto itself.
+pub fn cut_torn_line(file: &dyn SegmentFile) -> io::Result<u64> {
+    let len = file.size()?;
+    let keep = whole_lines_end(file, len)?;
+    if keep < len {
+        file.set_len(keep)?;
+        file.sync_data()?;
+    }
+    Ok(len - keep)
+}
+
 /// Appends all of `buf` to a file opened with [`Filesystem::open_append`]
 /// and makes it durable, or leaves the file as it was: when a write or the
 /// fsync fails, the file is cut back to where the append began (best
@@ -295,5 +336,29 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "readable by its owner only: {mode:o}");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_at_every_length_and_whole_lines_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lines");
+        // Lines longer than the 64 KiB read chunk, so the search for the
+        // last newline crosses chunks.
+        let whole = [
+            vec![b'a'; 70_000],
+            b"\n".to_vec(),
+            vec![b'b'; 3],
+            b"\n".to_vec(),
+        ]
+        .concat();
+        let torn = vec![b'c'; 140_000];
+        for cut in [0, 1, 65_536, 139_999] {
+            for before in [&whole[..0], &whole[..70_001], &whole[..]] {
+                std::fs::write(&path, [before, &torn[..cut]].concat()).unwrap();
+                let file = RealFilesystem.open_append(&path).unwrap();
+                assert_eq!(cut_torn_line(file.as_ref()).unwrap(), cut as u64);
+                assert_eq!(std::fs::read(&path).unwrap(), before, "cut {cut}");
+            }
+        }
     }
 }

@@ -9,7 +9,10 @@
 //! whole, and as `bodyBase64` when they are not UTF-8, never converted; a
 //! write that fails is retried until it succeeds (dropping a dead letter
 //! would lose a message), and leaves no part of a line behind (the file is
-//! cut back to where the failed write began); the file is opened and
+//! cut back to where the failed write began), and a file found ending in a
+//! torn line when opened (a run killed while writing it) is cut back to its
+//! last whole line, since that letter's message was never acknowledged; the
+//! file is opened and
 //! written through a [`Filesystem`] (the operating system's unless one is
 //! given), so fault tests reach it.
 
@@ -22,7 +25,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::backoff::Backoff;
-use crate::filesystem::{Filesystem, RealFilesystem, SegmentFile, append_durably};
+use crate::filesystem::{Filesystem, RealFilesystem, SegmentFile, append_durably, cut_torn_line};
 use crate::message::{Extras, Message, write_base64, write_extras, write_json_string};
 
 /// How many dead letters stay in memory for [`DeadLetters::recent`].
@@ -165,6 +168,11 @@ impl DeadLetters {
             fs.create_dir_all(dir)?;
         }
         let file = fs.open_append(path)?;
+        let cut = cut_torn_line(file.as_ref())?;
+        if cut > 0 {
+            tracing::warn!(path = %path.display(), cut_bytes = cut,
+                "the dead-letter file ended in a torn line (a run stopped while writing it); cut it off, its message is dead-lettered again");
+        }
         Ok(Arc::new(DeadLetters {
             file: Some((path.to_path_buf(), Mutex::new(file))),
             recent: Mutex::new(VecDeque::new()),

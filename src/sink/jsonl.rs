@@ -17,6 +17,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, Stdout};
 use tokio::sync::Mutex;
 
 use super::{BatchError, Delivery, DeliveryError, Sink};
+use crate::filesystem::whole_lines_end;
 use crate::message::write_delivery_envelope;
 
 /// Writes delivered messages as JSONL envelopes.
@@ -76,14 +77,13 @@ impl JsonlSink {
 /// delivered, so it comes again whole; appended to, the torn line would
 /// glue the next envelope onto itself.
 async fn cut_torn_tail(file: &File, path: &Path) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let len = file.metadata().await?.len();
     if len == 0 {
         return Ok(());
     }
     // The file is open for appending only: read through a second handle.
     // A file this process may write but not read is left as it is.
-    let mut reader = match File::open(path).await {
+    let reader = match std::fs::File::open(path) {
         Ok(reader) => reader,
         Err(e) => {
             tracing::warn!(output = %path.display(), error = %e,
@@ -91,21 +91,9 @@ async fn cut_torn_tail(file: &File, path: &Path) -> std::io::Result<()> {
             return Ok(());
         }
     };
-    let mut end = len;
-    let mut chunk = vec![0u8; 64 * 1024];
-    let keep = loop {
-        let start = end.saturating_sub(chunk.len() as u64);
-        let n = (end - start) as usize;
-        reader.seek(std::io::SeekFrom::Start(start)).await?;
-        reader.read_exact(&mut chunk[..n]).await?;
-        if let Some(i) = chunk[..n].iter().rposition(|&b| b == b'\n') {
-            break start + i as u64 + 1;
-        }
-        if start == 0 {
-            break 0;
-        }
-        end = start;
-    };
+    let keep = tokio::task::spawn_blocking(move || whole_lines_end(&reader, len))
+        .await
+        .map_err(std::io::Error::other)??;
     if keep < len {
         file.set_len(keep).await?;
         tracing::warn!(output = %path.display(), cut_bytes = len - keep,
