@@ -15,6 +15,9 @@
 //! - a lost connection drops its tracker: its unsettled messages return to
 //!   the peer and come again through a new connection (duplicates, never
 //!   a loss);
+//! - a session's begin and the link's attach wait at most
+//!   [`ATTACH_TIMEOUT`] for the peer; a peer that never answers is a lost
+//!   connection, dropped and made again, never a source that hangs;
 //! - connection attempts are paced (see the `pacing` module) and retried with
 //!   jittered backoff; a login refused before any connection worked ends
 //!   the source (wrong credentials), later it is retried.
@@ -48,6 +51,14 @@ use crate::source::{
 
 /// How long one connection attempt may take (TCP, TLS, SASL, open).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the peer may take to answer a session's begin and the link's
+/// attach (and the client to send the first credit). A peer answers in
+/// milliseconds; one that never does (seen in CI: RabbitMQ's AMQP 1.0
+/// plugin with no answer to an attach, the client's session task spinning)
+/// would hold the source forever, so the connection is dropped and made
+/// again.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads an AMQP 1.0 node into the engine; see the module docs.
 pub struct Amqp1Source {
@@ -215,21 +226,38 @@ impl LinkRunner {
 
     async fn session(&self, connection: &mut ConnectionHandle<()>) -> End {
         let c = &self.config;
-        let mut session = match fe2o3_amqp::Session::begin(connection).await {
-            Ok(s) => s,
-            Err(e) if forbidden(&e) => {
+        let begun = tokio::time::timeout(ATTACH_TIMEOUT, fe2o3_amqp::Session::begin(connection));
+        let mut session = match begun.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if forbidden(&e) => {
                 return End::Forbidden(format!("beginning a session: permission refused: {e}"));
             }
-            Err(e) => return End::Lost(format!("beginning a session: {e}")),
+            Ok(Err(e)) => return End::Lost(format!("beginning a session: {e}")),
+            Err(_) => {
+                return End::Lost(format!(
+                    "beginning a session: no answer within {ATTACH_TIMEOUT:?}"
+                ));
+            }
         };
         let name = format!("laneway-{}-{}", std::process::id(), self.number);
-        let attached = Receiver::builder()
+        let attaching = Receiver::builder()
             .name(name)
             .source(c.address.as_str())
             .credit_mode(CreditMode::Manual)
             .auto_accept(false)
-            .attach(&mut session)
-            .await;
+            .attach(&mut session);
+        let attached = match tokio::time::timeout(ATTACH_TIMEOUT, attaching).await {
+            Ok(attached) => attached,
+            Err(_) => {
+                // Dropped, not ended: a peer that does not answer an
+                // attach may not answer an end either.
+                drop(session);
+                return End::Lost(format!(
+                    "attaching to {}: no answer within {ATTACH_TIMEOUT:?}",
+                    c.address
+                ));
+            }
+        };
         let mut receiver = match attached {
             Ok(r) => r,
             Err(e) => {
@@ -245,8 +273,14 @@ impl LinkRunner {
         };
         self.attached_once
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = receiver.set_credit(c.credit).await {
-            return End::Lost(format!("granting credit: {e}"));
+        match tokio::time::timeout(ATTACH_TIMEOUT, receiver.set_credit(c.credit)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return End::Lost(format!("granting credit: {e}")),
+            Err(_) => {
+                return End::Lost(format!(
+                    "granting credit: not sent within {ATTACH_TIMEOUT:?}"
+                ));
+            }
         }
         self.health.healthy();
         tracing::info!(source = %self.origin, connection = self.number, credit = c.credit, "receiving");

@@ -1,0 +1,165 @@
+//! An AMQP 1.0 peer that accepts the connection and the session but never
+//! answers the link's attach (as RabbitMQ's AMQP 1.0 plugin once did in
+//! CI, the client's session task spinning): the source gives up on the
+//! attach after `ATTACH_TIMEOUT`, connects again, and the second connection
+//! delivers every message byte for byte (binary payloads, NULs, invalid
+//! UTF-8). Before, the source waited on the attach for ever, silently.
+//! The peer is in-process, built with fe2o3-amqp's acceptor.
+
+#![cfg(feature = "amqp1")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support"]
+#[allow(dead_code)]
+mod support {
+    pub mod records;
+}
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fe2o3_amqp::acceptor::{
+    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SaslPlainMechanism, SessionAcceptor,
+};
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Message, Outcome};
+use fe2o3_amqp::types::primitives::Binary;
+use laneway::amqp1::source::ATTACH_TIMEOUT;
+use laneway::amqp1::{Amqp1Source, Amqp1SourceConfig};
+use laneway::engine::{Engine, GroupConfig};
+use laneway::sink::{Delivery, DeliveryError, handler_fn};
+use laneway::source::LanePolicy;
+use parking_lot::Mutex;
+use support::records::{self, Copies, Record, assert_delivered};
+use tokio::net::TcpListener;
+
+/// A peer on 127.0.0.1 whose first connection never answers the attach and
+/// whose later ones send `to_send`; reports each later connection's
+/// outcomes (accepted or not) and counts connections.
+async fn peer(
+    to_send: Vec<Record>,
+    connections: Arc<AtomicUsize>,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec<bool>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let n = connections.fetch_add(1, Ordering::SeqCst);
+            let acceptor = ConnectionAcceptor::builder()
+                .container_id("silent-peer")
+                .sasl_acceptor(SaslPlainMechanism::new("guest", "guest"))
+                .build();
+            let Ok(mut connection) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let Ok(mut session) = SessionAcceptor::new().accept(&mut connection).await else {
+                continue;
+            };
+            if n == 0 {
+                // Hold the connection and the session, answer nothing more.
+                tokio::spawn(async move {
+                    let _held = (connection, session);
+                    std::future::pending::<()>().await;
+                });
+                continue;
+            }
+            let tx = tx.clone();
+            let to_send = to_send.clone();
+            tokio::spawn(async move {
+                let Ok(LinkEndpoint::Sender(mut sender)) =
+                    LinkAcceptor::builder().build().accept(&mut session).await
+                else {
+                    return;
+                };
+                let mut accepted = Vec::new();
+                for r in &to_send {
+                    let props = ApplicationProperties::builder()
+                        .insert("topic", r.topic.clone())
+                        .insert("messageId", r.id.clone())
+                        .insert("generateTime", r.generate_time_ms)
+                        .build();
+                    let message = Message::builder()
+                        .application_properties(props)
+                        .data(Binary::from(r.payload.clone()))
+                        .build();
+                    let outcome = sender.send(message).await.unwrap();
+                    accepted.push(matches!(outcome, Outcome::Accepted(_)));
+                }
+                let _ = tx.send(accepted);
+                let _ = sender.on_detach().await;
+                let _held = connection;
+            });
+        }
+    });
+    (port, outcomes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_the_attach_is_left_and_the_next_connection_delivers() {
+    let now = laneway::message::now_epoch_ms();
+    let sent: Vec<Record> = (0..200u64)
+        .map(|i| {
+            Record::new(
+                format!("/pk/dev{}/thing/event/property/post", i % 7),
+                format!("silent-{i}"),
+                now - i as i64,
+                records::binary_payload(i),
+            )
+        })
+        .collect();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (port, mut outcomes) = peer(sent.clone(), Arc::clone(&connections)).await;
+    let config = Amqp1SourceConfig {
+        url: Some(format!("amqp://guest:guest@127.0.0.1:{port}")),
+        credit: 50,
+        reconnect_initial: Duration::from_millis(100),
+        ..Amqp1SourceConfig::default()
+    };
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&got);
+    let sink = handler_fn(move |d: Delivery| {
+        seen.lock().push(Record::of(&d.message));
+        async { Ok::<(), DeliveryError>(()) }
+    });
+    let engine = Engine::builder()
+        .group(
+            GroupConfig {
+                // The payloads are binary: delivered as they are, not
+                // dead letters for want of JSON.
+                validate_json: false,
+                ..GroupConfig::named("g")
+            },
+            sink,
+        )
+        .source(Amqp1Source::new(config).unwrap(), LanePolicy::Live)
+        .build()
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(engine.run(async move {
+        let _ = stop_rx.await;
+    }));
+    // The attach timeout, the bounded close, a reconnect and 200 messages.
+    let limit = ATTACH_TIMEOUT + Duration::from_secs(30);
+    let accepted = tokio::time::timeout(limit, outcomes.recv())
+        .await
+        .expect("a second connection delivered everything (the source did not stay on the silent attach)")
+        .unwrap();
+    assert!(accepted.iter().all(|a| *a), "a message was not accepted");
+    assert_eq!(accepted.len(), sent.len());
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "one silent, one that served"
+    );
+    let _ = stop_tx.send(());
+    let summary = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the run stopped")
+        .unwrap();
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_delivered(&sent, &got.lock(), Copies::ExactlyOnce);
+}
