@@ -31,8 +31,8 @@ use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SaslAcceptor, SessionAcceptor,
 };
-use fe2o3_amqp::types::messaging::{ApplicationProperties, Message, Outcome};
-use fe2o3_amqp::types::primitives::{Array, Binary, Symbol};
+use fe2o3_amqp::types::messaging::Outcome;
+use fe2o3_amqp::types::primitives::{Array, Symbol};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
 use hmac::{Hmac, Mac};
 use laneway::amqp1::aliyun::{Credentials, sign};
@@ -266,16 +266,7 @@ async fn endpoint(to_send: Vec<Record>) -> Endpoint {
             };
             let mut accepted = Vec::new();
             for r in &to_send {
-                let props = ApplicationProperties::builder()
-                    .insert("topic", r.topic.clone())
-                    .insert("messageId", r.id.clone())
-                    .insert("generateTime", r.generate_time_ms)
-                    .build();
-                let message = Message::builder()
-                    .application_properties(props)
-                    .data(Binary::from(r.payload.clone()))
-                    .build();
-                let outcome = sender.send(message).await.unwrap();
+                let outcome = sender.send(r.amqp1_message()).await.unwrap();
                 accepted.push(matches!(outcome, Outcome::Accepted(_)));
             }
             let _ = tx.send(accepted);

@@ -22,8 +22,7 @@ use std::time::Duration;
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SaslPlainMechanism, SessionAcceptor,
 };
-use fe2o3_amqp::types::messaging::{ApplicationProperties, Message, Outcome};
-use fe2o3_amqp::types::primitives::Binary;
+use fe2o3_amqp::types::messaging::Outcome;
 use laneway::amqp1::source::ATTACH_TIMEOUT;
 use laneway::amqp1::{Amqp1Source, Amqp1SourceConfig};
 use laneway::engine::{Engine, GroupConfig};
@@ -77,16 +76,7 @@ async fn peer(
                 };
                 let mut accepted = Vec::new();
                 for r in &to_send {
-                    let props = ApplicationProperties::builder()
-                        .insert("topic", r.topic.clone())
-                        .insert("messageId", r.id.clone())
-                        .insert("generateTime", r.generate_time_ms)
-                        .build();
-                    let message = Message::builder()
-                        .application_properties(props)
-                        .data(Binary::from(r.payload.clone()))
-                        .build();
-                    let outcome = sender.send(message).await.unwrap();
+                    let outcome = sender.send(r.amqp1_message()).await.unwrap();
                     accepted.push(matches!(outcome, Outcome::Accepted(_)));
                 }
                 let _ = tx.send(accepted);

@@ -12,9 +12,8 @@
 //! cut back to where the failed write began), and a file found ending in a
 //! torn line when opened (a run killed while writing it) is cut back to its
 //! last whole line, since that letter's message was never acknowledged; the
-//! file is opened and
-//! written through a [`Filesystem`] (the operating system's unless one is
-//! given), so fault tests reach it.
+//! file is opened and written through a [`Filesystem`] (the operating
+//! system's unless one is given), so fault tests reach it.
 
 use std::collections::VecDeque;
 use std::io::Write;

@@ -103,7 +103,7 @@ pub fn rabbitmqctl(args: &[&str]) -> bool {
 /// durable, the three application properties, the payload as one data
 /// section; every transfer settled as accepted by the broker.
 pub async fn publish1(queue: &str, sent: &[Record]) {
-    use fe2o3_amqp::types::messaging::{ApplicationProperties, Header, Message, Outcome};
+    use fe2o3_amqp::types::messaging::{Header, Outcome};
     let (username, password) = login();
     let mut connection = fe2o3_amqp::Connection::builder()
         .container_id(super::names::unique("amqp1-publisher"))
@@ -119,18 +119,8 @@ pub async fn publish1(queue: &str, sent: &[Record]) {
     for chunk in sent.chunks(500) {
         let mut pending = Vec::with_capacity(chunk.len());
         for r in chunk {
-            let props = ApplicationProperties::builder()
-                .insert("topic", r.topic.clone())
-                .insert("messageId", r.id.clone())
-                .insert("generateTime", r.generate_time_ms)
-                .build();
-            let message = Message::builder()
-                .header(Header::builder().durable(true).build())
-                .application_properties(props)
-                .data(fe2o3_amqp::types::primitives::Binary::from(
-                    r.payload.clone(),
-                ))
-                .build();
+            let mut message = r.amqp1_message();
+            message.header = Some(Header::builder().durable(true).build());
             pending.push(sender.send_batchable(message).await.unwrap());
         }
         for fut in pending {

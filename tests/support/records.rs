@@ -56,6 +56,26 @@ impl Record {
         .expect("a valid test record")
     }
 
+    /// This record as the platforms send it over AMQP 1.0: topic, message
+    /// id and generate time as application properties, the payload as one
+    /// data section, byte for byte.
+    pub fn amqp1_message(
+        &self,
+    ) -> fe2o3_amqp::types::messaging::Message<fe2o3_amqp::types::messaging::Data> {
+        use fe2o3_amqp::types::messaging::{ApplicationProperties, Message};
+        let props = ApplicationProperties::builder()
+            .insert("topic", self.topic.clone())
+            .insert("messageId", self.id.clone())
+            .insert("generateTime", self.generate_time_ms)
+            .build();
+        Message::builder()
+            .application_properties(props)
+            .data(fe2o3_amqp::types::primitives::Binary::from(
+                self.payload.clone(),
+            ))
+            .build()
+    }
+
     /// This record as one JSONL envelope line (no newline). The payload
     /// must be JSON; it is written verbatim.
     pub fn envelope_line(&self) -> String {
