@@ -43,8 +43,11 @@ pub struct Message {
 
 #[derive(Clone)]
 struct Inner {
-    topic: Box<str>,
-    message_id: Box<str>,
+    /// The topic, then the message id: one allocation for both (one fewer
+    /// per message on every source's path).
+    topic_and_id: Box<str>,
+    /// Where the topic ends in `topic_and_id` (a character boundary).
+    topic_len: usize,
     generate_time_ms: i64,
     parts: TopicParts,
     payload: Bytes,
@@ -58,8 +61,8 @@ impl Message {
     /// Builds a message, classifying its topic. `received_at` is now: live
     /// latency is measured from the moment laneway got the message.
     pub fn new(
-        topic: impl Into<Box<str>>,
-        message_id: impl Into<Box<str>>,
+        topic: impl AsRef<str>,
+        message_id: impl AsRef<str>,
         generate_time_ms: i64,
         payload: impl Into<Bytes>,
     ) -> Result<Message, MessageError> {
@@ -69,24 +72,27 @@ impl Message {
     /// Like [`Message::new`], with the instant the message was received given
     /// explicitly (sources that stamp a whole batch at once, and tests).
     pub fn received(
-        topic: impl Into<Box<str>>,
-        message_id: impl Into<Box<str>>,
+        topic: impl AsRef<str>,
+        message_id: impl AsRef<str>,
         generate_time_ms: i64,
         payload: impl Into<Bytes>,
         received_at: Instant,
     ) -> Result<Message, MessageError> {
-        let topic = topic.into();
+        let (topic, message_id) = (topic.as_ref(), message_id.as_ref());
         if topic.is_empty() {
             return Err(MessageError::MissingTopic);
         }
         if topic.len() > MAX_TOPIC_LEN {
             return Err(MessageError::TopicTooLong(topic.len()));
         }
-        let parts = classify(&topic);
+        let parts = classify(topic);
+        let mut topic_and_id = String::with_capacity(topic.len() + message_id.len());
+        topic_and_id.push_str(topic);
+        topic_and_id.push_str(message_id);
         Ok(Message {
             inner: Arc::new(Inner {
-                topic,
-                message_id: message_id.into(),
+                topic_and_id: topic_and_id.into_boxed_str(),
+                topic_len: topic.len(),
                 generate_time_ms,
                 parts,
                 payload: payload.into(),
@@ -129,12 +135,18 @@ impl Message {
 
     /// The platform topic the message was published on.
     pub fn topic(&self) -> &str {
-        &self.inner.topic
+        self.inner
+            .topic_and_id
+            .get(..self.inner.topic_len)
+            .unwrap_or_default()
     }
 
     /// The platform's message id (unique per message, used for dedup downstream).
     pub fn message_id(&self) -> &str {
-        &self.inner.message_id
+        self.inner
+            .topic_and_id
+            .get(self.inner.topic_len..)
+            .unwrap_or_default()
     }
 
     /// When the device message was generated, in epoch milliseconds.
@@ -199,15 +211,14 @@ impl Message {
 
     /// Bytes this message occupies in memory, roughly (for capacity accounting).
     pub fn size_bytes(&self) -> usize {
-        self.inner.topic.len()
-            + self.inner.message_id.len()
+        self.inner.topic_and_id.len()
             + self.inner.payload.len()
             + self.extras().map_or(0, Extras::size_bytes)
             + 64
     }
 
     fn part(&self, range: &Option<std::ops::Range<usize>>) -> Option<&str> {
-        range.as_ref().map(|r| &self.inner.topic[r.clone()])
+        range.as_ref().and_then(|r| self.topic().get(r.clone()))
     }
 }
 

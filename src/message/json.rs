@@ -7,9 +7,10 @@
 //! number size, so a 30-digit integer is valid here (a parser that converts
 //! numbers to machine integers would reject it).
 //!
-//! Invariants: the scanner never panics and never recurses (nesting depth
-//! costs one byte of heap per level, bounded by the input's length); every
-//! error names what was expected and the byte offset where it went wrong.
+//! Invariants: the scanner never panics and never recurses (the first 64
+//! levels of nesting are bits of one word; each deeper level costs one
+//! byte of heap, bounded by the input's length); every error names what
+//! was expected and the byte offset where it went wrong.
 
 use std::fmt;
 use std::ops::Range;
@@ -312,6 +313,54 @@ enum Container {
     Array,
 }
 
+/// The containers the scanner is inside, innermost last. The first 64
+/// levels are bits of one word, so a payload of ordinary depth is checked
+/// without an allocation (this runs for every message of a group that
+/// validates JSON); deeper levels go to a vector.
+#[derive(Default)]
+struct Containers {
+    /// Bit `i` set: level `i` (from 0) is an object, else an array.
+    objects: u64,
+    depth: usize,
+    deeper: Vec<Container>,
+}
+
+impl Containers {
+    const IN_WORD: usize = u64::BITS as usize;
+
+    fn push(&mut self, c: Container) {
+        if self.depth < Self::IN_WORD {
+            let bit = 1u64 << self.depth;
+            match c {
+                Container::Object => self.objects |= bit,
+                Container::Array => self.objects &= !bit,
+            }
+        } else {
+            self.deeper.push(c);
+        }
+        self.depth += 1;
+    }
+
+    fn last(&self) -> Option<Container> {
+        match self.depth {
+            0 => None,
+            d if d <= Self::IN_WORD => Some(if self.objects >> (d - 1) & 1 == 1 {
+                Container::Object
+            } else {
+                Container::Array
+            }),
+            _ => self.deeper.last().copied(),
+        }
+    }
+
+    fn pop(&mut self) {
+        if self.depth > Self::IN_WORD {
+            self.deeper.pop();
+        }
+        self.depth = self.depth.saturating_sub(1);
+    }
+}
+
 struct Scanner<'a> {
     b: &'a [u8],
     pos: usize,
@@ -404,7 +453,7 @@ impl<'a> Scanner<'a> {
     /// returns how deeply it nests arrays and objects (as
     /// [`nesting_depth`] counts: an empty container is one level).
     fn value(&mut self) -> Result<usize, JsonError> {
-        let mut stack: Vec<Container> = Vec::new();
+        let mut stack = Containers::default();
         let mut deepest = 0;
         loop {
             self.ws();
@@ -412,7 +461,7 @@ impl<'a> Scanner<'a> {
                 return Err(self.end_error("a value"));
             };
             if matches!(b, b'{' | b'[') {
-                deepest = deepest.max(stack.len() + 1);
+                deepest = deepest.max(stack.depth + 1);
             }
             match b {
                 b'{' => {
@@ -448,7 +497,7 @@ impl<'a> Scanner<'a> {
             }
             // A value is complete: close what it completes.
             loop {
-                let Some(&top) = stack.last() else {
+                let Some(top) = stack.last() else {
                     return Ok(deepest);
                 };
                 self.ws();
@@ -477,6 +526,13 @@ impl<'a> Scanner<'a> {
         self.pos += 1;
         let mut escaped = false;
         loop {
+            // Most of a string is bytes that need no second look: skip
+            // them in one tight loop.
+            let rest = self.b.get(self.pos..).unwrap_or_default();
+            self.pos += rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .unwrap_or(rest.len());
             let b = self.next_byte("'\"' closing the string")?;
             match b {
                 b'"' => return Ok(escaped),
@@ -601,6 +657,47 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(nesting_depth(deep.as_bytes()), 100_000);
+    }
+
+    /// Objects and arrays nested `depth` deep, alternating (an object at
+    /// every `object_every`-th level), with a string beside each level.
+    fn nested(depth: usize, object_every: usize) -> String {
+        let (mut open, mut close) = (String::new(), String::new());
+        for level in 0..depth {
+            if level % object_every == 0 {
+                open.push_str(r#"{"k\"}":"]\"}","v":"#);
+                close.insert(0, '}');
+            } else {
+                open.push_str(r#"["[\"{",1,"#);
+                close.insert(0, ']');
+            }
+        }
+        format!("{open}0{close}")
+    }
+
+    #[test]
+    fn nesting_beyond_the_levels_held_in_a_word_closes_in_order() {
+        // 64 levels are bits of a word, deeper ones a vector: each
+        // crossing, and a closer of the wrong kind on either side of it.
+        for depth in [1, 2, 63, 64, 65, 66, 129, 1_000] {
+            for object_every in [1, 2, 3, 1_000_000] {
+                let text = nested(depth, object_every);
+                assert_eq!(
+                    depth_of_valid(text.as_bytes()),
+                    Ok(depth),
+                    "{depth}/{object_every}"
+                );
+                for wrong_at in [depth - 1, depth.saturating_sub(2), depth / 2, 0] {
+                    // The closer of level `wrong_at` (from the outside),
+                    // swapped for the other kind.
+                    let mut bytes = text.clone().into_bytes();
+                    let at = bytes.len() - 1 - wrong_at;
+                    bytes[at] = if bytes[at] == b'}' { b']' } else { b'}' };
+                    let e = depth_of_valid(&bytes).unwrap_err();
+                    assert_eq!(e.offset, at, "{depth}/{object_every}, level {wrong_at}");
+                }
+            }
+        }
     }
 
     #[test]
