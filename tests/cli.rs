@@ -519,3 +519,30 @@ fn inspecting_an_empty_backlog_says_it_is_empty() {
     assert!(text.contains("empty"), "{text}");
     assert!(!text.contains("- old"), "{text}");
 }
+
+/// The program commits its allocator's memory as it is used (what keeps
+/// the embedded default near 65 MB), set before the first allocation; an
+/// operator's `MIMALLOC_ARENA_EAGER_COMMIT` still wins. mimalloc's verbose
+/// start-up lists its options by name, which also proves the option the
+/// program sets by number is the one it means.
+#[test]
+fn the_allocator_commits_on_demand_unless_the_operator_says_otherwise() {
+    let eager_commit = |variable: Option<&str>| {
+        let mut command = laneway();
+        command.arg("--version").env("MIMALLOC_VERBOSE", "1");
+        if let Some(v) = variable {
+            command.env("MIMALLOC_ARENA_EAGER_COMMIT", v);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("option 'arena_eager_commit': "))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no arena_eager_commit in mimalloc's start-up:\n{stderr}"))
+    };
+    assert_eq!(eager_commit(None), "0");
+    assert_eq!(eager_commit(Some("1")), "1");
+    assert_eq!(eager_commit(Some("2")), "2");
+}

@@ -3,6 +3,7 @@
 //! search behind `laneway tune` (`tune/`) live here, on top of the library:
 //! they are not part of its API.
 
+mod allocator;
 mod bench;
 mod cli;
 mod tune;
@@ -10,13 +11,6 @@ mod tune;
 use std::process::ExitCode;
 
 use cli::Cli;
-
-/// Messages are allocated by the thread that reads them and freed by the
-/// one that delivers them; mimalloc handles that cross-thread pattern
-/// without the long consolidation pauses glibc's allocator can take after a
-/// large backlog is freed.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
