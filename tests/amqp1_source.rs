@@ -241,16 +241,9 @@ struct RunSummary {
 
 impl RunSummary {
     fn of(stdout: &[u8]) -> RunSummary {
-        let text = String::from_utf8_lossy(stdout);
-        let mut line = text
-            .lines()
-            .last()
-            .expect("a summary line")
-            .as_bytes()
-            .to_vec();
-        let summary = simd_json::to_owned_value(&mut line).expect("a JSON summary");
+        let summary = support::process::json_summary(stdout);
         let group = &summary["groups"][0];
-        let n = |v: &simd_json::OwnedValue| v.as_u64().unwrap_or_else(|| panic!("{text}"));
+        let n = |v: &simd_json::OwnedValue| v.as_u64().unwrap_or_else(|| panic!("{summary:?}"));
         RunSummary {
             delivered_backlog: n(&summary["delivered_backlog"]),
             diverted_stale: n(&group["diverted_stale"]),

@@ -35,13 +35,7 @@ fn the_embedded_default_runs_and_ends_with_a_json_summary() {
         .count();
     assert!(status_lines >= 2, "one status line a second:\n{stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let mut last = stdout
-        .lines()
-        .last()
-        .expect("a summary line")
-        .as_bytes()
-        .to_vec();
-    let summary = simd_json::to_owned_value(&mut last).unwrap();
+    let summary = support::process::json_summary(stdout.as_bytes());
     let field = |k: &str| {
         summary
             .get(k)

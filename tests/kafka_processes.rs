@@ -189,21 +189,14 @@ fn group_lag(brokers: &str, group: &str) -> u64 {
 /// The `lag` the `--json` summary on `stdout` reports for its one source.
 fn reported_lag(stdout: &[u8]) -> u64 {
     use simd_json::prelude::*;
-    let text = String::from_utf8_lossy(stdout);
-    let mut last = text
-        .lines()
-        .last()
-        .expect("a summary line")
-        .as_bytes()
-        .to_vec();
-    let summary = simd_json::to_owned_value(&mut last).unwrap();
+    let summary = support::process::json_summary(stdout);
     summary
         .get("lag")
         .and_then(|l| l.as_array())
         .and_then(|l| l.first())
         .and_then(|s| s.get("lag"))
         .and_then(|l| l.as_u64())
-        .unwrap_or_else(|| panic!("no lag in the summary: {text}"))
+        .unwrap_or_else(|| panic!("no lag in the summary: {summary:?}"))
 }
 
 #[test]

@@ -10,6 +10,20 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+/// The JSON summary a `laneway run --json` printed as the last line of
+/// `stdout`; the test fails, showing `stdout`, when there is none.
+pub fn json_summary(stdout: &[u8]) -> simd_json::OwnedValue {
+    let text = String::from_utf8_lossy(stdout);
+    let mut last = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no summary line in: {text}"))
+        .as_bytes()
+        .to_vec();
+    simd_json::to_owned_value(&mut last)
+        .unwrap_or_else(|e| panic!("the last line is not a JSON summary ({e}): {text}"))
+}
+
 /// Waits for `child` to exit; after `limit` it is killed and the test fails.
 pub fn wait_or_kill(child: Child, limit: Duration) -> Output {
     let pid = child.id();
