@@ -202,8 +202,9 @@ async fn a_run_killed_with_sigkill_then_restarted_loses_nothing() {
     // full lane or a failure), so their duplicates are the queue's alone.
     let now = laneway::message::now_epoch_ms();
     let fresh_duplicates = duplicates_where(&delivered, |r| r.generate_time_ms > now - 1_800_000);
-    let held_at_restart =
-        summary.delivered_backlog - summary.diverted_stale - summary.diverted_other;
+    let held_at_restart = summary
+        .delivered_backlog
+        .saturating_sub(summary.diverted_stale + summary.diverted_other);
     println!(
         "killed after {before} deliveries; {} duplicates after the restart: {fresh_duplicates} \
          of fresh records (the queue's), the rest stale; the backlog held {held_at_restart} \

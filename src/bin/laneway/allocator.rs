@@ -7,9 +7,9 @@
 //! large backlog is freed. Left to its defaults it commits each arena up
 //! front, and a purge of freed pages on such an arena only marks them
 //! reusable, which still counts as resident: the embedded default peaked
-//! at 124-133 MB. Committing arena memory as it is used brings that to
-//! about 65 MB for about 5 % more CPU per message on Kafka
-//! (docs/benchmarks.md, "The embedded default").
+//! at 129-139 MB. Committing arena memory as it is used brings that to
+//! 63-77 MB at slightly less CPU per run, for about 5 % more CPU per
+//! message on Kafka (docs/benchmarks.md, "The embedded default").
 //!
 //! An arena's commit mode is fixed when it is reserved, at the first
 //! allocation, before `main` runs; so the setting is made from the
