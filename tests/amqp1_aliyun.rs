@@ -31,7 +31,6 @@ use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SaslAcceptor, SessionAcceptor,
 };
-use fe2o3_amqp::types::messaging::Outcome;
 use fe2o3_amqp::types::primitives::{Array, Symbol};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
 use hmac::{Hmac, Mac};
@@ -264,12 +263,7 @@ async fn endpoint(to_send: Vec<Record>) -> Endpoint {
             else {
                 panic!("the client attached a sender, not a receiver");
             };
-            let mut accepted = Vec::new();
-            for r in &to_send {
-                let outcome = sender.send(r.amqp1_message()).await.unwrap();
-                accepted.push(matches!(outcome, Outcome::Accepted(_)));
-            }
-            let _ = tx.send(accepted);
+            let _ = tx.send(records::send_amqp1(&mut sender, &to_send).await);
             // Hold the link until the client leaves.
             let _ = sender.on_detach().await;
         }

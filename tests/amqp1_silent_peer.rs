@@ -22,7 +22,6 @@ use std::time::Duration;
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SaslPlainMechanism, SessionAcceptor,
 };
-use fe2o3_amqp::types::messaging::Outcome;
 use laneway::amqp1::source::ATTACH_TIMEOUT;
 use laneway::amqp1::{Amqp1Source, Amqp1SourceConfig};
 use laneway::engine::{Engine, GroupConfig};
@@ -74,12 +73,7 @@ async fn peer(
                 else {
                     return;
                 };
-                let mut accepted = Vec::new();
-                for r in &to_send {
-                    let outcome = sender.send(r.amqp1_message()).await.unwrap();
-                    accepted.push(matches!(outcome, Outcome::Accepted(_)));
-                }
-                let _ = tx.send(accepted);
+                let _ = tx.send(records::send_amqp1(&mut sender, &to_send).await);
                 let _ = sender.on_detach().await;
                 let _held = connection;
             });

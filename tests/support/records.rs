@@ -481,3 +481,17 @@ pub fn as_sent(line: &[u8]) -> Vec<u8> {
         None => line.to_vec(),
     }
 }
+
+/// Sends `records` one by one on an AMQP 1.0 link, as a platform's peer
+/// does, and tells for each, in order, whether the client accepted it.
+pub async fn send_amqp1(sender: &mut fe2o3_amqp::Sender, records: &[Record]) -> Vec<bool> {
+    let mut accepted = Vec::with_capacity(records.len());
+    for r in records {
+        let outcome = sender.send(r.amqp1_message()).await.unwrap();
+        accepted.push(matches!(
+            outcome,
+            fe2o3_amqp::types::messaging::Outcome::Accepted(_)
+        ));
+    }
+    accepted
+}
