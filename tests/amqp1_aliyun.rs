@@ -19,6 +19,7 @@
 #[path = "support"]
 #[allow(dead_code)]
 mod support {
+    pub mod engine;
     pub mod records;
     pub mod tls;
 }
@@ -41,6 +42,7 @@ use laneway::engine::{Engine, GroupConfig};
 use laneway::sink::{Delivery, DeliveryError, handler_fn};
 use laneway::source::LanePolicy;
 use parking_lot::Mutex;
+use support::engine::{RecordingSink, spawn_engine};
 use support::records::{self, Copies, Record, assert_delivered};
 use tokio::net::TcpListener;
 
@@ -311,21 +313,13 @@ async fn the_preset_logs_in_over_tls_receives_and_accepts() {
     let secret = secret_file(SECRET);
     let config = preset(ep.port, ep.ca_file.path(), secret.path());
 
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&got);
-    let sink = handler_fn(move |d: Delivery| {
-        seen.lock().push(Record::of(&d.message));
-        async { Ok::<(), DeliveryError>(()) }
-    });
+    let sink = RecordingSink::new();
     let engine = Engine::builder()
-        .group(GroupConfig::named("g"), sink)
+        .group(GroupConfig::named("g"), sink.clone())
         .source(Amqp1Source::new(config).unwrap(), LanePolicy::Auto)
         .build()
         .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(engine.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let (_monitor, stop_tx, run) = spawn_engine(engine);
     // The endpoint reports once every message was settled by the client.
     let outcomes = tokio::time::timeout(Duration::from_secs(60), ep.outcomes.recv())
         .await
@@ -336,7 +330,7 @@ async fn the_preset_logs_in_over_tls_receives_and_accepts() {
     let _ = stop_tx.send(());
     let summary = run.await.unwrap();
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
-    assert_delivered(&sent, &got.lock(), Copies::ExactlyOnce);
+    assert_delivered(&sent, &sink.delivered_records(), Copies::ExactlyOnce);
     assert_eq!(ep.attempts.lock().as_slice(), &[SaslCode::Ok]);
 }
 

@@ -12,6 +12,7 @@
 #[path = "support"]
 #[allow(dead_code)]
 mod support {
+    pub mod engine;
     pub mod records;
 }
 
@@ -25,9 +26,8 @@ use fe2o3_amqp::acceptor::{
 use laneway::amqp1::source::ATTACH_TIMEOUT;
 use laneway::amqp1::{Amqp1Source, Amqp1SourceConfig};
 use laneway::engine::{Engine, GroupConfig};
-use laneway::sink::{Delivery, DeliveryError, handler_fn};
 use laneway::source::LanePolicy;
-use parking_lot::Mutex;
+use support::engine::{RecordingSink, spawn_engine};
 use support::records::{self, Copies, Record, assert_delivered};
 use tokio::net::TcpListener;
 
@@ -103,12 +103,7 @@ async fn a_peer_that_never_answers_the_attach_is_left_and_the_next_connection_de
         reconnect_initial: Duration::from_millis(100),
         ..Amqp1SourceConfig::default()
     };
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&got);
-    let sink = handler_fn(move |d: Delivery| {
-        seen.lock().push(Record::of(&d.message));
-        async { Ok::<(), DeliveryError>(()) }
-    });
+    let sink = RecordingSink::new();
     let engine = Engine::builder()
         .group(
             GroupConfig {
@@ -117,15 +112,12 @@ async fn a_peer_that_never_answers_the_attach_is_left_and_the_next_connection_de
                 validate_json: false,
                 ..GroupConfig::named("g")
             },
-            sink,
+            sink.clone(),
         )
         .source(Amqp1Source::new(config).unwrap(), LanePolicy::Live)
         .build()
         .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(engine.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let (_monitor, stop_tx, run) = spawn_engine(engine);
     // The attach timeout, the bounded close, a reconnect and 200 messages.
     let limit = ATTACH_TIMEOUT + Duration::from_secs(30);
     let accepted = tokio::time::timeout(limit, outcomes.recv())
@@ -145,5 +137,5 @@ async fn a_peer_that_never_answers_the_attach_is_left_and_the_next_connection_de
         .expect("the run stopped")
         .unwrap();
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
-    assert_delivered(&sent, &got.lock(), Copies::ExactlyOnce);
+    assert_delivered(&sent, &sink.delivered_records(), Copies::ExactlyOnce);
 }
