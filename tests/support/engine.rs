@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -35,7 +35,9 @@ pub struct Seen {
 pub struct RecordingSink {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     fail: Arc<dyn Fn(&Delivery) -> bool + Send + Sync>,
-    cost: Duration,
+    /// Nanoseconds spent per message, shared by every clone so that a
+    /// test can speed the handler up once what it measures is done.
+    cost_nanos: Arc<AtomicU64>,
     /// Whether the gate is open; deliveries wait on it, never poll it.
     gate_open: Arc<watch::Sender<bool>>,
     /// How many attempts are recorded in `seen`, for [`RecordingSink::recorded`].
@@ -49,7 +51,7 @@ impl RecordingSink {
         RecordingSink {
             seen: Arc::default(),
             fail: Arc::new(|_| false),
-            cost: Duration::ZERO,
+            cost_nanos: Arc::default(),
             gate_open: Arc::new(watch::Sender::new(true)),
             recorded: Arc::new(watch::Sender::new(0)),
             in_flight: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
@@ -64,9 +66,16 @@ impl RecordingSink {
     }
 
     /// Spends `cost` per message (one sleep per batch).
-    pub fn with_cost(mut self, cost: Duration) -> Self {
-        self.cost = cost;
+    pub fn with_cost(self, cost: Duration) -> Self {
+        self.set_cost(cost);
         self
+    }
+
+    /// Changes the cost per message for the deliveries that start from now
+    /// on, in this sink and every clone of it.
+    pub fn set_cost(&self, cost: Duration) {
+        let nanos = u64::try_from(cost.as_nanos()).unwrap_or(u64::MAX);
+        self.cost_nanos.store(nanos, Ordering::SeqCst);
     }
 
     /// Starts with the gate shut: deliveries wait for [`RecordingSink::open`].
@@ -132,8 +141,9 @@ impl Sink for RecordingSink {
         let lane = lane_index(batch[0].lane);
         let now_in_flight = self.in_flight[lane].fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight[lane].fetch_max(now_in_flight, Ordering::SeqCst);
-        if !self.cost.is_zero() {
-            tokio::time::sleep(self.cost * batch.len() as u32).await;
+        let cost = Duration::from_nanos(self.cost_nanos.load(Ordering::SeqCst));
+        if !cost.is_zero() {
+            tokio::time::sleep(cost * batch.len() as u32).await;
         }
         let now = Instant::now();
         let mut failed = Vec::new();
