@@ -5,6 +5,8 @@
 
 #[cfg(feature = "kafka")]
 pub mod catch_up;
+#[cfg(feature = "kafka")]
+pub mod cpu;
 pub mod fifo;
 pub mod scenario;
 pub mod svg;
