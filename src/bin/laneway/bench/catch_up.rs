@@ -11,6 +11,11 @@
 //! The handler is simulated (a cost per message), so the times measure the
 //! order of handling, not the machine. laneway's time should stay flat as
 //! the pile grows; the plain consumer's grows with it.
+//!
+//! Each consumer then runs on until its whole pile is handled, which gives
+//! the time to drain it and the consumer's CPU time per record handled
+//! ([`super::cpu::CpuMeter`]: the mock cluster and the producer share the
+//! process, and their librdkafka threads are left out).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +37,8 @@ use laneway::message::{Message, now_epoch_ms};
 use laneway::sink::{BatchError, Delivery, SimulatedHandler, Sink};
 use laneway::source::LanePolicy;
 
+use super::cpu::CpuMeter;
+
 /// The prefix of the fresh records' ids.
 const FRESH: &str = "fresh-";
 /// How often a fresh record is produced while a consumer starts.
@@ -52,7 +59,8 @@ pub struct CatchUpOptions {
     /// Partitions of the topic (the mock keeps a few MiB per partition);
     /// `None`: sized from each pile by [`partitions_for`].
     pub partitions: Option<i32>,
-    /// Upper bound on each consumer's wait for its first fresh record.
+    /// Upper bound on each consumer's run: to its first fresh record and
+    /// the pile's end.
     #[serde(with = "humantime_serde")]
     pub max_run: Duration,
 }
@@ -82,6 +90,17 @@ pub struct Timing {
     pub to_fresh_ms: Option<f64>,
     /// Pile records handled before the first fresh one.
     pub pile_before: u64,
+    /// From the assignment to the last pile record handled: the time to
+    /// drain the pile (the run goes on after the first fresh record until
+    /// then), ms.
+    pub pile_done_ms: Option<f64>,
+    /// Records handled from the start to the pile's end (the pile and the
+    /// fresh records handled meanwhile).
+    pub handled: u64,
+    /// The consumer's CPU time from its start to the pile's end (its own
+    /// threads and the runtime's; not the mock cluster's or the producer's)
+    /// per record handled, µs.
+    pub cpu_us_per_msg: Option<f64>,
 }
 
 /// One pile size's result.
@@ -136,6 +155,33 @@ impl CatchUpReport {
                 p.pile,
                 format!("{} ({})", ms(p.laneway.to_fresh_ms), p.laneway.pile_before),
                 format!("{} ({})", ms(p.plain.to_fresh_ms), p.plain.pile_before),
+                ratio
+            ));
+        }
+        out.push_str("draining the pile: from the assignment to the last pile record handled; CPU per record handled (the consumer's and the runtime's threads, not the mock cluster's or the producer's)\n");
+        out.push_str(&format!(
+            "{:>10}{:>26}{:>26}{:>14}\n",
+            "pile", "laneway ms (CPU µs)", "plain ms (CPU µs)", "CPU ratio"
+        ));
+        let cpu = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+        for p in &self.points {
+            let ratio = match (p.laneway.cpu_us_per_msg, p.plain.cpu_us_per_msg) {
+                (Some(l), Some(x)) if x > 0.0 => format!("{:.2}×", l / x),
+                _ => "-".into(),
+            };
+            out.push_str(&format!(
+                "{:>10}{:>26}{:>26}{:>14}\n",
+                p.pile,
+                format!(
+                    "{} ({})",
+                    ms(p.laneway.pile_done_ms),
+                    cpu(p.laneway.cpu_us_per_msg)
+                ),
+                format!(
+                    "{} ({})",
+                    ms(p.plain.pile_done_ms),
+                    cpu(p.plain.cpu_us_per_msg)
+                ),
                 ratio
             ));
         }
@@ -248,9 +294,9 @@ async fn run_pile(
     }
 
     progress(&format!("pile {pile}: laneway"));
-    let laneway = time_laneway(options, &brokers, &producer).await?;
+    let laneway = time_laneway(options, pile, &brokers, &producer).await?;
     progress(&format!("pile {pile}: plain consumer"));
-    let plain = time_plain(options, &brokers, &producer).await?;
+    let plain = time_plain(options, pile, &brokers, &producer).await?;
     Ok(CatchUpPoint {
         pile,
         partitions,
@@ -338,12 +384,17 @@ fn keep_producing_fresh(producer: FutureProducer, stop: CancellationToken) {
     });
 }
 
-/// The simulated handler, noting when it first handled a fresh record and
-/// how many pile records it handled before.
+/// The simulated handler, noting when it first handled a fresh record (and
+/// how many pile records it handled before), when it had handled the whole
+/// pile, and how many records it handled.
 struct Probe {
     handler: SimulatedHandler,
+    /// Records in the pile.
+    pile: u64,
     pile_handled: AtomicU64,
+    fresh_handled: AtomicU64,
     first_fresh: tokio::sync::watch::Sender<Option<(Instant, u64)>>,
+    pile_done: tokio::sync::watch::Sender<Option<Instant>>,
 }
 
 #[async_trait]
@@ -354,9 +405,9 @@ impl Sink for Probe {
             .iter()
             .filter(|d| d.message.message_id().starts_with(FRESH))
             .count() as u64;
-        let before = self
-            .pile_handled
-            .fetch_add(batch.len() as u64 - fresh, Ordering::Relaxed);
+        let stale = batch.len() as u64 - fresh;
+        let before = self.pile_handled.fetch_add(stale, Ordering::Relaxed);
+        self.fresh_handled.fetch_add(fresh, Ordering::Relaxed);
         if fresh > 0 {
             self.first_fresh.send_if_modified(|first| {
                 let unset = first.is_none();
@@ -366,21 +417,37 @@ impl Sink for Probe {
                 unset
             });
         }
+        if before < self.pile && before + stale >= self.pile {
+            self.pile_done.send_replace(Some(Instant::now()));
+        }
         Ok(())
     }
 }
 
+/// Measures what the consumer started next spends: the librdkafka threads
+/// alive now (`rdk:` names) are the mock cluster's and the producer's, and
+/// `producer polling thread` (cut to 15 bytes by Linux) is the producer's.
+fn cpu_meter() -> Option<CpuMeter> {
+    CpuMeter::start(|thread| thread.starts_with("rdk:") || thread.starts_with("producer poll"))
+}
+
 async fn time_laneway(
     options: &CatchUpOptions,
+    pile: u64,
     brokers: &str,
     producer: &FutureProducer,
 ) -> Result<Timing, String> {
+    let meter = cpu_meter();
     let (first_fresh, mut seen) = tokio::sync::watch::channel(None);
-    let probe = Probe {
+    let (pile_done, mut done) = tokio::sync::watch::channel(None);
+    let probe = Arc::new(Probe {
         handler: SimulatedHandler::with_servers(options.cost, options.slots),
+        pile,
         pile_handled: AtomicU64::new(0),
+        fresh_handled: AtomicU64::new(0),
         first_fresh,
-    };
+        pile_done,
+    });
     let source = KafkaSource::new(KafkaSourceConfig {
         brokers: brokers.to_string(),
         topics: vec!["pile".into()],
@@ -396,7 +463,7 @@ async fn time_laneway(
                 validate_json: false,
                 ..GroupConfig::named("bench")
             },
-            Arc::new(probe),
+            Arc::clone(&probe) as Arc<dyn Sink>,
             None,
         )
         .source(source, LanePolicy::Auto)
@@ -426,19 +493,41 @@ async fn time_laneway(
             .and_then(|r| r.ok().and_then(|first| *first)),
         None => None,
     };
+    let drained = match first {
+        Some(_) => tokio::time::timeout_at(deadline, done.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|at| *at)),
+        None => None,
+    };
     stop.cancel();
     let _ = run.await;
-    Ok(timing(start, joined, first))
+    let handled =
+        probe.pile_handled.load(Ordering::Relaxed) + probe.fresh_handled.load(Ordering::Relaxed);
+    let cpu = meter.and_then(|m| m.elapsed());
+    Ok(timing(start, joined, first, drained, handled, cpu))
 }
 
-/// A run's timing from its start, join and first fresh record.
-fn timing(start: Instant, joined: Option<Instant>, first: Option<(Instant, u64)>) -> Timing {
+/// A run's timing from its start, join, first fresh record and the pile's
+/// end, and its CPU time per record handled.
+fn timing(
+    start: Instant,
+    joined: Option<Instant>,
+    first: Option<(Instant, u64)>,
+    drained: Option<Instant>,
+    handled: u64,
+    cpu: Option<Duration>,
+) -> Timing {
+    let since_join = |at: Instant| joined.map(|j| ms(at.saturating_duration_since(j)));
     Timing {
         joined_ms: joined.map(|j| ms(j - start)),
-        to_fresh_ms: joined
-            .zip(first)
-            .map(|(j, (at, _))| ms(at.saturating_duration_since(j))),
+        to_fresh_ms: first.and_then(|(at, _)| since_join(at)),
         pile_before: first.map_or(0, |(_, before)| before),
+        pile_done_ms: drained.and_then(since_join),
+        handled,
+        cpu_us_per_msg: cpu
+            .filter(|_| handled > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / handled as f64),
     }
 }
 
@@ -461,9 +550,11 @@ impl rdkafka::consumer::ConsumerContext for Joined {
 
 async fn time_plain(
     options: &CatchUpOptions,
+    pile: u64,
     brokers: &str,
     producer: &FutureProducer,
 ) -> Result<Timing, String> {
+    let meter = cpu_meter();
     let consumer: StreamConsumer<Joined> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "plain")
@@ -481,9 +572,13 @@ async fn time_plain(
     // paid in steps of at least a millisecond (the timer's resolution).
     let per_message = options.cost.as_secs_f64() / options.slots.max(1) as f64;
     let mut owed = 0.0f64;
-    let mut pile_before = 0u64;
+    let (mut pile_handled, mut fresh_handled) = (0u64, 0u64);
+    let mut first = None;
     let deadline = tokio::time::Instant::now() + options.max_run;
-    let result = loop {
+    // Until the first fresh record and the whole pile are handled (fresh
+    // records land in partitions it finishes early, so the first fresh one
+    // can come before the pile's end).
+    let drained = loop {
         let record = match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Err(_) => break None,
             Ok(Err(e)) => {
@@ -507,13 +602,20 @@ async fn time_plain(
             })
             .is_some_and(|id| id.starts_with(FRESH.as_bytes()));
         if fresh {
-            break Some((Instant::now(), pile_before));
+            fresh_handled += 1;
+            first.get_or_insert((Instant::now(), pile_handled));
+        } else {
+            pile_handled += 1;
         }
-        pile_before += 1;
+        if first.is_some() && pile_handled >= pile {
+            break Some(Instant::now());
+        }
     };
     stop.cancel();
     let joined = consumer.context().0.get().copied();
-    Ok(timing(start, joined, result))
+    let cpu = meter.and_then(|m| m.elapsed());
+    let handled = pile_handled + fresh_handled;
+    Ok(timing(start, joined, first, drained, handled, cpu))
 }
 
 fn ms(d: Duration) -> f64 {

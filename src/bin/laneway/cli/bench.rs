@@ -102,7 +102,8 @@ pub struct BenchArgs {
     /// Live latency under this counts as real time.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub threshold: Option<Duration>,
-    /// Upper bound on each mode's run.
+    /// Upper bound on each mode's run (catch-up: on each consumer's run to
+    /// its first fresh record and the end of its pile).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub max_run: Option<Duration>,
     /// The backlog store laneway mode uses. Several, comma-separated (for
@@ -353,6 +354,14 @@ async fn bench_catch_up(args: &BenchArgs) -> ExitCode {
         .any(|p| p.laneway.to_fresh_ms.is_none() || p.plain.to_fresh_ms.is_none());
     if never {
         eprintln!("error: a consumer handled no fresh record within --max-run");
+        return ExitCode::FAILURE;
+    }
+    let undrained = report
+        .points
+        .iter()
+        .any(|p| p.laneway.pile_done_ms.is_none() || p.plain.pile_done_ms.is_none());
+    if undrained {
+        eprintln!("error: a consumer did not handle its whole pile within --max-run");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
