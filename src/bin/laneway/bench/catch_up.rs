@@ -140,49 +140,37 @@ impl CatchUpReport {
             o.slots as f64 / o.cost.as_secs_f64().max(1e-9),
         );
         out.push_str("time to real-time: from the partitions' assignment to the first fresh record handled\n");
-        out.push_str(&format!(
-            "{:>10}{:>26}{:>26}{:>14}\n",
-            "pile", "laneway ms (pile before)", "plain ms (pile before)", "plain/laneway"
+        out.push_str(&row(
+            "pile",
+            "laneway ms (pile before)",
+            "plain ms (pile before)",
+            "plain/laneway",
         ));
         let ms = |v: Option<f64>| v.map_or_else(|| "never".to_string(), |v| format!("{v:.0}"));
         for p in &self.points {
-            let ratio = match (p.laneway.to_fresh_ms, p.plain.to_fresh_ms) {
-                (Some(l), Some(x)) if l > 0.0 => format!("{:.1}×", x / l),
-                _ => "-".into(),
-            };
-            out.push_str(&format!(
-                "{:>10}{:>26}{:>26}{:>14}\n",
+            let (l, x) = (&p.laneway, &p.plain);
+            out.push_str(&row(
                 p.pile,
-                format!("{} ({})", ms(p.laneway.to_fresh_ms), p.laneway.pile_before),
-                format!("{} ({})", ms(p.plain.to_fresh_ms), p.plain.pile_before),
-                ratio
+                &format!("{} ({})", ms(l.to_fresh_ms), l.pile_before),
+                &format!("{} ({})", ms(x.to_fresh_ms), x.pile_before),
+                &ratio(x.to_fresh_ms, l.to_fresh_ms, 1),
             ));
         }
         out.push_str("draining the pile: from the assignment to the last pile record handled; CPU per record handled (the consumer's and the runtime's threads, not the mock cluster's or the producer's)\n");
-        out.push_str(&format!(
-            "{:>10}{:>26}{:>26}{:>14}\n",
-            "pile", "laneway ms (CPU µs)", "plain ms (CPU µs)", "CPU ratio"
+        out.push_str(&row(
+            "pile",
+            "laneway ms (CPU µs)",
+            "plain ms (CPU µs)",
+            "CPU ratio",
         ));
         let cpu = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
         for p in &self.points {
-            let ratio = match (p.laneway.cpu_us_per_msg, p.plain.cpu_us_per_msg) {
-                (Some(l), Some(x)) if x > 0.0 => format!("{:.2}×", l / x),
-                _ => "-".into(),
-            };
-            out.push_str(&format!(
-                "{:>10}{:>26}{:>26}{:>14}\n",
+            let (l, x) = (&p.laneway, &p.plain);
+            out.push_str(&row(
                 p.pile,
-                format!(
-                    "{} ({})",
-                    ms(p.laneway.pile_done_ms),
-                    cpu(p.laneway.cpu_us_per_msg)
-                ),
-                format!(
-                    "{} ({})",
-                    ms(p.plain.pile_done_ms),
-                    cpu(p.plain.cpu_us_per_msg)
-                ),
-                ratio
+                &format!("{} ({})", ms(l.pile_done_ms), cpu(l.cpu_us_per_msg)),
+                &format!("{} ({})", ms(x.pile_done_ms), cpu(x.cpu_us_per_msg)),
+                &ratio(l.cpu_us_per_msg, x.cpu_us_per_msg, 2),
             ));
         }
         for p in &self.points {
@@ -197,6 +185,20 @@ impl CatchUpReport {
             ));
         }
         out
+    }
+}
+
+/// One line of a table: the pile, laneway's cell, the plain consumer's and
+/// a ratio, in fixed columns.
+fn row(pile: impl std::fmt::Display, laneway: &str, plain: &str, ratio: &str) -> String {
+    format!("{pile:>10}{laneway:>26}{plain:>26}{ratio:>14}\n")
+}
+
+/// `a ÷ b` with `digits` decimals, or `-` when either is missing or `b` is 0.
+fn ratio(a: Option<f64>, b: Option<f64>, digits: usize) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.digits$}×", a / b),
+        _ => "-".into(),
     }
 }
 

@@ -348,19 +348,17 @@ async fn bench_catch_up(args: &BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let never = report
-        .points
-        .iter()
-        .any(|p| p.laneway.to_fresh_ms.is_none() || p.plain.to_fresh_ms.is_none());
-    if never {
+    let missing = |of: fn(&catch_up::Timing) -> Option<f64>| {
+        report
+            .points
+            .iter()
+            .any(|p| of(&p.laneway).is_none() || of(&p.plain).is_none())
+    };
+    if missing(|t| t.to_fresh_ms) {
         eprintln!("error: a consumer handled no fresh record within --max-run");
         return ExitCode::FAILURE;
     }
-    let undrained = report
-        .points
-        .iter()
-        .any(|p| p.laneway.pile_done_ms.is_none() || p.plain.pile_done_ms.is_none());
-    if undrained {
+    if missing(|t| t.pile_done_ms) {
         eprintln!("error: a consumer did not handle its whole pile within --max-run");
         return ExitCode::FAILURE;
     }
