@@ -49,7 +49,9 @@ impl CpuMeter {
     }
 
     /// The measured part's CPU time since [`CpuMeter::start`]. An excluded
-    /// thread that has ended since counts as having spent nothing more.
+    /// thread that has ended since can no longer be read: what it spent
+    /// after the start then counts as the measured part's (the scenario's
+    /// excluded threads live until after its readings).
     pub fn elapsed(&self) -> Option<Duration> {
         let process = cpu_time("/proc/self/stat")?.saturating_sub(self.process);
         let others: Duration = self
