@@ -210,8 +210,7 @@ impl Run {
         let out = self.watched.finish(RUN_LIMIT);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stderr}");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let summary = json(stdout.lines().last().expect("a JSON summary line"));
+        let summary = support::process::json_summary(&out.stdout);
         (summary, self.out, self._tmp, stderr)
     }
 }

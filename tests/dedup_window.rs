@@ -128,21 +128,14 @@ fn after_a_sigkill_the_window_keeps_duplicates_within_what_was_in_flight() {
 
     let delivered = records_in_jsonl(&out);
     let tally = assert_delivered(&sent, &delivered, Copies::AtLeastOnce);
-    let stdout = String::from_utf8_lossy(&exit.stdout);
-    let mut last = stdout
-        .lines()
-        .last()
-        .expect("a summary")
-        .as_bytes()
-        .to_vec();
-    let summary = simd_json::to_owned_value(&mut last).unwrap();
+    let summary = support::process::json_summary(&exit.stdout);
     let counted = summary
         .get("groups")
         .and_then(|g| g.as_array())
         .and_then(|g| g.first())
         .and_then(|g| g.get("duplicates"))
         .and_then(|d| d.as_u64())
-        .unwrap_or_else(|| panic!("no duplicates count in {stdout}"));
+        .unwrap_or_else(|| panic!("no duplicates count in {summary:?}"));
     eprintln!(
         "kill after {before} lines; restart: {} duplicates delivered, {counted} recognised by the window",
         tally.duplicates
