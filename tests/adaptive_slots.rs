@@ -4,15 +4,7 @@
 //! recovers; every message is delivered once, byte for byte, whatever the
 //! limit did on the way.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod engine;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -14,15 +14,8 @@
 //! vectors computed with Python's `hmac`.
 
 #![cfg(feature = "amqp1")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod engine;
-    pub mod records;
-    pub mod tls;
-}
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

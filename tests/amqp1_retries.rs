@@ -6,16 +6,8 @@
 //! AMQP 1.0 plugin) and a port nothing listens on.
 
 #![cfg(all(feature = "amqp", feature = "amqp1", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod process;
-    pub mod records;
-}
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -51,6 +43,7 @@ fn laneway_run(dir: &Path, config: &str, extra: &[&str]) -> (Option<i32>, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_without_permission_ends_the_run_with_one_line() {
+    let _lock = broker_lock(false);
     let queue = unique("amqp1-forbidden");
     let conn = connection().await;
     let ch = conn.create_channel().await.unwrap();

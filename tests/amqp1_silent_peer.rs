@@ -7,14 +7,8 @@
 //! The peer is in-process, built with fe2o3-amqp's acceptor.
 
 #![cfg(feature = "amqp1")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod engine;
-    pub mod records;
-}
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -18,17 +18,8 @@
 //!   graceful stop releases what is undone instead of accepting it.
 
 #![cfg(all(feature = "amqp", feature = "amqp1", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod process;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

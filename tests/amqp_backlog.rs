@@ -12,15 +12,8 @@
 //! Each test uses its own queue names and deletes its queues at the end.
 
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod records;
-}
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

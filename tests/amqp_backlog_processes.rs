@@ -21,16 +21,8 @@
 //! outputs hold every message, and then end by themselves.
 
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod process;
-    pub mod records;
-}
+use crate::support;
 
 use std::collections::HashSet;
 use std::io::Write;

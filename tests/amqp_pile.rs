@@ -16,16 +16,8 @@
 //! byte for byte as published (compared with a mirror queue's copy).
 
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

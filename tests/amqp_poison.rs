@@ -5,15 +5,8 @@
 //! compared with what was published byte for byte.
 
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod records;
-}
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,21 +4,13 @@
 //! window; every copy delivered is byte for byte the message published
 //! (compared with a mirror queue's copy).
 //!
-//! This test stops the shared broker, so it lives in its own test binary and
-//! holds the broker lock exclusively: the other RabbitMQ tests take it
-//! shared and never run while the broker is down.
+//! This test stops the shared broker, so it holds the broker lock
+//! exclusively: the other RabbitMQ tests take it shared and never run while
+//! the broker is down.
 
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::collections::HashMap;
 use std::process::Command;

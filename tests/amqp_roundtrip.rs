@@ -3,15 +3,8 @@
 //! into a JSONL file; every message id arrives, none twice.
 
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod records;
-}
+use crate::support;
 
 use std::process::Command;
 

@@ -9,16 +9,8 @@
 //! (headers and body).
 
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -9,21 +9,8 @@
 //! timer; the time limits only guard against a hang.
 
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// Both helper modules include the shared record checks (`records.rs`);
-// this test uses `common`'s, with its recording sink.
-#[allow(clippy::duplicate_mod)]
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod engine;
-    pub mod names;
-    pub mod process;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -8,8 +8,6 @@
 //! A new store gets the whole suite by implementing [`Subject`] and adding
 //! one line to the `conformance!` invocations at the bottom.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +20,8 @@ use laneway::backlog::{
 };
 use laneway::message::Message;
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod records;
-}
+#[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
+use crate::support;
 
 /// What a store holds for a whole test: the broker lock for the broker
 /// store; nothing can be held without the `amqp` feature.

@@ -5,13 +5,11 @@
 //! none it released before a ledger checkpoint, and nothing it never sent;
 //! every record read back must be byte for byte the one the child stored.
 //!
-//! The child is this test binary run again (its own path, nothing to build):
+//! The child is the test binary run again (its own path, nothing to build):
 //! with [`CHILD_ENV`] set, the ignored test [`backlog_child`] is the child's
 //! whole work. The parent waits for the child's `ready` line (the store is
 //! open), then kills it after a random delay: the delay is the random kill
 //! moment, not a wait for anything.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,18 +22,15 @@ use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConf
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod records;
-}
+use crate::support;
 use support::records::{Copies, Record, assert_delivered, numbered};
 
 /// Set in the child's environment to `DIR FIRST_ID SEED`.
 const CHILD_ENV: &str = "LANEWAY_BACKLOG_CRASH_CHILD";
 
-/// The name of the test that is the child's entry point.
-const CHILD_TEST: &str = "backlog_child";
+/// The full name of the test that is the child's entry point: its path in
+/// the integration binary (tests/main.rs), which `--exact` matches.
+const CHILD_TEST: &str = "backlog_crash::backlog_child";
 
 fn child_config() -> DiskBacklogConfig {
     DiskBacklogConfig {

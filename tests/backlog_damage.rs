@@ -4,8 +4,6 @@
 //! byte for byte as it went in: header bytes one at a time, deleted,
 //! duplicated and truncated segments, a zeroed block, a damaged ledger.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,11 +11,7 @@ use laneway::backlog::disk::{DamageKind, LedgerState, verify_dir};
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};
 use laneway::message::Message;
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod backlog_files;
-}
+use crate::support;
 use support::backlog_files::{frames, segments};
 
 /// Record `i` as sent: its topic, id, time and payload all depend on `i`,

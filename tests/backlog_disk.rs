@@ -2,20 +2,13 @@
 //! every kind the issue names (a flipped bit, a truncated tail, a
 //! zero-filled tail, a lost ledger), and `laneway backlog verify`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::process::Command;
 use std::time::Duration;
 
 use laneway::backlog::disk::verify_dir;
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod backlog_files;
-    pub mod records;
-}
+use crate::support;
 use support::backlog_files::{frames, segments};
 use support::records::{Copies, Record, assert_delivered};
 

@@ -13,8 +13,6 @@
 //! Holds whether the writer writes the next group while an fsync runs or
 //! waits for it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};

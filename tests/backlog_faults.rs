@@ -4,14 +4,7 @@
 //! free space page by page, and for real on a small tmpfs). After each: nothing acknowledged is lost, nothing
 //! torn is left, and what comes out is byte for byte what went in.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod disk;
-    pub mod wait;
-}
+use crate::support;
 
 use std::collections::VecDeque;
 use std::io;

@@ -8,8 +8,6 @@
 //! with the default config on an empty directory, the records below
 //! appended in one batch, then closed (the lock file left out).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 
 use laneway::backlog::{BacklogRecord, BacklogStore, DiskBacklog, DiskBacklogConfig};

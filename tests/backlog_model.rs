@@ -5,8 +5,6 @@
 //! Whatever the sequence, what comes out equals what went in: nothing lost,
 //! nothing changed, nothing released comes back after a clean stop.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 

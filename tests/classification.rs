@@ -1,8 +1,6 @@
 //! Every sample message of every kind classifies correctly, from its topic
 //! alone, and its envelope parses.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 
 use laneway::message::{Kind, parse_envelope};

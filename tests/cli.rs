@@ -1,13 +1,7 @@
 //! The `laneway` program as a user meets it: the embedded default run with
 //! its JSON summary, check-config errors with line numbers, and --help.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod process;
-}
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

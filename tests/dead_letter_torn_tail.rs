@@ -5,8 +5,6 @@
 //! whole letters before the torn one are kept byte for byte, and bodies are
 //! not JSON (invalid UTF-8, NULs) so they go out as base64.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use laneway::engine::{DeadLetter, DeadLetters};
 
 fn letter(n: u8) -> DeadLetter {

@@ -4,15 +4,7 @@
 //! backlog and the disk backlog. Every check compares whole records (topic,
 //! id, generate time, payload bytes) with what was sent.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod engine;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,15 +1,7 @@
 //! Fan-out, filters, unrouted counting and malformed input, through a real
 //! engine. Deliveries are compared with what was sent as whole records.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod engine;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::io::Write;
 use std::time::Duration;

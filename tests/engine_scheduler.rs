@@ -7,15 +7,7 @@
 //! FIFO; `benches/engine.rs`), and the scheduler's unit tests check the
 //! ceiling and the live-reserved slot on a simulated clock.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod engine;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -8,18 +8,8 @@
 //! JSON parser and a base64 decoder of its own, not with laneway's.
 
 #![cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod process;
-    #[cfg(feature = "pulsar")]
-    pub mod pulsar;
-    pub mod records;
-}
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::Path;

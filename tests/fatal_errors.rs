@@ -4,22 +4,13 @@
 //! real RabbitMQ on 127.0.0.1:5672 (or the one `AMQP_URL` names); those
 //! tests need the `amqp` feature.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod process;
-    pub mod records;
-}
+use crate::support;
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
-use support::broker::{host_port, rabbitmqctl};
+use support::broker::{broker_lock, host_port, rabbitmqctl};
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 use support::names::unique;
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
@@ -84,6 +75,7 @@ fn a_missing_jsonl_file_exits_1_naming_the_file() {
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_missing_queue_with_declare_false_exits_1_naming_the_queue() {
+    let _lock = broker_lock(false);
     let dir = tempfile::tempdir().unwrap();
     let queue = unique("missing");
     let url = format!("amqp://guest:guest@{}/%2f", host_port());
@@ -94,6 +86,7 @@ fn a_missing_queue_with_declare_false_exits_1_naming_the_queue() {
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_wrong_password_exits_1_without_showing_it() {
+    let _lock = broker_lock(false);
     let dir = tempfile::tempdir().unwrap();
     let password = "Wr0ng-Pa55-Zq81";
     let url = format!("amqp://guest:{password}@{}/%2f", host_port());
@@ -107,6 +100,7 @@ fn a_wrong_password_exits_1_without_showing_it() {
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_missing_vhost_exits_1_naming_it() {
+    let _lock = broker_lock(false);
     let dir = tempfile::tempdir().unwrap();
     let vhost = unique("no-vhost");
     let url = format!("amqp://guest:guest@{}/{vhost}", host_port());
@@ -132,6 +126,7 @@ fn an_unknown_host_exits_1_naming_it() {
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_forbidden_queue_exits_1_naming_the_user() {
+    let _lock = broker_lock(false);
     let user = unique("forbidden");
     let password = "Forb1dden-Pw-Kx42";
     if !rabbitmqctl(&["add_user", &user, password]) {

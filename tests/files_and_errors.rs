@@ -4,14 +4,7 @@
 //! file is "not a directory"; a config that is not UTF-8, or nests past
 //! the parser's limit, is refused at the right line and column.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod process;
-    pub mod records;
-}
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

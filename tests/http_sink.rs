@@ -11,17 +11,8 @@
 //! that only guards against a hang; nothing sleeps.
 
 #![cfg(feature = "http")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod engine;
-    pub mod process;
-    pub mod records;
-    pub mod tls;
-    pub mod wait;
-}
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;

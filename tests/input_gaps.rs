@@ -4,19 +4,13 @@
 //! precise reason, in a file only its owner can read. Runs the real binary
 //! on a real JSONL file and compares the delivered lines byte for byte.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod process;
-}
+use crate::support;
 use support::process::wait_or_kill;
 
 const HANG: Duration = Duration::from_secs(120);

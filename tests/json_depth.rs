@@ -4,14 +4,7 @@
 //! delivered byte for byte. Through the real binary, a JSONL file in and a
 //! JSONL sink out; the run ends when the file is exhausted.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod process;
-    pub mod records;
-}
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

@@ -9,14 +9,7 @@
 //! file's line count, looked at on each of the run's status lines), never
 //! on time.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod process;
-    pub mod records;
-}
+use crate::support;
 
 use std::collections::HashMap;
 use std::io::Write;

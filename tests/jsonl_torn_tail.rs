@@ -4,9 +4,7 @@
 //! and comes again). Real files, real bytes: the whole lines before the
 //! torn one are kept byte for byte.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
+use crate::support;
 
 use laneway::sink::{Delivery, JsonlSink, Lane, Sink};
 use support::records::{Record, binary_payload, records_in_jsonl};

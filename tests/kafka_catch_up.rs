@@ -6,17 +6,8 @@
 //! partitions move to another process in the middle of the catch-up.
 
 #![cfg(feature = "kafka")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod engine;
-    #[cfg(feature = "kafka")]
-    pub mod kafka;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,16 +7,8 @@
 //! topic.
 
 #![cfg(feature = "kafka")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    #[cfg(feature = "kafka")]
-    pub mod kafka;
-    pub mod process;
-    pub mod records;
-}
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -4,17 +4,8 @@
 //! committed offsets at the log end afterwards.
 
 #![cfg(feature = "kafka")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod engine;
-    #[cfg(feature = "kafka")]
-    pub mod kafka;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

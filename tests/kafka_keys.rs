@@ -8,19 +8,8 @@
 //! wire here, independently of laneway's own parsing.
 
 #![cfg(all(feature = "kafka", feature = "amqp", feature = "rabbitmq-tests"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod engine;
-    #[cfg(feature = "kafka")]
-    pub mod kafka;
-    pub mod names;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::Arc;

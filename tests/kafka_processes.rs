@@ -9,16 +9,8 @@
 //! with those sent.
 
 #![cfg(feature = "kafka")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    #[cfg(feature = "kafka")]
-    pub mod kafka;
-    pub mod process;
-    pub mod records;
-}
+use crate::support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -8,13 +8,8 @@
 //! own `--duration`. Every wait has a deadline.
 
 #![cfg(all(feature = "kafka", feature = "admin"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod process;
-}
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

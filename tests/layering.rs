@@ -5,8 +5,6 @@
 //! one. A `crate::x` written anywhere in a module's files (code, or a doc
 //! link) counts as a use of `x`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

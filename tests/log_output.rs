@@ -1,8 +1,6 @@
 //! Log lines are plain text unless stderr is a terminal, and `NO_COLOR`
 //! turns colour off even on a terminal. Runs the real binary.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::fs::File;
 use std::process::{Command, Stdio};
 

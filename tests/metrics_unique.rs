@@ -7,13 +7,8 @@
 //! its own `--duration`.
 
 #![cfg(feature = "admin")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod process;
-}
+use crate::support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};

@@ -17,19 +17,8 @@
 //!   pulsar-lite's second copies arrive while the first is in flight.
 
 #![cfg(feature = "pulsar")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod engine;
-    pub mod names;
-    pub mod process;
-    #[cfg(feature = "pulsar")]
-    pub mod pulsar;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -16,14 +16,7 @@
 //! with its only input exhausted, it ends by itself once every group has
 //! drained.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod process;
-    pub mod records;
-}
+use crate::support;
 
 use std::collections::HashSet;
 use std::io::Write;

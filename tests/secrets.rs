@@ -4,25 +4,16 @@
 //! every build (an adapter the build lacks is refused without the secret);
 //! the others need the `amqp` feature, and the Tuya one `pulsar`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod process;
-    pub mod records;
-}
-use support::broker::host_port;
+use crate::support;
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 use support::broker::rabbitmqctl;
+use support::broker::{broker_lock, host_port};
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 use support::names::unique;
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
@@ -102,6 +93,7 @@ impl Drop for BrokerUser {
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_trace_level_run_that_logs_in_never_prints_the_password() {
+    let _lock = broker_lock(false);
     let Some(user) = BrokerUser::create() else {
         eprintln!("skipped: rabbitmqctl cannot add a user here");
         return;
@@ -167,6 +159,7 @@ fn a_trace_level_run_that_logs_in_never_prints_the_password() {
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn a_trace_level_run_with_a_wrong_password_never_prints_it() {
+    let _lock = broker_lock(false);
     let dir = tempfile::tempdir().unwrap();
     let password = "Wr0ng-Tr4ce-Pw";
     let url = format!("amqp://guest:{password}@{}/%2f", host_port());
@@ -201,6 +194,7 @@ fn a_trace_level_run_with_a_wrong_password_never_prints_it() {
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn urls_whose_password_holds_a_delimiter_are_refused_without_showing_it() {
+    let _lock = broker_lock(false);
     let dir = tempfile::tempdir().unwrap();
     for password in ["Qx7/Zk9", "Qx7?Zk9", "Qx7#Zk9", "Jv2#Wm4Rt"] {
         let url = format!("amqp://app:{password}@{}/%2f", host_port());
@@ -304,6 +298,7 @@ type UrlForm = Box<dyn Fn(&str) -> String>;
 
 #[test]
 fn a_marker_secret_in_any_credential_position_is_never_printed() {
+    let _lock = broker_lock(false);
     let host = host_port();
     // Well-formed with a wrong password, an '@' typed for the ':', the
     // secret alone in the URL knob, an unescaped delimiter in the
@@ -395,6 +390,7 @@ fn a_marker_secret_in_any_credential_position_is_never_printed() {
 #[cfg(all(feature = "amqp", feature = "rabbitmq-tests"))]
 #[test]
 fn messages_that_redact_still_name_the_user_and_an_empty_user_is_refused() {
+    let _lock = broker_lock(false);
     let dir = tempfile::tempdir().unwrap();
     let url = format!("amqp://probe-user:{MARK}@{}/%2f", host_port());
     std::fs::write(

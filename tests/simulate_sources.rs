@@ -8,25 +8,15 @@
 //! the AMQP 1.0 one `rabbitmq-tests`).
 
 #![cfg(any(feature = "amqp1", feature = "kafka", feature = "pulsar"))]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod broker;
-    pub mod names;
-    pub mod process;
-    #[cfg(feature = "pulsar")]
-    pub mod pulsar;
-    pub mod records;
-}
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 #[cfg(all(feature = "amqp1", feature = "rabbitmq-tests"))]
-use support::broker::rabbitmqctl;
+use support::broker::{broker_lock, rabbitmqctl};
 #[cfg(any(all(feature = "amqp1", feature = "rabbitmq-tests"), feature = "pulsar"))]
 use support::names::unique;
 #[cfg(feature = "kafka")]
@@ -125,6 +115,7 @@ fn compare(sent: &Path, delivered: &Path, copies: Copies) {
 #[cfg(all(feature = "amqp1", feature = "rabbitmq-tests"))]
 #[test]
 fn simulate_amqp1_feeds_the_amqp1_source_byte_for_byte() {
+    let _lock = broker_lock(false);
     let dir = tempfile::tempdir().unwrap();
     let queue = unique("simulate-amqp1");
     let url = support::broker::url1();

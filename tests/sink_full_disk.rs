@@ -5,19 +5,12 @@
 //! dead letter. Runs the real binary with its output on a real small tmpfs
 //! (mounted when the test runs as root; otherwise it says it skipped).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod process;
-    pub mod records;
-}
+use crate::support;
 use support::process::Watched;
 use support::records::{Copies, Record, assert_delivered, json_records};
 

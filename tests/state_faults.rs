@@ -6,15 +6,7 @@
 //! progress is claimed that was not stored, and what was kept comes back
 //! byte for byte once the disk heals.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod disk;
-    pub mod engine;
-    pub mod records;
-}
+use crate::support;
 
 use std::io;
 use std::io::Write;

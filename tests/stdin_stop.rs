@@ -8,8 +8,6 @@
 //! run read are exactly the rest. Every line among them must come out, byte
 //! for byte, in the sink file or in the disk backlog the run leaves.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -18,13 +16,7 @@ use std::time::Duration;
 
 use laneway::backlog::BacklogStore;
 
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod process;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 use support::process::{open_backlog_when_free, wait_or_kill};
 use support::records::{
     Copies, Record, assert_delivered, json_records, lines_in, records_in_jsonl,

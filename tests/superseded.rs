@@ -6,15 +6,7 @@
 //! flips, the handler keeping each device's state as a naive handler does:
 //! the last message it was given wins.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod engine;
-    pub mod records;
-    pub mod wait;
-}
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -8,8 +8,6 @@
 //! structure of what is said, and what must hold by the tool's own
 //! measurements (the recommended trial met the goal it was given).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -3,8 +3,6 @@
 //! held once about 8 MiB of them wait for the writer, whatever their
 //! count. Before the byte bound, 64 batches waited whatever their size.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,17 +1,7 @@
-//! The one support tree of the integration tests (and the benches). A
-//! test file declares the part it uses, so that no test binary compiles
-//! helpers it does not need:
-//!
-//! ```ignore
-//! #[path = "support"]
-//! #[allow(dead_code)]
-//! mod support {
-//!     pub mod records;
-//!     pub mod wait;
-//! }
-//! ```
-//!
-//! The benches take the whole tree through this file.
+//! The one support tree of the integration tests (and the benches).
+//! `tests/main.rs` declares it once for every test file, which reaches it
+//! as `crate::support`; a bench declares the part it uses with
+//! `#[path]`, or the whole tree through this file.
 //!
 //! - [`records`]: what was sent and what came out, compared byte for byte;
 //! - [`engine`]: a recording sink and an engine run in the background;
@@ -27,8 +17,8 @@
 //! - [`names`]: names no other test uses;
 //! - [`measure`]: CPU time and medians for the comparative benchmarks.
 
-// The benches compile the whole tree and use only part of it, so what
-// they leave unused is no dead code.
+// A build without some features, and the benches, use only part of the
+// tree, so what they leave unused is no dead code.
 #![allow(dead_code)]
 
 pub mod backlog_files;
