@@ -16,7 +16,9 @@
 //! it reconnects and every message comes out.
 //!
 //! Synchronisation: the kill happens on one of the victim's status lines,
-//! once its output holds a (random) number of deliveries; the survivors are
+//! once its output holds a (random) number of deliveries and its last input
+//! record has come out of the queue (so all of its input was appended: a
+//! killed reader of a pipe loses what it had not stored); the survivors are
 //! told to finish (stdin closed) on one of their status lines once the
 //! outputs hold every message, and then end by themselves.
 
@@ -100,13 +102,22 @@ fn survivors_deliver_what_a_killed_instance_accumulated() {
         runs.push((run, Some(stdin)));
     }
 
-    // Kill instance 0 at a random point of its draining.
+    // Kill instance 0 at a random point of its draining, once its whole
+    // input is in the shared queue: what it read from stdin and had not
+    // appended yet dies with it (a pipe cannot send it again), and no store
+    // delivers what it never held. Its store appends in input order on one
+    // confirmed channel, so once its last input record has come out of the
+    // queue (in any instance's output), every earlier one went in.
+    let victim_last = &sent.iter().step_by(3).next_back().unwrap().id;
     let at = 100 + (laneway::message::now_epoch_ms() as usize % 900);
     let (victim, _) = &mut runs[0];
     victim.wait_for_status(
         Duration::from_secs(120),
-        "the victim's status line after its deliveries began",
-        || ids_in(&outputs[0]).len() >= at,
+        "the victim's status line once its input was all appended and its deliveries began",
+        || {
+            ids_in(&outputs[0]).len() >= at
+                && outputs.iter().any(|o| ids_in(o).contains(victim_last))
+        },
     );
     victim.kill(); // SIGKILL
     let by_victim = ids_in(&outputs[0]).len();
