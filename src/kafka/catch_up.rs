@@ -14,10 +14,16 @@
 //! at `to - 1`, the range ends with the next record written: until then
 //! the commit stays inside the range, and nothing is lost). It commits
 //! nothing: the group consumer commits the watermark.
+//!
+//! Speed: an assigned consumer that was never told of a topic learns its
+//! leaders only on librdkafka's once-a-second scan of unknown topics, so a
+//! first plan would wait up to a second before its first fetch. The reader
+//! asks for the subscribed topics' metadata when it starts (while the group
+//! consumer joins), and a plan's assignment then fetches at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use rdkafka::config::ClientConfig;
@@ -34,7 +40,13 @@ use super::source::CatchUpContext;
 use crate::source::{Incoming, Ingest};
 
 /// How long to wait before trying a failed assignment again.
-const REASSIGN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+const REASSIGN_AFTER: Duration = Duration::from_secs(1);
+
+/// How long the start's metadata request may take: no longer than the
+/// scan it saves (the reader works without it, its first fetch then waits
+/// for librdkafka's own scan), and it bounds what a stop right after the
+/// start waits for the blocking request.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A plan being read, and the next offset to read of it.
 struct Reading {
@@ -44,7 +56,9 @@ struct Reading {
 
 /// Reads catch-up ranges as `offsets` plans them, until `stop`.
 pub(super) struct CatchUpReader {
-    consumer: StreamConsumer<CatchUpContext>,
+    consumer: Arc<StreamConsumer<CatchUpContext>>,
+    /// The subscribed topics, whose metadata the start asks for.
+    topics: Vec<String>,
     offsets: Arc<Offsets>,
     ingest: Ingest,
     format: ValueFormat,
@@ -56,9 +70,11 @@ pub(super) struct CatchUpReader {
 
 impl CatchUpReader {
     /// Makes the reader's consumer (no group: it is assigned its ranges).
-    /// `client` holds the group consumer's connection settings.
+    /// `client` holds the group consumer's connection settings, `topics`
+    /// what it subscribes to.
     pub fn new(
         client: &ClientConfig,
+        topics: &[String],
         context: CatchUpContext,
         offsets: Arc<Offsets>,
         ingest: Ingest,
@@ -74,7 +90,8 @@ impl CatchUpReader {
         client.remove("statistics.interval.ms");
         let consumer: StreamConsumer<CatchUpContext> = client.create_with_context(context)?;
         Ok(CatchUpReader {
-            consumer,
+            consumer: Arc::new(consumer),
+            topics: topics.to_vec(),
             offsets,
             ingest,
             format,
@@ -86,6 +103,10 @@ impl CatchUpReader {
 
     /// Reads until `stop` is cancelled.
     pub async fn run(mut self, stop: CancellationToken) {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = self.learn_topics() => {}
+        }
         let offsets = Arc::clone(&self.offsets);
         loop {
             let changed = offsets.plans_changed.notified();
@@ -127,6 +148,25 @@ impl CatchUpReader {
                     .await;
                 }
                 Err(e) => tracing::warn!(error = %e, "kafka catch-up reader error; continuing"),
+            }
+        }
+    }
+
+    /// Fills the consumer's metadata cache with the subscribed topics (not
+    /// the patterns: `^` names), so that an assignment of their partitions
+    /// knows their leaders at once. A failure costs only that wait.
+    async fn learn_topics(&self) {
+        for topic in self.topics.iter().filter(|t| !t.starts_with('^')) {
+            let consumer = Arc::clone(&self.consumer);
+            let name = topic.clone();
+            let asked = tokio::task::spawn_blocking(move || {
+                consumer
+                    .fetch_metadata(Some(&name), METADATA_TIMEOUT)
+                    .map(|_| ())
+            })
+            .await;
+            if let Ok(Err(e)) = asked {
+                tracing::debug!(topic = %topic, error = %e, "kafka catch-up reader: no metadata yet; its first fetch waits for librdkafka's scan");
             }
         }
     }

@@ -329,6 +329,7 @@ impl Source for KafkaSource {
             true => {
                 let reader = CatchUpReader::new(
                     &self.client,
+                    &self.config.topics,
                     CatchUpContext {
                         pacer: Arc::clone(&pacer),
                         name: name.clone(),
