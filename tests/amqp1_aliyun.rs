@@ -298,6 +298,7 @@ fn preset(port: u16, ca_file: &std::path::Path, secret: &std::path::Path) -> Amq
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_preset_logs_in_over_tls_receives_and_accepts() {
+    let _turn = support::amqp1::turn().await;
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let sent = records::json_records("aliyun-", 200, |i| {
         laneway::message::now_epoch_ms() - i as i64
@@ -329,6 +330,7 @@ async fn the_preset_logs_in_over_tls_receives_and_accepts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_is_refused_and_ends_the_source_without_showing_it() {
+    let _turn = support::amqp1::turn().await;
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let ep = endpoint(Vec::new()).await;
     let wrong = "not-the-secret-9f8e7d";
@@ -351,6 +353,7 @@ async fn a_wrong_secret_is_refused_and_ends_the_source_without_showing_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_signed_login_is_refused() {
+    let _turn = support::amqp1::turn().await;
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let ep = endpoint(Vec::new()).await;
     let secret = secret_file(SECRET);

@@ -78,6 +78,7 @@ async fn peer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_answers_the_attach_is_left_and_the_next_connection_delivers() {
+    let _turn = support::amqp1::turn().await;
     let now = laneway::message::now_epoch_ms();
     let sent: Vec<Record> = (0..200u64)
         .map(|i| {

@@ -39,12 +39,6 @@ use support::process::{Watched, wait_or_kill};
 use support::records::{self, Copies, Record, assert_delivered};
 use support::wait::{eventually, poll_until};
 
-/// The tests of this file run one at a time: run side by side in one
-/// process (four engines and their AMQP 1.0 clients on two cores), one of
-/// them now and then stopped making progress, its client's session task
-/// spinning; one at a time they have not. See docs/amqp1.md, "Known".
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Declares the durable queue `name` (the AMQP 1.0 address
 /// `/amq/queue/NAME` needs it to exist).
 async fn durable_queue(ch: &lapin::Channel, name: &str) {
@@ -97,7 +91,7 @@ sink = {{ type = "jsonl", path = "{out}", sync = true }}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_thousand_messages_arrive_exactly_once_byte_for_byte() {
-    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let _turn = support::amqp1::turn().await;
     const COUNT: u64 = 50_000;
     let _lock = broker_lock(false);
     let name = unique("amqp1-roundtrip");
@@ -128,7 +122,7 @@ async fn fifty_thousand_messages_arrive_exactly_once_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_with_sigkill_then_restarted_loses_nothing() {
-    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let _turn = support::amqp1::turn().await;
     const COUNT: u64 = 20_000;
     const CREDIT: u32 = 300;
     let _lock = broker_lock(false);
@@ -292,7 +286,7 @@ async fn ready_becomes(ch: &lapin::Channel, queue: &str, want: u32, what: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_accepted_before_it_is_done_and_a_stop_releases_the_rest() {
-    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let _turn = support::amqp1::turn().await;
     const COUNT: u64 = 1_000;
     const CREDIT: u32 = 100;
     let _lock = broker_lock(false);
@@ -448,7 +442,7 @@ impl Sink for Slow {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_messages_behind_a_stale_pile_are_handled_long_before_the_pile() {
-    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let _turn = support::amqp1::turn().await;
     // The handler is several times slower than reading the pile, in debug
     // builds (slower reading, so one slot) as in release ones.
     const PILE: u64 = if cfg!(debug_assertions) {

@@ -322,6 +322,7 @@ fn assert_corpus_out(dir: &Path, sent: &[Record], copies: Copies) {
 #[cfg(feature = "amqp1")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_corpus_over_amqp_1_0_comes_out_exact() {
+    let _turn = support::amqp1::turn().await;
     let _lock = broker_lock(false);
     let name = unique("exact1");
     let conn = connection().await;

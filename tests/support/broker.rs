@@ -128,10 +128,17 @@ pub async fn publish1(queue: &str, sent: &[Record]) {
             assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
         }
     }
-    sender.detach().await.map_err(|(_, e)| e).unwrap();
-    session.end().await.unwrap();
-    connection.close().await.unwrap();
+    // Every transfer is accepted: what is left is the close, which may
+    // wait on a spinning session task (docs/amqp1.md, "Known"), so each
+    // step waits at most `CLOSE_WAIT`, as laneway's own closes do, and the
+    // handles are dropped after.
+    let _ = tokio::time::timeout(CLOSE_WAIT, sender.detach()).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, session.end()).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, connection.close()).await;
 }
+
+/// How long each step of [`publish1`]'s close may wait.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What speaks AMQP 0-9-1 (lapin, with the `amqp` feature).
 #[cfg(feature = "amqp")]

@@ -9,6 +9,7 @@
 //! - [`process`]: the `laneway` binary run as a child (a config written,
 //!   the run spawned, its status lines waited on);
 //! - [`broker`]: the RabbitMQ the broker tests share (`AMQP_URL`);
+//! - [`amqp1`]: the turn the tests driving AMQP 1.0 clients in process take;
 //! - [`kafka`], [`pulsar`]: the Kafka mock cluster and the Pulsar peer,
 //!   with their features;
 //! - [`tls`]: a TLS server config for `localhost` signed by a test CA;
@@ -21,6 +22,7 @@
 // tree, so what they leave unused is no dead code.
 #![allow(dead_code)]
 
+pub mod amqp1;
 pub mod backlog_files;
 pub mod broker;
 pub mod disk;
