@@ -9,8 +9,9 @@
 //!   machine's cores by default), so what they share outside the process
 //!   is guarded as it was inside a file: RabbitMQ by
 //!   [`support::broker::broker_lock`] (shared for a test that uses the
-//!   broker, exclusive for one that restarts it), names by
-//!   [`support::names`];
+//!   broker, exclusive for one that restarts it), the AMQP 1.0 clients
+//!   run in process by [`support::amqp1::turn`] (one at a time), names
+//!   by [`support::names`];
 //! - a file's tests are selected by its module path:
 //!   `cargo test --release --test integration backlog_damage::`.
 
