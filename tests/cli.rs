@@ -397,6 +397,19 @@ fn the_catch_up_bench_refuses_a_pile_no_partition_would_split() {
     assert!(stderr.contains("catch_up_after (1000)"), "{stderr}");
 }
 
+#[cfg(feature = "kafka")]
+#[test]
+fn the_catch_up_bench_refuses_zero_rounds() {
+    let out = laneway()
+        .args(["bench", "--scenario", "catch-up", "--piles", "20000"])
+        .args(["--partitions", "8", "--rounds", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--rounds"), "{stderr}");
+}
+
 /// A JSONL input with one line that is not an envelope: a dead letter at
 /// ingest, which has no group.
 fn dead_letter_run(dir: &std::path::Path, format: &str) -> String {

@@ -16,6 +16,13 @@
 //! the time to drain it and the consumer's CPU time per record handled
 //! ([`super::cpu::CpuMeter`]: the mock cluster and the producer share the
 //! process, and their librdkafka threads are left out).
+//!
+//! Each pile runs in rounds: every round makes a new cluster and pile, then
+//! runs both consumers one after the other, which of them goes first
+//! alternating between rounds (the machine is shared, and its load moves
+//! between rounds). Each figure is reported as the median and range over
+//! the rounds, and each ratio as the median of the per-round ratios, so that
+//! a ratio compares two runs made under the same load.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,9 +45,17 @@ use laneway::sink::{BatchError, Delivery, SimulatedHandler, Sink};
 use laneway::source::LanePolicy;
 
 use super::cpu::CpuMeter;
+use super::spread::{Spread, show};
 
-/// The prefix of the fresh records' ids.
-const FRESH: &str = "fresh-";
+/// The prefix of the pile's records' ids.
+const PILE: &str = "old-";
+/// The prefix of the fresh records' ids produced while laneway runs.
+const LANEWAY_FRESH: &str = "fresh-laneway-";
+/// The prefix of the fresh records' ids produced while the plain consumer
+/// runs. Both consumers of a round read the same log, so each counts only
+/// its own run's fresh records as fresh; the other run's it handles and
+/// counts in neither the pile nor its fresh records.
+const PLAIN_FRESH: &str = "fresh-plain-";
 /// How often a fresh record is produced while a consumer starts.
 const FRESH_EVERY: Duration = Duration::from_millis(10);
 
@@ -63,6 +78,8 @@ pub struct CatchUpOptions {
     /// the pile's end.
     #[serde(with = "humantime_serde")]
     pub max_run: Duration,
+    /// Rounds per pile size, each on a new cluster and pile.
+    pub rounds: usize,
 }
 
 impl Default for CatchUpOptions {
@@ -74,6 +91,7 @@ impl Default for CatchUpOptions {
             batch: 256,
             partitions: None,
             max_run: Duration::from_secs(120),
+            rounds: 5,
         }
     }
 }
@@ -103,6 +121,58 @@ pub struct Timing {
     pub cpu_us_per_msg: Option<f64>,
 }
 
+/// One round on one pile: both consumers, one after the other.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchUpRound {
+    /// Whether the plain consumer ran first in this round.
+    pub plain_first: bool,
+    /// laneway.
+    pub laneway: Timing,
+    /// The plain consumer.
+    pub plain: Timing,
+}
+
+/// One figure of both consumers over the rounds, and their per-round ratio.
+#[derive(Debug, Clone, Serialize)]
+pub struct Compared {
+    /// laneway's figure.
+    pub laneway: Option<Spread>,
+    /// The plain consumer's figure.
+    pub plain: Option<Spread>,
+    /// The figure's ratio in each round (which way round: see the field
+    /// that holds it); none for a figure whose ratio means nothing.
+    pub ratio: Option<Spread>,
+}
+
+/// Which way a figure's per-round ratio is taken: the larger-is-better
+/// times to real-time as plain ÷ laneway, costs as laneway ÷ plain.
+#[derive(Clone, Copy)]
+enum Ratio {
+    PlainOverLaneway,
+    LanewayOverPlain,
+    None,
+}
+
+impl Compared {
+    /// The figure `of` over `rounds`, with its per-round ratio.
+    fn of(rounds: &[CatchUpRound], of: fn(&Timing) -> Option<f64>, ratio: Ratio) -> Compared {
+        let ratio = |r: &CatchUpRound| {
+            let (l, p) = (of(&r.laneway)?, of(&r.plain)?);
+            let (a, b) = match ratio {
+                Ratio::PlainOverLaneway => (p, l),
+                Ratio::LanewayOverPlain => (l, p),
+                Ratio::None => return None,
+            };
+            (b > 0.0).then(|| a / b)
+        };
+        Compared {
+            laneway: Spread::of(rounds.iter().map(|r| of(&r.laneway))),
+            plain: Spread::of(rounds.iter().map(|r| of(&r.plain))),
+            ratio: Spread::of(rounds.iter().map(ratio)),
+        }
+    }
+}
+
 /// One pile size's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct CatchUpPoint {
@@ -114,10 +184,31 @@ pub struct CatchUpPoint {
     /// that laneway split them (read the pile beside the live cursor); the
     /// others it read in order, as the plain consumer does.
     pub split_partitions: i32,
-    /// laneway.
-    pub laneway: Timing,
-    /// The plain consumer.
-    pub plain: Timing,
+    /// Each round's timings.
+    pub rounds: Vec<CatchUpRound>,
+    /// Time to real-time, ms; the ratio is plain ÷ laneway.
+    pub to_fresh_ms: Compared,
+    /// Pile records handled before the first fresh one; no ratio.
+    pub pile_before: Compared,
+    /// Time to drain the pile, ms; the ratio is laneway ÷ plain.
+    pub pile_done_ms: Compared,
+    /// CPU time per record handled, µs; the ratio is laneway ÷ plain.
+    pub cpu_us_per_msg: Compared,
+}
+
+impl CatchUpPoint {
+    fn new(pile: u64, partitions: i32, split_partitions: i32, rounds: Vec<CatchUpRound>) -> Self {
+        CatchUpPoint {
+            pile,
+            partitions,
+            split_partitions,
+            to_fresh_ms: Compared::of(&rounds, |t| t.to_fresh_ms, Ratio::PlainOverLaneway),
+            pile_before: Compared::of(&rounds, |t| Some(t.pile_before as f64), Ratio::None),
+            pile_done_ms: Compared::of(&rounds, |t| t.pile_done_ms, Ratio::LanewayOverPlain),
+            cpu_us_per_msg: Compared::of(&rounds, |t| t.cpu_us_per_msg, Ratio::LanewayOverPlain),
+            rounds,
+        }
+    }
 }
 
 /// The whole scenario's result, as `--json` writes it.
@@ -134,44 +225,51 @@ impl CatchUpReport {
     pub fn table(&self) -> String {
         let o = &self.options;
         let mut out = format!(
-            "scenario catch-up: handler {} slots × {:?}/msg (capacity {:.0} msgs/s)\n",
+            "scenario catch-up: handler {} slots × {:?}/msg (capacity {:.0} msgs/s); {} round(s) per pile, each on a new pile, which consumer goes first alternating; median (range) over the rounds, each ratio the median of the per-round ratios\n",
             o.slots,
             o.cost,
             o.slots as f64 / o.cost.as_secs_f64().max(1e-9),
+            o.rounds,
         );
-        out.push_str("time to real-time: from the partitions' assignment to the first fresh record handled\n");
-        out.push_str(&row(
-            "pile",
-            "laneway ms (pile before)",
-            "plain ms (pile before)",
-            "plain/laneway",
-        ));
-        let ms = |v: Option<f64>| v.map_or_else(|| "never".to_string(), |v| format!("{v:.0}"));
-        for p in &self.points {
-            let (l, x) = (&p.laneway, &p.plain);
-            out.push_str(&row(
-                p.pile,
-                &format!("{} ({})", ms(l.to_fresh_ms), l.pile_before),
-                &format!("{} ({})", ms(x.to_fresh_ms), x.pile_before),
-                &ratio(x.to_fresh_ms, l.to_fresh_ms, 1),
-            ));
-        }
-        out.push_str("draining the pile: from the assignment to the last pile record handled; CPU per record handled (the consumer's and the runtime's threads, not the mock cluster's or the producer's)\n");
-        out.push_str(&row(
-            "pile",
-            "laneway ms (CPU µs)",
-            "plain ms (CPU µs)",
-            "CPU ratio",
-        ));
-        let cpu = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-        for p in &self.points {
-            let (l, x) = (&p.laneway, &p.plain);
-            out.push_str(&row(
-                p.pile,
-                &format!("{} ({})", ms(l.pile_done_ms), cpu(l.cpu_us_per_msg)),
-                &format!("{} ({})", ms(x.pile_done_ms), cpu(x.cpu_us_per_msg)),
-                &ratio(l.cpu_us_per_msg, x.cpu_us_per_msg, 2),
-            ));
+        let sections: [Section; 4] = [
+            (
+                "time to real-time: from the partitions' assignment to the first fresh record handled, ms",
+                "plain ÷ laneway",
+                |p| &p.to_fresh_ms,
+                0,
+            ),
+            (
+                "pile records handled before the first fresh one",
+                "",
+                |p| &p.pile_before,
+                0,
+            ),
+            (
+                "draining the pile: from the assignment to the last pile record handled, ms",
+                "laneway ÷ plain",
+                |p| &p.pile_done_ms,
+                0,
+            ),
+            (
+                "CPU per record handled, µs (the consumer's and the runtime's threads, not the mock cluster's or the producer's)",
+                "laneway ÷ plain",
+                |p| &p.cpu_us_per_msg,
+                2,
+            ),
+        ];
+        for (title, ratio_heading, of, digits) in sections {
+            out.push_str(title);
+            out.push('\n');
+            out.push_str(&row("pile", "laneway", "plain", ratio_heading));
+            for p in &self.points {
+                let c = of(p);
+                out.push_str(&row(
+                    p.pile,
+                    &show(c.laneway, digits, "never"),
+                    &show(c.plain, digits, "never"),
+                    &show(c.ratio, 2, "-"),
+                ));
+            }
         }
         for p in &self.points {
             out.push_str(&format!(
@@ -180,26 +278,27 @@ impl CatchUpReport {
                 p.split_partitions,
                 p.partitions,
                 catch_up_after(),
-                ms(p.laneway.joined_ms),
-                ms(p.plain.joined_ms)
+                show(Spread::of(p.rounds.iter().map(|r| r.laneway.joined_ms)), 0, "never"),
+                show(Spread::of(p.rounds.iter().map(|r| r.plain.joined_ms)), 0, "never"),
             ));
         }
         out
     }
 }
 
+/// One section of the table: its title, its ratio's heading, the figure it
+/// shows and that figure's decimals.
+type Section = (
+    &'static str,
+    &'static str,
+    fn(&CatchUpPoint) -> &Compared,
+    usize,
+);
+
 /// One line of a table: the pile, laneway's cell, the plain consumer's and
 /// a ratio, in fixed columns.
 fn row(pile: impl std::fmt::Display, laneway: &str, plain: &str, ratio: &str) -> String {
-    format!("{pile:>10}{laneway:>26}{plain:>26}{ratio:>14}\n")
-}
-
-/// `a ÷ b` with `digits` decimals, or `-` when either is missing or `b` is 0.
-fn ratio(a: Option<f64>, b: Option<f64>, digits: usize) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.digits$}×", a / b),
-        _ => "-".into(),
-    }
+    format!("{pile:>10}{laneway:>28}{plain:>28}{ratio:>22}\n")
 }
 
 /// The lag from which the Kafka source splits a partition (its default
@@ -254,6 +353,32 @@ async fn run_pile(
     progress: &dyn Fn(&str),
 ) -> Result<CatchUpPoint, String> {
     let partitions = options.partitions.unwrap_or(partitions_for(pile));
+    let mut rounds = Vec::new();
+    let mut split_partitions = 0;
+    for round in 0..options.rounds.max(1) {
+        let (split, timings) = run_round(options, pile, partitions, round, progress).await?;
+        split_partitions = split;
+        rounds.push(timings);
+    }
+    Ok(CatchUpPoint::new(
+        pile,
+        partitions,
+        split_partitions,
+        rounds,
+    ))
+}
+
+/// One round: a new cluster holding a new pile, then both consumers, the
+/// plain one first in odd rounds. Returns the partitions split and the
+/// timings.
+async fn run_round(
+    options: &CatchUpOptions,
+    pile: u64,
+    partitions: i32,
+    round: usize,
+    progress: &dyn Fn(&str),
+) -> Result<(i32, CatchUpRound), String> {
+    let rounds = options.rounds.max(1);
     let cluster = MockCluster::new(3).map_err(|e| format!("mock cluster: {e}"))?;
     let brokers = cluster.bootstrap_servers();
     cluster
@@ -267,7 +392,8 @@ async fn run_pile(
         .create()
         .map_err(|e| format!("producer: {e}"))?;
     progress(&format!(
-        "pile {pile}: producing over {partitions} partitions"
+        "pile {pile}, round {} of {rounds}: producing over {partitions} partitions",
+        round + 1
     ));
     produce_pile(&producer, pile).await?;
     let sizes = partition_sizes(&brokers, partitions)?;
@@ -288,24 +414,35 @@ async fn run_pile(
             catch_up_after()
         ));
     }
-    if split_partitions < partitions {
+    if split_partitions < partitions && round == 0 {
         eprintln!(
             "bench: warning: pile {pile}: only {split_partitions} of {partitions} partitions hold catch_up_after ({}) records; the others are read in order, as by a plain consumer",
             catch_up_after()
         );
     }
 
-    progress(&format!("pile {pile}: laneway"));
-    let laneway = time_laneway(options, pile, &brokers, &producer).await?;
-    progress(&format!("pile {pile}: plain consumer"));
-    let plain = time_plain(options, pile, &brokers, &producer).await?;
-    Ok(CatchUpPoint {
-        pile,
-        partitions,
+    let plain_first = round % 2 == 1;
+    let (mut laneway, mut plain) = (None, None);
+    for plain_turn in [plain_first, !plain_first] {
+        if plain_turn {
+            progress(&format!("pile {pile}, round {}: plain consumer", round + 1));
+            plain = Some(time_plain(options, pile, &brokers, &producer).await?);
+        } else {
+            progress(&format!("pile {pile}, round {}: laneway", round + 1));
+            laneway = Some(time_laneway(options, pile, &brokers, &producer).await?);
+        }
+    }
+    let (Some(laneway), Some(plain)) = (laneway, plain) else {
+        return Err("a consumer did not run".into());
+    };
+    Ok((
         split_partitions,
-        laneway,
-        plain,
-    })
+        CatchUpRound {
+            plain_first,
+            laneway,
+            plain,
+        },
+    ))
 }
 
 fn record(id: String, generate_time_ms: i64, i: u64) -> Result<Message, String> {
@@ -340,7 +477,7 @@ async fn send(producer: &FutureProducer, message: &Message) -> Result<(), String
 async fn produce_pile(producer: &FutureProducer, pile: u64) -> Result<(), String> {
     let then = now_epoch_ms() - 3_600_000;
     for i in 0..pile {
-        send(producer, &record(format!("old-{i}"), then, i)?).await?;
+        send(producer, &record(format!("{PILE}{i}"), then, i)?).await?;
     }
     let producer = producer.clone();
     tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(120)))
@@ -367,8 +504,9 @@ fn partition_sizes(brokers: &str, partitions: i32) -> Result<Vec<i64>, String> {
         .collect()
 }
 
-/// Produces a fresh record every [`FRESH_EVERY`] until `stop`.
-fn keep_producing_fresh(producer: FutureProducer, stop: CancellationToken) {
+/// Produces a fresh record every [`FRESH_EVERY`] until `stop`, its id
+/// starting with `prefix`.
+fn keep_producing_fresh(producer: FutureProducer, stop: CancellationToken, prefix: &'static str) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(FRESH_EVERY);
         for i in 0u64.. {
@@ -376,7 +514,7 @@ fn keep_producing_fresh(producer: FutureProducer, stop: CancellationToken) {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let Ok(m) = record(format!("{FRESH}{i}"), now_epoch_ms(), i) else {
+            let Ok(m) = record(format!("{prefix}{i}"), now_epoch_ms(), i) else {
                 return;
             };
             if send(&producer, &m).await.is_err() {
@@ -395,6 +533,8 @@ struct Probe {
     pile: u64,
     pile_handled: AtomicU64,
     fresh_handled: AtomicU64,
+    /// Fresh records of the round's other consumer's run.
+    other_handled: AtomicU64,
     first_fresh: tokio::sync::watch::Sender<Option<(Instant, u64)>>,
     pile_done: tokio::sync::watch::Sender<Option<Instant>>,
 }
@@ -403,11 +543,17 @@ struct Probe {
 impl Sink for Probe {
     async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError> {
         self.handler.deliver(batch).await?;
-        let fresh = batch
-            .iter()
-            .filter(|d| d.message.message_id().starts_with(FRESH))
-            .count() as u64;
-        let stale = batch.len() as u64 - fresh;
+        let (mut fresh, mut stale) = (0, 0);
+        for d in batch {
+            let id = d.message.message_id();
+            if id.starts_with(LANEWAY_FRESH) {
+                fresh += 1;
+            } else if id.starts_with(PILE) {
+                stale += 1;
+            }
+        }
+        self.other_handled
+            .fetch_add(batch.len() as u64 - fresh - stale, Ordering::Relaxed);
         let before = self.pile_handled.fetch_add(stale, Ordering::Relaxed);
         self.fresh_handled.fetch_add(fresh, Ordering::Relaxed);
         if fresh > 0 {
@@ -447,6 +593,7 @@ async fn time_laneway(
         pile,
         pile_handled: AtomicU64::new(0),
         fresh_handled: AtomicU64::new(0),
+        other_handled: AtomicU64::new(0),
         first_fresh,
         pile_done,
     });
@@ -475,7 +622,7 @@ async fn time_laneway(
     let stop = CancellationToken::new();
     let start = Instant::now();
     let run = tokio::spawn(engine.run(stop.clone().cancelled_owned()));
-    keep_producing_fresh(producer.clone(), stop.clone());
+    keep_producing_fresh(producer.clone(), stop.clone(), LANEWAY_FRESH);
     let deadline = tokio::time::Instant::now() + options.max_run;
     // The source says it is connected once its partitions are assigned;
     // nothing wakes on that, so look every millisecond.
@@ -504,8 +651,9 @@ async fn time_laneway(
     };
     stop.cancel();
     let _ = run.await;
-    let handled =
-        probe.pile_handled.load(Ordering::Relaxed) + probe.fresh_handled.load(Ordering::Relaxed);
+    let handled = probe.pile_handled.load(Ordering::Relaxed)
+        + probe.fresh_handled.load(Ordering::Relaxed)
+        + probe.other_handled.load(Ordering::Relaxed);
     let cpu = meter.and_then(|m| m.elapsed());
     Ok(timing(start, joined, first, drained, handled, cpu))
 }
@@ -569,12 +717,12 @@ async fn time_plain(
         .map_err(|e| format!("subscribing: {e}"))?;
     let stop = CancellationToken::new();
     let start = Instant::now();
-    keep_producing_fresh(producer.clone(), stop.clone());
+    keep_producing_fresh(producer.clone(), stop.clone(), PLAIN_FRESH);
     // The same capacity as laneway's handler: `slots / cost` per second,
     // paid in steps of at least a millisecond (the timer's resolution).
     let per_message = options.cost.as_secs_f64() / options.slots.max(1) as f64;
     let mut owed = 0.0f64;
-    let (mut pile_handled, mut fresh_handled) = (0u64, 0u64);
+    let (mut pile_handled, mut fresh_handled, mut other_handled) = (0u64, 0u64, 0u64);
     let mut first = None;
     let deadline = tokio::time::Instant::now() + options.max_run;
     // Until the first fresh record and the whole pile are handled (fresh
@@ -594,20 +742,20 @@ async fn time_plain(
             tokio::time::sleep(Duration::from_secs_f64(owed)).await;
             owed = 0.0;
         }
-        let fresh = record
-            .headers()
-            .and_then(|h| {
-                use rdkafka::message::Headers as _;
-                h.iter()
-                    .find(|h| h.key == "messageId")
-                    .and_then(|h| h.value)
-            })
-            .is_some_and(|id| id.starts_with(FRESH.as_bytes()));
-        if fresh {
+        let id = record.headers().and_then(|h| {
+            use rdkafka::message::Headers as _;
+            h.iter()
+                .find(|h| h.key == "messageId")
+                .and_then(|h| h.value)
+        });
+        let starts = |prefix: &str| id.is_some_and(|id| id.starts_with(prefix.as_bytes()));
+        if starts(PLAIN_FRESH) {
             fresh_handled += 1;
             first.get_or_insert((Instant::now(), pile_handled));
-        } else {
+        } else if starts(PILE) {
             pile_handled += 1;
+        } else {
+            other_handled += 1;
         }
         if first.is_some() && pile_handled >= pile {
             break Some(Instant::now());
@@ -616,7 +764,7 @@ async fn time_plain(
     stop.cancel();
     let joined = consumer.context().0.get().copied();
     let cpu = meter.and_then(|m| m.elapsed());
-    let handled = pile_handled + fresh_handled;
+    let handled = pile_handled + fresh_handled + other_handled;
     Ok(timing(start, joined, first, drained, handled, cpu))
 }
 

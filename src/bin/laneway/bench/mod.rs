@@ -9,6 +9,8 @@ pub mod catch_up;
 pub mod cpu;
 pub mod fifo;
 pub mod scenario;
+#[cfg(feature = "kafka")]
+pub mod spread;
 pub mod svg;
 pub mod timeline;
 

@@ -125,6 +125,12 @@ pub struct BenchArgs {
     /// refused: no partition would be split.
     #[arg(long)]
     pub partitions: Option<i32>,
+    /// catch-up: rounds per pile (default 5). Each round makes a new pile
+    /// and runs both consumers, which goes first alternating; the table
+    /// gives each figure's median and range, and each ratio as the median
+    /// of the per-round ratios.
+    #[arg(long)]
+    pub rounds: Option<usize>,
 }
 
 impl BenchArgs {
@@ -137,10 +143,10 @@ impl BenchArgs {
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { o.$field = v; } )* };
         }
-        take!(cost, slots, batch, max_run);
+        take!(cost, slots, batch, max_run, rounds);
         o.partitions = self.partitions;
-        if o.slots == 0 || o.batch == 0 || o.partitions.is_some_and(|p| p < 1) {
-            return Err("--slots, --batch and --partitions must be at least 1".into());
+        if o.slots == 0 || o.batch == 0 || o.rounds == 0 || o.partitions.is_some_and(|p| p < 1) {
+            return Err("--slots, --batch, --rounds and --partitions must be at least 1".into());
         }
         if o.piles.contains(&0) {
             return Err("--piles: each pile must hold at least one record".into());
@@ -324,18 +330,22 @@ async fn bench_catch_up(args: &BenchArgs) -> ExitCode {
                 report
                     .points
                     .iter()
-                    .map(|p| p.laneway.to_fresh_ms)
+                    .map(|p| p.to_fresh_ms.laneway.map(|s| s.median))
                     .collect(),
             ),
             (
                 "plain rdkafka consumer",
                 "#d62728",
-                report.points.iter().map(|p| p.plain.to_fresh_ms).collect(),
+                report
+                    .points
+                    .iter()
+                    .map(|p| p.to_fresh_ms.plain.map(|s| s.median))
+                    .collect(),
             ),
         ];
         let title = format!(
-            "time to the first fresh record on a lagging Kafka log — handler {} slots × {:?}/msg",
-            options.slots, options.cost
+            "time to the first fresh record on a lagging Kafka log — handler {} slots × {:?}/msg, median of {} round(s)",
+            options.slots, options.cost, options.rounds
         );
         let svg = bars(
             &title,
@@ -352,7 +362,8 @@ async fn bench_catch_up(args: &BenchArgs) -> ExitCode {
         report
             .points
             .iter()
-            .any(|p| of(&p.laneway).is_none() || of(&p.plain).is_none())
+            .flat_map(|p| &p.rounds)
+            .any(|r| of(&r.laneway).is_none() || of(&r.plain).is_none())
     };
     if missing(|t| t.to_fresh_ms) {
         eprintln!("error: a consumer handled no fresh record within --max-run");
