@@ -521,29 +521,45 @@ fn inspecting_an_empty_backlog_says_it_is_empty() {
     assert!(!text.contains("- old"), "{text}");
 }
 
-/// The program commits its allocator's memory as it is used (what keeps
-/// the embedded default near 65 MB), set before the first allocation; an
-/// operator's `MIMALLOC_ARENA_EAGER_COMMIT` still wins. mimalloc's verbose
-/// start-up lists its options by name, which also proves the option the
-/// program sets by number is the one it means.
+/// The program commits its allocator's memory as it is used and returns
+/// freed pages at once (what keeps the embedded default under 64 MB),
+/// set before the first allocation; an operator's
+/// `MIMALLOC_ARENA_EAGER_COMMIT` or `MIMALLOC_PURGE_DELAY` still wins, each
+/// apart. mimalloc's verbose start-up lists its options by name, which also
+/// proves the options the program sets by number are the ones it means.
 #[test]
-fn the_allocator_commits_on_demand_unless_the_operator_says_otherwise() {
-    let eager_commit = |variable: Option<&str>| {
+fn the_allocator_commits_on_demand_and_purges_at_once_unless_the_operator_says_otherwise() {
+    let options = |variables: &[(&str, &str)]| {
         let mut command = laneway();
         command.arg("--version").env("MIMALLOC_VERBOSE", "1");
-        if let Some(v) = variable {
-            command.env("MIMALLOC_ARENA_EAGER_COMMIT", v);
+        for (name, value) in variables {
+            command.env(name, value);
         }
         let out = command.output().unwrap();
         assert!(out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        stderr
-            .lines()
-            .find_map(|l| l.strip_prefix("option 'arena_eager_commit': "))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|| panic!("no arena_eager_commit in mimalloc's start-up:\n{stderr}"))
+        let option = |name: &str| {
+            let prefix = format!("option '{name}': ");
+            stderr
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("no {name} in mimalloc's start-up:\n{stderr}"))
+        };
+        (option("arena_eager_commit"), option("purge_delay"))
     };
-    assert_eq!(eager_commit(None), "0");
-    assert_eq!(eager_commit(Some("1")), "1");
-    assert_eq!(eager_commit(Some("2")), "2");
+    let owned = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(options(&[]), owned("0", "0"));
+    assert_eq!(
+        options(&[("MIMALLOC_ARENA_EAGER_COMMIT", "1")]),
+        owned("1", "0")
+    );
+    assert_eq!(
+        options(&[("MIMALLOC_ARENA_EAGER_COMMIT", "2")]),
+        owned("2", "0")
+    );
+    assert_eq!(
+        options(&[("MIMALLOC_PURGE_DELAY", "1000")]),
+        owned("0", "1000")
+    );
 }

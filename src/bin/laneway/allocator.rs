@@ -1,4 +1,4 @@
-//! The program's allocator, mimalloc, and the one setting that keeps its
+//! The program's allocator, mimalloc, and the two settings that keep its
 //! resident memory near what the engine holds.
 //!
 //! Messages are allocated by the thread that reads them and freed by the
@@ -7,16 +7,24 @@
 //! large backlog is freed. Left to its defaults it commits each arena up
 //! front, and a purge of freed pages on such an arena only marks them
 //! reusable, which still counts as resident: the embedded default peaked
-//! at 129-139 MB. Committing arena memory as it is used brings that to
-//! 63-77 MB at slightly less CPU per run, for about 5 % more CPU per
-//! message on Kafka (docs/benchmarks.md, "The embedded default").
+//! at 129-139 MB. Committing arena memory as it is used brought that to
+//! 59-77 MB. The rest was memory already freed: mimalloc returns freed
+//! pages a second after the free, and a pile taken in at once (the embedded
+//! default's 50,000-message outage pile arrives in about 100 ms) is
+//! allocated and freed well inside that second, so the peak grew with the
+//! pile (10,000 records: 38-42 MB; 150,000: 80-92 MB) although the engine
+//! holds only what its lanes and the backlog writer's budget bound.
+//! Returning freed pages at once bounds it (150,000 records: 45-48 MB; the
+//! embedded default 47-49 MB), for the same CPU per run of the embedded
+//! default and about 5 % more CPU per record on Kafka
+//! (docs/benchmarks.md, "The embedded default").
 //!
 //! An arena's commit mode is fixed when it is reserved, at the first
-//! allocation, before `main` runs; so the setting is made from the
+//! allocation, before `main` runs; so the settings are made from the
 //! program's load-time initialisers (`.init_array`), before anything
-//! allocates, and it allocates nothing itself. It is left alone when
-//! `MIMALLOC_ARENA_EAGER_COMMIT` is set (mimalloc reads that itself), so an
-//! operator can still choose.
+//! allocates, and they allocate nothing themselves. Each is left alone when
+//! its variable (`MIMALLOC_ARENA_EAGER_COMMIT`, `MIMALLOC_PURGE_DELAY`) is
+//! set (mimalloc reads those itself), so an operator can still choose.
 
 #![allow(unsafe_code)]
 
@@ -27,10 +35,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod at_load {
     use std::ffi::{CStr, c_char, c_int, c_long};
 
-    /// `mi_option_arena_eager_commit` in mimalloc 3's `mi_option_e`.
-    const ARENA_EAGER_COMMIT: c_int = 4;
-    /// Its variable, which wins over the program's choice.
-    const VARIABLE: &CStr = c"MIMALLOC_ARENA_EAGER_COMMIT";
+    /// The program's settings: mimalloc 3's `mi_option_e` number, the value,
+    /// and the variable that wins over it. mimalloc's verbose start-up lists
+    /// its options by name, which `tests/cli.rs` reads to prove that each
+    /// number is the option meant.
+    const SETTINGS: [(c_int, c_long, &CStr); 2] = [
+        // `mi_option_arena_eager_commit`: commit arena memory as it is used.
+        (4, 0, c"MIMALLOC_ARENA_EAGER_COMMIT"),
+        // `mi_option_purge_delay`: return freed pages at once.
+        (15, 0, c"MIMALLOC_PURGE_DELAY"),
+    ];
 
     unsafe extern "C" {
         fn mi_option_set(option: c_int, value: c_long);
@@ -40,17 +54,20 @@ mod at_load {
     /// Runs before `main` and before the first allocation.
     #[used]
     #[unsafe(link_section = ".init_array")]
-    static COMMIT_ON_DEMAND: extern "C" fn() = commit_on_demand;
+    static SET_OPTIONS: extern "C" fn() = set_options;
 
-    /// Commit on demand, unless the variable is set.
-    extern "C" fn commit_on_demand() {
-        // SAFETY: getenv reads the environment with a NUL-terminated name
-        // and allocates nothing; nothing else runs yet, so no thread
-        // changes the environment meanwhile. mi_option_set only stores an
-        // integer in mimalloc's option table, and 0 is valid for it.
-        unsafe {
-            if getenv(VARIABLE.as_ptr()).is_null() {
-                mi_option_set(ARENA_EAGER_COMMIT, 0);
+    /// Each setting, unless its variable is set.
+    extern "C" fn set_options() {
+        for (option, value, variable) in SETTINGS {
+            // SAFETY: getenv reads the environment with a NUL-terminated
+            // name and allocates nothing; nothing else runs yet, so no
+            // thread changes the environment meanwhile. mi_option_set only
+            // stores an integer in mimalloc's option table, and 0 is valid
+            // for both options.
+            unsafe {
+                if getenv(variable.as_ptr()).is_null() {
+                    mi_option_set(option, value);
+                }
             }
         }
     }
