@@ -115,6 +115,49 @@ fn help_explains_the_commands() {
     );
 }
 
+/// `--rounds`: every round in the JSON, both modes in each (in the same
+/// order, although the order they ran in alternates), and the table's
+/// figures as medians with their ranges.
+#[test]
+fn a_scenario_in_rounds_keeps_every_round_and_gives_medians_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let out = laneway()
+        .args(["bench", "--scenario", "outage", "--mode", "both"])
+        .args(["--rate", "2000", "--before", "300ms", "--outage", "500ms"])
+        .args(["--max-run", "20s", "--rounds", "2", "--json"])
+        .arg(&json)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("round 2 of 2"), "{stderr}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("2 rounds"), "{table}");
+    let p99 = table
+        .lines()
+        .find(|l| l.starts_with("live latency p99 ms"))
+        .unwrap_or_else(|| panic!("no p99 row:\n{table}"));
+    assert_eq!(p99.matches('–').count(), 3, "a range per cell: {p99}");
+
+    let mut bytes = std::fs::read(&json).unwrap();
+    let report = simd_json::to_owned_value(&mut bytes).unwrap();
+    let rounds = report.get("rounds").and_then(|r| r.as_array()).unwrap();
+    assert_eq!(rounds.len(), 2);
+    for round in rounds {
+        let names: Vec<_> = round
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m.get("mode").and_then(|v| v.as_str()))
+            .collect();
+        assert_eq!(names, ["laneway", "fifo"]);
+    }
+    let modes = report.get("modes").and_then(|m| m.as_array()).unwrap();
+    assert_eq!(modes.len(), 2, "the last round's, for the chart");
+}
+
 #[test]
 fn a_short_outage_scenario_reports_both_modes_and_draws_a_plot() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,12 +9,13 @@ pub mod catch_up;
 pub mod cpu;
 pub mod fifo;
 pub mod scenario;
-#[cfg(feature = "kafka")]
 pub mod spread;
 pub mod svg;
 pub mod timeline;
 
 use std::fmt::Write as _;
+
+use spread::{Spread, show};
 
 pub use scenario::{BacklogKind, BenchOptions, Mode, ModeReport, Scenario, run_mode};
 
@@ -23,8 +24,11 @@ pub use scenario::{BacklogKind, BenchOptions, Mode, ModeReport, Scenario, run_mo
 pub struct BenchReport {
     /// The knobs the run used.
     pub options: BenchOptions,
-    /// One report per mode.
+    /// One report per mode, of the last round (what `--svg` draws).
     pub modes: Vec<ModeReport>,
+    /// Every round's reports, the last included; the table gives each
+    /// figure's median and range over them.
+    pub rounds: Vec<Vec<ModeReport>>,
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -51,22 +55,34 @@ impl BenchReport {
             o.rate,
             o.backlog_share
         );
-        let find = |m: Mode| self.modes.iter().find(|r| r.mode == m);
-        let (lw, ff) = (find(Mode::Laneway), find(Mode::Fifo));
-        let _ = writeln!(
-            out,
-            "{:<34}{:>14}{:>14}{:>14}",
-            "", "laneway", "fifo", "fifo/laneway"
-        );
-        let mut row = |name: &str, f: &dyn Fn(&ModeReport) -> Option<f64>| {
-            let l = lw.and_then(f);
-            let x = ff.and_then(f);
+        let rounds = self.rounds.len();
+        if rounds > 1 {
             let _ = writeln!(
                 out,
-                "{name:<34}{:>14}{:>14}{:>14}",
-                ms(l),
-                ms(x),
-                ratio(x, l)
+                "{rounds} rounds, the modes' order alternating: median (range) over the rounds, the ratio the median of the per-round ratios"
+            );
+        }
+        let (width, ratio_digits) = if rounds > 1 { (32, 2) } else { (14, 1) };
+        let _ = writeln!(
+            out,
+            "{:<34}{:>width$}{:>width$}{:>width$}",
+            "", "laneway", "fifo", "fifo/laneway"
+        );
+        let of = |round: &[ModeReport], m: Mode, f: &dyn Fn(&ModeReport) -> Option<f64>| {
+            round.iter().find(|r| r.mode == m).and_then(f)
+        };
+        let mut row = |name: &str, f: &dyn Fn(&ModeReport) -> Option<f64>| {
+            let each = |m: Mode| Spread::of(self.rounds.iter().map(|r| of(r, m, f)));
+            let ratios = Spread::of(self.rounds.iter().map(|r| {
+                let (l, x) = (of(r, Mode::Laneway, f)?, of(r, Mode::Fifo, f)?);
+                (l > 0.0).then(|| x / l)
+            }));
+            let _ = writeln!(
+                out,
+                "{name:<34}{:>width$}{:>width$}{:>width$}",
+                show(each(Mode::Laneway), 1, "never"),
+                show(each(Mode::Fifo), 1, "never"),
+                ratios.map_or_else(|| "-".into(), |r| format!("{}×", r.show(ratio_digits))),
             );
         };
         row("throughput msgs/s", &|r| Some(r.throughput_msgs_per_s));
@@ -77,8 +93,9 @@ impl BenchReport {
         row("backlog peak", &|r| Some(r.backlog_peak as f64));
         row("backlog drain ms", &|r| r.backlog_drain_ms);
         row("drain rate msgs/s", &|r| r.drain_rate_msgs_per_s);
-        let phases: Vec<String> = lw
-            .or(ff)
+        let phases: Vec<String> = self
+            .modes
+            .first()
             .map(|r| r.phases.keys().cloned().collect())
             .unwrap_or_default();
         for p in phases {

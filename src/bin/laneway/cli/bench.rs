@@ -125,10 +125,11 @@ pub struct BenchArgs {
     /// refused: no partition would be split.
     #[arg(long)]
     pub partitions: Option<i32>,
-    /// catch-up: rounds per pile (default 5). Each round makes a new pile
-    /// and runs both consumers, which goes first alternating; the table
-    /// gives each figure's median and range, and each ratio as the median
-    /// of the per-round ratios.
+    /// Rounds to run: per mode (steady, outage, flood; default 1) or per
+    /// pile (catch-up; default 5, each on a new pile). Which mode or
+    /// consumer goes first alternates between rounds; the table gives each
+    /// figure's median and range, and each ratio as the median of the
+    /// per-round ratios; --json keeps every round, --svg draws the last.
     #[arg(long)]
     pub rounds: Option<usize>,
 }
@@ -180,8 +181,11 @@ impl BenchArgs {
         if let Some(&first) = self.backlog.first() {
             o.backlog = first;
         }
-        if o.slots == 0 || o.batch == 0 || o.live_capacity == 0 {
-            return Err("--slots, --batch and --live-capacity must be at least 1".into());
+        if o.slots == 0 || o.batch == 0 || o.live_capacity == 0 || self.rounds == Some(0) {
+            return Err("--slots, --batch, --live-capacity and --rounds must be at least 1".into());
+        }
+        if self.rounds.is_some() && self.backlog.len() > 1 {
+            return Err("--rounds with several --backlog stores is not supported: compare the stores in one round, or give one --backlog".into());
         }
         if !(0.0..=1.0).contains(&o.backlog_share) {
             return Err("--backlog-share must be between 0 and 1".into());
@@ -213,19 +217,36 @@ pub async fn bench(args: BenchArgs) -> ExitCode {
         ModeChoice::Both => &[Mode::Laneway, Mode::Fifo],
     };
     let progress = |line: &str| eprintln!("bench: {line}");
-    let mut reports = Vec::new();
-    for &mode in modes {
-        match run_mode(&options, mode, &progress).await {
-            Ok(r) => reports.push(r),
-            Err(e) => {
-                eprintln!("error: {mode:?} run failed: {e}");
-                return ExitCode::FAILURE;
+    let total = args.rounds.unwrap_or(1);
+    let mut rounds = Vec::new();
+    for round in 0..total {
+        if total > 1 {
+            progress(&format!("round {} of {total}", round + 1));
+        }
+        // The modes' order alternates between rounds, so that neither
+        // always runs on a machine the other has just warmed or loaded.
+        let order: Vec<Mode> = if round % 2 == 1 {
+            modes.iter().rev().copied().collect()
+        } else {
+            modes.to_vec()
+        };
+        let mut reports = Vec::new();
+        for mode in order {
+            match run_mode(&options, mode, &progress).await {
+                Ok(r) => reports.push(r),
+                Err(e) => {
+                    eprintln!("error: {mode:?} run failed: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
         }
+        reports.sort_by_key(|r| modes.iter().position(|&m| m == r.mode));
+        rounds.push(reports);
     }
     let report = BenchReport {
         options: options.clone(),
-        modes: reports,
+        modes: rounds.last().cloned().unwrap_or_default(),
+        rounds,
     };
     print!("{}", report.table());
     if let Some(path) = &args.json
