@@ -423,19 +423,27 @@ fn help_lists_every_scenario_source_and_sink_and_holds_no_code_reference() {
     }
 }
 
+/// `laneway bench --scenario catch-up --piles 20000` with `args`, which
+/// must fail before it starts anything: its stderr.
+#[cfg(feature = "kafka")]
+fn catch_up_refusal(args: &[&str]) -> String {
+    let out = laneway()
+        .args(["bench", "--scenario", "catch-up", "--piles", "20000"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
+}
+
 #[cfg(feature = "kafka")]
 #[test]
 fn the_catch_up_bench_refuses_a_pile_no_partition_would_split() {
     // 20,000 records over 32 partitions is 625 each, below the Kafka
     // source's catch_up_after (1,000): nothing would be split, so the
     // comparison would measure two plain consumers.
-    let out = laneway()
-        .args(["bench", "--scenario", "catch-up", "--piles", "20000"])
-        .args(["--partitions", "32", "--max-run", "5s"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = catch_up_refusal(&["--partitions", "32", "--max-run", "5s"]);
     assert!(stderr.contains("no partition would be split"), "{stderr}");
     assert!(stderr.contains("catch_up_after (1000)"), "{stderr}");
 }
@@ -443,13 +451,7 @@ fn the_catch_up_bench_refuses_a_pile_no_partition_would_split() {
 #[cfg(feature = "kafka")]
 #[test]
 fn the_catch_up_bench_refuses_zero_rounds() {
-    let out = laneway()
-        .args(["bench", "--scenario", "catch-up", "--piles", "20000"])
-        .args(["--partitions", "8", "--rounds", "0"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = catch_up_refusal(&["--partitions", "8", "--rounds", "0"]);
     assert!(stderr.contains("--rounds"), "{stderr}");
 }
 
