@@ -4,6 +4,8 @@
 //! attach after `ATTACH_TIMEOUT`, connects again, and the second connection
 //! delivers every message byte for byte (binary payloads, NULs, invalid
 //! UTF-8). Before, the source waited on the attach for ever, silently.
+//! The simulator's publisher, against the same peer, gives up on the
+//! attach too and says so; before, its open waited for ever.
 //! The peer is in-process, built with fe2o3-amqp's acceptor.
 
 #![cfg(feature = "amqp1")]
@@ -17,8 +19,9 @@ use std::time::Duration;
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SaslPlainMechanism, SessionAcceptor,
 };
-use laneway::amqp1::source::ATTACH_TIMEOUT;
-use laneway::amqp1::{Amqp1Source, Amqp1SourceConfig};
+use laneway::amqp1::bounds::{ATTACH_TIMEOUT, CLOSE_TIMEOUT};
+use laneway::amqp1::{Amqp1Publisher, Amqp1Source, Amqp1SourceConfig};
+use laneway::broker_url::BrokerUrl;
 use laneway::engine::{Engine, GroupConfig};
 use laneway::source::LanePolicy;
 use support::engine::{RecordingSink, spawn_engine};
@@ -133,4 +136,26 @@ async fn a_peer_that_never_answers_the_attach_is_left_and_the_next_connection_de
         .unwrap();
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
     assert_delivered(&sent, &sink.delivered_records(), Copies::ExactlyOnce);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publisher_gives_up_on_a_peer_that_never_answers_the_attach() {
+    let _turn = support::amqp1::turn().await;
+    let (port, _outcomes) = peer(Vec::new(), Arc::new(AtomicUsize::new(0))).await;
+    // The peer's login is guest/guest.
+    let url = BrokerUrl::parse(&format!("amqp://guest:guest@127.0.0.1:{port}")).unwrap();
+    // The attach's bound, then the bounded close of what was opened.
+    let limit = ATTACH_TIMEOUT + CLOSE_TIMEOUT + Duration::from_secs(10);
+    let opened = tokio::time::timeout(limit, Amqp1Publisher::open(&url, "/queue/silent"))
+        .await
+        .expect("the open gave up within its bounds");
+    let Err(error) = opened else {
+        panic!("the open succeeded against a peer that never answers the attach");
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("attaching a sender to /queue/silent: no answer within"),
+        "{text}"
+    );
+    assert!(!text.contains(":guest@"), "the password leaked: {text}");
 }

@@ -6,6 +6,7 @@
 //! - [`config`]: the `type = "amqp1"` source entry;
 //! - [`aliyun`]: the platform's endpoint and signed SASL login;
 //! - [`login`]: opening one connection (TCP, TLS, SASL PLAIN);
+//! - [`bounds`]: how long each later step waits for the peer;
 //! - [`mapping`]: application properties and body → a message;
 //! - [`publisher`]: sending messages as the platform does (the simulator's
 //!   AMQP 1.0 output, so the source can be tried without the platform);
@@ -17,6 +18,7 @@
 //! error or `Debug` output.
 
 pub mod aliyun;
+pub mod bounds;
 pub mod config;
 pub mod login;
 pub mod mapping;

@@ -22,6 +22,7 @@ use fe2o3_amqp::types::messaging::{ApplicationProperties, Header, Outcome};
 use fe2o3_amqp::types::primitives::Binary;
 use fe2o3_amqp::{Sender, Session};
 
+use super::bounds::{ATTACH_TIMEOUT, CLOSE_TIMEOUT};
 use super::login::{self, Login};
 use super::mapping::{GENERATE_TIME, MESSAGE_ID, TOPIC};
 use crate::broker_url::BrokerUrl;
@@ -60,9 +61,6 @@ impl std::fmt::Debug for Amqp1Publisher {
     }
 }
 
-/// How long [`Amqp1Publisher::close`] waits for the peer.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl Amqp1Publisher {
     /// Connects to `url` (`amqp://` or `amqps://`, SASL PLAIN with the
     /// URL's user and password) and attaches a sender link to `address`
@@ -86,19 +84,39 @@ impl Amqp1Publisher {
         let mut connection = login::open(&login, &container, IDLE_TIMEOUT, None, OPEN_TIMEOUT)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let mut session = match Session::begin(&mut connection).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = connection.close().await;
-                return Err(fail(format!("beginning a session: {e}")));
-            }
-        };
-        let sender = match Sender::attach(&mut session, "laneway-simulate", address).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = session.end().await;
-                let _ = connection.close().await;
-                return Err(fail(format!("attaching a sender to {address}: {e}")));
+        // A peer that never answers the begin or the attach must not hold
+        // the caller: each waits at most ATTACH_TIMEOUT, and what was opened
+        // is then closed with CLOSE_TIMEOUT's bound.
+        let mut session =
+            match tokio::time::timeout(ATTACH_TIMEOUT, Session::begin(&mut connection)).await {
+                Ok(Ok(s)) => s,
+                failed => {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {ATTACH_TIMEOUT:?}"),
+                    };
+                    return Err(fail(format!("beginning a session: {why}")));
+                }
+            };
+        let attached = tokio::time::timeout(
+            ATTACH_TIMEOUT,
+            Sender::attach(&mut session, "laneway-simulate", address),
+        )
+        .await;
+        let sender = match attached {
+            Ok(Ok(s)) => s,
+            failed => {
+                let closing = async {
+                    let _ = session.end().await;
+                    let _ = connection.close().await;
+                };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {ATTACH_TIMEOUT:?}"),
+                };
+                return Err(fail(format!("attaching a sender to {address}: {why}")));
             }
         };
         Ok(Amqp1Publisher {

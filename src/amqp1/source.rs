@@ -34,11 +34,11 @@ use fe2o3_amqp::types::primitives::Value;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
+use super::bounds::CLOSE_TIMEOUT;
 use super::config::Amqp1SourceConfig;
 use super::login::{self, Login, OpenFailure};
 use super::mapping;
 use super::pacing::ConnectPacer;
-use super::publisher::CLOSE_TIMEOUT;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
 use crate::knob::KnobError;
@@ -52,13 +52,7 @@ use crate::source::{
 /// How long one connection attempt may take (TCP, TLS, SASL, open).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long the peer may take to answer a session's begin and the link's
-/// attach (and the client to send the first credit). A peer answers in
-/// milliseconds; one that never does (seen in CI: RabbitMQ's AMQP 1.0
-/// plugin with no answer to an attach, the client's session task spinning)
-/// would hold the source forever, so the connection is dropped and made
-/// again.
-pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+pub use super::bounds::ATTACH_TIMEOUT;
 
 /// Reads an AMQP 1.0 node into the engine; see the module docs.
 pub struct Amqp1Source {
