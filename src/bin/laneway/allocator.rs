@@ -12,11 +12,11 @@
 //! pages a second after the free, and a pile taken in at once (the embedded
 //! default's 50,000-message outage pile arrives in about 100 ms) is
 //! allocated and freed well inside that second, so the peak grew with the
-//! pile (10,000 records: 38-42 MB; 150,000: 80-92 MB) although the engine
+//! pile (10,000 records: 38-42 MB; 150,000: 80-92 MB), although the engine
 //! holds only what its lanes and the backlog writer's budget bound.
-//! Returning freed pages at once bounds it (150,000 records: 45-48 MB; the
-//! embedded default 47-49 MB), for the same CPU per run of the embedded
-//! default and about 5 % more CPU per record on Kafka
+//! Returning freed pages at once bounds it (150,000 records: 42-48 MB; the
+//! embedded default 47-50 MB), for about 4 % more CPU per run of the
+//! embedded default and about 6 % more per record on Kafka
 //! (docs/benchmarks.md, "The embedded default").
 //!
 //! An arena's commit mode is fixed when it is reserved, at the first
