@@ -8,7 +8,7 @@
 //! front, and a purge of freed pages on such an arena only marks them
 //! reusable, which still counts as resident: the embedded default peaked
 //! at 129-139 MB. Committing arena memory as it is used brought that to
-//! 59-77 MB. The rest was memory already freed: mimalloc returns freed
+//! 57-84 MB. The rest was memory already freed: mimalloc returns freed
 //! pages a second after the free, and a pile taken in at once (the embedded
 //! default's 50,000-message outage pile arrives in about 100 ms) is
 //! allocated and freed well inside that second, so the peak grew with the
