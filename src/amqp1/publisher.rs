@@ -44,6 +44,18 @@ pub struct Amqp1PublishError {
     pub what: String,
 }
 
+/// What a wait of at most [`ATTACH_TIMEOUT`] for the peer gave: its
+/// answer, or why there is none (its error, or no answer in time).
+fn answered<T, E: std::fmt::Display>(
+    waited: Result<Result<T, E>, tokio::time::error::Elapsed>,
+) -> Result<T, String> {
+    match waited {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {ATTACH_TIMEOUT:?}")),
+    }
+}
+
 /// The settlement of one sent message: await it for the peer's outcome.
 pub type Settlement = DeliveryFut<Result<Outcome, SendError>>;
 
@@ -87,35 +99,32 @@ impl Amqp1Publisher {
         // A peer that never answers the begin or the attach must not hold
         // the caller: each waits at most ATTACH_TIMEOUT, and what was opened
         // is then closed with CLOSE_TIMEOUT's bound.
-        let mut session =
-            match tokio::time::timeout(ATTACH_TIMEOUT, Session::begin(&mut connection)).await {
-                Ok(Ok(s)) => s,
-                failed => {
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
-                    let why = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {ATTACH_TIMEOUT:?}"),
-                    };
-                    return Err(fail(format!("beginning a session: {why}")));
-                }
-            };
+        let begun = tokio::time::timeout(ATTACH_TIMEOUT, Session::begin(&mut connection)).await;
+        let mut session = match answered(begun) {
+            Ok(s) => s,
+            Err(why) => {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
+                return Err(fail(format!("beginning a session: {why}")));
+            }
+        };
         let attached = tokio::time::timeout(
             ATTACH_TIMEOUT,
             Sender::attach(&mut session, "laneway-simulate", address),
         )
         .await;
-        let sender = match attached {
-            Ok(Ok(s)) => s,
-            failed => {
-                let closing = async {
-                    let _ = session.end().await;
-                    let _ = connection.close().await;
-                };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {ATTACH_TIMEOUT:?}"),
-                };
+        let unanswered = attached.is_err();
+        let sender = match answered(attached) {
+            Ok(s) => s,
+            Err(why) => {
+                // As the source does: a peer that did not answer the attach
+                // may not answer an end either, and the client's session
+                // task spins while its end waits (docs/amqp1.md, "Known"),
+                // so that session is dropped, not ended.
+                if !unanswered {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await;
+                }
+                drop(session);
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
                 return Err(fail(format!("attaching a sender to {address}: {why}")));
             }
         };
