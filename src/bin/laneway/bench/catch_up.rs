@@ -45,7 +45,7 @@ use laneway::sink::{BatchError, Delivery, SimulatedHandler, Sink};
 use laneway::source::LanePolicy;
 
 use super::cpu::CpuMeter;
-use super::spread::{Spread, show};
+use super::spread::{Spread, ratios, show};
 
 /// The prefix of the pile's records' ids.
 const PILE: &str = "old-";
@@ -156,19 +156,15 @@ enum Ratio {
 impl Compared {
     /// The figure `of` over `rounds`, with its per-round ratio.
     fn of(rounds: &[CatchUpRound], of: fn(&Timing) -> Option<f64>, ratio: Ratio) -> Compared {
-        let ratio = |r: &CatchUpRound| {
-            let (l, p) = (of(&r.laneway)?, of(&r.plain)?);
-            let (a, b) = match ratio {
-                Ratio::PlainOverLaneway => (p, l),
-                Ratio::LanewayOverPlain => (l, p),
-                Ratio::None => return None,
-            };
-            (b > 0.0).then(|| a / b)
-        };
+        let pair = |r: &CatchUpRound| (of(&r.laneway), of(&r.plain));
         Compared {
             laneway: Spread::of(rounds.iter().map(|r| of(&r.laneway))),
             plain: Spread::of(rounds.iter().map(|r| of(&r.plain))),
-            ratio: Spread::of(rounds.iter().map(ratio)),
+            ratio: match ratio {
+                Ratio::PlainOverLaneway => ratios(rounds.iter().map(pair).map(|(l, p)| (p, l))),
+                Ratio::LanewayOverPlain => ratios(rounds.iter().map(pair)),
+                Ratio::None => None,
+            },
         }
     }
 }
@@ -421,19 +417,22 @@ async fn run_round(
         );
     }
 
+    // Each run starts when awaited, in the round's order.
+    let laneway_run = async {
+        progress(&format!("pile {pile}, round {}: laneway", round + 1));
+        time_laneway(options, pile, &brokers, &producer).await
+    };
+    let plain_run = async {
+        progress(&format!("pile {pile}, round {}: plain consumer", round + 1));
+        time_plain(options, pile, &brokers, &producer).await
+    };
     let plain_first = round % 2 == 1;
-    let (mut laneway, mut plain) = (None, None);
-    for plain_turn in [plain_first, !plain_first] {
-        if plain_turn {
-            progress(&format!("pile {pile}, round {}: plain consumer", round + 1));
-            plain = Some(time_plain(options, pile, &brokers, &producer).await?);
-        } else {
-            progress(&format!("pile {pile}, round {}: laneway", round + 1));
-            laneway = Some(time_laneway(options, pile, &brokers, &producer).await?);
-        }
-    }
-    let (Some(laneway), Some(plain)) = (laneway, plain) else {
-        return Err("a consumer did not run".into());
+    let (laneway, plain) = if plain_first {
+        let plain = plain_run.await?;
+        (laneway_run.await?, plain)
+    } else {
+        let laneway = laneway_run.await?;
+        (laneway, plain_run.await?)
     };
     Ok((
         split_partitions,

@@ -15,7 +15,7 @@ pub mod timeline;
 
 use std::fmt::Write as _;
 
-use spread::{Spread, show};
+use spread::{Spread, ratios, show};
 
 pub use scenario::{BacklogKind, BenchOptions, Mode, ModeReport, Scenario, run_mode};
 
@@ -73,10 +73,11 @@ impl BenchReport {
         };
         let mut row = |name: &str, f: &dyn Fn(&ModeReport) -> Option<f64>| {
             let each = |m: Mode| Spread::of(self.rounds.iter().map(|r| of(r, m, f)));
-            let ratios = Spread::of(self.rounds.iter().map(|r| {
-                let (l, x) = (of(r, Mode::Laneway, f)?, of(r, Mode::Fifo, f)?);
-                (l > 0.0).then(|| x / l)
-            }));
+            let ratios = ratios(
+                self.rounds
+                    .iter()
+                    .map(|r| (of(r, Mode::Fifo, f), of(r, Mode::Laneway, f))),
+            );
             let _ = writeln!(
                 out,
                 "{name:<34}{:>width$}{:>width$}{:>width$}",

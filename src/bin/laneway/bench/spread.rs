@@ -63,6 +63,16 @@ impl Spread {
     }
 }
 
+/// The spread of `a ÷ b` over rounds, each pair from one round: a ratio
+/// compares two runs made under the same load. Rounds missing either side,
+/// or whose `b` is not positive, are left out.
+pub fn ratios(pairs: impl IntoIterator<Item = (Option<f64>, Option<f64>)>) -> Option<Spread> {
+    Spread::of(pairs.into_iter().map(|pair| match pair {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }))
+}
+
 /// [`Spread::show`], or `missing` when no round gave the figure.
 pub fn show(spread: Option<Spread>, digits: usize, missing: &str) -> String {
     spread.map_or_else(|| missing.to_string(), |s| s.show(digits))
@@ -86,6 +96,18 @@ mod tests {
         assert_eq!((s.median, s.rounds), (6.0, 2));
         assert_eq!(Spread::of([None, Some(f64::INFINITY)]), None);
         assert_eq!(show(None, 1, "never"), "never");
+    }
+
+    #[test]
+    fn ratios_are_taken_per_round_and_skip_incomplete_rounds() {
+        let r = ratios([
+            (Some(2.0), Some(1.0)),
+            (Some(9.0), None),
+            (Some(1.0), Some(0.0)),
+            (Some(3.0), Some(1.0)),
+        ])
+        .unwrap();
+        assert_eq!((r.median, r.min, r.max, r.rounds), (2.5, 2.0, 3.0, 2));
     }
 
     #[test]
