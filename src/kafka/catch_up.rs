@@ -156,19 +156,28 @@ impl CatchUpReader {
     /// the patterns: `^` names), so that an assignment of their partitions
     /// knows their leaders at once. A failure costs only that wait.
     async fn learn_topics(&self) {
-        for topic in self.topics.iter().filter(|t| !t.starts_with('^')) {
-            let consumer = Arc::clone(&self.consumer);
-            let name = topic.clone();
-            let asked = tokio::task::spawn_blocking(move || {
-                consumer
-                    .fetch_metadata(Some(&name), METADATA_TIMEOUT)
-                    .map(|_| ())
-            })
-            .await;
-            if let Ok(Err(e)) = asked {
-                tracing::debug!(topic = %topic, error = %e, "kafka catch-up reader: no metadata yet; its first fetch waits for librdkafka's scan");
-            }
-        }
+        // Asked all at once: one by one, a broker that answers nothing would
+        // hold the reader back `METADATA_TIMEOUT` per topic.
+        let asks = self
+            .topics
+            .iter()
+            .filter(|t| !t.starts_with('^'))
+            .map(|topic| {
+                let consumer = Arc::clone(&self.consumer);
+                let name = topic.clone();
+                async move {
+                    let asked = tokio::task::spawn_blocking(move || {
+                        consumer
+                            .fetch_metadata(Some(&name), METADATA_TIMEOUT)
+                            .map(|_| ())
+                    })
+                    .await;
+                    if let Ok(Err(e)) = asked {
+                        tracing::debug!(topic = %topic, error = %e, "kafka catch-up reader: no metadata yet; its first fetch waits for librdkafka's scan");
+                    }
+                }
+            });
+        futures_util::future::join_all(asks).await;
     }
 
     /// Assigns the consumer what `offsets` plans now, each range at its next
