@@ -13,15 +13,23 @@
 //! for laneway (lane `auto`: the pile to the disk backlog, the fresh one
 //! live) and for the tuned plain consumer reading and acking the pile.
 //!
-//! `cargo bench --bench amqp` prints Markdown tables (docs/benchmarks.md):
-//! per consumer the median and range over rounds of messages/s and CPU
-//! time per message (this process's: the consumers run in it one at a
-//! time; the broker's CPU is not counted), and each ratio as the median of
-//! the per-round ratios. Each round's queues are bound to one exchange and
-//! filled together, so they hold the very same messages; the consumers'
-//! order rotates from round to round. `LANEWAY_BENCH_MESSAGES` (default
-//! 100000), `LANEWAY_BENCH_PILE` (default 200000) and
-//! `LANEWAY_BENCH_ROUNDS` (default 5) set the sizes.
+//! `cargo bench --bench amqp` prints Markdown tables (docs/benchmarks.md).
+//! Each consumer runs in a child process of its own (this executable run
+//! again with `LANEWAY_BENCH_ROLE`), so that its CPU time and its memory
+//! are its alone. Per consumer, the median and range over rounds of
+//! messages/s, CPU time per message (the child's user + system time, from
+//! before it connects until its last message; the broker's CPU is not
+//! counted) and the child's peak (`VmHWM`) and end (`VmRSS`) resident
+//! memory; each ratio is the median of the per-round ratios. Both sides
+//! use mimalloc with the settings the `laneway` program makes
+//! (`support::measure::program_allocator`; `MIMALLOC_*` variables set for
+//! the bench win, and reach every child).
+//! Each round's queues are bound to one exchange and filled together, so
+//! they hold the very same messages; the consumers' order rotates from
+//! round to round. `LANEWAY_BENCH_MESSAGES` (default 100000),
+//! `LANEWAY_BENCH_PILE` (default 200000) and `LANEWAY_BENCH_ROUNDS`
+//! (default 5) set the sizes. Without `--bench` (`cargo test --benches`)
+//! it is a smoke: 2,000 messages, a pile of 2,000, one round.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -40,9 +48,14 @@ use lapin::{Channel, Connection};
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+/// The allocator the `laneway` program uses, for both sides (lapin's and
+/// laneway's allocations alike are Rust's).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use laneway::backlog::{BacklogStore, DiskBacklog, DiskBacklogConfig};
 use support::broker::{bind_all, declare_exchange, declare_queue, simulate, url};
-use support::measure::{cpu_time, env_or, median_and_range};
+use support::measure::{Round, child_round, cpu_time, env_or, median_range, program_allocator};
 
 async fn channel() -> (Connection, Channel) {
     let conn = support::broker::connection().await;
@@ -171,59 +184,117 @@ async fn laneway_consumer(queue: &str, n: u64, path: Path) -> Duration {
     elapsed
 }
 
-/// One consumer's figures over the rounds.
-#[derive(Default)]
-struct Figures {
-    rates: Vec<f64>,
-    cpu_us: Vec<f64>,
-    seconds: Vec<f64>,
-}
+/// The consumers, by the role a child process plays.
+const ROLES: [(&str, &str); 6] = [
+    ("tuned", "tuned"),
+    ("live", "laneway live"),
+    ("stale", "laneway stale"),
+    ("naive", "naive"),
+    ("pile-tuned", "tuned lapin reads and acks the pile"),
+    (
+        "pile-laneway",
+        "laneway (pile to the disk backlog, fresh live)",
+    ),
+];
 
-impl Figures {
-    fn add(&mut self, n: u64, wall: Duration, cpu: Duration) {
-        self.rates.push(n as f64 / wall.as_secs_f64());
-        self.cpu_us.push(cpu.as_secs_f64() * 1e6 / n as f64);
-        self.seconds.push(wall.as_secs_f64());
-    }
-}
-
-/// Runs `consume` and measures it: wall time, and this process's CPU time.
-async fn measured(consume: impl std::future::Future<Output = Duration>) -> (Duration, Duration) {
+/// In a child: one round of one consumer on `LANEWAY_BENCH_QUEUE`, its
+/// figures on stdout.
+fn child(role: &str) {
+    let queue = std::env::var("LANEWAY_BENCH_QUEUE").unwrap();
+    let n: u64 = env_or("LANEWAY_BENCH_MESSAGES", 0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let cpu = cpu_time();
-    let wall = consume.await;
-    (wall, cpu_time().saturating_sub(cpu))
+    let wall = rt.block_on(async {
+        match role {
+            "tuned" | "pile-tuned" => plain(&queue, n, 1000, 250).await,
+            "live" => laneway_consumer(&queue, n, Path::Live).await,
+            "stale" => laneway_consumer(&queue, n, Path::Stale).await,
+            "naive" => plain(&queue, n, 1, 1).await,
+            "pile-laneway" => laneway_consumer(&queue, n, Path::FirstFresh).await,
+            other => panic!("unknown role {other}"),
+        }
+    });
+    let round = Round::of(n, wall, cpu_time().saturating_sub(cpu));
+    println!("{}", round.line());
 }
 
-fn median_range(values: &[f64], digits: usize) -> String {
-    let mut v = values.to_vec();
-    let (m, lo, hi) = median_and_range(&mut v);
-    format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+/// Runs one round of `role` on `queue` (`n` messages) in a child process.
+fn spawn_round(role: &str, queue: &str, n: u64) -> Round {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new(exe);
+    command
+        .env("LANEWAY_BENCH_ROLE", role)
+        .env("LANEWAY_BENCH_QUEUE", queue)
+        .env("LANEWAY_BENCH_MESSAGES", n.to_string());
+    program_allocator(&mut command);
+    let round = child_round(command, role);
+    println!(
+        "{role} on {queue}: {n} messages in {:.3} s, CPU {:.2} µs/msg, peak RSS {:.1} MiB, end {:.1} MiB",
+        round.seconds, round.cpu_us, round.peak_mib, round.end_mib
+    );
+    round
 }
 
-/// The median and range of `a[i] / b[i]` over rounds.
-fn ratio(a: &[f64], b: &[f64]) -> String {
-    let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
-    median_range(&r, 2)
-}
-
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` runs without it: stay quick then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("amqp benchmark: run with `cargo bench --bench amqp`");
-        return;
+/// The table of `rounds` per consumer (by index into [`ROLES`]), each
+/// ratio to `anchor`'s rounds; a consumer with fewer rounds than the
+/// anchor (the naive one) is compared with the anchor's first rounds.
+fn table(title: &str, consumers: &[usize], rounds: &[Vec<Round>], anchor: usize) {
+    println!("\n{title}\n");
+    println!(
+        "| consumer | msgs/s (median, range) | seconds | CPU µs/msg | peak RSS MiB | end RSS MiB | ÷ {}: msgs/s / seconds / CPU per msg / peak RSS |",
+        ROLES[anchor].0
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &k in consumers {
+        let runs = &rounds[k];
+        let cell = |f: fn(&Round) -> f64, digits| median_range(runs.iter().map(f), digits);
+        let ratio = |f: fn(&Round) -> f64| {
+            median_range(
+                runs.iter().zip(&rounds[anchor]).map(|(r, a)| f(r) / f(a)),
+                2,
+            )
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} / {} / {} / {} |",
+            ROLES[k].1,
+            cell(|r| r.rate, 0),
+            cell(|r| r.seconds, 2),
+            cell(|r| r.cpu_us, 2),
+            cell(|r| r.peak_mib, 0),
+            cell(|r| r.end_mib, 0),
+            ratio(|r| r.rate),
+            ratio(|r| r.seconds),
+            ratio(|r| r.cpu_us),
+            ratio(|r| r.peak_mib),
+        );
     }
-    let n: u64 = env_or("LANEWAY_BENCH_MESSAGES", 100_000);
-    let pile: u64 = env_or("LANEWAY_BENCH_PILE", 200_000);
-    let rounds: usize = env_or("LANEWAY_BENCH_ROUNDS", 5usize).max(1);
+}
+
+fn main() {
+    if let Ok(role) = std::env::var("LANEWAY_BENCH_ROLE") {
+        return child(&role);
+    }
+    // `cargo bench` passes --bench; `cargo test --benches` runs without
+    // it: a smoke then, one small round of each part.
+    let full = std::env::args().any(|a| a == "--bench");
+    let n: u64 = env_or("LANEWAY_BENCH_MESSAGES", if full { 100_000 } else { 2_000 });
+    let pile: u64 = env_or("LANEWAY_BENCH_PILE", if full { 200_000 } else { 2_000 });
+    let rounds: usize = env_or("LANEWAY_BENCH_ROUNDS", if full { 5 } else { 1 }).max(1);
     let tag = format!("laneway-bench.{}", std::process::id());
     let exchange = format!("{tag}.x");
-    let (conn, ch) = channel().await;
-    declare_exchange(&ch, &exchange).await;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (conn, ch) = rt.block_on(channel());
+    rt.block_on(declare_exchange(&ch, &exchange));
+    let mut figures: Vec<Vec<Round>> = vec![Vec::new(); ROLES.len()];
 
     // Part one: the same messages, four ways.
-    let names = ["tuned", "laneway live", "laneway stale", "naive"];
-    let mut figures: Vec<Figures> = names.iter().map(|_| Figures::default()).collect();
     for round in 0..rounds {
         let kinds: Vec<usize> = if round == 0 {
             vec![0, 1, 2, 3]
@@ -231,10 +302,12 @@ async fn main() {
             vec![0, 1, 2]
         };
         let queues: Vec<String> = kinds.iter().map(|k| format!("{tag}.{round}.{k}")).collect();
-        for q in &queues {
-            declare_queue(&ch, q, FieldTable::default()).await;
-            bind_all(&ch, q, &exchange).await;
-        }
+        rt.block_on(async {
+            for q in &queues {
+                declare_queue(&ch, q, FieldTable::default()).await;
+                bind_all(&ch, q, &exchange).await;
+            }
+        });
         eprintln!(
             "round {round}: publishing {n} simulated messages to {} queues ...",
             queues.len()
@@ -246,62 +319,31 @@ async fn main() {
             order.push(3);
         }
         for k in order {
-            let q = &queues[k];
-            eprintln!("round {round}: {} ...", names[k]);
-            let (wall, cpu) = match k {
-                0 => measured(plain(q, n, 1000, 250)).await,
-                1 => measured(laneway_consumer(q, n, Path::Live)).await,
-                2 => measured(laneway_consumer(q, n, Path::Stale)).await,
-                _ => measured(plain(q, n, 1, 1)).await,
-            };
-            println!(
-                "round {round}: {}: {n} messages in {:.3} s, CPU {:.3} s",
-                names[k],
-                wall.as_secs_f64(),
-                cpu.as_secs_f64()
-            );
-            figures[k].add(n, wall, cpu);
+            let r = spawn_round(ROLES[k].0, &queues[k], n);
+            figures[k].push(r);
         }
         let names: Vec<&str> = queues.iter().map(String::as_str).collect();
-        support::broker::cleanup(&ch, &names, &[]).await;
+        rt.block_on(support::broker::cleanup(&ch, &names, &[]));
     }
-    println!("\n{n} messages, {rounds} rounds (naive: one)\n");
-    println!("| consumer | msgs/s (median, range) | CPU µs/msg | ÷ tuned: msgs/s / CPU per msg |");
-    println!("| --- | ---: | ---: | ---: |");
-    let tuned = &figures[0];
-    for (name, f) in names.iter().zip(&figures) {
-        let vs = if f.rates.len() == tuned.rates.len() {
-            format!(
-                "{} / {}",
-                ratio(&f.rates, &tuned.rates),
-                ratio(&f.cpu_us, &tuned.cpu_us)
-            )
-        } else {
-            format!(
-                "{:.2} / {:.2}",
-                f.rates[0] / tuned.rates[0],
-                f.cpu_us[0] / tuned.cpu_us[0]
-            )
-        };
-        println!(
-            "| {name} | {} | {} | {vs} |",
-            median_range(&f.rates, 0),
-            median_range(&f.cpu_us, 2)
-        );
-    }
+    table(
+        &format!("{n} messages, {rounds} rounds (naive: one)"),
+        &[0, 1, 2, 3],
+        &figures,
+        0,
+    );
 
     // Part two: the first fresh message behind a pile.
-    let mut plain_s = Figures::default();
-    let mut lane_s = Figures::default();
     for round in 0..rounds {
         let queues = [
             format!("{tag}.pile.{round}.plain"),
             format!("{tag}.pile.{round}.laneway"),
         ];
-        for q in &queues {
-            declare_queue(&ch, q, FieldTable::default()).await;
-            bind_all(&ch, q, &exchange).await;
-        }
+        rt.block_on(async {
+            for q in &queues {
+                declare_queue(&ch, q, FieldTable::default()).await;
+                bind_all(&ch, q, &exchange).await;
+            }
+        });
         eprintln!("round {round}: publishing a pile of {pile} stale messages and one fresh ...");
         simulate(
             &exchange,
@@ -310,48 +352,28 @@ async fn main() {
         );
         simulate(&exchange, 1, &["--no-queue", "--transient", "--seed", "99"]);
         let plain_first = round % 2 == 0;
-        for which in [plain_first, !plain_first] {
-            if which {
-                eprintln!("round {round}: tuned reads the pile ...");
-                let (wall, cpu) = measured(plain(&queues[0], pile + 1, 1000, 250)).await;
-                println!(
-                    "round {round}: tuned, pile of {pile}: fresh message after {:.3} s, CPU {:.3} s",
-                    wall.as_secs_f64(),
-                    cpu.as_secs_f64()
-                );
-                plain_s.add(pile + 1, wall, cpu);
+        for tuned in [plain_first, !plain_first] {
+            let (k, queue) = if tuned {
+                (4, &queues[0])
             } else {
-                eprintln!("round {round}: laneway, until the fresh message ...");
-                let (wall, cpu) =
-                    measured(laneway_consumer(&queues[1], pile + 1, Path::FirstFresh)).await;
-                println!(
-                    "round {round}: laneway, pile of {pile}: fresh message after {:.3} s, CPU {:.3} s",
-                    wall.as_secs_f64(),
-                    cpu.as_secs_f64()
-                );
-                lane_s.add(pile + 1, wall, cpu);
-            }
+                (5, &queues[1])
+            };
+            let r = spawn_round(ROLES[k].0, queue, pile + 1);
+            figures[k].push(r);
         }
         let names: Vec<&str> = queues.iter().map(String::as_str).collect();
-        support::broker::cleanup(&ch, &names, &[]).await;
+        rt.block_on(support::broker::cleanup(&ch, &names, &[]));
     }
-    println!("\nfirst fresh message behind a pile of {pile} stale ones, {rounds} rounds\n");
-    println!(
-        "| consumer | seconds to the fresh message (median, range) | CPU µs per pile message | ÷ tuned: seconds / CPU |"
+    table(
+        &format!(
+            "first fresh message behind a pile of {pile} stale ones, {rounds} rounds (seconds: until the fresh message; per message: of the pile)"
+        ),
+        &[4, 5],
+        &figures,
+        4,
     );
-    println!("| --- | ---: | ---: | ---: |");
-    for (name, f) in [
-        ("tuned lapin reads and acks the pile", &plain_s),
-        ("laneway (pile to the disk backlog, fresh live)", &lane_s),
-    ] {
-        println!(
-            "| {name} | {} | {} | {} / {} |",
-            median_range(&f.seconds, 2),
-            median_range(&f.cpu_us, 2),
-            ratio(&f.seconds, &plain_s.seconds),
-            ratio(&f.cpu_us, &plain_s.cpu_us)
-        );
-    }
-    support::broker::cleanup(&ch, &[], &[&exchange]).await;
-    let _ = conn.close(200, "done".into()).await;
+    rt.block_on(async {
+        support::broker::cleanup(&ch, &[], &[&exchange]).await;
+        let _ = conn.close(200, "done".into()).await;
+    });
 }

@@ -19,6 +19,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/support/measure.rs"]
+#[allow(dead_code)] // the child-process rounds serve the consumer benches
 mod measure;
 
 use std::io::Write;

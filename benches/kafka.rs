@@ -18,7 +18,8 @@
 //!   round run by another build of this benchmark (an older commit), so a
 //!   change is measured against what it replaces in the same run.
 //!
-//! Both use mimalloc for Rust's allocations, as the `laneway` program does.
+//! Both use mimalloc for Rust's allocations, with the settings the
+//! `laneway` program makes (`support::measure::program_allocator`).
 //! Each consumer runs in a child process of its own (this executable run
 //! again with `LANEWAY_BENCH_ROLE`), so that its CPU time and its memory are
 //! its alone: the mock cluster, which holds the whole topic in memory, stays
@@ -58,81 +59,18 @@ use laneway::sink::NullSink;
 use laneway::source::LanePolicy;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use support::measure::{
+    Round, child_round, env_or, median_range, program_allocator, thread_cpu_time,
+};
 
 /// The allocator the `laneway` program uses, so that laneway's figures are
 /// the program's (librdkafka allocates with the C allocator either way).
-/// The consumers' processes inherit the bench's environment, so
-/// `MIMALLOC_*` variables set for the bench apply to both.
+/// The consumers' processes get the program's allocator settings unless
+/// `MIMALLOC_*` variables set for the bench say otherwise.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TOPIC: &str = "bench";
-
-/// What one consumer measured in one round.
-#[derive(Clone, Copy, Debug)]
-struct Round {
-    /// Messages per second from the first record to the last.
-    rate: f64,
-    /// CPU microseconds per message over the same span.
-    cpu_us: f64,
-    /// Peak resident memory of the process, MiB.
-    peak_mib: f64,
-    /// Resident memory after the last record, MiB.
-    end_mib: f64,
-}
-
-impl Round {
-    fn line(&self) -> String {
-        format!(
-            "ROUND {:.0} {:.4} {:.2} {:.2}",
-            self.rate, self.cpu_us, self.peak_mib, self.end_mib
-        )
-    }
-
-    fn parse(text: &str) -> Option<Round> {
-        let line = text.lines().find(|l| l.starts_with("ROUND "))?;
-        let v: Vec<f64> = line[6..]
-            .split(' ')
-            .map(|f| f.parse().ok())
-            .collect::<Option<_>>()?;
-        Some(Round {
-            rate: v[0],
-            cpu_us: v[1],
-            peak_mib: v[2],
-            end_mib: v[3],
-        })
-    }
-}
-
-/// CPU time of this process's threads so far, from each thread's
-/// `schedstat` (nanoseconds on a CPU). Threads that ended are not counted:
-/// the consumers keep theirs while they consume.
-fn cpu_time() -> Duration {
-    let mut ns: u64 = 0;
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
-            ns += stat
-                .split(' ')
-                .next()
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Duration::from_nanos(ns)
-}
-
-/// A `/proc/self/status` field in kB, as MiB.
-fn status_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    let kb: f64 = line[field.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kb / 1024.0
-}
 
 /// Clocks taken at the first record and at the last.
 struct Span {
@@ -144,20 +82,13 @@ impl Span {
     fn start() -> Span {
         Span {
             wall: Instant::now(),
-            cpu: cpu_time(),
+            cpu: thread_cpu_time(),
         }
     }
 
     /// The round's figures, `n - 1` records after the first.
     fn end(self, n: u64) -> Round {
-        let (wall, cpu) = (self.wall.elapsed(), cpu_time() - self.cpu);
-        let after_first = (n - 1) as f64;
-        Round {
-            rate: after_first / wall.as_secs_f64(),
-            cpu_us: cpu.as_secs_f64() * 1e6 / after_first,
-            peak_mib: status_mib("VmHWM:"),
-            end_mib: status_mib("VmRSS:"),
-        }
+        Round::of(n - 1, self.wall.elapsed(), thread_cpu_time() - self.cpu)
     }
 }
 
@@ -269,13 +200,6 @@ async fn laneway(brokers: &str, group: &str, n: u64) -> Round {
     round
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 /// In a child: one round of one consumer, its figures on stdout.
 fn child(role: &str) {
     let brokers = std::env::var("LANEWAY_BENCH_BROKERS").unwrap();
@@ -326,28 +250,14 @@ fn spawn_round(
     if let Some(kb) = prefetch {
         command.env("LANEWAY_BENCH_PREFETCH", kb.to_string());
     }
-    let out = command
+    command
         .env("LANEWAY_BENCH_ROLE", role)
         .env("LANEWAY_BENCH_BROKERS", brokers)
         .env("LANEWAY_BENCH_GROUP", group)
         .env("LANEWAY_BENCH_MESSAGES", n.to_string())
-        .env_remove("LANEWAY_BENCH_BEFORE")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Round::parse(&stdout).unwrap_or_else(|| {
-        panic!(
-            "{role} round ({exe}) reported nothing: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-/// Median, lowest and highest.
-fn summary(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
+        .env_remove("LANEWAY_BENCH_BEFORE");
+    program_allocator(&mut command);
+    child_round(command, &format!("{role} ({exe})"))
 }
 
 fn main() {
@@ -449,13 +359,9 @@ fn main() {
     let plain_runs = results[0].clone();
     let headers_runs = results[1].clone();
     for ((name, _, _, _), runs) in contestants.iter().zip(&results) {
-        let cell = |f: fn(&Round) -> f64, digits: usize| {
-            let (m, lo, hi) = summary(runs.iter().map(f));
-            format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
-        };
+        let cell = |f: fn(&Round) -> f64, digits: usize| median_range(runs.iter().map(f), digits);
         let ratio = |anchor: &[Round], f: fn(&Round) -> f64| {
-            let (m, lo, hi) = summary(runs.iter().zip(anchor).map(|(r, p)| f(r) / f(p)));
-            format!("{m:.2} ({lo:.2}–{hi:.2})")
+            median_range(runs.iter().zip(anchor).map(|(r, p)| f(r) / f(p)), 2)
         };
         println!(
             "| {name} | {} | {} | {} | {} | {} / {} / {} | {} / {} |",
