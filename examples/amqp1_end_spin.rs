@@ -105,6 +105,27 @@ async fn peer_behind_proxy(silent: Arc<AtomicBool>) -> u16 {
     proxy_port
 }
 
+/// A phase that only waits.
+async fn idle(wall: Duration) -> &'static str {
+    tokio::time::sleep(wall).await;
+    ""
+}
+
+/// A phase that waits for `answer`, at most `wall`; says whether it came.
+async fn bounded<T>(wall: Duration, answer: impl Future<Output = T>) -> &'static str {
+    match tokio::time::timeout(wall, answer).await {
+        Ok(_) => " (answered)",
+        Err(_) => " (no answer)",
+    }
+}
+
+/// Runs one phase and prints the CPU time it took.
+async fn measure(label: &str, wall: Duration, work: impl Future<Output = &'static str>) {
+    let cpu = cpu_seconds();
+    let outcome = work.await;
+    report(&format!("{label}{outcome}"), cpu_seconds() - cpu, wall);
+}
+
 /// Prints one phase's CPU time against its wall time, and the bytes the
 /// proxy dropped so far.
 fn report(phase: &str, cpu: f64, wall: Duration) {
@@ -142,55 +163,18 @@ async fn main() {
     silent.store(true, Ordering::SeqCst);
     println!("fe2o3-amqp session against a peer that answers nothing more:");
 
-    let cpu = cpu_seconds();
-    tokio::time::sleep(phase).await;
-    report("1. open, idle", cpu_seconds() - cpu, phase);
-
-    let cpu = cpu_seconds();
-    let ended = tokio::time::timeout(phase, session.end()).await;
-    report(
-        &format!(
-            "2. end(), bounded ({})",
-            if ended.is_err() {
-                "no answer"
-            } else {
-                "answered"
-            }
-        ),
-        cpu_seconds() - cpu,
-        phase,
-    );
-
-    let cpu = cpu_seconds();
-    tokio::time::sleep(phase).await;
-    report(
+    measure("1. open, idle", phase, idle(phase)).await;
+    measure("2. end(), bounded", phase, bounded(phase, session.end())).await;
+    measure(
         "3. after the bounded end, the handle held",
-        cpu_seconds() - cpu,
         phase,
-    );
-
+        idle(phase),
+    )
+    .await;
     drop(session);
-    let cpu = cpu_seconds();
-    tokio::time::sleep(phase).await;
-    report("4. after the handle is dropped", cpu_seconds() - cpu, phase);
-
-    let cpu = cpu_seconds();
-    let closed = tokio::time::timeout(phase, connection.close()).await;
-    report(
-        &format!(
-            "5. the connection's close(), bounded ({})",
-            if closed.is_err() {
-                "no answer"
-            } else {
-                "answered"
-            }
-        ),
-        cpu_seconds() - cpu,
-        phase,
-    );
-
+    measure("4. after the handle is dropped", phase, idle(phase)).await;
+    let close = bounded(phase, connection.close());
+    measure("5. the connection's close(), bounded", phase, close).await;
     drop(connection);
-    let cpu = cpu_seconds();
-    tokio::time::sleep(phase).await;
-    report("6. after its handle is dropped", cpu_seconds() - cpu, phase);
+    measure("6. after its handle is dropped", phase, idle(phase)).await;
 }
