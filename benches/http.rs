@@ -50,7 +50,7 @@ use laneway::message::{Message, now_epoch_ms, write_envelope};
 use laneway::sink::{Delivery, Lane, Sink};
 use laneway::source::{Incoming, LanePolicy};
 use support::engine::spawn_engine;
-use support::measure::{cpu_time, env_or, median_and_range};
+use support::measure::{cpu_time, env_or, median_range};
 use tokio::sync::Semaphore;
 
 /// Set in the child process that plays the service.
@@ -263,21 +263,11 @@ async fn sink_against_plain_client(n: usize, rounds: usize) {
         alone.push(a);
         plain.push(p);
     }
-    let stat = |rs: &[Round], f: fn(&Round) -> f64| {
-        median_and_range(&mut rs.iter().map(f).collect::<Vec<_>>())
-    };
+    let stat =
+        |rs: &[Round], f: fn(&Round) -> f64, digits: usize| median_range(rs.iter().map(f), digits);
     // Ratios per round, then their median: the machine drifts between rounds.
     let ratio = |of: &[Round], f: fn(&Round) -> f64| {
-        median_and_range(
-            &mut of
-                .iter()
-                .zip(&plain)
-                .map(|(x, p)| f(x) / f(p))
-                .collect::<Vec<_>>(),
-        )
-    };
-    let cell = |(m, lo, hi): (f64, f64, f64), digits: usize| {
-        format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+        median_range(of.iter().zip(&plain).map(|(x, p)| f(x) / f(p)), 2)
     };
     let rate: fn(&Round) -> f64 = |r| r.rate;
     let cpu: fn(&Round) -> f64 = |r| r.cpu_us;
@@ -287,19 +277,19 @@ async fn sink_against_plain_client(n: usize, rounds: usize) {
     println!("| --- | --- | --- | --- | --- | --- |");
     println!(
         "| msgs/s, median (range) | {} | {} | {} | {} | {} |",
-        cell(stat(&lw, rate), 0),
-        cell(stat(&alone, rate), 0),
-        cell(stat(&plain, rate), 0),
-        cell(ratio(&lw, rate), 2),
-        cell(ratio(&alone, rate), 2)
+        stat(&lw, rate, 0),
+        stat(&alone, rate, 0),
+        stat(&plain, rate, 0),
+        ratio(&lw, rate),
+        ratio(&alone, rate)
     );
     println!(
         "| CPU µs per message, median (range) | {} | {} | {} | {} | {} |",
-        cell(stat(&lw, cpu), 2),
-        cell(stat(&alone, cpu), 2),
-        cell(stat(&plain, cpu), 2),
-        cell(ratio(&lw, cpu), 2),
-        cell(ratio(&alone, cpu), 2)
+        stat(&lw, cpu, 2),
+        stat(&alone, cpu, 2),
+        stat(&plain, cpu, 2),
+        ratio(&lw, cpu),
+        ratio(&alone, cpu)
     );
 }
 

@@ -34,7 +34,7 @@ use fe2o3_amqp::types::primitives::Value;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::bounds::CLOSE_TIMEOUT;
+use super::bounds::{ATTACH_TIMEOUT, CLOSE_TIMEOUT};
 use super::config::Amqp1SourceConfig;
 use super::login::{self, Login, OpenFailure};
 use super::mapping;
@@ -51,8 +51,6 @@ use crate::source::{
 
 /// How long one connection attempt may take (TCP, TLS, SASL, open).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
-
-pub use super::bounds::ATTACH_TIMEOUT;
 
 /// Reads an AMQP 1.0 node into the engine; see the module docs.
 pub struct Amqp1Source {
