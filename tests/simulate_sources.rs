@@ -7,7 +7,11 @@
 //! `--record` wrote it. Each test needs its source's cargo feature (and
 //! the AMQP 1.0 one `rabbitmq-tests`).
 
-#![cfg(any(feature = "amqp1", feature = "kafka", feature = "pulsar"))]
+#![cfg(any(
+    all(feature = "amqp1", feature = "rabbitmq-tests"),
+    feature = "kafka",
+    feature = "pulsar"
+))]
 
 use crate::support;
 
