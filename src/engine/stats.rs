@@ -46,12 +46,29 @@ impl Default for LatencyRecorder {
 impl LatencyRecorder {
     /// Records the latency of each message received at `received`, as of
     /// `now`. Only the interval histogram is touched on this hot path; it
-    /// folds into the whole-run one when an interval is taken.
+    /// folds into the whole-run one when an interval is taken. Sources
+    /// stamp a whole batch with one receipt time, so a run of equal times
+    /// is one histogram update with its count, not one per message.
     pub fn record_batch(&self, now: Instant, received: impl Iterator<Item = Instant>) {
         let mut h = self.histograms.lock();
+        let mut record = |at: Instant, count: u64| {
+            let us =
+                (now.saturating_duration_since(at).as_micros() as u64).clamp(1, MAX_LATENCY_US);
+            h.interval.saturating_record_n(us, count);
+        };
+        let mut run: Option<(Instant, u64)> = None;
         for r in received {
-            let us = (now.saturating_duration_since(r).as_micros() as u64).clamp(1, MAX_LATENCY_US);
-            h.interval.saturating_record(us);
+            run = match run {
+                Some((at, count)) if at == r => Some((at, count + 1)),
+                Some((at, count)) => {
+                    record(at, count);
+                    Some((r, 1))
+                }
+                None => Some((r, 1)),
+            };
+        }
+        if let Some((at, count)) = run {
+            record(at, count);
         }
     }
 
@@ -262,4 +279,41 @@ pub struct BacklogLoss {
     pub expired: u64,
     /// Found corrupt and skipped.
     pub corrupt: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Runs of equal receipt times are recorded with their counts: the
+    /// histogram holds what recording each message alone would.
+    #[test]
+    fn record_batch_counts_every_message_of_each_run() {
+        let now = Instant::now();
+        let ago = |ms| now.checked_sub(Duration::from_millis(ms)).unwrap();
+        let times = [ago(5), ago(5), ago(5), ago(40), ago(40), ago(5), ago(900)];
+        let recorder = LatencyRecorder::default();
+        recorder.record_batch(now, times.iter().copied());
+
+        let mut expected = new_histogram();
+        for t in times {
+            expected
+                .record(now.duration_since(t).as_micros() as u64)
+                .unwrap();
+        }
+        let h = recorder.total_histogram();
+        assert_eq!(h.len(), 7);
+        assert_eq!(h, expected);
+        assert_eq!(h.count_at(5_000), 4);
+        assert_eq!(h.count_at(40_000), 2);
+    }
+
+    #[test]
+    fn an_empty_batch_records_nothing() {
+        let recorder = LatencyRecorder::default();
+        recorder.record_batch(Instant::now(), std::iter::empty());
+        assert!(recorder.total_histogram().is_empty());
+    }
 }
