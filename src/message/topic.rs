@@ -39,15 +39,17 @@ pub struct TopicParts {
 /// where keeping it would not.
 pub fn classify(topic: &str) -> TopicParts {
     const PREFIX: &str = "/sys";
-    let plain = classify_plain(topic);
     let Some(rest) = topic.strip_prefix(PREFIX).filter(|r| r.starts_with('/')) else {
-        return plain;
+        return classify_plain(topic);
     };
+    // A known pattern after the prefix wins whatever the whole topic says,
+    // so the whole topic is only looked at when the inner one is `other`.
     let inner = classify_plain(rest);
-    let use_inner =
-        inner.kind != Kind::Other || (plain.kind == Kind::Other && inner.product_key.is_some());
-    if !use_inner {
-        return plain;
+    if inner.kind == Kind::Other {
+        let plain = classify_plain(topic);
+        if plain.kind != Kind::Other || inner.product_key.is_none() {
+            return plain;
+        }
     }
     let shift = |r: Option<Range<usize>>| r.map(|r| r.start + PREFIX.len()..r.end + PREFIX.len());
     TopicParts {
@@ -213,6 +215,47 @@ mod tests {
             (Kind::Other, Some("pk1"), Some("dev1"), None)
         );
         assert_eq!(parts("/sys/x").1, None);
+    }
+
+    /// The rule `classify` keeps for a `/sys` topic, stated plainly:
+    /// classify both ways, and take the inner reading when it is a known
+    /// pattern, or device-shaped where the whole topic is not known either.
+    fn classify_both_ways(topic: &str) -> TopicParts {
+        let plain = classify_plain(topic);
+        let Some(rest) = topic.strip_prefix("/sys").filter(|r| r.starts_with('/')) else {
+            return plain;
+        };
+        let inner = classify_plain(rest);
+        if inner.kind != Kind::Other || (plain.kind == Kind::Other && inner.product_key.is_some()) {
+            let shift = |r: Option<Range<usize>>| r.map(|r| r.start + 4..r.end + 4);
+            return TopicParts {
+                kind: inner.kind,
+                product_key: shift(inner.product_key),
+                device_name: shift(inner.device_name),
+                event_identifier: shift(inner.event_identifier),
+            };
+        }
+        plain
+    }
+
+    proptest::proptest! {
+        /// `classify` looks at the whole topic only when the inner one is
+        /// `other`; it answers as classifying both ways would.
+        #[test]
+        fn classify_answers_as_classifying_both_ways(
+            prefixed in proptest::bool::ANY,
+            segments in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "sys", "pk", "dn", "thing", "event", "property", "post", "lifecycle",
+                    "topo", "list", "found", "as", "mqtt", "status", "", "x",
+                ]),
+                0..9,
+            )
+        ) {
+            let prefix = if prefixed { "/sys" } else { "" };
+            let topic = format!("{prefix}/{}", segments.join("/"));
+            proptest::prop_assert_eq!(classify(&topic), classify_both_ways(&topic), "{}", topic);
+        }
     }
 
     #[test]
