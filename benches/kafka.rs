@@ -64,7 +64,8 @@ use support::measure::{
 };
 
 /// The allocator the `laneway` program uses, so that laneway's figures are
-/// the program's (librdkafka allocates with the C allocator either way).
+/// the program's; as there, it also serves librdkafka's `malloc` and `free`
+/// (mimalloc's `override` feature), for every consumer alike.
 /// The consumers' processes get the program's allocator settings unless
 /// `MIMALLOC_*` variables set for the bench say otherwise.
 #[global_allocator]
