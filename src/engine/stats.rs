@@ -46,9 +46,10 @@ impl Default for LatencyRecorder {
 impl LatencyRecorder {
     /// Records the latency of each message received at `received`, as of
     /// `now`. Only the interval histogram is touched on this hot path; it
-    /// folds into the whole-run one when an interval is taken. Sources
-    /// stamp a whole batch with one receipt time, so a run of equal times
-    /// is one histogram update with its count, not one per message.
+    /// folds into the whole-run one when an interval is taken. A source
+    /// that stamps a whole batch with one receipt time (the Kafka source
+    /// does) costs one histogram update per run of equal times, with its
+    /// count, not one per message.
     pub fn record_batch(&self, now: Instant, received: impl Iterator<Item = Instant>) {
         let mut h = self.histograms.lock();
         let mut record = |at: Instant, count: u64| {

@@ -25,9 +25,9 @@
 //! list, and an entry per header, for every record whose headers are read,
 //! and frees them with the record. On glibc's allocator a Kafka consume
 //! spent about 1,900 instructions per record in `malloc` and `free`; with
-//! mimalloc in their place it takes 11 % fewer instructions per record in
-//! all, and ends with half the resident memory (docs/benchmarks.md,
-//! "Kafka").
+//! mimalloc in their place it takes about 11 % fewer instructions per
+//! record in all, and ends with less resident memory, since glibc kept
+//! librdkafka's freed memory in its arenas (docs/benchmarks.md, "Kafka").
 //!
 //! An arena's commit mode is fixed when it is reserved, at the first
 //! allocation, before `main` runs; so the settings are made from the
