@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
@@ -363,6 +363,10 @@ impl Source for KafkaSource {
         let mut last_short = None;
         // The records of one batch; the vector is kept from batch to batch.
         let mut records = Vec::with_capacity(self.config.batch);
+        // One stream for the whole run: each `recv()` would make a stream of
+        // its own, registering and removing a waker slot under the client's
+        // lock for every record.
+        let mut stream = consumer.stream();
         loop {
             let first = tokio::select! {
                 _ = ctx.stop.cancelled() => break,
@@ -398,7 +402,12 @@ impl Source for KafkaSource {
                     }
                     continue;
                 }
-                r = consumer.recv() => r,
+                r = stream.next() => match r {
+                    Some(r) => r,
+                    // The client's streams never end; were one to, the
+                    // run would end as on a stop.
+                    None => break,
+                },
             };
             let first = match first {
                 Ok(m) => m,
@@ -417,8 +426,8 @@ impl Source for KafkaSource {
             // The batch is stamped received once: its records arrived together.
             records.push(first);
             while records.len() < self.config.batch {
-                match consumer.recv().now_or_never() {
-                    Some(Ok(m)) => records.push(m),
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(m))) => records.push(m),
                     _ => break,
                 }
             }
