@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -108,6 +108,11 @@ impl CatchUpReader {
             _ = self.learn_topics() => {}
         }
         let offsets = Arc::clone(&self.offsets);
+        // One stream for the whole run, as the group consumer keeps: each
+        // `recv()` would register and remove a waker slot per record. It
+        // borrows its own handle on the consumer, so `self` stays free.
+        let consumer = Arc::clone(&self.consumer);
+        let mut stream = consumer.stream();
         loop {
             let changed = offsets.plans_changed.notified();
             tokio::pin!(changed);
@@ -127,14 +132,19 @@ impl CatchUpReader {
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = changed => continue,
-                r = self.consumer.recv() => r,
+                r = stream.next() => match r {
+                    Some(r) => r,
+                    // The client's streams never end; were one to, the
+                    // reader would end as on a stop.
+                    None => return,
+                },
             };
             match first {
                 Ok(first) => {
                     let mut records = vec![first];
                     while records.len() < self.batch {
-                        match self.consumer.recv().now_or_never() {
-                            Some(Ok(m)) => records.push(m),
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(m))) => records.push(m),
                             _ => break,
                         }
                     }
