@@ -30,6 +30,9 @@
 //! `LANEWAY_BENCH_PILE` (default 200000) and `LANEWAY_BENCH_ROUNDS`
 //! (default 5) set the sizes. Without `--bench` (`cargo test --benches`)
 //! it is a smoke: 2,000 messages, a pile of 2,000, one round.
+//! `LANEWAY_BENCH_BEFORE=<path>` adds the laneway stale and first-fresh
+//! rounds of another build of this benchmark (an older commit), run in the
+//! same rounds, so that a change is measured against what it replaces.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -184,8 +187,9 @@ async fn laneway_consumer(queue: &str, n: u64, path: Path) -> Duration {
     elapsed
 }
 
-/// The consumers, by the role a child process plays.
-const ROLES: [(&str, &str); 6] = [
+/// The consumers, by the role a child process plays (the `before-` ones:
+/// the role after the prefix, played by the `LANEWAY_BENCH_BEFORE` build).
+const ROLES: [(&str, &str); 8] = [
     ("tuned", "tuned"),
     ("live", "laneway live"),
     ("stale", "laneway stale"),
@@ -195,7 +199,13 @@ const ROLES: [(&str, &str); 6] = [
         "pile-laneway",
         "laneway (pile to the disk backlog, fresh live)",
     ),
+    ("before-stale", "laneway stale, before"),
+    ("before-pile-laneway", "laneway, before"),
 ];
+
+/// The stale and first-fresh consumers of the `LANEWAY_BENCH_BEFORE` build.
+const BEFORE_STALE: usize = 6;
+const BEFORE_PILE: usize = 7;
 
 /// In a child: one round of one consumer on `LANEWAY_BENCH_QUEUE`, its
 /// figures on stdout.
@@ -222,9 +232,17 @@ fn child(role: &str) {
     println!("{}", round.line());
 }
 
-/// Runs one round of `role` on `queue` (`n` messages) in a child process.
+/// Runs one round of `role` on `queue` (`n` messages) in a child process:
+/// of this executable, or of the `LANEWAY_BENCH_BEFORE` build for a
+/// `before-` role.
 fn spawn_round(role: &str, queue: &str, n: u64) -> Round {
-    let exe = std::env::current_exe().unwrap();
+    let (exe, role) = match role.strip_prefix("before-") {
+        Some(theirs) => (
+            std::env::var_os("LANEWAY_BENCH_BEFORE").unwrap().into(),
+            theirs,
+        ),
+        None => (std::env::current_exe().unwrap(), role),
+    };
     let mut command = std::process::Command::new(exe);
     command
         .env("LANEWAY_BENCH_ROLE", role)
@@ -293,14 +311,20 @@ fn main() {
     let (conn, ch) = rt.block_on(channel());
     rt.block_on(declare_exchange(&ch, &exchange));
     let mut figures: Vec<Vec<Round>> = vec![Vec::new(); ROLES.len()];
+    let before = std::env::var_os("LANEWAY_BENCH_BEFORE").is_some();
+    let mut part_one = vec![0, 1, 2];
+    let mut part_two = vec![4, 5];
+    if before {
+        part_one.push(BEFORE_STALE);
+        part_two.push(BEFORE_PILE);
+    }
 
-    // Part one: the same messages, four ways.
+    // Part one: the same messages, four ways (five with a before build).
     for round in 0..rounds {
-        let kinds: Vec<usize> = if round == 0 {
-            vec![0, 1, 2, 3]
-        } else {
-            vec![0, 1, 2]
-        };
+        let mut kinds = part_one.clone();
+        if round == 0 {
+            kinds.push(3);
+        }
         let queues: Vec<String> = kinds.iter().map(|k| format!("{tag}.{round}.{k}")).collect();
         rt.block_on(async {
             for q in &queues {
@@ -314,30 +338,34 @@ fn main() {
         );
         simulate(&exchange, n, &["--no-queue", "--transient"]);
         // The naive consumer (slow) runs last; the others rotate.
-        let mut order: Vec<usize> = (0..3).map(|i| (i + round) % 3).collect();
+        let rotating = part_one.len();
+        let mut order: Vec<usize> = (0..rotating).map(|i| (i + round) % rotating).collect();
         if round == 0 {
-            order.push(3);
+            order.push(rotating);
         }
-        for k in order {
-            let r = spawn_round(ROLES[k].0, &queues[k], n);
+        for i in order {
+            let k = kinds[i];
+            let r = spawn_round(ROLES[k].0, &queues[i], n);
             figures[k].push(r);
         }
         let names: Vec<&str> = queues.iter().map(String::as_str).collect();
         rt.block_on(support::broker::cleanup(&ch, &names, &[]));
     }
+    let mut shown = part_one.clone();
+    shown.push(3);
     table(
         &format!("{n} messages, {rounds} rounds (naive: one)"),
-        &[0, 1, 2, 3],
+        &shown,
         &figures,
         0,
     );
 
     // Part two: the first fresh message behind a pile.
     for round in 0..rounds {
-        let queues = [
-            format!("{tag}.pile.{round}.plain"),
-            format!("{tag}.pile.{round}.laneway"),
-        ];
+        let queues: Vec<String> = part_two
+            .iter()
+            .map(|k| format!("{tag}.pile.{round}.{k}"))
+            .collect();
         rt.block_on(async {
             for q in &queues {
                 declare_queue(&ch, q, FieldTable::default()).await;
@@ -351,14 +379,10 @@ fn main() {
             &["--no-queue", "--transient", "--age", "1h"],
         );
         simulate(&exchange, 1, &["--no-queue", "--transient", "--seed", "99"]);
-        let plain_first = round % 2 == 0;
-        for tuned in [plain_first, !plain_first] {
-            let (k, queue) = if tuned {
-                (4, &queues[0])
-            } else {
-                (5, &queues[1])
-            };
-            let r = spawn_round(ROLES[k].0, queue, pile + 1);
+        let rotating = part_two.len();
+        for i in (0..rotating).map(|i| (i + round) % rotating) {
+            let k = part_two[i];
+            let r = spawn_round(ROLES[k].0, &queues[i], pile + 1);
             figures[k].push(r);
         }
         let names: Vec<&str> = queues.iter().map(String::as_str).collect();
@@ -368,7 +392,7 @@ fn main() {
         &format!(
             "first fresh message behind a pile of {pile} stale ones, {rounds} rounds (seconds: until the fresh message; per message: of the pile)"
         ),
-        &[4, 5],
+        &part_two,
         &figures,
         4,
     );

@@ -4,15 +4,17 @@
 use crate::support;
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use laneway::ack::AckRef;
+use laneway::backlog::MemoryBacklog;
 use laneway::engine::{Engine, GroupConfig};
 use laneway::message::{Message, now_epoch_ms};
 use laneway::source::JsonlSource;
 use laneway::source::jsonl::JsonlInput;
-use laneway::source::{Incoming, LanePolicy};
+use laneway::source::{Incoming, LanePolicy, Routed};
 use support::engine::{RecordingSink, spawn_engine};
 use support::records::{Copies, Record, assert_delivered, json_payload};
 use support::wait::wait_until;
@@ -248,4 +250,67 @@ async fn oversize_payloads_are_dead_letters_at_ingest() {
         letters[0].reason
     );
     assert_delivered(&[small], &sink.delivered_records(), Copies::ExactlyOnce);
+}
+
+/// A source that reads a pile paces itself by what `submit` says became of
+/// its batch, so the verdict must be exact: `Live` exactly when a message
+/// took a live lane. The engine is built but not run, so nothing drains the
+/// live lane and each verdict is deterministic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_says_whether_any_message_took_a_live_lane() {
+    let engine = Engine::builder()
+        .group_with(
+            GroupConfig {
+                products: vec!["pk1".into()],
+                live_capacity: 3,
+                ..GroupConfig::named("pk1")
+            },
+            Arc::new(RecordingSink::new()),
+            Some(Arc::new(MemoryBacklog::default())),
+        )
+        .build()
+        .unwrap();
+    let auto = engine.ingest(LanePolicy::Auto);
+    let to_backlog = engine.ingest(LanePolicy::Backlog);
+    let fresh = |id: &str| message(&record("/pk1/d1/thing/event/property/post", id));
+    let stale = |id: &str| {
+        let two_hours_ago = now_epoch_ms() - 2 * 3_600_000;
+        let r = Record::new(
+            "/pk1/d1/thing/event/property/post",
+            id,
+            two_hours_ago,
+            json_payload(1),
+        );
+        message(&r)
+    };
+    let unrouted = message(&record("/pk2/d2/thing/event/property/post", "other"));
+
+    let submit = |ingest: &laneway::source::Ingest, batch: Vec<Incoming>| {
+        let ingest = ingest.clone();
+        async move { ingest.submit(batch, AckRef::none()).await }
+    };
+    assert_eq!(
+        submit(&auto, vec![stale("s1"), stale("s2")]).await,
+        Routed::NotLive
+    );
+    assert_eq!(submit(&auto, vec![unrouted]).await, Routed::NotLive);
+    assert_eq!(
+        submit(&to_backlog, vec![fresh("b1")]).await,
+        Routed::NotLive
+    );
+    assert_eq!(submit(&auto, vec![]).await, Routed::NotLive);
+    // One fresh message among stale ones is live traffic.
+    assert_eq!(
+        submit(&auto, vec![stale("s3"), fresh("f1"), stale("s4")]).await,
+        Routed::Live
+    );
+    // The lane holds 3: two more fit, the third is pushed out with the rest.
+    assert_eq!(
+        submit(&auto, vec![fresh("f2"), fresh("f3"), fresh("f4")]).await,
+        Routed::Live
+    );
+    assert_eq!(
+        submit(&auto, vec![fresh("f5"), fresh("f6")]).await,
+        Routed::NotLive
+    );
 }

@@ -19,7 +19,7 @@ use super::monitor::SourceFailure;
 use super::stats::{EngineStats, bump};
 use crate::ack::AckRef;
 use crate::message::Message;
-use crate::source::{Incoming, IntakeHold, LanePolicy, Route, SourceHealth};
+use crate::source::{Incoming, IntakeHold, LanePolicy, Route, Routed, SourceHealth};
 
 pub(crate) struct Router {
     pub groups: Vec<Arc<Group>>,
@@ -85,7 +85,7 @@ impl Router {
         ack: AckRef,
         policy: LanePolicy,
         source: &str,
-    ) {
+    ) -> Routed {
         bump(&self.stats.ingested, batch.len() as u64);
         let mut per_group: Vec<Vec<Message>> = vec![Vec::new(); self.groups.len()];
         let mut dead = Vec::new();
@@ -125,15 +125,18 @@ impl Router {
             bump(&self.stats.dead_letters, dead.len() as u64);
             self.dead.record(dead).await;
         }
+        let mut routed = Routed::NotLive;
         for (group, messages) in self.groups.iter().zip(per_group) {
             if !messages.is_empty() {
-                group
+                let taken = group
                     .admit(messages, &ack, policy, &self.intake_closed)
                     .await;
+                routed = routed.or(taken);
             }
         }
         ack.complete();
         self.progress.notify_waiters();
+        routed
     }
 
     fn oversize(&self, message: &Message, source: &str, line: Option<u64>) -> DeadLetter {
@@ -156,15 +159,21 @@ impl Router {
 
 #[async_trait]
 impl Route for Router {
-    async fn route(&self, batch: Vec<Incoming>, ack: AckRef, policy: LanePolicy, source: &str) {
+    async fn route(
+        &self,
+        batch: Vec<Incoming>,
+        ack: AckRef,
+        policy: LanePolicy,
+        source: &str,
+    ) -> Routed {
         // Counted first, checked second: `close_intake` either waits for
         // this batch or this batch sees intake closed.
         let _routing = self.intake.token();
         if self.intake_closed.is_cancelled() {
             // The dropped ack abandons the batch: its origin keeps it.
-            return;
+            return Routed::NotLive;
         }
-        self.route_batch(batch, ack, policy, source).await;
+        self.route_batch(batch, ack, policy, source).await
     }
 
     fn hold(&self) -> Option<IntakeHold> {

@@ -37,6 +37,33 @@ pub enum Incoming {
     },
 }
 
+/// What became of a submitted batch, as far as its source can use it: a
+/// source that reads a pile paces itself by it (the AMQP sources let a
+/// small batch wait for more while nothing they read goes live), while
+/// live traffic is never held back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// At least one message took a live lane: the source is reading live
+    /// traffic, and must hand in what it reads next without waiting.
+    Live,
+    /// No message took a live lane: each went to a backlog (stale, pushed
+    /// out of a full live lane, or the source's lane is the backlog), to a
+    /// catch-up lane, or was a duplicate, a dead letter or unrouted; or the
+    /// engine no longer takes input. Nothing delivered live is waiting on
+    /// the source.
+    NotLive,
+}
+
+impl Routed {
+    /// `Live` when either is.
+    pub fn or(self, other: Routed) -> Routed {
+        match (self, other) {
+            (Routed::NotLive, Routed::NotLive) => Routed::NotLive,
+            _ => Routed::Live,
+        }
+    }
+}
+
 /// Keeps the engine taking input after a stop, while a source hands in
 /// what it has read and cannot read again (standard input); dropping it
 /// lets intake close. See [`Ingest::hold`].
@@ -58,7 +85,13 @@ impl IntakeHold {
 #[async_trait]
 pub trait Route: Send + Sync + 'static {
     /// Takes a batch from the source named `source` (see [`Ingest::submit`]).
-    async fn route(&self, batch: Vec<Incoming>, ack: AckRef, policy: LanePolicy, source: &str);
+    async fn route(
+        &self,
+        batch: Vec<Incoming>,
+        ack: AckRef,
+        policy: LanePolicy,
+        source: &str,
+    ) -> Routed;
 
     /// A hold on intake (see [`Ingest::hold`]); `None` once intake is
     /// closing, or where nothing closes it.
@@ -121,8 +154,9 @@ impl Ingest {
     /// reference for the batch; it is completed once the batch is routed, so
     /// the batch is acknowledged when the groups settle their shares. Once
     /// the engine has stopped taking input (shutdown), a batch is not taken:
-    /// its `ack` is dropped unsettled, so its origin keeps it.
-    pub async fn submit(&self, batch: Vec<Incoming>, ack: AckRef) {
+    /// its `ack` is dropped unsettled, so its origin keeps it. Says
+    /// whether any message took a live lane.
+    pub async fn submit(&self, batch: Vec<Incoming>, ack: AckRef) -> Routed {
         if let Some(health) = &self.health {
             health.received(batch.len() as u64);
         }

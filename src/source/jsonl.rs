@@ -472,7 +472,7 @@ impl JsonlSource {
                 tokio::time::sleep(HANDOVER_LIMIT).await;
             };
             let taken = tokio::select! {
-                () = ctx.ingest.submit(batch, ack) => true,
+                _ = ctx.ingest.submit(batch, ack) => true,
                 () = ctx.drained.cancelled() => false,
                 () = give_up => false,
             };

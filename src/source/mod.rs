@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 ))]
 pub(crate) use adapter::source_adapter;
 pub use adapter::{BuildContext, SourceAdapter};
-pub use ingest::{Incoming, Ingest, IntakeHold, Route};
+pub use ingest::{Incoming, Ingest, IntakeHold, Route, Routed};
 pub use jsonl::JsonlSource;
 pub use jsonl_spec::JsonlSpec;
 pub use lane_policy::LanePolicy;

@@ -43,7 +43,9 @@ use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
 use crate::knob::KnobError;
 use crate::source::sessions::{self, ConnectFailure, Driver, Sessions, run_sessions};
-use crate::source::{Incoming, Ingest, LanePolicy, Positions, first_failure, sleep_until_opt};
+use crate::source::{
+    Incoming, Ingest, LanePolicy, Positions, Routed, first_failure, sleep_until_opt,
+};
 use crate::source::{Source, SourceContext, SourceError, SourceHealth};
 use tokio_util::sync::CancellationToken;
 
@@ -333,6 +335,8 @@ impl QueueConsumer {
         let max_batch = self.config.batch;
         let idle_for = self.config.idle_exit;
         let mut idle_at = idle_for.map(|d| Instant::now() + d);
+        // Until a batch shows otherwise, what is read is live traffic.
+        let mut last = Routed::Live;
         loop {
             let next = tokio::select! {
                 biased;
@@ -348,7 +352,8 @@ impl QueueConsumer {
                 }
                 Some(Ok(d)) => d,
             };
-            let (deliveries, broken) = batch::gather(consumer, first, max_batch, &self.url);
+            let (deliveries, broken) =
+                batch::gather(consumer, first, max_batch, last, &self.url).await;
             let last_tag = deliveries.last().map_or(0, |d| d.delivery_tag);
             let batch: Vec<Incoming> = deliveries
                 .into_iter()
@@ -360,7 +365,7 @@ impl QueueConsumer {
                 })
                 .collect();
             let ack = acks.register(last_tag);
-            self.ingest.submit(batch, ack).await;
+            last = self.ingest.submit(batch, ack).await;
             if let Some(why) = broken {
                 return SessionEnd::Lost(why);
             }

@@ -21,7 +21,7 @@ use crate::amqp::core::batch;
 use crate::amqp::core::connect::AmqpError;
 use crate::amqp::core::headers;
 use crate::broker_url::BrokerUrl;
-use crate::source::Incoming;
+use crate::source::{Incoming, Routed};
 
 /// The header and consumer argument carrying a stream offset.
 pub(super) const OFFSET: &str = "x-stream-offset";
@@ -68,6 +68,8 @@ pub(super) struct StreamCursor {
     url: BrokerUrl,
     stream: String,
     max_batch: usize,
+    /// What became of the last batch handed in (see [`batch::gather`]).
+    last: Routed,
 }
 
 /// A batch read by a cursor: each record with its offset, the delivery tag
@@ -125,6 +127,7 @@ impl StreamCursor {
             url: url.clone(),
             stream: stream.to_string(),
             max_batch,
+            last: Routed::Live,
         })
     }
 
@@ -145,8 +148,14 @@ impl StreamCursor {
             }
             Some(Ok(d)) => d,
         };
-        let (deliveries, broken) =
-            batch::gather(&mut self.consumer, first, self.max_batch, &self.url);
+        let (deliveries, broken) = batch::gather(
+            &mut self.consumer,
+            first,
+            self.max_batch,
+            self.last,
+            &self.url,
+        )
+        .await;
         let last_tag = deliveries.last().map_or(0, |d| d.delivery_tag);
         let mut records = Vec::with_capacity(deliveries.len());
         for d in deliveries {
@@ -167,6 +176,12 @@ impl StreamCursor {
             last_tag,
             broken,
         })
+    }
+
+    /// Tells the cursor what became of the batch it read last, which paces
+    /// its next read (see [`batch::gather`]).
+    pub fn routed(&mut self, routed: Routed) {
+        self.last = routed;
     }
 
     /// Gives the broker credit for everything up to `tag` (removes nothing).

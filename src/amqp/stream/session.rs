@@ -245,7 +245,7 @@ impl Session<'_> {
             if let Some(last) = last {
                 read_end.fetch_max(last + 1, Ordering::Relaxed);
                 let ack = offsets.register(Cursor::Live, last);
-                self.ctx.ingest.submit(batch, ack).await;
+                live.routed(self.ctx.ingest.submit(batch, ack).await);
             }
             if let Err(end) = live.credit(read.last_tag).await {
                 return end;
@@ -338,7 +338,8 @@ impl CatchUp {
                 self.read_end.fetch_max(last + 1, Ordering::Relaxed);
                 let ingest = ingest.get_or_insert_with(|| self.choose(&batch));
                 let ack = self.offsets.register(Cursor::CatchUp, last);
-                ingest.submit(batch, ack).await;
+                let routed = ingest.submit(batch, ack).await;
+                self.cursor.routed(routed);
             }
             if let Err(end) = self.cursor.credit(read.last_tag).await {
                 break end;

@@ -16,7 +16,7 @@ use crate::engine::dead_letter::DeadLetter;
 use crate::engine::lanes::LiveItem;
 use crate::engine::stats::bump;
 use crate::message::{Message, now_epoch_ms};
-use crate::source::LanePolicy;
+use crate::source::{LanePolicy, Routed};
 use tokio_util::sync::CancellationToken;
 
 impl Group {
@@ -25,24 +25,26 @@ impl Group {
     /// (backpressure) while the writer's queue is full. Catch-up messages
     /// wait for room in the catch-up lane until `closed` (intake closed at
     /// shutdown): those left out then drop their acks, so their source
-    /// keeps them.
+    /// keeps them. Says whether any message took the live lane.
     pub async fn admit(
         &self,
         messages: Vec<Message>,
         ack: &AckRef,
         policy: LanePolicy,
         closed: &CancellationToken,
-    ) {
+    ) -> Routed {
         bump(&self.stats.admitted, messages.len() as u64);
         let messages = self.without_duplicates(messages, ack);
         if policy == LanePolicy::CatchUp {
-            return self.admit_catch_up(messages, ack, closed).await;
+            self.admit_catch_up(messages, ack, closed).await;
+            return Routed::NotLive;
         }
         let now_ms = now_epoch_ms();
         let live_window_ms = self.config.live_window.as_millis() as i64;
         let mut to_backlog = PendingWrite::default();
         let mut invalid = Vec::new();
         let mut live = Vec::with_capacity(messages.len());
+        let mut routed = Routed::NotLive;
         for message in messages {
             if let Some(letter) = self.invalid_json(&message) {
                 invalid.push((letter, message));
@@ -68,6 +70,7 @@ impl Group {
             let overflow = self.live.push_batch(live);
             if overflow.len() < offered {
                 self.live.wake();
+                routed = Routed::Live;
             }
             bump(&self.stats.diverted_full, overflow.len() as u64);
             for item in overflow {
@@ -83,6 +86,7 @@ impl Group {
                 "backlog writer is gone; messages left unacknowledged"
             );
         }
+        routed
     }
 
     async fn admit_catch_up(

@@ -253,7 +253,7 @@ impl Target {
                         messages.into_iter().map(Incoming::Message).collect(),
                         AckRef::none(),
                     )
-                    .await
+                    .await;
             }
             Target::Fifo(f) => f.push(messages),
         }
