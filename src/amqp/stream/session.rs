@@ -245,7 +245,8 @@ impl Session<'_> {
             if let Some(last) = last {
                 read_end.fetch_max(last + 1, Ordering::Relaxed);
                 let ack = offsets.register(Cursor::Live, last);
-                live.routed(self.ctx.ingest.submit(batch, ack).await);
+                let routed = self.ctx.ingest.submit(batch, ack).await;
+                live.routed(routed);
             }
             if let Err(end) = live.credit(read.last_tag).await {
                 return end;
