@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::ValueFormat;
 use super::offsets::{CatchUpPlan, Offsets};
 use super::record;
-use super::source::CatchUpContext;
+use super::source::{CatchUpContext, take_ready};
 use crate::source::{Incoming, Ingest};
 
 /// How long to wait before trying a failed assignment again.
@@ -142,12 +142,7 @@ impl CatchUpReader {
             match first {
                 Ok(first) => {
                     let mut records = vec![first];
-                    while records.len() < self.batch {
-                        match stream.next().now_or_never() {
-                            Some(Some(Ok(m))) => records.push(m),
-                            _ => break,
-                        }
-                    }
+                    take_ready(&mut stream, &mut records, self.batch);
                     Self::submit(
                         &mut self.reading,
                         &self.offsets,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
@@ -425,12 +425,7 @@ impl Source for KafkaSource {
             // Whatever else is ready now joins the batch, without waiting.
             // The batch is stamped received once: its records arrived together.
             records.push(first);
-            while records.len() < self.config.batch {
-                match stream.next().now_or_never() {
-                    Some(Some(Ok(m))) => records.push(m),
-                    _ => break,
-                }
-            }
+            take_ready(&mut stream, &mut records, self.config.batch);
             submit_by_partition(&ctx, &offsets, &records, self.config.format).await;
             records.clear();
         }
@@ -462,6 +457,22 @@ impl Source for KafkaSource {
         )
         .await;
         Ok(())
+    }
+}
+
+/// Moves the records the client already holds from `stream` into
+/// `records`, up to `max` in all, without waiting. An error ends the
+/// gathering; the batch so far is handed in as it is.
+pub(super) fn take_ready<T, E>(
+    stream: &mut (impl Stream<Item = Result<T, E>> + Unpin),
+    records: &mut Vec<T>,
+    max: usize,
+) {
+    while records.len() < max {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(m))) => records.push(m),
+            _ => break,
+        }
     }
 }
 
