@@ -285,32 +285,32 @@ async fn submit_says_whether_any_message_took_a_live_lane() {
     };
     let unrouted = message(&record("/pk2/d2/thing/event/property/post", "other"));
 
-    let submit = |ingest: &laneway::source::Ingest, batch: Vec<Incoming>| {
-        let ingest = ingest.clone();
-        async move { ingest.submit(batch, AckRef::none()).await }
-    };
+    let none = AckRef::none;
     assert_eq!(
-        submit(&auto, vec![stale("s1"), stale("s2")]).await,
+        auto.submit(vec![stale("s1"), stale("s2")], none()).await,
         Routed::NotLive
     );
-    assert_eq!(submit(&auto, vec![unrouted]).await, Routed::NotLive);
+    assert_eq!(auto.submit(vec![unrouted], none()).await, Routed::NotLive);
     assert_eq!(
-        submit(&to_backlog, vec![fresh("b1")]).await,
+        to_backlog.submit(vec![fresh("b1")], none()).await,
         Routed::NotLive
     );
-    assert_eq!(submit(&auto, vec![]).await, Routed::NotLive);
+    assert_eq!(auto.submit(vec![], none()).await, Routed::NotLive);
     // One fresh message among stale ones is live traffic.
     assert_eq!(
-        submit(&auto, vec![stale("s3"), fresh("f1"), stale("s4")]).await,
+        auto.submit(vec![stale("s3"), fresh("f1"), stale("s4")], none())
+            .await,
         Routed::Live
     );
-    // The lane holds 3: two more fit, the third is pushed out with the rest.
+    // The lane holds 3: f2 and f3 fit beside f1, f4 is pushed out.
     assert_eq!(
-        submit(&auto, vec![fresh("f2"), fresh("f3"), fresh("f4")]).await,
+        auto.submit(vec![fresh("f2"), fresh("f3"), fresh("f4")], none())
+            .await,
         Routed::Live
     );
+    // Nothing fits now: the whole batch is pushed out.
     assert_eq!(
-        submit(&auto, vec![fresh("f5"), fresh("f6")]).await,
+        auto.submit(vec![fresh("f5"), fresh("f6")], none()).await,
         Routed::NotLive
     );
 }
