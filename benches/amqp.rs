@@ -42,7 +42,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use laneway::amqp::{AmqpSource, AmqpSourceConfig};
 use laneway::engine::{Engine, GroupConfig};
-use laneway::sink::NullSink;
 use laneway::source::LanePolicy;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -58,6 +57,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use laneway::backlog::{BacklogStore, DiskBacklog, DiskBacklogConfig};
 use support::broker::{bind_all, declare_exchange, declare_queue, simulate, url};
+use support::counting_sink::CountingSink;
 use support::measure::{Round, child_round, cpu_time, env_or, median_range, program_allocator};
 
 async fn channel() -> (Connection, Channel) {
@@ -142,6 +142,7 @@ async fn laneway_consumer(queue: &str, n: u64, path: Path) -> Duration {
         Path::Stale => LanePolicy::Backlog,
         Path::FirstFresh => LanePolicy::Auto,
     };
+    let (sink, marks) = CountingSink::new(n);
     let engine = Engine::builder()
         .group_with(
             GroupConfig {
@@ -151,35 +152,26 @@ async fn laneway_consumer(queue: &str, n: u64, path: Path) -> Duration {
                 live_window: Duration::from_secs(600),
                 ..GroupConfig::named("null")
             },
-            Arc::new(NullSink),
+            Arc::new(sink),
             store,
         )
         .source(source, policy)
         .build()
         .unwrap();
-    let monitor = engine.monitor();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let start = Instant::now();
     let run = tokio::spawn(engine.run(async {
         let _ = stop_rx.await;
     }));
+    // Told by the sink, not polled: a timer polled from the runtime wakes
+    // its workers at every tick (see `CountingSink`).
     if path == Path::FirstFresh {
-        // Polled like the counters below: waiting with `Monitor::until`
-        // would wake this task, and snapshot every group, at each batch of
-        // the pile.
-        let fresh = async {
-            while !monitor.groups().iter().any(|g| g.delivered_live > 0) {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(300), fresh)
+        tokio::time::timeout(Duration::from_secs(300), marks.first_live)
             .await
-            .expect("the fresh message delivered within 300 s");
+            .expect("the fresh message delivered within 300 s")
+            .unwrap();
     } else {
-        // Counters only: polling must not take CPU from the broker and the consumer.
-        while monitor.delivered() < n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        marks.all.await.unwrap();
     }
     let elapsed = start.elapsed();
     let _ = stop_tx.send(());

@@ -55,10 +55,10 @@ use std::time::{Duration, Instant};
 use laneway::engine::{Engine, EngineOptions, GroupConfig};
 use laneway::kafka::{KafkaSource, KafkaSourceConfig};
 use laneway::message::now_epoch_ms;
-use laneway::sink::NullSink;
 use laneway::source::LanePolicy;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use support::counting_sink::CountingSink;
 use support::measure::{
     Round, child_round, env_or, median_range, program_allocator, thread_cpu_time,
 };
@@ -168,8 +168,9 @@ async fn laneway(brokers: &str, group: &str, n: u64) -> Round {
         ..KafkaSourceConfig::default()
     })
     .unwrap();
+    let (sink, marks) = CountingSink::new(n);
     let engine = Engine::builder()
-        .group_with(GroupConfig::named("bench"), Arc::new(NullSink), None)
+        .group_with(GroupConfig::named("bench"), Arc::new(sink), None)
         .source(source, LanePolicy::Live)
         .options(EngineOptions {
             finish_when_drained: false,
@@ -177,24 +178,15 @@ async fn laneway(brokers: &str, group: &str, n: u64) -> Round {
         })
         .build()
         .unwrap();
-    let monitor = engine.monitor();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(engine.run(async {
         let _ = stop_rx.await;
     }));
-    // The counter is polled, not waited on: `Monitor::until` wakes this
-    // task at every delivered batch, a cross-thread wake-up per batch that
-    // the program itself does not pay, and with it the child's rounds
-    // split into fast ones (about 1.5 µs per message) and slow ones
-    // (about 2.2 µs). Half a millisecond is under 0.3 % of a round.
-    let mut tick = tokio::time::interval(Duration::from_micros(500));
-    while monitor.delivered() < 1 {
-        tick.tick().await;
-    }
+    // Told by the sink, not polled: a timer polled from the runtime wakes
+    // its workers at every tick (see `CountingSink`).
+    marks.first.await.unwrap();
     let span = Span::start();
-    while monitor.delivered() < n {
-        tick.tick().await;
-    }
+    marks.all.await.unwrap();
     let round = span.end(n);
     let _ = stop_tx.send(());
     run.await.unwrap();

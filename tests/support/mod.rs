@@ -16,7 +16,8 @@
 //! - [`backlog_files`]: a backlog directory read by its documented format;
 //! - [`disk`]: the disk backlog as the fault tests drive it;
 //! - [`names`]: names no other test uses;
-//! - [`measure`]: CPU time and medians for the comparative benchmarks.
+//! - [`measure`]: CPU time and medians for the comparative benchmarks;
+//! - [`counting_sink`]: a null sink that says when a benchmark's run is done.
 
 // A build without some features, and the benches, use only part of the
 // tree, so what they leave unused is no dead code.
@@ -25,6 +26,7 @@
 pub mod amqp1;
 pub mod backlog_files;
 pub mod broker;
+pub mod counting_sink;
 pub mod disk;
 pub mod engine;
 #[cfg(feature = "kafka")]
