@@ -19,8 +19,7 @@
 
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
-use lapin::message::Delivery;
+use futures_util::{FutureExt, Stream, StreamExt};
 
 use super::connect::AmqpError;
 use crate::broker_url::BrokerUrl;
@@ -38,13 +37,14 @@ pub(crate) const LINGER: Duration = Duration::from_millis(2);
 /// with the reason the consumer broke, if it did while gathering. After a
 /// batch that took no live lane (`last`), a batch of fewer than a quarter
 /// of `max` waits [`LINGER`] once and takes what arrived meanwhile.
-pub(crate) async fn gather(
-    consumer: &mut lapin::Consumer,
-    first: Delivery,
+/// `consumer` is a lapin consumer (any stream of deliveries, for tests).
+pub(crate) async fn gather<D, E: std::fmt::Display>(
+    consumer: &mut (impl Stream<Item = Result<D, E>> + Unpin),
+    first: D,
     max: usize,
     last: Routed,
     url: &BrokerUrl,
-) -> (Vec<Delivery>, Option<String>) {
+) -> (Vec<D>, Option<String>) {
     let mut deliveries = vec![first];
     let broken = take_held(consumer, &mut deliveries, max, url);
     if broken.is_some() || last == Routed::Live || deliveries.len() >= max / 4 {
@@ -57,9 +57,9 @@ pub(crate) async fn gather(
 
 /// Moves the deliveries the client already holds into `deliveries`, up to
 /// `max` in all, without waiting; the reason the consumer broke, if it did.
-fn take_held(
-    consumer: &mut lapin::Consumer,
-    deliveries: &mut Vec<Delivery>,
+fn take_held<D, E: std::fmt::Display>(
+    consumer: &mut (impl Stream<Item = Result<D, E>> + Unpin),
+    deliveries: &mut Vec<D>,
     max: usize,
     url: &BrokerUrl,
 ) -> Option<String> {
@@ -76,3 +76,124 @@ fn take_held(
 
 /// Why a consumer stream ended without an error.
 pub(crate) const CANCELLED: &str = "the broker cancelled the consumer";
+
+#[cfg(test)]
+mod tests {
+    //! The batching policy on the runtime's paused clock: whether a batch
+    //! waited is read off the clock, which moves only when something sleeps.
+
+    use tokio::sync::mpsc;
+    use tokio::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A consumer the test feeds: what is sent is held by the "client".
+    fn consumer() -> (
+        mpsc::UnboundedSender<Result<u32, String>>,
+        impl Stream<Item = Result<u32, String>> + Unpin,
+    ) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        (
+            tx,
+            futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+        )
+    }
+
+    fn url() -> BrokerUrl {
+        BrokerUrl::parse("amqp://guest:secret@localhost:5672/%2f").expect("a test URL")
+    }
+
+    /// Sends `items` after `after` on the paused clock.
+    fn send_later(tx: &mpsc::UnboundedSender<Result<u32, String>>, after: Duration, items: &[u32]) {
+        let (tx, items) = (tx.clone(), items.to_vec());
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            for i in items {
+                let _ = tx.send(Ok(i));
+            }
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_live_traffic_a_small_batch_takes_what_is_held_and_does_not_wait() {
+        let (tx, mut consumer) = consumer();
+        tx.send(Ok(1)).unwrap();
+        send_later(&tx, Duration::from_millis(1), &[2]);
+        let start = Instant::now();
+        let (batch, broken) = gather(&mut consumer, 0, 256, Routed::Live, &url()).await;
+        assert_eq!(batch, vec![0, 1]);
+        assert_eq!(broken, None);
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "a batch after live traffic waited"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_pile_a_small_batch_waits_once_for_more() {
+        let (tx, mut consumer) = consumer();
+        tx.send(Ok(1)).unwrap();
+        send_later(&tx, LINGER / 2, &[2, 3, 4]);
+        // Arrives after the one wait: left for the next batch.
+        send_later(&tx, LINGER * 2, &[5]);
+        let start = Instant::now();
+        let (batch, broken) = gather(&mut consumer, 0, 256, Routed::NotLive, &url()).await;
+        assert_eq!(batch, vec![0, 1, 2, 3, 4]);
+        assert_eq!(broken, None);
+        assert_eq!(start.elapsed(), LINGER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_pile_a_batch_of_a_quarter_of_the_maximum_does_not_wait() {
+        let (tx, mut consumer) = consumer();
+        tx.send(Ok(1)).unwrap();
+        send_later(&tx, LINGER / 2, &[2]);
+        let start = Instant::now();
+        let (batch, _) = gather(&mut consumer, 0, 8, Routed::NotLive, &url()).await;
+        assert_eq!(batch, vec![0, 1], "two of at most eight: a quarter");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_never_exceeds_the_maximum() {
+        let (tx, mut consumer) = consumer();
+        for i in 1..10 {
+            tx.send(Ok(i)).unwrap();
+        }
+        let (batch, _) = gather(&mut consumer, 0, 4, Routed::NotLive, &url()).await;
+        assert_eq!(batch, vec![0, 1, 2, 3]);
+        let first = consumer.next().await.expect("held").expect("a delivery");
+        let (batch, _) = gather(&mut consumer, first, 4, Routed::Live, &url()).await;
+        assert_eq!(
+            batch,
+            vec![4, 5, 6, 7],
+            "the rest stays with the client, in order"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_consumer_ends_the_batch_and_keeps_what_was_gathered() {
+        let (tx, mut consumer) = consumer();
+        tx.send(Ok(1)).unwrap();
+        tx.send(Err("connection reset".into())).unwrap();
+        tx.send(Ok(2)).unwrap();
+        let start = Instant::now();
+        let (batch, broken) = gather(&mut consumer, 0, 256, Routed::NotLive, &url()).await;
+        assert_eq!(batch, vec![0, 1]);
+        let broken = broken.expect("the break reported");
+        assert!(broken.contains("connection reset"), "{broken}");
+        assert!(!broken.contains("secret"), "the password leaked: {broken}");
+        assert_eq!(start.elapsed(), Duration::ZERO, "a broken consumer waited");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_consumer_ends_the_batch_with_the_reason() {
+        let (tx, mut consumer) = consumer();
+        tx.send(Ok(1)).unwrap();
+        drop(tx);
+        let (batch, broken) = gather(&mut consumer, 0, 256, Routed::NotLive, &url()).await;
+        assert_eq!(batch, vec![0, 1]);
+        assert_eq!(broken.as_deref(), Some(CANCELLED));
+    }
+}
