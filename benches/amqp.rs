@@ -169,9 +169,12 @@ async fn laneway_consumer(queue: &str, n: u64, path: Path) -> Duration {
         tokio::time::timeout(Duration::from_secs(300), marks.first_live)
             .await
             .expect("the fresh message delivered within 300 s")
-            .unwrap();
+            .expect("the engine ended before its sink had the fresh message");
     } else {
-        marks.all.await.unwrap();
+        marks
+            .all
+            .await
+            .expect("the engine ended before its sink had every message");
     }
     let elapsed = start.elapsed();
     let _ = stop_tx.send(());

@@ -184,9 +184,15 @@ async fn laneway(brokers: &str, group: &str, n: u64) -> Round {
     }));
     // Told by the sink, not polled: a timer polled from the runtime wakes
     // its workers at every tick (see `CountingSink`).
-    marks.first.await.unwrap();
+    marks
+        .first
+        .await
+        .expect("the engine ended before its sink had a message");
     let span = Span::start();
-    marks.all.await.unwrap();
+    marks
+        .all
+        .await
+        .expect("the engine ended before its sink had every message");
     let round = span.end(n);
     let _ = stop_tx.send(());
     run.await.unwrap();
