@@ -431,12 +431,16 @@ async fn a_2xx_delivers_every_batch_exactly_once_byte_for_byte_in_both_formats()
         let hits = server.hits();
         assert!(hits.len() > 1, "batches, not one request per run");
         assert!(hits.iter().all(|h| h.path == "/in" && h.accepted()));
-        // One slot, one pooled keep-alive connection for every batch.
+        // One slot: batches reuse the pooled keep-alive connection. Not
+        // always the one: the client hands a connection back to its pool
+        // from a task of its own once the body is read, and a request that
+        // starts before that task has run races a new connection against
+        // the pool (hyper-util's legacy client). A body left unread would
+        // cost every batch a connection of its own.
         let connections: std::collections::HashSet<SocketAddr> =
             hits.iter().map(|h| h.peer).collect();
-        assert_eq!(
-            connections.len(),
-            1,
+        assert!(
+            connections.len() * 2 <= hits.len(),
             "{format:?}: {} requests on {} connections",
             hits.len(),
             connections.len()
