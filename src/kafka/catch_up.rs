@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use super::ValueFormat;
 use super::offsets::{CatchUpPlan, Offsets};
 use super::record;
-use super::source::{CatchUpContext, take_ready};
+use super::source::CatchUpContext;
+use crate::source::take_ready::take_ready;
 use crate::source::{Incoming, Ingest};
 
 /// How long to wait before trying a failed assignment again.
@@ -142,7 +143,8 @@ impl CatchUpReader {
             match first {
                 Ok(first) => {
                     let mut records = vec![first];
-                    take_ready(&mut stream, &mut records, self.batch);
+                    // An error ends the gathering; the batch so far is handed in.
+                    let _ = take_ready(&mut stream, &mut records, self.batch);
                     Self::submit(
                         &mut self.reading,
                         &self.offsets,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::StreamExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
@@ -32,6 +32,7 @@ use super::record;
 use super::split::SplitPolicy;
 use crate::knob::KnobError;
 use crate::source::source_adapter;
+use crate::source::take_ready::take_ready;
 use crate::source::{Incoming, LanePolicy, Source, SourceContext, SourceError, SourceHealth};
 
 /// Consumes Kafka topics in a consumer group; see the module documentation
@@ -425,7 +426,8 @@ impl Source for KafkaSource {
             // Whatever else is ready now joins the batch, without waiting.
             // The batch is stamped received once: its records arrived together.
             records.push(first);
-            take_ready(&mut stream, &mut records, self.config.batch);
+            // An error ends the gathering; the batch so far is handed in.
+            let _ = take_ready(&mut stream, &mut records, self.config.batch);
             submit_by_partition(&ctx, &offsets, &records, self.config.format).await;
             records.clear();
         }
@@ -457,22 +459,6 @@ impl Source for KafkaSource {
         )
         .await;
         Ok(())
-    }
-}
-
-/// Moves the records the client already holds from `stream` into
-/// `records`, up to `max` in all, without waiting. An error ends the
-/// gathering; the batch so far is handed in as it is.
-pub(super) fn take_ready<T, E>(
-    stream: &mut (impl Stream<Item = Result<T, E>> + Unpin),
-    records: &mut Vec<T>,
-    max: usize,
-) {
-    while records.len() < max {
-        match stream.next().now_or_never() {
-            Some(Some(Ok(m))) => records.push(m),
-            _ => break,
-        }
     }
 }
 

@@ -22,6 +22,8 @@ mod positions;
 pub mod sessions;
 pub mod settle_loop;
 pub mod simulator;
+#[cfg(any(feature = "amqp", feature = "kafka"))]
+pub(crate) mod take_ready;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};

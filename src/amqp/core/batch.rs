@@ -19,11 +19,12 @@
 
 use std::time::Duration;
 
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::Stream;
 
 use super::connect::AmqpError;
 use crate::broker_url::BrokerUrl;
 use crate::source::Routed;
+use crate::source::take_ready::{Ended, take_ready};
 
 /// How long a small batch read from a pile waits for more deliveries. The
 /// runtime's timer counts whole milliseconds. Two milliseconds gather
@@ -63,15 +64,10 @@ fn take_held<D, E: std::fmt::Display>(
     max: usize,
     url: &BrokerUrl,
 ) -> Option<String> {
-    while deliveries.len() < max {
-        match consumer.next().now_or_never() {
-            Some(Some(Ok(d))) => deliveries.push(d),
-            Some(Some(Err(e))) => return Some(AmqpError::new(url, "consuming", e).to_string()),
-            Some(None) => return Some(CANCELLED.into()),
-            None => break,
-        }
-    }
-    None
+    take_ready(consumer, deliveries, max).map(|end| match end {
+        Ended::Failed(e) => AmqpError::new(url, "consuming", e).to_string(),
+        Ended::Closed => CANCELLED.into(),
+    })
 }
 
 /// Why a consumer stream ended without an error.
@@ -82,6 +78,7 @@ mod tests {
     //! The batching policy on the runtime's paused clock: whether a batch
     //! waited is read off the clock, which moves only when something sleeps.
 
+    use futures_util::StreamExt;
     use tokio::sync::mpsc;
     use tokio::time::{Duration, Instant};
 
