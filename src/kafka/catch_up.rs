@@ -37,8 +37,14 @@ use super::ValueFormat;
 use super::offsets::{CatchUpPlan, Offsets};
 use super::record;
 use super::source::CatchUpContext;
-use crate::source::take_ready::take_ready;
+use crate::source::take_ready::{Ended, take_ready};
 use crate::source::{Incoming, Ingest};
+
+/// A client error the reader outlives: the client retries by itself, and
+/// the group consumer's pacer has reported the same trouble.
+fn warn_and_continue(error: &rdkafka::error::KafkaError) {
+    tracing::warn!(error = %error, "kafka catch-up reader error; continuing");
+}
 
 /// How long to wait before trying a failed assignment again.
 const REASSIGN_AFTER: Duration = Duration::from_secs(1);
@@ -143,8 +149,9 @@ impl CatchUpReader {
             match first {
                 Ok(first) => {
                     let mut records = vec![first];
-                    // An error ends the gathering; the batch so far is handed in.
-                    let _ = take_ready(&mut stream, &mut records, self.batch);
+                    // An error or the stream's end stops the gathering; the
+                    // batch so far is handed in first.
+                    let ended = take_ready(&mut stream, &mut records, self.batch);
                     Self::submit(
                         &mut self.reading,
                         &self.offsets,
@@ -153,8 +160,13 @@ impl CatchUpReader {
                         records,
                     )
                     .await;
+                    match ended {
+                        Some(Ended::Failed(e)) => warn_and_continue(&e),
+                        Some(Ended::Closed) => return,
+                        None => {}
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "kafka catch-up reader error; continuing"),
+                Err(e) => warn_and_continue(&e),
             }
         }
     }

@@ -32,7 +32,7 @@ use super::record;
 use super::split::SplitPolicy;
 use crate::knob::KnobError;
 use crate::source::source_adapter;
-use crate::source::take_ready::take_ready;
+use crate::source::take_ready::{Ended, take_ready};
 use crate::source::{Incoming, LanePolicy, Source, SourceContext, SourceError, SourceHealth};
 
 /// Consumes Kafka topics in a consumer group; see the module documentation
@@ -410,26 +410,45 @@ impl Source for KafkaSource {
                     None => break,
                 },
             };
+            // A client error, met first or while gathering: one that ends
+            // the source stops the run; any other is reported, paced, and
+            // the client retries by itself.
+            let trouble = |e: KafkaError| {
+                if is_fatal(&e) {
+                    return Some(origin_error(e.to_string()));
+                }
+                pacer.client_error(&name, &e.to_string());
+                ctx.health.troubled(format!("kafka: {e}"));
+                None
+            };
             let first = match first {
                 Ok(m) => m,
-                Err(e) if is_fatal(&e) => {
-                    failure = Some(origin_error(e.to_string()));
-                    break;
-                }
-                Err(e) => {
-                    pacer.client_error(&name, &e.to_string());
-                    ctx.health.troubled(format!("kafka: {e}"));
-                    continue;
-                }
+                Err(e) => match trouble(e) {
+                    Some(fatal) => {
+                        failure = Some(fatal);
+                        break;
+                    }
+                    None => continue,
+                },
             };
             ctx.health.healthy();
             // Whatever else is ready now joins the batch, without waiting.
             // The batch is stamped received once: its records arrived together.
             records.push(first);
-            // An error ends the gathering; the batch so far is handed in.
-            let _ = take_ready(&mut stream, &mut records, self.config.batch);
+            let ended = take_ready(&mut stream, &mut records, self.config.batch);
+            // What was gathered before an error is handed in first.
             submit_by_partition(&ctx, &offsets, &records, self.config.format).await;
             records.clear();
+            match ended {
+                Some(Ended::Failed(e)) => {
+                    if let Some(fatal) = trouble(e) {
+                        failure = Some(fatal);
+                        break;
+                    }
+                }
+                Some(Ended::Closed) => break,
+                None => {}
+            }
         }
         catch_up_stop.cancel();
         if let Some(reader) = catch_up {
