@@ -21,7 +21,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use std::time::Instant;
 
 use bytes::Bytes;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::Message as _;
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 
 use super::ValueFormat;
 use crate::message::{self, Extras, Message, now_epoch_ms, parse_envelope};
@@ -44,10 +45,13 @@ pub(super) fn origin(record: &impl rdkafka::Message) -> String {
     )
 }
 
-/// Whether two records come from the same partition (batches are handed
-/// to the engine one run of one partition at a time).
-pub(super) fn same_partition(a: &impl rdkafka::Message, b: &impl rdkafka::Message) -> bool {
-    a.partition() == b.partition() && a.topic() == b.topic()
+/// Whether two records of one consumer come from the same partition
+/// (batches are handed to the engine one run of one partition at a time).
+/// A consumer holds one topic handle per topic, so comparing the handles
+/// compares the topics without reading their names, which the client
+/// would measure and check as UTF-8 on every call: twice a record.
+pub(super) fn same_partition(a: &BorrowedMessage<'_>, b: &BorrowedMessage<'_>) -> bool {
+    a.partition() == b.partition() && std::ptr::eq(a.topic_ptr(), b.topic_ptr())
 }
 
 /// A record's headers, read in one pass: the value of the first header
