@@ -4,8 +4,10 @@
 //! [`Message::with_extras`] on a message not yet cloned changes it in
 //! place); cloning it is one reference-count increment, so fan-out to many
 //! groups copies no bytes; its kind and parts always agree with its topic;
-//! a message without a key or extra headers carries one null pointer for
-//! them, nothing more.
+//! a message is three allocations (its shared part, its topic and id, its
+//! payload), and a key or extra headers add only their own bytes: the
+//! extras sit in the shared part, whose topic ranges are kept in 16 bits
+//! (a topic is at most [`MAX_TOPIC_LEN`] bytes) to make room for them.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -47,14 +49,41 @@ struct Inner {
     /// per message on every source's path).
     topic_and_id: Box<str>,
     /// Where the topic ends in `topic_and_id` (a character boundary).
-    topic_len: usize,
+    topic_len: u16,
     generate_time_ms: i64,
-    parts: TopicParts,
+    parts: Parts,
     payload: Bytes,
     received_at: Instant,
     /// The payload's nesting depth when it is JSON; `None` when it is not.
     payload_json_depth: OnceLock<Option<usize>>,
-    extras: Option<Box<Extras>>,
+    /// Empty for most messages: an empty key and vector allocate nothing.
+    extras: Extras,
+}
+
+/// [`TopicParts`] in 16-bit ranges: a message keeps them for its life.
+#[derive(Clone)]
+struct Parts {
+    kind: Kind,
+    product_key: Option<(u16, u16)>,
+    device_name: Option<(u16, u16)>,
+    event_identifier: Option<(u16, u16)>,
+}
+
+impl Parts {
+    /// The parts of a topic of at most [`MAX_TOPIC_LEN`] bytes, whose
+    /// ranges all fit.
+    fn of(topic: &str) -> Parts {
+        let narrow = |r: Option<std::ops::Range<usize>>| {
+            r.and_then(|r| Some((u16::try_from(r.start).ok()?, u16::try_from(r.end).ok()?)))
+        };
+        let parts: TopicParts = classify(topic);
+        Parts {
+            kind: parts.kind,
+            product_key: narrow(parts.product_key),
+            device_name: narrow(parts.device_name),
+            event_identifier: narrow(parts.event_identifier),
+        }
+    }
 }
 
 impl Message {
@@ -82,23 +111,24 @@ impl Message {
         if topic.is_empty() {
             return Err(MessageError::MissingTopic);
         }
-        if topic.len() > MAX_TOPIC_LEN {
-            return Err(MessageError::TopicTooLong(topic.len()));
-        }
-        let parts = classify(topic);
+        let topic_len = match u16::try_from(topic.len()) {
+            Ok(len) if usize::from(len) <= MAX_TOPIC_LEN => len,
+            _ => return Err(MessageError::TopicTooLong(topic.len())),
+        };
+        let parts = Parts::of(topic);
         let mut topic_and_id = String::with_capacity(topic.len() + message_id.len());
         topic_and_id.push_str(topic);
         topic_and_id.push_str(message_id);
         Ok(Message {
             inner: Arc::new(Inner {
                 topic_and_id: topic_and_id.into_boxed_str(),
-                topic_len: topic.len(),
+                topic_len,
                 generate_time_ms,
                 parts,
                 payload: payload.into(),
                 received_at,
                 payload_json_depth: OnceLock::new(),
-                extras: None,
+                extras: Extras::default(),
             }),
         })
     }
@@ -108,14 +138,13 @@ impl Message {
     /// is changed in place; on a message already cloned, the fields are
     /// copied once (the payload is shared either way).
     pub fn with_extras(mut self, extras: Extras) -> Message {
-        let extras = (!extras.is_empty()).then(|| Box::new(extras));
         Arc::make_mut(&mut self.inner).extras = extras;
         self
     }
 
     /// The key and extra headers, when the message has any.
     pub fn extras(&self) -> Option<&Extras> {
-        self.inner.extras.as_deref()
+        Some(&self.inner.extras).filter(|e| !e.is_empty())
     }
 
     /// The key of the record the message came in (a Kafka record key), byte
@@ -137,7 +166,7 @@ impl Message {
     pub fn topic(&self) -> &str {
         self.inner
             .topic_and_id
-            .get(..self.inner.topic_len)
+            .get(..usize::from(self.inner.topic_len))
             .unwrap_or_default()
     }
 
@@ -145,7 +174,7 @@ impl Message {
     pub fn message_id(&self) -> &str {
         self.inner
             .topic_and_id
-            .get(self.inner.topic_len..)
+            .get(usize::from(self.inner.topic_len)..)
             .unwrap_or_default()
     }
 
@@ -217,8 +246,8 @@ impl Message {
             + 64
     }
 
-    fn part(&self, range: &Option<std::ops::Range<usize>>) -> Option<&str> {
-        range.as_ref().and_then(|r| self.topic().get(r.clone()))
+    fn part(&self, range: &Option<(u16, u16)>) -> Option<&str> {
+        range.and_then(|(start, end)| self.topic().get(usize::from(start)..usize::from(end)))
     }
 }
 
@@ -259,7 +288,11 @@ mod tests {
 
     #[test]
     fn extras_are_kept_and_a_message_without_them_stays_small() {
-        assert!(std::mem::size_of::<Option<Box<Extras>>>() == std::mem::size_of::<usize>());
+        assert!(
+            std::mem::size_of::<Inner>() <= 176,
+            "the shared part grew: {} bytes",
+            std::mem::size_of::<Inner>()
+        );
         let m = Message::new("/pk/dn/thing/lifecycle", "1", 5, Bytes::from_static(b"{}")).unwrap();
         assert_eq!((m.key(), m.headers().len()), (None, 0));
         let shared = m.clone();
