@@ -10,7 +10,11 @@
 //! Invariants: the scanner never panics and never recurses (the first 64
 //! levels of nesting are bits of one word; each deeper level costs one
 //! byte of heap, bounded by the input's length); every error names what
-//! was expected and the byte offset where it went wrong.
+//! was expected and the byte offset where it went wrong; input that is not
+//! UTF-8 is reported as such before any other error, as if checked first,
+//! though the check runs only over strings holding bytes that are not
+//! ASCII (the scanner accepts no other such byte), and over the whole
+//! input only when a scan fails.
 
 use std::fmt;
 use std::ops::Range;
@@ -104,11 +108,17 @@ pub fn validate(bytes: &[u8]) -> Result<(), JsonError> {
 /// [`validate`] and [`nesting_depth`] in one pass: the deepest nesting of
 /// arrays and objects in `bytes` when they hold exactly one JSON value.
 pub fn depth_of_valid(bytes: &[u8]) -> Result<usize, JsonError> {
-    check_utf8(bytes)?;
     let mut s = Scanner::new(bytes);
-    let depth = s.value()?;
-    s.end()?;
-    Ok(depth)
+    let scanned = s.value().and_then(|depth| s.end().map(|()| depth));
+    utf8_first(bytes, scanned)
+}
+
+/// What the scanner found, with a UTF-8 error in `bytes` taking precedence
+/// over any other (as when the input was checked before it was scanned).
+/// Only a failed scan needs the check: a scan that succeeds has read every
+/// byte outside strings as ASCII and checked every string that is not.
+fn utf8_first<T>(bytes: &[u8], scanned: Result<T, JsonError>) -> Result<T, JsonError> {
+    scanned.map_err(|e| check_utf8(bytes).err().unwrap_or(e))
 }
 
 /// The deepest nesting of arrays and objects in `bytes`, which must be
@@ -164,7 +174,10 @@ pub(crate) enum TopLevel {
 /// Validates `bytes` as one JSON value and, when it is an object, returns
 /// where each of its members sits.
 pub(crate) fn scan_object(bytes: &[u8]) -> Result<TopLevel, JsonError> {
-    check_utf8(bytes)?;
+    utf8_first(bytes, scan_object_unchecked(bytes))
+}
+
+fn scan_object_unchecked(bytes: &[u8]) -> Result<TopLevel, JsonError> {
     let mut s = Scanner::new(bytes);
     s.ws();
     if s.peek() != Some(b'{') {
@@ -361,6 +374,24 @@ impl Containers {
     }
 }
 
+/// The bytes a string's scan must stop at: its closing quote, an escape,
+/// and the control characters that must have been escaped.
+const LOOK_AT: [bool; 256] = look_at(false);
+/// [`LOOK_AT`] and every byte that is not ASCII, until one is found: the
+/// string's UTF-8 is checked then.
+const LOOK_AT_ASCII: [bool; 256] = look_at(true);
+
+const fn look_at(non_ascii: bool) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] =
+            b == b'"' as usize || b == b'\\' as usize || b < 0x20 || (non_ascii && b >= 0x80);
+        b += 1;
+    }
+    table
+}
+
 struct Scanner<'a> {
     b: &'a [u8],
     pos: usize,
@@ -521,21 +552,36 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A string starting at the opening quote; returns whether it has escapes.
+    /// A string starting at the opening quote; returns whether it has
+    /// escapes. Checks the string's UTF-8 when it holds a byte that is not
+    /// ASCII (the scanner reads no other byte that could be).
     fn string(&mut self) -> Result<bool, JsonError> {
+        let open = self.pos;
         self.pos += 1;
         let mut escaped = false;
+        let mut ascii = true;
         loop {
             // Most of a string is bytes that need no second look: skip
-            // them in one tight loop.
+            // them in one tight loop (after the first byte that is not
+            // ASCII, the rest need not be looked at for it).
             let rest = self.b.get(self.pos..).unwrap_or_default();
+            let look = if ascii { &LOOK_AT_ASCII } else { &LOOK_AT };
             self.pos += rest
                 .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .position(|&b| look[usize::from(b)])
                 .unwrap_or(rest.len());
             let b = self.next_byte("'\"' closing the string")?;
             match b {
-                b'"' => return Ok(escaped),
+                b'"' => {
+                    if !ascii {
+                        let inside = self.b.get(open + 1..self.pos - 1).unwrap_or_default();
+                        std::str::from_utf8(inside).map_err(|e| JsonError {
+                            offset: open + 1 + e.valid_up_to(),
+                            problem: JsonProblem::NotUtf8,
+                        })?;
+                    }
+                    return Ok(escaped);
+                }
                 b'\\' => {
                     escaped = true;
                     let e = self.next_byte("an escape")?;
@@ -566,7 +612,7 @@ impl<'a> Scanner<'a> {
                         problem: JsonProblem::ControlInString { code: b },
                     });
                 }
-                _ => {}
+                _ => ascii = false,
             }
         }
     }
@@ -642,6 +688,7 @@ fn literal_name(word: &[u8]) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     #[test]
     fn nesting_depth_counts_brackets_outside_strings() {
@@ -762,6 +809,88 @@ mod tests {
             assert_eq!(err.offset, offset, "{input:?}: {err}");
             assert!(err.to_string().contains(what), "{input:?}: {err}");
         }
+    }
+
+    /// The scan checks UTF-8 only inside strings that are not ASCII, and
+    /// only when a scan fails does it check the whole input: the answer
+    /// must be the one checking first gave, for any bytes.
+    fn checked_first(bytes: &[u8]) -> Result<usize, JsonError> {
+        check_utf8(bytes)?;
+        let mut s = Scanner::new(bytes);
+        let depth = s.value()?;
+        s.end()?;
+        Ok(depth)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn utf8_is_checked_as_if_first_whatever_the_bytes(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(vec![
+                        "{", "}", "[", "]", ",", ":", "\"", "\\", "\\u00e9", "1", "-2.5e3",
+                        "true", "null", " ", "\"k\":", "é", "漢", "\t",
+                    ]).prop_map(|t| t.as_bytes().to_vec()),
+                    proptest::collection::vec(proptest::num::u8::ANY, 1..4),
+                ],
+                0..24,
+            )
+        ) {
+            let bytes = parts.concat();
+            proptest::prop_assert_eq!(depth_of_valid(&bytes), checked_first(&bytes));
+            if let Err(e) = std::str::from_utf8(&bytes) {
+                proptest::prop_assert_eq!(
+                    depth_of_valid(&bytes).map_err(|e| (e.offset, e.problem)),
+                    Err((e.valid_up_to(), JsonProblem::NotUtf8))
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_string_of_any_bytes_passes_exactly_when_it_is_utf8(
+            inside in proptest::collection::vec(
+                proptest::num::u8::ANY.prop_filter("needs no escape", |b| *b >= 0x20 && *b != b'"' && *b != b'\\'),
+                0..40,
+            )
+        ) {
+            let text = [&b"[1, \""[..], &inside, &b"\"]"[..]].concat();
+            let want = match std::str::from_utf8(&inside) {
+                Ok(_) => Ok(1),
+                Err(e) => Err(JsonError { offset: 5 + e.valid_up_to(), problem: JsonProblem::NotUtf8 }),
+            };
+            proptest::prop_assert_eq!(depth_of_valid(&text), want);
+        }
+    }
+
+    #[test]
+    fn a_string_that_is_not_utf8_is_found_wherever_it_is() {
+        for (input, offset) in [
+            (&b"\"\xff\""[..], 1),
+            (b"{\"k\":\"\xc3\xa9\xc3\"}", 8),
+            (b"[\"\xe6\xbc\xa2\", \"ok\xed\xa0\x80\"]", 11),
+            (b"{\"\xf0\x9f\x98\":1}", 2),
+            (b"[1, 2 \xff]", 6),
+        ] {
+            let err = validate(input).unwrap_err();
+            assert_eq!(
+                (err.offset, err.problem),
+                (offset, JsonProblem::NotUtf8),
+                "{input:?}"
+            );
+            assert!(matches!(
+                scan_object(input),
+                Err(JsonError {
+                    problem: JsonProblem::NotUtf8,
+                    ..
+                })
+            ));
+        }
+        assert_eq!(
+            depth_of_valid("[\"é漢\", {\"ü\": \"😀\"}]".as_bytes()),
+            Ok(2)
+        );
     }
 
     #[test]
