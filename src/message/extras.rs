@@ -30,9 +30,9 @@ impl Header {
     }
 }
 
-/// The key and extra headers of a message. Most messages have none, so a
-/// [`super::Message`] holds these behind an `Option<Box<_>>`: a message
-/// without them pays one null pointer.
+/// The key and extra headers of a message. Most messages have none, and
+/// empty extras allocate nothing: a [`super::Message`] keeps these in its shared
+/// part, so a keyed record costs the key's bytes and no box around them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Extras {
     /// The record key, byte for byte (`None`: the record had none).
