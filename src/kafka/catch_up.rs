@@ -40,8 +40,8 @@ use super::source::CatchUpContext;
 use crate::source::take_ready::{Ended, take_ready};
 use crate::source::{Incoming, Ingest};
 
-/// A client error the reader outlives: the client retries by itself, and
-/// the group consumer's pacer has reported the same trouble.
+/// A client error the reader outlives (the client retries by itself),
+/// met first or while gathering a batch.
 fn warn_and_continue(error: &rdkafka::error::KafkaError) {
     tracing::warn!(error = %error, "kafka catch-up reader error; continuing");
 }

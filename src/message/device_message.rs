@@ -4,10 +4,11 @@
 //! [`Message::with_extras`] on a message not yet cloned changes it in
 //! place); cloning it is one reference-count increment, so fan-out to many
 //! groups copies no bytes; its kind and parts always agree with its topic;
-//! a message is three allocations (its shared part, its topic and id, its
-//! payload), and a key or extra headers add only their own bytes: the
-//! extras sit in the shared part, whose topic ranges are kept in 16 bits
-//! (a topic is at most [`MAX_TOPIC_LEN`] bytes) to make room for them.
+//! a message is at most three allocations of its own (its shared part, its
+//! topic and id, its payload), and a key or extra headers add only their
+//! own bytes: the extras sit in the shared part, whose topic ranges are
+//! kept in 16 bits (a topic is at most [`MAX_TOPIC_LEN`] bytes) to make
+//! room for them.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
