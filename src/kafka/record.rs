@@ -25,7 +25,7 @@ use rdkafka::Message as _;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 
 use super::ValueFormat;
-use crate::message::{self, Extras, Message, now_epoch_ms, parse_envelope};
+use crate::message::{self, Extras, Message, generate_time_of_text, now_epoch_ms, parse_envelope};
 use crate::source::Incoming;
 
 /// The header carrying the platform topic.
@@ -182,7 +182,7 @@ fn read_record(
             let generate_time_ms = fields
                 .generate_time
                 .flatten()
-                .and_then(epoch_ms)
+                .and_then(generate_time_of_text)
                 .or_else(|| record.timestamp().to_millis())
                 .unwrap_or_else(now_epoch_ms);
             match Message::received(
@@ -197,28 +197,6 @@ fn read_record(
             }
         }
     }
-}
-
-/// The `generateTime` header's text as epoch milliseconds, as `str::trim`
-/// then `str::parse::<i64>` read it; `None` for text they refuse (the
-/// record's timestamp stands in). The usual text, digits with an optional
-/// sign, is read straight from the bytes: a UTF-8 pass and the standard
-/// parser cost about 180 instructions a record, more than the topic's and
-/// the id's checks. Anything else takes the standard reading.
-fn epoch_ms(text: &[u8]) -> Option<i64> {
-    let (negative, digits) = match text {
-        [b'-', rest @ ..] => (true, rest),
-        [b'+', rest @ ..] => (false, rest),
-        _ => (false, text),
-    };
-    // Up to 18 digits always fit in an i64.
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return std::str::from_utf8(text).ok()?.trim().parse().ok();
-    }
-    let n = digits
-        .iter()
-        .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
-    Some(if negative { -n } else { n })
 }
 
 fn malformed(value: &[u8], record: &impl rdkafka::Message, reason: String) -> Incoming {
@@ -387,45 +365,6 @@ mod tests {
             &record_key(&m, super::super::KeyChoice::Device)[..],
             b"pk/dn"
         );
-    }
-
-    proptest::proptest! {
-        /// The generate time reads as the standard parser reads it, for
-        /// any text: digits, signs, blanks, too many digits, other bytes.
-        #[test]
-        fn the_generate_time_reads_as_the_standard_parser_reads_it(
-            text in proptest::collection::vec(
-                proptest::sample::select(
-                    b"0123456789-+ \t\x0b\xa0x.9".to_vec()
-                ),
-                0..24,
-            ),
-            n in proptest::num::i64::ANY,
-        ) {
-            let standard = |t: &[u8]| std::str::from_utf8(t).ok()?.trim().parse::<i64>().ok();
-            proptest::prop_assert_eq!(epoch_ms(&text), standard(&text));
-            let written = n.to_string();
-            proptest::prop_assert_eq!(epoch_ms(written.as_bytes()), Some(n));
-        }
-    }
-
-    #[test]
-    fn a_generate_time_of_any_usual_form_is_read() {
-        for (text, want) in [
-            (&b"1733550000000"[..], Some(1_733_550_000_000)),
-            (b"-5", Some(-5)),
-            (b"+7", Some(7)),
-            (b" 12 ", Some(12)),
-            (b"9223372036854775807", Some(i64::MAX)),
-            (b"-9223372036854775808", Some(i64::MIN)),
-            (b"9223372036854775808", None),
-            (b"-", None),
-            (b"", None),
-            (b"12a", None),
-            (b"\xff1", None),
-        ] {
-            assert_eq!(epoch_ms(text), want, "{text:?}");
-        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use simd_json::{OwnedValue, StaticNode};
 
 use super::json::{self, JsonError, Member, TopLevel};
-use super::{Extras, Header, Message, MessageError};
+use super::{Extras, Header, Message, MessageError, generate_time_of_text};
 
 /// The UTF-8 byte order mark some editors put at the start of a file.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -120,8 +120,8 @@ pub fn parse_envelope(line: &[u8]) -> Result<Message, EnvelopeError> {
     };
     let (raw, at) = field(2)?;
     let generate_time = match string_value(raw, at)? {
-        Some(s) => s.trim().parse::<i64>().ok(),
-        None if is_integer(raw) => std::str::from_utf8(raw).ok().and_then(|s| s.parse().ok()),
+        Some(s) => generate_time_of_text(s.as_bytes()),
+        None if is_integer(raw) => generate_time_of_text(raw),
         None => None,
     }
     .ok_or_else(|| {

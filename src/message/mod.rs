@@ -8,6 +8,7 @@ pub mod json;
 mod kind;
 mod topic;
 
+pub(crate) use device_message::generate_time_of_text;
 pub use device_message::{MAX_TOPIC_LEN, Message, MessageError, now_epoch_ms};
 pub use envelope::{
     EnvelopeError, parse_envelope, write_base64, write_delivery_envelope, write_envelope,

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 
-use crate::message::{Message, now_epoch_ms};
+use crate::message::{Message, generate_time_of_text, now_epoch_ms};
 use crate::source::Incoming;
 
 /// The header carrying the platform topic.
@@ -83,7 +83,9 @@ pub fn to_incoming(
         .unwrap_or_default();
     let generate_time_ms = headers
         .and_then(|h| h.inner().get(GENERATE_TIME))
-        .and_then(|v| integer(v).or_else(|| text(v).and_then(|t| t.trim().parse().ok())))
+        .and_then(|v| {
+            integer(v).or_else(|| text(v).and_then(|t| generate_time_of_text(t.as_bytes())))
+        })
         .or_else(|| properties.timestamp().map(timestamp_ms))
         .unwrap_or_else(now_epoch_ms);
     let body = Bytes::from(body);
