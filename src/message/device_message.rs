@@ -317,23 +317,77 @@ pub fn now_epoch_ms() -> i64 {
 /// string or integer) as epoch milliseconds: what `str::trim` then
 /// `str::parse::<i64>` accept; `None` for text they refuse (the source's
 /// fallback stands in). The usual text, digits with an optional sign, is
-/// read straight from the bytes: a UTF-8 pass and the standard parser cost
-/// a Kafka record about 180 instructions, more than its topic's and id's
-/// checks. Anything else takes the standard reading.
+/// read straight from the bytes, eight digits to a word: a UTF-8 pass and
+/// the standard parser cost a Kafka record about 180 instructions, a digit
+/// at a time about 210 (13 digits), a word at a time about 95. Anything
+/// else takes the standard reading.
 pub(crate) fn generate_time_of_text(text: &[u8]) -> Option<i64> {
     let (negative, digits) = match text {
         [b'-', rest @ ..] => (true, rest),
         [b'+', rest @ ..] => (false, rest),
         _ => (false, text),
     };
-    // Up to 18 digits always fit in an i64.
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return std::str::from_utf8(text).ok()?.trim().parse().ok();
+    match value_of_digits(digits) {
+        Some(n) => Some(if negative { -n } else { n }),
+        None => generate_time_of_other_text(text),
     }
-    let n = digits
-        .iter()
-        .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
-    Some(if negative { -n } else { n })
+}
+
+/// The standard reading, for text that is not just digits (kept out of
+/// line: the usual path then saves no registers for it).
+#[cold]
+#[inline(never)]
+fn generate_time_of_other_text(text: &[u8]) -> Option<i64> {
+    std::str::from_utf8(text).ok()?.trim().parse().ok()
+}
+
+/// The value of 1 to 18 ASCII digits (18 always fit an i64); `None` for
+/// any other text.
+fn value_of_digits(digits: &[u8]) -> Option<i64> {
+    const POWERS_OF_TEN: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+    if digits.len() < 8 {
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0'));
+        return Some(n);
+    }
+    if digits.len() > 18 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    let mut words = digits.chunks_exact(8);
+    for word in &mut words {
+        n = n * 100_000_000 + eight_digits(u64::from_le_bytes(word.try_into().ok()?))?;
+    }
+    let rest = words.remainder().len();
+    if rest > 0 {
+        // The last eight digits, of which the first `8 - rest` were read
+        // already: those read as zeros now.
+        let last = digits.get(digits.len() - 8..)?;
+        let read = u64::MAX >> (8 * rest);
+        let word = u64::from_le_bytes(last.try_into().ok()?) & !read | 0x3030_3030_3030_3030 & read;
+        n = n * POWERS_OF_TEN.get(rest)? + eight_digits(word)?;
+    }
+    i64::try_from(n).ok()
+}
+
+/// The value of eight ASCII digits read as a little-endian word (the
+/// first digit, the most significant, in the lowest byte); `None` when a
+/// byte is not a digit.
+fn eight_digits(word: u64) -> Option<u64> {
+    // A digit is 0x30..=0x39: its high nibble is 3, and adding 6 keeps it
+    // 3 (no byte that passes can carry into the next).
+    let high = word & 0xF0F0_F0F0_F0F0_F0F0;
+    let plus_six = word.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0;
+    if high | plus_six >> 4 != 0x3333_3333_3333_3333 {
+        return None;
+    }
+    // Pairs, then fours, then the eight: each step a multiply and a shift.
+    let w = word & 0x0F0F_0F0F_0F0F_0F0F;
+    let w = (w * 10 + (w >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let w = (w * 100 + (w >> 16)) & 0x0000_FFFF_0000_FFFF;
+    Some((w * 10_000 + (w >> 32)) & 0xFFFF_FFFF)
 }
 
 #[cfg(test)]
@@ -419,6 +473,30 @@ mod tests {
             Message::new(long, "1", 0, Bytes::new()),
             Err(MessageError::TopicTooLong(_))
         ));
+    }
+
+    #[test]
+    fn a_generate_time_of_8_to_18_digits_with_any_byte_in_place_of_one_reads_as_the_standard_parser_reads_it()
+     {
+        let standard = |t: &[u8]| std::str::from_utf8(t).ok()?.trim().parse::<i64>().ok();
+        for len in 1..=19 {
+            let digits: Vec<u8> = (0..len).map(|k| b"9876543210"[k % 10]).collect();
+            for sign in [&b""[..], b"-", b"+"] {
+                let text = [sign, &digits].concat();
+                assert_eq!(generate_time_of_text(&text), standard(&text), "{text:?}");
+                for at in sign.len()..text.len() {
+                    for byte in 0..=255u8 {
+                        let mut changed = text.clone();
+                        changed[at] = byte;
+                        assert_eq!(
+                            generate_time_of_text(&changed),
+                            standard(&changed),
+                            "{changed:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
