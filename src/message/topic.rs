@@ -64,22 +64,50 @@ pub fn classify(topic: &str) -> TopicParts {
 /// topic) may have; a topic with more is `other` without parts.
 const MAX_SEGMENTS: usize = 8;
 
+/// The high bit of each byte of `word` that is a slash, and no other bit:
+/// a byte's high bit after the sum is set exactly when it is not zero, as
+/// no byte's sum carries into the next.
+fn slashes(word: u64) -> u64 {
+    const LOW_SEVEN: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let x = word ^ 0x2F2F_2F2F_2F2F_2F2F;
+    !(((x & LOW_SEVEN) + LOW_SEVEN) | x) & !LOW_SEVEN
+}
+
 fn classify_plain(topic: &str) -> TopicParts {
     let bytes = topic.as_bytes();
     if bytes.first() != Some(&b'/') {
         return TopicParts::default();
     }
     // One pass over the bytes records where each segment ends; segment
-    // `i` runs from `ends[i] + 1` to `ends[i + 1]`.
+    // `i` runs from `ends[i] + 1` to `ends[i + 1]`. The pass reads eight
+    // bytes at a time: a word's slashes are the high bits of a mask, taken
+    // lowest first (the first byte, the leading slash, left out).
     let mut ends = [0usize; MAX_SEGMENTS + 1];
     let mut count = 0;
-    for (i, &b) in bytes.iter().enumerate().skip(1) {
-        if b == b'/' {
+    let mut words = bytes.chunks_exact(8);
+    let mut start = 0;
+    let mut leading = 0x80u64;
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        let mut found = slashes(word) & !leading;
+        leading = 0;
+        while found != 0 {
             count += 1;
             if count == MAX_SEGMENTS {
                 return TopicParts::default();
             }
-            ends[count] = i;
+            ends[count] = start + (found.trailing_zeros() / 8) as usize;
+            found &= found - 1;
+        }
+        start += 8;
+    }
+    for (i, &b) in words.remainder().iter().enumerate() {
+        if b == b'/' && start + i > 0 {
+            count += 1;
+            if count == MAX_SEGMENTS {
+                return TopicParts::default();
+            }
+            ends[count] = start + i;
         }
     }
     count += 1;
@@ -129,6 +157,26 @@ mod tests {
             get(p.device_name),
             get(p.event_identifier),
         )
+    }
+
+    #[test]
+    fn slashes_marks_the_slashes_of_a_word_and_nothing_else() {
+        // Every byte value at every place, among neighbours that are
+        // slashes, zeros, near misses of a slash and bytes with the high bit.
+        for fill in [b'/', 0x00, 0x2E, 0x30, 0xAF, 0xFF, 0x7F, 0x80] {
+            for at in 0..8 {
+                for byte in 0..=255u8 {
+                    let mut bytes = [fill; 8];
+                    bytes[at] = byte;
+                    let want = bytes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, b)| **b == b'/')
+                        .fold(0u64, |mask, (i, _)| mask | 0x80 << (8 * i));
+                    assert_eq!(slashes(u64::from_le_bytes(bytes)), want, "{bytes:?}");
+                }
+            }
+        }
     }
 
     #[test]
