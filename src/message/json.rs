@@ -24,6 +24,9 @@ use std::fmt;
 use std::ops::Range;
 
 mod accept;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use accept::MAX_DEPTH as ACCEPTED_DEPTH;
 
 /// Why some bytes are not JSON, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +123,14 @@ pub fn depth_of_valid(bytes: &[u8]) -> Result<usize, JsonError> {
         Some(depth) => Ok(depth),
         None => scanned_depth(bytes),
     }
+}
+
+/// The acceptor's answer and the scanner's alone, for the `json` fuzz
+/// target, which holds them to each other.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn acceptor_and_scanner(bytes: &[u8]) -> (Option<usize>, Result<usize, JsonError>) {
+    (accept::depth(bytes), scanned_depth(bytes))
 }
 
 /// [`depth_of_valid`] by the scanner alone, with its error when invalid.

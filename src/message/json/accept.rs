@@ -17,7 +17,7 @@ use super::{LOOK_AT, LOOK_AT_ASCII, hex4};
 
 /// The deepest nesting this reads: its open containers are the bits of
 /// one word.
-pub(super) const MAX_DEPTH: usize = u64::BITS as usize;
+pub const MAX_DEPTH: usize = u64::BITS as usize;
 
 /// The deepest nesting of arrays and objects in `b` when `b` holds exactly
 /// one JSON value (surrounding whitespace allowed) nested at most
