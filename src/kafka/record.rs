@@ -185,14 +185,15 @@ fn read_record(
                 .and_then(generate_time_of_text)
                 .or_else(|| record.timestamp().to_millis())
                 .unwrap_or_else(now_epoch_ms);
-            match Message::received(
+            match Message::received_with_extras(
                 topic,
                 message_id,
                 generate_time_ms,
                 Bytes::copy_from_slice(value),
                 received_at,
+                fields.extras(record),
             ) {
-                Ok(m) => Incoming::Message(m.with_extras(fields.extras(record))),
+                Ok(m) => Incoming::Message(m),
                 Err(e) => malformed(value, record, format!("unusable topic: {e}")),
             }
         }

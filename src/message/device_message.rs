@@ -179,7 +179,28 @@ impl Message {
         payload: impl Into<Bytes>,
         received_at: Instant,
     ) -> Result<Message, MessageError> {
-        let (topic, message_id) = (topic.as_ref(), message_id.as_ref());
+        Self::received_with_extras(
+            topic.as_ref(),
+            message_id.as_ref(),
+            generate_time_ms,
+            payload.into(),
+            received_at,
+            Extras::default(),
+        )
+    }
+
+    /// [`Message::received`] with a key and extra headers, for a source
+    /// whose records carry them (Kafka): set as the message is built,
+    /// where [`Message::with_extras`] after it must first make sure the new
+    /// message is not shared, an atomic compare-and-swap every record.
+    pub(crate) fn received_with_extras(
+        topic: &str,
+        message_id: &str,
+        generate_time_ms: i64,
+        payload: Bytes,
+        received_at: Instant,
+        extras: Extras,
+    ) -> Result<Message, MessageError> {
         if topic.is_empty() {
             return Err(MessageError::MissingTopic);
         }
@@ -194,10 +215,10 @@ impl Message {
                 topic_len,
                 generate_time_ms,
                 parts,
-                payload: payload.into(),
+                payload,
                 received_at,
                 payload_json_depth: JsonDepthCache::default(),
-                extras: Extras::default(),
+                extras,
             }),
         })
     }
