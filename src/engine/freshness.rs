@@ -64,10 +64,9 @@ impl Freshness {
     /// computed once per message and handed to [`Freshness::superseded`]
     /// and [`Freshness::delivered`].
     pub fn key(&self, message: &Message) -> Option<u64> {
-        let product = message.product_key()?;
-        let device = message.device_name()?;
+        // Product and device as one slice, `pk/dn`: neither holds a slash.
+        let device = message.product_and_device()?;
         let mut h = self.hasher.build_hasher();
-        product.hash(&mut h);
         device.hash(&mut h);
         message.kind().hash(&mut h);
         if message.kind() == Kind::Event {

@@ -340,6 +340,15 @@ impl Message {
             + 64
     }
 
+    /// The product key and device name as the topic holds them, the slash
+    /// between them included (every pattern puts them side by side), when
+    /// it carries both: one slice that names the device, to hash.
+    pub(crate) fn product_and_device(&self) -> Option<&str> {
+        let (start, _) = self.inner.parts.product_key?;
+        let (_, end) = self.inner.parts.device_name?;
+        self.topic().get(usize::from(start)..usize::from(end))
+    }
+
     fn part(&self, range: &Option<(u16, u16)>) -> Option<&str> {
         range.and_then(|(start, end)| self.topic().get(usize::from(start)..usize::from(end)))
     }
@@ -484,6 +493,27 @@ mod tests {
             (b"\xff1", None),
         ] {
             assert_eq!(generate_time_of_text(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn product_and_device_is_the_two_parts_with_the_slash_between() {
+        for topic in [
+            "/pk1/dev1/thing/event/property/post",
+            "/pk1/dev1/thing/event/alarm/post",
+            "/as/mqtt/status/pk1/dev1",
+            "/sys/pk1/dev1/thing/lifecycle",
+            "/pk1/dev1/thing/topo/lifecycle",
+            "/pk1/dev1/thing/list/found",
+            "/pk1/dev1/user/update",
+            "/sys/pk1/dev1/user/update",
+        ] {
+            let m = Message::new(topic, "1", 0, "{}").unwrap();
+            assert_eq!(m.product_and_device(), Some("pk1/dev1"), "{topic}");
+        }
+        for topic in ["/pk1/dev1", "/pk1", "plain", "/pk1//thing/lifecycle"] {
+            let m = Message::new(topic, "1", 0, "{}").unwrap();
+            assert_eq!(m.product_and_device(), None, "{topic}");
         }
     }
 
