@@ -6,6 +6,8 @@ mod envelope;
 mod extras;
 pub mod json;
 mod kind;
+#[cfg(test)]
+mod near_miss;
 mod topic;
 
 pub(crate) use device_message::generate_time_of_text;

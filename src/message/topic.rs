@@ -147,6 +147,7 @@ fn classify_plain(topic: &str) -> TopicParts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::near_miss::near_miss;
 
     fn parts(topic: &str) -> (Kind, Option<&str>, Option<&str>, Option<&str>) {
         let p = classify(topic);
@@ -362,15 +363,7 @@ mod tests {
                 &["pk", "dn", "thing", "service", "reboot"],
             ];
             let mut near = patterns[pattern].to_vec();
-            let at = at % (near.len() + 1);
-            match change {
-                0 if at < near.len() => near[at] = word,
-                1 => near.insert(at, word),
-                _ if at < near.len() => {
-                    near.remove(at);
-                }
-                _ => {}
-            }
+            near_miss(&mut near, at, change, word);
             let near = format!("/{}", near.join("/"));
             proptest::prop_assert_eq!(classify_plain(&near), classify_segment_by_segment(&near), "{}", near);
         }
