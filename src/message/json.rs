@@ -16,9 +16,9 @@
 //! ASCII (the scanner accepts no other such byte), and over the whole
 //! input only when a scan fails.
 //!
-//! A valid payload is answered by [`accept`], which carries no error and
-//! so costs fewer instructions; the scanner runs for every payload the
-//! acceptor refuses, and gives the error.
+//! A valid payload is answered by the acceptor (`json/accept.rs`), which
+//! carries no error and so costs fewer instructions; the scanner runs for
+//! every payload the acceptor refuses, and gives the error.
 
 use std::fmt;
 use std::ops::Range;
