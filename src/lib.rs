@@ -107,6 +107,6 @@ pub mod fuzzing {
     };
     pub use crate::backlog::disk::{DiskBacklogConfig, verify_dir};
     pub use crate::config::FileConfig;
-    pub use crate::message::json::{ACCEPTED_DEPTH, acceptor_and_scanner};
+    pub use crate::message::json::acceptor_and_scanner;
     pub use crate::message::{classify, parse_envelope, write_delivery_envelope, write_envelope};
 }

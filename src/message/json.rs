@@ -24,9 +24,6 @@ use std::fmt;
 use std::ops::Range;
 
 mod accept;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub use accept::MAX_DEPTH as ACCEPTED_DEPTH;
 
 /// Why some bytes are not JSON, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
