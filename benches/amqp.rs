@@ -8,7 +8,7 @@
 //! - and, in the first round only, a naive plain lapin consumer (prefetch 1,
 //!   one ack per message).
 //!
-//! Part two, first fresh: a pile of stale messages (two hours old) with one
+//! Part two, first fresh: a pile of stale messages (an hour old) with one
 //! fresh message behind it; the time until the fresh message is delivered,
 //! for laneway (lane `auto`: the pile to the disk backlog, the fresh one
 //! live) and for the tuned plain consumer reading and acking the pile.
@@ -158,6 +158,7 @@ async fn laneway_consumer(queue: &str, n: u64, path: Path) -> Duration {
         .source(source, policy)
         .build()
         .unwrap();
+    let monitor = engine.monitor();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let start = Instant::now();
     let run = tokio::spawn(engine.run(async {
@@ -170,6 +171,14 @@ async fn laneway_consumer(queue: &str, n: u64, path: Path) -> Duration {
             .await
             .expect("the fresh message delivered within 300 s")
             .expect("the engine ended before its sink had the fresh message");
+        // The fresh message is the queue's last: when it is delivered the
+        // whole pile must have been taken in, or the round measured
+        // something else than reading through the pile.
+        let ingested = monitor.intake().ingested;
+        assert_eq!(
+            ingested, n,
+            "the fresh message was delivered after {ingested} of the queue's {n} messages were taken in"
+        );
     } else {
         marks
             .all
