@@ -173,7 +173,7 @@ async fn laneway_consumer(queue: &str, n: u64, path: Path) -> Duration {
             .expect("the engine ended before its sink had the fresh message");
         // The fresh message is the queue's last: when it is delivered the
         // whole pile must have been taken in, or the round measured
-        // something else than reading through the pile.
+        // something other than reading through the pile.
         let ingested = monitor.intake().ingested;
         assert_eq!(
             ingested, n,
