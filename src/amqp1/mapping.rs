@@ -19,7 +19,7 @@ use bytes::Bytes;
 use fe2o3_amqp::types::messaging::{Body, Message, MessageId};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 
-use crate::message::{self, now_epoch_ms};
+use crate::message::{self, generate_time_of_text, now_epoch_ms};
 use crate::source::Incoming;
 
 /// The application property carrying the platform topic.
@@ -90,7 +90,9 @@ pub fn to_incoming(message: Message<Body<Value>>, origin: impl FnOnce() -> Strin
         })
         .unwrap_or_default();
     let generate_time_ms = get(GENERATE_TIME)
-        .and_then(|v| integer(v).or_else(|| text(v).and_then(|t| t.trim().parse().ok())))
+        .and_then(|v| {
+            integer(v).or_else(|| text(v).and_then(|t| generate_time_of_text(t.as_bytes())))
+        })
         .or_else(|| {
             properties
                 .as_ref()

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::decrypt::{EncryptMode, decrypt};
 use super::tuya::laneway_topic;
-use crate::message::Message;
+use crate::message::{Message, generate_time_of_text};
 use crate::source::Incoming;
 
 /// The message property carrying the platform topic.
@@ -78,9 +78,9 @@ pub fn plain(r: Received<'_>, origin: impl FnOnce() -> String) -> Incoming {
         .property(MESSAGE_ID)
         .map_or_else(|| r.id.clone(), str::to_string);
     let time = match r.property(GENERATE_TIME).map(str::to_string) {
-        Some(t) => match t.trim().parse() {
-            Ok(t) => t,
-            Err(_) => {
+        Some(t) => match generate_time_of_text(t.as_bytes()) {
+            Some(t) => t,
+            None => {
                 return malformed(
                     r.data,
                     origin,
@@ -250,6 +250,33 @@ mod tests {
             (m.message_id(), m.generate_time_ms()),
             ("7:3", 1_700_000_000_000)
         );
+    }
+
+    #[test]
+    fn a_generate_time_is_read_as_text_with_unicode_blanks_and_a_sign_and_anything_else_is_a_dead_letter()
+     {
+        for (text, want) in [
+            (" 42 ", 42),
+            ("+7", 7),
+            ("-1", -1),
+            ("\t1700000000000\n", 1_700_000_000_000),
+            ("\u{a0}42", 42),
+        ] {
+            let p = props(&[("topic", "/pk/d1/thing/lifecycle"), ("generateTime", text)]);
+            let Incoming::Message(m) = plain(received(&p, b"x"), || "o".into()) else {
+                panic!("{text:?} is not a message");
+            };
+            assert_eq!(m.generate_time_ms(), want, "{text:?}");
+        }
+        for text in ["", "soon", "4 2", "42ms", "99999999999999999999"] {
+            let p = props(&[("topic", "/pk/d1/thing/lifecycle"), ("generateTime", text)]);
+            let Incoming::Malformed { raw, reason, .. } = plain(received(&p, b"x"), || "o".into())
+            else {
+                panic!("{text:?} is not a dead letter");
+            };
+            assert_eq!(&raw[..], b"x");
+            assert!(reason.contains("unusable generateTime"), "{reason}");
+        }
     }
 
     #[test]
