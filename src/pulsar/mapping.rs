@@ -77,18 +77,16 @@ pub fn plain(r: Received<'_>, origin: impl FnOnce() -> String) -> Incoming {
     let id = r
         .property(MESSAGE_ID)
         .map_or_else(|| r.id.clone(), str::to_string);
-    let time = match r.property(GENERATE_TIME).map(str::to_string) {
-        Some(t) => match generate_time_of_text(t.as_bytes()) {
-            Some(t) => t,
-            None => {
-                return malformed(
-                    r.data,
-                    origin,
-                    format!("unusable generateTime {t:?}: not epoch milliseconds"),
-                );
-            }
-        },
-        None => r.time_ms(),
+    // The text is copied only into a dead letter's reason: the property
+    // borrows the record whose data the dead letter takes.
+    let time = match r.property(GENERATE_TIME) {
+        Some(t) => generate_time_of_text(t.as_bytes())
+            .ok_or_else(|| format!("unusable generateTime {t:?}: not epoch milliseconds")),
+        None => Ok(r.time_ms()),
+    };
+    let time = match time {
+        Ok(t) => t,
+        Err(reason) => return malformed(r.data, origin, reason),
     };
     let payload = Bytes::from(r.data);
     match Message::new(topic, id, time, payload.clone()) {
