@@ -4,8 +4,10 @@
 //! process, the topic created by `simulate --partitions`), and a `laneway
 //! run` process delivers every message. What arrives is compared byte for
 //! byte (topic, id, generate time, payload) with what simulate sent, as
-//! `--record` wrote it. Each test needs its source's cargo feature (and
-//! the AMQP 1.0 one `rabbitmq-tests`).
+//! `--record` wrote it; one payload in five is random bytes that are not
+//! JSON nor UTF-8 and hold a NUL (`--binary-every 5`, delivered by a group
+//! with `validate_json = false`). Each test needs its source's cargo
+//! feature (and the AMQP 1.0 one `rabbitmq-tests`).
 
 #![cfg(any(
     all(feature = "amqp1", feature = "rabbitmq-tests"),
@@ -31,18 +33,22 @@ use support::pulsar::{FrameProxy, PulsarLite};
 use support::records::{Copies, assert_delivered, records_in_jsonl};
 
 const COUNT: u64 = 2_000;
+/// Every this many messages, simulate sends a payload that is not JSON.
+const BINARY_EVERY: u64 = 5;
 
 fn laneway() -> Command {
     Command::new(env!("CARGO_BIN_EXE_laneway"))
 }
 
-/// Runs `laneway simulate ARGS --count COUNT --record sent` to its end.
+/// Runs `laneway simulate ARGS --count COUNT --binary-every BINARY_EVERY
+/// --record sent` to its end.
 fn simulate(args: &[&str], sent: &Path) -> Output {
     let out = wait_or_kill(
         laneway()
             .arg("simulate")
             .args(args)
-            .args(["--count", &COUNT.to_string(), "-q", "--record"])
+            .args(["--count", &COUNT.to_string(), "-q"])
+            .args(["--binary-every", &BINARY_EVERY.to_string(), "--record"])
             .arg(sent)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -66,7 +72,7 @@ fn run_to_idle(dir: &Path, source: &str, out: &Path) -> Output {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{data}\"\n[[sources]]\n{source}\n[[groups]]\nname = \"all\"\nsink = {{ type = \"jsonl\", path = \"{out}\", sync = true }}\n",
+            "data_dir = \"{data}\"\n[[sources]]\n{source}\n[[groups]]\nname = \"all\"\nvalidate_json = false\nsink = {{ type = \"jsonl\", path = \"{out}\", sync = true }}\n",
             data = dir.join("data").display(),
             out = out.display(),
         ),
@@ -106,6 +112,15 @@ fn compare(sent: &Path, delivered: &Path, copies: Copies) {
         sent.len() as u64,
         COUNT,
         "--record holds every message sent"
+    );
+    let binary = sent
+        .iter()
+        .filter(|r| std::str::from_utf8(&r.payload).is_err() && r.payload.contains(&0))
+        .count() as u64;
+    assert_eq!(
+        binary,
+        COUNT / BINARY_EVERY,
+        "one payload in {BINARY_EVERY} is bytes that are not UTF-8, with a NUL"
     );
     let tally = assert_delivered(&sent, &records_in_jsonl(delivered), copies);
     eprintln!(

@@ -4,6 +4,13 @@
 
 mod backlog;
 mod bench;
+#[cfg(any(
+    feature = "amqp",
+    feature = "amqp1",
+    feature = "kafka",
+    feature = "pulsar"
+))]
+mod binary_payloads;
 mod burst_split;
 mod check_config;
 mod kafka_mock;

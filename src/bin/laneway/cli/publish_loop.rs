@@ -1,10 +1,11 @@
 //! The publish loop every `simulate` target runs, written once: it stops at
 //! `--count` or `--duration`, keeps to `--rate` (Ctrl-C ends a wait), keeps
 //! at most `--in-flight` receipts outstanding (settling the oldest when the
-//! window is full), makes each message with the fleet, sends and records
-//! it, prints the progress line, then settles what is still out, prints
-//! the summary and closes the target (last: closing may wait on a peer
-//! that no longer answers, and everything was settled before).
+//! window is full), makes each message with the fleet (every Nth with a
+//! binary payload, given `--binary-every`), sends and records it, prints
+//! the progress line, then settles what is still out, prints the summary
+//! and closes the target (last: closing may wait on a peer that no longer
+//! answers, and everything was settled before).
 //!
 //! A protocol plugs in as a [`Target`]: how to send one message and what
 //! its receipt settles into; connecting and building its records stay in
@@ -18,6 +19,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use super::binary_payloads::BinaryPayloads;
 use super::simulate::{ProgressLine, Recorder, SimulateArgs};
 use super::status::human;
 use laneway::message::{Message, now_epoch_ms};
@@ -136,6 +138,7 @@ pub trait Target {
 pub async fn publish<T: Target>(args: &SimulateArgs, mut target: T) -> Result<bool, String> {
     let mut recorder = Recorder::open(args.record.as_deref())?;
     let mut fleet = Fleet::new(args.products, args.devices, args.seed);
+    let mut binary = BinaryPayloads::new(args.binary_every, args.seed);
     let age_ms = args.age.as_millis() as i64;
     let window = args.in_flight.max(1);
     let mut in_flight: VecDeque<T::Receipt> = VecDeque::with_capacity(window);
@@ -164,7 +167,7 @@ pub async fn publish<T: Target>(args: &SimulateArgs, mut target: T) -> Result<bo
             failure = Some(e);
             break;
         }
-        let m = fleet.next_message(now_epoch_ms() - age_ms);
+        let m = binary.apply(fleet.next_message(now_epoch_ms() - age_ms));
         match send(&mut target, &mut tally, &mut in_flight, &m).await {
             Ok(receipt) => in_flight.push_back(receipt),
             Err(e) => {

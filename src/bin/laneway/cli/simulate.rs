@@ -148,6 +148,14 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
 
+    /// Every Nth message carries a payload of random bytes (not JSON, not
+    /// UTF-8, with a NUL) instead of the fleet's JSON, to check that a path
+    /// keeps any bytes. A group delivers such payloads only with
+    /// `validate_json = false`; otherwise they become dead letters.
+    /// `--record` writes them as `payloadBase64`.
+    #[arg(long, value_name = "N")]
+    pub binary_every: Option<u64>,
+
     /// Publish transient messages (default: persistent).
     #[arg(long, hide = !built_with("amqp"))]
     pub transient: bool,
