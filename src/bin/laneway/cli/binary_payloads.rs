@@ -5,8 +5,9 @@
 //! compare them byte for byte with what `--record` wrote.
 //!
 //! Invariants: such a payload is never JSON (its first byte, 0xFF, is never
-//! UTF-8) and holds a NUL (in its middle); its length is 2..=600; the topic, message id and generate time are the fleet's, so
-//! only the payload differs; the bytes follow from `--seed` alone.
+//! UTF-8) and holds a NUL (in its middle); its length is 2..=600; the
+//! topic, message id and generate time are the fleet's, so only the payload
+//! differs; the bytes follow from `--seed` alone.
 
 use bytes::Bytes;
 use laneway::message::Message;
