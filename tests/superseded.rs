@@ -211,3 +211,47 @@ async fn skipping_one_kind_still_delivers_the_others_with_their_flag() {
     assert_eq!(out.group.superseded_skipped, 0);
     assert_eq!(out.group.superseded_delivered, out.pile.len() as u64);
 }
+
+/// A stale flip is skipped only because a newer one was delivered: when
+/// the newer one, ahead of it in the same batch, fails for good (a dead
+/// letter), the stale one is delivered after all, byte for byte, else the
+/// handler would have neither state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_is_not_skipped_for_a_newer_one_that_failed() {
+    let t0 = now_epoch_ms();
+    let newer = flip(1, 1, t0, "newer");
+    let older = flip(1, 2, t0 - 1_000, "older");
+    let refused = newer.id.clone();
+    let sink = RecordingSink::new().failing(move |d| d.message.message_id() == refused);
+    let config = GroupConfig {
+        max_attempts: 1,
+        validate_json: false,
+        skip_superseded: vec![Kind::Status],
+        ..GroupConfig::named("shadow")
+    };
+    let engine = Engine::builder()
+        .group(config, sink.clone())
+        .build()
+        .unwrap();
+    let ingest = engine.ingest(LanePolicy::Live);
+    let tracker = AckTracker::new();
+    let (monitor, stop, task) = spawn_engine(engine);
+    let batch = vec![
+        Incoming::Message(newer.message()),
+        Incoming::Message(older.message()),
+    ];
+    ingest.submit(batch, tracker.register()).await;
+    eventually(&monitor, Duration::from_secs(20), "both settled", |m| {
+        m.is_idle() && group(m).dead_letter == 1
+    })
+    .await;
+    let g = group(&monitor);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    assert!(
+        sink.delivered_records() == vec![older],
+        "the older flip delivered, exactly: {:?}",
+        sink.seen()
+    );
+    assert_eq!(g.superseded_skipped, 0);
+}

@@ -103,6 +103,17 @@ impl Freshness {
             .collect()
     }
 
+    /// Whether a message newer than `time` of this key was delivered: a
+    /// batch's own order left out, unlike [`Freshness::superseded`].
+    pub fn delivered_newer(&self, key: Option<u64>, time: i64) -> bool {
+        let Some(tag) = key else {
+            return false;
+        };
+        bucket(&self.slots.lock(), tag)
+            .iter()
+            .any(|slot| slot.tag == tag && slot.generate_time_ms > time)
+    }
+
     /// Records that the messages of these keys and generate times were
     /// delivered.
     pub fn delivered(&self, messages: impl Iterator<Item = (u64, i64)>) {

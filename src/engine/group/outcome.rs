@@ -7,7 +7,10 @@
 //! Invariant: a failed message is retried from the backlog, or in its slot
 //! when the backlog has no room; it becomes a dead letter only when its
 //! attempts are spent or its failure is permanent; a backlog record is
-//! released only after its delivery or its dead letter is durable.
+//! released only after its delivery or its dead letter is durable; a
+//! message `skip_superseded` leaves out is acknowledged undelivered only
+//! when a newer one of its device and kind was delivered (a newer one of
+//! its own batch that failed does not count: it is then delivered).
 
 use std::time::{Duration, Instant};
 
@@ -60,17 +63,24 @@ impl Group {
             skipping |= superseded && self.skips(d);
         }
         let outcomes = if skipping {
-            let (kept, to_sink): (Vec<usize>, Vec<Delivery>) = batch
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| !(d.superseded && self.skips(d)))
-                .map(|(i, d)| (i, d.clone()))
-                .unzip();
             let mut outcomes = vec![None; batch.len()];
-            if !to_sink.is_empty() {
-                for (i, outcome) in kept.into_iter().zip(self.call_sink_as_is(&to_sink).await) {
-                    outcomes[i] = outcome;
+            let to_sink: Vec<usize> = (0..batch.len())
+                .filter(|&i| !(batch[i].superseded && self.skips(&batch[i])))
+                .collect();
+            self.call_sink_for(batch, &to_sink, &mut outcomes).await;
+            if outcomes.iter().any(Option::is_some) {
+                // A skip rests on a newer message being delivered; when
+                // one of this batch failed, what it superseded is
+                // delivered after all, unless a delivered one supersedes it.
+                self.record_delivered(batch, &outcomes, &keys);
+                let mut unskipped = Vec::new();
+                for (i, (d, &(key, time))) in batch.iter_mut().zip(&keys).enumerate() {
+                    if d.superseded && self.skips(d) && !self.freshness.delivered_newer(key, time) {
+                        d.superseded = false;
+                        unskipped.push(i);
+                    }
                 }
+                self.call_sink_for(batch, &unskipped, &mut outcomes).await;
             }
             outcomes
         } else {
@@ -88,15 +98,43 @@ impl Group {
         }
         bump(&self.stats.superseded_skipped, skipped);
         bump(&self.stats.superseded_delivered, flagged);
+        self.record_delivered(batch, &outcomes, &keys);
+        outcomes
+    }
+
+    /// Delivers the deliveries of `batch` at `indices` in one sink call,
+    /// writing their outcomes into `outcomes`.
+    async fn call_sink_for(
+        &self,
+        batch: &[Delivery],
+        indices: &[usize],
+        outcomes: &mut [Option<DeliveryError>],
+    ) {
+        if indices.is_empty() {
+            return;
+        }
+        let to_sink: Vec<Delivery> = indices.iter().map(|&i| batch[i].clone()).collect();
+        for (&i, outcome) in indices.iter().zip(self.call_sink_as_is(&to_sink).await) {
+            outcomes[i] = outcome;
+        }
+    }
+
+    /// Records in the freshness table the deliveries that went through and
+    /// were not superseded (recording one twice changes nothing).
+    fn record_delivered(
+        &self,
+        batch: &[Delivery],
+        outcomes: &[Option<DeliveryError>],
+        keys: &[(Option<u64>, i64)],
+    ) {
         self.freshness.delivered(
             batch
                 .iter()
-                .zip(&outcomes)
-                .zip(&keys)
+                .zip(outcomes)
+                .zip(keys)
                 .filter(|((d, outcome), _)| outcome.is_none() && !d.superseded)
                 .filter_map(|(_, &(key, time))| Some((key?, time))),
         );
-        outcomes
     }
 
     /// Whether `skip_superseded` names this delivery's kind.
