@@ -495,3 +495,92 @@ fn the_delivery_check_catches_padding_changes_losses_duplicates_and_strangers() 
     let good = Record::from_envelope_line(want.envelope_line().as_bytes()).unwrap();
     assert_eq!(good, want);
 }
+
+/// A stop while the backlog is full and the sink takes nothing is bounded
+/// by the shutdown grace: sources blocked on the full writer queue are let
+/// go, live leftovers are given up when the writer cannot take them, and
+/// nothing unstored is acknowledged (their sources keep them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_the_backlog_full_and_the_sink_down_ends_within_the_grace() {
+    use laneway::backlog::{MemoryBacklog, MemoryLimits};
+    use laneway::engine::EngineOptions;
+
+    let sink = RecordingSink::new().failing(|_| true);
+    let store: Arc<dyn BacklogStore> = Arc::new(MemoryBacklog::new(MemoryLimits {
+        max_records: 1,
+        ..MemoryLimits::default()
+    }));
+    let engine = Engine::builder()
+        .group_with(
+            GroupConfig {
+                slots: 1,
+                live_capacity: 1,
+                batch_size: 1,
+                max_attempts: u32::MAX,
+                retry_initial: Duration::from_millis(1),
+                retry_max: Duration::from_millis(5),
+                validate_json: false,
+                ..GroupConfig::named("full")
+            },
+            Arc::new(sink.clone()),
+            Some(store),
+        )
+        .options(EngineOptions {
+            shutdown_grace: Duration::from_millis(200),
+            finish_when_drained: false,
+            ..EngineOptions::default()
+        })
+        .build()
+        .unwrap();
+    let live = engine.ingest(LanePolicy::Live);
+    let stale = engine.ingest(LanePolicy::Backlog);
+    let tracker = AckTracker::new();
+    let (monitor, stop, task) = spawn_engine(engine);
+    let limit = Duration::from_secs(20);
+
+    // The store takes one record and is full; the sink fails it, so it
+    // holds the only slot, retried there.
+    stale
+        .submit(incoming(&[record("stored")]), tracker.register())
+        .await;
+    sink.recorded(1).await;
+    for id in ["live-1", "live-2"] {
+        live.submit(incoming(&[record(id)]), tracker.register())
+            .await;
+    }
+    // The writer holds the next record and its queue (64 batches) fills:
+    // the submits after those wait on it.
+    let returned = Arc::new(AtomicU64::new(0));
+    let mut blocked = Vec::new();
+    for i in 0..100 {
+        let (stale, returned) = (stale.clone(), Arc::clone(&returned));
+        let ack = tracker.register();
+        blocked.push(tokio::spawn(async move {
+            stale
+                .submit(incoming(&[record(&format!("s{i}"))]), ack)
+                .await;
+            returned.fetch_add(1, Ordering::SeqCst);
+        }));
+    }
+    assert!(
+        wait_until(&monitor, limit, |_| returned.load(Ordering::SeqCst) >= 60).await,
+        "the writer's queue took the first submits"
+    );
+
+    stop.send(()).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the stop ends within the grace, not never")
+        .unwrap();
+    for b in blocked {
+        tokio::time::timeout(Duration::from_secs(30), b)
+            .await
+            .expect("a blocked submit is let go at shutdown")
+            .unwrap();
+    }
+    assert_eq!(summary.delivered, 0);
+    assert!(sink.delivered_records().is_empty());
+    // Only the one stored record's batch was done: the watermark, which
+    // never passes an undone batch, stands right after it.
+    assert_eq!(tracker.watermark(), 1);
+}

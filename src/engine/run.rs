@@ -4,10 +4,12 @@
 //!
 //! Invariant: shutdown runs in this order, each step waiting on an event,
 //! never a timer: stop sources reading → close intake (and wait for the
-//! batches being routed) → stop groups (each finishes or returns its
-//! in-flight work and stores its live leftovers) → tell sources everything
-//! is drained, so they settle their last acks → wait for sources (bounded
-//! by the shutdown grace).
+//! batches being routed; one waiting for room in a full backlog writer's
+//! queue is let go unacknowledged) → stop groups (each finishes or returns
+//! its in-flight work and stores its live leftovers, each of those steps
+//! bounded by the shutdown grace) → tell sources everything is drained, so
+//! they settle their last acks → wait for sources (bounded by the shutdown
+//! grace).
 
 use std::future::Future;
 use std::sync::Arc;

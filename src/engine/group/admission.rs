@@ -17,6 +17,7 @@ use crate::engine::lanes::LiveItem;
 use crate::engine::stats::bump;
 use crate::message::{Message, now_epoch_ms};
 use crate::source::{LanePolicy, Routed};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 impl Group {
@@ -78,12 +79,18 @@ impl Group {
             }
         }
         self.bury_invalid(invalid).await;
-        if !to_backlog.is_empty() && self.queue_write(to_backlog).await.is_err() {
-            // The writer only stops after the engine stopped admitting; the
-            // dropped acks abandon their batches, so the source keeps them.
-            tracing::error!(
+        if !to_backlog.is_empty()
+            && self
+                .queue_write(to_backlog, closed.cancelled())
+                .await
+                .is_err()
+        {
+            // The writer stops only after the engine stopped admitting, and
+            // intake closes at shutdown; either way the dropped acks
+            // abandon their batches, so the source keeps them.
+            tracing::warn!(
                 group = self.name(),
-                "backlog writer is gone; messages left unacknowledged"
+                "intake closed while messages waited for the backlog writer; they stay unacknowledged"
             );
         }
         routed
@@ -152,7 +159,10 @@ impl Group {
 
     /// At shutdown: hands what the live lane still holds to the backlog
     /// writer, so it is stored (and acknowledged) rather than dropped.
-    pub(super) async fn move_live_to_backlog(&self) {
+    /// Gives up after `grace` (a full backlog that nothing drains holds
+    /// the writer): the leftovers' acks are then dropped unsettled and
+    /// their sources keep them.
+    pub(super) async fn move_live_to_backlog(&self, grace: Duration) {
         let leftovers = self.live.pop_batch(usize::MAX);
         if leftovers.is_empty() {
             return;
@@ -166,8 +176,15 @@ impl Group {
         for item in leftovers {
             write.push(BacklogRecord::fresh(item.message), item.ack);
         }
-        if self.queue_write(write).await.is_err() {
-            tracing::error!(group = self.name(), "backlog writer is gone at shutdown");
+        if self
+            .queue_write(write, tokio::time::sleep(grace))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                group = self.name(),
+                "the backlog writer took no more within the shutdown grace; undelivered live messages stay unacknowledged"
+            );
         }
     }
 }

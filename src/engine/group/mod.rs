@@ -162,7 +162,7 @@ impl Group {
         if let Err(e) = self.read_ahead.give_back(self.store.as_ref()).await {
             tracing::error!(group = self.name(), error = %e, "returning read-ahead records to the backlog failed; they come back after a restart");
         }
-        self.move_live_to_backlog().await;
+        self.move_live_to_backlog(grace).await;
         let held = self.catch_up.pop_batch(usize::MAX);
         if !held.is_empty() {
             // Their acks are dropped unsettled: the source keeps them (a
@@ -176,7 +176,11 @@ impl Group {
         // The engine stopped admitting before it stopped the groups, so
         // closing the queue loses no sender; the writer drains what is queued.
         writer_closing.cancel();
-        if tokio::time::timeout(grace, writer_task).await.is_err() {
+        let mut writer_task = writer_task;
+        if tokio::time::timeout(grace, &mut writer_task).await.is_err() {
+            // A full backlog that nothing drains holds the writer forever:
+            // what it holds is dropped unacknowledged, its sources keep it.
+            writer_task.abort();
             tracing::warn!(
                 group = self.name(),
                 "backlog writer did not finish within the grace period; its messages stay unacknowledged"

@@ -75,8 +75,15 @@ pub(super) fn queue() -> (WriterTx, WriterQueue) {
 impl Group {
     /// Queues `write` for the backlog writer, waiting while the queue is
     /// full in batches or in bytes (backpressure); `Err` once the writer
-    /// has stopped.
-    pub(super) async fn queue_write(&self, mut write: PendingWrite) -> Result<(), ()> {
+    /// has stopped, or when `give_up` resolves first (intake closed at
+    /// shutdown, or the shutdown grace over, while a full backlog holds the
+    /// writer): `write` is then dropped with its acks unsettled, so its
+    /// source keeps the messages.
+    pub(super) async fn queue_write(
+        &self,
+        mut write: PendingWrite,
+        give_up: impl Future<Output = ()>,
+    ) -> Result<(), ()> {
         let n = write.records.len();
         self.writing.fetch_add(n, Ordering::AcqRel);
         let undo = || {
@@ -87,14 +94,15 @@ impl Group {
             .unwrap_or(u32::MAX)
             .clamp(1, WRITER_QUEUE_BYTES);
         let budget = Arc::clone(&self.writer_tx.budget);
-        match budget.acquire_many_owned(want).await {
-            Ok(permit) => write.permit = Some(permit),
-            Err(_) => {
-                undo();
-                return Err(());
-            }
-        }
-        self.writer_tx.tx.send(write).await.map_err(|_| undo())
+        let queued = async {
+            write.permit = Some(budget.acquire_many_owned(want).await.map_err(|_| ())?);
+            self.writer_tx.tx.send(write).await.map_err(|_| ())
+        };
+        let outcome = tokio::select! {
+            outcome = queued => outcome,
+            () = give_up => Err(()),
+        };
+        outcome.map_err(|()| undo())
     }
 
     /// Drains queued batches into one append each time. Once `closing` is
