@@ -28,7 +28,7 @@ pub struct GroupConfig {
     /// A message older than this (by its generate time) is stale and goes to the backlog.
     pub live_window: Duration,
     /// Deliveries in flight at once (the group's concurrency); with
-    /// `adaptive_slots`, the most it may grow to.
+    /// `adaptive_slots`, the most it may grow to. At most [`MAX_SLOTS`].
     pub slots: usize,
     /// Let the number of deliveries in flight follow the sink (`slots =
     /// "auto"`): it grows while the sink keeps up and shrinks when it
@@ -38,7 +38,8 @@ pub struct GroupConfig {
     /// [`concurrency`](super::concurrency) for the rule. Off by
     /// default.
     pub adaptive_slots: Option<AdaptiveSlots>,
-    /// The most messages handed to the sink in one delivery.
+    /// The most messages handed to the sink in one delivery. At most
+    /// [`MAX_BATCH_SIZE`].
     pub batch_size: usize,
     /// The share of deliveries the backlog is guaranteed whenever it is non-empty (0..=1).
     pub backlog_share: f64,
@@ -101,6 +102,14 @@ impl Default for GroupConfig {
     }
 }
 
+/// The most deliveries a group may have in flight: far beyond what any
+/// sink serves, and low enough that the slots' semaphore and the
+/// scheduler's window (`batch_size × slots × 2`) stay in range.
+pub const MAX_SLOTS: usize = 1 << 16;
+
+/// The most messages in one delivery (see [`MAX_SLOTS`]).
+pub const MAX_BATCH_SIZE: usize = 1 << 20;
+
 /// The floor of an adaptive group's concurrency (`min_slots`); its
 /// ceiling is [`GroupConfig::slots`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,8 +149,9 @@ impl GroupConfig {
         if self.live_capacity == 0 {
             return fail("live_capacity", "0".into(), "must be at least 1");
         }
-        if self.slots == 0 {
-            return fail("slots", "0".into(), "must be at least 1");
+        if !(1..=MAX_SLOTS).contains(&self.slots) {
+            let rule = "must be between 1 and 65536";
+            return fail("slots", self.slots.to_string(), rule);
         }
         if let Some(adaptive) = self.adaptive_slots {
             if adaptive.min == 0 {
@@ -152,8 +162,9 @@ impl GroupConfig {
                 return fail("min_slots", adaptive.min.to_string(), rule);
             }
         }
-        if self.batch_size == 0 {
-            return fail("batch_size", "0".into(), "must be at least 1");
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            let rule = "must be between 1 and 1048576";
+            return fail("batch_size", self.batch_size.to_string(), rule);
         }
         if !(0.0..=1.0).contains(&self.backlog_share) {
             let value = self.backlog_share.to_string();
@@ -313,5 +324,36 @@ mod tests {
         assert_eq!(e.knob(), "kinds");
         assert!(e.to_string().contains("alarm"), "{e}");
         assert!(GroupConfig::default().validate().is_ok());
+    }
+
+    /// A count beyond what the slots' semaphore holds (or one whose
+    /// scheduler window overflows) is a config error, not a panic when
+    /// the group is built.
+    #[test]
+    fn slots_and_batch_size_beyond_their_ceiling_are_refused() {
+        for (slots, batch_size, knob) in [
+            (MAX_SLOTS + 1, 1, "slots"),
+            (usize::MAX / 2, 1, "slots"),
+            (1, MAX_BATCH_SIZE + 1, "batch_size"),
+            (1, usize::MAX, "batch_size"),
+        ] {
+            let c = GroupConfig {
+                slots,
+                batch_size,
+                ..GroupConfig::named("g")
+            };
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.knob(), knob, "{e}");
+        }
+        let widest = GroupConfig {
+            slots: MAX_SLOTS,
+            batch_size: MAX_BATCH_SIZE,
+            ..GroupConfig::named("g")
+        };
+        assert!(widest.validate().is_ok());
+        assert!(
+            (MAX_SLOTS * MAX_BATCH_SIZE).checked_mul(2).is_some(),
+            "the scheduler's window stays in range"
+        );
     }
 }
