@@ -5,8 +5,10 @@
 //! travels with each), and with `slots = "auto"` at most the adaptive limit
 //! (a permit of the [`SlotGate`](super::slot_gate::SlotGate) travels too);
 //! the scheduler keeps its last-slot rule against the limit in force, so
-//! the backlog's share comes out of what the limit allows; each delivery,
-//! when it ends, wakes whoever waits for the engine's progress.
+//! the backlog's share comes out of what the limit allows; a batch counts
+//! among the group's deliveries from before it leaves its lane, so the
+//! group never looks idle while one is in hand; each delivery, when it
+//! ends, wakes whoever waits for the engine's progress.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -86,11 +88,15 @@ impl Group {
                 let in_flight = self.backlog_in_flight.load(Ordering::Acquire);
                 match scheduler.pick(!self.live.is_empty(), backlog_ready, in_flight, now) {
                     Pick::Live => {
+                        // Counted before it leaves the lane, so the group
+                        // never looks idle while a batch is in hand.
+                        self.delivering.fetch_add(1, Ordering::AcqRel);
                         let batch = self.live.pop_batch(self.config.batch_size);
                         if !batch.is_empty() {
                             scheduler.took(Lane::Live, batch.len());
                             break Work::Live(batch);
                         }
+                        self.nothing_taken();
                     }
                     Pick::Backlog { max, last_slot } => {
                         // The store's records (retries, stale messages)
@@ -101,6 +107,7 @@ impl Group {
                         } else {
                             InFlight::Counted
                         };
+                        self.delivering.fetch_add(1, Ordering::AcqRel);
                         let records = self.read_ahead.take(max);
                         if !records.is_empty() {
                             scheduler.took(Lane::Backlog, records.len());
@@ -113,6 +120,7 @@ impl Group {
                             self.backlog_started(counted);
                             break Work::CatchUp(held, counted);
                         }
+                        self.nothing_taken();
                     }
                     Pick::Wait(wait) => {
                         // A timed wait only for the scheduler's own clock (a
@@ -128,9 +136,15 @@ impl Group {
                 }
             };
             let group = Arc::clone(self);
-            self.delivering.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(group.deliver(work, permit, gate_permit));
         }
+    }
+
+    /// Undoes the count of a batch that turned out empty, and says so to
+    /// whoever saw it counted while waiting for the group to be idle.
+    fn nothing_taken(&self) {
+        self.delivering.fetch_sub(1, Ordering::AcqRel);
+        self.progress.notify_waiters();
     }
 
     fn backlog_started(&self, counted: InFlight) {
