@@ -1,8 +1,10 @@
 //! The knobs of the HTTP sink, as `sink = { type = "http", ... }` takes
 //! them, and the checks a config passes before anything is opened.
 //!
-//! Invariant: the `Debug` of a config shows the URL with its password and
-//! query hidden and no header value at all; no error quotes either.
+//! Invariant: the `Debug` of a config shows the URL with its password,
+//! its query and a user name without a password (which may be an API key)
+//! hidden, and no header value at all; no error quotes any of them,
+//! whether the URL parses or not.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -168,7 +170,8 @@ impl HeaderSource {
 pub struct HttpSinkConfig {
     /// Where batches are POSTed (`http://` or `https://`). A user and
     /// password in it (`https://user:pass@host/`) are sent as HTTP basic
-    /// authentication and never shown.
+    /// authentication; the password is never shown, nor a user name
+    /// given without one (it may be an API key).
     pub url: String,
     /// How long one request may take, connecting and reading the answer
     /// included; past it the batch is retried. Default 10s (keep it below
@@ -298,12 +301,8 @@ impl HttpSinkConfig {
             }
         }
         let raw = self.url.trim();
-        let mut url = Url::parse(raw).map_err(|e| {
-            KnobError::new(
-                "url",
-                format!("{} is not a URL: {e}", crate::broker_url::redact(raw)),
-            )
-        })?;
+        let mut url = Url::parse(raw)
+            .map_err(|e| KnobError::new("url", format!("{} is not a URL: {e}", shown_text(raw))))?;
         let shown = shown_url(&url);
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(KnobError::new(
@@ -370,15 +369,15 @@ fn is_loopback(url: &Url) -> bool {
 }
 
 /// The URL as logs and errors show it: the password replaced by `***`,
-/// the query (which may carry a token) by `?***`, no fragment.
+/// and a user name without a password (an API key, as many services take
+/// one) too; the query (which may carry a token) by `?***`; no fragment.
 pub(super) fn shown_url(url: &Url) -> String {
     let mut out = format!("{}://", url.scheme());
-    if !url.username().is_empty() || url.password().is_some() {
+    if url.password().is_some() {
         out.push_str(url.username());
-        if url.password().is_some() {
-            out.push_str(":***");
-        }
-        out.push('@');
+        out.push_str(":***@");
+    } else if !url.username().is_empty() {
+        out.push_str("***@");
     }
     out.push_str(url.host_str().unwrap_or(""));
     if let Some(port) = url.port() {
@@ -391,11 +390,33 @@ pub(super) fn shown_url(url: &Url) -> String {
     out
 }
 
-/// How the text of a `url` knob is shown, parsed or not.
+/// How the text of a `url` knob is shown, parsed or not: text that does
+/// not parse hides what [`shown_url`] hides, read as well as it can be
+/// (the password by [`redact`](crate::broker_url::redact), then user info
+/// up to the last `@` that is not `user:***`, and everything from the
+/// first `?` or `#`).
 fn shown_text(raw: &str) -> String {
-    match Url::parse(raw.trim()) {
-        Ok(url) => shown_url(&url),
-        Err(_) => crate::broker_url::redact(raw.trim()),
+    let raw = raw.trim();
+    if let Ok(url) = Url::parse(raw) {
+        return shown_url(&url);
+    }
+    let redacted = crate::broker_url::redact(raw);
+    let (head, query) = match redacted.find(['?', '#']) {
+        Some(at) if redacted[at..].starts_with('?') => (&redacted[..at], "?***"),
+        Some(at) => (&redacted[..at], ""),
+        None => (redacted.as_str(), ""),
+    };
+    match (head.find("://"), head.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let info = &head[scheme_end + 3..at];
+            let info = if info.ends_with(":***") { info } else { "***" };
+            format!(
+                "{}://{info}@{}{query}",
+                &head[..scheme_end],
+                &head[at + 1..]
+            )
+        }
+        _ => format!("{head}{query}"),
     }
 }
 
@@ -440,6 +461,37 @@ mod tests {
         let t = c.target().unwrap();
         assert_eq!(t.url.as_str(), "https://h:8443/in?token=Zq9-QUERY");
         assert_eq!(t.basic_auth.unwrap().expose(), "Basic YXBwOlpxOS1QQVNT");
+    }
+
+    /// A user name without a password may be an API key, and a query may
+    /// carry a token: no error or `Debug` quotes either, whether the URL
+    /// parses or not (an out-of-range port, a space in the host).
+    #[test]
+    fn no_error_shows_the_user_or_the_query_of_a_url_parsed_or_not() {
+        for url in [
+            "https://sk-Zq9USER@api.example.com/in",
+            "https://app:Zq9PASS@api.example.com/in?token=Zq9QUERY",
+            "https://hooks.example.com:99999/in?token=Zq9QUERY",
+            "https://sk-Zq9USER@hooks.example.com:99999/in#Zq9FRAG",
+            "https://app:Zq9?PASS@bad host/in?token=Zq9QUERY",
+            "https://sk-Zq9USER@bad host/in",
+            "ftp://sk-Zq9USER@example.com/in?token=Zq9QUERY",
+        ] {
+            let c = HttpSinkConfig::new(url);
+            let debug = format!("{c:?}");
+            assert!(!debug.contains("Zq9"), "{debug}");
+            let error = match c.target() {
+                Ok(t) => t.shown,
+                Err(e) => e.to_string(),
+            };
+            assert!(!error.contains("Zq9"), "{url}: {error}");
+        }
+        let Err(e) = HttpSinkConfig::new("https://hooks.example.com:99999/in?token=Zq9").target()
+        else {
+            panic!("port 99999 parsed");
+        };
+        let e = e.to_string();
+        assert!(e.contains("https://hooks.example.com:99999/in?***"), "{e}");
     }
 
     #[test]

@@ -197,7 +197,12 @@ impl HttpSink {
     /// Holds the sink back for `wait` (at most `max_retry_after`), unless
     /// it already waits longer.
     fn pause(&self, wait: Duration) {
-        let until = Instant::now() + wait.min(self.max_retry_after);
+        let now = Instant::now();
+        // A `max_retry_after` past what the clock can add is as good as
+        // forever: the pause then ends where the clock does.
+        let until = now
+            .checked_add(wait.min(self.max_retry_after))
+            .unwrap_or_else(|| far_future(now));
         let mut paused = self.paused_until.lock();
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);
@@ -399,6 +404,17 @@ fn cut(text: &str) -> &str {
 
 /// A `Retry-After` value: delay seconds, or an HTTP date (a date past
 /// gives no wait).
+/// The latest instant after `now` the clock can hold, a century at most.
+fn far_future(now: Instant) -> Instant {
+    let mut wait = Duration::from_secs(100 * 365 * 24 * 3600);
+    loop {
+        if let Some(at) = now.checked_add(wait) {
+            return at;
+        }
+        wait /= 2;
+    }
+}
+
 fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
@@ -452,5 +468,16 @@ mod tests {
         // A shorter pause does not cut a longer one.
         sink.pause(Duration::from_secs(1));
         assert!(sink.pause_left().unwrap() > Duration::from_secs(50));
+    }
+
+    /// A `Retry-After` of the largest number, under a `max_retry_after`
+    /// the clock cannot add, pauses for as long as it can: no overflow.
+    #[test]
+    fn a_pause_past_what_the_clock_holds_does_not_overflow() {
+        let mut config = HttpSinkConfig::new("http://127.0.0.1:9/");
+        config.max_retry_after = Duration::MAX;
+        let sink = HttpSink::new(&config).unwrap();
+        sink.pause(parse_retry_after("18446744073709551615").unwrap());
+        assert!(sink.pause_left().unwrap() > Duration::from_secs(365 * 24 * 3600));
     }
 }
