@@ -551,18 +551,22 @@ impl JsonlSource {
         let parsed = (!line.oversize).then(|| parse_envelope(text));
         if !line.terminated
             && matches!(self.input, JsonlInput::File(_))
-            && matches!(parsed, Some(Err(_)))
+            && (line.oversize || matches!(parsed, Some(Err(_))))
         {
             // A writer still mid-line: the line is neither a message nor a
-            // dead letter yet. The checkpoint never covers it, so the next
-            // run reads it whole.
+            // dead letter yet (not even one too long: it becomes that
+            // dead letter once, when whole). The checkpoint never covers
+            // it, so the next run reads it whole.
             tracing::info!(source = %label, line = line_no,
                 "the last line has no newline yet and is incomplete; left for the next run");
             return;
         }
+        // A dead letter keeps the line's bytes as read (its newline aside),
+        // blanks and carriage return included.
+        let raw = line.bytes.as_slice();
         batch.push(if line.oversize {
             Incoming::Malformed {
-                raw: Bytes::copy_from_slice(text.get(..text.len().min(1024)).unwrap_or_default()),
+                raw: Bytes::copy_from_slice(raw.get(..raw.len().min(1024)).unwrap_or_default()),
                 origin: format!("{label}:{line_no}"),
                 reason: format!("line is longer than {} bytes", self.max_line_bytes),
             }
@@ -573,7 +577,7 @@ impl JsonlSource {
                     line: line_no,
                 },
                 Err(e) => Incoming::Malformed {
-                    raw: Bytes::copy_from_slice(text),
+                    raw: Bytes::copy_from_slice(raw),
                     origin: format!("{label}:{line_no}"),
                     reason: e.to_string(),
                 },
@@ -585,6 +589,49 @@ impl JsonlSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn taken(
+        source: &JsonlSource,
+        bytes: &[u8],
+        terminated: bool,
+        oversize: bool,
+    ) -> Vec<Incoming> {
+        let line = Line {
+            bytes: bytes.to_vec(),
+            oversize,
+            consumed: bytes.len() as u64 + u64::from(terminated),
+            terminated,
+        };
+        let mut batch = Vec::new();
+        source.take_line(line, &mut Position::default(), &mut batch, "in.jsonl");
+        batch
+    }
+
+    /// A line that is no envelope is a dead letter of its bytes as read:
+    /// blanks and a carriage return are not trimmed off.
+    #[test]
+    fn a_dead_letter_keeps_the_line_untrimmed() {
+        let source = JsonlSource::new(JsonlInput::File("in.jsonl".into()), 4096);
+        let line = b" not json \x00\xff \r";
+        match taken(&source, line, true, false).as_slice() {
+            [Incoming::Malformed { raw, .. }] => assert_eq!(raw.as_ref(), line),
+            other => panic!("{} items", other.len()),
+        }
+    }
+
+    /// A last line without its newline waits for the writer even when it
+    /// is already too long: it becomes that dead letter once, when whole,
+    /// not once a run while it is written.
+    #[test]
+    fn a_too_long_last_line_without_its_newline_waits() {
+        let source = JsonlSource::new(JsonlInput::File("in.jsonl".into()), 64);
+        let long = vec![b'x'; 64];
+        assert!(taken(&source, &long, false, true).is_empty());
+        match taken(&source, &long, true, true).as_slice() {
+            [Incoming::Malformed { reason, .. }] => assert!(reason.contains("longer"), "{reason}"),
+            other => panic!("{} items", other.len()),
+        }
+    }
 
     #[tokio::test]
     async fn long_lines_are_cut_and_flagged_and_the_next_line_is_intact() {
