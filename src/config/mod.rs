@@ -25,6 +25,7 @@ pub use group_spec::GroupSpec;
 pub use slots_spec::{DEFAULT_MAX_SLOTS, SlotsSpec};
 pub use spec::{BacklogSpec, Disabled, MissingFeature, SinkSpec, SourceSpec};
 
+use crate::source::checkpoint::resolved;
 use position::{Step, deepest_line, line_col, value_position};
 
 /// The embedded default: what `laneway run` does with no `--config`. It is
@@ -403,8 +404,12 @@ impl FileConfig {
             if let SourceSpec::Jsonl(spec) = source {
                 // One file, one reader: two would deliver every line
                 // twice and overwrite each other's checkpoint.
-                let same =
-                    |o: &SourceSpec| matches!(o, SourceSpec::Jsonl(p) if p.path == spec.path);
+                let same = |o: &SourceSpec| {
+                    matches!(o, SourceSpec::Jsonl(p) if p.path == spec.path
+                        || (spec.path.as_os_str() != "-"
+                            && p.path.as_os_str() != "-"
+                            && resolved(&p.path) == resolved(&spec.path)))
+                };
                 if config.sources[..i].iter().any(same) {
                     let what = if spec.path.as_os_str() == "-" {
                         "standard input".to_string()
@@ -569,6 +574,30 @@ mod tests {
             e,
             "t.toml:11:8: two jsonl sources read in.jsonl: one reader per file (they would share its checkpoint)"
         );
+    }
+
+    /// Two spellings of one file (relative, `./`, through a link) share
+    /// one checkpoint, so they are one file here too.
+    #[test]
+    fn two_spellings_of_one_file_are_refused_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("in.jsonl");
+        std::fs::write(&file, b"").unwrap();
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let dotted = dir.path().join(".").join("in.jsonl");
+        for other in [&link, &dotted] {
+            let text = format!(
+                "[[groups]]\nname = \"g\"\n[[sources]]\ntype = \"jsonl\"\npath = {:?}\n[[sources]]\ntype = \"jsonl\"\npath = {:?}\n",
+                file.display().to_string(),
+                other.display().to_string()
+            );
+            let e = FileConfig::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(e.contains("one reader per file"), "{e}");
+        }
+        let text = "[[groups]]\nname = \"g\"\n[[sources]]\ntype = \"jsonl\"\npath = \"in.jsonl\"\n[[sources]]\ntype = \"jsonl\"\npath = \"./in.jsonl\"\n";
+        let e = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("one reader per file"), "{e}");
     }
 
     #[cfg(feature = "amqp")]

@@ -132,15 +132,22 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
+/// The file a source path names, as its checkpoint is keyed: the real
+/// path when it exists (links followed), else the absolute one; two
+/// spellings of one file (`in.jsonl`, `./in.jsonl`, a link) give one.
+pub fn resolved(source: &Path) -> PathBuf {
+    std::fs::canonicalize(source)
+        .or_else(|_| std::path::absolute(source))
+        .unwrap_or_else(|_| source.to_path_buf())
+}
+
 impl Checkpoint {
     /// The checkpoint of `source` in `dir`: its name is the file's name
     /// (sanitized) plus the CRC32C of its absolute path, so two files with
     /// the same name in different directories never share a checkpoint, and
     /// the same path always finds its own.
     pub fn for_file(dir: &Path, source: &Path) -> Checkpoint {
-        let absolute = std::fs::canonicalize(source)
-            .or_else(|_| std::path::absolute(source))
-            .unwrap_or_else(|_| source.to_path_buf());
+        let absolute = resolved(source);
         let crc = crc32c::crc32c(absolute.as_os_str().as_encoded_bytes());
         let stem = file_stem(
             &source
