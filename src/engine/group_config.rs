@@ -28,7 +28,7 @@ pub struct GroupConfig {
     /// A message older than this (by its generate time) is stale and goes to the backlog.
     pub live_window: Duration,
     /// Deliveries in flight at once (the group's concurrency); with
-    /// `adaptive_slots`, the most it may grow to. At most [`MAX_SLOTS`].
+    /// `adaptive_slots`, the most it may grow to. At most 65,536.
     pub slots: usize,
     /// Let the number of deliveries in flight follow the sink (`slots =
     /// "auto"`): it grows while the sink keeps up and shrinks when it
@@ -39,7 +39,7 @@ pub struct GroupConfig {
     /// default.
     pub adaptive_slots: Option<AdaptiveSlots>,
     /// The most messages handed to the sink in one delivery. At most
-    /// [`MAX_BATCH_SIZE`].
+    /// 1,048,576.
     pub batch_size: usize,
     /// The share of deliveries the backlog is guaranteed whenever it is non-empty (0..=1).
     pub backlog_share: f64,
@@ -105,10 +105,10 @@ impl Default for GroupConfig {
 /// The most deliveries a group may have in flight: far beyond what any
 /// sink serves, and low enough that the slots' semaphore and the
 /// scheduler's window (`batch_size × slots × 2`) stay in range.
-pub const MAX_SLOTS: usize = 1 << 16;
+pub(crate) const MAX_SLOTS: usize = 1 << 16;
 
 /// The most messages in one delivery (see [`MAX_SLOTS`]).
-pub const MAX_BATCH_SIZE: usize = 1 << 20;
+pub(crate) const MAX_BATCH_SIZE: usize = 1 << 20;
 
 /// The floor of an adaptive group's concurrency (`min_slots`); its
 /// ceiling is [`GroupConfig::slots`].
