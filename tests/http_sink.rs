@@ -547,6 +547,52 @@ async fn a_500_is_retried_and_nothing_is_lost() {
     assert_delivered(&sent, &server.accepted_records(), Copies::ExactlyOnce);
 }
 
+/// A service that takes bodies of at most 4 KiB (as a proxy's body limit
+/// does) answers a whole batch 413: the batch is halved until each part
+/// fits, so every message is delivered, byte for byte, and none is a dead
+/// letter; only a message that alone is too large is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_413_halves_the_batch_until_it_fits_and_only_a_message_too_large_alone_is_a_dead_letter()
+{
+    const LIMIT: usize = 4096;
+    let server = Server::start(|_, hit| {
+        if hit.body.len() > LIMIT {
+            Reply::Answer(413, Vec::new(), b"request entity too large".to_vec())
+        } else {
+            ok()
+        }
+    })
+    .await;
+    let mut sent = some_records("big", 100);
+    let huge = Record::new(
+        "/pk/dn9/thing/event/property/post",
+        "huge-1",
+        9,
+        vec![0xfe; LIMIT * 2],
+    );
+    sent.insert(41, huge.clone());
+    let run = run_engine(
+        group(64),
+        sink(&HttpSinkConfig::new(server.url("/"))),
+        &sent,
+    )
+    .await;
+    let (_, dead) = run.finish(sent.len() as u64).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].message_id.as_deref(), Some("huge-1"));
+    assert_eq!(dead[0].body.as_ref(), huge.payload.as_slice());
+    assert!(dead[0].reason.contains("413"), "{}", dead[0].reason);
+    let rest: Vec<Record> = sent.into_iter().filter(|r| r.id != "huge-1").collect();
+    assert_delivered(&rest, &server.accepted_records(), Copies::ExactlyOnce);
+    assert!(
+        server
+            .hits()
+            .iter()
+            .any(|h| h.status == Some(413) && h.records().len() > 1),
+        "a whole batch was refused first"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_is_a_dead_letter_with_the_status_and_the_body_at_once() {
     let server = Server::start(|_, hit| {

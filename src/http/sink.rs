@@ -4,7 +4,9 @@
 //! Invariants: one `reqwest::Client` per sink, so connections are pooled
 //! and kept alive across batches and slots; a `Retry-After` on a 429 or a
 //! 503 pauses the whole sink (every slot answers push-limited without
-//! sending) until its instant has passed, capped by `max_retry_after`; no
+//! sending) until its instant has passed, capped by `max_retry_after`; a
+//! 413 halves the batch until each part is taken, so only a message too
+//! large alone is refused for its size; no
 //! redirect is followed (a POST must not silently turn into a GET
 //! elsewhere); every reason names the URL only as shown (password and
 //! query hidden) and never a header value.
@@ -311,6 +313,59 @@ impl Sink for HttpSink {
             ))
             .into());
         }
+        let mut parts = vec![0..batch.len()];
+        let mut failed = Vec::new();
+        while let Some(part) = parts.pop() {
+            let whole = part.len() == batch.len();
+            match self.post(&batch[part.clone()]).await {
+                Ok(()) => {}
+                Err(Posted::TooLarge(_)) if part.len() > 1 => {
+                    // Halves, the first sent first (a stack: pushed last).
+                    let middle = part.start + part.len() / 2;
+                    parts.push(middle..part.end);
+                    parts.push(part.start..middle);
+                }
+                Err(Posted::TooLarge(e)) => failed.push((part.start, e)),
+                Err(Posted::Refused(e)) if whole => return Err(e),
+                Err(Posted::Refused(e)) => {
+                    // The service's trouble, not a part's size: this part
+                    // fails as it was answered, the parts not yet sent as
+                    // not sent.
+                    failed.extend(
+                        e.per_message(part.len())
+                            .into_iter()
+                            .enumerate()
+                            .filter_map(|(i, e)| Some((part.start + i, e?))),
+                    );
+                    let unsent = DeliveryError::RetryLater(format!(
+                        "POST {}: not sent, an earlier part of its batch failed",
+                        self.shown
+                    ));
+                    for rest in parts.drain(..) {
+                        failed.extend(rest.map(|i| (i, unsent.clone())));
+                    }
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            failed.sort_by_key(|(i, _)| *i);
+            Err(BatchError::Some(failed))
+        }
+    }
+}
+
+/// Why a POST failed: the body too large for the service (413), which a
+/// smaller batch may fix, or any other refusal.
+enum Posted {
+    TooLarge(DeliveryError),
+    Refused(BatchError),
+}
+
+impl HttpSink {
+    /// POSTs `batch` as one body and reads the answer.
+    async fn post(&self, batch: &[Delivery]) -> Result<(), Posted> {
         let body = self.body(batch);
         let response = self
             .client
@@ -325,11 +380,18 @@ impl Sink for HttpSink {
                 } else {
                     describe(e)
                 };
-                DeliveryError::RetryLater(format!("POST {}: {what}", self.shown))
+                Posted::Refused(
+                    DeliveryError::RetryLater(format!("POST {}: {what}", self.shown)).into(),
+                )
             })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(self.refusal(status, response).await.into());
+            let refusal = self.refusal(status, response).await;
+            return Err(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                Posted::TooLarge(refusal)
+            } else {
+                Posted::Refused(refusal.into())
+            });
         }
         match self.results {
             ResultMode::Batch => {
@@ -337,7 +399,10 @@ impl Sink for HttpSink {
                 let _ = read_body(response, 0, DRAIN_BYTES).await;
                 Ok(())
             }
-            ResultMode::PerMessage => self.per_message(response, batch.len()).await,
+            ResultMode::PerMessage => self
+                .per_message(response, batch.len())
+                .await
+                .map_err(Posted::Refused),
         }
     }
 }
