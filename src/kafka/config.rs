@@ -46,7 +46,8 @@ pub struct KafkaSourceConfig {
     pub group_id: String,
     /// How record values carry messages. Default `raw`.
     pub format: ValueFormat,
-    /// The most records handed to the engine in one batch. Default 256.
+    /// The most records handed to the engine in one batch. Default 256,
+    /// at most 65,536.
     pub batch: usize,
     /// Where a group with no committed offset starts: `earliest` or
     /// `latest`. Default `earliest` (nothing already in the topic is skipped).
@@ -163,13 +164,30 @@ impl Default for KafkaSinkConfig {
 }
 
 /// librdkafka refused its configuration (a property it does not know, a
-/// value it cannot take): placed at `properties`.
-pub(super) fn client_refused(e: impl std::fmt::Display) -> KnobError {
+/// value it cannot take): placed at `properties`. A refused property's
+/// value is never quoted, since `properties` may hold a password (the
+/// client's own message carries it, and may quote it in its text too).
+pub(super) fn client_refused(e: rdkafka::error::KafkaError) -> KnobError {
+    let said = match e {
+        rdkafka::error::KafkaError::ClientConfig(_, description, key, value) => {
+            let description = if value.is_empty() {
+                description
+            } else {
+                description.replace(&value, "***")
+            };
+            format!("{description} (property {key})")
+        }
+        other => other.to_string(),
+    };
     KnobError::said(
         "properties",
-        format!("the Kafka client refused its configuration: {e}"),
+        format!("the Kafka client refused its configuration: {said}"),
     )
 }
+
+/// The most records one batch of the source may hold (`batch`): its
+/// buffer is allocated up front.
+pub const MAX_BATCH: usize = 1 << 16;
 
 /// The environment variable read when `brokers` is left empty.
 pub const BROKERS_ENV: &str = "KAFKA_BROKERS";
@@ -245,8 +263,8 @@ impl KafkaSourceConfig {
         if self.group_id.is_empty() {
             return Err(KnobError::new("group_id", "must not be empty"));
         }
-        if self.batch == 0 {
-            return Err(KnobError::new("batch", "must be at least 1"));
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(KnobError::new("batch", "must be between 1 and 65536"));
         }
         if self.start != "earliest" && self.start != "latest" {
             return Err(KnobError::new(
@@ -291,6 +309,20 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
+    /// The source allocates its batch up front: a batch beyond the ceiling
+    /// is a config error, not a capacity overflow when the source starts.
+    #[test]
+    fn a_batch_beyond_the_ceiling_is_refused() {
+        for batch in [0, MAX_BATCH + 1, 1 << 60] {
+            let config = KafkaSourceConfig {
+                topics: vec!["t".into()],
+                batch,
+                ..KafkaSourceConfig::default()
+            };
+            let e = config.validate().unwrap_err();
+            assert_eq!(e.knob(), "batch", "{e}");
+        }
+    }
     #[test]
     fn a_printed_config_never_shows_a_property_value() {
         let text = "topics = [\"t\"]\n[properties]\n\"sasl.password\" = \"Zq9-MARK\"\n";

@@ -11,11 +11,13 @@
 //! passes an undone record; while a catch-up range is not wholly read and
 //! done, the done offset stays inside it (the live range's progress waits);
 //! it never moves back; a revoked partition's state is dropped (what its
-//! late acks settle is never committed by this process, and a catch-up
-//! batch of an earlier assignment is refused by its epoch), and a partition
-//! assigned again starts afresh from what the group committed.
+//! late acks settle is never committed by this process, a live batch read
+//! before the revoke and registered after it is refused until the
+//! partition is assigned again, and a catch-up batch of an earlier
+//! assignment is refused by its epoch), and a partition assigned again
+//! starts afresh from what the group committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use parking_lot::Mutex;
 
@@ -131,6 +133,10 @@ pub(super) struct CatchUpPlan {
 #[derive(Default)]
 pub(super) struct Offsets {
     partitions: Mutex<HashMap<PartitionKey, Partition>>,
+    /// Partitions revoked and not assigned again: a batch of theirs read
+    /// before the revoke must not start a new cursor (taken under the
+    /// `partitions` lock).
+    revoked: Mutex<HashSet<PartitionKey>>,
     /// The catch-up ranges not yet wholly read, for the reader.
     plans: Mutex<Vec<CatchUpPlan>>,
     /// Notified when `plans` changes (a split, a revoke).
@@ -141,20 +147,39 @@ pub(super) struct Offsets {
 impl Offsets {
     /// Registers a batch of `topic[partition]` from `first_offset` to
     /// `last_offset` read by the live (group) cursor, and returns the
-    /// reference the engine settles.
+    /// reference the engine settles; `None` when the partition was revoked
+    /// since (the client reads a batch, then runs the revoke inside the
+    /// same poll): the batch must not be submitted, its new owner reads it
+    /// from the group's commit.
     pub fn register(
         &self,
         topic: &str,
         partition: i32,
         first_offset: i64,
         last_offset: i64,
-    ) -> AckRef {
+    ) -> Option<AckRef> {
         let mut partitions = self.partitions.lock();
-        partitions
-            .entry((topic.to_string(), partition))
-            .or_insert_with(|| Partition::new(first_offset))
-            .live
-            .register(last_offset)
+        let key = (topic.to_string(), partition);
+        if self.revoked.lock().contains(&key) {
+            return None;
+        }
+        Some(
+            partitions
+                .entry(key)
+                .or_insert_with(|| Partition::new(first_offset))
+                .live
+                .register(last_offset),
+        )
+    }
+
+    /// Partitions assigned to this process (again): their batches are
+    /// taken from now on.
+    pub fn assign(&self, coming: &[(String, i32)]) {
+        let _partitions = self.partitions.lock();
+        let mut revoked = self.revoked.lock();
+        for key in coming {
+            revoked.remove(key);
+        }
     }
 
     /// Splits `topic[partition]`: its records `[from, to)` are read by the
@@ -285,6 +310,7 @@ impl Offsets {
     /// Their catch-up ranges are dropped too: the reader stops reading them.
     pub fn revoke(&self, going: &[(String, i32)]) -> Vec<(String, i32, i64)> {
         let mut partitions = self.partitions.lock();
+        self.revoked.lock().extend(going.iter().cloned());
         let mut due = Vec::new();
         for key in going {
             if let Some(mut p) = partitions.remove(key)
@@ -313,9 +339,9 @@ mod tests {
     #[test]
     fn the_done_offset_never_passes_an_undone_batch() {
         let offsets = Offsets::default();
-        let a = offsets.register("t", 0, 0, 9); // offsets 0..=9
-        let b = offsets.register("t", 0, 10, 19); // 10..=19
-        let c = offsets.register("t", 1, 0, 4);
+        let a = offsets.register("t", 0, 0, 9).unwrap(); // offsets 0..=9
+        let b = offsets.register("t", 0, 10, 19).unwrap(); // 10..=19
+        let c = offsets.register("t", 1, 0, 4).unwrap();
         b.complete();
         assert!(offsets.due().is_empty(), "b is done but a is not");
         a.complete();
@@ -329,8 +355,8 @@ mod tests {
     #[test]
     fn a_dropped_reference_holds_the_partition_back() {
         let offsets = Offsets::default();
-        let a = offsets.register("t", 0, 0, 9);
-        let b = offsets.register("t", 0, 10, 19);
+        let a = offsets.register("t", 0, 0, 9).unwrap();
+        let b = offsets.register("t", 0, 10, 19).unwrap();
         drop(a); // abandoned: never done
         b.complete();
         assert!(offsets.due().is_empty());
@@ -344,8 +370,8 @@ mod tests {
     #[test]
     fn a_revoked_partition_hands_back_its_uncommitted_done_offset_and_forgets() {
         let offsets = Offsets::default();
-        offsets.register("t", 0, 0, 9).complete();
-        let late = offsets.register("t", 0, 10, 19);
+        offsets.register("t", 0, 0, 9).unwrap().complete();
+        let late = offsets.register("t", 0, 10, 19).unwrap();
         let due = offsets.revoke(&[("t".to_string(), 0)]);
         assert_eq!(due, [("t".to_string(), 0, 10)]);
         late.complete();
@@ -354,8 +380,26 @@ mod tests {
             "a revoked partition commits nothing more"
         );
         // Assigned again: it starts afresh.
-        offsets.register("t", 0, 20, 29).complete();
+        offsets.assign(&[("t".to_string(), 0)]);
+        offsets.register("t", 0, 20, 29).unwrap().complete();
         assert_eq!(offsets.due(), [("t".to_string(), 0, 30)]);
+    }
+
+    /// The client runs a revoke inside the poll that read a batch: that
+    /// batch, registered after the revoke, must not start a cursor whose
+    /// done offset passes the batches before it, still undone, once the
+    /// partition comes back and is read again from the group's commit.
+    #[test]
+    fn a_batch_read_before_a_revoke_is_refused_until_the_partition_is_assigned_again() {
+        let offsets = Offsets::default();
+        let _in_flight = offsets.register("t", 0, 0, 9).unwrap();
+        assert!(offsets.revoke(&[("t".to_string(), 0)]).is_empty());
+        assert!(offsets.register("t", 0, 10, 19).is_none());
+        offsets.assign(&[("t".to_string(), 0)]);
+        let again = offsets.register("t", 0, 0, 9).unwrap();
+        assert!(offsets.due().is_empty(), "nothing is done yet");
+        again.complete();
+        assert_eq!(offsets.due(), [("t".to_string(), 0, 10)]);
     }
 
     #[test]
@@ -365,7 +409,7 @@ mod tests {
         let plan = offsets.plans().pop().unwrap();
         assert_eq!((plan.from, plan.to), (100, 200));
         // Live records beyond the split are done first: nothing to commit.
-        offsets.register("t", 0, 200, 209).complete();
+        offsets.register("t", 0, 200, 209).unwrap().complete();
         assert!(offsets.due().is_empty(), "the catch-up range is not done");
         let a = offsets.register_catch_up(&plan, 149).unwrap(); // 100..=149
         let b = offsets.register_catch_up(&plan, 199).unwrap(); // 150..=199
@@ -402,7 +446,7 @@ mod tests {
         let plan = offsets.plans().pop().unwrap();
         offsets.register_catch_up(&plan, 99).unwrap().complete();
         let late = offsets.register_catch_up(&plan, 199).unwrap();
-        offsets.register("t", 0, 1000, 1099).complete();
+        offsets.register("t", 0, 1000, 1099).unwrap().complete();
         let due = offsets.revoke(&[("t".to_string(), 0)]);
         assert_eq!(
             due,

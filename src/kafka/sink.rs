@@ -132,6 +132,34 @@ impl SinkAdapter for KafkaSinkConfig {
 mod tests {
     use super::*;
 
+    /// A property librdkafka refuses is named, its value never shown: it
+    /// may be a password under a misspelt key.
+    #[test]
+    fn a_refused_property_is_named_and_its_value_never_shown() {
+        for (key, value) in [
+            ("sasl.pasword", "Zq9-MARK"),
+            ("security.protocol", "Zq9-PROTO"),
+        ] {
+            let mut properties = std::collections::BTreeMap::new();
+            properties.insert(
+                key.to_string(),
+                crate::secret::Secret::new(value.to_string()),
+            );
+            let config = KafkaSinkConfig {
+                brokers: "127.0.0.1:9".into(),
+                topic: "t".into(),
+                properties,
+                ..KafkaSinkConfig::default()
+            };
+            let Err(e) = KafkaSink::new(config) else {
+                panic!("{key} = {value} was taken");
+            };
+            let e = e.to_string();
+            assert!(!e.contains("Zq9"), "{e}");
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
     #[test]
     fn only_errors_no_retry_fixes_are_permanent() {
         let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);

@@ -173,6 +173,12 @@ impl ConsumerContext for Callbacks {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 tracing::info!(partitions = partitions.count(), "partitions assigned");
+                let coming: Vec<(String, i32)> = partitions
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                self.offsets.assign(&coming);
                 if let Some(split) = &self.split {
                     split.plan(consumer, partitions, &self.offsets);
                 }
@@ -340,7 +346,9 @@ impl Source for KafkaSource {
                     self.config.format,
                     self.config.batch,
                 )
-                .map_err(|e| origin_error(format!("making the catch-up reader: {e}")))?;
+                .map_err(|e| {
+                    origin_error(format!("making the catch-up reader: {}", client_refused(e)))
+                })?;
                 Some(tokio::spawn(reader.run(catch_up_stop.clone())))
             }
             false => None,
@@ -540,16 +548,23 @@ async fn submit_by_partition(
         let (Some(first), Some(last)) = (run.first(), run.last()) else {
             continue;
         };
-        let batch: Vec<Incoming> = run
-            .iter()
-            .map(|r| record::to_incoming(r, format, received_at))
-            .collect();
-        let ack = offsets.register(
+        let Some(ack) = offsets.register(
             first.topic(),
             first.partition(),
             first.offset(),
             last.offset(),
-        );
+        ) else {
+            tracing::debug!(
+                origin = %record::origin(first),
+                records = run.len(),
+                "records of a partition revoked while they were read are left to its next owner"
+            );
+            continue;
+        };
+        let batch: Vec<Incoming> = run
+            .iter()
+            .map(|r| record::to_incoming(r, format, received_at))
+            .collect();
         ctx.ingest.submit(batch, ack).await;
     }
 }
