@@ -18,6 +18,7 @@
 //! - no secret (the access key, the derived password, the AES key)
 //!   appears in an error, a log line or Debug output.
 
+mod batch_acks;
 mod config;
 mod decrypt;
 mod mapping;

@@ -34,6 +34,7 @@ use pulsar::{
     TokioExecutor,
 };
 
+use super::batch_acks::BatchAcks;
 use super::config::{PulsarSourceConfig, Resolved};
 use super::mapping::{self, Received};
 use super::tuya::TuyaCredentials;
@@ -189,6 +190,7 @@ impl Sessions for Runner {
             runner: self,
             consumer: &mut consumer,
             access_key: credentials.as_ref().map(|k| k.access_key()),
+            batches: BatchAcks::default(),
         };
         let end = receive_and_settle(&mut session, rules).await;
         // Bounded: a broker that does not answer the close must not hold
@@ -303,6 +305,8 @@ struct PulsarSession<'a> {
     consumer: &'a mut PulsarConsumer,
     /// The preset's access key, which decrypts its payloads.
     access_key: Option<&'a str>,
+    /// Batched entries not yet wholly done: one ack covers a whole entry.
+    batches: BatchAcks,
 }
 
 #[async_trait]
@@ -322,6 +326,8 @@ impl Receiving for PulsarSession<'_> {
 
     fn take(&mut self, m: Self::Received) -> (Incoming, Self::Position) {
         let id = m.message_id().clone();
+        self.batches
+            .received(&m.topic, &id, m.message_id.batch_size);
         let incoming = self
             .runner
             .to_incoming(&m.topic, &id, m.payload, self.access_key);
@@ -333,8 +339,13 @@ impl Receiving for PulsarSession<'_> {
     async fn acknowledge(&mut self, done: Vec<Self::Position>) -> Result<u64, String> {
         let mut acked = 0u64;
         for (topic, id) in done {
+            // A batched message waits for the rest of its entry: the
+            // broker takes any ack of it as the whole entry's.
+            let Some((id, covers)) = self.batches.done(&topic, id) else {
+                continue;
+            };
             match self.consumer.ack_with_id(&topic, id).await {
-                Ok(()) => acked += 1,
+                Ok(()) => acked += covers,
                 Err(e) => {
                     tracing::debug!(error = %e, "an ack could not be sent; the broker redelivers")
                 }
@@ -346,6 +357,7 @@ impl Receiving for PulsarSession<'_> {
     async fn give_back(&mut self, undone: Vec<Self::Position>) {
         let mut n = 0usize;
         for (topic, id) in undone {
+            self.batches.given_back(&topic, &id);
             if self.consumer.nack_with_id(&topic, id).await.is_ok() {
                 n += 1;
             }
