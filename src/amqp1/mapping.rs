@@ -6,7 +6,9 @@
 //! sections concatenated, or a binary or string amqp-value); a message
 //! without a usable topic, or with a body that carries no bytes (an
 //! amqp-sequence, a non-binary value), is malformed input with its reason
-//! (a dead letter), never a message with an invented field; so is one
+//! (a dead letter, keeping such a body as its AMQP encoding, since the
+//! broker forgets the message once it is settled), never a message with
+//! an invented field; a UUID `message-id` is its standard text; so is one
 //! whose `topic` or `messageId` is binary that is not UTF-8 (the reason
 //! gives its bytes as base64), since a converted id would not be the one
 //! sent; a missing id is
@@ -41,7 +43,7 @@ pub fn to_incoming(message: Message<Body<Value>>, origin: impl FnOnce() -> Strin
     } = message;
     let payload = match payload(body) {
         Ok(p) => p,
-        Err(reason) => return malformed(Bytes::new(), origin, reason),
+        Err((raw, reason)) => return malformed(raw, origin, reason),
     };
     let props = application_properties.map(|a| a.0);
     let get = |key: &str| props.as_ref().and_then(|p| p.get(key));
@@ -107,7 +109,9 @@ pub fn to_incoming(message: Message<Body<Value>>, origin: impl FnOnce() -> Strin
 }
 
 /// The body's bytes.
-fn payload(body: Body<Value>) -> Result<Bytes, String> {
+/// The body's bytes; for a body that carries none, its AMQP encoding
+/// (what the dead letter keeps) and the reason.
+fn payload(body: Body<Value>) -> Result<Bytes, (Bytes, String)> {
     match body {
         Body::Data(sections) => {
             let mut sections: Vec<_> = sections.into_iter().collect();
@@ -125,10 +129,27 @@ fn payload(body: Body<Value>) -> Result<Bytes, String> {
             Value::Binary(b) => Ok(Bytes::from(b.into_vec())),
             Value::String(s) => Ok(Bytes::from(s.into_bytes())),
             Value::Null => Ok(Bytes::new()),
-            _ => Err("unusable body: an amqp-value that is not binary or a string".into()),
+            other => Err((
+                encoded(&other),
+                "unusable body: an amqp-value that is not binary or a string (kept as its AMQP encoding)".into(),
+            )),
         },
-        Body::Sequence(_) => Err("unusable body: an amqp-sequence, not bytes".into()),
+        Body::Sequence(sections) => {
+            let values: Vec<Vec<Value>> = sections.into_iter().map(|s| s.0).collect();
+            Err((
+                encoded(&values),
+                "unusable body: an amqp-sequence, not bytes (kept as its AMQP encoding)".into(),
+            ))
+        }
     }
+}
+
+/// A value's AMQP encoding; empty in the (unreached) case it cannot be
+/// encoded, since a decoded value always can.
+fn encoded(value: &impl serde::Serialize) -> Bytes {
+    serde_amqp::to_vec(value)
+        .map(Bytes::from)
+        .unwrap_or_default()
 }
 
 fn malformed(raw: Bytes, origin: impl FnOnce() -> String, reason: String) -> Incoming {
@@ -176,7 +197,85 @@ fn id_text(id: &MessageId) -> Option<String> {
     match id {
         MessageId::String(s) => Some(s.clone()),
         MessageId::Ulong(u) => Some(u.to_string()),
-        MessageId::Uuid(u) => Some(format!("{u:?}")),
+        MessageId::Uuid(u) => Some(uuid_text(u.as_inner())),
         MessageId::Binary(b) => std::str::from_utf8(b).ok().map(str::to_string),
+    }
+}
+
+/// A UUID as its standard text: 8-4-4-4-12 lowercase hex digits.
+fn uuid_text(bytes: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(36);
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use fe2o3_amqp::types::messaging::{
+        AmqpSequence, AmqpValue, ApplicationProperties, Properties,
+    };
+    use serde_amqp::primitives::Uuid;
+
+    fn message(body: Body<Value>, id: Option<MessageId>) -> Message<Body<Value>> {
+        let properties = ApplicationProperties::builder()
+            .insert(TOPIC, "/pk/dn/thing/event/property/post")
+            .build();
+        let mut builder = Message::builder()
+            .application_properties(properties)
+            .body(body);
+        if let Some(id) = id {
+            builder = builder.properties(Properties::builder().message_id(id).build());
+        }
+        builder.build()
+    }
+
+    /// A body that carries no bytes is a dead letter that keeps it, as its
+    /// AMQP encoding (it decodes back to the very value): the broker
+    /// forgets the message once it is settled.
+    #[test]
+    fn a_body_without_bytes_is_a_dead_letter_that_keeps_its_encoding() {
+        let values = vec![Value::Int(1), Value::String("a".into())];
+        let sequence = Body::Sequence(vec![AmqpSequence(values.clone())].into());
+        match to_incoming(message(sequence, None), || "here".into()) {
+            Incoming::Malformed { raw, reason, .. } => {
+                assert!(reason.contains("amqp-sequence"), "{reason}");
+                let back: Vec<Vec<Value>> = serde_amqp::from_slice(&raw).unwrap();
+                assert_eq!(back, vec![values]);
+            }
+            _ => panic!("a sequence body was taken as a message"),
+        }
+        let value = Value::Long(-7);
+        match to_incoming(message(Body::Value(AmqpValue(value.clone())), None), || {
+            "here".into()
+        }) {
+            Incoming::Malformed { raw, .. } => {
+                assert_eq!(serde_amqp::from_slice::<Value>(&raw).unwrap(), value);
+            }
+            _ => panic!("a long value body was taken as a message"),
+        }
+    }
+
+    /// A UUID `message-id` is the message's id as its standard text.
+    #[test]
+    fn a_uuid_message_id_is_its_standard_text() {
+        let bytes = [
+            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+            0xcd, 0xef,
+        ];
+        let body = Body::Value(AmqpValue(Value::Binary(b"{}".to_vec().into())));
+        let id = MessageId::Uuid(Uuid::from(bytes));
+        match to_incoming(message(body, Some(id)), || "here".into()) {
+            Incoming::Message(m) => {
+                assert_eq!(m.message_id(), "12345678-9abc-def0-0123-456789abcdef");
+            }
+            _ => panic!("not a message"),
+        }
     }
 }
