@@ -313,7 +313,8 @@ impl Sink for HttpSink {
             ))
             .into());
         }
-        let mut parts = vec![0..batch.len()];
+        let mut parts = Vec::with_capacity(8);
+        parts.push(0..batch.len());
         let mut failed = Vec::new();
         while let Some(part) = parts.pop() {
             let whole = part.len() == batch.len();
