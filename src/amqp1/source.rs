@@ -390,28 +390,57 @@ struct Link<'a> {
     unsettled: u32,
 }
 
+/// A transfer as received: a message, or one the client could not decode
+/// (a string property that is not UTF-8, a property that is a list or a
+/// map), which the client has taken off the link all the same. Moved once,
+/// from `receive` to `take`: boxing the message would cost an allocation
+/// a message to save a copy.
+#[allow(clippy::large_enum_variant)]
+enum Transfer {
+    Message(fe2o3_amqp::link::delivery::Delivery<Body<Value>>),
+    Undecodable(fe2o3_amqp::link::MessageDecodeError),
+}
+
 #[async_trait]
 impl Receiving for Link<'_> {
-    type Received = fe2o3_amqp::link::delivery::Delivery<Body<Value>>;
+    type Received = Transfer;
     type Position = DeliveryInfo;
 
     async fn receive(&mut self) -> Result<Self::Received, String> {
         // `recv` is cancel-safe: a call dropped early loses nothing.
-        self.receiver
-            .recv::<Body<Value>>()
-            .await
-            .map_err(|e| e.to_string())
+        match self.receiver.recv::<Body<Value>>().await {
+            Ok(delivery) => Ok(Transfer::Message(delivery)),
+            // Settled as a dead letter like any malformed input: left
+            // unsettled, it would hold its place (and the link) forever.
+            Err(fe2o3_amqp::link::RecvError::MessageDecode(e)) => Ok(Transfer::Undecodable(e)),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
-    fn take(&mut self, delivery: Self::Received) -> (Incoming, DeliveryInfo) {
-        let info = DeliveryInfo::from(&delivery);
-        let id = info.delivery_id();
-        let origin = self.origin;
-        let incoming = mapping::to_incoming(delivery.into_message(), || {
-            format!("{origin} delivery {id}")
-        });
+    fn take(&mut self, transfer: Self::Received) -> (Incoming, DeliveryInfo) {
         self.unsettled = self.unsettled.saturating_add(1);
-        (incoming, info)
+        let origin = self.origin;
+        match transfer {
+            Transfer::Message(delivery) => {
+                let info = DeliveryInfo::from(&delivery);
+                let id = info.delivery_id();
+                let incoming = mapping::to_incoming(delivery.into_message(), || {
+                    format!("{origin} delivery {id}")
+                });
+                (incoming, info)
+            }
+            Transfer::Undecodable(e) => {
+                let incoming = Incoming::Malformed {
+                    raw: bytes::Bytes::new(),
+                    origin: format!("{origin} delivery {}", e.info.delivery_id()),
+                    reason: format!(
+                        "undecodable message (its bytes are not kept: the AMQP client decodes a transfer whole): {}",
+                        e.source
+                    ),
+                };
+                (incoming, e.info)
+            }
+        }
     }
 
     async fn acknowledge(&mut self, done: Vec<DeliveryInfo>) -> Result<u64, String> {
