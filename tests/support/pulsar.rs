@@ -236,6 +236,35 @@ pub fn platform_message(topic: &str, id: &str, generate_time_ms: i64, payload: &
     )
 }
 
+/// A producer client straight to the broker that batches (`batch` to an
+/// entry, as Pulsar's Java client does by default) and compresses with
+/// LZ4: the broker keeps each batch as one compressed entry.
+pub async fn batching_producer(
+    broker: &PulsarLite,
+    topic: &str,
+    batch: u32,
+) -> pulsar::Producer<pulsar::TokioExecutor> {
+    let client = pulsar::Pulsar::builder(broker.url(), pulsar::TokioExecutor)
+        .build()
+        .await
+        .expect("connect to pulsar-lite");
+    client
+        .producer()
+        .with_topic(topic)
+        .with_name(format!("test-batching-producer-{}", std::process::id()))
+        .with_options(pulsar::producer::ProducerOptions {
+            batch_size: Some(batch),
+            batch_timeout: Some(std::time::Duration::from_millis(50)),
+            compression: Some(pulsar::compression::Compression::Lz4(
+                pulsar::compression::CompressionLz4::default(),
+            )),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .expect("producer")
+}
+
 /// A producer client straight to the broker.
 pub async fn producer(broker: &PulsarLite, topic: &str) -> pulsar::Producer<pulsar::TokioExecutor> {
     let client = pulsar::Pulsar::builder(broker.url(), pulsar::TokioExecutor)
