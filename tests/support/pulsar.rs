@@ -244,29 +244,27 @@ pub async fn batching_producer(
     topic: &str,
     batch: u32,
 ) -> pulsar::Producer<pulsar::TokioExecutor> {
-    let client = pulsar::Pulsar::builder(broker.url(), pulsar::TokioExecutor)
-        .build()
-        .await
-        .expect("connect to pulsar-lite");
-    client
-        .producer()
-        .with_topic(topic)
-        .with_name(format!("test-batching-producer-{}", std::process::id()))
-        .with_options(pulsar::producer::ProducerOptions {
-            batch_size: Some(batch),
-            batch_timeout: Some(std::time::Duration::from_millis(50)),
-            compression: Some(pulsar::compression::Compression::Lz4(
-                pulsar::compression::CompressionLz4::default(),
-            )),
-            ..Default::default()
-        })
-        .build()
-        .await
-        .expect("producer")
+    let options = pulsar::producer::ProducerOptions {
+        batch_size: Some(batch),
+        batch_timeout: Some(std::time::Duration::from_millis(50)),
+        compression: Some(pulsar::compression::Compression::Lz4(
+            pulsar::compression::CompressionLz4::default(),
+        )),
+        ..Default::default()
+    };
+    producer_with(broker, topic, options).await
 }
 
 /// A producer client straight to the broker.
 pub async fn producer(broker: &PulsarLite, topic: &str) -> pulsar::Producer<pulsar::TokioExecutor> {
+    producer_with(broker, topic, pulsar::producer::ProducerOptions::default()).await
+}
+
+async fn producer_with(
+    broker: &PulsarLite,
+    topic: &str,
+    options: pulsar::producer::ProducerOptions,
+) -> pulsar::Producer<pulsar::TokioExecutor> {
     let client = pulsar::Pulsar::builder(broker.url(), pulsar::TokioExecutor)
         .build()
         .await
@@ -275,6 +273,7 @@ pub async fn producer(broker: &PulsarLite, topic: &str) -> pulsar::Producer<puls
         .producer()
         .with_topic(topic)
         .with_name(format!("test-producer-{}", std::process::id()))
+        .with_options(options)
         .build()
         .await
         .expect("producer")
