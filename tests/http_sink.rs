@@ -547,6 +547,32 @@ async fn a_500_is_retried_and_nothing_is_lost() {
     assert_delivered(&sent, &server.accepted_records(), Copies::ExactlyOnce);
 }
 
+/// After a 413 split, a part answered 429 leaves the parts not yet sent
+/// push-limited too (they use up no attempt), as the whole batch would
+/// have been.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_413_split_a_429_leaves_the_unsent_parts_push_limited() {
+    let server = Server::start(|n, _| match n {
+        0 => Reply::Answer(413, Vec::new(), Vec::new()),
+        1 => Reply::Answer(429, Vec::new(), Vec::new()),
+        _ => ok(),
+    })
+    .await;
+    let sink = sink(&HttpSinkConfig::new(server.url("/")));
+    let batch = deliveries(&some_records("split", 4));
+    let Err(BatchError::Some(failed)) = sink.deliver(&batch).await else {
+        panic!("the split batch did not fail per message");
+    };
+    assert_eq!(
+        failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    for (i, e) in &failed {
+        assert!(matches!(e, DeliveryError::PushLimited(_)), "{i}: {e:?}");
+    }
+    assert_eq!(server.hits().len(), 2, "nothing sent after the 429");
+}
+
 /// A service that takes bodies of at most 4 KiB (as a proxy's body limit
 /// does) answers a whole batch 413: the batch is halved until each part
 /// fits, so every message is delivered, byte for byte, and none is a dead

@@ -331,17 +331,24 @@ impl Sink for HttpSink {
                 Err(Posted::Refused(e)) => {
                     // The service's trouble, not a part's size: this part
                     // fails as it was answered, the parts not yet sent as
-                    // not sent.
+                    // not sent (push-limited, using up no attempt, when the
+                    // service asked to slow down).
+                    let why = format!(
+                        "POST {}: not sent, an earlier part of its batch failed",
+                        self.shown
+                    );
+                    let unsent = match &e {
+                        BatchError::All(DeliveryError::PushLimited(_)) => {
+                            DeliveryError::PushLimited(why)
+                        }
+                        _ => DeliveryError::RetryLater(why),
+                    };
                     failed.extend(
                         e.per_message(part.len())
                             .into_iter()
                             .enumerate()
                             .filter_map(|(i, e)| Some((part.start + i, e?))),
                     );
-                    let unsent = DeliveryError::RetryLater(format!(
-                        "POST {}: not sent, an earlier part of its batch failed",
-                        self.shown
-                    ));
                     for rest in parts.drain(..) {
                         failed.extend(rest.map(|i| (i, unsent.clone())));
                     }
