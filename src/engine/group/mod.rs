@@ -138,7 +138,7 @@ impl Group {
         grace: Duration,
     ) {
         let writer_closing = CancellationToken::new();
-        let writer_task =
+        let mut writer_task =
             tokio::spawn(Arc::clone(&self).run_writer(writer, writer_closing.clone()));
         let read_ahead_task = tokio::spawn(Arc::clone(&self.read_ahead).fill(
             Arc::clone(&self.store),
@@ -176,7 +176,6 @@ impl Group {
         // The engine stopped admitting before it stopped the groups, so
         // closing the queue loses no sender; the writer drains what is queued.
         writer_closing.cancel();
-        let mut writer_task = writer_task;
         if tokio::time::timeout(grace, &mut writer_task).await.is_err() {
             // A full backlog that nothing drains holds the writer forever:
             // what it holds is dropped unacknowledged, its sources keep it.
