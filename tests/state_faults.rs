@@ -490,6 +490,76 @@ fn a_checkpoint_that_cannot_be_read_stops_the_source_with_an_error_naming_it() {
     assert!(error.contains("Input/output error"), "{error}");
 }
 
+/// A file rewritten in place (same inode, same length) after the reader
+/// read it and before its checkpoint is written: the checkpoint must not
+/// vouch for bytes the reader never read, or the restart would resume past
+/// lines no run delivered.
+#[test]
+fn a_file_rewritten_in_place_before_its_checkpoint_is_read_again_not_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    let checkpoints = tmp.path().join("sources");
+    let fs = FailingFs::default();
+    let first = append_lines(&input, 0..20);
+
+    let sink = RecordingSink::new().gated();
+    let source = JsonlSource::new(JsonlInput::File(input.clone()), 4096)
+        .checkpoint_in(&checkpoints)
+        .with_filesystem(Arc::new(fs.clone()));
+    let engine = Engine::builder()
+        .group(GroupConfig::named("all"), sink.clone())
+        .source(source, LanePolicy::Auto)
+        .build()
+        .unwrap();
+    // The same lines with other ids and payloads, byte for byte as long.
+    let rewritten: Vec<Record> = first
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.id = r.id.replace("line", "LINE");
+            r.payload = String::from_utf8(r.payload.clone())
+                .unwrap()
+                .replace('x', "y")
+                .into_bytes();
+            r
+        })
+        .collect();
+    rt().block_on(async {
+        let (monitor, _stop, run) = support::engine::spawn_engine(engine);
+        support::wait::eventually(
+            &monitor,
+            Duration::from_secs(30),
+            "every line read and handed in",
+            |m| m.intake().ingested >= 20,
+        )
+        .await;
+        let mut text = String::new();
+        for r in &rewritten {
+            text.push_str(&r.envelope_line());
+            text.push('\n');
+        }
+        assert_eq!(text.len() as u64, std::fs::metadata(&input).unwrap().len());
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&input)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f.sync_all().unwrap();
+        sink.open();
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the run ends when the file is done")
+            .unwrap();
+    });
+    assert_delivered(&first, &sink.delivered_records(), Copies::ExactlyOnce);
+    // The rewritten lines were never read: the next run reads them.
+    assert_delivered(
+        &rewritten,
+        &run_file(&input, &checkpoints, &fs),
+        Copies::ExactlyOnce,
+    );
+}
+
 // ---- the dead-letter file ----
 
 #[test]

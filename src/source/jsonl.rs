@@ -23,10 +23,14 @@
 //! not a whole envelope yet (a writer mid-line) it is left for then, never
 //! made a dead letter; a checkpoint written for another file (truncated
 //! below the offset, or any byte below it changed) is reported with a
-//! warning and the file is read from line 1; a malformed line becomes a dead
-//! letter naming its file and line number and the run goes on; a line longer
-//! than the limit is never held in memory whole (its first bytes are kept for
-//! the dead letter, the rest is skipped); blank lines are ignored.
+//! warning and the file is read from line 1; a checkpoint is written only
+//! while the bytes on disk below its offset are the bytes the reader read
+//! (their CRC32C, kept as they are read), so a file rewritten in place
+//! under the reader is never resumed past lines no run read; a malformed
+//! line becomes a dead letter naming its file and line number and the run
+//! goes on; a line longer than the limit is never held in memory whole (its
+//! first bytes are kept for the dead letter, the rest is skipped); blank
+//! lines are ignored.
 
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -137,6 +141,35 @@ struct Line {
     consumed: u64,
     /// Whether it ended with a newline (not only with the end of input).
     terminated: bool,
+    /// CRC32C of every byte consumed from where the reader started (the
+    /// resumed prefix included) through this line, as read.
+    crc: u32,
+}
+
+impl Line {
+    /// An empty line that starts where the bytes read so far have `crc`.
+    fn after(crc: u32) -> Line {
+        Line {
+            crc,
+            ..Line::default()
+        }
+    }
+
+    /// Takes the line read so far, leaving an empty one that starts after it.
+    fn take(&mut self) -> Line {
+        let next = Line::after(self.crc);
+        std::mem::replace(self, next)
+    }
+}
+
+/// How far the reader has read: the position after the last whole line,
+/// and the CRC32C of every byte below it as the reader read them. The
+/// checkpoint compares it with the file on disk, so that it never vouches
+/// for bytes that were rewritten after they were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct ReadTo {
+    at: Position,
+    crc: u32,
 }
 
 /// Reads one line of at most `limit` bytes kept; returns `None` at the end.
@@ -151,12 +184,12 @@ async fn read_line_limited(
     loop {
         let chunk = reader.fill_buf().await?;
         if chunk.is_empty() {
-            return Ok((partial.consumed > 0).then(|| std::mem::take(partial)));
+            return Ok((partial.consumed > 0).then(|| partial.take()));
         }
         let (take, done) = absorb(partial, chunk, limit);
         reader.consume(take);
         if done {
-            return Ok(Some(std::mem::take(partial)));
+            return Ok(Some(partial.take()));
         }
     }
 }
@@ -178,6 +211,7 @@ fn absorb(line: &mut Line, chunk: &[u8], limit: usize) -> (usize, bool) {
     line.bytes
         .extend_from_slice(content.get(..content.len().min(room)).unwrap_or_default());
     line.consumed += take as u64;
+    line.crc = crc32c::crc32c_append(line.crc, chunk.get(..take).unwrap_or_default());
     line.terminated = done;
     (take, done)
 }
@@ -198,11 +232,11 @@ fn buffered_lines(
         let (take, done) = absorb(partial, chunk, limit);
         reader.consume(take);
         if done {
-            out.push(std::mem::take(partial));
+            out.push(partial.take());
         }
     }
     if partial.consumed > 0 {
-        out.push(std::mem::take(partial));
+        out.push(partial.take());
     }
     out
 }
@@ -215,16 +249,16 @@ fn memchr_newline(bytes: &[u8]) -> Option<usize> {
 /// registers each batch with the position after its last line) and the
 /// checkpoint task (which takes the done ones).
 #[derive(Clone, Default)]
-struct Progress(Arc<Mutex<Positions<Position>>>);
+struct Progress(Arc<Mutex<Positions<ReadTo>>>);
 
 impl Progress {
     /// Registers a batch ending at `end` and returns its reference.
-    fn register(&self, end: Position) -> AckRef {
+    fn register(&self, end: ReadTo) -> AckRef {
         self.0.lock().register(end)
     }
 
     /// The end of the newest batch now done, if any batch became done.
-    fn take_last_done(&self) -> Option<Position> {
+    fn take_last_done(&self) -> Option<ReadTo> {
         self.0.lock().take_last_done()
     }
 
@@ -242,7 +276,7 @@ async fn keep_checkpoint(
     checkpoint: Checkpoint,
     file: std::fs::File,
     progress: Progress,
-    resumed: (Position, Option<checkpoint::Saved>),
+    resumed: (ReadTo, Option<checkpoint::Saved>),
     finish: CancellationToken,
     drained: CancellationToken,
     health: SourceHealth,
@@ -254,6 +288,9 @@ async fn keep_checkpoint(
     // its whole-prefix fingerprint instead of reading the file again.
     let mut last_saved = resumed;
     let mut failing = false;
+    // Set once the file on disk is found to differ from what was read:
+    // no checkpoint can be written for this run after that.
+    let mut diverged = false;
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let file = Arc::new(file);
@@ -266,27 +303,35 @@ async fn keep_checkpoint(
         if let Some(end) = progress.take_last_done() {
             done = end;
         }
-        if done != written {
+        if done != written && !diverged {
             let (cp, f, last) = (checkpoint.clone(), Arc::clone(&file), last_saved.clone());
             let result = tokio::task::spawn_blocking(move || {
-                let saved =
-                    checkpoint::fingerprint_after(&f, last.as_ref(), done).map_err(|source| {
-                        CheckpointError::Io {
-                            path: cp.path().display().to_string(),
-                            source,
-                        }
-                    })?;
-                cp.store(&saved).map(|()| saved)
+                let saved = checkpoint::fingerprint_after(&f, last.as_ref(), done.at).map_err(
+                    |source| CheckpointError::Io {
+                        path: cp.path().display().to_string(),
+                        source,
+                    },
+                )?;
+                if saved.whole.map(|w| w.crc) != Some(done.crc) {
+                    return Ok(None);
+                }
+                cp.store(&saved).map(|()| Some(saved))
             })
             .await;
             match result {
-                Ok(Ok(saved)) => {
+                Ok(Ok(None)) => {
+                    tracing::error!(checkpoint = %checkpoint.path().display(), offset = done.at.offset,
+                        "the file's bytes below this offset are not the ones read (rewritten in place while it was read); \
+                         no checkpoint is written for the rest of this run, so a restart reads it again from the last one written");
+                    diverged = true;
+                }
+                Ok(Ok(Some(saved))) => {
                     last_saved = Some(saved);
                     if failing {
                         tracing::info!(checkpoint = %checkpoint.path().display(), "checkpoint written again");
                     }
                     failing = false;
-                    health.acked(done.line.saturating_sub(written.line));
+                    health.acked(done.at.line.saturating_sub(written.at.line));
                     written = done;
                 }
                 Ok(Err(e)) => {
@@ -299,7 +344,7 @@ async fn keep_checkpoint(
             }
         }
         if last {
-            tracing::info!(checkpoint = %checkpoint.path().display(), offset = written.offset, line = written.line, "checkpoint at the end of the run");
+            tracing::info!(checkpoint = %checkpoint.path().display(), offset = written.at.offset, line = written.at.line, "checkpoint at the end of the run");
             return;
         }
     }
@@ -310,7 +355,7 @@ async fn keep_checkpoint(
 fn open_at_checkpoint(
     path: &Path,
     checkpoint: Option<&Checkpoint>,
-) -> Result<(std::fs::File, Position, Option<checkpoint::Saved>), SourceError> {
+) -> Result<(std::fs::File, ReadTo, Option<checkpoint::Saved>), SourceError> {
     let origin = || path.display().to_string();
     let io_err = |source| SourceError::Io {
         origin: origin(),
@@ -318,7 +363,7 @@ fn open_at_checkpoint(
     };
     let mut file = std::fs::File::open(path).map_err(io_err)?;
     let Some(checkpoint) = checkpoint else {
-        return Ok((file, Position::default(), None));
+        return Ok((file, ReadTo::default(), None));
     };
     let (start, resumed) = match checkpoint.load() {
         Ok(None) => (Position::default(), None),
@@ -347,7 +392,17 @@ fn open_at_checkpoint(
         }
     };
     file.seek(SeekFrom::Start(start.offset)).map_err(io_err)?;
-    Ok((file, start, resumed))
+    // What the reader carries on from: the prefix's CRC32C, as just
+    // verified (a version 1 checkpoint has none: read it once).
+    let crc = match resumed.as_ref().map(|saved| saved.whole) {
+        Some(Some(whole)) => whole.crc,
+        Some(None) => checkpoint::fingerprint(&file, start)
+            .map_err(io_err)?
+            .whole
+            .map_or(0, |w| w.crc),
+        None => 0,
+    };
+    Ok((file, ReadTo { at: start, crc }, resumed))
 }
 
 #[async_trait]
@@ -397,7 +452,7 @@ impl Source for JsonlSource {
                 };
                 (Box::new(tokio::fs::File::from_std(file)), start, progress)
             }
-            JsonlInput::Stdin => (Box::new(tokio::io::stdin()), Position::default(), None),
+            JsonlInput::Stdin => (Box::new(tokio::io::stdin()), ReadTo::default(), None),
         };
         let result = self.read(raw, start, progress.as_ref(), &ctx).await;
         if let Some(progress) = &progress {
@@ -440,7 +495,7 @@ impl JsonlSource {
     async fn read(
         &self,
         raw: Box<dyn AsyncRead + Unpin + Send>,
-        start: Position,
+        start: ReadTo,
         progress: Option<&Progress>,
         ctx: &SourceContext,
     ) -> std::io::Result<()> {
@@ -454,14 +509,14 @@ impl JsonlSource {
         // The end of the last line a registered batch covers.
         let mut covered = start;
         let mut batch = Vec::with_capacity(BATCH);
-        let mut partial = Line::default();
+        let mut partial = Line::after(start.crc);
         let mut stopped = false;
         // A submission still waiting on backpressure once the engine has
         // drained (a shutdown with full backlogs), or for longer than the
         // hand-over limit after a stop, can never be admitted: give it up.
         // Its reference is dropped, so its batch is abandoned and never
         // covered by the checkpoint: a file's lines are read again next run.
-        let submit = async |batch: Vec<Incoming>, end: Position| -> bool {
+        let submit = async |batch: Vec<Incoming>, end: ReadTo| -> bool {
             let ack = match progress {
                 Some(p) => p.register(end),
                 None => AckRef::none(),
@@ -496,7 +551,7 @@ impl JsonlSource {
             // Hand over a full batch, or whatever is there when input pauses.
             if batch.len() >= BATCH || (!batch.is_empty() && reader.buffer().is_empty()) {
                 if !submit(std::mem::take(&mut batch), pos).await {
-                    tracing::warn!(source = %label, line = pos.line,
+                    tracing::warn!(source = %label, line = pos.at.line,
                         "shut down while waiting for room; the rest is read again next run");
                     return Ok(());
                 }
@@ -530,18 +585,21 @@ impl JsonlSource {
             p.register(pos).complete();
         }
         drop(hold);
-        tracing::info!(source = %label, lines = pos.line, "input finished");
+        tracing::info!(source = %label, lines = pos.at.line, "input finished");
         Ok(())
     }
 
     /// Turns a line read into what the engine takes (nothing for a blank
     /// line) and moves `pos` past it when it is whole.
-    fn take_line(&self, line: Line, pos: &mut Position, batch: &mut Vec<Incoming>, label: &str) {
-        let line_no = pos.line + 1;
+    fn take_line(&self, line: Line, pos: &mut ReadTo, batch: &mut Vec<Incoming>, label: &str) {
+        let line_no = pos.at.line + 1;
         if line.terminated {
-            *pos = Position {
-                offset: pos.offset + line.consumed,
-                line: line_no,
+            *pos = ReadTo {
+                at: Position {
+                    offset: pos.at.offset + line.consumed,
+                    line: line_no,
+                },
+                crc: line.crc,
             };
         }
         let text = line.bytes.trim_ascii();
@@ -601,9 +659,10 @@ mod tests {
             oversize,
             consumed: bytes.len() as u64 + u64::from(terminated),
             terminated,
+            crc: 0,
         };
         let mut batch = Vec::new();
-        source.take_line(line, &mut Position::default(), &mut batch, "in.jsonl");
+        source.take_line(line, &mut ReadTo::default(), &mut batch, "in.jsonl");
         batch
     }
 
@@ -630,6 +689,29 @@ mod tests {
         match taken(&source, &long, true, true).as_slice() {
             [Incoming::Malformed { reason, .. }] => assert!(reason.contains("longer"), "{reason}"),
             other => panic!("{} items", other.len()),
+        }
+    }
+
+    /// The reader carries on from the CRC32C of the prefix it resumes
+    /// after, from any checkpoint version: a wrong start would make every
+    /// checkpoint of the run look like a rewritten file.
+    #[test]
+    fn a_resumed_reader_carries_on_from_the_prefix_crc_of_either_checkpoint_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, b"one\ntwo\nthree\n").unwrap();
+        let done = Position { offset: 8, line: 2 };
+        let saved = checkpoint::fingerprint(&std::fs::File::open(&path).unwrap(), done).unwrap();
+        let v1 = checkpoint::Saved {
+            whole: None,
+            ..saved.clone()
+        };
+        for stored in [saved, v1] {
+            let cp = Checkpoint::for_file(dir.path(), &path);
+            cp.store(&stored).unwrap();
+            let (_, start, _) = open_at_checkpoint(&path, Some(&cp)).unwrap();
+            assert_eq!(start.at, done);
+            assert_eq!(start.crc, crc32c::crc32c(b"one\ntwo\n"));
         }
     }
 
@@ -660,6 +742,10 @@ mod tests {
         assert_eq!((first.consumed, first.terminated), (1001, true));
         assert_eq!((second.consumed, second.terminated), (6, true));
         assert_eq!((third.consumed, third.terminated), (20, false));
+        // Each line's CRC32C runs on from the last, over every byte read
+        // (the part of the long line past the limit included).
+        assert_eq!(first.crc, crc32c::crc32c(&input.as_bytes()[..1001]));
+        assert_eq!(third.crc, crc32c::crc32c(input.as_bytes()));
         assert!(
             read_line_limited(&mut reader, 100, partial)
                 .await
