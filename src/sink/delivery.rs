@@ -21,7 +21,11 @@ pub struct Delivery {
     /// must not let this message overwrite what it has. Best effort in one
     /// direction only: `true` is always right, `false` may miss a newer
     /// message delivered long ago (the memory behind it is bounded) or one
-    /// in flight in another slot at the same moment.
+    /// in flight in another slot at the same moment. When the newer one is
+    /// in the same call and fails there, it is tried again later, so the
+    /// handler still gets it (or it becomes a dead letter, which keeps it):
+    /// a handler that keeps this message out of its state loses nothing
+    /// the group will not hand it again.
     pub superseded: bool,
 }
 
