@@ -15,7 +15,9 @@
 //!   (read through at the broker's speed into the backlog lane);
 //! - acceptance waits for the engine: while a sink holds every message,
 //!   none is accepted (a dropped connection gives them all back), and a
-//!   graceful stop releases what is undone instead of accepting it.
+//!   graceful stop releases what is undone instead of accepting it;
+//! - a transfer the client cannot decode is a dead letter with its reason,
+//!   settled, and the messages around it arrive byte for byte.
 
 #![cfg(all(feature = "amqp", feature = "amqp1", feature = "rabbitmq-tests"))]
 
@@ -521,5 +523,92 @@ async fn fresh_messages_behind_a_stale_pile_are_handled_long_before_the_pile() {
     );
     assert_delivered(&sent, &t.delivered, Copies::ExactlyOnce);
     assert_eq!(ready(&ch, &name).await, 0);
+    cleanup(&ch, &[&name], &[]).await;
+}
+
+/// AMQP 1.0 sections as bytes: application properties holding one pair,
+/// `bad` and `value` (already encoded), then a data section.
+fn sections_with_property(value: &[u8]) -> Vec<u8> {
+    let mut pair = vec![0xa1, 3, b'b', b'a', b'd'];
+    pair.extend_from_slice(value);
+    let mut bytes = vec![0x00, 0x53, 0x74, 0xc1, (pair.len() + 1) as u8, 2];
+    bytes.extend_from_slice(&pair);
+    let body = b"{\"n\":1}";
+    bytes.extend_from_slice(&[0x00, 0x53, 0x75, 0xa0, body.len() as u8]);
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A transfer the client cannot decode (an application property that is
+/// not UTF-8, or a list, which the specification forbids there) is a dead
+/// letter with the decoder's reason and is settled; the messages around it
+/// arrive byte for byte and the queue ends empty. RabbitMQ passes a 0-9-1
+/// message of type `amqp-1.0` to AMQP 1.0 consumers as the sections its
+/// body holds, which is how such bytes reach the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_the_client_cannot_decode_is_a_dead_letter_and_the_rest_arrive() {
+    use lapin::types::ShortString;
+    let _turn = support::amqp1::turn().await;
+    let _lock = broker_lock(false);
+    let name = unique("amqp1-undecodable");
+    let (_conn, ch, mut sent) = queue_holding(&name, 20).await;
+    // A str8 of bytes that are not UTF-8; a list8 of one `true`.
+    let undecodable = [
+        sections_with_property(&[0xa1, 4, b'a', 0xff, 0xfe, b'z']),
+        sections_with_property(&[0xc0, 2, 1, 0x41]),
+    ];
+    for body in &undecodable {
+        ch.basic_publish(
+            ShortString::from(""),
+            ShortString::from(name.as_str()),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_type(ShortString::from("amqp-1.0")),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let after = records::json_records(&format!("{name}-after"), 20, |_| {
+        laneway::message::now_epoch_ms()
+    });
+    publish1(&name, &after).await;
+    sent.extend(after);
+
+    let sink = support::engine::RecordingSink::new();
+    let dead = laneway::engine::DeadLetters::in_memory();
+    let source = Amqp1Source::new(Amqp1SourceConfig {
+        url: Some(url1()),
+        address: format!("/amq/queue/{name}"),
+        idle_exit: Some(Duration::from_secs(2)),
+        ..Amqp1SourceConfig::default()
+    })
+    .unwrap();
+    let engine = Engine::builder()
+        .group(GroupConfig::named("all"), sink.clone())
+        .source(source, LanePolicy::Auto)
+        .dead_letters(Arc::clone(&dead))
+        .build()
+        .unwrap();
+    let summary =
+        tokio::time::timeout(Duration::from_secs(120), engine.run(std::future::pending()))
+            .await
+            .expect("the run finishes once the queue is idle");
+    assert_delivered(&sent, &sink.delivered_records(), Copies::ExactlyOnce);
+    let letters = dead.recent();
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    for (letter, why) in letters.iter().zip(["UTF-8", "SimpleValue"]) {
+        assert!(
+            letter.reason.starts_with("undecodable message"),
+            "{letter:?}"
+        );
+        assert!(letter.reason.contains(why), "{letter:?}");
+        assert!(letter.origin.as_deref().is_some_and(|o| o.contains(&name)));
+    }
+    assert_eq!(summary.dead_letter, 2);
+    assert_eq!(ready(&ch, &name).await, 0, "everything was settled");
     cleanup(&ch, &[&name], &[]).await;
 }
