@@ -1,7 +1,8 @@
 //! Reading the platform's fields from an AMQP message, and writing them.
 //!
 //! The platform puts `topic`, `messageId` and `generateTime` (epoch
-//! milliseconds) in the application headers. When a header is missing, the
+//! milliseconds; a header of the AMQP timestamp type is seconds, as the
+//! type says) in the application headers. When a header is missing, the
 //! standard properties stand in: `message_id` for the id and `timestamp` for
 //! the generate time.
 //!
@@ -83,9 +84,7 @@ pub fn to_incoming(
         .unwrap_or_default();
     let generate_time_ms = headers
         .and_then(|h| h.inner().get(GENERATE_TIME))
-        .and_then(|v| {
-            integer(v).or_else(|| text(v).and_then(|t| generate_time_of_text(t.as_bytes())))
-        })
+        .and_then(generate_time_of)
         .or_else(|| properties.timestamp().map(timestamp_ms))
         .unwrap_or_else(now_epoch_ms);
     let body = Bytes::from(body);
@@ -115,6 +114,19 @@ fn timestamp_ms(ts: u64) -> i64 {
         ts.saturating_mul(1000)
     };
     i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// A `generateTime` header's epoch milliseconds: a number, digits, or an
+/// AMQP timestamp, which is seconds (as a Java `Date` header is sent, and
+/// as RabbitMQ converts an AMQP 1.0 timestamp), read as the standard
+/// property is.
+fn generate_time_of(value: &AMQPValue) -> Option<i64> {
+    match *value {
+        AMQPValue::Timestamp(t) => Some(timestamp_ms(t)),
+        _ => {
+            integer(value).or_else(|| text(value).and_then(|t| generate_time_of_text(t.as_bytes())))
+        }
+    }
 }
 
 fn text(value: &AMQPValue) -> Option<String> {
@@ -343,6 +355,29 @@ mod tests {
             (m.message_id(), m.generate_time_ms()),
             ("7", 1_700_000_000_001)
         );
+    }
+
+    /// An AMQP timestamp is seconds: a `generateTime` header of that type
+    /// is read as the standard property is (milliseconds only when too
+    /// large to be seconds), not taken as milliseconds.
+    #[test]
+    fn a_timestamp_generate_time_header_is_seconds() {
+        for (stamp, want) in [
+            (1_700_000_000, 1_700_000_000_000),
+            (1_700_000_000_123, 1_700_000_000_123),
+        ] {
+            let p = props_with(&[
+                (
+                    "topic",
+                    AMQPValue::LongString("/a/b/thing/lifecycle".into()),
+                ),
+                ("generateTime", AMQPValue::Timestamp(stamp)),
+            ]);
+            let Incoming::Message(m) = to_incoming(&p, b"{}".to_vec(), || "q".into()) else {
+                panic!("not a message")
+            };
+            assert_eq!(m.generate_time_ms(), want);
+        }
     }
 
     #[test]
