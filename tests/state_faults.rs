@@ -327,6 +327,45 @@ fn a_segment_read_that_fails_while_serving_is_an_error_and_skips_nothing() {
     });
 }
 
+/// A retried record is read again where its new copy lies when it is due;
+/// a read of it that fails is reported and tried again by the next take,
+/// as a read of the segment in order is: the record is never dropped.
+#[test]
+fn a_retried_record_whose_read_fails_is_handed_out_by_a_later_take() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 60);
+    let fs = FailingFs::default();
+    rt().block_on(async {
+        let store = DiskBacklog::open_with(dir.path(), config(), Arc::new(fs.clone())).unwrap();
+        let mut first = store.take_ready(1, 0).await.unwrap();
+        assert_same(&first, &[0]);
+        first[0].record.attempts = 1;
+        first[0].record.not_before_ms = 1_000;
+        store.retry(&first).await.unwrap();
+        // Due at 2,000: the first read is the retried copy's, and it fails.
+        fs.fail(Op::ReadAt, ".seg", 0, 1, Fault::Eio);
+        let failed = store.take_ready(1000, 2_000).await;
+        assert!(
+            matches!(&failed, Err(BacklogError::Io { source, .. }) if source.raw_os_error() == Some(5)),
+            "{failed:?}"
+        );
+        assert_eq!(fs.failures(), 1);
+        let mut got = Vec::new();
+        loop {
+            let batch = store.take_ready(1000, 2_000).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            let ids: Vec<_> = batch.iter().map(|r| r.id).collect();
+            store.release(&ids).await.unwrap();
+            got.extend(batch);
+        }
+        assert_same(&got, &(0..60).collect::<Vec<_>>());
+        assert_eq!(store.depth().records, 0);
+        store.close().await.unwrap();
+    });
+}
+
 #[test]
 fn a_ledger_that_cannot_be_read_is_rebuilt_and_released_records_come_back() {
     let dir = tempfile::tempdir().unwrap();

@@ -104,8 +104,15 @@ impl Reader {
                 Some(Reverse(d)) if d.not_before_ms <= now_ms => {
                     let d = *d;
                     self.deferred.pop();
-                    if let Some(r) = self.reread(shared, d, now_ms)? {
-                        out.push(r);
+                    match self.reread(shared, d, now_ms) {
+                        Ok(Some(r)) => out.push(r),
+                        Ok(None) => {}
+                        // Still owed: the next take reads it again, as it
+                        // does a record the reader meets in order.
+                        Err(e) => {
+                            self.deferred.push(Reverse(d));
+                            return Err(e);
+                        }
                     }
                 }
                 _ => break,
