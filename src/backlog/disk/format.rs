@@ -32,6 +32,11 @@ pub const FLAG_EXTRAS: u32 = 1;
 pub const SEGMENT_HEADER_LEN: u64 = 64;
 /// Bytes of a frame header: length, checksum, id.
 pub const FRAME_HEADER_LEN: usize = 16;
+/// The longest body a frame can declare (its length is 32 bits). Readers
+/// bound a frame by this and by its file's size, never by the configured
+/// `segment_bytes`, which bounds only what is written: a backlog reopened
+/// with smaller segments than it was written with keeps its longer records.
+pub const MAX_FRAME_BODY: usize = u32::MAX as usize;
 /// Bytes of the fixed part of a record body, before topic, id and payload.
 pub const BODY_FIXED_LEN: usize = 40;
 /// Frames start on multiples of this (it lets a reader resynchronise after

@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::audit::{AuditError, Damage, LedgerState, audit};
-use super::format::{BodyView, FORMAT_VERSION};
+use super::format::{self, BodyView, FORMAT_VERSION};
 use super::ledger::{Ledger, LedgerError, RangeSet};
 use super::lock::LOCK_FILE;
 use super::segment::{SegmentReader, Step, list_segments};
@@ -189,9 +189,15 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
     // resumes, as recovery resumes it.
     let mut max_id = 0u64;
     for (seq, path) in segs {
-        let mut r = SegmentReader::open(&RealFilesystem, &path, None, 1 << 20, u32::MAX as usize)
-            .map_err(io(&path))?
-            .after_damaged_header(max_id);
+        let mut r = SegmentReader::open(
+            &RealFilesystem,
+            &path,
+            None,
+            1 << 20,
+            format::MAX_FRAME_BODY,
+        )
+        .map_err(io(&path))?
+        .after_damaged_header(max_id);
         let mut s = SegmentSummary {
             file: path.display().to_string(),
             seq,
@@ -231,7 +237,7 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
         out.segments.push(s);
     }
     // Damage and losses as recovery would count them.
-    let found = audit(&RealFilesystem, dir, u32::MAX as usize, false).map_err(from_audit)?;
+    let found = audit(&RealFilesystem, dir, format::MAX_FRAME_BODY, false).map_err(from_audit)?;
     out.lost = found.lost;
     out.corrupt = found.damage.iter().filter(|d| d.kind.is_damage()).count() as u64;
     if out.records > 0 {
@@ -245,7 +251,7 @@ pub fn inspect_dir(dir: &Path) -> Result<Inspection, InspectError> {
 /// the ledger; changes nothing.
 pub fn verify_dir(dir: &Path) -> Result<Verification, InspectError> {
     segments_of(dir)?;
-    let found = audit(&RealFilesystem, dir, u32::MAX as usize, true).map_err(from_audit)?;
+    let found = audit(&RealFilesystem, dir, format::MAX_FRAME_BODY, true).map_err(from_audit)?;
     Ok(Verification {
         dir: dir.display().to_string(),
         segments: found.segment_files,

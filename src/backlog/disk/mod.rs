@@ -207,7 +207,7 @@ impl DiskBacklog {
             source,
         })?;
         let lock = DirLock::acquire(dir)?;
-        let mut recovered = recovery::recover(fs.as_ref(), dir, config.max_body())?;
+        let mut recovered = recovery::recover(fs.as_ref(), dir, format::MAX_FRAME_BODY)?;
         let report = recovered.report.clone();
         tracing::info!(
             dir = %dir.display(),

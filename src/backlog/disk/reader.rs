@@ -17,7 +17,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 
-use super::format::{BodyView, FrameHeader};
+use super::format::{self, BodyView, FrameHeader};
 use super::segment::{SegmentReader, Step, segment_path};
 use super::state::{Gone, IdHash, InFlight, Shared};
 use super::writer::Loc;
@@ -204,7 +204,7 @@ impl Reader {
             &path,
             Some(end),
             shared.config.read_chunk_bytes as usize,
-            shared.config.max_body(),
+            format::MAX_FRAME_BODY,
         )
         .map_err(|source| BacklogError::Io {
             action: format!("opening {}", path.display()),

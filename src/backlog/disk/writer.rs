@@ -64,7 +64,7 @@ use crossbeam_channel::{Receiver, RecvError, Sender, select};
 use tokio::sync::oneshot;
 
 use super::WhenFull;
-use super::format::{BodyView, SEGMENT_HEADER_LEN, SegmentHeader, seal_frame};
+use super::format::{self, BodyView, SEGMENT_HEADER_LEN, SegmentHeader, seal_frame};
 use super::ledger::{Ledger, RangeSet};
 use super::reserve::Reserve;
 use super::segment::{SegmentReader, Step, create_segment, segment_path};
@@ -779,7 +779,7 @@ impl Writer {
     /// Walks owed records from the head of the log, discarding per `scan`.
     fn scan_head(&mut self, scan: &mut HeadScan) {
         let shared = Arc::clone(&self.shared);
-        let max_body = shared.config.max_body();
+        let max_body = format::MAX_FRAME_BODY;
         let (pending_records, pending_bytes) = (self.pending.len() as u64, self.pending_bytes);
         loop {
             if self.head.is_none() {
