@@ -38,6 +38,8 @@ enum Op {
     Rename,
     /// An append.
     Append,
+    /// An fsync of a directory (matched on the directory).
+    SyncDir,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -180,7 +182,10 @@ impl Filesystem for FailingFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        RealFilesystem.sync_dir(dir)
+        match self.fault(Op::SyncDir, dir) {
+            Some(_) => Err(eio()),
+            None => RealFilesystem.sync_dir(dir),
+        }
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
@@ -362,6 +367,34 @@ fn a_retried_record_whose_read_fails_is_handed_out_by_a_later_take() {
         }
         assert_same(&got, &(0..60).collect::<Vec<_>>());
         assert_eq!(store.depth().records, 0);
+        store.close().await.unwrap();
+    });
+}
+
+/// A new segment whose directory entry cannot be made durable is taken
+/// back: that append fails, and the next roll makes the segment again
+/// instead of finding its name taken for the rest of the run.
+#[test]
+fn a_segment_roll_whose_directory_fsync_fails_fails_that_append_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FailingFs::default();
+    rt().block_on(async {
+        let config = DiskBacklogConfig {
+            // No ledger save in the window: the fault is the roll's.
+            ledger_interval: Duration::from_secs(3600),
+            ..config()
+        };
+        let store = DiskBacklog::open_with(dir.path(), config, Arc::new(fs.clone())).unwrap();
+        fs.fail(Op::SyncDir, "", 0, 1, Fault::Eio);
+        let mut stored = Vec::new();
+        for i in 0..60 {
+            if store.append(&[sent(i)]).await.is_ok() {
+                stored.push(i);
+            }
+        }
+        assert_eq!(fs.failures(), 1);
+        assert_eq!(stored.len(), 59, "only the append that rolled failed");
+        assert_same(&drain(&store).await, &stored);
         store.close().await.unwrap();
     });
 }

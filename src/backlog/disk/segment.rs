@@ -75,19 +75,19 @@ pub fn create_segment(
     let written = fs.open(&path).and_then(|sync_file| {
         write_all_at(file.as_ref(), &header.encode(), 0)
             .and_then(|()| file.sync_data())
+            .and_then(|()| fs.sync_dir(dir))
             .map(|()| sync_file)
     });
-    let sync_file = match written {
-        Ok(f) => f,
+    match written {
+        Ok(sync_file) => Ok((file, sync_file)),
         Err(e) => {
-            // Leave no header-less file behind (a full disk, typically).
+            // Leave no half-made segment behind (a full disk, typically):
+            // the next roll makes it again, and finds its name free.
             drop(file);
             let _ = fs.remove_file(&path);
-            return Err(e);
+            Err(e)
         }
-    };
-    fs.sync_dir(dir)?;
-    Ok((file, sync_file))
+    }
 }
 
 /// One step of reading a segment.
