@@ -17,7 +17,7 @@ use lapin::{Channel, Connection};
 use tokio::time::Instant;
 
 use super::{Inner, unavailable};
-use crate::amqp::core::connect::{AmqpError, connect};
+use crate::amqp::core::connect::{AmqpError, close_within, connect};
 use crate::amqp::core::declare::Declaration;
 use crate::backlog::BacklogError;
 use crate::backoff::Backoff;
@@ -123,9 +123,9 @@ impl Inner {
             return;
         }
         let old = std::mem::replace(&mut link.publish, fresh);
-        tokio::spawn(async move {
+        tokio::spawn(close_within(async move {
             let _ = old.close(200, "laneway renewing".into()).await;
-        });
+        }));
     }
 
     /// Drops the link after a failure, so the next call reconnects.
@@ -133,9 +133,9 @@ impl Inner {
         let mut state = self.link.lock().await;
         if let Some(link) = state.link.take() {
             tracing::warn!(broker = %self.url, reason = why, "dropping the broker backlog's connection");
-            tokio::spawn(async move {
+            tokio::spawn(close_within(async move {
                 let _ = link.connection.close(200, "laneway resetting".into()).await;
-            });
+            }));
         }
     }
 

@@ -76,7 +76,7 @@ use tokio_util::sync::CancellationToken;
 use self::config::QueueNames;
 use self::link::LinkState;
 use self::read::Reader;
-use crate::amqp::core::connect::AmqpError;
+use crate::amqp::core::connect::{AmqpError, close_within};
 use crate::backlog::{
     BacklogDepth, BacklogError, BacklogRecord, BacklogStore, RecordId, StoredRecord,
 };
@@ -205,9 +205,12 @@ impl BacklogStore for AmqpBacklog {
         reader.consumer = None;
         let mut state = self.inner.link.lock().await;
         if let Some(link) = state.link.take() {
-            let _ = link.consume.close(200, "laneway closing".into()).await;
-            let _ = link.publish.close(200, "laneway closing".into()).await;
-            let _ = link.connection.close(200, "laneway closing".into()).await;
+            close_within(async {
+                let _ = link.consume.close(200, "laneway closing".into()).await;
+                let _ = link.publish.close(200, "laneway closing".into()).await;
+                let _ = link.connection.close(200, "laneway closing".into()).await;
+            })
+            .await;
         }
         Ok(())
     }

@@ -166,6 +166,22 @@ impl AmqpError {
 /// may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long closing a channel or connection waits for the broker's answer.
+/// A broker that has blocked a publishing connection (a memory or disk
+/// alarm) answers nothing until the alarm clears, and a stop must not wait
+/// for that: what is not closed by then is dropped, which closes the socket.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `close` (channel and connection closes, best effort) for at most
+/// [`CLOSE_TIMEOUT`].
+pub async fn close_within<T>(close: impl Future<Output = T>) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+        tracing::warn!(
+            "the broker did not answer a close within {CLOSE_TIMEOUT:?}; the connection is dropped"
+        );
+    }
+}
+
 /// Opens one connection. `name` shows in the broker's management UI.
 ///
 /// The host name is resolved first, so that a name that does not resolve

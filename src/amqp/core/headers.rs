@@ -228,7 +228,10 @@ pub const SUPERSEDED: &str = "superseded";
 /// the message's key as `recordKey` and its extra headers under their own
 /// names (each value its bytes as a long string, a header without a value
 /// as void, a name given more than once as an array of its values).
-/// `Err` names what AMQP cannot carry: a header name longer than 255 bytes.
+/// `Err` names what AMQP cannot carry: a header name longer than 255 bytes,
+/// or an extra header named as one the sink writes itself (`topic`,
+/// `messageId`, `generateTime`, `recordKey`, `superseded`): one table
+/// cannot hold both, and either way a field would arrive changed.
 pub fn properties_of(message: &Message, persistent: bool) -> Result<BasicProperties, String> {
     let props = properties(
         message.topic(),
@@ -239,6 +242,13 @@ pub fn properties_of(message: &Message, persistent: bool) -> Result<BasicPropert
     let Some(extras) = message.extras() else {
         return Ok(props);
     };
+    const OWN: [&str; 5] = [TOPIC, MESSAGE_ID, GENERATE_TIME, RECORD_KEY, SUPERSEDED];
+    if let Some(h) = extras.headers.iter().find(|h| OWN.contains(&&*h.name)) {
+        return Err(format!(
+            "an extra header is named `{}`, a header the sink writes itself",
+            h.name
+        ));
+    }
     let mut table = props.headers().clone().unwrap_or_default();
     if let Some(key) = &extras.key {
         table.insert(
@@ -422,6 +432,24 @@ mod tests {
                     panic!("accepted {m:?}")
                 }
             }
+        }
+    }
+
+    /// An extra header named as one of the sink's own would replace it
+    /// (the topic, the id, the time, the key or the superseded flag would
+    /// arrive changed): the message is refused with the name instead.
+    #[test]
+    fn an_extra_header_named_as_the_sinks_own_is_refused_not_written_over_it() {
+        use crate::message::{Extras, Header};
+        for name in [TOPIC, MESSAGE_ID, GENERATE_TIME, RECORD_KEY, SUPERSEDED] {
+            let m = Message::new("/pk/dn/thing/lifecycle", "1", 2, &b"x"[..])
+                .unwrap()
+                .with_extras(Extras {
+                    key: Some(Bytes::from_static(b"k")),
+                    headers: vec![Header::new(name, &b"/x/y/thing/lifecycle"[..])],
+                });
+            let why = properties_of(&m, true).unwrap_err();
+            assert!(why.contains(&format!("`{name}`")), "{why}");
         }
     }
 

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use super::config::AmqpSourceConfig;
 use crate::ack::{AckRef, AckTracker};
 use crate::amqp::core::batch;
-use crate::amqp::core::connect::{AmqpError, connect_attempt};
+use crate::amqp::core::connect::{AmqpError, close_within, connect_attempt};
 use crate::amqp::core::declare::Declaration;
 use crate::amqp::core::headers;
 use crate::backoff::Backoff;
@@ -320,7 +320,7 @@ impl QueueConsumer {
                 tracing::info!(queue = %self.queue, batches = acks.tracker.outstanding(),
                     "closing with unfinished batches; they return to the queue");
             }
-            let _ = channel.close(200, "laneway closing".into()).await;
+            close_within(channel.close(200, "laneway closing".into())).await;
         }
         end
     }
@@ -408,7 +408,7 @@ impl Sessions for QueueConsumer {
         self.health.healthy();
         let end = self.session(&conn, number).await;
         // Closing may fail when the connection is already gone; nothing to do then.
-        let _ = conn.close(200, "laneway closing".into()).await;
+        close_within(conn.close(200, "laneway closing".into())).await;
         match end {
             SessionEnd::Stopped | SessionEnd::Idle => sessions::SessionEnd::Finished,
             SessionEnd::Fatal(message) => sessions::SessionEnd::Fatal(message),

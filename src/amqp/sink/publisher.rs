@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use super::config::AmqpSinkConfig;
 use super::routing_key::RoutingKey;
 use crate::amqp::core::config::short;
-use crate::amqp::core::connect::{AmqpError, connect};
+use crate::amqp::core::connect::{AmqpError, close_within, connect};
 use crate::amqp::core::headers;
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
@@ -162,9 +162,9 @@ impl AmqpSink {
         let mut state = self.state.lock().await;
         if let Some(link) = state.link.take() {
             tracing::warn!(broker = %self.url, reason = why, "dropping the sink's channel");
-            tokio::spawn(async move {
+            tokio::spawn(close_within(async move {
                 let _ = link.connection.close(200, "laneway resetting".into()).await;
-            });
+            }));
         }
     }
 }
@@ -315,8 +315,11 @@ impl Sink for AmqpSink {
     async fn close(&self) -> Result<(), DeliveryError> {
         let mut state = self.state.lock().await;
         if let Some(link) = state.link.take() {
-            let _ = link.channel.close(200, "laneway closing".into()).await;
-            let _ = link.connection.close(200, "laneway closing".into()).await;
+            close_within(async {
+                let _ = link.channel.close(200, "laneway closing".into()).await;
+                let _ = link.connection.close(200, "laneway closing".into()).await;
+            })
+            .await;
         }
         Ok(())
     }

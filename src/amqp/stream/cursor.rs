@@ -18,7 +18,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::core::batch;
-use crate::amqp::core::connect::AmqpError;
+use crate::amqp::core::connect::{AmqpError, close_within};
 use crate::amqp::core::headers;
 use crate::broker_url::BrokerUrl;
 use crate::source::{Incoming, Routed};
@@ -197,11 +197,14 @@ impl StreamCursor {
     /// Stops the consumer and closes its channel (best effort: the
     /// connection may be gone already).
     pub async fn close(self) {
-        let _ = self
-            .channel
-            .basic_cancel(self.tag, BasicCancelOptions::default())
-            .await;
-        let _ = self.channel.close(200, "laneway closing".into()).await;
+        close_within(async {
+            let _ = self
+                .channel
+                .basic_cancel(self.tag, BasicCancelOptions::default())
+                .await;
+            let _ = self.channel.close(200, "laneway closing".into()).await;
+        })
+        .await;
     }
 }
 

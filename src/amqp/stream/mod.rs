@@ -38,7 +38,7 @@ use async_trait::async_trait;
 pub use config::{AmqpStreamConfig, StreamStart};
 pub use offset_file::{OffsetFile, OffsetFileError};
 
-use crate::amqp::core::connect::connect_attempt;
+use crate::amqp::core::connect::{close_within, connect_attempt};
 use crate::backoff::Backoff;
 use crate::broker_url::BrokerUrl;
 use crate::filesystem::{Filesystem, RealFilesystem};
@@ -216,7 +216,7 @@ impl Sessions for StreamSessions<'_> {
         };
         let outcome = session.run(&conn).await;
         // Closing may fail when the connection is already gone.
-        let _ = conn.close(200, "laneway closing".into()).await;
+        close_within(conn.close(200, "laneway closing".into())).await;
         if let Some(stored) = outcome.stored {
             self.attach = Attach::At(stored);
         }
