@@ -319,15 +319,17 @@ impl CatchUp {
                 if offset < self.from {
                     continue;
                 }
-                if offset >= self.to {
-                    reached = true;
-                    break;
-                }
+                // Said also when retention took the whole range: the first
+                // record seen is then already past it.
                 if !seen && offset > self.from {
                     tracing::warn!(stream = %self.config.stream, from = self.from, first = offset,
                         "records before the first one read were removed by the stream's retention before they were delivered");
                 }
                 seen = true;
+                if offset >= self.to {
+                    reached = true;
+                    break;
+                }
                 batch.push(incoming);
                 last = Some(offset);
                 if offset + 1 == self.to {
