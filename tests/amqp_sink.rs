@@ -235,3 +235,109 @@ async fn unroutable_messages_are_dead_letters_with_the_reason() {
     let ch = conn.create_channel().await.unwrap();
     cleanup(&ch, &[], &[&exchange]).await;
 }
+
+/// Routable and unroutable messages published together, to a queue whose
+/// confirms come at once (not durable), so the broker confirms several
+/// messages in one frame: every return is charged to the message it is.
+/// Exactly the unroutable ones are dead letters, and the queue holds
+/// exactly the others, byte for byte (none of them lost, none charged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_return_is_charged_to_its_own_message_when_confirms_cover_several() {
+    use laneway::message::Message;
+    use laneway::sink::{BatchError, Delivery, DeliveryError, Lane, Sink};
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    const N: usize = 600;
+    let _lock = broker_lock(false);
+    let exchange = unique("returns");
+    let queue = unique("returns-q");
+    let conn = connection().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        exchange.as_str().into(),
+        "property.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let sink = AmqpSink::new(AmqpSinkConfig {
+        url: Some(url()),
+        exchange: exchange.clone(),
+        ..AmqpSinkConfig::default()
+    })
+    .unwrap();
+    // Even: a property (bound); odd: an event (no queue for it).
+    let batch: Vec<Delivery> = (0..N)
+        .map(|i| {
+            let kind = if i % 2 == 0 { "property" } else { "alarm" };
+            let topic = format!("/pk/dn{}/thing/event/{kind}/post", i % 7);
+            let payload: Vec<u8> = (0..(i % 13) + 3).map(|k| (k * 31 + i) as u8).collect();
+            Delivery {
+                message: Message::new(topic, format!("m{i}"), i as i64, payload).unwrap(),
+                attempts: 0,
+                lane: Lane::Live,
+                superseded: false,
+            }
+        })
+        .collect();
+    let Err(BatchError::Some(failed)) = sink.deliver(&batch).await else {
+        panic!("the odd messages are unroutable");
+    };
+    let dead: Vec<usize> = failed
+        .iter()
+        .filter(|(_, e)| matches!(e, DeliveryError::Permanent(why) if why.contains("NO_ROUTE")))
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(failed.len(), dead.len(), "{failed:?}");
+    assert_eq!(dead, (1..N).step_by(2).collect::<Vec<_>>());
+    sink.close().await.unwrap();
+
+    // The queue holds the even ones, each exactly as sent.
+    let sent: Vec<Record> = batch
+        .iter()
+        .step_by(2)
+        .map(|d| Record::of(&d.message))
+        .collect();
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "check".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("the queue holds every routable message")
+            .unwrap()
+            .unwrap();
+        got.push(record_of(&delivery.properties, &delivery.data));
+    }
+    assert_delivered(&sent, &got, Copies::ExactlyOnce);
+    cleanup(&ch, &[&queue], &[&exchange]).await;
+}

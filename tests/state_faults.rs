@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use support::disk::{assert_same, drain, rt, sent};
+use support::disk::{assert_same, drain, drain_at, rt, sent};
 
 use laneway::backlog::disk::{Filesystem, RealFilesystem, SegmentFile};
 use laneway::backlog::{BacklogError, BacklogStore, DiskBacklog, DiskBacklogConfig};
@@ -355,17 +355,7 @@ fn a_retried_record_whose_read_fails_is_handed_out_by_a_later_take() {
             "{failed:?}"
         );
         assert_eq!(fs.failures(), 1);
-        let mut got = Vec::new();
-        loop {
-            let batch = store.take_ready(1000, 2_000).await.unwrap();
-            if batch.is_empty() {
-                break;
-            }
-            let ids: Vec<_> = batch.iter().map(|r| r.id).collect();
-            store.release(&ids).await.unwrap();
-            got.extend(batch);
-        }
-        assert_same(&got, &(0..60).collect::<Vec<_>>());
+        assert_same(&drain_at(&store, 2_000).await, &(0..60).collect::<Vec<_>>());
         assert_eq!(store.depth().records, 0);
         store.close().await.unwrap();
     });

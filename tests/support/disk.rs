@@ -27,10 +27,18 @@ pub fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Takes and releases every record ready at the clock reading 0 (a retried
+/// record with a later not-before time stays).
 pub async fn drain(store: &DiskBacklog) -> Vec<StoredRecord> {
+    drain_at(store, 0).await
+}
+
+/// [`drain`] at the clock reading `now_ms` (retried records due by then
+/// come out too).
+pub async fn drain_at(store: &DiskBacklog, now_ms: i64) -> Vec<StoredRecord> {
     let mut out = Vec::new();
     loop {
-        let got = store.take_ready(1000, 0).await.unwrap();
+        let got = store.take_ready(1000, now_ms).await.unwrap();
         if got.is_empty() {
             return out;
         }

@@ -18,7 +18,12 @@
 //! `recordKey` and each under its own name (see `headers::properties_of`).
 //!
 //! Invariants: `Ok` is returned only when every message of the batch was
-//! confirmed by the broker; the in-flight window counts published,
+//! confirmed by the broker; a returned message is charged to the message it
+//! is (same routing key, id and payload), never to the confirm the client
+//! hands it with: the client gives each return to whichever confirm it
+//! resolves next, and a confirm of several messages resolves them in no
+//! fixed order. Each delivery in flight publishes on a channel of its own,
+//! so every return its confirms carry is one of its own messages; the in-flight window counts published,
 //! unconfirmed messages across every concurrent delivery; a batch that mixes
 //! retryable and permanent failures reports them all as retryable (a
 //! permanent one fails alone on its next attempt, and is then buried), so a
@@ -27,8 +32,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Confirmation, Connection, ExchangeKind};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -43,10 +49,11 @@ use crate::broker_url::BrokerUrl;
 use crate::knob::KnobError;
 use crate::sink::{BatchError, Delivery, DeliveryError, Sink};
 
-/// The open connection and its confirm-mode channel.
+/// The open connection and its idle confirm-mode channels (one is taken
+/// by each delivery in flight, and given back when it ends well).
 struct Link {
     connection: Connection,
-    channel: Channel,
+    idle: Vec<Channel>,
 }
 
 /// The connection state behind the sink's lock.
@@ -87,14 +94,32 @@ impl AmqpSink {
         })
     }
 
-    /// A channel in confirm mode, connecting first when needed.
+    /// A confirm-mode channel for one delivery alone, connecting first
+    /// when needed.
     async fn channel(&self) -> Result<Channel, String> {
         let mut state = self.state.lock().await;
-        if let Some(link) = &state.link {
-            if link.channel.status().connected() && link.connection.status().connected() {
-                return Ok(link.channel.clone());
+        if let Some(link) = &mut state.link {
+            if link.connection.status().connected() {
+                while let Some(channel) = link.idle.pop() {
+                    if channel.status().connected() {
+                        return Ok(channel);
+                    }
+                }
+                match confirm_channel(&link.connection, &self.url).await {
+                    Ok(channel) => return Ok(channel),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sink cannot open another channel; reconnecting")
+                    }
+                }
             }
-            state.link = None;
+            if let Some(link) = state.link.take() {
+                tokio::spawn(close_within(async move {
+                    let _ = link
+                        .connection
+                        .close(200, "laneway reconnecting".into())
+                        .await;
+                }));
+            }
         }
         if let Some(t) = state.not_before
             && Instant::now() < t
@@ -105,8 +130,7 @@ impl AmqpSink {
             ));
         }
         match self.open().await {
-            Ok(link) => {
-                let channel = link.channel.clone();
+            Ok((link, channel)) => {
                 state.link = Some(link);
                 state.backoff.reset();
                 state.not_before = None;
@@ -122,16 +146,22 @@ impl AmqpSink {
         }
     }
 
-    async fn open(&self) -> Result<Link, AmqpError> {
+    /// Hands a channel back after a delivery that left it sound, unless its
+    /// connection was replaced meanwhile.
+    async fn give_back(&self, channel: Channel) {
+        let mut state = self.state.lock().await;
+        if let Some(link) = &mut state.link
+            && channel.status().connected()
+            && link.connection.status().connected()
+        {
+            link.idle.push(channel);
+        }
+    }
+
+    /// A new connection, with the exchange declared, and its first channel.
+    async fn open(&self) -> Result<(Link, Channel), AmqpError> {
         let connection = connect(&self.url, "laneway sink").await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| AmqpError::new(&self.url, "opening a channel", e))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| AmqpError::new(&self.url, "enabling publisher confirms", e))?;
+        let channel = confirm_channel(&connection, &self.url).await?;
         channel
             .exchange_declare(
                 self.exchange.clone(),
@@ -151,10 +181,13 @@ impl AmqpSink {
                     e,
                 )
             })?;
-        Ok(Link {
-            connection,
+        Ok((
+            Link {
+                connection,
+                idle: Vec::new(),
+            },
             channel,
-        })
+        ))
     }
 
     /// Drops the link after a failure, so the next delivery reconnects.
@@ -167,6 +200,62 @@ impl AmqpSink {
             }));
         }
     }
+}
+
+/// Opens a channel on `connection` and puts it in confirm mode.
+async fn confirm_channel(connection: &Connection, url: &BrokerUrl) -> Result<Channel, AmqpError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| AmqpError::new(url, "opening a channel", e))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| AmqpError::new(url, "enabling publisher confirms", e))?;
+    Ok(channel)
+}
+
+/// The acknowledged messages the broker returned, each with the reason
+/// it gave. A return is matched to the message it is (routing key, id and
+/// payload; messages alike in all three route alike, so either is right);
+/// one that matches none (it cannot, on a channel of its own) falls back
+/// to the message whose confirm carried it.
+fn charge_returns(
+    batch: &[Delivery],
+    keys: &[Option<ShortString>],
+    acked: &[usize],
+    returned: Vec<(usize, BasicReturnMessage)>,
+) -> Vec<(usize, String)> {
+    let mut open: Vec<usize> = acked.to_vec();
+    let mut charged = Vec::with_capacity(returned.len());
+    for (carrier, r) in returned {
+        let id = r.delivery.properties.headers().as_ref().and_then(|h| {
+            match h.inner().get(headers::MESSAGE_ID) {
+                Some(AMQPValue::LongString(s)) => Some(s.as_bytes().to_vec()),
+                _ => None,
+            }
+        });
+        let is_it = |&i: &usize| {
+            let m = &batch[i].message;
+            keys[i].as_ref() == Some(&r.delivery.routing_key)
+                && m.payload().as_ref() == r.delivery.data.as_slice()
+                && id.as_deref() == Some(m.message_id().as_bytes())
+        };
+        let at = open
+            .iter()
+            .position(is_it)
+            .or_else(|| open.iter().position(|&i| i == carrier));
+        match at {
+            Some(at) => charged.push((
+                open.swap_remove(at),
+                format!("{} {}", r.reply_code, r.reply_text),
+            )),
+            None => {
+                tracing::warn!(routing_key = %r.delivery.routing_key, "a returned message matches no message of its delivery")
+            }
+        }
+    }
+    charged
 }
 
 /// What became of each message of a batch.
@@ -224,6 +313,10 @@ impl Sink for AmqpSink {
         };
         let mut outcome = Outcome::default();
         let mut pending = Vec::with_capacity(batch.len());
+        // The routing key each published message went out with.
+        let mut keys: Vec<Option<ShortString>> = vec![None; batch.len()];
+        let mut acked = Vec::with_capacity(batch.len());
+        let mut returned = Vec::new();
         let mut broken = None;
         for (i, d) in batch.iter().enumerate() {
             if broken.is_some() {
@@ -265,7 +358,10 @@ impl Sink for AmqpSink {
                 )
                 .await
             {
-                Ok(confirm) => pending.push((i, permit, confirm)),
+                Ok(confirm) => {
+                    keys[i] = Some(key);
+                    pending.push((i, permit, confirm));
+                }
                 Err(e) => {
                     let e = AmqpError::new(&self.url, "publishing", e);
                     outcome.failed.push((i, format!("push failed: {e}")));
@@ -277,17 +373,15 @@ impl Sink for AmqpSink {
         for (i, permit, confirm) in pending {
             // A timeout still polls the confirm once, so late ones are seen.
             match tokio::time::timeout_at(deadline, confirm).await {
-                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
-                Ok(Ok(Confirmation::Ack(Some(returned)))) => outcome.unroutable.push((
-                    i,
-                    // One reason covers the batch's unroutable messages, so
-                    // it names no single routing key.
-                    format!(
-                        "unroutable: {} {} (exchange {}: no queue is bound for the message's routing key)",
-                        returned.reply_code, returned.reply_text, self.config.exchange
-                    ),
-                )),
-                Ok(Ok(Confirmation::Nack(_))) => outcome.nacked.push(i),
+                Ok(Ok(Confirmation::NotRequested)) => {}
+                Ok(Ok(Confirmation::Ack(r))) => {
+                    acked.push(i);
+                    returned.extend(r.map(|r| (i, r)));
+                }
+                Ok(Ok(Confirmation::Nack(r))) => {
+                    outcome.nacked.push(i);
+                    returned.extend(r.map(|r| (i, r)));
+                }
                 Ok(Err(e)) => {
                     let e = AmqpError::new(&self.url, "waiting for a confirm", e);
                     outcome.failed.push((i, format!("push failed: {e}")));
@@ -306,8 +400,18 @@ impl Sink for AmqpSink {
             }
             drop(permit);
         }
-        if let Some(why) = broken {
-            self.reset(&why).await;
+        for (i, why) in charge_returns(batch, &keys, &acked, returned) {
+            // One reason covers the batch's unroutable messages, so it
+            // names no single routing key.
+            let why = format!(
+                "unroutable: {why} (exchange {}: no queue is bound for the message's routing key)",
+                self.config.exchange
+            );
+            outcome.unroutable.push((i, why));
+        }
+        match broken {
+            Some(why) => self.reset(&why).await,
+            None => self.give_back(channel).await,
         }
         outcome.into_result()
     }
@@ -315,11 +419,7 @@ impl Sink for AmqpSink {
     async fn close(&self) -> Result<(), DeliveryError> {
         let mut state = self.state.lock().await;
         if let Some(link) = state.link.take() {
-            close_within(async {
-                let _ = link.channel.close(200, "laneway closing".into()).await;
-                let _ = link.connection.close(200, "laneway closing".into()).await;
-            })
-            .await;
+            close_within(link.connection.close(200, "laneway closing".into())).await;
         }
         Ok(())
     }
