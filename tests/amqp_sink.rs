@@ -317,27 +317,9 @@ async fn each_return_is_charged_to_its_own_message_when_confirms_cover_several()
         .step_by(2)
         .map(|d| Record::of(&d.message))
         .collect();
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            "check".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    while got.len() < sent.len() {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .expect("the queue holds every routable message")
-            .unwrap()
-            .unwrap();
-        got.push(record_of(&delivery.properties, &delivery.data));
-    }
+    // Confirmed means queued: nothing more is on its way.
+    assert_eq!(ready(&ch, &queue).await as usize, sent.len());
+    let got = read_records(&conn, &queue, sent.len()).await;
     assert_delivered(&sent, &got, Copies::ExactlyOnce);
     cleanup(&ch, &[&queue], &[&exchange]).await;
 }

@@ -444,18 +444,24 @@ fn append_lines(path: &Path, lines: std::ops::Range<usize>) -> Vec<Record> {
     records
 }
 
+/// An engine reading `input` with the file source (its checkpoint in
+/// `checkpoints` through `fs`) into `sink`.
+fn file_engine(input: &Path, checkpoints: &Path, fs: &FailingFs, sink: &RecordingSink) -> Engine {
+    let source = JsonlSource::new(JsonlInput::File(input.to_path_buf()), 4096)
+        .checkpoint_in(checkpoints)
+        .with_filesystem(Arc::new(fs.clone()));
+    Engine::builder()
+        .group(GroupConfig::named("all"), sink.clone())
+        .source(source, LanePolicy::Auto)
+        .build()
+        .unwrap()
+}
+
 /// Runs the file source over `input` to its end, its checkpoint in
 /// `checkpoints` through `fs`; returns what the sink was given.
 fn run_file(input: &Path, checkpoints: &Path, fs: &FailingFs) -> Vec<Record> {
     let sink = RecordingSink::new();
-    let source = JsonlSource::new(JsonlInput::File(input.to_path_buf()), 4096)
-        .checkpoint_in(checkpoints)
-        .with_filesystem(Arc::new(fs.clone()));
-    let engine = Engine::builder()
-        .group(GroupConfig::named("all"), sink.clone())
-        .source(source, LanePolicy::Auto)
-        .build()
-        .unwrap();
+    let engine = file_engine(input, checkpoints, fs, &sink);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -532,14 +538,7 @@ fn a_checkpoint_that_cannot_be_read_stops_the_source_with_an_error_naming_it() {
     // Reading from line 1 would deliver everything again; reading from
     // nowhere would guess. Neither: the source reports the checkpoint.
     let sink = RecordingSink::new();
-    let source = JsonlSource::new(JsonlInput::File(input.clone()), 4096)
-        .checkpoint_in(&checkpoints)
-        .with_filesystem(Arc::new(fs.clone()));
-    let engine = Engine::builder()
-        .group(GroupConfig::named("all"), sink.clone())
-        .source(source, LanePolicy::Auto)
-        .build()
-        .unwrap();
+    let engine = file_engine(&input, &checkpoints, &fs, &sink);
     let summary = rt().block_on(async {
         tokio::time::timeout(Duration::from_secs(30), engine.run(std::future::pending()))
             .await
@@ -565,14 +564,7 @@ fn a_file_rewritten_in_place_before_its_checkpoint_is_read_again_not_skipped() {
     let first = append_lines(&input, 0..20);
 
     let sink = RecordingSink::new().gated();
-    let source = JsonlSource::new(JsonlInput::File(input.clone()), 4096)
-        .checkpoint_in(&checkpoints)
-        .with_filesystem(Arc::new(fs.clone()));
-    let engine = Engine::builder()
-        .group(GroupConfig::named("all"), sink.clone())
-        .source(source, LanePolicy::Auto)
-        .build()
-        .unwrap();
+    let engine = file_engine(&input, &checkpoints, &fs, &sink);
     // The same lines with other ids and payloads, byte for byte as long.
     let rewritten: Vec<Record> = first
         .iter()

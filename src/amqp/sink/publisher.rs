@@ -23,11 +23,12 @@
 //! hands it with: the client gives each return to whichever confirm it
 //! resolves next, and a confirm of several messages resolves them in no
 //! fixed order. Each delivery in flight publishes on a channel of its own,
-//! so every return its confirms carry is one of its own messages; the in-flight window counts published,
-//! unconfirmed messages across every concurrent delivery; a batch that mixes
-//! retryable and permanent failures reports them all as retryable (a
-//! permanent one fails alone on its next attempt, and is then buried), so a
-//! retryable failure is never buried by mistake.
+//! so every return its confirms carry is one of its own messages; the
+//! in-flight window counts published, unconfirmed messages across every
+//! concurrent delivery; a batch that mixes retryable and permanent failures
+//! reports them all as retryable (a permanent one fails alone on its next
+//! attempt, and is then buried), so a retryable failure is never buried by
+//! mistake.
 
 use std::sync::Arc;
 
