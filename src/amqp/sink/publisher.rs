@@ -57,6 +57,16 @@ struct Link {
     idle: Vec<Channel>,
 }
 
+impl Link {
+    /// Closes the connection (and so every channel on it) in the
+    /// background, waiting at most `close_within`'s bound for the broker.
+    fn close_later(self, reason: &'static str) {
+        tokio::spawn(close_within(async move {
+            let _ = self.connection.close(200, reason.into()).await;
+        }));
+    }
+}
+
 /// The connection state behind the sink's lock.
 struct LinkState {
     link: Option<Link>,
@@ -114,12 +124,7 @@ impl AmqpSink {
                 }
             }
             if let Some(link) = state.link.take() {
-                tokio::spawn(close_within(async move {
-                    let _ = link
-                        .connection
-                        .close(200, "laneway reconnecting".into())
-                        .await;
-                }));
+                link.close_later("laneway reconnecting");
             }
         }
         if let Some(t) = state.not_before
@@ -196,9 +201,7 @@ impl AmqpSink {
         let mut state = self.state.lock().await;
         if let Some(link) = state.link.take() {
             tracing::warn!(broker = %self.url, reason = why, "dropping the sink's channel");
-            tokio::spawn(close_within(async move {
-                let _ = link.connection.close(200, "laneway resetting".into()).await;
-            }));
+            link.close_later("laneway resetting");
         }
     }
 }
