@@ -8,6 +8,8 @@
 //! `[sources.aliyun]`); the text names the knob (or says plainly what it is
 //! about) and never holds a secret's value.
 
+pub mod duration;
+
 use std::borrow::Cow;
 use std::fmt::Display;
 

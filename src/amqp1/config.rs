@@ -56,14 +56,14 @@ pub struct Amqp1SourceConfig {
     pub connections: usize,
     /// The idle time-out announced to the peer; heartbeats keep the
     /// connection up. The platform accepts 30 s to 300 s. Default 60 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub idle_timeout: Duration,
     /// The first wait before reconnecting; it doubles, with full jitter.
     /// Default 1 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_initial: Duration,
     /// The longest wait between reconnect attempts. Default 60 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_max: Duration,
     /// The most connection attempts this process makes in any minute, over
     /// all its connections. The platform allows 100 per consumer group per
@@ -72,7 +72,7 @@ pub struct Amqp1SourceConfig {
     pub connects_per_minute: u32,
     /// Finish once no message has arrived for this long and every one
     /// received is accepted (drain a node, then exit). Default: never.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub idle_exit: Option<Duration>,
     /// A PEM file of certificate authorities to trust for TLS, instead of
     /// the system's (a private endpoint, a test peer).

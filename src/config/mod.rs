@@ -39,12 +39,12 @@ pub struct FileConfig {
     /// Where backlogs, dead letters and JSONL file checkpoints live.
     pub data_dir: PathBuf,
     /// How often `run` prints a status line.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub status_interval: Duration,
     /// Payloads larger than this are dead letters.
     pub max_message_bytes: usize,
     /// How long shutdown waits for in-flight work.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub shutdown_grace: Duration,
     /// The dead-letter file (default: `dead-letters.jsonl` in `data_dir`).
     pub dead_letters: Option<PathBuf>,
@@ -66,10 +66,10 @@ pub struct AdminSpec {
     /// warning (the endpoints have no authentication).
     pub listen: Option<std::net::SocketAddr>,
     /// See [`AdminOptions::header_read_timeout`](crate::admin::AdminOptions::header_read_timeout).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub header_read_timeout: Duration,
     /// See [`AdminOptions::idle_timeout`](crate::admin::AdminOptions::idle_timeout).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub idle_timeout: Duration,
     /// See [`AdminOptions::max_connections`](crate::admin::AdminOptions::max_connections).
     pub max_connections: usize,
@@ -898,6 +898,14 @@ mod tests {
         let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
         assert!(
             err.starts_with("t.toml:3:1: ") && err.contains("port"),
+            "{err}"
+        );
+        // Past what a clock reading can have added to it: refused at its
+        // value, not a panic at the first connection.
+        let text = "[admin]\nidle_timeout = \"300000000000y\"\n[[groups]]\nname = \"a\"\n";
+        let err = FileConfig::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.toml:2:16: ") && err.contains("out of range"),
             "{err}"
         );
     }

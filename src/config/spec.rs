@@ -211,7 +211,7 @@ pub enum SinkSpec {
     /// A stand-in for business logic that spends `cost` per message.
     Simulated {
         /// Time spent per message.
-        #[serde(with = "humantime_serde", default = "default_cost")]
+        #[serde(with = "crate::knob::duration", default = "default_cost")]
         cost: Duration,
     },
     /// Accept and discard (benchmarks).

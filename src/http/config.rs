@@ -176,7 +176,7 @@ pub struct HttpSinkConfig {
     /// How long one request may take, connecting and reading the answer
     /// included; past it the batch is retried. Default 10s (keep it below
     /// the group's `delivery_timeout`).
-    #[serde(with = "humantime_serde", default = "default_timeout")]
+    #[serde(with = "crate::knob::duration", default = "default_timeout")]
     pub timeout: Duration,
     /// Headers sent with every request. A value is text, or
     /// `{ env = "VAR" }` / `{ file = "/path" }` with an optional `prefix`;
@@ -196,7 +196,7 @@ pub struct HttpSinkConfig {
     pub results: ResultMode,
     /// The longest pause a `Retry-After` can impose; a longer one is cut
     /// to this. Default 5m.
-    #[serde(with = "humantime_serde", default = "default_max_retry_after")]
+    #[serde(with = "crate::knob::duration", default = "default_max_retry_after")]
     pub max_retry_after: Duration,
     /// Allow sending a credential (a password in the URL, an
     /// `Authorization` header, a header read from the environment or a

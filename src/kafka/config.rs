@@ -57,14 +57,14 @@ pub struct KafkaSourceConfig {
     /// Default 16384 (16 MiB).
     pub prefetch_kbytes: u32,
     /// How often done offsets are committed while they move. Default 1s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub commit_every: Duration,
     /// Finish once no record has arrived for this long and the consumer is
     /// caught up: it holds partitions and has read each to its end,
     /// catch-up ranges included (read a topic to its end, then exit).
     /// Right after a member of the group died, that waits for its session
     /// to time out (`session.timeout.ms`, 45 s by default). Default: never.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub idle_exit: Option<Duration>,
     /// Live-first catch-up: a partition assigned with at least
     /// `catch_up_after` records before its live start is read with two
@@ -79,7 +79,7 @@ pub struct KafkaSourceConfig {
     /// record younger than this (offsets-for-times), or at the log end when
     /// there is none (or with `0s`). Default 10s, the groups' default
     /// `live_window`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub catch_up_live_from: Duration,
     /// Extra librdkafka properties (for example `security.protocol`), set
     /// after laneway's own; never logged, since they may hold secrets.
@@ -138,7 +138,7 @@ pub struct KafkaSinkConfig {
     /// How long a record may wait for its acknowledgement
     /// (`message.timeout.ms`); past it, the delivery is retried from the
     /// backlog. Default 30s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub delivery_timeout: Duration,
     /// The record key: `original` (the message's own key when it has one,
     /// else `productKey/deviceName`) or `device` (always

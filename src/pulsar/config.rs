@@ -48,14 +48,14 @@ pub struct PulsarSourceConfig {
     pub batch: usize,
     /// The first wait before reconnecting; it doubles, with full jitter.
     /// Default 1 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_initial: Duration,
     /// The longest wait between reconnect attempts. Default 60 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_max: Duration,
     /// Finish once no message has arrived for this long and every one
     /// received is acknowledged (drain a topic, then exit). Default: never.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub idle_exit: Option<Duration>,
     /// A PEM file of certificate authorities to trust for TLS, instead of
     /// the bundled web roots (a private endpoint, a test peer).

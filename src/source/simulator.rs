@@ -42,15 +42,15 @@ pub struct SimulatorConfig {
     /// Stop after this many messages (none: run until stopped).
     pub count: Option<u64>,
     /// Stop after this long (none: run until stopped).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub duration: Option<Duration>,
     /// Every `burst_every`, emit `burst_size` extra messages at once.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub burst_every: Option<Duration>,
     /// The size of each burst.
     pub burst_size: u64,
     /// Stamp messages this much in the past (to simulate a stale pile).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub age: Duration,
     /// Seed for the fleet and the message mix.
     pub seed: u64,

@@ -49,21 +49,21 @@ pub struct AmqpBacklogConfig {
     pub delivery_limit: u32,
     /// A record taken before its retry time by more than this is sent back
     /// to the wait queue rather than held by this instance.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub park_after: Duration,
     /// How often the cached depth is refreshed from the broker (other
     /// instances append and take too). Zero: never (a single instance's own
     /// counts stay exact).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub refresh_interval: Duration,
     /// A publish not confirmed within this long has failed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub confirm_timeout: Duration,
     /// The first wait before reconnecting after a failure.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_initial: Duration,
     /// The longest wait between reconnect attempts.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_max: Duration,
 }
 

@@ -55,14 +55,14 @@ pub struct AmqpSourceConfig {
     /// The most deliveries handed to the engine in one batch. Default 256.
     pub batch: usize,
     /// The first wait before reconnecting; it doubles. Default 500ms.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_initial: Duration,
     /// The longest wait between reconnect attempts. Default 30s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_max: Duration,
     /// Finish once no delivery has arrived for this long and everything
     /// consumed is acknowledged (drain a queue, then exit). Default: never.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub idle_exit: Option<Duration>,
 }
 

@@ -50,14 +50,14 @@ pub struct AmqpSinkConfig {
     pub max_in_flight: usize,
     /// A publish not confirmed within this long has failed ("push failed").
     /// Default 10s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub confirm_timeout: Duration,
     /// The first wait before reconnecting after a failure; it doubles.
     /// Default 500ms.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_initial: Duration,
     /// The longest wait between reconnect attempts. Default 30s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_max: Duration,
 }
 

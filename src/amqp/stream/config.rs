@@ -88,7 +88,7 @@ pub struct AmqpStreamConfig {
     /// The age of the first lagging record (by its generate time) from
     /// which a range is caught up, whatever its length. Default 10s, the
     /// groups' default `live_window`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub catch_up_after_age: Duration,
     /// The file laneway stores the stream offset in. Default:
     /// `<data_dir>/sources/stream-<name>-<hash of broker and stream>.offset`.
@@ -96,13 +96,13 @@ pub struct AmqpStreamConfig {
     /// How often the stored offset is written while it moves (it is always
     /// written at shutdown). A crash replays at most what was done since.
     /// Default 1s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub store_every: Duration,
     /// The first wait before reconnecting; it doubles. Default 500ms.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_initial: Duration,
     /// The longest wait between reconnect attempts. Default 30s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub reconnect_max: Duration,
 }
 

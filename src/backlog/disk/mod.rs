@@ -85,7 +85,7 @@ pub struct DiskBacklogConfig {
     pub max_records: Option<u64>,
     /// Records stored longer than this expire, counted (default: never),
     /// like a platform's retention period.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub max_age: Option<Duration>,
     /// What a full store does (default `backpressure`).
     pub when_full: WhenFull,
@@ -93,14 +93,14 @@ pub struct DiskBacklogConfig {
     /// while fewer than `commit_max_bytes / 8` are gathered and no fsync
     /// runs (default 2 ms; appends arriving while an fsync runs are written
     /// at once and join the next one anyway).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub commit_interval: Duration,
     /// The most bytes one group gathers, and about the most written ahead
     /// of a running fsync (default 8 MiB).
     pub commit_max_bytes: u64,
     /// How often released positions are saved to the ledger (default
     /// 200 ms): a crash re-delivers at most this much of releases.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::knob::duration")]
     pub ledger_interval: Duration,
     /// Bytes read from a segment at once (default 1 MiB): the read-ahead.
     pub read_chunk_bytes: u64,

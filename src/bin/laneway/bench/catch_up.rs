@@ -65,7 +65,7 @@ pub struct CatchUpOptions {
     /// Pile sizes to run, in records.
     pub piles: Vec<u64>,
     /// Handler cost per message.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub cost: Duration,
     /// Handler slots (the plain consumer gets the same capacity).
     pub slots: usize,
@@ -76,7 +76,7 @@ pub struct CatchUpOptions {
     pub partitions: Option<i32>,
     /// Upper bound on each consumer's run: to its first fresh record and
     /// the pile's end.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub max_run: Duration,
     /// Rounds per pile size, each on a new cluster and pile.
     pub rounds: usize,

@@ -107,7 +107,7 @@ pub struct BenchOptions {
     /// Live traffic, messages per second.
     pub rate: f64,
     /// Handler cost per message.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub cost: Duration,
     /// Delivery slots (and handler servers).
     pub slots: usize,
@@ -118,24 +118,24 @@ pub struct BenchOptions {
     /// Live lane capacity.
     pub live_capacity: usize,
     /// Steady: how long to run.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub duration: Duration,
     /// Outage: traffic before the handler goes down.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub before: Duration,
     /// Outage: how long the handler is down.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub outage: Duration,
     /// Flood: stale messages waiting at start.
     pub pile: u64,
     /// Live latency under this is "real time".
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub threshold: Duration,
     /// Traffic kept running after the backlog drained (to show the settled state).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub tail: Duration,
     /// No run lasts longer than this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub max_run: Duration,
     /// The backlog store in laneway mode.
     pub backlog: BacklogKind,

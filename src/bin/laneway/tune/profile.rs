@@ -26,7 +26,7 @@ pub struct Burst {
     /// Extra messages at once.
     pub size: u64,
     /// How often.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub every: Duration,
 }
 
@@ -114,7 +114,7 @@ pub struct Profile {
     /// Bursts on top of the rate, if any.
     pub burst: Option<Burst>,
     /// The outage whose pile must drain.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub outage: Duration,
     /// The share of the traffic the group's filter takes (0..=1).
     pub group_share: f64,

@@ -41,10 +41,10 @@ pub fn slots_ladder(max: usize) -> Vec<usize> {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Goal {
     /// Live latency p99 must stay within this, while the backlog drains.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub live_p99: Duration,
     /// The outage's pile must drain within this, beside live traffic.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "laneway::knob::duration")]
     pub drain_within: Duration,
     /// The pile, messages.
     pub pile: u64,
