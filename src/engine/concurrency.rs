@@ -19,7 +19,8 @@
 //! - every [`PROBE_EVERY`] the limit drops to a quarter for one window,
 //!   whose round trip becomes the new base, and then returns: a sink that
 //!   became slower for good gets a base that says so, and one that was
-//!   queueing all along shows its true cost. A queue that shows against a
+//!   queueing all along shows its true cost (at `min` no probe can lower
+//!   the load, so that window's round trip is the base). A queue that shows against a
 //!   base older than a second, or a round trip well under it, is checked by
 //!   such a probe at once, so a sink that just got slower is not mistaken
 //!   for one that is queueing, nor one that got faster measured with a
@@ -206,9 +207,18 @@ impl AdaptiveLimit {
         // shows against it (the sink got slower: shrinking would not help),
         // or the sink got faster.
         let stale = (queue > beta || faster) && base_age >= EARLY_PROBE_AFTER;
-        if (base_age >= PROBE_EVERY || stale) && self.limit > self.min {
-            self.probing = Some(self.limit);
-            self.limit = (self.limit / 4).max(self.min);
+        if base_age >= PROBE_EVERY || stale {
+            if self.limit > self.min {
+                self.probing = Some(self.limit);
+                self.limit = (self.limit / 4).max(self.min);
+                return;
+            }
+            // At min no probe can lower the load: this window, at the
+            // least load the group can put on the sink, is the base. (A
+            // base kept from before the sink got slower would read as a
+            // queue for ever, and hold the limit at min.)
+            self.base = Some(rtt);
+            self.base_at = Some(now);
             return;
         }
         if queue > beta {
@@ -343,6 +353,34 @@ mod tests {
             limit.observe(now, full * 2, CallSignal::Answered, true);
         }
         assert!(limit.limit() <= 8, "{}", limit.limit());
+    }
+
+    #[test]
+    fn a_sink_that_got_slower_while_the_limit_sat_at_min_is_measured_again_and_grown_past_it() {
+        let mut limit = AdaptiveLimit::new(4, 32);
+        let mut now = Instant::now();
+        // The base is taken at 10 ms; push back drives the limit to min.
+        saturate(&mut limit, &mut now, Duration::from_millis(10), 3);
+        for _ in 0..50 {
+            now += Duration::from_millis(1);
+            limit.observe(now, Duration::from_millis(10), CallSignal::Congested, true);
+        }
+        assert_eq!(limit.limit(), 4);
+        // The service is back, at 20 ms a call and with room for many
+        // more: no queue grows at the sink whatever the limit, so the
+        // limit must leave min once the stale base is measured again.
+        let limits = serve(
+            &mut limit,
+            &mut now,
+            1_000,
+            Duration::from_millis(20),
+            1_500,
+        );
+        assert!(
+            limits.last().is_some_and(|&l| l > 8),
+            "stuck near min: {:?}",
+            &limits[limits.len() - 20..]
+        );
     }
 
     #[test]
