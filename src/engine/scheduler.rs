@@ -195,9 +195,14 @@ impl TokenBucket {
         self.tokens -= n;
     }
 
+    /// How long until a token is there; at most [`IDLE_WAIT`], so a rate
+    /// too small to wait for (a token a century) is looked at again, never
+    /// turned into a duration past what the clock can hold.
     fn time_to_one(&self) -> Duration {
         let missing = (1.0 - self.tokens).max(0.0);
-        Duration::from_secs_f64(missing / self.rate).max(Duration::from_millis(1))
+        Duration::try_from_secs_f64(missing / self.rate)
+            .unwrap_or(IDLE_WAIT)
+            .clamp(Duration::from_millis(1), IDLE_WAIT)
     }
 }
 
@@ -303,6 +308,20 @@ mod tests {
         }
         // The bucket starts full (a tenth of a second) and refills at 1000/s.
         assert!((1000..=1101).contains(&taken), "{taken}");
+    }
+
+    #[test]
+    fn a_rate_too_small_to_wait_for_waits_a_bounded_time_and_never_panics() {
+        for rate in [1e-20, f64::MIN_POSITIVE] {
+            let mut s = Scheduler::new(0.2, Some(rate), 64, 4);
+            let now = Instant::now();
+            assert!(matches!(s.pick(false, true, 0, now), Pick::Backlog { .. }));
+            s.took(Lane::Backlog, 1);
+            match s.pick(false, true, 0, now) {
+                Pick::Wait(d) => assert!(d <= IDLE_WAIT, "{d:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
