@@ -152,6 +152,7 @@ impl Router {
         let mut letter = DeadLetter::for_input(message.payload().clone(), origin, reason);
         letter.topic = Some(message.topic().to_string());
         letter.message_id = Some(message.message_id().to_string());
+        letter.generate_time_ms = Some(message.generate_time_ms());
         letter.extras = message.extras().cloned();
         letter
     }
