@@ -301,14 +301,20 @@ pub fn write_delivery_envelope(out: &mut Vec<u8>, message: &Message, superseded:
 }
 
 /// Whether the payload can be written as a JSON value and read back as the
-/// same bytes: it is JSON, and neither starts nor ends with whitespace
-/// (which a member's value does not keep).
+/// same bytes on one line: it is JSON, neither starts nor ends with
+/// whitespace (which a member's value does not keep), and holds no line
+/// break (pretty-printed JSON would split its envelope into lines; inside
+/// a JSON string a raw one is invalid, so each is whitespace between
+/// tokens).
 fn payload_fits_as_json(message: &Message) -> bool {
     let payload = message.payload();
     let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
     match (payload.first(), payload.last()) {
         (Some(first), Some(last)) => {
-            !is_space(first) && !is_space(last) && message.payload_is_json()
+            !is_space(first)
+                && !is_space(last)
+                && message.payload_is_json()
+                && !payload.iter().any(|&b| b == b'\n' || b == b'\r')
         }
         _ => false,
     }
@@ -487,6 +493,9 @@ mod tests {
             b"{\"a\":1}\0",
             b" {\"a\":1}",
             b"{\"a\":1}\n",
+            // Pretty-printed JSON: its line breaks must not split the line.
+            b"{\"a\":\n1}",
+            b"{\r\n  \"a\": [1,\r2]\n}",
             b"1",
             b"\"text\"",
             b"\"\xff\"",
