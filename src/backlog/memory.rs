@@ -4,7 +4,8 @@
 //! crash. Invariants: holds at most `max_records` records (in flight
 //! included) and `max_bytes` bytes of records waiting (in flight records are
 //! in the sink's hands, bounded by the group's slots); never drops a record (a full store answers
-//! [`BacklogError::Full`]); hands records out in order, passing over those
+//! [`BacklogError::Full`], and a record larger than `max_bytes`, which no
+//! amount of draining makes room for, [`BacklogError::TooLarge`]); hands records out in order, passing over those
 //! whose not-before time has not come.
 
 use std::cmp::Reverse;
@@ -78,6 +79,20 @@ fn size_of(record: &BacklogRecord) -> u64 {
 #[async_trait]
 impl BacklogStore for MemoryBacklog {
     async fn append(&self, records: &[BacklogRecord]) -> Result<(), BacklogError> {
+        if let Some((index, size)) = records
+            .iter()
+            .map(size_of)
+            .enumerate()
+            .find(|&(_, size)| size > self.limits.max_bytes)
+        {
+            return Err(BacklogError::TooLarge {
+                index,
+                reason: format!(
+                    "a record of {size} bytes is larger than the whole memory backlog ({} bytes)",
+                    self.limits.max_bytes
+                ),
+            });
+        }
         let mut state = self.state.lock();
         let (count_before, bytes_before) = (
             self.records.load(Ordering::Relaxed),

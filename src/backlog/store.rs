@@ -92,6 +92,18 @@ pub enum BacklogError {
     /// The store was opened by another process, or its files are unusable.
     #[error("{0}")]
     Unavailable(String),
+    /// A record this store can never hold, however empty it gets (larger
+    /// than a disk segment, or than the whole store): none of the batch was
+    /// stored. The caller makes the record at `index` a dead letter with
+    /// this reason and offers the rest again; offering it again would
+    /// wait for ever.
+    #[error("backlog cannot hold record {index} of the batch: {reason}")]
+    TooLarge {
+        /// Which record of the batch.
+        index: usize,
+        /// Why, with the sizes.
+        reason: String,
+    },
 }
 
 /// Storage for one group's backlog lane.

@@ -356,10 +356,13 @@ impl DiskBacklog {
         for (i, r) in records.iter().enumerate() {
             let total = format::encode_frame(&mut frames, r, appended(i));
             if total > max_body {
-                return Err(BacklogError::Unavailable(format!(
-                    "a record of {total} bytes does not fit a backlog segment of {} bytes (raise backlog.segment_bytes)",
-                    self.shared.config.segment_bytes
-                )));
+                return Err(BacklogError::TooLarge {
+                    index: i,
+                    reason: format!(
+                        "a record of {total} bytes does not fit a backlog segment of {} bytes (raise backlog.segment_bytes)",
+                        self.shared.config.segment_bytes
+                    ),
+                });
             }
             sizes.push((total, r.not_before_ms));
         }

@@ -3,9 +3,10 @@
 //! batches to one append, so one fsync covers them all.
 //!
 //! Invariants: a message's ack is settled only once its record is durably
-//! in the store; while the store is full the writer waits (backpressure
-//! reaches the sources through the bounded queue) and says so every ten
-//! seconds; it never drops a record. The records queued for the writer and
+//! in the store, or durably a dead letter when the store can never hold
+//! it ([`BacklogError::TooLarge`]); while the store is full the writer
+//! waits (backpressure reaches the sources through the bounded queue) and
+//! says so every ten seconds; it never drops a record. The records queued for the writer and
 //! inside its append are bounded in bytes ([`WRITER_QUEUE_BYTES`]), not
 //! only in batches, so a pile read faster than the disk takes it holds a
 //! fixed amount of memory whatever its messages' sizes.
@@ -21,6 +22,7 @@ use super::Group;
 use crate::ack::AckRef;
 use crate::backlog::{BacklogError, BacklogRecord};
 use crate::backoff::Backoff;
+use crate::engine::dead_letter::DeadLetter;
 use crate::engine::stats::bump;
 
 /// Batches waiting for the backlog writer; a full channel is backpressure.
@@ -195,6 +197,14 @@ impl Group {
                         );
                     }
                 }
+                Err(BacklogError::TooLarge { index, reason }) if index < records.len() => {
+                    let record = records.remove(index);
+                    let ack = acks.remove(index);
+                    self.bury_unstorable(record, reason).await;
+                    ack.complete();
+                    // The rest is offered again at once.
+                    continue;
+                }
                 Err(e) => {
                     if !failing || last_said.elapsed() >= REMIND {
                         failing = true;
@@ -211,5 +221,20 @@ impl Group {
         if reported_full {
             tracing::info!(group = self.name(), "backlog has room again");
         }
+    }
+
+    /// A record the store can never hold becomes a dead letter (durably,
+    /// before its ack settles): waiting for room that can never come
+    /// would hold every message behind it.
+    async fn bury_unstorable(&self, record: BacklogRecord, reason: String) {
+        tracing::warn!(group = self.name(), id = %record.message.message_id(), reason = %reason,
+            "a message too large for the backlog is a dead letter");
+        bump(&self.stats.dead_letters, 1);
+        bump(&self.stats.dead_permanent, 1);
+        let why = format!("too large for the backlog: {reason}");
+        let letter = DeadLetter::for_message(&record.message, self.name(), record.attempts, why);
+        self.dead.record(vec![letter]).await;
+        self.remember_delivered(std::iter::once(&record.message))
+            .await;
     }
 }
