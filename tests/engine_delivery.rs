@@ -584,3 +584,76 @@ async fn a_stop_with_the_backlog_full_and_the_sink_down_ends_within_the_grace() 
     // never passes an undone batch, stands right after it.
     assert_eq!(tracker.watermark(), 1);
 }
+
+/// A sink that panics the first time it is handed the message `boom` (a
+/// handler unwrapping a field it expected), then delivers as its inner
+/// recording sink does.
+struct PanicsOnce {
+    inner: RecordingSink,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl laneway::sink::Sink for PanicsOnce {
+    async fn deliver(
+        &self,
+        batch: &[laneway::sink::Delivery],
+    ) -> Result<(), laneway::sink::BatchError> {
+        if batch.iter().any(|d| d.message.message_id() == "boom")
+            && !self.panicked.swap(true, Ordering::SeqCst)
+        {
+            panic!("the handler unwrapped a field the message lacks");
+        }
+        self.inner.deliver(batch).await
+    }
+}
+
+/// A sink call that panics fails its batch (retried, counted as an
+/// attempt) instead of killing the delivery task: every message arrives
+/// unchanged, every batch is acknowledged and the group goes idle again,
+/// on the live lane and from the backlog. Before, the task died with the
+/// group's in-flight counts raised (never idle again, so a file run never
+/// ended) and the batch's records and acks stranded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_panics_fails_its_batch_and_the_group_goes_on() {
+    for policy in [LanePolicy::Auto, LanePolicy::Backlog] {
+        let recording = RecordingSink::new();
+        let sink = Arc::new(PanicsOnce {
+            inner: recording.clone(),
+            panicked: Default::default(),
+        });
+        let config = GroupConfig {
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_millis(20),
+            ..GroupConfig::named("g")
+        };
+        let engine = Engine::builder()
+            .group_with(config, sink, None)
+            .build()
+            .unwrap();
+        let ingest = engine.ingest(policy);
+        let tracker = AckTracker::new();
+        let (monitor, stop, task) = spawn_engine(engine);
+        let sent = [record("before"), record("boom"), record("after")];
+        ingest
+            .submit(incoming(&sent[..2]), tracker.register())
+            .await;
+        ingest
+            .submit(incoming(&sent[2..]), tracker.register())
+            .await;
+        let done = wait_until(&monitor, Duration::from_secs(30), |m| {
+            tracker.watermark() == 2 && m.is_idle()
+        })
+        .await;
+        assert!(
+            done,
+            "{policy:?}: acknowledged {} of 2 batches, idle {}",
+            tracker.watermark(),
+            monitor.is_idle()
+        );
+        assert_delivered(&sent, &recording.delivered_records(), Copies::AtLeastOnce);
+        assert!(monitor.groups()[0].failed_attempts >= 1, "{policy:?}");
+        stop.send(()).unwrap();
+        task.await.unwrap();
+    }
+}

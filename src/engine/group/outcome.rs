@@ -12,7 +12,10 @@
 //! when a newer one of its device and kind was delivered (a newer one of
 //! its own batch that failed does not count: it is then delivered).
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
 
 use super::Group;
 use crate::ack::AckRef;
@@ -145,8 +148,17 @@ impl Group {
     async fn call_sink_as_is(&self, batch: &[Delivery]) -> Vec<Option<DeliveryError>> {
         let timeout = self.config.delivery_timeout;
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(timeout, self.sink.deliver(batch)).await {
-            Ok(result) => result,
+        // A panic inside the sink (a handler unwrapping a field it expected)
+        // fails this call like any error worth retrying: the attempt counts,
+        // and a message that panics every time ends a dead letter, while the
+        // delivery task lives on to settle its counts, records and acks.
+        let call = AssertUnwindSafe(self.sink.deliver(batch)).catch_unwind();
+        let outcome = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(BatchError::All(DeliveryError::RetryLater(format!(
+                "the sink panicked: {}",
+                panic_text(panic.as_ref())
+            )))),
             Err(_) => Err(BatchError::All(DeliveryError::RetryLater(format!(
                 "delivery timed out after {timeout:?}"
             )))),
@@ -424,4 +436,13 @@ impl Group {
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
+}
+
+/// A panic's message, when it carries text (as `panic!` with a message does).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
