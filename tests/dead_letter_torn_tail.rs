@@ -32,7 +32,7 @@ fn file_text(path: &std::path::Path) -> String {
 /// Records `letters` through dead letters opened on `path`, as one run would.
 async fn run_recording(path: &std::path::Path, letters: Vec<DeadLetter>) {
     let dead = DeadLetters::to_file(path).unwrap();
-    dead.record(letters).await;
+    dead.record(letters).await.unwrap();
 }
 
 #[tokio::test]

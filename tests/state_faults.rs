@@ -664,6 +664,7 @@ fn a_dead_letter_write_that_fails_is_retried_until_stored_and_leaves_no_half_lin
         tokio::time::timeout(Duration::from_secs(30), task)
             .await
             .expect("record returns once the disk heals")
+            .unwrap()
             .unwrap();
     });
     assert_eq!(
@@ -672,6 +673,80 @@ fn a_dead_letter_write_that_fails_is_retried_until_stored_and_leaves_no_half_lin
         "each letter once, whole"
     );
     assert_eq!(dead.recent().len(), 3);
+}
+
+/// A shutdown while the dead-letter file cannot be written ends within
+/// the shutdown grace: the dead letters' batches are left unacknowledged
+/// (their source reads them again), and the batches of good messages
+/// beside them are delivered unchanged and acknowledged. Before, the run
+/// never ended: closing intake waited for a batch whose dead letter was
+/// retried for ever.
+#[test]
+fn a_shutdown_while_dead_letters_cannot_be_written_ends_within_the_grace() {
+    use laneway::ack::AckTracker;
+    use laneway::engine::EngineOptions;
+    use laneway::source::Incoming;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dead-letters.jsonl");
+    let fs = FailingFs::default();
+    fs.fail(Op::Append, "letters", 0, usize::MAX, Fault::Eio);
+    let dead = DeadLetters::to_file_with(&path, &fs).unwrap();
+    let sink = RecordingSink::new();
+    let grace = Duration::from_millis(500);
+    let engine = Engine::builder()
+        .group(GroupConfig::named("g"), sink.clone())
+        .dead_letters(Arc::clone(&dead))
+        .options(EngineOptions {
+            shutdown_grace: grace,
+            ..EngineOptions::default()
+        })
+        .build()
+        .unwrap();
+    let ingest = engine.ingest(LanePolicy::Auto);
+    let monitor = engine.monitor();
+    let tracker = AckTracker::new();
+    let good = [Record::new(
+        "/pk/dn/thing/event/property/post",
+        "good",
+        now_epoch_ms(),
+        &b"{\"t\":\"\xc3\xa9\"}"[..],
+    )];
+    rt().block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(engine.run(async move {
+            let _ = stop_rx.await;
+        }));
+        let mut failures = fs.failures.subscribe();
+        let good_batch = good
+            .iter()
+            .map(|r| Incoming::Message(r.message()))
+            .collect();
+        ingest.submit(good_batch, tracker.register()).await;
+        let delivered =
+            support::wait::wait_until(&monitor, Duration::from_secs(30), |m| m.delivered() == 1);
+        assert!(delivered.await, "the good message was not delivered");
+        let bad = vec![Incoming::Malformed {
+            raw: b"{\"bad\xff\0".to_vec().into(),
+            origin: "in:2".into(),
+            reason: "not JSON".into(),
+        }];
+        let submitted = tokio::spawn({
+            let tracker = Arc::clone(&tracker);
+            async move { ingest.submit(bad, tracker.register()).await }
+        });
+        failures.wait_for(|n| *n >= 1).await.unwrap();
+        stop_tx.send(()).unwrap();
+        let ended = tokio::time::timeout(grace * 10, run).await;
+        assert!(
+            ended.is_ok(),
+            "the run did not end while dead letters failed"
+        );
+        let _ = submitted.await;
+    });
+    assert_delivered(&good, &sink.delivered_records(), Copies::ExactlyOnce);
+    assert_eq!(tracker.watermark(), 1, "the good batch only");
+    assert!(tracker.is_stuck(), "the bad batch is left for its source");
+    assert_eq!(std::fs::read(&path).unwrap(), b"", "no part of a line");
 }
 
 // ---- the stream offset file ----

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::filesystem::{Filesystem, RealFilesystem, SegmentFile, append_durably, cut_torn_line};
@@ -153,7 +154,16 @@ impl DeadLetter {
 pub struct DeadLetters {
     file: Option<(PathBuf, Mutex<Box<dyn SegmentFile>>)>,
     recent: Mutex<VecDeque<DeadLetter>>,
+    /// Cancelled when a shutdown's grace is over: a write still failing
+    /// then gives up (see [`DeadLetters::record`]).
+    give_up: CancellationToken,
 }
+
+/// Dead letters that were not written: retrying was given up at shutdown.
+/// Their messages must stay unacknowledged, so their source keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("dead letters not written: the shutdown's grace ran out while their file failed")]
+pub struct NotWritten;
 
 impl DeadLetters {
     /// Dead letters kept only in memory (library use, tests).
@@ -161,6 +171,7 @@ impl DeadLetters {
         Arc::new(DeadLetters {
             file: None,
             recent: Mutex::new(VecDeque::new()),
+            give_up: CancellationToken::new(),
         })
     }
 
@@ -188,6 +199,7 @@ impl DeadLetters {
         Ok(Arc::new(DeadLetters {
             file: Some((path.to_path_buf(), Mutex::new(file))),
             recent: Mutex::new(VecDeque::new()),
+            give_up: CancellationToken::new(),
         }))
     }
 
@@ -196,13 +208,17 @@ impl DeadLetters {
         self.file.as_ref().map(|(p, _)| p.as_path())
     }
 
-    /// Records dead letters durably; only after this returns may the source
-    /// be acknowledged for them. Retries on I/O errors until it succeeds, since
-    /// dropping a dead letter would lose a message; each failure is logged,
-    /// naming the file, and leaves no part of a line in it.
-    pub async fn record(self: &Arc<Self>, letters: Vec<DeadLetter>) {
+    /// Records dead letters durably; only after it returns `Ok` may the
+    /// source be acknowledged for them. Retries on I/O errors until it
+    /// succeeds, since dropping a dead letter would lose a message; each
+    /// failure is logged, naming the file, and leaves no part of a line in
+    /// it. Once [`DeadLetters::give_up_retrying`] was called (a shutdown
+    /// whose grace is over), a failed write returns [`NotWritten`]: the
+    /// caller then leaves the messages' acks unsettled, so the run can end
+    /// and the source reads them again.
+    pub async fn record(self: &Arc<Self>, letters: Vec<DeadLetter>) -> Result<(), NotWritten> {
         if letters.is_empty() {
-            return;
+            return Ok(());
         }
         for l in &letters {
             // Optional fields are plain strings when present and left out
@@ -232,7 +248,14 @@ impl DeadLetters {
                         tracing::error!(error = %e, "dead-letter writer task failed; retrying")
                     }
                 }
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    () = self.give_up.cancelled() => {
+                        tracing::error!(path = self.path().map(|p| tracing::field::display(p.display())), letters = letters.len(),
+                            "shutting down while dead letters cannot be written: their messages stay unacknowledged, and their source delivers them again");
+                        return Err(NotWritten);
+                    }
+                }
             }
         }
         let mut recent = self.recent.lock();
@@ -242,6 +265,13 @@ impl DeadLetters {
             }
             recent.push_back(l);
         }
+        Ok(())
+    }
+
+    /// Makes a [`DeadLetters::record`] whose write fails give up instead of
+    /// retrying (the engine calls it when a shutdown's grace is over).
+    pub fn give_up_retrying(&self) {
+        self.give_up.cancel();
     }
 
     fn write_durably(&self, lines: &[u8]) -> std::io::Result<()> {

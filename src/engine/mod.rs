@@ -37,7 +37,7 @@ mod scheduler;
 mod stats;
 
 pub use builder::{EngineBuilder, EngineError, EngineOptions};
-pub use dead_letter::{DeadLetter, DeadLetters};
+pub use dead_letter::{DeadLetter, DeadLetters, NotWritten};
 pub use dedup::{
     DuplicateWindow, DuplicateWindowError, MAX_IDS as DUPLICATE_WINDOW_MAX_IDS, Mark, Verdict,
 };

@@ -123,7 +123,11 @@ impl Router {
         bump(&self.stats.unrouted, unrouted);
         if !dead.is_empty() {
             bump(&self.stats.dead_letters, dead.len() as u64);
-            self.dead.record(dead).await;
+            if self.dead.record(dead).await.is_err() {
+                // Shutting down with the dead-letter file failing: the
+                // batch's ack drops unsettled, so its source keeps it all.
+                return Routed::NotLive;
+            }
         }
         let mut routed = Routed::NotLive;
         for (group, messages) in self.groups.iter().zip(per_group) {

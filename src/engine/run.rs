@@ -5,7 +5,8 @@
 //! Invariant: shutdown runs in this order, each step waiting on an event,
 //! never a timer: stop sources reading → close intake (and wait for the
 //! batches being routed; one waiting for room in a full backlog writer's
-//! queue is let go unacknowledged) → stop groups (each finishes or returns
+//! queue is let go unacknowledged, and so is one whose dead letters still
+//! cannot be written once the shutdown grace is over) → stop groups (each finishes or returns
 //! its in-flight work and stores its live leftovers, each of those steps
 //! bounded by the shutdown grace) → tell sources everything is drained, so
 //! they settle their last acks → wait for sources (bounded by the shutdown
@@ -151,6 +152,13 @@ impl Engine {
         }
 
         stop_sources.cancel();
+        // A dead-letter file that keeps failing holds whatever waits for
+        // it; past the grace those wait no more (their acks stay unsettled).
+        let dead = Arc::clone(&self.dead);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            dead.give_up_retrying();
+        });
         self.router.close_intake().await;
         stop_groups.cancel();
         groups.wait().await;

@@ -78,7 +78,7 @@ impl Group {
                 to_backlog.push(BacklogRecord::fresh(item.message), item.ack);
             }
         }
-        self.bury_invalid(invalid).await;
+        self.bury_invalid(invalid, ack).await;
         if !to_backlog.is_empty()
             && self
                 .queue_write(to_backlog, closed.cancelled())
@@ -114,7 +114,7 @@ impl Group {
                 ack: ack.clone(),
             });
         }
-        self.bury_invalid(invalid).await;
+        self.bury_invalid(invalid, ack).await;
         if let Err(left) = self.catch_up.push_all(items, closed, &self.progress).await {
             tracing::info!(
                 group = self.name(),
@@ -145,15 +145,20 @@ impl Group {
     }
 
     /// Records dead letters for invalid payloads; the batch's ack settles
-    /// after this returns.
-    async fn bury_invalid(&self, invalid: Vec<(DeadLetter, Message)>) {
+    /// after this returns, unless the letters could not be written (at
+    /// shutdown): a clone of `ack` is then dropped unsettled, so the batch
+    /// stays its source's.
+    async fn bury_invalid(&self, invalid: Vec<(DeadLetter, Message)>, ack: &AckRef) {
         if invalid.is_empty() {
             return;
         }
         bump(&self.stats.dead_letters, invalid.len() as u64);
         bump(&self.stats.dead_invalid, invalid.len() as u64);
         let (letters, messages): (Vec<_>, Vec<_>) = invalid.into_iter().unzip();
-        self.dead.record(letters).await;
+        if self.dead.record(letters).await.is_err() {
+            drop(ack.clone());
+            return;
+        }
         self.remember_delivered(messages.iter()).await;
     }
 

@@ -418,7 +418,11 @@ impl Group {
                 letter
             })
             .collect();
-        self.dead.record(letters).await;
+        if self.dead.record(letters).await.is_err() {
+            // Not written (shutting down): the acks drop unsettled, and
+            // the source delivers the messages again.
+            return;
+        }
         self.remember_delivered(messages.iter()).await;
         acks.into_iter().for_each(AckRef::complete);
     }

@@ -200,8 +200,9 @@ impl Group {
                 Err(BacklogError::TooLarge { index, reason }) if index < records.len() => {
                     let record = records.remove(index);
                     let ack = acks.remove(index);
-                    self.bury_unstorable(record, reason).await;
-                    ack.complete();
+                    if self.bury_unstorable(record, reason).await {
+                        ack.complete();
+                    }
                     // The rest is offered again at once.
                     continue;
                 }
@@ -225,16 +226,19 @@ impl Group {
 
     /// A record the store can never hold becomes a dead letter (durably,
     /// before its ack settles): waiting for room that can never come
-    /// would hold every message behind it.
-    async fn bury_unstorable(&self, record: BacklogRecord, reason: String) {
+    /// would hold every message behind it. Says whether it was written.
+    async fn bury_unstorable(&self, record: BacklogRecord, reason: String) -> bool {
         tracing::warn!(group = self.name(), id = %record.message.message_id(), reason = %reason,
             "a message too large for the backlog is a dead letter");
         bump(&self.stats.dead_letters, 1);
         bump(&self.stats.dead_permanent, 1);
         let why = format!("too large for the backlog: {reason}");
         let letter = DeadLetter::for_message(&record.message, self.name(), record.attempts, why);
-        self.dead.record(vec![letter]).await;
+        if self.dead.record(vec![letter]).await.is_err() {
+            return false;
+        }
         self.remember_delivered(std::iter::once(&record.message))
             .await;
+        true
     }
 }
