@@ -573,6 +573,62 @@ async fn after_a_413_split_a_429_leaves_the_unsent_parts_push_limited() {
     assert_eq!(server.hits().len(), 2, "nothing sent after the 429");
 }
 
+/// After a 413 split, a part the service refuses for its content (a 400)
+/// fails alone: the parts after it are still sent. A part refused for the
+/// service's own trouble (a 500) leaves the parts not yet sent push
+/// limited, using up no attempt, since they were never tried. Before,
+/// both left the rest unsent as a failed attempt, so with
+/// `max_attempts = 1` messages never sent became dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_413_split_a_part_refused_for_its_content_does_not_hold_back_the_rest() {
+    let server = Server::start(|n, hit| match n {
+        0 => Reply::Answer(413, Vec::new(), Vec::new()),
+        _ if hit.body.windows(6).any(|w| w == b"poison") => {
+            Reply::Answer(400, Vec::new(), b"unknown device".to_vec())
+        }
+        _ => ok(),
+    })
+    .await;
+    let first = sink(&HttpSinkConfig::new(server.url("/")));
+    let mut sent = some_records("split", 4);
+    sent[0] = Record::new(
+        "/pk/dn7/thing/event/property/post",
+        "poison",
+        7,
+        b"\xff\0".to_vec(),
+    );
+    let batch = deliveries(&sent);
+    let Err(BatchError::Some(failed)) = first.deliver(&batch).await else {
+        panic!("the split batch did not fail per message");
+    };
+    assert_eq!(failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1]);
+    for (i, e) in &failed {
+        assert!(matches!(e, DeliveryError::Permanent(_)), "{i}: {e:?}");
+    }
+    assert_delivered(&sent[2..], &server.accepted_records(), Copies::ExactlyOnce);
+
+    let server = Server::start(|n, _| match n {
+        0 => Reply::Answer(413, Vec::new(), Vec::new()),
+        1 => Reply::Answer(500, Vec::new(), Vec::new()),
+        _ => ok(),
+    })
+    .await;
+    let second = sink(&HttpSinkConfig::new(server.url("/")));
+    let Err(BatchError::Some(failed)) = second.deliver(&deliveries(&sent)).await else {
+        panic!("the split batch did not fail per message");
+    };
+    let kinds: Vec<_> = failed
+        .iter()
+        .map(|(i, e)| (*i, matches!(e, DeliveryError::PushLimited(_))))
+        .collect();
+    assert_eq!(
+        kinds,
+        [(0, false), (1, false), (2, true), (3, true)],
+        "{failed:?}"
+    );
+    assert_eq!(server.hits().len(), 2, "nothing sent after the 500");
+}
+
 /// A service that takes bodies of at most 4 KiB (as a proxy's body limit
 /// does) answers a whole batch 413: the batch is halved until each part
 /// fits, so every message is delivered, byte for byte, and none is a dead

@@ -329,28 +329,27 @@ impl Sink for HttpSink {
                 Err(Posted::TooLarge(e)) => failed.push((part.start, e)),
                 Err(Posted::Refused(e)) if whole => return Err(e),
                 Err(Posted::Refused(e)) => {
-                    // The service's trouble, not a part's size: this part
-                    // fails as it was answered, the parts not yet sent as
-                    // not sent (push-limited, using up no attempt, when the
-                    // service asked to slow down).
-                    let why = format!(
-                        "POST {}: not sent, an earlier part of its batch failed",
-                        self.shown
-                    );
-                    let unsent = match &e {
-                        BatchError::All(DeliveryError::PushLimited(_)) => {
-                            DeliveryError::PushLimited(why)
-                        }
-                        _ => DeliveryError::RetryLater(why),
-                    };
+                    // This part fails as it was answered. Refused for its
+                    // own messages (a 4xx, or per-message results), the
+                    // parts after it are still sent; refused for the
+                    // service's trouble (a 5xx, a 429, no answer), they are
+                    // not sent now, and fail push limited: never tried,
+                    // they use up no attempt.
+                    let service_trouble = matches!(&e, BatchError::All(error) if !matches!(error, DeliveryError::Permanent(_)));
                     failed.extend(
                         e.per_message(part.len())
                             .into_iter()
                             .enumerate()
                             .filter_map(|(i, e)| Some((part.start + i, e?))),
                     );
-                    for rest in parts.drain(..) {
-                        failed.extend(rest.map(|i| (i, unsent.clone())));
+                    if service_trouble {
+                        let unsent = DeliveryError::PushLimited(format!(
+                            "POST {}: not sent, an earlier part of its batch failed",
+                            self.shown
+                        ));
+                        for rest in parts.drain(..) {
+                            failed.extend(rest.map(|i| (i, unsent.clone())));
+                        }
                     }
                 }
             }
