@@ -249,6 +249,24 @@ pub(super) struct Target {
     pub plaintext_credentials: bool,
 }
 
+/// Headers the sink and its HTTP client set from the body and the URL:
+/// one given in `headers` would contradict them (a `Content-Length` cuts
+/// the body short on the wire; a `Content-Type` mislabels the format), so
+/// they are refused.
+const SINKS_OWN_HEADERS: [&str; 11] = [
+    "content-length",
+    "transfer-encoding",
+    "content-type",
+    "content-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
 impl HttpSinkConfig {
     /// A config posting to `url`, every other knob at its default.
     pub fn new(url: impl Into<String>) -> HttpSinkConfig {
@@ -284,6 +302,14 @@ impl HttpSinkConfig {
         for (name, source) in &self.headers {
             let bad = |message: &str| header_error(name, message);
             HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("not a valid header name"))?;
+            if SINKS_OWN_HEADERS
+                .iter()
+                .any(|own| own.eq_ignore_ascii_case(name))
+            {
+                return Err(bad(
+                    "the sink sets this header itself (the body's framing, type and destination); giving it would change what is sent",
+                ));
+            }
             match source {
                 HeaderSource::Value(value) => {
                     HeaderValue::from_str(value.expose()).map_err(|_| {
@@ -537,6 +563,24 @@ mod tests {
             ),
             (
                 "url = \"http://h/\"\n[headers]\nX = { env = \"A\", file = \"/f\" }\n",
+                "headers",
+            ),
+            // The sink's own framing: a Content-Length of 10 cut each body
+            // to 10 bytes on the wire.
+            (
+                "url = \"http://h/\"\n[headers]\nContent-Length = \"10\"\n",
+                "headers",
+            ),
+            (
+                "url = \"http://h/\"\n[headers]\ntransfer-encoding = \"chunked\"\n",
+                "headers",
+            ),
+            (
+                "url = \"http://h/\"\n[headers]\nHOST = \"other\"\n",
+                "headers",
+            ),
+            (
+                "url = \"http://h/\"\n[headers]\nContent-Type = \"text/plain\"\n",
                 "headers",
             ),
         ] {
