@@ -396,7 +396,9 @@ fn is_loopback(url: &Url) -> bool {
 
 /// The URL as logs and errors show it: the password replaced by `***`,
 /// and a user name without a password (an API key, as many services take
-/// one) too; the query (which may carry a token) by `?***`; no fragment.
+/// one) too; the path after its first segment by `/***` (a webhook's token
+/// is there: `/services/T…/B…/<token>`); the query (which may carry a
+/// token) by `?***`; no fragment.
 pub(super) fn shown_url(url: &Url) -> String {
     let mut out = format!("{}://", url.scheme());
     if url.password().is_some() {
@@ -409,11 +411,20 @@ pub(super) fn shown_url(url: &Url) -> String {
     if let Some(port) = url.port() {
         out.push_str(&format!(":{port}"));
     }
-    out.push_str(url.path());
+    out.push_str(&shown_path(url.path()));
     if url.query().is_some() {
         out.push_str("?***");
     }
     out
+}
+
+/// A URL's path as shown: its first segment, and `/***` for any after it.
+fn shown_path(path: &str) -> String {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    match rest.split_once('/') {
+        Some((first, after)) if !after.is_empty() => format!("/{first}/***"),
+        _ => path.to_string(),
+    }
 }
 
 /// How the text of a `url` knob is shown, parsed or not: text that does
@@ -432,17 +443,30 @@ fn shown_text(raw: &str) -> String {
         Some(at) => (&redacted[..at], ""),
         None => (redacted.as_str(), ""),
     };
-    match (head.find("://"), head.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let info = &head[scheme_end + 3..at];
-            let info = if info.ends_with(":***") { info } else { "***" };
-            format!(
-                "{}://{info}@{}{query}",
-                &head[..scheme_end],
-                &head[at + 1..]
-            )
+    let (scheme, rest) = match head.find("://") {
+        Some(end) => (&head[..end + 3], &head[end + 3..]),
+        None => ("", head),
+    };
+    let (rest, path) = match rest.find('/') {
+        // An `@` after the first `/` may be the user info's (a password
+        // holding a `/`): the path starts after the last `@`.
+        Some(_) if rest.contains('@') => {
+            let at = rest.rfind('@').unwrap_or(0);
+            match rest[at..].find('/') {
+                Some(slash) => (&rest[..at + slash], shown_path(&rest[at + slash..])),
+                None => (rest, String::new()),
+            }
         }
-        _ => format!("{head}{query}"),
+        Some(slash) => (&rest[..slash], shown_path(&rest[slash..])),
+        None => (rest, String::new()),
+    };
+    match rest.rfind('@') {
+        Some(at) if !scheme.is_empty() => {
+            let info = &rest[..at];
+            let info = if info.ends_with(":***") { info } else { "***" };
+            format!("{scheme}{info}@{}{path}{query}", &rest[at + 1..])
+        }
+        _ => format!("{scheme}{rest}{path}{query}"),
     }
 }
 
@@ -502,6 +526,10 @@ mod tests {
             "https://app:Zq9?PASS@bad host/in?token=Zq9QUERY",
             "https://sk-Zq9USER@bad host/in",
             "ftp://sk-Zq9USER@example.com/in?token=Zq9QUERY",
+            // A webhook's token in its path (Slack's, Discord's form).
+            "https://hooks.example.com/services/T0/B0/Zq9PATH",
+            "https://hooks.example.com:99999/api/webhooks/1/Zq9PATH",
+            "https://user:Zq9?PASS@bad host/services/Zq9PATH?token=Zq9QUERY",
         ] {
             let c = HttpSinkConfig::new(url);
             let debug = format!("{c:?}");
@@ -518,6 +546,11 @@ mod tests {
         };
         let e = e.to_string();
         assert!(e.contains("https://hooks.example.com:99999/in?***"), "{e}");
+        let shown = HttpSinkConfig::new("https://hooks.example.com/services/T0/B0/Zq9")
+            .target()
+            .unwrap()
+            .shown;
+        assert_eq!(shown, "https://hooks.example.com/services/***");
     }
 
     #[test]
