@@ -657,3 +657,53 @@ async fn a_sink_that_panics_fails_its_batch_and_the_group_goes_on() {
         task.await.unwrap();
     }
 }
+
+/// A sink whose `close` never returns (a client waiting on a peer that
+/// went silent).
+struct NeverCloses(RecordingSink);
+
+#[async_trait::async_trait]
+impl laneway::sink::Sink for NeverCloses {
+    async fn deliver(
+        &self,
+        batch: &[laneway::sink::Delivery],
+    ) -> Result<(), laneway::sink::BatchError> {
+        self.0.deliver(batch).await
+    }
+
+    async fn close(&self) -> Result<(), laneway::sink::DeliveryError> {
+        std::future::pending().await
+    }
+}
+
+/// A sink that never finishes closing holds the shutdown no longer than
+/// the grace: what it delivered is acknowledged, and the run ends. Before,
+/// the group waited on `close` for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_never_finishes_closing_holds_the_shutdown_only_for_the_grace() {
+    let recording = RecordingSink::new();
+    let grace = Duration::from_millis(300);
+    let engine = Engine::builder()
+        .group_with(
+            GroupConfig::named("g"),
+            Arc::new(NeverCloses(recording.clone())),
+            None,
+        )
+        .options(laneway::engine::EngineOptions {
+            shutdown_grace: grace,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let ingest = engine.ingest(LanePolicy::Auto);
+    let tracker = AckTracker::new();
+    let (monitor, stop, task) = spawn_engine(engine);
+    let sent = [record("one"), record("two")];
+    ingest.submit(incoming(&sent), tracker.register()).await;
+    assert!(wait_until(&monitor, Duration::from_secs(30), |m| m.delivered() == 2).await);
+    stop.send(()).unwrap();
+    let ended = tokio::time::timeout(grace * 20, task).await;
+    assert!(ended.is_ok(), "the run waited on the sink's close");
+    assert_delivered(&sent, &recording.delivered_records(), Copies::ExactlyOnce);
+    assert_eq!(tracker.watermark(), 1);
+}

@@ -148,7 +148,17 @@ impl Group {
             self.name().to_string(),
         ));
         self.dispatch(&stop).await;
-        let _ = read_ahead_task.await;
+        // The read-ahead sees the same stop; a store that does not answer
+        // its take is left behind (what it took stays stored, handed out
+        // again after a restart).
+        let read_ahead_abort = read_ahead_task.abort_handle();
+        if tokio::time::timeout(grace, read_ahead_task).await.is_err() {
+            read_ahead_abort.abort();
+            tracing::warn!(
+                group = self.name(),
+                "the backlog's read-ahead did not stop within the grace period"
+            );
+        }
         let all_slots = self.config.slots as u32;
         if tokio::time::timeout(grace, self.slots.acquire_many(all_slots))
             .await
@@ -185,11 +195,28 @@ impl Group {
                 "backlog writer did not finish within the grace period; its messages stay unacknowledged"
             );
         }
-        if let Err(e) = self.store.close().await {
-            tracing::error!(group = self.name(), error = %e, "closing the backlog store failed");
+        // Each close is bounded by the grace: a store or sink waiting on a
+        // silent peer must not hold the shutdown (what they were given is
+        // settled already, or left unacknowledged for its source).
+        match tokio::time::timeout(grace, self.store.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(group = self.name(), error = %e, "closing the backlog store failed")
+            }
+            Err(_) => tracing::warn!(
+                group = self.name(),
+                "the backlog store did not close within the grace period"
+            ),
         }
-        if let Err(e) = self.sink.close().await {
-            tracing::error!(group = self.name(), error = %e, "closing the sink failed");
+        match tokio::time::timeout(grace, self.sink.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(group = self.name(), error = %e, "closing the sink failed")
+            }
+            Err(_) => tracing::warn!(
+                group = self.name(),
+                "the sink did not close within the grace period"
+            ),
         }
     }
 
