@@ -23,12 +23,17 @@ pub use null::NullSink;
 /// the batch is handled: `Ok` means every message in it is safe downstream
 /// and will be released from laneway for good. A group calls `deliver` from
 /// up to `slots` tasks at once, so a sink must tolerate concurrent batches.
+/// A `deliver` that panics (a handler unwrapping a field a message lacks)
+/// fails its batch as [`DeliveryError::RetryLater`] with the panic's
+/// message: retried, and a dead letter once the group's `max_attempts` run
+/// out; the run goes on.
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
     /// Delivers a batch; see the trait's contract.
     async fn deliver(&self, batch: &[Delivery]) -> Result<(), BatchError>;
 
-    /// Flushes and closes whatever the sink holds open, at shutdown.
+    /// Flushes and closes whatever the sink holds open, at shutdown (waited
+    /// for at most the engine's shutdown grace).
     async fn close(&self) -> Result<(), DeliveryError> {
         Ok(())
     }
