@@ -83,6 +83,9 @@ pub struct KafkaSourceConfig {
     pub catch_up_live_from: Duration,
     /// Extra librdkafka properties (for example `security.protocol`), set
     /// after laneway's own; never logged, since they may hold secrets.
+    /// `enable.auto.commit` and `enable.auto.offset.store` other than
+    /// `false` are refused: laneway commits only offsets whose records
+    /// are all done.
     pub properties: BTreeMap<String, Secret>,
     /// Allow `sasl.mechanism = PLAIN` over `security.protocol =
     /// SASL_PLAINTEXT`, which sends the password in clear (a WARN at
@@ -145,6 +148,9 @@ pub struct KafkaSinkConfig {
     /// `productKey/deviceName`). Default `original`.
     pub key: KeyChoice,
     /// Extra librdkafka properties, set after laneway's own; never logged.
+    /// `acks` other than `all` and `enable.idempotence` other than `true`
+    /// are refused: they would count a record delivered that a broker
+    /// failure can lose.
     pub properties: BTreeMap<String, Secret>,
     /// Allow a PLAIN login over SASL_PLAINTEXT (see the source's knob).
     pub allow_plaintext: bool,
@@ -236,6 +242,29 @@ pub(super) fn apply_properties(
     }
 }
 
+/// Refuses a property that would undo what laneway sets to keep its
+/// delivery promise: `held` pairs each such key with the value laneway
+/// sets and why. A property giving that same value is let through.
+fn check_held(
+    properties: &BTreeMap<String, Secret>,
+    held: &[(&str, &[&str], &str)],
+) -> Result<(), KnobError> {
+    for (key, value) in properties {
+        let Some((name, allowed, why)) = held.iter().find(|(k, _, _)| k.eq_ignore_ascii_case(key))
+        else {
+            continue;
+        };
+        let value = value.expose().trim();
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(value)) {
+            return Err(KnobError::new(
+                "properties",
+                format!("{name:?} is set by laneway to {:?}: {why}", allowed[0]),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether these properties log in with SASL PLAIN over a plain TCP
 /// connection.
 fn sends_password_in_clear(properties: &BTreeMap<String, Secret>) -> bool {
@@ -284,6 +313,14 @@ impl KafkaSourceConfig {
         if self.commit_every.is_zero() {
             return Err(KnobError::new("commit_every", "must be longer than zero"));
         }
+        let offsets = "laneway commits an offset only once every record before it is done; librdkafka's own would pass undone ones";
+        check_held(
+            &self.properties,
+            &[
+                ("enable.auto.commit", &["false"], offsets),
+                ("enable.auto.offset.store", &["false"], offsets),
+            ],
+        )?;
         check_plaintext(&self.properties, self.allow_plaintext)
     }
 }
@@ -294,12 +331,27 @@ impl KafkaSinkConfig {
         if self.topic.is_empty() {
             return Err(KnobError::new("topic", "a kafka sink needs a topic"));
         }
-        if self.delivery_timeout.is_zero() {
+        if self.delivery_timeout < Duration::from_millis(1) {
             return Err(KnobError::new(
                 "delivery_timeout",
-                "must be longer than zero",
+                "must be at least 1ms (librdkafka counts it in milliseconds, and 0 means no timeout)",
             ));
         }
+        check_held(
+            &self.properties,
+            &[
+                (
+                    "acks",
+                    &["all", "-1"],
+                    "a record counts as delivered only once every in-sync replica has it",
+                ),
+                (
+                    "enable.idempotence",
+                    &["true"],
+                    "a retried send is written once and in order",
+                ),
+            ],
+        )?;
         check_plaintext(&self.properties, self.allow_plaintext)
     }
 }
@@ -323,6 +375,38 @@ mod tests {
             assert_eq!(e.knob(), "batch", "{e}");
         }
     }
+    /// What laneway sets to keep its delivery promise cannot be undone by
+    /// `properties`, and a delivery timeout librdkafka would read as "no
+    /// timeout" (under a millisecond is 0 ms) is refused.
+    #[test]
+    fn properties_that_would_break_the_delivery_promise_are_refused() {
+        for (key, value) in [
+            ("acks", "0"),
+            ("ACKS", "1"),
+            ("enable.idempotence", "false"),
+        ] {
+            let text = format!("topic = \"t\"\n[properties]\n\"{key}\" = \"{value}\"\n");
+            let sink: KafkaSinkConfig = toml::from_str(&text).unwrap();
+            let e = sink.validate().unwrap_err();
+            assert_eq!(e.knob(), "properties", "{key}: {e}");
+        }
+        for (key, value) in [
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "true"),
+        ] {
+            let text = format!("topics = [\"t\"]\n[properties]\n\"{key}\" = \"{value}\"\n");
+            let source: KafkaSourceConfig = toml::from_str(&text).unwrap();
+            let e = source.validate().unwrap_err();
+            assert_eq!(e.knob(), "properties", "{key}: {e}");
+        }
+        let sink = KafkaSinkConfig {
+            topic: "t".into(),
+            delivery_timeout: Duration::from_micros(500),
+            ..KafkaSinkConfig::default()
+        };
+        assert_eq!(sink.validate().unwrap_err().knob(), "delivery_timeout");
+    }
+
     #[test]
     fn a_printed_config_never_shows_a_property_value() {
         let text = "topics = [\"t\"]\n[properties]\n\"sasl.password\" = \"Zq9-MARK\"\n";
