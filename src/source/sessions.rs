@@ -7,7 +7,7 @@
 //! Invariants: a raised `stop` ends the loop at once while connecting or
 //! waiting, and no wait starts after it (a session sees `stop` itself and
 //! settles its acks before it ends); the backoff restarts from its first
-//! delay once a session worked; the broker refusing the login before any
+//! delay once a session worked (lasted [`WORKED_FOR`]); the broker refusing the login before any
 //! session ever worked ends the source (a wrong credential stays wrong),
 //! while a refusal later is ridden out like any loss (the broker may be
 //! restarting with its users not loaded yet).
@@ -19,6 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{SourceError, SourceHealth};
 use crate::backoff::Backoff;
+
+/// A session that lasted this long worked: the backoff after it starts
+/// over. One lost sooner (an attach refused just after connecting) did
+/// not, and the waits keep growing, so a broker that takes connections
+/// and drops them at once is not hit at the first delay for ever.
+pub const WORKED_FOR: Duration = Duration::from_secs(10);
 
 /// How one session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,11 +114,14 @@ pub async fn run_sessions<S: Sessions>(
                 if served > 1 {
                     tracing::info!(source = %driver.who, "reconnected");
                 }
+                let began = tokio::time::Instant::now();
                 match sessions.serve(connection, served).await {
                     SessionEnd::Finished => return Ok(()),
                     SessionEnd::Fatal(message) => return Err(fatal(message)),
                     SessionEnd::Lost(why) => {
-                        backoff.reset();
+                        if began.elapsed() >= WORKED_FOR {
+                            backoff.reset();
+                        }
                         Lost::Session(why)
                     }
                 }
@@ -252,6 +261,64 @@ mod tests {
         };
         drive(&mut later).await.unwrap();
         assert_eq!(later.served, vec![1, 2]);
+    }
+
+    /// A broker that takes each connection and loses its session at once
+    /// (an attach refused after the first session worked), `left` times.
+    struct Flapping {
+        left: usize,
+        waits: parking_lot::Mutex<Vec<Duration>>,
+    }
+
+    #[async_trait]
+    impl Sessions for Flapping {
+        type Connection = ();
+
+        async fn connect(&mut self) -> Result<(), ConnectFailure> {
+            Ok(())
+        }
+
+        async fn serve(&mut self, (): (), _: u64) -> SessionEnd {
+            if self.left == 0 {
+                return SessionEnd::Finished;
+            }
+            self.left -= 1;
+            SessionEnd::Lost("attach refused".into())
+        }
+
+        fn next_attempt_in(&self, wait: Duration) -> Duration {
+            self.waits.lock().push(wait);
+            wait
+        }
+    }
+
+    /// Sessions lost as soon as they start did not work: the backoff keeps
+    /// growing between them instead of starting over each time (which
+    /// reconnected at the first delay for ever).
+    #[tokio::test(start_paused = true)]
+    async fn sessions_lost_at_once_do_not_reset_the_backoff() {
+        let mut flapping = Flapping {
+            left: 10,
+            waits: parking_lot::Mutex::new(Vec::new()),
+        };
+        let stop = CancellationToken::new();
+        let health = SourceHealth::default();
+        let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_secs(5));
+        let driver = Driver {
+            who: "test",
+            after: "",
+            stop: &stop,
+            health: &health,
+        };
+        run_sessions(&mut flapping, &mut backoff, driver)
+            .await
+            .unwrap();
+        let waits = flapping.waits.into_inner();
+        assert_eq!(waits.len(), 10);
+        assert!(
+            waits.iter().any(|w| *w > Duration::from_millis(2)),
+            "every wait drawn from the first delay: {waits:?}"
+        );
     }
 
     #[tokio::test]
