@@ -269,7 +269,9 @@ impl DeadLetters {
     }
 
     /// Makes a [`DeadLetters::record`] whose write fails give up instead of
-    /// retrying (the engine calls it when a shutdown's grace is over).
+    /// retrying, from now on (the engine calls it when a shutdown's grace
+    /// is over; a library that runs a second engine on the same dead
+    /// letters makes them anew).
     pub fn give_up_retrying(&self) {
         self.give_up.cancel();
     }

@@ -198,24 +198,28 @@ impl Group {
         // Each close is bounded by the grace: a store or sink waiting on a
         // silent peer must not hold the shutdown (what they were given is
         // settled already, or left unacknowledged for its source).
-        match tokio::time::timeout(grace, self.store.close()).await {
+        self.close_within(grace, "the backlog store", self.store.close())
+            .await;
+        self.close_within(grace, "the sink", self.sink.close())
+            .await;
+    }
+
+    /// Waits at most `grace` for `close` (of `what`), saying how it ended
+    /// when it did not end well.
+    async fn close_within<E: std::fmt::Display>(
+        &self,
+        grace: Duration,
+        what: &str,
+        close: impl Future<Output = Result<(), E>>,
+    ) {
+        match tokio::time::timeout(grace, close).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::error!(group = self.name(), error = %e, "closing the backlog store failed")
+                tracing::error!(group = self.name(), error = %e, "closing {what} failed")
             }
             Err(_) => tracing::warn!(
                 group = self.name(),
-                "the backlog store did not close within the grace period"
-            ),
-        }
-        match tokio::time::timeout(grace, self.sink.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(group = self.name(), error = %e, "closing the sink failed")
-            }
-            Err(_) => tracing::warn!(
-                group = self.name(),
-                "the sink did not close within the grace period"
+                "{what} did not close within the grace period"
             ),
         }
     }
