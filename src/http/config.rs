@@ -447,19 +447,14 @@ fn shown_text(raw: &str) -> String {
         Some(end) => (&head[..end + 3], &head[end + 3..]),
         None => ("", head),
     };
-    let (rest, path) = match rest.find('/') {
-        // An `@` after the first `/` may be the user info's (a password
-        // holding a `/`): the path starts after the last `@`.
-        Some(_) if rest.contains('@') => {
-            let at = rest.rfind('@').unwrap_or(0);
-            match rest[at..].find('/') {
-                Some(slash) => (&rest[..at + slash], shown_path(&rest[at + slash..])),
-                None => (rest, String::new()),
-            }
-        }
-        Some(slash) => (&rest[..slash], shown_path(&rest[slash..])),
-        None => (rest, String::new()),
+    // The host starts after the last `@` (a password may hold a `/`), the
+    // path at the first `/` after it.
+    let host = rest.rfind('@').map_or(0, |at| at + 1);
+    let (rest, path) = match rest[host..].find('/') {
+        Some(slash) => rest.split_at(host + slash),
+        None => (rest, ""),
     };
+    let path = shown_path(path);
     match rest.rfind('@') {
         Some(at) if !scheme.is_empty() => {
             let info = &rest[..at];
