@@ -27,7 +27,7 @@ pub struct GroupSpec {
     /// [`GroupConfig::live_capacity`].
     pub live_capacity: Option<usize>,
     /// [`GroupConfig::live_window`].
-    #[serde(with = "crate::knob::duration::option")]
+    #[serde(with = "crate::knob::duration")]
     pub live_window: Option<Duration>,
     /// [`GroupConfig::slots`], or `"auto"`: [`GroupConfig::adaptive_slots`]
     /// between `min_slots` and `max_slots`.
@@ -46,13 +46,13 @@ pub struct GroupSpec {
     /// [`GroupConfig::max_attempts`].
     pub max_attempts: Option<u32>,
     /// [`GroupConfig::retry_initial`].
-    #[serde(with = "crate::knob::duration::option")]
+    #[serde(with = "crate::knob::duration")]
     pub retry_initial: Option<Duration>,
     /// [`GroupConfig::retry_max`].
-    #[serde(with = "crate::knob::duration::option")]
+    #[serde(with = "crate::knob::duration")]
     pub retry_max: Option<Duration>,
     /// [`GroupConfig::delivery_timeout`].
-    #[serde(with = "crate::knob::duration::option")]
+    #[serde(with = "crate::knob::duration")]
     pub delivery_timeout: Option<Duration>,
     /// [`GroupConfig::validate_json`].
     pub validate_json: Option<bool>,
@@ -60,7 +60,7 @@ pub struct GroupSpec {
     pub max_json_depth: Option<usize>,
     /// [`GroupConfig::dedup_window`]; kept on disk beside the group's
     /// backlog (`<data_dir>/dedup/<group>`).
-    #[serde(with = "crate::knob::duration::option")]
+    #[serde(with = "crate::knob::duration")]
     pub dedup_window: Option<Duration>,
     /// [`GroupConfig::skip_superseded`]: kinds such as `["status", "property"]`.
     pub skip_superseded: Option<Vec<Kind>>,

@@ -59,12 +59,6 @@ where
     value.into_inner().bounded()
 }
 
-/// The same for an optional duration, for fields that say so
-/// (`with = "…::option"`).
-pub mod option {
-    pub use super::{deserialize, serialize};
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,7 +67,7 @@ mod tests {
     struct Knobs {
         #[serde(with = "super")]
         every: Duration,
-        #[serde(with = "super::option", default)]
+        #[serde(with = "super", default)]
         within: Option<Duration>,
     }
 
