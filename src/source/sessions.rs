@@ -218,16 +218,24 @@ mod tests {
     }
 
     async fn drive(script: &mut Script) -> Result<(), SourceError> {
+        let backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
+        drive_with(script, backoff).await
+    }
+
+    /// Runs `sessions` to its end with `backoff`, never stopped.
+    async fn drive_with(
+        sessions: &mut impl Sessions,
+        mut backoff: Backoff,
+    ) -> Result<(), SourceError> {
         let stop = CancellationToken::new();
         let health = SourceHealth::default();
-        let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
         let driver = Driver {
             who: "test",
             after: "nothing is lost",
             stop: &stop,
             health: &health,
         };
-        run_sessions(script, &mut backoff, driver).await
+        run_sessions(sessions, &mut backoff, driver).await
     }
 
     #[tokio::test]
@@ -301,18 +309,8 @@ mod tests {
             left: 10,
             waits: parking_lot::Mutex::new(Vec::new()),
         };
-        let stop = CancellationToken::new();
-        let health = SourceHealth::default();
-        let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_secs(5));
-        let driver = Driver {
-            who: "test",
-            after: "",
-            stop: &stop,
-            health: &health,
-        };
-        run_sessions(&mut flapping, &mut backoff, driver)
-            .await
-            .unwrap();
+        let backoff = Backoff::new(Duration::from_millis(1), Duration::from_secs(5));
+        drive_with(&mut flapping, backoff).await.unwrap();
         let waits = flapping.waits.into_inner();
         assert_eq!(waits.len(), 10);
         assert!(
