@@ -7,12 +7,13 @@
 //! read back by recovery, the audit and the reader), its ledger and space
 //! reserve; the small files replaced whole through the one
 //! [`replace_durably`] (the ledger, the JSONL source's checkpoint, the
-//! stream sources' stored offsets); and the dead-letter file, appended to.
+//! stream sources' stored offsets); the dead-letter file, appended to; and
+//! the duplicate window's files.
 //!
 //! The seam is as narrow as its callers: whole-file reads for the small
 //! state files, positioned reads for segments, a directory listing for
-//! recovery, appends for the dead letters, and a private directory for
-//! each of them. The input files a source reads and the lock file stay
+//! recovery and the duplicate window, appends for the dead letters, and a
+//! private directory for each of them. The input files a source reads and the lock file stay
 //! outside it: they are not laneway's durable state.
 //!
 //! Invariants: [`RealFilesystem`] is a thin pass-through to `std::fs`; files

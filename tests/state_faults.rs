@@ -1,7 +1,7 @@
 //! laneway's durable state under a failing disk, past the backlog writer
 //! (tests/backlog_faults.rs covers that): the backlog's recovery and reader,
-//! its ledger, the JSONL source's checkpoint, the dead-letter file and the
-//! stream offset file, each given a fault-injecting [`Filesystem`] over the
+//! its ledger, the JSONL source's checkpoint, the dead-letter file, the
+//! duplicate window and the stream offset file, each given a fault-injecting [`Filesystem`] over the
 //! real one. After each fault: the error is reported (naming its file), no
 //! progress is claimed that was not stored, and what was kept comes back
 //! byte for byte once the disk heals.
@@ -17,7 +17,7 @@ use support::disk::{assert_same, drain, drain_at, rt, sent};
 
 use laneway::backlog::disk::{Filesystem, RealFilesystem, SegmentFile};
 use laneway::backlog::{BacklogError, BacklogStore, DiskBacklog, DiskBacklogConfig};
-use laneway::engine::{DeadLetter, DeadLetters};
+use laneway::engine::{DeadLetter, DeadLetters, DuplicateWindow, Mark};
 use laneway::engine::{Engine, GroupConfig};
 use laneway::message::now_epoch_ms;
 use laneway::source::LanePolicy;
@@ -36,8 +36,8 @@ enum Op {
     ReadAt,
     /// A rename (matched on the target): the last step of a replace.
     Rename,
-    /// An append.
-    Append,
+    /// A write: an append, or a positioned write (matched on the file).
+    Write,
     /// An fsync of a directory (matched on the directory).
     SyncDir,
 }
@@ -126,11 +126,15 @@ struct FailingFile {
 
 impl SegmentFile for FailingFile {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
-        self.inner.write_at(buf, offset)
+        match self.fs.fault(Op::Write, &self.path) {
+            Some(Fault::Eio) => Err(eio()),
+            Some(Fault::Short(n)) => self.inner.write_at(&buf[..n.min(buf.len())], offset),
+            None => self.inner.write_at(buf, offset),
+        }
     }
 
     fn append(&self, buf: &[u8]) -> io::Result<usize> {
-        match self.fs.fault(Op::Append, &self.path) {
+        match self.fs.fault(Op::Write, &self.path) {
             Some(Fault::Eio) => Err(eio()),
             Some(Fault::Short(n)) => self.inner.append(&buf[..n.min(buf.len())]),
             None => self.inner.append(buf),
@@ -614,6 +618,43 @@ fn a_file_rewritten_in_place_before_its_checkpoint_is_read_again_not_skipped() {
     );
 }
 
+// ---- the duplicate window ----
+
+/// A write to the duplicate window's file cut short and then failing costs
+/// no id: after a reopen, the ids recorded after it are there, and so are
+/// the failed write's own (queued again, written with the next). Before,
+/// its fragment stayed in the file and misaligned every entry after it:
+/// after a restart those ids were forgotten (their checksums failed), and
+/// a redelivery of their messages was delivered a second time.
+#[test]
+fn a_duplicate_window_write_cut_short_costs_no_id_after_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ids");
+    let window = Duration::from_secs(600);
+    let fs = FailingFs::default();
+    rt().block_on(async {
+        let ids = DuplicateWindow::open_with(&dir, window, Arc::new(fs.clone())).unwrap();
+        ids.record(["a", "b"], Mark::Delivered).await.unwrap();
+        // 40 bytes (an entry and part of the next) reach the file, then
+        // the disk fails.
+        fs.fail(Op::Write, "ids-", 0, 1, Fault::Short(40));
+        fs.fail(Op::Write, "ids-", 0, 1, Fault::Eio);
+        ids.record(["c", "d", "e"], Mark::Delivered)
+            .await
+            .expect_err("the disk failed");
+        assert_eq!(fs.failures(), 2);
+        ids.record(["f", "g"], Mark::Admitted).await.unwrap();
+    });
+    let reopened = DuplicateWindow::open(&dir, window).unwrap();
+    assert_eq!(reopened.corrupt(), 0, "no damaged entry");
+    for id in ["a", "b", "c", "d", "e"] {
+        assert_eq!(reopened.seen(id), Some(Mark::Delivered), "{id}");
+    }
+    for id in ["f", "g"] {
+        assert_eq!(reopened.seen(id), Some(Mark::Admitted), "{id}");
+    }
+}
+
 // ---- the dead-letter file ----
 
 #[test]
@@ -623,8 +664,8 @@ fn a_dead_letter_write_that_fails_is_retried_until_stored_and_leaves_no_half_lin
     let fs = FailingFs::default();
     // The first attempt writes 7 bytes, then fails; later ones fail whole
     // until the disk heals.
-    fs.fail(Op::Append, "letters", 0, 1, Fault::Short(7));
-    fs.fail(Op::Append, "letters", 0, usize::MAX, Fault::Eio);
+    fs.fail(Op::Write, "letters", 0, 1, Fault::Short(7));
+    fs.fail(Op::Write, "letters", 0, usize::MAX, Fault::Eio);
     let dead = DeadLetters::to_file_with(&path, &fs).unwrap();
     let letters: Vec<DeadLetter> = (0..3)
         .map(|i| {
@@ -689,7 +730,7 @@ fn a_shutdown_while_dead_letters_cannot_be_written_ends_within_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dead-letters.jsonl");
     let fs = FailingFs::default();
-    fs.fail(Op::Append, "letters", 0, usize::MAX, Fault::Eio);
+    fs.fail(Op::Write, "letters", 0, usize::MAX, Fault::Eio);
     let dead = DeadLetters::to_file_with(&path, &fs).unwrap();
     let sink = RecordingSink::new();
     let grace = Duration::from_millis(500);

@@ -10,11 +10,14 @@
 //!
 //! Invariants: [`WindowLog::append`] returns only once its entries are
 //! fsync'd (many callers, one fsync: whoever takes the file writes what
-//! every waiting caller queued); loading never fails on damage: a torn
-//! tail is ignored, an entry whose checksum fails is counted and skipped.
+//! every waiting caller queued); a write goes where the durable entries
+//! end, so what a failed one left (a short write, an fsync that lost its
+//! pages) is written over by the next and every entry stays aligned;
+//! loading never fails on damage: a torn tail is ignored, an entry whose
+//! checksum fails is counted and skipped. Its files go through the
+//! [`Filesystem`] seam.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::Mark;
+use crate::filesystem::{Filesystem, SegmentFile, write_all_at};
 
 /// Bytes of one entry on disk.
 pub(super) const ENTRY: usize = 29;
@@ -74,7 +78,9 @@ pub(super) struct Loaded {
 /// The file being appended to, and the files before it.
 struct Files {
     dir: PathBuf,
-    current: Arc<File>,
+    /// Locked only by the one writer (who holds `WindowLog::files`), to
+    /// hand the file to a blocking task.
+    current: Arc<Mutex<Box<dyn SegmentFile>>>,
     current_bytes: u64,
     current_first_ms: Option<i64>,
     next_number: u64,
@@ -97,6 +103,7 @@ struct Queue {
 
 /// A group's duplicate window on disk.
 pub(super) struct WindowLog {
+    fs: Arc<dyn Filesystem>,
     window: Duration,
     queue: Mutex<Queue>,
     /// The files, and how many queued batches are durable.
@@ -115,29 +122,34 @@ fn file_number(path: &Path) -> Option<u64> {
         .ok()
 }
 
-/// Makes a new file's directory entry durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn create(dir: &Path, number: u64) -> io::Result<(PathBuf, File)> {
+/// Creates the file numbered `number` and makes its directory entry
+/// durable.
+fn create(
+    fs: &dyn Filesystem,
+    dir: &Path,
+    number: u64,
+) -> io::Result<(PathBuf, Box<dyn SegmentFile>)> {
     let path = dir.join(file_name(number));
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)?;
-    sync_dir(dir)?;
+    let file = fs.create_new(&path)?;
+    fs.sync_dir(dir)?;
     Ok((path, file))
 }
 
 impl WindowLog {
-    /// Opens (creating) `dir`, reads every entry younger than `window` as
-    /// of `now_ms`, deletes files wholly older, and starts a new file.
-    pub fn open(dir: &Path, window: Duration, now_ms: i64) -> io::Result<(WindowLog, Loaded)> {
-        fs::create_dir_all(dir)?;
+    /// Opens (creating) `dir` through `fs`, reads every entry younger than
+    /// `window` as of `now_ms`, deletes files wholly older, and starts a
+    /// new file.
+    pub fn open(
+        fs: Arc<dyn Filesystem>,
+        dir: &Path,
+        window: Duration,
+        now_ms: i64,
+    ) -> io::Result<(WindowLog, Loaded)> {
+        fs.create_dir_all(dir)?;
         let horizon = now_ms.saturating_sub(window.as_millis() as i64);
-        let mut numbered: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
+        let mut numbered: Vec<(u64, PathBuf)> = fs
+            .read_dir(dir)?
+            .into_iter()
             .filter_map(|p| file_number(&p).map(|n| (n, p)))
             .collect();
         numbered.sort();
@@ -147,7 +159,7 @@ impl WindowLog {
         };
         let mut closed = Vec::new();
         for (_, path) in &numbered {
-            let bytes = fs::read(path)?;
+            let bytes = fs.read(path)?;
             let mut newest = i64::MIN;
             // A last partial entry was torn by a crash: it was never
             // acknowledged to anyone, so it is left out.
@@ -162,16 +174,16 @@ impl WindowLog {
                 }
             }
             if newest < horizon {
-                fs::remove_file(path)?;
+                fs.remove_file(path)?;
             } else {
                 closed.push((path.clone(), newest));
             }
         }
         let next = numbered.last().map_or(0, |(n, _)| n + 1);
-        let (current_path, current) = create(dir, next)?;
+        let (current_path, current) = create(fs.as_ref(), dir, next)?;
         let files = Files {
             dir: dir.to_path_buf(),
-            current: Arc::new(current),
+            current: Arc::new(Mutex::new(current)),
             current_bytes: 0,
             current_first_ms: None,
             next_number: next + 1,
@@ -180,6 +192,7 @@ impl WindowLog {
             current_path,
         };
         let log = WindowLog {
+            fs,
             window,
             queue: Mutex::new(Queue::default()),
             files: tokio::sync::Mutex::new((files, 0)),
@@ -221,17 +234,20 @@ impl WindowLog {
             (taken.bytes, taken.first_ms, taken.last_ms, taken.queued)
         };
         let file = Arc::clone(&files.current);
-        let len = bytes.len() as u64;
+        let (at, len) = (files.current_bytes, bytes.len() as u64);
         let written = tokio::task::spawn_blocking(move || {
-            let result = (&*file).write_all(&bytes).and_then(|()| file.sync_data());
+            // At the end of what is durable, not the file's end: what a
+            // failed write left is written over, whole entries aligned.
+            let file = file.lock();
+            let result = write_all_at(file.as_ref(), &bytes, at).and_then(|()| file.sync_data());
             (result, bytes)
         })
         .await
         .map_err(io::Error::other)?;
         if let (Err(e), bytes) = written {
-            // Queued again for whoever comes next: a caller whose entries
-            // rode on this write must not take them for durable. An entry
-            // written twice is harmless.
+            // Queued again for whoever comes next, who writes them at the
+            // same place: a caller whose entries rode on this write must
+            // not take them for durable.
             let mut q = self.queue.lock();
             let later = std::mem::replace(&mut q.bytes, bytes);
             q.bytes.extend_from_slice(&later);
@@ -258,7 +274,7 @@ impl WindowLog {
             return Ok(());
         }
         let horizon = now_ms.saturating_sub(self.window.as_millis() as i64);
-        let (dir, number) = (files.dir.clone(), files.next_number);
+        let (fs, dir, number) = (Arc::clone(&self.fs), files.dir.clone(), files.next_number);
         let expired: Vec<PathBuf> = files
             .closed
             .iter()
@@ -267,16 +283,16 @@ impl WindowLog {
             .collect();
         let (path, file) = tokio::task::spawn_blocking(move || {
             for p in &expired {
-                fs::remove_file(p)?;
+                fs.remove_file(p)?;
             }
-            create(&dir, number)
+            create(fs.as_ref(), &dir, number)
         })
         .await
         .map_err(io::Error::other)??;
         files.closed.retain(|(_, newest)| *newest >= horizon);
         let old = std::mem::replace(&mut files.current_path, path);
         files.closed.push((old, files.current_last_ms));
-        files.current = Arc::new(file);
+        files.current = Arc::new(Mutex::new(file));
         files.current_bytes = 0;
         files.current_first_ms = None;
         files.current_last_ms = i64::MIN;
@@ -289,6 +305,7 @@ impl WindowLog {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::filesystem::RealFilesystem;
 
     fn entry(d: u128, at_ms: i64) -> Entry {
         Entry {
@@ -303,18 +320,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let window = Duration::from_secs(600);
         let now = 1_000_000_000;
-        let (log, loaded) = WindowLog::open(dir.path(), window, now).unwrap();
+        let (log, loaded) =
+            WindowLog::open(Arc::new(RealFilesystem), dir.path(), window, now).unwrap();
         assert!(loaded.entries.is_empty());
         let written: Vec<Entry> = (0..10).map(|i| entry(i, now + i as i64)).collect();
         log.append(&written).await.unwrap();
         drop(log);
         // Flip a byte of the third entry, and tear a last one.
         let path = dir.path().join(file_name(0));
-        let mut bytes = fs::read(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
         bytes[2 * ENTRY + 3] ^= 0xff;
         bytes.extend_from_slice(&[1, 2, 3]);
-        fs::write(&path, bytes).unwrap();
-        let (_, loaded) = WindowLog::open(dir.path(), window, now).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let (_, loaded) =
+            WindowLog::open(Arc::new(RealFilesystem), dir.path(), window, now).unwrap();
         assert_eq!(loaded.corrupt, 1);
         let mut expected = written.clone();
         expected.remove(2);
@@ -326,7 +345,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let window = Duration::from_secs(10);
         let t0 = 1_000_000_000;
-        let (log, _) = WindowLog::open(dir.path(), window, t0).unwrap();
+        let (log, _) = WindowLog::open(Arc::new(RealFilesystem), dir.path(), window, t0).unwrap();
         // Each append half a window after the last starts a new file.
         for i in 0..8 {
             log.append(&[entry(i, t0 + i as i64 * 5_000)])
@@ -334,9 +353,10 @@ mod tests {
                 .unwrap();
         }
         drop(log);
-        let files = fs::read_dir(dir.path()).unwrap().count();
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
         assert!(files <= 4, "{files} files kept for a 10 s window");
-        let (_, loaded) = WindowLog::open(dir.path(), window, t0 + 35_000).unwrap();
+        let (_, loaded) =
+            WindowLog::open(Arc::new(RealFilesystem), dir.path(), window, t0 + 35_000).unwrap();
         let kept: Vec<u128> = loaded.entries.iter().map(|e| e.digest).collect();
         assert_eq!(kept, vec![5, 6, 7]);
     }

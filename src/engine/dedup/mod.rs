@@ -31,12 +31,14 @@ mod log;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::ack::AckRef;
+use crate::filesystem::{Filesystem, RealFilesystem};
 use crate::message::now_epoch_ms;
 use in_flight::{Admission, InFlight};
 use log::{Entry, WindowLog};
@@ -176,9 +178,19 @@ impl DuplicateWindow {
     /// ids recorded within the last `window`. Reads the whole directory:
     /// call it off the async runtime.
     pub fn open(dir: &Path, window: Duration) -> Result<DuplicateWindow, DuplicateWindowError> {
+        DuplicateWindow::open_with(dir, window, Arc::new(RealFilesystem))
+    }
+
+    /// [`DuplicateWindow::open`] with its files read and written through
+    /// `fs`: the seam fault tests use to make the disk fail.
+    pub fn open_with(
+        dir: &Path,
+        window: Duration,
+        fs: Arc<dyn Filesystem>,
+    ) -> Result<DuplicateWindow, DuplicateWindowError> {
         let now = now_epoch_ms();
         let (log, loaded) =
-            WindowLog::open(dir, window, now).map_err(|source| DuplicateWindowError::Io {
+            WindowLog::open(fs, dir, window, now).map_err(|source| DuplicateWindowError::Io {
                 dir: dir.to_path_buf(),
                 source,
             })?;
