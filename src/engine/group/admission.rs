@@ -155,11 +155,9 @@ impl Group {
         bump(&self.stats.dead_letters, invalid.len() as u64);
         bump(&self.stats.dead_invalid, invalid.len() as u64);
         let (letters, messages): (Vec<_>, Vec<_>) = invalid.into_iter().unzip();
-        if self.dead.record(letters).await.is_err() {
+        if !self.write_dead_letters(letters, &messages).await {
             drop(ack.clone());
-            return;
         }
-        self.remember_delivered(messages.iter()).await;
     }
 
     /// At shutdown: hands what the live lane still holds to the backlog

@@ -418,13 +418,25 @@ impl Group {
                 letter
             })
             .collect();
+        if self.write_dead_letters(letters, &messages).await {
+            acks.into_iter().for_each(AckRef::complete);
+        }
+    }
+
+    /// Writes dead letters durably, then remembers their messages as done
+    /// (a copy the source gives again is a duplicate); says whether they
+    /// were written. When not (the shutdown's grace is over), the caller
+    /// leaves their acks unsettled: the source delivers them again.
+    pub(super) async fn write_dead_letters(
+        &self,
+        letters: Vec<DeadLetter>,
+        messages: &[Message],
+    ) -> bool {
         if self.dead.record(letters).await.is_err() {
-            // Not written (shutting down): the acks drop unsettled, and
-            // the source delivers the messages again.
-            return;
+            return false;
         }
         self.remember_delivered(messages.iter()).await;
-        acks.into_iter().for_each(AckRef::complete);
+        true
     }
 
     /// Repeats a store operation until it succeeds (a store error is an I/O

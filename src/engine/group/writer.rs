@@ -234,11 +234,7 @@ impl Group {
         bump(&self.stats.dead_permanent, 1);
         let why = format!("too large for the backlog: {reason}");
         let letter = DeadLetter::for_message(&record.message, self.name(), record.attempts, why);
-        if self.dead.record(vec![letter]).await.is_err() {
-            return false;
-        }
-        self.remember_delivered(std::iter::once(&record.message))
-            .await;
-        true
+        self.write_dead_letters(vec![letter], std::slice::from_ref(&record.message))
+            .await
     }
 }
