@@ -202,3 +202,155 @@ fn distinct(records: &[Record]) -> usize {
         .collect::<std::collections::HashSet<_>>()
         .len()
 }
+
+/// `n` records of about a kilobyte each (every byte value, NULs included),
+/// stamped `time(i)`, so that a few thousand pass the mock's 5 MiB a
+/// partition and its retention deletes the oldest.
+fn kilobyte_records(prefix: &str, n: u64, time: impl Fn(u64) -> i64) -> Vec<Record> {
+    (0..n)
+        .map(|i| {
+            let payload: Vec<u8> = (0..1_000u64).map(|k| (i * 131 + k * 7) as u8).collect();
+            Record::new(
+                format!("/sys/pk{}/dev{}/thing/event/property/post", i % 3, i % 11),
+                format!("{prefix}{i}"),
+                time(i),
+                payload,
+            )
+        })
+        .collect()
+}
+
+/// A catch-up range whose next records retention deletes while it is read
+/// goes on from the oldest record the log still holds, whatever `start`
+/// says (`start` is where a group without a committed offset begins). Before,
+/// the catch-up reader had the group's `auto.offset.reset`: with `start =
+/// "latest"` the fetch out of range jumped to the log end, the range was
+/// taken as read, and the records of it the log still held were committed
+/// past and never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_range_cut_by_retention_goes_on_from_the_log_start_not_its_end() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    const OLD: u64 = 4_000;
+    const FRESH: u64 = 4_200;
+    let cluster = cluster(&["pile"], 1);
+    let brokers = cluster.bootstrap_servers();
+    // Small producer batches: the mock deletes whole batches, so the log
+    // start moves in small steps.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("batch.size", "16384")
+        .create()
+        .unwrap();
+    let then = now_epoch_ms() - 3_600_000;
+    let old = kilobyte_records("old-", OLD, |i| then + i as i64);
+    produce_with(&producer, "pile", &old).await;
+    // The group committed the start of the log, and starts at `latest`.
+    let committer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "shrinking")
+        .create()
+        .unwrap();
+    let mut at_start = TopicPartitionList::new();
+    at_start
+        .add_partition_offset("pile", 0, Offset::Offset(0))
+        .unwrap();
+    committer.commit(&at_start, CommitMode::Sync).unwrap();
+    drop(committer);
+
+    // A shut sink and small lanes hold the catch-up reader within its
+    // first ~1,600 records (lanes, one batch, one fetch of 1 MiB).
+    let sink = RecordingSink::new().gated();
+    let mut config = KafkaSourceConfig {
+        brokers: brokers.clone(),
+        topics: vec!["pile".into()],
+        group_id: "shrinking".into(),
+        start: "latest".into(),
+        prefetch_kbytes: 64,
+        ..KafkaSourceConfig::default()
+    };
+    config
+        .properties
+        .insert("session.timeout.ms".into(), "6000".into());
+    let engine = Engine::builder()
+        .group_with(
+            GroupConfig {
+                validate_json: false,
+                slots: 1,
+                batch_size: 64,
+                live_capacity: 100,
+                ..GroupConfig::named("g")
+            },
+            Arc::new(sink.clone()),
+            None,
+        )
+        .source(KafkaSource::new(config).unwrap(), LanePolicy::Auto)
+        .build()
+        .unwrap();
+    let (monitor, stop, task) = spawn_engine(engine);
+    assert!(
+        wait_until(&monitor, Duration::from_secs(60), |m| m.groups()[0]
+            .catch_up_depth
+            > 0)
+        .await,
+        "the partition was split and its catch-up read"
+    );
+    // Fresh records push the log past 5 MiB: the mock deletes the oldest.
+    let now = now_epoch_ms();
+    let fresh = kilobyte_records("new-", FRESH, |i| now + i as i64);
+    produce_with(&producer, "pile", &fresh).await;
+    let watcher: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let (low, _) = watcher
+        .fetch_watermarks("pile", 0, Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        (2_000..OLD as i64).contains(&low),
+        "retention left the log starting at {low}: past where the reader is held, inside the old records"
+    );
+    // Record i of the old ones is at offset i: those from `low` on are
+    // still in the log, and must come.
+    let mut kept: Vec<Record> = old[low as usize..].to_vec();
+    kept.extend(fresh.iter().cloned());
+    sink.open();
+    let reached = wait_until(&monitor, Duration::from_secs(60), |_| {
+        let got: std::collections::HashSet<String> =
+            sink.delivered_records().into_iter().map(|r| r.id).collect();
+        kept.iter().all(|r| got.contains(&r.id))
+    })
+    .await;
+    stop.send(()).unwrap();
+    let _ = task.await.unwrap();
+    let delivered = sink.delivered_records();
+    let after_low: Vec<Record> = delivered
+        .iter()
+        .filter(|r| {
+            r.id.starts_with("new-")
+                || r.id
+                    .strip_prefix("old-")
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .is_some_and(|n| n >= low)
+        })
+        .cloned()
+        .collect();
+    let got: std::collections::HashSet<&str> = delivered.iter().map(|r| r.id.as_str()).collect();
+    let missing: Vec<&str> = kept
+        .iter()
+        .map(|r| r.id.as_str())
+        .filter(|id| !got.contains(id))
+        .collect();
+    assert!(
+        reached,
+        "{} records the log still held never came (log start {low}), such as {:?}",
+        missing.len(),
+        &missing[..missing.len().min(3)]
+    );
+    assert_delivered(&kept, &after_low, Copies::ExactlyOnce);
+    let mut sent = old;
+    sent.extend(fresh);
+    assert_delivered(&sent, &delivered, Copies::Unchanged);
+}

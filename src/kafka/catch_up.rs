@@ -94,6 +94,11 @@ impl CatchUpReader {
         // never commits; a name of its own keeps it apart all the same.
         let group = client.get("group.id").unwrap_or("laneway").to_string();
         client.set("group.id", format!("{group}.catch-up"));
+        // Its ranges start at offsets it is given. When retention deletes
+        // the next ones before they are read, the rest of the range is
+        // still in the log: read on from its start. The group's `start`
+        // (`latest`) would jump to the log end and take the range as read.
+        client.set("auto.offset.reset", "earliest");
         client.remove("statistics.interval.ms");
         let consumer: StreamConsumer<CatchUpContext> = client.create_with_context(context)?;
         Ok(CatchUpReader {
