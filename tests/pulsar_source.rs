@@ -100,10 +100,21 @@ sink = {{ type = "jsonl", path = "{out}", sync = true }}
 }
 
 fn run_to_idle(config: &Path) -> std::process::Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_laneway"))
+    run_to_idle_logging(config, None)
+}
+
+/// [`run_to_idle`] with `RUST_LOG` set to `rust_log`.
+fn run_to_idle_logging(config: &Path, rust_log: Option<&str>) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_laneway"));
+    command
         .args(["run", "--json", "-q", "--config"])
         .arg(config)
-        .env("LANEWAY_TEST_TUYA_KEY", TUYA_KEY)
+        .env("LANEWAY_TEST_TUYA_KEY", TUYA_KEY);
+    match rust_log {
+        Some(level) => command.env("RUST_LOG", level),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -152,6 +163,9 @@ async fn twenty_thousand_messages_arrive_byte_for_byte_and_are_acknowledged() {
 
 const TUYA_ID: &str = "testaccessid01";
 const TUYA_KEY: &str = "0123456789abcdefghijklmnopqrstuv";
+/// The `auth1` password of `TUYA_ID` and `TUYA_KEY`, as python computes it:
+/// `hashlib.md5((ak + hashlib.md5(sk).hexdigest()).encode()).hexdigest()[8:24]`.
+const TUYA_PASSWORD: &str = "ae198d1a8d060596";
 
 /// `data` encrypted as Tuya does, with the key `TUYA_KEY[8..24]`.
 fn encrypt(gcm: bool, plain: &[u8], i: u64) -> String {
@@ -276,9 +290,17 @@ async fn the_tuya_preset_decrypts_both_modes_and_dead_letters_what_it_cannot() {
         proxy.url()
     );
     write_config(&config, &data, &source, &out);
-    let run = run_to_idle(&config);
+    // At trace level: the client library's own logs included.
+    let run = run_to_idle_logging(&config, Some("trace"));
     let stderr = String::from_utf8_lossy(&run.stderr);
     let stdout = String::from_utf8_lossy(&run.stdout);
+    let password_bytes: Vec<String> = TUYA_PASSWORD.bytes().map(|b| b.to_string()).collect();
+    for form in [TUYA_PASSWORD.to_string(), password_bytes.join(", ")] {
+        assert!(
+            !stderr.contains(&form) && !stdout.contains(&form),
+            "the login's password was logged as {form:?}"
+        );
+    }
     assert!(
         stderr.contains("WARN") && stderr.contains("tuya.allow_plaintext"),
         "no warning about the plaintext login: {stderr}"

@@ -9,7 +9,10 @@
 //!   SASL response with the password; they also log the connection URI. A
 //!   second, fixed filter switches them off, and it is combined with the
 //!   user's filter so that no `RUST_LOG` directive, however specific, can
-//!   turn them back on. laneway itself reports every broker error, redacted;
+//!   turn them back on. The Pulsar client library (`pulsar`) is off too:
+//!   at trace level it prints every frame it sends, the `CONNECT` frame
+//!   among them, whose auth data holds the Tuya login's password. laneway
+//!   itself reports every broker error, redacted;
 //! - ANSI colour escapes are written only when stderr is a terminal and
 //!   `NO_COLOR` is unset or empty, so a log redirected to a file or a pipe
 //!   is plain text;
@@ -45,7 +48,7 @@ pub enum LogFormat {
 
 /// Crates whose logs may print protocol frames or connection URIs, and so
 /// credentials: never logged, whatever the level asked for.
-pub const SILENCED_TARGETS: [&str; 2] = ["lapin", "amq_protocol"];
+pub const SILENCED_TARGETS: [&str; 3] = ["lapin", "amq_protocol", "pulsar"];
 
 /// The fixed filter: every target at every level, except the silenced ones.
 fn secret_cap() -> Targets {
@@ -198,6 +201,8 @@ mod tests {
             "lapin::channels",
             "amq_protocol_tcp",
             "amq_protocol::frame",
+            "pulsar",
+            "pulsar::connection",
         ] {
             assert!(
                 !cap.would_enable(target, &tracing::Level::ERROR),
@@ -209,5 +214,6 @@ mod tests {
             );
         }
         assert!(cap.would_enable("laneway::amqp::core::connect", &tracing::Level::TRACE));
+        assert!(cap.would_enable("laneway::pulsar::source", &tracing::Level::TRACE));
     }
 }
