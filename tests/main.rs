@@ -24,6 +24,7 @@ mod admin;
 mod admin_limits;
 mod amqp1_aliyun;
 mod amqp1_retries;
+mod amqp1_settlement;
 mod amqp1_silent_peer;
 mod amqp1_source;
 mod amqp_backlog;

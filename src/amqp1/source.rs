@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::link::{CreditMode, Receiver};
+use fe2o3_amqp::types::definitions::SenderSettleMode;
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
 use tokio_rustls::rustls::ClientConfig;
@@ -237,6 +238,10 @@ impl LinkRunner {
             .source(c.address.as_str())
             .credit_mode(CreditMode::Manual)
             .auto_accept(false)
+            // Every transfer unsettled until laneway settles it: `mixed`
+            // (the default) lets the peer pre-settle one and forget it as
+            // it sends, before anything is delivered or stored.
+            .sender_settle_mode(SenderSettleMode::Unsettled)
             .attach(&mut session);
         let attached = match tokio::time::timeout(ATTACH_TIMEOUT, attaching).await {
             Ok(attached) => attached,
