@@ -299,6 +299,17 @@ fn refused(e: &pulsar::Error) -> bool {
     }
 }
 
+/// Whether the client failed one entry (its compression, its batch), not
+/// the connection: it reports such a failure once and reads on.
+fn undecodable(e: &pulsar::Error) -> bool {
+    matches!(
+        e,
+        pulsar::Error::Consumer(ConsumerError::Io(_))
+            | pulsar::Error::Connection(ConnectionError::Decoding(_))
+            | pulsar::Error::Consumer(ConsumerError::Connection(ConnectionError::Decoding(_)))
+    )
+}
+
 /// One session on a consumer: what [`receive_and_settle`] asks of Pulsar.
 struct PulsarSession<'a> {
     runner: &'a Runner,
@@ -316,11 +327,21 @@ impl Receiving for PulsarSession<'_> {
     type Position = (String, MessageIdData);
 
     async fn receive(&mut self) -> Result<Self::Received, String> {
-        // `next` on the consumer is cancel-safe.
-        match self.consumer.next().await {
-            Some(Ok(m)) => Ok(m),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("the consumer's stream ended".into()),
+        // `next` on the consumer is cancel-safe, and so is this loop.
+        loop {
+            match self.consumer.next().await {
+                Some(Ok(m)) => return Ok(m),
+                // The client reports such an entry once, without its id or
+                // bytes, and goes on: ending the session would meet it
+                // first again on every new one, and nothing after it would
+                // ever be read. It stays on the subscription, unacknowledged.
+                Some(Err(e)) if undecodable(&e) => {
+                    tracing::error!(source = %self.runner.origin, error = %e,
+                        "the client cannot decode an entry; it is left unacknowledged on the subscription (the broker keeps it and delivers it again on the next connection) and the messages after it are read");
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the consumer's stream ended".into()),
+            }
         }
     }
 

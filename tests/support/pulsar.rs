@@ -123,9 +123,23 @@ pub struct FrameProxy {
     pub addr: SocketAddr,
 }
 
+/// The property that makes [`FrameProxy::start_corrupting`] spoil an entry.
+pub const CORRUPT: &str = "corrupt-in-proxy";
+
 impl FrameProxy {
     /// Starts a proxy to `broker`.
     pub fn start(broker: SocketAddr) -> FrameProxy {
+        FrameProxy::start_with(broker, false)
+    }
+
+    /// Starts a proxy to `broker` that hands the client every entry with
+    /// the property [`CORRUPT`] as one it cannot decode (a compression
+    /// type no client knows), each time the broker delivers it.
+    pub fn start_corrupting(broker: SocketAddr) -> FrameProxy {
+        FrameProxy::start_with(broker, true)
+    }
+
+    fn start_with(broker: SocketAddr, corrupting: bool) -> FrameProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -140,7 +154,7 @@ impl FrameProxy {
                     let Ok((client, _)) = listener.accept().await else {
                         continue;
                     };
-                    tokio::spawn(relay(client, broker, addr));
+                    tokio::spawn(relay(client, broker, addr, corrupting));
                 }
             });
         });
@@ -153,7 +167,12 @@ impl FrameProxy {
     }
 }
 
-async fn relay(client: tokio::net::TcpStream, broker: SocketAddr, me: SocketAddr) {
+async fn relay(
+    client: tokio::net::TcpStream,
+    broker: SocketAddr,
+    me: SocketAddr,
+    corrupting: bool,
+) {
     let Ok(upstream) = tokio::net::TcpStream::connect(broker).await else {
         return;
     };
@@ -177,7 +196,7 @@ async fn relay(client: tokio::net::TcpStream, broker: SocketAddr, me: SocketAddr
         if broker_read.read_exact(&mut frame).await.is_err() {
             break;
         }
-        let out = normalise(&frame, &me_url);
+        let out = normalise(&frame, &me_url, corrupting);
         if client_write.write_all(&out).await.is_err() {
             break;
         }
@@ -187,8 +206,9 @@ async fn relay(client: tokio::net::TcpStream, broker: SocketAddr, me: SocketAddr
 }
 
 /// One broker frame (after its total size) as the client expects it,
-/// with its total size in front.
-fn normalise(frame: &[u8], me_url: &str) -> Vec<u8> {
+/// with its total size in front; `corrupting`, see
+/// [`FrameProxy::start_corrupting`].
+fn normalise(frame: &[u8], me_url: &str, corrupting: bool) -> Vec<u8> {
     let command_size = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
     let command = &frame[4..4 + command_size];
     let rest = &frame[4 + command_size..];
@@ -203,13 +223,21 @@ fn normalise(frame: &[u8], me_url: &str) -> Vec<u8> {
     }
     let mut payload = Vec::new();
     if !rest.is_empty() {
-        if rest.len() >= 2 && rest[..2] == [0x0e, 0x01] {
-            payload.extend_from_slice(rest);
+        // Metadata size, metadata and data, after the magic number and
+        // checksum where the broker sent them.
+        let body = if rest.len() >= 2 && rest[..2] == [0x0e, 0x01] {
+            &rest[6..]
         } else {
-            payload.extend_from_slice(&[0x0e, 0x01]);
-            payload.extend_from_slice(&crc32c::crc32c(rest).to_be_bytes());
-            payload.extend_from_slice(rest);
-        }
+            rest
+        };
+        let body = if corrupting {
+            spoiled(body).unwrap_or_else(|| body.to_vec())
+        } else {
+            body.to_vec()
+        };
+        payload.extend_from_slice(&[0x0e, 0x01]);
+        payload.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+        payload.extend_from_slice(&body);
     }
     let total = 4 + command.len() + payload.len();
     let mut out = Vec::with_capacity(4 + total);
@@ -218,6 +246,22 @@ fn normalise(frame: &[u8], me_url: &str) -> Vec<u8> {
     out.extend_from_slice(&command);
     out.extend_from_slice(&payload);
     out
+}
+
+/// An entry's metadata and data with a compression type no client knows,
+/// when its metadata has the property [`CORRUPT`].
+fn spoiled(body: &[u8]) -> Option<Vec<u8>> {
+    let size = u32::from_be_bytes(body.get(..4)?.try_into().ok()?) as usize;
+    let mut metadata = pulsar::proto::MessageMetadata::decode(body.get(4..4 + size)?).ok()?;
+    if !metadata.properties.iter().any(|p| p.key == CORRUPT) {
+        return None;
+    }
+    metadata.compression = Some(99);
+    let metadata = metadata.encode_to_vec();
+    let mut out = (metadata.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&metadata);
+    out.extend_from_slice(&body[4 + size..]);
+    Some(out)
 }
 
 /// One message to produce: its properties and its payload.
