@@ -23,7 +23,7 @@ use bytes::Bytes;
 use fe2o3_amqp::types::messaging::{Body, Message, MessageId};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 
-use crate::message::{self, generate_time_of_text, now_epoch_ms};
+use crate::message::{self, generate_time_of_text, now_epoch_ms, unusable_generate_time};
 use crate::source::Incoming;
 
 /// The application property carrying the platform topic.
@@ -93,17 +93,21 @@ pub fn to_incoming(message: Message<Body<Value>>, origin: impl FnOnce() -> Strin
                 .and_then(id_text)
         })
         .unwrap_or_default();
-    let generate_time_ms = get(GENERATE_TIME)
-        .and_then(|v| {
-            integer(v).or_else(|| text(v).and_then(|t| generate_time_of_text(t.as_bytes())))
-        })
-        .or_else(|| {
-            properties
-                .as_ref()
-                .and_then(|p| p.creation_time.as_ref())
-                .map(|t| t.milliseconds())
-        })
-        .unwrap_or_else(now_epoch_ms);
+    let generate_time_ms = match get(GENERATE_TIME).filter(|v| !matches!(v, SimpleValue::Null)) {
+        Some(v) => {
+            let time =
+                integer(v).or_else(|| text(v).and_then(|t| generate_time_of_text(t.as_bytes())));
+            match time {
+                Some(t) => t,
+                None => return malformed(payload, origin, unusable_time(v)),
+            }
+        }
+        None => properties
+            .as_ref()
+            .and_then(|p| p.creation_time.as_ref())
+            .map(|t| t.milliseconds())
+            .unwrap_or_else(now_epoch_ms),
+    };
     match message::Message::new(topic, message_id, generate_time_ms, payload.clone()) {
         Ok(m) => Incoming::Message(m),
         Err(e) => malformed(payload, origin, format!("unusable topic: {e}")),
@@ -171,6 +175,17 @@ fn text(value: &SimpleValue) -> Option<String> {
     }
 }
 
+/// Why a `generateTime` that is there is unusable: its text or bytes, or
+/// its type (a double, a boolean, a ulong past `i64`).
+fn unusable_time(value: &SimpleValue) -> String {
+    match value {
+        SimpleValue::String(s) => unusable_generate_time(s.as_bytes()),
+        SimpleValue::Symbol(s) => unusable_generate_time(s.0.as_bytes()),
+        SimpleValue::Binary(b) => unusable_generate_time(b),
+        other => format!("unusable generateTime {other:?}: not epoch milliseconds"),
+    }
+}
+
 /// ` (base64 ...)` with a binary value's exact bytes, so that the dead
 /// letter keeps them; empty for any other type.
 fn shown_binary(value: &SimpleValue) -> String {
@@ -222,7 +237,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use fe2o3_amqp::types::messaging::{
-        AmqpSequence, AmqpValue, ApplicationProperties, Properties,
+        AmqpSequence, AmqpValue, ApplicationProperties, Data, Properties,
     };
     use serde_amqp::primitives::Uuid;
 
@@ -262,6 +277,58 @@ mod tests {
                 assert_eq!(serde_amqp::from_slice::<Value>(&raw).unwrap(), value);
             }
             _ => panic!("a long value body was taken as a message"),
+        }
+    }
+
+    /// A `generateTime` that is there but is not epoch milliseconds makes
+    /// the message a dead letter that names it; a missing or null one
+    /// takes `creation-time`.
+    #[test]
+    fn a_generate_time_that_is_not_epoch_milliseconds_is_a_dead_letter_not_replaced() {
+        let with_time = |time: Option<SimpleValue>| {
+            let mut properties = ApplicationProperties::builder()
+                .insert(TOPIC, "/pk/dn/thing/event/property/post")
+                .build();
+            if let Some(time) = time {
+                properties.0.insert(GENERATE_TIME.into(), time);
+            }
+            Message::builder()
+                .application_properties(properties)
+                .properties(
+                    Properties::builder()
+                        .creation_time(serde_amqp::primitives::Timestamp::from_milliseconds(9))
+                        .build(),
+                )
+                .body(Body::Data(vec![Data(b"\xff\0".to_vec().into())].into()))
+                .build()
+        };
+        for (time, want) in [
+            (
+                SimpleValue::String("soon".into()),
+                "unusable generateTime \"soon\": not epoch milliseconds",
+            ),
+            (
+                SimpleValue::Bool(true),
+                "unusable generateTime Bool(true): not epoch milliseconds",
+            ),
+            (
+                SimpleValue::Ulong(u64::MAX),
+                "unusable generateTime Ulong(18446744073709551615): not epoch milliseconds",
+            ),
+        ] {
+            match to_incoming(with_time(Some(time)), || "here".into()) {
+                Incoming::Malformed { raw, reason, .. } => {
+                    assert_eq!(reason, want);
+                    assert_eq!(&raw[..], b"\xff\0");
+                }
+                _ => panic!("accepted with another time: {want}"),
+            }
+        }
+        for time in [None, Some(SimpleValue::Null)] {
+            match to_incoming(with_time(time), || "here".into()) {
+                Incoming::Message(m) => assert_eq!(m.generate_time_ms(), 9),
+                _ => panic!("refused"),
+            }
         }
     }
 

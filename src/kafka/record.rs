@@ -2,7 +2,8 @@
 //!
 //! A raw record carries the payload as its value and `topic`, `messageId`
 //! and `generateTime` (epoch milliseconds, as text) as headers; the record
-//! timestamp stands in for a missing generate time. An envelope record
+//! timestamp stands in for a missing generate time (one that is there but
+//! is not epoch milliseconds makes the record malformed). An envelope record
 //! carries all four in a JSON envelope.
 //!
 //! The record key and every header beyond the platform's three are kept on
@@ -25,7 +26,10 @@ use rdkafka::Message as _;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 
 use super::ValueFormat;
-use crate::message::{self, Extras, Message, generate_time_of_text, now_epoch_ms, parse_envelope};
+use crate::message::{
+    self, Extras, Message, generate_time_of_text, now_epoch_ms, parse_envelope,
+    unusable_generate_time,
+};
 use crate::source::Incoming;
 
 /// The header carrying the platform topic.
@@ -179,12 +183,13 @@ fn read_record(
                     }
                 },
             };
-            let generate_time_ms = fields
-                .generate_time
-                .flatten()
-                .and_then(generate_time_of_text)
-                .or_else(|| record.timestamp().to_millis())
-                .unwrap_or_else(now_epoch_ms);
+            let generate_time_ms = match fields.generate_time.flatten() {
+                Some(text) => match generate_time_of_text(text) {
+                    Some(t) => t,
+                    None => return malformed(value, record, unusable_generate_time(text)),
+                },
+                None => record.timestamp().to_millis().unwrap_or_else(now_epoch_ms),
+            };
             match Message::received_with_extras(
                 topic,
                 message_id,
@@ -366,6 +371,45 @@ mod tests {
             &record_key(&m, super::super::KeyChoice::Device)[..],
             b"pk/dn"
         );
+    }
+
+    #[test]
+    fn a_generate_time_that_is_not_epoch_milliseconds_is_a_dead_letter_not_replaced() {
+        for (time, want) in [
+            (
+                &b"2024-01-01T00:00:00Z"[..],
+                "unusable generateTime \"2024-01-01T00:00:00Z\": not epoch milliseconds",
+            ),
+            (
+                &b"\xff1"[..],
+                "unusable generateTime (base64 /zE=): not epoch milliseconds",
+            ),
+        ] {
+            let headers = [
+                (TOPIC, Some(&b"/pk/dn/thing/lifecycle"[..])),
+                (GENERATE_TIME, Some(time)),
+            ];
+            match to_incoming(&raw(None, &headers), ValueFormat::Raw, Instant::now()) {
+                Incoming::Malformed { raw, reason, .. } => {
+                    assert_eq!(reason, want);
+                    assert_eq!(&raw[..], b"\xff\0payload");
+                }
+                _ => panic!("accepted with another time"),
+            }
+        }
+        // Missing, or without a value: the record's timestamp stands in.
+        for headers in [
+            vec![(TOPIC, Some(&b"/pk/dn/thing/lifecycle"[..]))],
+            vec![
+                (TOPIC, Some(&b"/pk/dn/thing/lifecycle"[..])),
+                (GENERATE_TIME, None),
+            ],
+        ] {
+            match to_incoming(&raw(None, &headers), ValueFormat::Raw, Instant::now()) {
+                Incoming::Message(m) => assert_eq!(m.generate_time_ms(), 5),
+                _ => panic!("refused"),
+            }
+        }
     }
 
     #[test]

@@ -378,8 +378,8 @@ pub fn now_epoch_ms() -> i64 {
 
 /// A generate time written as text (a Kafka or AMQP header, an envelope's
 /// string or integer) as epoch milliseconds: what `str::trim` then
-/// `str::parse::<i64>` accept; `None` for text they refuse (the source's
-/// fallback stands in). The usual text, digits with an optional sign, is
+/// `str::parse::<i64>` accept; `None` for text they refuse (the message is
+/// malformed: see [`unusable_generate_time`]). The usual text, digits with an optional sign, is
 /// read straight from the bytes, eight digits to a word: a UTF-8 pass and
 /// the standard parser cost a Kafka record about 180 instructions, a digit
 /// at a time about 210 (13 digits), a word at a time about 95. Anything
@@ -393,6 +393,24 @@ pub(crate) fn generate_time_of_text(text: &[u8]) -> Option<i64> {
     match value_of_digits(digits) {
         Some(n) => Some(if negative { -n } else { n }),
         None => generate_time_of_other_text(text),
+    }
+}
+
+/// Why a message whose `generateTime` is there but is not epoch
+/// milliseconds (`"2024-01-01"`, `"soon"`, a boolean) is malformed, with
+/// the value as it came (text quoted, other bytes as base64). Every source
+/// says it the same way: a time put in its place (the record's, the
+/// receipt's) would be a time the platform never sent, and it decides the
+/// message's lane.
+#[cold]
+pub(crate) fn unusable_generate_time(value: &[u8]) -> String {
+    use base64::Engine as _;
+    match std::str::from_utf8(value) {
+        Ok(text) => format!("unusable generateTime {text:?}: not epoch milliseconds"),
+        Err(_) => format!(
+            "unusable generateTime (base64 {}): not epoch milliseconds",
+            base64::engine::general_purpose::STANDARD.encode(value)
+        ),
     }
 }
 

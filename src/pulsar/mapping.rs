@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::decrypt::{EncryptMode, decrypt};
 use super::tuya::laneway_topic;
-use crate::message::{Message, generate_time_of_text};
+use crate::message::{Message, generate_time_of_text, unusable_generate_time};
 use crate::source::Incoming;
 
 /// The message property carrying the platform topic.
@@ -80,8 +80,9 @@ pub fn plain(r: Received<'_>, origin: impl FnOnce() -> String) -> Incoming {
     // The text is copied only into a dead letter's reason: the property
     // borrows the record whose data the dead letter takes.
     let time = match r.property(GENERATE_TIME) {
-        Some(t) => generate_time_of_text(t.as_bytes())
-            .ok_or_else(|| format!("unusable generateTime {t:?}: not epoch milliseconds")),
+        Some(t) => {
+            generate_time_of_text(t.as_bytes()).ok_or_else(|| unusable_generate_time(t.as_bytes()))
+        }
         None => Ok(r.time_ms()),
     };
     let time = match time {

@@ -12,7 +12,10 @@
 //! gives them as base64): a message's topic and id are text, and neither
 //! a converted id nor a stand-in would be the one sent; a delivery without
 //! any generate time is stamped with its receipt time (it counts as
-//! fresh); a missing id is the empty string, never an invented one.
+//! fresh), and one whose `generateTime` is there but is not epoch
+//! milliseconds is malformed (a time put in its place would be one the
+//! platform never sent); a missing id is the empty string, never an
+//! invented one.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -20,7 +23,7 @@ use bytes::Bytes;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 
-use crate::message::{Message, generate_time_of_text, now_epoch_ms};
+use crate::message::{Message, generate_time_of_text, now_epoch_ms, unusable_generate_time};
 use crate::source::Incoming;
 
 /// The header carrying the platform topic.
@@ -82,11 +85,19 @@ pub fn to_incoming(
                 .map(|id| id.as_str().to_string())
         })
         .unwrap_or_default();
-    let generate_time_ms = headers
+    let time_header = headers
         .and_then(|h| h.inner().get(GENERATE_TIME))
-        .and_then(generate_time_of)
-        .or_else(|| properties.timestamp().map(timestamp_ms))
-        .unwrap_or_else(now_epoch_ms);
+        .filter(|v| !matches!(v, AMQPValue::Void));
+    let generate_time_ms = match time_header {
+        Some(value) => match generate_time_of(value) {
+            Some(t) => t,
+            None => return malformed(body, origin, unusable_time(value)),
+        },
+        None => properties
+            .timestamp()
+            .map(timestamp_ms)
+            .unwrap_or_else(now_epoch_ms),
+    };
     let body = Bytes::from(body);
     // Cloning `Bytes` shares the buffer: the dead letter path costs no copy.
     match Message::new(topic, message_id, generate_time_ms, body.clone()) {
@@ -126,6 +137,20 @@ fn generate_time_of(value: &AMQPValue) -> Option<i64> {
         _ => {
             integer(value).or_else(|| text(value).and_then(|t| generate_time_of_text(t.as_bytes())))
         }
+    }
+}
+
+/// Why a `generateTime` header that is there is unusable: its text or
+/// bytes, or its type (a boolean, a table).
+fn unusable_time(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) | AMQPValue::ByteArray(_) => {
+            unusable_generate_time(bytes(value))
+        }
+        other => format!(
+            "unusable generateTime of type {}: not epoch milliseconds",
+            type_name(other)
+        ),
     }
 }
 
@@ -343,6 +368,41 @@ mod tests {
             panic!("not a message")
         };
         assert_eq!(m.generate_time_ms(), 1_700_000_000_555);
+    }
+
+    /// A `generateTime` header that is there but is not epoch milliseconds
+    /// makes the delivery a dead letter that names it; a void one is
+    /// missing, and the standard `timestamp` stands in.
+    #[test]
+    fn a_generate_time_that_is_not_epoch_milliseconds_is_a_dead_letter_not_replaced() {
+        let topic = (
+            "topic",
+            AMQPValue::LongString("/a/b/thing/lifecycle".into()),
+        );
+        for (time, want) in [
+            (
+                AMQPValue::LongString("2024-01-01".into()),
+                "unusable generateTime \"2024-01-01\": not epoch milliseconds",
+            ),
+            (
+                AMQPValue::Boolean(true),
+                "unusable generateTime of type Boolean: not epoch milliseconds",
+            ),
+        ] {
+            let p = props_with(&[topic.clone(), ("generateTime", time)]).with_timestamp(9);
+            match to_incoming(&p, b"\xff\0".to_vec(), || "q".into()) {
+                Incoming::Malformed { raw, reason, .. } => {
+                    assert_eq!(reason, want);
+                    assert_eq!(&raw[..], b"\xff\0");
+                }
+                _ => panic!("accepted with another time: {want}"),
+            }
+        }
+        let p = props_with(&[topic, ("generateTime", AMQPValue::Void)]).with_timestamp(9);
+        let Incoming::Message(m) = to_incoming(&p, b"{}".to_vec(), || "q".into()) else {
+            panic!("refused")
+        };
+        assert_eq!(m.generate_time_ms(), 9_000);
     }
 
     #[test]
