@@ -403,6 +403,12 @@ pub(crate) fn generate_time_of_text(text: &[u8]) -> Option<i64> {
 /// receipt's) would be a time the platform never sent, and it decides the
 /// message's lane.
 #[cold]
+#[cfg(any(
+    feature = "amqp",
+    feature = "amqp1",
+    feature = "kafka",
+    feature = "pulsar"
+))]
 pub(crate) fn unusable_generate_time(value: &[u8]) -> String {
     use base64::Engine as _;
     match std::str::from_utf8(value) {

@@ -10,8 +10,15 @@ mod kind;
 mod near_miss;
 mod topic;
 
+pub(crate) use device_message::generate_time_of_text;
+#[cfg(any(
+    feature = "amqp",
+    feature = "amqp1",
+    feature = "kafka",
+    feature = "pulsar"
+))]
+pub(crate) use device_message::unusable_generate_time;
 pub use device_message::{MAX_TOPIC_LEN, Message, MessageError, now_epoch_ms};
-pub(crate) use device_message::{generate_time_of_text, unusable_generate_time};
 pub use envelope::{
     EnvelopeError, parse_envelope, write_base64, write_delivery_envelope, write_envelope,
     write_extras, write_json_string,
