@@ -13,8 +13,8 @@
 //! The seam is as narrow as its callers: whole-file reads for the small
 //! state files, positioned reads for segments, a directory listing for
 //! recovery and the duplicate window, appends for the dead letters, and a
-//! private directory for each of them. The input files a source reads and the lock file stay
-//! outside it: they are not laneway's durable state.
+//! private directory for each of them. The input files a source reads and
+//! the lock file stay outside it: they are not laneway's durable state.
 //!
 //! Invariants: [`RealFilesystem`] is a thin pass-through to `std::fs`; files
 //! and directories it creates are for their owner only (they hold device

@@ -1,8 +1,8 @@
 //! laneway's durable state under a failing disk, past the backlog writer
 //! (tests/backlog_faults.rs covers that): the backlog's recovery and reader,
 //! its ledger, the JSONL source's checkpoint, the dead-letter file, the
-//! duplicate window and the stream offset file, each given a fault-injecting [`Filesystem`] over the
-//! real one. After each fault: the error is reported (naming its file), no
+//! duplicate window and the stream offset file, each given a
+//! fault-injecting [`Filesystem`] over the real one. After each fault: the error is reported (naming its file), no
 //! progress is claimed that was not stored, and what was kept comes back
 //! byte for byte once the disk heals.
 
