@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
-use fe2o3_amqp::acceptor::{
-    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SaslAcceptor, SessionAcceptor,
-};
+use fe2o3_amqp::acceptor::{ConnectionAcceptor, SaslAcceptor};
 use fe2o3_amqp::types::primitives::{Array, Symbol};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
 use hmac::{Hmac, Mac};
@@ -246,18 +244,7 @@ async fn endpoint(to_send: Vec<Record>) -> Endpoint {
             let Ok(mut connection) = acceptor.accept(stream).await else {
                 continue; // a refused login
             };
-            let mut session = SessionAcceptor::new()
-                .accept(&mut connection)
-                .await
-                .unwrap();
-            let LinkEndpoint::Sender(mut sender) = LinkAcceptor::builder()
-                .build()
-                .accept(&mut session)
-                .await
-                .unwrap()
-            else {
-                panic!("the client attached a sender, not a receiver");
-            };
+            let (_session, mut sender) = support::amqp1::accept_sender(&mut connection).await;
             let _ = tx.send(records::send_amqp1(&mut sender, &to_send).await);
             // Hold the link until the client leaves.
             let _ = sender.on_detach().await;

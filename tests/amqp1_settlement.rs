@@ -12,9 +12,7 @@ use crate::support;
 use std::time::Duration;
 
 use fe2o3_amqp::Sendable;
-use fe2o3_amqp::acceptor::{
-    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SaslPlainMechanism, SessionAcceptor,
-};
+use fe2o3_amqp::acceptor::{ConnectionAcceptor, SaslPlainMechanism};
 use fe2o3_amqp::types::messaging::Outcome;
 use laneway::amqp1::{Amqp1Source, Amqp1SourceConfig};
 use laneway::engine::{Engine, EngineOptions, GroupConfig};
@@ -40,18 +38,7 @@ async fn presettling_peer(
             .sasl_acceptor(SaslPlainMechanism::new("guest", "guest"))
             .build();
         let mut connection = acceptor.accept(tcp).await.unwrap();
-        let mut session = SessionAcceptor::new()
-            .accept(&mut connection)
-            .await
-            .unwrap();
-        let LinkEndpoint::Sender(mut sender) = LinkAcceptor::builder()
-            .build()
-            .accept(&mut session)
-            .await
-            .unwrap()
-        else {
-            panic!("the client attached a sender, not a receiver");
-        };
+        let (session, mut sender) = support::amqp1::accept_sender(&mut connection).await;
         let mut pending = Vec::new();
         for r in &to_send {
             let sendable = Sendable::builder()

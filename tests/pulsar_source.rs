@@ -72,6 +72,15 @@ async fn topic_filled(
     (broker, proxy, topic, sent)
 }
 
+/// The source table's lines for `topic` through `proxy`, ending the run
+/// once it has been idle for 2 s.
+fn read_to_idle(proxy: &FrameProxy, topic: &str) -> String {
+    format!(
+        "url = \"{}\"\ntopic = \"{topic}\"\nidle_exit = \"2s\"\n",
+        proxy.url()
+    )
+}
+
 fn write_config(path: &Path, data: &Path, source: &str, out: &Path) {
     write_config_with(path, data, source, out, "");
 }
@@ -136,10 +145,7 @@ async fn twenty_thousand_messages_arrive_byte_for_byte_and_are_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let config = dir.path().join("laneway.toml");
-    let source = format!(
-        "url = \"{}\"\ntopic = \"{topic}\"\nidle_exit = \"2s\"\n",
-        proxy.url()
-    );
+    let source = read_to_idle(&proxy, &topic);
     write_config(&config, &dir.path().join("data"), &source, &out);
     run_to_idle(&config);
     let delivered = records::records_in_jsonl(&out);
@@ -427,10 +433,7 @@ async fn kill_then_restart_with(tag: &str, group: &str, batch: Option<u32>) -> (
         "the kill came after everything was delivered"
     );
 
-    let source = format!(
-        "url = \"{}\"\ntopic = \"{topic}\"\nidle_exit = \"2s\"\n",
-        proxy.url()
-    );
+    let source = read_to_idle(&proxy, &topic);
     write_config_with(&config, &data, &source, &out, group);
     run_to_idle(&config);
     let delivered = records::records_in_jsonl(&out);
@@ -557,10 +560,7 @@ async fn an_entry_the_client_cannot_decode_is_reported_and_the_rest_arrive() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let config = dir.path().join("laneway.toml");
-    let source = format!(
-        "url = \"{}\"\ntopic = \"{topic}\"\nidle_exit = \"2s\"\n",
-        proxy.url()
-    );
+    let source = read_to_idle(&proxy, &topic);
     write_config(&config, &dir.path().join("data"), &source, &out);
     let run = run_to_idle_logging(&config, Some("warn"));
     let stderr = String::from_utf8_lossy(&run.stderr);

@@ -379,8 +379,9 @@ pub fn now_epoch_ms() -> i64 {
 /// A generate time written as text (a Kafka or AMQP header, an envelope's
 /// string or integer) as epoch milliseconds: what `str::trim` then
 /// `str::parse::<i64>` accept; `None` for text they refuse (the message is
-/// malformed: see [`unusable_generate_time`]). The usual text, digits with an optional sign, is
-/// read straight from the bytes, eight digits to a word: a UTF-8 pass and
+/// malformed: see `unusable_generate_time`). The usual text, digits with
+/// an optional sign, is read straight from the bytes, eight digits to a
+/// word: a UTF-8 pass and
 /// the standard parser cost a Kafka record about 180 instructions, a digit
 /// at a time about 210 (13 digits), a word at a time about 95. Anything
 /// else takes the standard reading.

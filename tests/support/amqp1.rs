@@ -16,3 +16,27 @@ static TURN: Mutex<()> = Mutex::const_new(());
 pub async fn turn() -> MutexGuard<'static, ()> {
     TURN.lock().await
 }
+
+/// For an in-process peer: accepts the client's session on `connection`,
+/// then its receiving link, and gives the sender this peer sends with
+/// (keep the session: dropping it ends the link). Panics when the client
+/// attaches anything else.
+#[cfg(feature = "amqp1")]
+pub async fn accept_sender(
+    connection: &mut fe2o3_amqp::acceptor::ListenerConnectionHandle,
+) -> (
+    fe2o3_amqp::acceptor::ListenerSessionHandle,
+    fe2o3_amqp::Sender,
+) {
+    use fe2o3_amqp::acceptor::{LinkAcceptor, LinkEndpoint, SessionAcceptor};
+    let mut session = SessionAcceptor::new().accept(connection).await.unwrap();
+    let LinkEndpoint::Sender(sender) = LinkAcceptor::builder()
+        .build()
+        .accept(&mut session)
+        .await
+        .unwrap()
+    else {
+        panic!("the client attached a sender, not a receiver");
+    };
+    (session, sender)
+}
